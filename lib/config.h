@@ -1,0 +1,155 @@
+/*
+ * config — load, check and hold one immutable configuration snapshot.
+ *
+ * config_load reads a libconfig file, checks types and ranges (pass 1) and
+ * cross references — routes name existing upstreams, expressions compile,
+ * routes do not shadow each other (pass 2) — and reports every problem found
+ * as "file:line: where: what", not just the first. The result is immutable
+ * and reference counted: the daemon swaps a pointer on reload and the old
+ * snapshot is freed when its last request lets go. `dualwrited -t` and the
+ * reload run exactly this function.
+ *
+ * Keys (SPEC §3): listen, workers, admin.listen, limits.*, upstreams.*,
+ * default_upstream, queue.*, tenant.*, routes, tables, log_level.
+ */
+#ifndef DW_CONFIG_H
+#define DW_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dw.h"
+#include "expr.h"
+#include "route.h"
+
+struct dw_upstream {
+	char *name;
+	char *url;	  /* as configured */
+	bool tls;	  /* https:// */
+	char *host;	  /* host name or address (no brackets) */
+	int port;
+	char *host_header; /* "host" or "host:port" as sent in Host */
+	char *base_path;  /* path prefix from the URL, "" when none ("/" is "") */
+	int timeout_ms;	  /* response deadline, from request sent to head received; default 5000 */
+	int connect_timeout_ms; /* default min(timeout_ms, 2000) */
+	int pool_size;	  /* idle keep-alive connections kept per worker; default 64 */
+	int max_inflight; /* mirror concurrency per worker towards it; default 64 */
+	int line;
+};
+
+struct dw_limits {
+	size_t max_header_bytes; /* 16384 */
+	size_t max_body_bytes;	 /* 1048576 */
+	int header_timeout_ms;	 /* 10000 */
+	int body_timeout_ms;	 /* 30000 */
+	int idle_timeout_ms;	 /* 60000 */
+	int max_connections;	 /* 10000 */
+	int drain_timeout_ms;	 /* 10000: SIGTERM bound for in-flight work */
+};
+
+/* How a mirror target's answer is classified. */
+enum mirror_class {
+	MIRROR_DELIVERED = 0,
+	MIRROR_RETRY = 1,
+	MIRROR_PERMANENT = 2,
+};
+
+struct dw_mirror {
+	int upstream;	       /* index into dw_config.upstreams */
+	char *method;	       /* NULL: the request's method */
+	struct tmpl *path;     /* never NULL */
+	struct expr *key;      /* ordering key; NULL: none (no ordering) */
+	struct expr *body;     /* NULL: no body is sent */
+	unsigned sources;      /* union of expr_sources of everything above */
+	uint8_t klass[600];    /* enum mirror_class by status code 100..599 */
+};
+
+struct dw_route {
+	char *name;
+	char *match;			/* as configured */
+	struct route_pattern *pattern;
+	struct dw_mirror *mirror;	/* NULL: pass-through only */
+	int line;
+};
+
+struct dw_table_side {
+	char *dsn;   /* "" means libpq's PG* environment */
+	char *table; /* may be schema-qualified */
+	char *key;   /* key column */
+};
+
+struct dw_table_map {
+	char *name;
+	struct dw_table_side source, target;
+	size_t ncolumns;
+	char **column_names;	  /* target columns, in configured order */
+	struct expr **columns;	  /* one expression per target column */
+	int line;
+};
+
+enum queue_durability { QUEUE_DURABILITY_PROCESS = 0, QUEUE_DURABILITY_FSYNC = 1 };
+
+struct dw_config {
+	int refcnt; /* atomic; see config_ref/config_unref */
+	char *path; /* the file it was loaded from */
+	enum dw_log_level log_level;
+
+	char **listen; /* "host:port" strings; IPv6 as "[::1]:8080" */
+	size_t nlisten;
+	int workers;	  /* default 1 */
+	char *admin_listen; /* NULL: no admin listener */
+	struct dw_limits limits;
+
+	struct dw_upstream *upstreams;
+	size_t nupstreams;
+	int default_upstream; /* index */
+
+	struct {
+		char *path; /* spool directory; default "/var/lib/dualwrite/queue" */
+		enum queue_durability durability;
+		uint64_t max_bytes; /* default 1 GiB */
+		char *postgres;	    /* DSN of the shared queue, NULL when not configured */
+		char *table;	    /* default "dualwrite_queue" */
+	} queue;
+
+	struct {
+		char *header;	  /* default "X-Tenant-ID" */
+		char *def;	  /* default tenant; default "default" */
+	} tenant;
+
+	struct dw_route *routes;
+	size_t nroutes;
+
+	struct dw_table_map *tables;
+	size_t ntables;
+};
+
+/*
+ * Load and check path. Returns a snapshot with refcnt 1, or NULL with every
+ * problem appended to errs (each "file:line: where: what"; line 0 omitted
+ * for file-level errors such as "cannot open").
+ */
+struct dw_config *config_load(const char *path, struct dw_errlist *errs);
+/* Take and release a reference (thread-safe). The last unref frees. */
+struct dw_config *config_ref(struct dw_config *c);
+void config_unref(struct dw_config *c);
+
+/* Lookups; NULL / -1 when absent. */
+int config_upstream_index(const struct dw_config *c, const char *name);
+const struct dw_table_map *config_table(const struct dw_config *c, const char *name);
+/* The first route matching method+path, or NULL; fills rp (may be NULL). */
+const struct dw_route *config_route_match(const struct dw_config *c, const char *method,
+					  size_t method_len, const char *path, size_t path_len,
+					  struct route_params *rp);
+
+/* Keys whose change a reload cannot apply (workers, admin.listen, queue.*):
+ * describes each differing one via warn(arg, "key"). */
+void config_diff_nonreloadable(const struct dw_config *old, const struct dw_config *new_,
+			       void (*warn)(void *arg, const char *key), void *arg);
+
+/* Split "host:port" / "[v6]:port" into parts. Returns 0 or -1 with err. */
+int config_split_hostport(const char *s, char *host, size_t hostlen, int *port,
+			  struct dw_err *err) DW_MUSTCHECK;
+
+#endif

@@ -1,0 +1,135 @@
+/*
+ * spool — the embedded, append-only, crash-safe replay queue (a directory).
+ *
+ * Every mirror the daemon makes is journaled here *before* the client gets
+ * its answer, so a SIGKILL at any instant loses nothing: the record is in the
+ * kernel's page cache (durability "process") or on disk (durability "fsync",
+ * after spool_sync). Its fate is then appended as a state frame: delivered,
+ * queued for replay, or dead-lettered with a reason. The in-memory view of
+ * every process using the directory is the fold of the log, and each process
+ * catches up with the others' frames by spool_refresh, so the daemon learns
+ * when `dualwrite replay` drained a key and the CLI sees what the daemon
+ * queued.
+ *
+ * Record states:
+ *   PENDING   journaled by the running daemon, in flight or waiting in memory
+ *             behind an earlier write of the same key. Owned by that daemon;
+ *             if no daemon holds the directory, PENDING counts as QUEUED.
+ *   QUEUED    waiting for replay.
+ *   DELIVERED the target answered as delivered (terminal).
+ *   DEAD      dead-lettered with a reason (until requeued or purged).
+ *   PURGED    removed by `queue purge --dead` (terminal).
+ *
+ * Directory layout: seg-<16 hex>.log segments of frames, LOCK (flock held
+ * around every append and refresh), OWNER (flock held by the daemon for its
+ * life), REPLAY (flock held by a replay consumer). Frame format is documented
+ * in spool.c and the README. A torn or corrupt tail found while reading is
+ * cut off and reported through spool_warnings; never a crash.
+ *
+ * Thread-safe: one internal mutex serialises all calls on a struct spool.
+ */
+#ifndef DW_SPOOL_H
+#define DW_SPOOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dw.h"
+
+enum spool_state {
+	SPOOL_PENDING = 1,
+	SPOOL_QUEUED = 2,
+	SPOOL_DELIVERED = 3,
+	SPOOL_DEAD = 4,
+	SPOOL_PURGED = 5,
+};
+const char *spool_state_name(enum spool_state s); /* "pending", ... */
+
+/* One mirrored write. Strings are owned by the record (spool_record_clear). */
+struct spool_record {
+	uint64_t seq;		/* assigned by spool_append; increasing */
+	enum spool_state state;
+	char *route;		/* route name */
+	char *upstream;		/* mirror upstream name */
+	char *key;		/* ordering key; NULL: unordered */
+	char *idem_key;		/* Idempotency-Key, same on every attempt */
+	char *method;
+	char *path;		/* request target on the upstream, with query */
+	char *content_type;	/* NULL when no body */
+	char *body;		/* NULL when no body; not NUL-terminated necessarily */
+	size_t body_len;
+	char *request_id;	/* X-Request-Id of the original write */
+	int64_t created_us;	/* wall clock, when the legacy acknowledged */
+	uint32_t attempts;	/* delivery attempts so far */
+	int last_status;	/* last HTTP status from the target, 0: none */
+	char *last_error;	/* last failure / dead-letter reason, NULL: none */
+	int64_t updated_us;	/* wall clock of the last state change */
+};
+void spool_record_clear(struct spool_record *r);
+
+struct spool_opts {
+	uint64_t max_bytes;	/* appends beyond this fail ("queue full"); 0: 1 GiB */
+	uint64_t segment_bytes; /* rotate after this; 0: 64 MiB */
+	bool fsync;		/* spool_sync() fdatasyncs */
+	bool owner;		/* the daemon: take OWNER; recover PENDING as QUEUED */
+	bool readonly;		/* inspect only: no lock files created, no truncation */
+};
+
+struct spool;
+
+/* Open (creating the directory if needed). With owner, fails when another
+ * process owns the directory. Returns NULL with err. */
+struct spool *spool_open(const char *dir, const struct spool_opts *opts, struct dw_err *err);
+void spool_close(struct spool *sp); /* NULL is a no-op */
+
+/* Problems found while reading (torn tail cut, corrupt frame skipped), each
+ * one line; the caller logs them. Cleared by this call. */
+void spool_take_warnings(struct spool *sp, struct dw_errlist *out);
+
+/* Journal a new record in state rec->state (PENDING or QUEUED). Assigns
+ * rec->seq. Fails (-1, err) on I/O error or when max_bytes would be passed. */
+int spool_append(struct spool *sp, struct spool_record *rec, struct dw_err *err) DW_MUSTCHECK;
+/* Append a state change for seq. attempts/status/error describe the latest
+ * attempt (error may be NULL). */
+int spool_set_state(struct spool *sp, uint64_t seq, enum spool_state st, uint32_t attempts,
+		    int status, const char *error, struct dw_err *err) DW_MUSTCHECK;
+/* With opts.fsync, make every frame appended so far durable (one fdatasync
+ * for all of them: the caller's group commit). Otherwise a no-op. */
+int spool_sync(struct spool *sp, struct dw_err *err) DW_MUSTCHECK;
+/* Read frames appended by other processes since the last call. */
+int spool_refresh(struct spool *sp, struct dw_err *err) DW_MUSTCHECK;
+
+/* Whether a key of an upstream has records waiting for replay (QUEUED, or
+ * orphaned PENDING): later writes of that key must queue behind them. */
+bool spool_key_queued(struct spool *sp, const char *upstream, const char *key);
+
+/* Read one record (any state still indexed) into out. */
+int spool_read(struct spool *sp, uint64_t seq, struct spool_record *out,
+	       struct dw_err *err) DW_MUSTCHECK;
+
+/* Seqs of live records in state st (0: every non-terminal state), ascending,
+ * at most max; returns how many there are in all (may exceed max). */
+size_t spool_list(struct spool *sp, enum spool_state st, uint64_t *seqs, size_t max);
+
+/* Replay: the records that may be sent now — for each key, its oldest
+ * waiting record (QUEUED, or PENDING when no daemon owns the directory), and
+ * every waiting unkeyed record; ascending seq, at most max. */
+size_t spool_ready(struct spool *sp, uint64_t *seqs, size_t max);
+
+/* Take the REPLAY consumer lock (one replay at a time per directory).
+ * wait=false: fail at once with err when held. Released by spool_close. */
+int spool_lock_consumer(struct spool *sp, bool wait, struct dw_err *err) DW_MUSTCHECK;
+/* Whether a daemon currently owns the directory. */
+bool spool_owner_alive(struct spool *sp);
+
+struct spool_stats {
+	uint64_t pending, queued, dead; /* live records by state */
+	uint64_t bytes;			/* segment bytes on disk */
+	uint64_t segments;
+	int64_t oldest_waiting_us;	/* created_us of the oldest QUEUED/PENDING; 0: none */
+	uint64_t next_seq;
+};
+void spool_stats(struct spool *sp, struct spool_stats *out);
+
+#endif

@@ -1,0 +1,24 @@
+/*
+ * cli.h — the subcommands of `dualwrite`. Each one parses its own options
+ * from argv (argv[0] is the subcommand name), prints --help, and returns the
+ * process exit code: 0 success, 1 runtime failure, 2 usage or configuration
+ * error. Errors go to stderr as one line that says what and where.
+ */
+#ifndef DW_CLI_H
+#define DW_CLI_H
+
+#include "config.h"
+
+int cmd_replay(int argc, char **argv);
+int cmd_queue(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_backfill(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+
+/* Load a configuration for a command; on failure print every error line to
+ * stderr and return NULL (the caller exits 2). */
+struct dw_config *cli_load_config(const char *path);
+/* Whether stderr is a terminal (progress lines are drawn only then). */
+int cli_is_tty(void);
+
+#endif
