@@ -34,7 +34,8 @@ void dw_err_prefix(struct dw_err *e, const char *fmt, ...)
 	vsnprintf(head, sizeof(head), fmt, ap);
 	va_end(ap);
 	memcpy(old, e->msg, sizeof(old));
-	snprintf(e->msg, sizeof(e->msg), "%s: %s", head, old);
+	if (snprintf(e->msg, sizeof(e->msg), "%s: %s", head, old) < 0)
+		e->msg[0] = '\0';
 	errno = saved;
 }
 

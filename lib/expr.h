@@ -125,4 +125,35 @@ void tmpl_free(struct tmpl *t);
 /* The tenant rule of SPEC §3: [A-Za-z0-9_.-]{1,64}. */
 bool expr_tenant_valid(const char *s, size_t len);
 
+/*
+ * Extended compilation, for the configuration loader: besides the source
+ * mask, it can restrict $path.NAME (and template {NAME}) to the captures of a
+ * route, and on error reports the source line of the offending setting in
+ * line, and its path relative to the compiled setting ("body.category") at
+ * the start of err ("body.category: ..."). Set check_path with path_names
+ * (npath entries, may be 0) to enable the capture check.
+ */
+struct expr_opts {
+	unsigned allowed;
+	bool check_path;
+	const char *const *path_names;
+	size_t npath;
+	int line; /* out: line of the offending setting, 0 when unknown */
+};
+struct expr *expr_compile_opts(const config_setting_t *s, struct expr_opts *o,
+			       struct dw_err *err);
+struct expr *expr_compile_document_opts(const config_setting_t *base,
+					const config_setting_t *drop,
+					const config_setting_t *body, struct expr_opts *o,
+					struct dw_err *err);
+struct tmpl *tmpl_compile_opts(const char *s, struct expr_opts *o, struct dw_err *err);
+
+/* Call cb once per $path.NAME reference (templates: per {NAME}), in order. */
+void expr_path_refs(const struct expr *e, void (*cb)(void *arg, const char *name), void *arg);
+void tmpl_path_refs(const struct tmpl *t, void (*cb)(void *arg, const char *name), void *arg);
+
+/* Percent-decode a query component ('+' is a space). Returns a malloc'd
+ * string and its length, or NULL on bad escapes. */
+char *expr_query_decode(const char *s, size_t len, size_t *outlen);
+
 #endif

@@ -1,0 +1,1300 @@
+/*
+ * config.c — load and check a dualwrite configuration (SPEC §3).
+ *
+ * Pass 1 walks every known key once, checking type and range and filling in
+ * defaults; unknown keys are errors (with a "did you mean" hint) because a
+ * misspelt key silently ignored is a mirror silently not configured. Pass 2
+ * resolves cross references: routes name existing upstreams, expressions
+ * compile against the sources their place allows, $path names are captures
+ * of the route, and no route is shadowed by an earlier one. Both passes keep
+ * going after an error, so one run of `dualwrited -t` lists everything.
+ *
+ * The snapshot built here is never modified after config_load returns;
+ * readers share it through config_ref/config_unref.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <libconfig.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define WHERE_MAX 320
+
+struct loader {
+	const char *file;
+	struct dw_errlist *errs;
+	size_t nerrs;
+	struct dw_config *c;
+};
+
+static void lerr(struct loader *L, int line, const char *where, const char *fmt, ...)
+	DW_PRINTF(4, 5);
+
+static void lerr(struct loader *L, int line, const char *where, const char *fmt, ...)
+{
+	char what[768];
+	char head[WHERE_MAX + 64];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	if (line > 0)
+		snprintf(head, sizeof(head), "%s:%d", L->file, line);
+	else
+		snprintf(head, sizeof(head), "%s", L->file);
+	if (where && *where)
+		dw_errlist_add(L->errs, "%s: %s: %s", head, where, what);
+	else
+		dw_errlist_add(L->errs, "%s: %s", head, what);
+	L->nerrs++;
+}
+
+static int sline(const config_setting_t *s)
+{
+	return s ? (int)config_setting_source_line(s) : 0;
+}
+
+/* snprintf for where-strings: truncation of a very long name is acceptable. */
+static void wfmt(char *buf, size_t n, const char *fmt, ...) DW_PRINTF(3, 4);
+
+static void wfmt(char *buf, size_t n, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, n, fmt, ap);
+	va_end(ap);
+}
+
+/* "limits" + "max_body_bytes" -> "limits.max_body_bytes";
+ * "upstream \"x\"" + "url" -> "upstream \"x\": url". */
+static void wjoin(char *buf, size_t n, const char *prefix, const char *key)
+{
+	size_t pl = strlen(prefix);
+
+	if (pl == 0)
+		wfmt(buf, n, "%s", key);
+	else if (prefix[pl - 1] == '"')
+		wfmt(buf, n, "%s: %s", prefix, key);
+	else
+		wfmt(buf, n, "%s.%s", prefix, key);
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+static size_t edit_distance(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	size_t row[64];
+
+	if (la >= 63 || lb >= 63)
+		return 99;
+	for (size_t j = 0; j <= lb; j++)
+		row[j] = j;
+	for (size_t i = 1; i <= la; i++) {
+		size_t prev = row[0];
+		row[0] = i;
+		for (size_t j = 1; j <= lb; j++) {
+			size_t cur = row[j];
+			size_t sub = prev + (a[i - 1] != b[j - 1]);
+			size_t del = row[j] + 1, ins = row[j - 1] + 1;
+			row[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+			prev = cur;
+		}
+	}
+	return row[lb];
+}
+
+/* Report every member of group whose name is not in keys. */
+static void check_keys(struct loader *L, const config_setting_t *group, const char *prefix,
+		       const char *const *keys)
+{
+	int n = config_setting_length(group);
+
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *m = config_setting_get_elem(group, (unsigned)i);
+		const char *name = config_setting_name(m), *best = NULL;
+		size_t bestd = 3;
+		bool known = false;
+		char w[WHERE_MAX];
+
+		for (const char *const *k = keys; *k; k++) {
+			size_t d;
+			if (strcmp(*k, name) == 0) {
+				known = true;
+				break;
+			}
+			d = edit_distance(*k, name);
+			if (d < bestd) {
+				bestd = d;
+				best = *k;
+			}
+		}
+		if (known)
+			continue;
+		wjoin(w, sizeof(w), prefix, name);
+		if (best)
+			lerr(L, sline(m), w, "unknown key '%s' (did you mean '%s'?)", name, best);
+		else
+			lerr(L, sline(m), w, "unknown key '%s'", name);
+	}
+}
+
+/* Returns 1 and sets *out when key is present and valid, 0 when absent,
+ * -1 after reporting an error. */
+static int get_int(struct loader *L, const config_setting_t *grp, const char *key,
+		   const char *prefix, long long lo, long long hi, long long *out)
+{
+	const config_setting_t *s = grp ? config_setting_get_member(grp, key) : NULL;
+	char w[WHERE_MAX];
+	long long v;
+
+	if (!s)
+		return 0;
+	wjoin(w, sizeof(w), prefix, key);
+	if (config_setting_type(s) != CONFIG_TYPE_INT && config_setting_type(s) != CONFIG_TYPE_INT64) {
+		lerr(L, sline(s), w, "expected an integer");
+		return -1;
+	}
+	v = config_setting_get_int64(s);
+	if (v < lo || v > hi) {
+		lerr(L, sline(s), w, "%lld is out of range (%lld..%lld)", v, lo, hi);
+		return -1;
+	}
+	*out = v;
+	return 1;
+}
+
+static void set_int(struct loader *L, const config_setting_t *grp, const char *key,
+		    const char *prefix, long long lo, long long hi, int *out)
+{
+	long long v;
+	if (get_int(L, grp, key, prefix, lo, hi, &v) == 1)
+		*out = (int)v;
+}
+
+static int get_str(struct loader *L, const config_setting_t *grp, const char *key,
+		   const char *prefix, const char **out)
+{
+	const config_setting_t *s = grp ? config_setting_get_member(grp, key) : NULL;
+	char w[WHERE_MAX];
+
+	if (!s)
+		return 0;
+	if (config_setting_type(s) != CONFIG_TYPE_STRING) {
+		wjoin(w, sizeof(w), prefix, key);
+		lerr(L, sline(s), w, "expected a string");
+		return -1;
+	}
+	*out = config_setting_get_string(s);
+	return 1;
+}
+
+/* A group member that must itself be a group, or NULL (reported if wrong type). */
+static const config_setting_t *get_group(struct loader *L, const config_setting_t *grp,
+					 const char *key, const char *prefix)
+{
+	const config_setting_t *s = config_setting_get_member(grp, key);
+	char w[WHERE_MAX];
+
+	if (s && !config_setting_is_group(s)) {
+		wjoin(w, sizeof(w), prefix, key);
+		lerr(L, sline(s), w, "expected a group { ... }");
+		return NULL;
+	}
+	return s;
+}
+
+static bool is_token(const char *s)
+{
+	if (!*s)
+		return false;
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      strchr("!#$%&'*+-.^_`|~", c)))
+			return false;
+	}
+	return true;
+}
+
+static bool is_ident(const char *s)
+{
+	if (!((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z') || s[0] == '_'))
+		return false;
+	for (s++; *s; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		      (*s >= '0' && *s <= '9') || *s == '_'))
+			return false;
+	return true;
+}
+
+/* "table" or "schema.table" */
+static bool is_qualified_ident(const char *s)
+{
+	const char *dot = strchr(s, '.');
+	char buf[128];
+
+	if (!dot)
+		return is_ident(s);
+	if ((size_t)(dot - s) >= sizeof(buf))
+		return false;
+	memcpy(buf, s, (size_t)(dot - s));
+	buf[dot - s] = '\0';
+	return is_ident(buf) && is_ident(dot + 1);
+}
+
+static int parse_port(const char *s, int *port)
+{
+	long v = 0;
+
+	if (!*s || strlen(s) > 5)
+		return -1;
+	for (const char *p = s; *p; p++) {
+		if (*p < '0' || *p > '9')
+			return -1;
+		v = v * 10 + (*p - '0');
+	}
+	if (v < 1 || v > 65535)
+		return -1;
+	*port = (int)v;
+	return 0;
+}
+
+int config_split_hostport(const char *s, char *host, size_t hostlen, int *port,
+			  struct dw_err *err)
+{
+	const char *h, *colon;
+	size_t hl;
+
+	if (s[0] == '[') {
+		const char *rb = strchr(s, ']');
+		if (!rb || rb[1] != ':') {
+			dw_err_set(err, "\"%s\": expected \"[v6-address]:port\"", s);
+			return -1;
+		}
+		h = s + 1;
+		hl = (size_t)(rb - h);
+		colon = rb + 1;
+		if (hl == 0 || strspn(h, "0123456789abcdefABCDEF:.%") < hl) {
+			dw_err_set(err, "\"%s\": bad IPv6 address", s);
+			return -1;
+		}
+	} else {
+		colon = strrchr(s, ':');
+		if (!colon) {
+			dw_err_set(err, "\"%s\": expected \"host:port\"", s);
+			return -1;
+		}
+		h = s;
+		hl = (size_t)(colon - s);
+		if (hl == 0 || memchr(h, ':', hl)) {
+			dw_err_set(err, "\"%s\": expected \"host:port\" (IPv6 as \"[::1]:port\")", s);
+			return -1;
+		}
+	}
+	if (hl >= hostlen) {
+		dw_err_set(err, "\"%s\": host too long", s);
+		return -1;
+	}
+	if (parse_port(colon + 1, port) < 0) {
+		dw_err_set(err, "\"%s\": bad port \"%s\" (1..65535)", s, colon + 1);
+		return -1;
+	}
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	return 0;
+}
+
+static int parse_url(const char *url, struct dw_upstream *u, struct dw_err *err)
+{
+	const char *p, *auth_end, *h, *portstr = NULL;
+	size_t hl;
+	int defport;
+	char portbuf[16];
+
+	if (strncasecmp(url, "http://", 7) == 0) {
+		u->tls = false;
+		p = url + 7;
+		defport = 80;
+	} else if (strncasecmp(url, "https://", 8) == 0) {
+		u->tls = true;
+		p = url + 8;
+		defport = 443;
+	} else {
+		dw_err_set(err, "\"%s\": unsupported scheme (expected http:// or https://)", url);
+		return -1;
+	}
+	if (strpbrk(p, "?#")) {
+		dw_err_set(err, "\"%s\": a query or fragment is not allowed", url);
+		return -1;
+	}
+	auth_end = p + strcspn(p, "/");
+	if (memchr(p, '@', (size_t)(auth_end - p))) {
+		dw_err_set(err, "\"%s\": user information is not allowed", url);
+		return -1;
+	}
+	if (*p == '[') {
+		const char *rb = memchr(p, ']', (size_t)(auth_end - p));
+		if (!rb) {
+			dw_err_set(err, "\"%s\": unclosed '[' in host", url);
+			return -1;
+		}
+		h = p + 1;
+		hl = (size_t)(rb - h);
+		if (hl == 0 || strspn(h, "0123456789abcdefABCDEF:.") < hl) {
+			dw_err_set(err, "\"%s\": bad IPv6 address", url);
+			return -1;
+		}
+		if (rb + 1 < auth_end) {
+			if (rb[1] != ':') {
+				dw_err_set(err, "\"%s\": bad host", url);
+				return -1;
+			}
+			portstr = rb + 2;
+		}
+	} else {
+		const char *colon = memchr(p, ':', (size_t)(auth_end - p));
+		h = p;
+		hl = (size_t)((colon ? colon : auth_end) - p);
+		if (colon)
+			portstr = colon + 1;
+		if (hl == 0) {
+			dw_err_set(err, "\"%s\": missing host", url);
+			return -1;
+		}
+		for (size_t i = 0; i < hl; i++) {
+			char c = h[i];
+			if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+			      (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' || c == '~')) {
+				dw_err_set(err, "\"%s\": bad character in host", url);
+				return -1;
+			}
+		}
+	}
+	u->port = defport;
+	if (portstr) {
+		size_t pl = (size_t)(auth_end - portstr);
+		if (pl == 0 || pl >= sizeof(portbuf)) {
+			dw_err_set(err, "\"%s\": bad port", url);
+			return -1;
+		}
+		memcpy(portbuf, portstr, pl);
+		portbuf[pl] = '\0';
+		if (parse_port(portbuf, &u->port) < 0) {
+			dw_err_set(err, "\"%s\": bad port \"%s\" (1..65535)", url, portbuf);
+			return -1;
+		}
+	}
+	for (const char *q = auth_end; *q; q++) {
+		if ((unsigned char)*q <= 0x20 || (unsigned char)*q >= 0x7f) {
+			dw_err_set(err, "\"%s\": bad character in path", url);
+			return -1;
+		}
+	}
+	u->host = dw_strndup(h, hl);
+	{
+		size_t plen = strlen(auth_end);
+		while (plen > 0 && auth_end[plen - 1] == '/')
+			plen--;
+		u->base_path = dw_strndup(auth_end, plen);
+	}
+	{
+		bool v6 = strchr(u->host, ':') != NULL;
+		char *hh;
+		int rc;
+		if (u->port == defport)
+			rc = asprintf(&hh, v6 ? "[%s]" : "%s", u->host);
+		else
+			rc = asprintf(&hh, v6 ? "[%s]:%d" : "%s:%d", u->host, u->port);
+		if (rc < 0)
+			abort();
+		u->host_header = hh;
+	}
+	return 0;
+}
+
+/* ---------------------------------------------------------------- freeing */
+
+static void mirror_free(struct dw_mirror *m)
+{
+	if (!m)
+		return;
+	free(m->method);
+	tmpl_free(m->path);
+	expr_free(m->key);
+	expr_free(m->body);
+	free(m);
+}
+
+static void config_free(struct dw_config *c)
+{
+	if (!c)
+		return;
+	free(c->path);
+	for (size_t i = 0; i < c->nlisten; i++)
+		free(c->listen[i]);
+	free(c->listen);
+	free(c->admin_listen);
+	for (size_t i = 0; i < c->nupstreams; i++) {
+		struct dw_upstream *u = &c->upstreams[i];
+		free(u->name);
+		free(u->url);
+		free(u->host);
+		free(u->host_header);
+		free(u->base_path);
+	}
+	free(c->upstreams);
+	free(c->queue.path);
+	free(c->queue.postgres);
+	free(c->queue.table);
+	free(c->tenant.header);
+	free(c->tenant.def);
+	for (size_t i = 0; i < c->nroutes; i++) {
+		struct dw_route *r = &c->routes[i];
+		free(r->name);
+		free(r->match);
+		route_pattern_free(r->pattern);
+		mirror_free(r->mirror);
+	}
+	free(c->routes);
+	for (size_t i = 0; i < c->ntables; i++) {
+		struct dw_table_map *t = &c->tables[i];
+		free(t->name);
+		free(t->source.dsn);
+		free(t->source.table);
+		free(t->source.key);
+		free(t->target.dsn);
+		free(t->target.table);
+		free(t->target.key);
+		for (size_t j = 0; j < t->ncolumns; j++) {
+			free(t->column_names[j]);
+			expr_free(t->columns[j]);
+		}
+		free(t->column_names);
+		free(t->columns);
+	}
+	free(c->tables);
+	free(c);
+}
+
+struct dw_config *config_ref(struct dw_config *c)
+{
+	if (c)
+		__atomic_add_fetch(&c->refcnt, 1, __ATOMIC_RELAXED);
+	return c;
+}
+
+void config_unref(struct dw_config *c)
+{
+	if (c && __atomic_sub_fetch(&c->refcnt, 1, __ATOMIC_ACQ_REL) == 0)
+		config_free(c);
+}
+
+/* ---------------------------------------------------------------- pass 1: scalars */
+
+static void load_listen(struct loader *L, const config_setting_t *root)
+{
+	const config_setting_t *s = config_setting_get_member(root, "listen");
+	struct dw_config *c = L->c;
+	char host[256], w[64];
+	struct dw_err err = { { 0 } };
+	int port, n;
+
+	if (!s) {
+		lerr(L, 0, "listen", "missing (required: an address or a list of addresses)");
+		return;
+	}
+	if (config_setting_type(s) == CONFIG_TYPE_STRING) {
+		n = 1;
+	} else if (config_setting_is_list(s) || config_setting_is_array(s)) {
+		n = config_setting_length(s);
+		if (n == 0) {
+			lerr(L, sline(s), "listen", "empty list");
+			return;
+		}
+	} else {
+		lerr(L, sline(s), "listen", "expected a string or a list of strings");
+		return;
+	}
+	c->listen = dw_calloc((size_t)n, sizeof(*c->listen));
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *e =
+			config_setting_type(s) == CONFIG_TYPE_STRING
+				? s
+				: config_setting_get_elem(s, (unsigned)i);
+		if (config_setting_type(s) == CONFIG_TYPE_STRING)
+			wfmt(w, sizeof(w), "listen");
+		else
+			wfmt(w, sizeof(w), "listen[%d]", i);
+		if (config_setting_type(e) != CONFIG_TYPE_STRING) {
+			lerr(L, sline(e), w, "expected a string");
+			continue;
+		}
+		if (config_split_hostport(config_setting_get_string(e), host, sizeof(host), &port,
+					  &err) < 0) {
+			lerr(L, sline(e), w, "%s", err.msg);
+			continue;
+		}
+		c->listen[c->nlisten++] = dw_strdup(config_setting_get_string(e));
+	}
+}
+
+static void load_scalars(struct loader *L, const config_setting_t *root)
+{
+	static const char *const admin_keys[] = { "listen", NULL };
+	static const char *const limit_keys[] = { "max_header_bytes", "max_body_bytes",
+						  "header_timeout_ms", "body_timeout_ms",
+						  "idle_timeout_ms",	"max_connections",
+						  "drain_timeout_ms",	NULL };
+	static const char *const queue_keys[] = { "path",     "durability", "max_bytes",
+						  "postgres", "table",	    NULL };
+	static const char *const tenant_keys[] = { "header", "default", NULL };
+	struct dw_config *c = L->c;
+	const config_setting_t *g;
+	const char *s;
+	long long v;
+
+	load_listen(L, root);
+	set_int(L, root, "workers", "", 1, 64, &c->workers);
+
+	if (get_str(L, root, "log_level", "", &s) == 1) {
+		static const char *const levels[] = { "debug", "info", "warn", "error" };
+		size_t i;
+		for (i = 0; i < DW_ARRAY_LEN(levels); i++)
+			if (strcmp(s, levels[i]) == 0)
+				break;
+		if (i == DW_ARRAY_LEN(levels))
+			lerr(L, sline(config_setting_get_member(root, "log_level")), "log_level",
+			     "\"%s\": expected debug, info, warn or error", s);
+		else
+			c->log_level = (enum dw_log_level)i;
+	}
+
+	if ((g = get_group(L, root, "admin", ""))) {
+		check_keys(L, g, "admin", admin_keys);
+		if (get_str(L, g, "listen", "admin", &s) == 1) {
+			char host[256];
+			int port;
+			struct dw_err err = { { 0 } };
+			if (config_split_hostport(s, host, sizeof(host), &port, &err) < 0)
+				lerr(L, sline(config_setting_get_member(g, "listen")),
+				     "admin.listen", "%s", err.msg);
+			else
+				c->admin_listen = dw_strdup(s);
+		}
+	}
+
+	if ((g = get_group(L, root, "limits", ""))) {
+		check_keys(L, g, "limits", limit_keys);
+		if (get_int(L, g, "max_header_bytes", "limits", 1024, 1048576, &v) == 1)
+			c->limits.max_header_bytes = (size_t)v;
+		if (get_int(L, g, "max_body_bytes", "limits", 0, 1LL << 34, &v) == 1)
+			c->limits.max_body_bytes = (size_t)v;
+		set_int(L, g, "header_timeout_ms", "limits", 1, 3600000, &c->limits.header_timeout_ms);
+		set_int(L, g, "body_timeout_ms", "limits", 1, 3600000, &c->limits.body_timeout_ms);
+		set_int(L, g, "idle_timeout_ms", "limits", 1, 86400000, &c->limits.idle_timeout_ms);
+		set_int(L, g, "max_connections", "limits", 1, 1000000, &c->limits.max_connections);
+		set_int(L, g, "drain_timeout_ms", "limits", 0, 3600000, &c->limits.drain_timeout_ms);
+	}
+
+	if ((g = get_group(L, root, "queue", ""))) {
+		check_keys(L, g, "queue", queue_keys);
+		if (get_str(L, g, "path", "queue", &s) == 1) {
+			if (!*s) {
+				lerr(L, sline(config_setting_get_member(g, "path")), "queue.path",
+				     "must not be empty");
+			} else {
+				free(c->queue.path);
+				c->queue.path = dw_strdup(s);
+			}
+		}
+		if (get_str(L, g, "durability", "queue", &s) == 1) {
+			if (strcmp(s, "process") == 0)
+				c->queue.durability = QUEUE_DURABILITY_PROCESS;
+			else if (strcmp(s, "fsync") == 0)
+				c->queue.durability = QUEUE_DURABILITY_FSYNC;
+			else
+				lerr(L, sline(config_setting_get_member(g, "durability")),
+				     "queue.durability", "\"%s\": expected \"process\" or \"fsync\"",
+				     s);
+		}
+		if (get_int(L, g, "max_bytes", "queue", 1LL << 20, 1LL << 50, &v) == 1)
+			c->queue.max_bytes = (uint64_t)v;
+		if (get_str(L, g, "postgres", "queue", &s) == 1)
+			c->queue.postgres = dw_strdup(s);
+		if (get_str(L, g, "table", "queue", &s) == 1) {
+			bool ok = strlen(s) <= 63 && ((s[0] >= 'a' && s[0] <= 'z') || s[0] == '_');
+			for (const char *p = s; ok && *p; p++)
+				ok = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_';
+			if (!ok) {
+				lerr(L, sline(config_setting_get_member(g, "table")), "queue.table",
+				     "\"%s\": expected an SQL identifier [a-z_][a-z0-9_]*", s);
+			} else {
+				free(c->queue.table);
+				c->queue.table = dw_strdup(s);
+			}
+		}
+	}
+
+	if ((g = get_group(L, root, "tenant", ""))) {
+		check_keys(L, g, "tenant", tenant_keys);
+		if (get_str(L, g, "header", "tenant", &s) == 1) {
+			if (!is_token(s)) {
+				lerr(L, sline(config_setting_get_member(g, "header")),
+				     "tenant.header", "\"%s\": not a valid header name", s);
+			} else {
+				free(c->tenant.header);
+				c->tenant.header = dw_strdup(s);
+			}
+		}
+		if (get_str(L, g, "default", "tenant", &s) == 1) {
+			if (!expr_tenant_valid(s, strlen(s))) {
+				lerr(L, sline(config_setting_get_member(g, "default")),
+				     "tenant.default",
+				     "\"%s\": a tenant is 1 to 64 of [A-Za-z0-9_.-]", s);
+			} else {
+				free(c->tenant.def);
+				c->tenant.def = dw_strdup(s);
+			}
+		}
+	}
+}
+
+static void load_upstreams(struct loader *L, const config_setting_t *root)
+{
+	static const char *const keys[] = { "url",	 "timeout_ms",	 "connect_timeout_ms",
+					    "pool_size", "max_inflight", NULL };
+	const config_setting_t *g = get_group(L, root, "upstreams", "");
+	struct dw_config *c = L->c;
+	const char *s;
+	int n;
+
+	if (!g) {
+		if (!config_setting_get_member(root, "upstreams"))
+			lerr(L, 0, "upstreams", "missing (at least the default upstream is required)");
+		return;
+	}
+	n = config_setting_length(g);
+	if (n == 0) {
+		lerr(L, sline(g), "upstreams", "no upstream defined");
+		return;
+	}
+	c->upstreams = dw_calloc((size_t)n, sizeof(*c->upstreams));
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *us = config_setting_get_elem(g, (unsigned)i);
+		struct dw_upstream *u = &c->upstreams[c->nupstreams];
+		char prefix[WHERE_MAX], w[WHERE_MAX];
+		struct dw_err err = { { 0 } };
+		long long v;
+
+		wfmt(prefix, sizeof(prefix), "upstream \"%s\"", config_setting_name(us));
+		if (!config_setting_is_group(us)) {
+			lerr(L, sline(us), prefix, "expected a group { url = \"...\"; }");
+			continue;
+		}
+		check_keys(L, us, prefix, keys);
+		u->name = dw_strdup(config_setting_name(us));
+		u->line = sline(us);
+		u->timeout_ms = 5000;
+		u->pool_size = 64;
+		u->max_inflight = 64;
+		c->nupstreams++;
+		wjoin(w, sizeof(w), prefix, "url");
+		switch (get_str(L, us, "url", prefix, &s)) {
+		case 0:
+			lerr(L, sline(us), w, "missing (required)");
+			break;
+		case 1:
+			u->url = dw_strdup(s);
+			if (parse_url(s, u, &err) < 0)
+				lerr(L, sline(config_setting_get_member(us, "url")), w, "%s", err.msg);
+			break;
+		default:
+			break;
+		}
+		set_int(L, us, "timeout_ms", prefix, 1, 3600000, &u->timeout_ms);
+		u->connect_timeout_ms = u->timeout_ms < 2000 ? u->timeout_ms : 2000;
+		set_int(L, us, "connect_timeout_ms", prefix, 1, 3600000, &u->connect_timeout_ms);
+		set_int(L, us, "pool_size", prefix, 0, 10000, &u->pool_size);
+		if (get_int(L, us, "max_inflight", prefix, 1, 100000, &v) == 1)
+			u->max_inflight = (int)v;
+	}
+
+	c->default_upstream = -1;
+	switch (get_str(L, root, "default_upstream", "", &s)) {
+	case 0:
+		lerr(L, 0, "default_upstream", "missing (required: the legacy upstream's name)");
+		break;
+	case 1:
+		c->default_upstream = config_upstream_index(c, s);
+		if (c->default_upstream < 0)
+			lerr(L, sline(config_setting_get_member(root, "default_upstream")),
+			     "default_upstream", "unknown upstream \"%s\"", s);
+		break;
+	default:
+		break;
+	}
+}
+
+/* ---------------------------------------------------------------- routes */
+
+static void default_classes(uint8_t *klass)
+{
+	for (int st = 0; st < 600; st++) {
+		if (st >= 200 && st < 300)
+			klass[st] = MIRROR_DELIVERED;
+		else if (st == 408 || st == 429 || st >= 500)
+			klass[st] = MIRROR_RETRY;
+		else
+			klass[st] = MIRROR_PERMANENT;
+	}
+}
+
+static void load_classes(struct loader *L, const config_setting_t *ms, const char *prefix,
+			 struct dw_mirror *m)
+{
+	static const char *const names[] = { "delivered", "retry", "permanent" };
+	static const enum mirror_class cls[] = { MIRROR_DELIVERED, MIRROR_RETRY, MIRROR_PERMANENT };
+	int owner[600];
+	int ownline[600];
+
+	memset(owner, -1, sizeof(owner));
+	default_classes(m->klass);
+	for (size_t k = 0; k < DW_ARRAY_LEN(names); k++) {
+		const config_setting_t *s = config_setting_get_member(ms, names[k]);
+		char w[WHERE_MAX], base[WHERE_MAX];
+		int n;
+
+		if (!s)
+			continue;
+		wjoin(base, sizeof(base), prefix, names[k]);
+		if (!config_setting_is_list(s) && !config_setting_is_array(s)) {
+			lerr(L, sline(s), base, "expected a list of status codes, e.g. [ 409 ]");
+			continue;
+		}
+		n = config_setting_length(s);
+		for (int i = 0; i < n; i++) {
+			const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+			int st;
+			wfmt(w, sizeof(w), "%s[%d]", base, i);
+			if (config_setting_type(e) != CONFIG_TYPE_INT) {
+				lerr(L, sline(e), w, "expected a status code (an integer)");
+				continue;
+			}
+			st = config_setting_get_int(e);
+			if (st < 100 || st > 599) {
+				lerr(L, sline(e), w, "status %d is out of range (100..599)", st);
+				continue;
+			}
+			if (owner[st] >= 0 && owner[st] != (int)k) {
+				lerr(L, sline(e), w, "status %d is also listed in %s (line %d)", st,
+				     names[owner[st]], ownline[st]);
+				continue;
+			}
+			owner[st] = (int)k;
+			ownline[st] = sline(e);
+			m->klass[st] = (uint8_t)cls[k];
+		}
+	}
+}
+
+/* The path of a match pattern as a template: "POST /devices/{id}" -> "/devices/{id}". */
+static const char *match_path(const char *match)
+{
+	const char *sp = strchr(match, ' ');
+	return sp ? sp + 1 : "/";
+}
+
+static void load_mirror(struct loader *L, struct dw_route *r, const config_setting_t *ms,
+			const char *rprefix)
+{
+	static const char *const keys[] = { "upstream", "method",  "path",	"key",
+					    "body",	"base",	   "drop",	"delivered",
+					    "retry",	"permanent", NULL };
+	struct dw_config *c = L->c;
+	struct dw_mirror *m;
+	char prefix[WHERE_MAX], w[WHERE_MAX];
+	const char *names[ROUTE_MAX_PARAMS];
+	struct expr_opts o = { .allowed = EXPR_SRC_HTTP, .check_path = true, .path_names = names };
+	struct dw_err err = { { 0 } };
+	const config_setting_t *base, *drop, *body, *key;
+	const char *s;
+
+	wfmt(prefix, sizeof(prefix), "%s: mirror", rprefix);
+	if (!config_setting_is_group(ms)) {
+		lerr(L, sline(ms), prefix, "expected a group { upstream = \"...\"; ... }");
+		return;
+	}
+	check_keys(L, ms, prefix, keys);
+	if (r->pattern) {
+		o.npath = route_pattern_nparams(r->pattern);
+		for (size_t i = 0; i < o.npath; i++)
+			names[i] = route_pattern_param(r->pattern, i);
+	} else {
+		o.check_path = false; /* the match is broken; do not pile on */
+	}
+	m = dw_calloc(1, sizeof(*m));
+	m->upstream = -1;
+
+	wjoin(w, sizeof(w), prefix, "upstream");
+	switch (get_str(L, ms, "upstream", prefix, &s)) {
+	case 0:
+		lerr(L, sline(ms), w, "missing (required)");
+		break;
+	case 1:
+		m->upstream = config_upstream_index(c, s);
+		if (m->upstream < 0)
+			lerr(L, sline(config_setting_get_member(ms, "upstream")), w,
+			     "unknown upstream \"%s\"", s);
+		else if (m->upstream == c->default_upstream)
+			lerr(L, sline(config_setting_get_member(ms, "upstream")), w,
+			     "\"%s\" is the default upstream: a route cannot mirror to the "
+			     "authoritative backend",
+			     s);
+		break;
+	default:
+		break;
+	}
+
+	if (get_str(L, ms, "method", prefix, &s) == 1) {
+		if (!is_token(s))
+			lerr(L, sline(config_setting_get_member(ms, "method")),
+			     (wjoin(w, sizeof(w), prefix, "method"), w), "\"%s\": not an HTTP method", s);
+		else
+			m->method = dw_strdup(s);
+	}
+
+	wjoin(w, sizeof(w), prefix, "path");
+	switch (get_str(L, ms, "path", prefix, &s)) {
+	case 1:
+		if (s[0] != '/') {
+			lerr(L, sline(config_setting_get_member(ms, "path")), w,
+			     "\"%s\": must start with '/'", s);
+			break;
+		}
+		m->path = tmpl_compile_opts(s, &o, &err);
+		if (!m->path)
+			lerr(L, sline(config_setting_get_member(ms, "path")), w, "%s", err.msg);
+		break;
+	case 0:
+		if (r->match && r->pattern) {
+			m->path = tmpl_compile_opts(match_path(r->match), &o, &err);
+			if (!m->path)
+				lerr(L, sline(ms), w, "%s", err.msg);
+		}
+		break;
+	default:
+		break;
+	}
+
+	if ((key = config_setting_get_member(ms, "key"))) {
+		if (config_setting_is_aggregate(key)) {
+			lerr(L, sline(key), (wjoin(w, sizeof(w), prefix, "key"), w),
+			     "must be a single value, e.g. \"$path.id\"");
+		} else {
+			m->key = expr_compile_opts(key, &o, &err);
+			if (!m->key)
+				lerr(L, o.line ? o.line : sline(key), rprefix, "mirror.%s", err.msg);
+		}
+	}
+
+	base = config_setting_get_member(ms, "base");
+	drop = config_setting_get_member(ms, "drop");
+	body = config_setting_get_member(ms, "body");
+	if (drop && !base) {
+		lerr(L, sline(drop), (wjoin(w, sizeof(w), prefix, "drop"), w),
+		     "\"drop\" needs a \"base\" to drop from");
+	} else if (base) {
+		m->body = expr_compile_document_opts(base, drop, body, &o, &err);
+		if (!m->body)
+			lerr(L, o.line ? o.line : sline(ms), rprefix, "mirror.%s", err.msg);
+	} else if (body) {
+		if (config_setting_is_group(body))
+			m->body = expr_compile_document_opts(NULL, NULL, body, &o, &err);
+		else
+			m->body = expr_compile_opts(body, &o, &err);
+		if (!m->body)
+			lerr(L, o.line ? o.line : sline(body), rprefix, "mirror.%s", err.msg);
+	}
+
+	load_classes(L, ms, prefix, m);
+	m->sources = expr_sources(m->key) | expr_sources(m->body) | tmpl_sources(m->path);
+	r->mirror = m;
+}
+
+static void load_routes(struct loader *L, const config_setting_t *root)
+{
+	static const char *const keys[] = { "name", "match", "mirror", NULL };
+	const config_setting_t *rs = config_setting_get_member(root, "routes");
+	struct dw_config *c = L->c;
+	int n;
+
+	if (!rs)
+		return;
+	if (!config_setting_is_list(rs)) {
+		lerr(L, sline(rs), "routes", "expected a list ( { ... }, { ... } )");
+		return;
+	}
+	n = config_setting_length(rs);
+	c->routes = dw_calloc((size_t)n + 1, sizeof(*c->routes));
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *g = config_setting_get_elem(rs, (unsigned)i);
+		struct dw_route *r = &c->routes[c->nroutes];
+		char prefix[WHERE_MAX], w[WHERE_MAX];
+		struct dw_err err = { { 0 } };
+		const config_setting_t *ms;
+		const char *s;
+
+		wfmt(prefix, sizeof(prefix), "route #%d", i + 1);
+		if (!config_setting_is_group(g)) {
+			lerr(L, sline(g), prefix, "expected a group { name = ...; match = ...; }");
+			continue;
+		}
+		r->line = sline(g);
+		c->nroutes++;
+		switch (get_str(L, g, "name", prefix, &s)) {
+		case 0:
+			lerr(L, sline(g), prefix, "name: missing (required)");
+			break;
+		case 1:
+			if (!*s) {
+				lerr(L, sline(g), prefix, "name: must not be empty");
+				break;
+			}
+			wfmt(prefix, sizeof(prefix), "route \"%s\"", s);
+			for (size_t j = 0; j + 1 < c->nroutes; j++) {
+				if (c->routes[j].name && strcmp(c->routes[j].name, s) == 0) {
+					lerr(L, sline(config_setting_get_member(g, "name")), prefix,
+					     "name: duplicate route name (first defined at line %d)",
+					     c->routes[j].line);
+					break;
+				}
+			}
+			r->name = dw_strdup(s);
+			break;
+		default:
+			break;
+		}
+		check_keys(L, g, prefix, keys);
+
+		wjoin(w, sizeof(w), prefix, "match");
+		switch (get_str(L, g, "match", prefix, &s)) {
+		case 0:
+			lerr(L, sline(g), w, "missing (required, e.g. \"POST /equipment\")");
+			break;
+		case 1:
+			r->match = dw_strdup(s);
+			r->pattern = route_pattern_compile(s, &err);
+			if (!r->pattern) {
+				lerr(L, sline(config_setting_get_member(g, "match")), w, "%s", err.msg);
+				break;
+			}
+			for (size_t j = 0; j + 1 < c->nroutes; j++) {
+				const struct dw_route *o = &c->routes[j];
+				if (o->pattern && route_pattern_conflicts(o->pattern, r->pattern)) {
+					if (o->name)
+						lerr(L, sline(config_setting_get_member(g, "match")), w,
+						     "\"%s\" can never match: shadowed by route \"%s\" "
+						     "(line %d)",
+						     s, o->name, o->line);
+					else
+						lerr(L, sline(config_setting_get_member(g, "match")), w,
+						     "\"%s\" can never match: shadowed by route #%zu "
+						     "(line %d)",
+						     s, j + 1, o->line);
+					break;
+				}
+			}
+			break;
+		default:
+			break;
+		}
+
+		if ((ms = config_setting_get_member(g, "mirror")))
+			load_mirror(L, r, ms, prefix);
+	}
+}
+
+/* ---------------------------------------------------------------- tables */
+
+static void load_side(struct loader *L, const config_setting_t *g, const char *side,
+		      const char *tprefix, struct dw_table_side *out)
+{
+	static const char *const keys[] = { "dsn", "table", "key", NULL };
+	const config_setting_t *s = get_group(L, g, side, tprefix);
+	char prefix[WHERE_MAX], w[WHERE_MAX];
+	const char *v;
+
+	out->dsn = dw_strdup("");
+	wjoin(prefix, sizeof(prefix), tprefix, side);
+	if (!s) {
+		if (!config_setting_get_member(g, side))
+			lerr(L, sline(g), prefix, "missing (required: { dsn; table; key; })");
+		return;
+	}
+	check_keys(L, s, prefix, keys);
+	if (get_str(L, s, "dsn", prefix, &v) == 1) {
+		free(out->dsn);
+		out->dsn = dw_strdup(v);
+	}
+	wjoin(w, sizeof(w), prefix, "table");
+	switch (get_str(L, s, "table", prefix, &v)) {
+	case 0:
+		lerr(L, sline(s), w, "missing (required)");
+		break;
+	case 1:
+		if (!is_qualified_ident(v))
+			lerr(L, sline(config_setting_get_member(s, "table")), w,
+			     "\"%s\": expected a table name (optionally schema.table)", v);
+		else
+			out->table = dw_strdup(v);
+		break;
+	default:
+		break;
+	}
+	wjoin(w, sizeof(w), prefix, "key");
+	switch (get_str(L, s, "key", prefix, &v)) {
+	case 0:
+		lerr(L, sline(s), w, "missing (required: the key column)");
+		break;
+	case 1:
+		if (!is_ident(v))
+			lerr(L, sline(config_setting_get_member(s, "key")), w,
+			     "\"%s\": expected a column name", v);
+		else
+			out->key = dw_strdup(v);
+		break;
+	default:
+		break;
+	}
+}
+
+static void load_tables(struct loader *L, const config_setting_t *root)
+{
+	static const char *const keys[] = { "name", "source", "target", "columns", NULL };
+	const config_setting_t *ts = config_setting_get_member(root, "tables");
+	struct dw_config *c = L->c;
+	int n;
+
+	if (!ts)
+		return;
+	if (!config_setting_is_list(ts)) {
+		lerr(L, sline(ts), "tables", "expected a list ( { ... }, { ... } )");
+		return;
+	}
+	n = config_setting_length(ts);
+	c->tables = dw_calloc((size_t)n + 1, sizeof(*c->tables));
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *g = config_setting_get_elem(ts, (unsigned)i);
+		struct dw_table_map *t = &c->tables[c->ntables];
+		char prefix[WHERE_MAX], w[WHERE_MAX];
+		const config_setting_t *cols;
+		const char *s;
+
+		wfmt(prefix, sizeof(prefix), "table #%d", i + 1);
+		if (!config_setting_is_group(g)) {
+			lerr(L, sline(g), prefix, "expected a group { name = ...; ... }");
+			continue;
+		}
+		t->line = sline(g);
+		c->ntables++;
+		switch (get_str(L, g, "name", prefix, &s)) {
+		case 0:
+			lerr(L, sline(g), prefix, "name: missing (required)");
+			break;
+		case 1:
+			if (!*s) {
+				lerr(L, sline(g), prefix, "name: must not be empty");
+				break;
+			}
+			wfmt(prefix, sizeof(prefix), "table \"%s\"", s);
+			for (size_t j = 0; j + 1 < c->ntables; j++) {
+				if (c->tables[j].name && strcmp(c->tables[j].name, s) == 0) {
+					lerr(L, sline(config_setting_get_member(g, "name")), prefix,
+					     "name: duplicate table name (first defined at line %d)",
+					     c->tables[j].line);
+					break;
+				}
+			}
+			t->name = dw_strdup(s);
+			break;
+		default:
+			break;
+		}
+		check_keys(L, g, prefix, keys);
+		load_side(L, g, "source", prefix, &t->source);
+		load_side(L, g, "target", prefix, &t->target);
+
+		wjoin(w, sizeof(w), prefix, "columns");
+		cols = get_group(L, g, "columns", prefix);
+		if (!cols) {
+			if (!config_setting_get_member(g, "columns"))
+				lerr(L, sline(g), w, "missing (required: { column = \"$row.x\"; })");
+			continue;
+		}
+		int nc = config_setting_length(cols);
+		if (nc == 0) {
+			lerr(L, sline(cols), w, "no columns");
+			continue;
+		}
+		t->column_names = dw_calloc((size_t)nc, sizeof(*t->column_names));
+		t->columns = dw_calloc((size_t)nc, sizeof(*t->columns));
+		for (int j = 0; j < nc; j++) {
+			const config_setting_t *m = config_setting_get_elem(cols, (unsigned)j);
+			const char *cn = config_setting_name(m);
+			struct expr_opts o = { .allowed = EXPR_SRC_TABLE };
+			struct dw_err err = { { 0 } };
+			struct expr *e;
+			char cw[WHERE_MAX];
+
+			wjoin(cw, sizeof(cw), w, cn);
+			if (!is_ident(cn)) {
+				lerr(L, sline(m), cw, "\"%s\": not a valid column name", cn);
+				continue;
+			}
+			e = expr_compile_opts(m, &o, &err);
+			if (!e) {
+				lerr(L, o.line ? o.line : sline(m), prefix, "columns.%s", err.msg);
+				continue;
+			}
+			t->column_names[t->ncolumns] = dw_strdup(cn);
+			t->columns[t->ncolumns++] = e;
+		}
+	}
+}
+
+/* ---------------------------------------------------------------- entry points */
+
+struct dw_config *config_load(const char *path, struct dw_errlist *errs)
+{
+	static const char *const top_keys[] = { "listen",   "workers",		"admin",
+						"limits",   "upstreams",	"default_upstream",
+						"queue",    "tenant",		"routes",
+						"tables",   "log_level",	NULL };
+	struct loader L = { .file = path, .errs = errs };
+	struct dw_config *c = NULL;
+	const config_setting_t *root;
+	config_t cfg;
+	FILE *f;
+
+	/* libconfig reports an unreadable file without errno; open it first
+	 * to say why. */
+	f = fopen(path, "r");
+	if (!f) {
+		dw_errlist_add(errs, "%s: cannot open: %s", path, strerror(errno));
+		return NULL;
+	}
+	fclose(f);
+
+	config_init(&cfg);
+	/* @include "x.conf" is relative to the including file, not the cwd */
+	char *dir = dw_strdup(path), *slash = strrchr(dir, '/');
+	if (slash) {
+		*slash = '\0';
+		config_set_include_dir(&cfg, *dir ? dir : "/");
+	}
+	int rc = config_read_file(&cfg, path);
+	free(dir);
+	if (rc != CONFIG_TRUE) {
+		const char *ef = config_error_file(&cfg);
+		if (config_error_type(&cfg) == CONFIG_ERR_FILE_IO)
+			dw_errlist_add(errs, "%s: cannot read: %s", ef ? ef : path,
+				       config_error_text(&cfg));
+		else
+			dw_errlist_add(errs, "%s:%d: syntax error: %s", ef ? ef : path,
+				       config_error_line(&cfg), config_error_text(&cfg));
+		config_destroy(&cfg);
+		return NULL;
+	}
+	root = config_root_setting(&cfg);
+
+	c = dw_calloc(1, sizeof(*c));
+	L.c = c;
+	c->refcnt = 1;
+	c->path = dw_strdup(path);
+	c->log_level = DW_LOG_INFO;
+	c->workers = 1;
+	c->limits = (struct dw_limits){ .max_header_bytes = 16384,
+					.max_body_bytes = 1048576,
+					.header_timeout_ms = 10000,
+					.body_timeout_ms = 30000,
+					.idle_timeout_ms = 60000,
+					.max_connections = 10000,
+					.drain_timeout_ms = 10000 };
+	c->default_upstream = -1;
+	c->queue.path = dw_strdup("/var/lib/dualwrite/queue");
+	c->queue.durability = QUEUE_DURABILITY_PROCESS;
+	c->queue.max_bytes = 1ULL << 30;
+	c->queue.table = dw_strdup("dualwrite_queue");
+	c->tenant.header = dw_strdup("X-Tenant-ID");
+	c->tenant.def = dw_strdup("default");
+
+	check_keys(&L, root, "", top_keys);
+	load_scalars(&L, root);
+	load_upstreams(&L, root);
+	load_routes(&L, root);
+	load_tables(&L, root);
+
+	config_destroy(&cfg);
+	if (L.nerrs > 0) {
+		config_free(c);
+		return NULL;
+	}
+	return c;
+}
+
+int config_upstream_index(const struct dw_config *c, const char *name)
+{
+	for (size_t i = 0; i < c->nupstreams; i++)
+		if (c->upstreams[i].name && strcmp(c->upstreams[i].name, name) == 0)
+			return (int)i;
+	return -1;
+}
+
+const struct dw_table_map *config_table(const struct dw_config *c, const char *name)
+{
+	for (size_t i = 0; i < c->ntables; i++)
+		if (c->tables[i].name && strcmp(c->tables[i].name, name) == 0)
+			return &c->tables[i];
+	return NULL;
+}
+
+const struct dw_route *config_route_match(const struct dw_config *c, const char *method,
+					  size_t method_len, const char *path, size_t path_len,
+					  struct route_params *rp)
+{
+	for (size_t i = 0; i < c->nroutes; i++)
+		if (route_pattern_match(c->routes[i].pattern, method, method_len, path, path_len,
+					rp))
+			return &c->routes[i];
+	return NULL;
+}
+
+static bool str_differs(const char *a, const char *b)
+{
+	if (!a || !b)
+		return a != b;
+	return strcmp(a, b) != 0;
+}
+
+void config_diff_nonreloadable(const struct dw_config *old, const struct dw_config *new_,
+			       void (*warn)(void *arg, const char *key), void *arg)
+{
+	if (old->workers != new_->workers)
+		warn(arg, "workers");
+	if (str_differs(old->admin_listen, new_->admin_listen))
+		warn(arg, "admin.listen");
+	if (str_differs(old->queue.path, new_->queue.path))
+		warn(arg, "queue.path");
+	if (old->queue.durability != new_->queue.durability)
+		warn(arg, "queue.durability");
+	if (str_differs(old->queue.postgres, new_->queue.postgres))
+		warn(arg, "queue.postgres");
+	if (str_differs(old->queue.table, new_->queue.table))
+		warn(arg, "queue.table");
+}

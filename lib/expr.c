@@ -1,0 +1,939 @@
+/*
+ * expr.c — value expressions and path templates (SPEC §3).
+ *
+ * An expression is a small tree compiled once from the configuration:
+ * literals (prebuilt jansson values), references into one of the sources of
+ * a write ($request.a.b, $path.id, $tenant, ...), objects and arrays of
+ * expressions, and mirror documents (a base document with top-level names
+ * dropped and members merged over it). Evaluation only reads the context, so
+ * a compiled expression is shared by every worker thread without locks.
+ *
+ * "Missing" is a value, not an error: a reference to an absent field makes
+ * the enclosing object member (or array element) disappear, and only at the
+ * top of an expression is it reported to the caller as EXPR_MISSING. Errors
+ * are reserved for writes whose mirror must not be built at all (a bad
+ * tenant, a base that is not an object, text that is not UTF-8).
+ */
+#include "expr.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum node_kind { N_LIT, N_REF, N_OBJ, N_ARR, N_DOC };
+
+enum ref_src { R_REQUEST, R_RESPONSE, R_PATH, R_QUERY, R_HEADER, R_TENANT, R_NOW, R_ROW };
+
+static const struct {
+	const char *name;
+	enum ref_src src;
+	unsigned bit;
+} ref_sources[] = {
+	{ "request", R_REQUEST, EXPR_SRC_REQUEST }, { "response", R_RESPONSE, EXPR_SRC_RESPONSE },
+	{ "path", R_PATH, EXPR_SRC_PATH },	    { "query", R_QUERY, EXPR_SRC_QUERY },
+	{ "header", R_HEADER, EXPR_SRC_HEADER },    { "tenant", R_TENANT, EXPR_SRC_TENANT },
+	{ "now", R_NOW, EXPR_SRC_NOW },		    { "row", R_ROW, EXPR_SRC_ROW },
+};
+
+struct expr {
+	enum node_kind kind;
+	unsigned sources;
+	json_t *lit; /* N_LIT */
+
+	/* N_REF: the source and, for documents, the path into it; for
+	 * $path/$query/$header the single name is comp[0]. */
+	enum ref_src src;
+	char *text; /* as written, for messages */
+	char **comp;
+	size_t ncomp;
+
+	/* N_OBJ (keys set) and N_ARR */
+	size_t n;
+	char **keys;
+	struct expr **items;
+
+	/* N_DOC */
+	struct expr *base; /* may be NULL */
+	char **drop;
+	size_t ndrop;
+	struct expr *body; /* an N_OBJ, may be NULL */
+};
+
+struct tpart {
+	char *lit;	/* literal text, or NULL */
+	struct expr *e; /* a placeholder */
+	char *text;	/* the placeholder as written, without braces */
+};
+
+struct tmpl {
+	size_t n;
+	struct tpart *parts;
+	unsigned sources;
+};
+
+/* ---------------------------------------------------------------- freeing */
+
+void expr_free(struct expr *e)
+{
+	if (!e)
+		return;
+	json_decref(e->lit);
+	free(e->text);
+	for (size_t i = 0; i < e->ncomp; i++)
+		free(e->comp[i]);
+	free(e->comp);
+	for (size_t i = 0; i < e->n; i++) {
+		if (e->keys)
+			free(e->keys[i]);
+		expr_free(e->items[i]);
+	}
+	free(e->keys);
+	free(e->items);
+	expr_free(e->base);
+	for (size_t i = 0; i < e->ndrop; i++)
+		free(e->drop[i]);
+	free(e->drop);
+	expr_free(e->body);
+	free(e);
+}
+
+void tmpl_free(struct tmpl *t)
+{
+	if (!t)
+		return;
+	for (size_t i = 0; i < t->n; i++) {
+		free(t->parts[i].lit);
+		free(t->parts[i].text);
+		expr_free(t->parts[i].e);
+	}
+	free(t->parts);
+	free(t);
+}
+
+unsigned expr_sources(const struct expr *e)
+{
+	return e ? e->sources : 0;
+}
+
+unsigned tmpl_sources(const struct tmpl *t)
+{
+	return t ? t->sources : 0;
+}
+
+/* ---------------------------------------------------------------- compiling */
+
+static bool is_ident(const char *s, size_t len)
+{
+	if (len == 0 || !((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z') || s[0] == '_'))
+		return false;
+	for (size_t i = 1; i < len; i++) {
+		char c = s[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '_'))
+			return false;
+	}
+	return true;
+}
+
+static bool is_token(const char *s)
+{
+	if (!*s)
+		return false;
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      strchr("!#$%&'*+-.^_`|~", c)))
+			return false;
+	}
+	return true;
+}
+
+static struct expr *node_new(enum node_kind k)
+{
+	struct expr *e = dw_calloc(1, sizeof(*e));
+	e->kind = k;
+	return e;
+}
+
+static struct expr *lit_new(json_t *v)
+{
+	struct expr *e = node_new(N_LIT);
+	e->lit = v;
+	return e;
+}
+
+/* Compile one "$..." reference (s starts with '$' and is not "$$..."). On
+ * error sets err to the bare reason. */
+static struct expr *compile_ref(const char *s, const struct expr_opts *o, struct dw_err *err)
+{
+	const char *name = s + 1, *dot = strchr(name, '.');
+	size_t nlen = dot ? (size_t)(dot - name) : strlen(name);
+	struct expr *e;
+	size_t k;
+
+	for (k = 0; k < DW_ARRAY_LEN(ref_sources); k++)
+		if (strlen(ref_sources[k].name) == nlen && memcmp(ref_sources[k].name, name, nlen) == 0)
+			break;
+	if (k == DW_ARRAY_LEN(ref_sources)) {
+		dw_err_set(err,
+			   "bad expression \"%s\": unknown source \"$%.*s\" (known: $request, "
+			   "$response, $path, $query, $header, $tenant, $now, $row; \"$$\" for a "
+			   "literal \"$\")",
+			   s, (int)nlen, name);
+		return NULL;
+	}
+	if (!(o->allowed & ref_sources[k].bit)) {
+		dw_err_set(err, "bad expression \"%s\": $%s is not available here", s,
+			   ref_sources[k].name);
+		return NULL;
+	}
+	e = node_new(N_REF);
+	e->src = ref_sources[k].src;
+	e->sources = ref_sources[k].bit;
+	e->text = dw_strdup(s);
+	switch (e->src) {
+	case R_REQUEST:
+	case R_RESPONSE:
+	case R_ROW:
+		while (dot) {
+			const char *c = dot + 1, *next = strchr(c, '.');
+			size_t clen = next ? (size_t)(next - c) : strlen(c);
+			if (clen == 0) {
+				dw_err_set(err, "bad expression \"%s\": empty field name", s);
+				goto fail;
+			}
+			e->comp = dw_realloc(e->comp, (e->ncomp + 1) * sizeof(*e->comp));
+			e->comp[e->ncomp++] = dw_strndup(c, clen);
+			dot = next;
+		}
+		break;
+	case R_PATH:
+	case R_QUERY:
+	case R_HEADER:
+		if (!dot || !dot[1]) {
+			dw_err_set(err, "bad expression \"%s\": $%s needs a name ($%s.NAME)", s,
+				   ref_sources[k].name, ref_sources[k].name);
+			goto fail;
+		}
+		if (e->src == R_PATH && !is_ident(dot + 1, strlen(dot + 1))) {
+			dw_err_set(err, "bad expression \"%s\": bad capture name \"%s\"", s, dot + 1);
+			goto fail;
+		}
+		if (e->src == R_HEADER && !is_token(dot + 1)) {
+			dw_err_set(err, "bad expression \"%s\": bad header name \"%s\"", s, dot + 1);
+			goto fail;
+		}
+		if (e->src == R_PATH && o->check_path) {
+			size_t i;
+			for (i = 0; i < o->npath; i++)
+				if (strcmp(o->path_names[i], dot + 1) == 0)
+					break;
+			if (i == o->npath) {
+				dw_err_set(err,
+					   "bad expression \"%s\": \"%s\" is not a capture of the "
+					   "route's match",
+					   s, dot + 1);
+				goto fail;
+			}
+		}
+		e->comp = dw_malloc(sizeof(*e->comp));
+		e->comp[0] = dw_strdup(dot + 1);
+		e->ncomp = 1;
+		break;
+	case R_TENANT:
+	case R_NOW:
+		if (dot) {
+			dw_err_set(err, "bad expression \"%s\": $%s takes no field", s,
+				   ref_sources[k].name);
+			goto fail;
+		}
+		break;
+	}
+	return e;
+fail:
+	expr_free(e);
+	return NULL;
+}
+
+static struct expr *compile_string(const char *s, const struct expr_opts *o, struct dw_err *err)
+{
+	json_t *v;
+
+	if (s[0] == '$' && s[1] != '$')
+		return compile_ref(s, o, err);
+	v = json_string(s[0] == '$' ? s + 1 : s);
+	if (!v) {
+		dw_err_set(err, "not valid UTF-8");
+		return NULL;
+	}
+	return lit_new(v);
+}
+
+/* where: this setting's path relative to the compiled root, for messages. */
+static struct expr *compile_setting(const config_setting_t *s, const char *where,
+				    struct expr_opts *o, struct dw_err *err)
+{
+	struct expr *e = NULL;
+	char sub[256];
+	int n;
+
+	switch (config_setting_type(s)) {
+	case CONFIG_TYPE_INT:
+		return lit_new(json_integer(config_setting_get_int(s)));
+	case CONFIG_TYPE_INT64:
+		return lit_new(json_integer(config_setting_get_int64(s)));
+	case CONFIG_TYPE_FLOAT:
+		return lit_new(json_real(config_setting_get_float(s)));
+	case CONFIG_TYPE_BOOL:
+		return lit_new(json_boolean(config_setting_get_bool(s)));
+	case CONFIG_TYPE_STRING:
+		e = compile_string(config_setting_get_string(s), o, err);
+		if (!e)
+			goto fail;
+		return e;
+	case CONFIG_TYPE_GROUP:
+	case CONFIG_TYPE_LIST:
+	case CONFIG_TYPE_ARRAY: {
+		bool group = config_setting_is_group(s);
+		e = node_new(group ? N_OBJ : N_ARR);
+		n = config_setting_length(s);
+		e->items = dw_calloc((size_t)n + 1, sizeof(*e->items));
+		if (group)
+			e->keys = dw_calloc((size_t)n + 1, sizeof(*e->keys));
+		for (int i = 0; i < n; i++) {
+			const config_setting_t *m = config_setting_get_elem(s, (unsigned)i);
+			struct expr *it;
+			if (group)
+				snprintf(sub, sizeof(sub), "%s%s%s", where, *where ? "." : "",
+					 config_setting_name(m));
+			else
+				snprintf(sub, sizeof(sub), "%s[%d]", where, i);
+			it = compile_setting(m, sub, o, err);
+			if (!it) {
+				expr_free(e);
+				return NULL; /* err and line already name the member */
+			}
+			if (group)
+				e->keys[e->n] = dw_strdup(config_setting_name(m));
+			e->items[e->n++] = it;
+			e->sources |= it->sources;
+		}
+		return e;
+	}
+	default:
+		dw_err_set(err, "unsupported value");
+		goto fail;
+	}
+fail:
+	o->line = config_setting_source_line(s);
+	if (*where)
+		dw_err_prefix(err, "%s", where);
+	return NULL;
+}
+
+struct expr *expr_compile_opts(const config_setting_t *s, struct expr_opts *o, struct dw_err *err)
+{
+	const char *name = config_setting_name(s);
+	o->line = 0;
+	return compile_setting(s, name ? name : "", o, err);
+}
+
+struct expr *expr_compile(const config_setting_t *s, unsigned allowed, struct dw_err *err)
+{
+	struct expr_opts o = { .allowed = allowed };
+	struct expr *e = expr_compile_opts(s, &o, err);
+
+	if (!e && o.line > 0)
+		dw_err_prefix(err, "line %d", o.line);
+	return e;
+}
+
+struct expr *expr_compile_str(const char *s, unsigned allowed, struct dw_err *err)
+{
+	struct expr_opts o = { .allowed = allowed };
+	return compile_string(s, &o, err);
+}
+
+struct expr *expr_compile_document_opts(const config_setting_t *base,
+					const config_setting_t *drop,
+					const config_setting_t *body, struct expr_opts *o,
+					struct dw_err *err)
+{
+	struct expr *d = node_new(N_DOC);
+
+	o->line = 0;
+	if (!base && !drop && !body) {
+		dw_err_set(err, "a document needs a base or a body");
+		goto fail;
+	}
+	if (drop && !base) {
+		o->line = config_setting_source_line(drop);
+		dw_err_set(err, "drop: \"drop\" needs a \"base\" to drop from");
+		goto fail;
+	}
+	if (base) {
+		if (config_setting_type(base) == CONFIG_TYPE_STRING) {
+			const char *b = config_setting_get_string(base);
+			d->base = compile_string(b, o, err);
+			if (!d->base) {
+				o->line = config_setting_source_line(base);
+				dw_err_prefix(err, "base");
+				goto fail;
+			}
+			if (d->base->kind != N_REF ||
+			    !(d->base->src == R_REQUEST || d->base->src == R_RESPONSE ||
+			      d->base->src == R_ROW)) {
+				o->line = config_setting_source_line(base);
+				dw_err_set(err,
+					   "base: \"%s\" is not a document (use $request, $response "
+					   "or a group)",
+					   b);
+				goto fail;
+			}
+		} else if (config_setting_is_group(base)) {
+			d->base = compile_setting(base, "base", o, err);
+			if (!d->base)
+				goto fail;
+		} else {
+			o->line = config_setting_source_line(base);
+			dw_err_set(err, "base: must be \"$request\", \"$response\" or a group");
+			goto fail;
+		}
+		d->sources |= d->base->sources;
+	}
+	if (drop) {
+		int n;
+		if (!config_setting_is_list(drop) && !config_setting_is_array(drop)) {
+			o->line = config_setting_source_line(drop);
+			dw_err_set(err, "drop: must be a list of field names");
+			goto fail;
+		}
+		n = config_setting_length(drop);
+		d->drop = dw_calloc((size_t)n + 1, sizeof(*d->drop));
+		for (int i = 0; i < n; i++) {
+			const config_setting_t *m = config_setting_get_elem(drop, (unsigned)i);
+			if (config_setting_type(m) != CONFIG_TYPE_STRING) {
+				o->line = config_setting_source_line(m);
+				dw_err_set(err, "drop[%d]: must be a string (a field name)", i);
+				goto fail;
+			}
+			d->drop[d->ndrop++] = dw_strdup(config_setting_get_string(m));
+		}
+	}
+	if (body) {
+		if (!config_setting_is_group(body)) {
+			o->line = config_setting_source_line(body);
+			dw_err_set(err, "body: must be a group when used with base");
+			goto fail;
+		}
+		d->body = compile_setting(body, "body", o, err);
+		if (!d->body)
+			goto fail;
+		d->sources |= d->body->sources;
+	}
+	return d;
+fail:
+	expr_free(d);
+	return NULL;
+}
+
+struct expr *expr_compile_document(const config_setting_t *base, const config_setting_t *drop,
+				   const config_setting_t *body, unsigned allowed,
+				   struct dw_err *err)
+{
+	struct expr_opts o = { .allowed = allowed };
+	struct expr *e = expr_compile_document_opts(base, drop, body, &o, err);
+
+	if (!e && o.line > 0)
+		dw_err_prefix(err, "line %d", o.line);
+	return e;
+}
+
+/* ---------------------------------------------------------------- evaluating */
+
+static int hexval(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+char *expr_query_decode(const char *s, size_t len, size_t *outlen)
+{
+	char *out = dw_malloc(len + 1), *p = out;
+
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] == '%') {
+			int h, l;
+			if (i + 2 >= len || (h = hexval((unsigned char)s[i + 1])) < 0 ||
+			    (l = hexval((unsigned char)s[i + 2])) < 0) {
+				free(out);
+				return NULL;
+			}
+			*p++ = (char)(h * 16 + l);
+			i += 2;
+		} else {
+			*p++ = s[i] == '+' ? ' ' : s[i];
+		}
+	}
+	*p = '\0';
+	if (outlen)
+		*outlen = (size_t)(p - out);
+	return out;
+}
+
+/* jansson takes non-const pointers for reference counting; the context's
+ * documents are shared read-only and only their count changes. */
+static json_t *share(const json_t *v)
+{
+	return json_incref((json_t *)(uintptr_t)v);
+}
+
+static int text_value(const char *s, size_t len, const char *what, json_t **out,
+		      struct dw_err *err)
+{
+	*out = json_stringn(s, len);
+	if (!*out) {
+		dw_err_set(err, "%s is not valid UTF-8", what);
+		return EXPR_ERROR;
+	}
+	return EXPR_OK;
+}
+
+static int eval_query(const struct expr *e, const struct expr_ctx *ctx, json_t **out,
+		      struct dw_err *err)
+{
+	const char *q = ctx->query, *end;
+	const char *name = e->comp[0];
+	size_t nlen = strlen(name);
+
+	if (!q)
+		return EXPR_MISSING;
+	end = q + ctx->query_len;
+	while (q < end) {
+		const char *amp = memchr(q, '&', (size_t)(end - q));
+		const char *pe = amp ? amp : end;
+		const char *eq = memchr(q, '=', (size_t)(pe - q));
+		const char *ke = eq ? eq : pe;
+		size_t klen, vlen;
+		char *k = expr_query_decode(q, (size_t)(ke - q), &klen);
+		if (k && klen == nlen && memcmp(k, name, nlen) == 0) {
+			char *v = eq ? expr_query_decode(eq + 1, (size_t)(pe - eq - 1), &vlen)
+				     : dw_strdup("");
+			int rc;
+			free(k);
+			if (!v) {
+				dw_err_set(err, "%s: bad percent-encoding", e->text);
+				return EXPR_ERROR;
+			}
+			if (!eq)
+				vlen = 0;
+			rc = text_value(v, vlen, e->text, out, err);
+			free(v);
+			return rc;
+		}
+		free(k);
+		q = amp ? amp + 1 : end;
+	}
+	return EXPR_MISSING;
+}
+
+static int eval_ref(const struct expr *e, const struct expr_ctx *ctx, json_t **out,
+		    struct dw_err *err)
+{
+	const json_t *doc = NULL;
+
+	*out = NULL;
+	switch (e->src) {
+	case R_REQUEST:
+		doc = ctx->request;
+		break;
+	case R_RESPONSE:
+		doc = ctx->response;
+		break;
+	case R_ROW:
+		doc = ctx->row;
+		break;
+	case R_PATH:
+		for (size_t i = 0; i < ctx->npath; i++)
+			if (ctx->path_names[i] && strcmp(ctx->path_names[i], e->comp[0]) == 0)
+				return text_value(ctx->path_values[i], strlen(ctx->path_values[i]),
+						  e->text, out, err);
+		return EXPR_MISSING;
+	case R_QUERY:
+		return eval_query(e, ctx, out, err);
+	case R_HEADER: {
+		size_t len = 0;
+		const char *v = ctx->header ? ctx->header(ctx->header_arg, e->comp[0], &len) : NULL;
+		if (!v)
+			return EXPR_MISSING;
+		return text_value(v, len, e->text, out, err);
+	}
+	case R_TENANT:
+		if (!ctx->tenant) {
+			dw_err_set(err, "bad tenant");
+			return EXPR_ERROR;
+		}
+		return text_value(ctx->tenant, strlen(ctx->tenant), "$tenant", out, err);
+	case R_NOW: {
+		char buf[40];
+		if (ctx->now)
+			return text_value(ctx->now, strlen(ctx->now), "$now", out, err);
+		dw_rfc3339(dw_wall_us(), buf, sizeof(buf));
+		*out = json_string(buf);
+		return EXPR_OK;
+	}
+	}
+	if (!doc)
+		return EXPR_MISSING;
+	for (size_t i = 0; i < e->ncomp; i++) {
+		const char *c = e->comp[i];
+		if (json_is_object(doc)) {
+			doc = json_object_get(doc, c);
+		} else if (json_is_array(doc) && c[0] >= '0' && c[0] <= '9' &&
+			   strspn(c, "0123456789") == strlen(c) && strlen(c) < 10) {
+			doc = json_array_get(doc, strtoul(c, NULL, 10));
+		} else {
+			doc = NULL;
+		}
+		if (!doc)
+			return EXPR_MISSING;
+	}
+	*out = share(doc);
+	return EXPR_OK;
+}
+
+static int eval_node(const struct expr *e, const struct expr_ctx *ctx, json_t **out,
+		     struct dw_err *err);
+
+/* Set body's members over obj (owned), merging groups into existing objects. */
+static int merge_into(json_t *obj, const struct expr *body, const struct expr_ctx *ctx,
+		      struct dw_err *err)
+{
+	for (size_t i = 0; i < body->n; i++) {
+		const struct expr *it = body->items[i];
+		json_t *cur = json_object_get(obj, body->keys[i]), *v;
+		int rc;
+
+		if (it->kind == N_OBJ && json_is_object(cur)) {
+			/* cur came from a deep copy or was built here: ours to change */
+			if (merge_into(cur, it, ctx, err) < 0)
+				return EXPR_ERROR;
+			continue;
+		}
+		rc = eval_node(it, ctx, &v, err);
+		if (rc == EXPR_ERROR)
+			return rc;
+		if (rc == EXPR_OK)
+			json_object_set_new(obj, body->keys[i], v);
+	}
+	return EXPR_OK;
+}
+
+static int eval_node(const struct expr *e, const struct expr_ctx *ctx, json_t **out,
+		     struct dw_err *err)
+{
+	json_t *v = NULL, *acc;
+	int rc;
+
+	*out = NULL;
+	switch (e->kind) {
+	case N_LIT:
+		*out = json_incref(e->lit);
+		return EXPR_OK;
+	case N_REF:
+		return eval_ref(e, ctx, out, err);
+	case N_OBJ:
+	case N_ARR:
+		acc = e->kind == N_OBJ ? json_object() : json_array();
+		for (size_t i = 0; i < e->n; i++) {
+			rc = eval_node(e->items[i], ctx, &v, err);
+			if (rc == EXPR_ERROR) {
+				json_decref(acc);
+				return rc;
+			}
+			if (rc == EXPR_MISSING)
+				continue;
+			if (e->kind == N_OBJ)
+				json_object_set_new(acc, e->keys[i], v);
+			else
+				json_array_append_new(acc, v);
+		}
+		*out = acc;
+		return EXPR_OK;
+	case N_DOC:
+		if (e->base) {
+			rc = eval_node(e->base, ctx, &v, err);
+			if (rc != EXPR_OK)
+				return rc;
+			if (!json_is_object(v)) {
+				json_decref(v);
+				dw_err_set(err, "base is not a JSON object");
+				return EXPR_ERROR;
+			}
+			acc = json_deep_copy(v);
+			json_decref(v);
+		} else {
+			acc = json_object();
+		}
+		for (size_t i = 0; i < e->ndrop; i++)
+			json_object_del(acc, e->drop[i]);
+		if (e->body && merge_into(acc, e->body, ctx, err) < 0) {
+			json_decref(acc);
+			return EXPR_ERROR;
+		}
+		*out = acc;
+		return EXPR_OK;
+	}
+	return EXPR_ERROR;
+}
+
+int expr_eval(const struct expr *e, const struct expr_ctx *ctx, json_t **out, struct dw_err *err)
+{
+	static const struct expr_ctx empty;
+	int rc = eval_node(e, ctx ? ctx : &empty, out, err);
+
+	if (rc != EXPR_OK) {
+		json_decref(*out);
+		*out = NULL;
+	}
+	return rc;
+}
+
+static char *real_string(double d)
+{
+	char buf[64];
+
+	for (int prec = 1; prec <= 17; prec++) {
+		snprintf(buf, sizeof(buf), "%.*g", prec, d);
+		if (strtod(buf, NULL) == d)
+			break;
+	}
+	return dw_strdup(buf);
+}
+
+int expr_eval_string(const struct expr *e, const struct expr_ctx *ctx, char **out,
+		     struct dw_err *err)
+{
+	json_t *v = NULL;
+	int rc;
+	char buf[32];
+
+	*out = NULL;
+	rc = expr_eval(e, ctx, &v, err);
+	if (rc != EXPR_OK)
+		return rc;
+	switch (json_typeof(v)) {
+	case JSON_STRING:
+		if (strlen(json_string_value(v)) != json_string_length(v)) {
+			dw_err_set(err, "value contains a NUL byte");
+			rc = EXPR_ERROR;
+			break;
+		}
+		*out = dw_strdup(json_string_value(v));
+		break;
+	case JSON_INTEGER:
+		snprintf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+		*out = dw_strdup(buf);
+		break;
+	case JSON_REAL:
+		*out = real_string(json_real_value(v));
+		break;
+	case JSON_TRUE:
+		*out = dw_strdup("true");
+		break;
+	case JSON_FALSE:
+		*out = dw_strdup("false");
+		break;
+	default:
+		dw_err_set(err, "value is %s, not a string or number",
+			   json_is_null(v) ? "null" : json_is_object(v) ? "an object" : "an array");
+		rc = EXPR_ERROR;
+		break;
+	}
+	json_decref(v);
+	return rc;
+}
+
+/* ---------------------------------------------------------------- path refs */
+
+static void path_refs(const struct expr *e, void (*cb)(void *, const char *), void *arg)
+{
+	if (!e)
+		return;
+	if (e->kind == N_REF && e->src == R_PATH)
+		cb(arg, e->comp[0]);
+	for (size_t i = 0; i < e->n; i++)
+		path_refs(e->items[i], cb, arg);
+	path_refs(e->base, cb, arg);
+	path_refs(e->body, cb, arg);
+}
+
+void expr_path_refs(const struct expr *e, void (*cb)(void *arg, const char *name), void *arg)
+{
+	path_refs(e, cb, arg);
+}
+
+void tmpl_path_refs(const struct tmpl *t, void (*cb)(void *arg, const char *name), void *arg)
+{
+	for (size_t i = 0; t && i < t->n; i++)
+		path_refs(t->parts[i].e, cb, arg);
+}
+
+/* ---------------------------------------------------------------- templates */
+
+static void tmpl_add(struct tmpl *t, char *lit, struct expr *e, char *text)
+{
+	t->parts = dw_realloc(t->parts, (t->n + 1) * sizeof(*t->parts));
+	t->parts[t->n].lit = lit;
+	t->parts[t->n].e = e;
+	t->parts[t->n].text = text;
+	t->n++;
+	if (e)
+		t->sources |= e->sources;
+}
+
+struct tmpl *tmpl_compile_opts(const char *s, struct expr_opts *o, struct dw_err *err)
+{
+	struct tmpl *t = dw_calloc(1, sizeof(*t));
+	const char *p = s;
+
+	o->line = 0;
+	while (*p) {
+		size_t lit = strcspn(p, "{}");
+		if (lit) {
+			/* the result goes into a request line: no spaces, no controls */
+			for (size_t i = 0; i < lit; i++) {
+				unsigned char ch = (unsigned char)p[i];
+				if (ch <= 0x20 || ch >= 0x7f) {
+					dw_err_set(err, "template \"%s\": invalid character 0x%02x",
+						   s, ch);
+					goto fail;
+				}
+			}
+			tmpl_add(t, dw_strndup(p, lit), NULL, NULL);
+			p += lit;
+			continue;
+		}
+		if (*p == '}') {
+			dw_err_set(err, "template \"%s\": unmatched '}'", s);
+			goto fail;
+		}
+		const char *close = strchr(p + 1, '}');
+		size_t ilen = close ? (size_t)(close - p - 1) : 0;
+		if (!close || memchr(p + 1, '{', ilen)) {
+			dw_err_set(err, "template \"%s\": unclosed '{'", s);
+			goto fail;
+		}
+		if (ilen == 0) {
+			dw_err_set(err, "template \"%s\": empty placeholder \"{}\"", s);
+			goto fail;
+		}
+		char *inner = dw_strndup(p + 1, ilen), *ref;
+		struct expr *e;
+		int rc;
+		if (strchr(inner, '.') || strcmp(inner, "tenant") == 0 || strcmp(inner, "now") == 0)
+			rc = asprintf(&ref, "$%s", inner);
+		else
+			rc = asprintf(&ref, "$path.%s", inner);
+		if (rc < 0)
+			abort();
+		e = inner[0] == '$' ? NULL : compile_ref(ref, o, err);
+		if (inner[0] == '$')
+			dw_err_set(err, "placeholder \"{%s}\": write it without '$'", inner);
+		free(ref);
+		if (!e) {
+			dw_err_prefix(err, "template \"%s\"", s);
+			free(inner);
+			goto fail;
+		}
+		tmpl_add(t, NULL, e, inner);
+		p = close + 1;
+	}
+	return t;
+fail:
+	tmpl_free(t);
+	return NULL;
+}
+
+struct tmpl *tmpl_compile(const char *s, unsigned allowed, struct dw_err *err)
+{
+	struct expr_opts o = { .allowed = allowed };
+	return tmpl_compile_opts(s, &o, err);
+}
+
+static bool unreserved(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       c == '-' || c == '.' || c == '_' || c == '~';
+}
+
+int tmpl_render(const struct tmpl *t, const struct expr_ctx *ctx, char **out, struct dw_err *err)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	int rc = 0;
+
+	*out = NULL;
+	if (!f)
+		abort();
+	for (size_t i = 0; i < t->n; i++) {
+		const struct tpart *pt = &t->parts[i];
+		char *v = NULL;
+		if (pt->lit) {
+			fputs(pt->lit, f);
+			continue;
+		}
+		rc = expr_eval_string(pt->e, ctx, &v, err);
+		if (rc == EXPR_MISSING) {
+			dw_err_set(err, "missing value for {%s}", pt->text);
+			rc = EXPR_ERROR;
+		}
+		if (rc != EXPR_OK)
+			break;
+		if (!*v) {
+			dw_err_set(err, "empty value for {%s}", pt->text);
+			free(v);
+			rc = EXPR_ERROR;
+			break;
+		}
+		/* "." and ".." would be dot-segments: encode them too */
+		bool dots = strcmp(v, ".") == 0 || strcmp(v, "..") == 0;
+		for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
+			if (unreserved(*c) && !(dots && *c == '.'))
+				fputc(*c, f);
+			else
+				fprintf(f, "%%%c%c", hex[*c >> 4], hex[*c & 15]);
+		}
+		free(v);
+	}
+	fclose(f);
+	if (rc != EXPR_OK) {
+		free(buf);
+		return EXPR_ERROR;
+	}
+	*out = buf;
+	return EXPR_OK;
+}
+
+/* ---------------------------------------------------------------- tenant */
+
+bool expr_tenant_valid(const char *s, size_t len)
+{
+	if (!s || len == 0 || len > 64)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '.' || c == '-'))
+			return false;
+	}
+	return true;
+}
