@@ -1,0 +1,163 @@
+/*
+ * admin.c — the admin listener on the main thread's loop: /health, /ready,
+ * /metrics (Prometheus text) and /status (JSON). It is for operators and
+ * `dualwrite status`, never for client traffic, so libevent's evhttp is good
+ * enough here.
+ */
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server.h"
+
+static void reply_json(struct evhttp_request *req, int code, json_t *doc)
+{
+	struct evbuffer *out = evbuffer_new();
+	char *text = json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS);
+
+	evbuffer_add_printf(out, "%s\n", text ? text : "{}");
+	free(text);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+			  "application/json");
+	evhttp_send_reply(req, code, code == 200 ? "OK" : "Service Unavailable", out);
+	evbuffer_free(out);
+}
+
+static void refresh_queue_gauges(struct server *srv, struct spool_stats *st)
+{
+	struct dw_err err = {""};
+
+	if (spool_refresh(srv->spool, &err) < 0)
+		log_warn("queue: %s", err.msg);
+	spool_stats(srv->spool, st);
+	metric_set(srv->m_queue_depth, (int64_t)(st->queued + st->pending));
+	metric_set(srv->m_queue_dead, (int64_t)st->dead);
+	metric_set(srv->m_queue_bytes, (int64_t)st->bytes);
+	metric_set(srv->m_queue_oldest,
+		   st->oldest_waiting_us ? (dw_wall_us() - st->oldest_waiting_us) / 1000000 : 0);
+}
+
+static void status_cb(struct evhttp_request *req, struct server *srv)
+{
+	struct dw_config *cfg = server_config(srv);
+	json_t *doc = json_object(), *routes = json_array(), *ups = json_object();
+	json_t *queue = json_object(), *mirror = json_object();
+	struct spool_stats st;
+
+	refresh_queue_gauges(srv, &st);
+	json_object_set_new(doc, "version", json_string(DW_VERSION));
+	json_object_set_new(doc, "pid", json_integer(getpid()));
+	json_object_set_new(doc, "uptime_s",
+			    json_integer((dw_wall_us() - srv->started_wall_us) / 1000000));
+	json_object_set_new(doc, "config", json_string(cfg->path));
+	json_object_set_new(doc, "workers", json_integer((json_int_t)srv->nworkers));
+	json_object_set_new(doc, "connections",
+			    json_integer(__atomic_load_n(&srv->active_conns, __ATOMIC_RELAXED)));
+	json_object_set_new(doc, "ready", json_boolean(srv->ready && !srv->stopping));
+	json_object_set_new(doc, "default_upstream",
+			    json_string(cfg->upstreams[cfg->default_upstream].name));
+	for (size_t i = 0; i < cfg->nupstreams; i++)
+		json_object_set_new(ups, cfg->upstreams[i].name,
+				    json_pack("{s:s, s:i}", "url", cfg->upstreams[i].url,
+					      "timeout_ms", cfg->upstreams[i].timeout_ms));
+	json_object_set_new(doc, "upstreams", ups);
+	for (size_t i = 0; i < cfg->nroutes; i++) {
+		const struct dw_route *r = &cfg->routes[i];
+		json_t *o = json_pack("{s:s, s:s, s:i}", "name", r->name, "match", r->match,
+				      "read_weight", 0);
+		if (r->mirror)
+			json_object_set_new(o, "mirror",
+					    json_string(cfg->upstreams[r->mirror->upstream].name));
+		json_array_append_new(routes, o);
+	}
+	json_object_set_new(doc, "routes", routes);
+	json_object_set_new(queue, "path", json_string(cfg->queue.path));
+	json_object_set_new(queue, "depth", json_integer((json_int_t)(st.queued + st.pending)));
+	json_object_set_new(queue, "queued", json_integer((json_int_t)st.queued));
+	json_object_set_new(queue, "pending", json_integer((json_int_t)st.pending));
+	json_object_set_new(queue, "dead", json_integer((json_int_t)st.dead));
+	json_object_set_new(queue, "bytes", json_integer((json_int_t)st.bytes));
+	json_object_set_new(queue, "oldest_age_s",
+			    json_integer(st.oldest_waiting_us
+					     ? (dw_wall_us() - st.oldest_waiting_us) / 1000000
+					     : 0));
+	json_object_set_new(doc, "queue", queue);
+	if (srv->mirror)
+		mirror_status_json(srv->mirror, mirror);
+	json_object_set_new(doc, "mirror", mirror);
+	json_object_set_new(doc, "reloads",
+			    json_pack("{s:I, s:I}", "ok", (json_int_t)metric_value(srv->m_reload_ok),
+				      "failed", (json_int_t)metric_value(srv->m_reload_failed)));
+	reply_json(req, 200, doc);
+	json_decref(doc);
+	config_unref(cfg);
+}
+
+static void admin_cb(struct evhttp_request *req, void *arg)
+{
+	struct server *srv = arg;
+	const char *uri = evhttp_request_get_uri(req);
+	struct evbuffer *out;
+
+	if (strcmp(uri, "/health") == 0) {
+		json_t *o = json_pack("{s:s}", "status", "ok");
+		reply_json(req, 200, o);
+		json_decref(o);
+	} else if (strcmp(uri, "/ready") == 0) {
+		bool ready = srv->ready && !srv->stopping;
+		json_t *o = json_pack("{s:s}", "status", ready ? "ready" : "not ready");
+		reply_json(req, ready ? 200 : 503, o);
+		json_decref(o);
+	} else if (strcmp(uri, "/metrics") == 0) {
+		struct spool_stats st;
+
+		refresh_queue_gauges(srv, &st);
+		out = evbuffer_new();
+		metrics_render(srv->metrics, out);
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+				  "text/plain; version=0.0.4");
+		evhttp_send_reply(req, 200, "OK", out);
+		evbuffer_free(out);
+	} else if (strcmp(uri, "/status") == 0) {
+		status_cb(req, srv);
+	} else {
+		out = evbuffer_new();
+		evbuffer_add_printf(out, "{\"error\": \"not found\"}\n");
+		evhttp_send_reply(req, 404, "Not Found", out);
+		evbuffer_free(out);
+	}
+}
+
+int admin_start(struct server *srv, struct dw_err *err)
+{
+	const char *addr = srv->cfg->admin_listen;
+	char host[256];
+	int port;
+
+	if (!addr)
+		return 0;
+	if (config_split_hostport(addr, host, sizeof(host), &port, err) < 0)
+		return -1;
+	srv->admin = evhttp_new(srv->base);
+	evhttp_set_allowed_methods(srv->admin, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+	evhttp_set_gencb(srv->admin, admin_cb, srv);
+	evhttp_set_timeout(srv->admin, 10);
+	if (!evhttp_bind_socket_with_handle(srv->admin, host, (ev_uint16_t)port)) {
+		dw_err_set(err, "admin listen %s: cannot bind", addr);
+		evhttp_free(srv->admin);
+		srv->admin = NULL;
+		return -1;
+	}
+	log_info("admin endpoint on %s", addr);
+	return 0;
+}
+
+void admin_stop(struct server *srv)
+{
+	if (srv->admin)
+		evhttp_free(srv->admin);
+	srv->admin = NULL;
+}

@@ -1,0 +1,397 @@
+/*
+ * main.c — process life of dualwrited: options, the first configuration,
+ * the journal, the threads, signals (as loop events, never work in a
+ * handler), reload, drain and exit. This file is the daemon's top level and
+ * the only place that holds process-wide state (struct server).
+ */
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "server.h"
+
+struct dw_config *server_config(struct server *srv)
+{
+	struct dw_config *c;
+
+	pthread_mutex_lock(&srv->cfg_lock);
+	c = config_ref(srv->cfg);
+	pthread_mutex_unlock(&srv->cfg_lock);
+	return c;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: dualwrited -c FILE [-t] [-d]\n"
+		   "\n"
+		   "HTTP/1.1 sidecar that forwards every request to the legacy upstream and\n"
+		   "mirrors acknowledged writes to the new one through a durable replay queue.\n"
+		   "\n"
+		   "  -c, --config FILE  configuration file (libconfig)\n"
+		   "  -t, --test         check the configuration, print \"configuration ok\", exit\n"
+		   "  -d, --debug        log at debug level (overrides log_level)\n"
+		   "  -V, --version      print the version\n"
+		   "  -h, --help         this text\n"
+		   "\n"
+		   "Signals: HUP reloads the configuration, TERM/INT drain and stop.\n");
+}
+
+static void print_errors(const char *what, struct dw_errlist *errs)
+{
+	for (size_t i = 0; i < errs->n; i++)
+		log_error("%s%s", what, errs->msgs[i]);
+}
+
+/* ------------------------------------------------------------ reload */
+
+static void warn_nonreloadable(void *arg, const char *key)
+{
+	(void)arg;
+	log_warn("reload: '%s' changed; it takes effect only after a restart", key);
+}
+
+static void do_reload(struct server *srv)
+{
+	struct dw_errlist errs = {0};
+	struct dw_config *neu, *old;
+	struct dw_err err = {""};
+
+	sd_notifyf("RELOADING=1\nMONOTONIC_USEC=%" PRId64 "\nSTATUS=reloading", dw_now_us());
+	log_info("reload: reading %s", srv->conf_path);
+	neu = config_load(srv->conf_path, &errs);
+	if (!neu) {
+		print_errors("reload rejected, keeping the running configuration: ", &errs);
+		dw_errlist_free(&errs);
+		goto failed;
+	}
+	old = server_config(srv);
+	if (listen_probe(neu, old, &err) < 0) {
+		log_error("reload rejected, keeping the running configuration: %s", err.msg);
+		config_unref(old);
+		config_unref(neu);
+		goto failed;
+	}
+	config_diff_nonreloadable(old, neu, warn_nonreloadable, NULL);
+	config_unref(old);
+	pthread_mutex_lock(&srv->cfg_lock);
+	old = srv->cfg;
+	srv->cfg = neu;
+	pthread_mutex_unlock(&srv->cfg_lock);
+	config_unref(old); /* freed when the last request on it finishes */
+	for (size_t i = 0; i < srv->nworkers; i++)
+		worker_post_reload(srv->workers[i]);
+	metric_inc(srv->m_reload_ok);
+	log_info("reload: configuration applied (%zu routes)", neu->nroutes);
+	sd_notifyf("READY=1\nSTATUS=serving, configuration reloaded");
+	return;
+failed:
+	metric_inc(srv->m_reload_failed);
+	sd_notifyf("READY=1\nSTATUS=serving; last reload failed, see the log");
+}
+
+/* ------------------------------------------------------------ stopping */
+
+
+static void stop_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+
+	(void)fd;
+	(void)what;
+	if (__atomic_load_n(&srv->workers_done, __ATOMIC_ACQUIRE) == (int)srv->nworkers)
+		event_base_loopexit(srv->base, NULL);
+}
+
+static void stop_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+
+	(void)fd;
+	(void)what;
+	log_warn("drain deadline passed: closing what is still open");
+	for (size_t i = 0; i < srv->nworkers; i++)
+		worker_post_abort(srv->workers[i]);
+}
+
+static void begin_stop(struct server *srv, const char *why)
+{
+	struct dw_config *cfg = server_config(srv);
+	struct timeval tick = {0, 20000};
+	struct timeval dl = {cfg->limits.drain_timeout_ms / 1000,
+			     (cfg->limits.drain_timeout_ms % 1000) * 1000};
+
+	config_unref(cfg);
+	if (srv->stopping) {
+		/* Everything journaled stays PENDING and is recovered as queued. */
+		log_warn("%s again: exiting without draining", why);
+		_exit(0);
+	}
+	srv->stopping = true;
+	sd_notifyf("STOPPING=1\nSTATUS=draining");
+	log_info("%s: no new connections; draining in-flight requests and mirrors", why);
+	admin_stop(srv);
+	for (size_t i = 0; i < srv->nworkers; i++)
+		worker_post_stop(srv->workers[i]);
+	srv->stop_tick = event_new(srv->base, -1, EV_PERSIST, stop_tick_cb, srv);
+	event_add(srv->stop_tick, &tick);
+	srv->stop_deadline = evtimer_new(srv->base, stop_deadline_cb, srv);
+	evtimer_add(srv->stop_deadline, &dl);
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct server *srv = arg;
+
+	(void)what;
+	if (sig == SIGHUP) {
+		if (!srv->stopping)
+			do_reload(srv);
+	} else {
+		begin_stop(srv, sig == SIGTERM ? "SIGTERM" : "SIGINT");
+	}
+}
+
+static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	sd_notifyf("WATCHDOG=1");
+}
+
+static void queue_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+	struct spool_stats st;
+	struct dw_err err = {""};
+	struct dw_errlist warns = {0};
+
+	(void)fd;
+	(void)what;
+	/* Learn what `dualwrite replay` delivered, so drained keys flow again. */
+	if (spool_refresh(srv->spool, &err) < 0)
+		log_warn("queue: %s", err.msg);
+	spool_take_warnings(srv->spool, &warns);
+	print_errors("queue: ", &warns);
+	dw_errlist_free(&warns);
+	spool_stats(srv->spool, &st);
+	metric_set(srv->m_queue_depth, (int64_t)(st.queued + st.pending));
+	metric_set(srv->m_queue_dead, (int64_t)st.dead);
+	metric_set(srv->m_queue_bytes, (int64_t)st.bytes);
+	metric_set(srv->m_queue_oldest,
+		   st.oldest_waiting_us ? (dw_wall_us() - st.oldest_waiting_us) / 1000000 : 0);
+}
+
+/* ------------------------------------------------------------ start-up */
+
+static void server_metrics(struct server *srv)
+{
+	struct metrics *m = srv->metrics;
+
+	srv->m_conns_active = metrics_gauge(m, "dualwrite_connections_active",
+					    "Client connections open now.", NULL);
+	srv->m_conns_total = metrics_counter(m, "dualwrite_connections_total",
+					     "Client connections accepted.", NULL);
+	srv->m_conns_rejected = metrics_counter(
+	    m, "dualwrite_connections_rejected_total",
+	    "Client connections refused because max_connections was reached.", NULL);
+	srv->m_reload_ok = metrics_counter(m, "dualwrite_config_reloads_total",
+					   "Configuration reloads by result.", "result=\"ok\"");
+	srv->m_reload_failed = metrics_counter(m, "dualwrite_config_reloads_total",
+					       "Configuration reloads by result.",
+					       "result=\"failed\"");
+	srv->m_queue_depth = metrics_gauge(m, "dualwrite_queue_depth",
+					   "Mirrored writes waiting in the replay queue.", NULL);
+	srv->m_queue_dead = metrics_gauge(m, "dualwrite_queue_dead",
+					  "Dead-lettered writes in the queue.", NULL);
+	srv->m_queue_bytes = metrics_gauge(m, "dualwrite_queue_bytes",
+					   "Bytes of queue segments on disk.", NULL);
+	srv->m_queue_oldest =
+	    metrics_gauge(m, "dualwrite_queue_oldest_age_seconds",
+			  "Age of the oldest write waiting in the queue.", NULL);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
+	    {"debug", no_argument, NULL, 'd'},	      {"version", no_argument, NULL, 'V'},
+	    {"help", no_argument, NULL, 'h'},	      {NULL, 0, NULL, 0},
+	};
+	struct server srv;
+	struct dw_errlist errs = {0};
+	struct dw_err err = {""};
+	struct spool_opts so;
+	struct spool_stats st;
+	struct event *sigs[3], *wd = NULL, *qtick;
+	const char *path = NULL;
+	bool test = false, debug = false;
+	int opt, rc = 1;
+	unsigned char rnd[8];
+
+	while ((opt = getopt_long(argc, argv, "c:tdVh", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'c':
+			path = optarg;
+			break;
+		case 't':
+			test = true;
+			break;
+		case 'd':
+			debug = true;
+			break;
+		case 'V':
+			printf("dualwrited %s\n", DW_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (!path || optind != argc) {
+		fprintf(stderr, "dualwrited: %s\n", path ? "unexpected argument" : "-c FILE is required");
+		usage(stderr);
+		return 2;
+	}
+
+	memset(&srv, 0, sizeof(srv));
+	srv.cfg = config_load(path, &errs);
+	if (!srv.cfg) {
+		for (size_t i = 0; i < errs.n; i++)
+			fprintf(stderr, "%s\n", errs.msgs[i]);
+		dw_errlist_free(&errs);
+		return 2;
+	}
+	if (test) {
+		printf("configuration ok\n");
+		config_unref(srv.cfg);
+		return 0;
+	}
+	dw_log_set_level(debug ? DW_LOG_DEBUG : srv.cfg->log_level);
+	signal(SIGPIPE, SIG_IGN);
+	evthread_use_pthreads();
+	pthread_mutex_init(&srv.cfg_lock, NULL);
+	srv.conf_path = dw_strdup(path);
+	srv.metrics = metrics_new();
+	srv.started_wall_us = dw_wall_us();
+	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd))
+		memcpy(rnd, &srv.started_wall_us, sizeof(rnd));
+	for (size_t i = 0; i < sizeof(rnd); i++)
+		snprintf(srv.instance + 2 * i, 3, "%02x", rnd[i]);
+	server_metrics(&srv);
+
+	memset(&so, 0, sizeof(so));
+	so.max_bytes = srv.cfg->queue.max_bytes;
+	so.fsync = srv.cfg->queue.durability == QUEUE_DURABILITY_FSYNC;
+	so.owner = true;
+	srv.spool = spool_open(srv.cfg->queue.path, &so, &err);
+	if (!srv.spool) {
+		log_error("queue %s: %s", srv.cfg->queue.path, err.msg);
+		goto out;
+	}
+	spool_take_warnings(srv.spool, &errs);
+	print_errors("queue: ", &errs);
+	dw_errlist_free(&errs);
+	spool_stats(srv.spool, &st);
+	if (st.queued)
+		log_warn("queue %s holds %" PRIu64 " writes for replay (from earlier runs or "
+			 "failures): run `dualwrite replay`",
+			 srv.cfg->queue.path, st.queued);
+
+	srv.base = event_base_new();
+	srv.mirror = mirror_new(&srv, &err);
+	if (!srv.base || !srv.mirror || mirror_start(srv.mirror, &err) < 0) {
+		log_error("%s", err.msg[0] ? err.msg : "cannot create the main event loop");
+		goto out;
+	}
+	srv.workers = dw_calloc((size_t)srv.cfg->workers, sizeof(*srv.workers));
+	for (int i = 0; i < srv.cfg->workers; i++) {
+		srv.workers[i] = worker_new(&srv, i, &err);
+		if (!srv.workers[i]) {
+			log_error("%s", err.msg);
+			goto out;
+		}
+		srv.nworkers++;
+	}
+	if (admin_start(&srv, &err) < 0) {
+		log_error("%s", err.msg);
+		goto out;
+	}
+	for (size_t i = 0; i < srv.nworkers; i++)
+		if (worker_start(srv.workers[i], &err) < 0) {
+			log_error("%s", err.msg);
+			begin_stop(&srv, "start-up failure");
+			break;
+		}
+
+	int signos[3] = {SIGHUP, SIGTERM, SIGINT};
+	for (int i = 0; i < 3; i++) {
+		sigs[i] = evsignal_new(srv.base, signos[i], signal_cb, &srv);
+		event_add(sigs[i], NULL);
+	}
+	const char *wdu = getenv("WATCHDOG_USEC");
+	if (wdu && atoll(wdu) > 0) {
+		long long half = atoll(wdu) / 2;
+		struct timeval tv = {(time_t)(half / 1000000), (suseconds_t)(half % 1000000)};
+		wd = event_new(srv.base, -1, EV_PERSIST, watchdog_cb, NULL);
+		event_add(wd, &tv);
+	}
+	struct timeval one = {1, 0};
+	qtick = event_new(srv.base, -1, EV_PERSIST, queue_tick_cb, &srv);
+	event_add(qtick, &one);
+
+	srv.ready = true;
+	log_info("dualwrited %s ready: %zu worker(s), %zu route(s), default upstream \"%s\"",
+		 DW_VERSION, srv.nworkers, srv.cfg->nroutes,
+		 srv.cfg->upstreams[srv.cfg->default_upstream].name);
+	sd_notifyf("READY=1\nSTATUS=serving\nMAINPID=%d", (int)getpid());
+	event_base_dispatch(srv.base);
+
+	for (size_t i = 0; i < srv.nworkers; i++)
+		worker_join_free(srv.workers[i]);
+	srv.nworkers = 0;
+	{
+		struct dw_config *cfg = server_config(&srv);
+		int ms = cfg->limits.drain_timeout_ms;
+		config_unref(cfg);
+		mirror_drain_free(srv.mirror, ms / 2 > 1000 ? ms / 2 : 1000);
+		srv.mirror = NULL;
+	}
+	for (int i = 0; i < 3; i++)
+		event_free(sigs[i]);
+	if (wd)
+		event_free(wd);
+	event_free(qtick);
+	if (srv.stop_tick)
+		event_free(srv.stop_tick);
+	if (srv.stop_deadline)
+		event_free(srv.stop_deadline);
+	log_info("stopped");
+	rc = 0;
+out:
+	for (size_t i = 0; i < srv.nworkers; i++)
+		worker_join_free(srv.workers[i]);
+	free(srv.workers);
+	if (srv.mirror)
+		mirror_drain_free(srv.mirror, 1000);
+	admin_stop(&srv);
+	spool_close(srv.spool);
+	if (srv.base)
+		event_base_free(srv.base);
+	config_unref(srv.cfg);
+	metrics_free(srv.metrics);
+	free(srv.conf_path);
+	pthread_mutex_destroy(&srv.cfg_lock);
+	return rc;
+}

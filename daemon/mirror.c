@@ -1,0 +1,882 @@
+/*
+ * mirror.c — from a legacy-acknowledged write to its delivery on the new
+ * system.
+ *
+ * mirror_capture runs in the worker that served the write, before the client
+ * gets its answer: it builds the mirror request with the mapping engine and
+ * journals it in the spool (PENDING). A write whose mirror cannot be built is
+ * journaled dead-lettered with the reason; a journal that cannot be written
+ * is counted as lost and logged loudly. The client is served either way.
+ *
+ * The mirror thread then sends journaled writes with bounded concurrency per
+ * upstream, one at a time per ordering key, in journal order (G3). Each
+ * outcome is appended to the journal: delivered, queued for replay (retryable
+ * failure — and everything behind it for that key), or dead (permanent). A
+ * key that already has records waiting in the queue is not sent at all: the
+ * write queues behind them until `dualwrite replay` drains them.
+ *
+ * Nothing here ever blocks or slows the client's path: the hand-off is a
+ * mutex-protected list and an event activation, and a backlog beyond
+ * MAX_IN_MEMORY spills to the queue.
+ */
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "http_parse.h"
+#include "server.h"
+
+#define MAX_IN_MEMORY 20000 /* jobs held in memory before spilling to the queue */
+#define KEY_BUCKETS 4096
+#define EXCERPT 200
+
+struct keyq;
+
+struct mirror_job {
+	TAILQ_ENTRY(mirror_job) link;  /* inbox, or an upstream's ready list */
+	TAILQ_ENTRY(mirror_job) klink; /* its key's chain */
+	uint64_t seq;
+	struct dw_config *cfg; /* reference: keeps route and upstream valid */
+	const struct dw_route *route;
+	char *key, *idem, *method, *path, *body, *reqid;
+	size_t body_len;
+	uint32_t attempts;
+	int64_t t_ack; /* monotonic, when the legacy acknowledged */
+	struct keyq *kq;
+};
+TAILQ_HEAD(job_list, mirror_job);
+
+/* The chain of in-memory jobs of one (upstream, key): only the head is sent. */
+struct keyq {
+	struct keyq *next; /* hash chain */
+	char *hkey;	   /* "upstream\nkey" */
+	struct job_list jobs;
+};
+
+/* Per mirror upstream (by name): concurrency and the jobs whose turn it is. */
+struct target {
+	struct target *next;
+	char *name;
+	int inflight;
+	struct job_list ready;
+};
+
+/* One HTTP exchange with a mirror target. */
+struct send {
+	struct mirror *mi;
+	struct mirror_job *job;
+	struct target *t;
+	struct upconn *uc;
+	struct http_scanner scan;
+	struct http_head head;
+	bool head_done;
+	enum http_body_kind kind;
+	int64_t left;
+	struct http_chunked chunk;
+	char excerpt[EXCERPT + 1];
+	size_t excerpt_len;
+	int64_t t_start;
+	TAILQ_ENTRY(send) link;
+};
+
+struct mirror {
+	struct server *srv;
+	struct event_base *base;
+	pthread_t thread;
+	bool started;
+	struct pool_set *pools;
+
+	pthread_mutex_t lock; /* guards inbox and closed */
+	struct job_list inbox;
+	bool closed;
+	struct event *inbox_ev, *drain_ev, *deadline_ev;
+
+	/* mirror thread only */
+	struct keyq *keys[KEY_BUCKETS];
+	struct target *targets;
+	TAILQ_HEAD(, send) sends;
+	size_t in_memory;
+	bool draining;
+	int drain_ms;
+	uint64_t idem_counter; /* atomic: workers draw idempotency keys */
+
+	struct histogram *h_duration;
+	struct metric *m_inflight, *m_memory;
+};
+
+static void job_free(struct mirror_job *j)
+{
+	if (!j)
+		return;
+	config_unref(j->cfg);
+	free(j->key);
+	free(j->idem);
+	free(j->method);
+	free(j->path);
+	free(j->body);
+	free(j->reqid);
+	free(j);
+}
+
+static void count_outcome(struct server *srv, const char *route, const char *result)
+{
+	char labels[256], esc[128];
+
+	snprintf(labels, sizeof(labels), "route=\"%s\",result=\"%s\"",
+		 metrics_label_escape(route, esc, sizeof(esc)), result);
+	metric_inc(metrics_counter(srv->metrics, "dualwrite_mirror_total",
+				   "Mirrored writes by route and outcome.", labels));
+}
+
+/* The mirror access log: one line per outcome. */
+static void log_outcome(const char *reqid, const char *route, const char *key, const char *idem,
+			uint64_t seq, const char *result, int status, uint32_t attempt,
+			double latency_ms, const char *why)
+{
+	dw_log(strcmp(result, "delivered") == 0 ? DW_LOG_INFO : DW_LOG_WARN, reqid,
+	       "mirror route=%s key=%s idem=%s seq=%" PRIu64
+	       " result=%s status=%d attempt=%u latency_ms=%.1f%s%s",
+	       route, key ? key : "-", idem, seq, result, status, attempt, latency_ms,
+	       why ? " reason=" : "", why ? why : "");
+}
+
+/* ------------------------------------------------- capture (worker side) */
+
+static const char *dead_reason(char *buf, size_t len, const char *fmt, ...) DW_PRINTF(3, 4);
+static const char *dead_reason(char *buf, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, len, fmt, ap);
+	va_end(ap);
+	return buf;
+}
+
+void mirror_capture(struct server *srv, const struct mirror_input *in)
+{
+	struct mirror *mi = srv->mirror;
+	const struct dw_mirror *mm = in->route->mirror;
+	const struct dw_config *cfg = in->cfg;
+	const struct dw_upstream *up = &cfg->upstreams[mm->upstream];
+	struct spool_record rec;
+	struct expr_ctx ctx;
+	json_t *req = NULL, *resp = NULL, *body = NULL;
+	json_error_t jerr;
+	struct dw_err err = {""};
+	char idem[64], tenant[65], now[40], why[700];
+	const char *dead = NULL, *tv;
+	char *path = NULL, *key = NULL, *text = NULL;
+	size_t tlen = 0;
+	int rc;
+
+	memset(&rec, 0, sizeof(rec));
+	memset(&ctx, 0, sizeof(ctx));
+	snprintf(idem, sizeof(idem), "%s-%" PRIx64, srv->instance,
+		 __atomic_add_fetch(&mi->idem_counter, 1, __ATOMIC_RELAXED));
+
+	if (mm->sources & EXPR_SRC_REQUEST) {
+		req = json_loadb(in->req_body ? in->req_body : "", in->req_body_len,
+				 JSON_DECODE_ANY, &jerr);
+		if (!req)
+			dead = dead_reason(why, sizeof(why), "request body is not JSON: %s",
+					   in->req_body_len ? jerr.text : "empty body");
+	}
+	if (!dead && (mm->sources & EXPR_SRC_RESPONSE)) {
+		if (in->resp_too_large)
+			dead = "legacy response larger than max_body_bytes: $response unavailable";
+		else if (!(resp = json_loadb(in->resp_body ? in->resp_body : "", in->resp_body_len,
+					     JSON_DECODE_ANY, &jerr)))
+			dead = dead_reason(why, sizeof(why), "legacy response is not JSON: %s",
+					   in->resp_body_len ? jerr.text : "empty body");
+	}
+	/* $tenant: the header when well-formed, the default when absent, and a
+	 * malformed value is never guessed. */
+	tv = in->header(in->header_arg, cfg->tenant.header, &tlen);
+	if (!tv) {
+		ctx.tenant = cfg->tenant.def;
+	} else if (expr_tenant_valid(tv, tlen)) {
+		memcpy(tenant, tv, tlen);
+		tenant[tlen] = '\0';
+		ctx.tenant = tenant;
+	} else if (!dead && (mm->sources & EXPR_SRC_TENANT)) {
+		dead = dead_reason(why, sizeof(why), "malformed tenant in %s header",
+				   cfg->tenant.header);
+	}
+	dw_rfc3339(dw_wall_us(), now, sizeof(now));
+	ctx.request = req;
+	ctx.response = resp;
+	ctx.path_names = in->path_names;
+	ctx.path_values = in->path_values;
+	ctx.npath = in->npath;
+	ctx.query = in->query;
+	ctx.query_len = in->query_len;
+	ctx.header = in->header;
+	ctx.header_arg = in->header_arg;
+	ctx.now = now;
+
+	if (!dead && tmpl_render(mm->path, &ctx, &path, &err) < 0)
+		dead = dead_reason(why, sizeof(why), "mirror path: %s", err.msg);
+	if (!dead && mm->key) {
+		rc = expr_eval_string(mm->key, &ctx, &key, &err);
+		if (rc == EXPR_MISSING)
+			dead = "ordering key is missing from the write";
+		else if (rc != EXPR_OK)
+			dead = dead_reason(why, sizeof(why), "ordering key: %s", err.msg);
+	}
+	if (!dead && mm->body) {
+		rc = expr_eval(mm->body, &ctx, &body, &err);
+		if (rc == EXPR_MISSING)
+			dead = "mirror body: its source is missing from the write";
+		else if (rc != EXPR_OK)
+			dead = dead_reason(why, sizeof(why), "mirror body: %s", err.msg);
+		else
+			text = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
+	}
+
+	rec.state = SPOOL_PENDING;
+	rec.route = in->route->name;
+	rec.upstream = up->name;
+	rec.key = key;
+	rec.idem_key = idem;
+	rec.method = mm->method ? mm->method : (char *)(uintptr_t)in->method;
+	rec.path = path ? path : (char *)"";
+	rec.content_type = text ? (char *)"application/json" : NULL;
+	rec.body = text;
+	rec.body_len = text ? strlen(text) : 0;
+	rec.request_id = (char *)(uintptr_t)in->request_id;
+	rec.created_us = dw_wall_us();
+	rec.updated_us = rec.created_us;
+	if (spool_append(srv->spool, &rec, &err) < 0) {
+		/* G2's last resort: never silent. */
+		log_error("mirror LOST route=%s key=%s idem=%s: cannot journal: %s",
+			  in->route->name, key ? key : "-", idem, err.msg);
+		count_outcome(srv, in->route->name, "lost");
+		goto out;
+	}
+	if (dead) {
+		if (spool_set_state(srv->spool, rec.seq, SPOOL_DEAD, 0, 0, dead, &err) < 0)
+			log_error("mirror seq=%" PRIu64 ": cannot record dead letter: %s", rec.seq,
+				  err.msg);
+		count_outcome(srv, in->route->name, "dead");
+		log_outcome(in->request_id, in->route->name, key, idem, rec.seq, "dead", 0, 0, 0,
+			    dead);
+		goto out;
+	}
+
+	struct mirror_job *j = dw_calloc(1, sizeof(*j));
+	j->seq = rec.seq;
+	j->cfg = config_ref(in->cfg);
+	j->route = in->route;
+	j->key = key;
+	key = NULL;
+	j->idem = dw_strdup(idem);
+	j->method = dw_strdup(rec.method);
+	j->path = path;
+	path = NULL;
+	j->body = text;
+	j->body_len = rec.body_len;
+	text = NULL;
+	j->reqid = dw_strdup(in->request_id);
+	j->t_ack = dw_now_us();
+	mirror_submit(mi, j);
+out:
+	json_decref(req);
+	json_decref(resp);
+	json_decref(body);
+	free(path);
+	free(key);
+	free(text);
+}
+
+/* ------------------------------------------------ the mirror thread */
+
+static uint64_t hash_str(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return h;
+}
+
+static const struct dw_upstream *job_upstream(const struct mirror_job *j)
+{
+	return &j->cfg->upstreams[j->route->mirror->upstream];
+}
+
+static struct keyq *keyq_get(struct mirror *mi, const char *upstream, const char *key,
+			     bool create)
+{
+	char *hk;
+	struct keyq *q;
+	size_t b;
+
+	if (asprintf(&hk, "%s\n%s", upstream, key) < 0)
+		abort();
+	b = hash_str(hk) % KEY_BUCKETS;
+	for (q = mi->keys[b]; q; q = q->next)
+		if (strcmp(q->hkey, hk) == 0)
+			break;
+	if (!q && create) {
+		q = dw_calloc(1, sizeof(*q));
+		q->hkey = hk;
+		hk = NULL;
+		TAILQ_INIT(&q->jobs);
+		q->next = mi->keys[b];
+		mi->keys[b] = q;
+	}
+	free(hk);
+	return q;
+}
+
+static void keyq_drop(struct mirror *mi, struct keyq *q)
+{
+	size_t b = hash_str(q->hkey) % KEY_BUCKETS;
+	struct keyq **pp = &mi->keys[b];
+
+	while (*pp != q)
+		pp = &(*pp)->next;
+	*pp = q->next;
+	free(q->hkey);
+	free(q);
+}
+
+static struct target *target_get(struct mirror *mi, const char *name)
+{
+	struct target *t;
+
+	for (t = mi->targets; t; t = t->next)
+		if (strcmp(t->name, name) == 0)
+			return t;
+	t = dw_calloc(1, sizeof(*t));
+	t->name = dw_strdup(name);
+	TAILQ_INIT(&t->ready);
+	t->next = mi->targets;
+	mi->targets = t;
+	return t;
+}
+
+/* Record a job's outcome in the journal, count and log it, free it. */
+static void job_finish(struct mirror *mi, struct mirror_job *j, enum spool_state st, int status,
+		       const char *why)
+{
+	struct server *srv = mi->srv;
+	struct dw_err err = {""};
+	const char *result = st == SPOOL_DELIVERED ? "delivered" : st == SPOOL_DEAD ? "dead" : "queued";
+	double ms = (double)(dw_now_us() - j->t_ack) / 1e3;
+
+	if (spool_set_state(srv->spool, j->seq, st, j->attempts, status, why, &err) < 0)
+		log_error("mirror seq=%" PRIu64 ": cannot record outcome %s: %s (the record stays "
+			  "pending and is recovered as queued on restart)",
+			  j->seq, result, err.msg);
+	count_outcome(srv, j->route->name, result);
+	if (st == SPOOL_DELIVERED)
+		histogram_observe(mi->h_duration, ms / 1e3);
+	log_outcome(j->reqid, j->route->name, j->key, j->idem, j->seq, result, status, j->attempts,
+		    ms, why);
+	mi->in_memory--;
+	metric_set(mi->m_memory, (int64_t)mi->in_memory);
+	job_free(j);
+}
+
+static void start_sends(struct mirror *mi, struct target *t);
+
+/* A job whose turn has come: send now or wait for a slot. */
+static void job_ready(struct mirror *mi, struct mirror_job *j)
+{
+	struct target *t = target_get(mi, job_upstream(j)->name);
+
+	TAILQ_INSERT_TAIL(&t->ready, j, link);
+	start_sends(mi, t);
+}
+
+/* After the head of a key's chain is settled (delivered or dead). */
+static void key_advance(struct mirror *mi, struct mirror_job *j)
+{
+	struct keyq *q = j->kq;
+	struct mirror_job *next;
+
+	if (!q)
+		return;
+	TAILQ_REMOVE(&q->jobs, j, klink);
+	j->kq = NULL;
+	if ((next = TAILQ_FIRST(&q->jobs)))
+		job_ready(mi, next);
+	else
+		keyq_drop(mi, q);
+}
+
+/* A retryable failure: this job and every later one of its key go to the
+ * queue, in order, so replay delivers them in order. */
+static void key_queue_all(struct mirror *mi, struct mirror_job *j, int status, const char *why)
+{
+	struct keyq *q = j->kq;
+	struct mirror_job *x;
+	char behind[96];
+
+	if (!q) {
+		job_finish(mi, j, SPOOL_QUEUED, status, why);
+		return;
+	}
+	snprintf(behind, sizeof(behind), "behind queued seq %" PRIu64, j->seq);
+	TAILQ_REMOVE(&q->jobs, j, klink);
+	job_finish(mi, j, SPOOL_QUEUED, status, why);
+	while ((x = TAILQ_FIRST(&q->jobs))) {
+		TAILQ_REMOVE(&q->jobs, x, klink);
+		job_finish(mi, x, SPOOL_QUEUED, 0, behind);
+	}
+	keyq_drop(mi, q);
+}
+
+static void send_free(struct send *s)
+{
+	if (s->uc)
+		upconn_release(s->uc, false);
+	http_head_clear(&s->head);
+	TAILQ_REMOVE(&s->mi->sends, s, link);
+	s->t->inflight--;
+	metric_add(s->mi->m_inflight, -1);
+	free(s);
+}
+
+static void send_done(struct send *s, int status, const char *neterr)
+{
+	struct mirror *mi = s->mi;
+	struct mirror_job *j = s->job;
+	struct target *t = s->t;
+	char why[400];
+	enum mirror_class k;
+
+	if (s->uc) {
+		bool keep = !neterr && s->head_done && http_keep_alive(&s->head) &&
+			    s->kind != HTTP_BODY_UNTIL_CLOSE;
+		upconn_release(s->uc, keep);
+		s->uc = NULL;
+	}
+	send_free(s);
+	if (neterr) {
+		key_queue_all(mi, j, 0, neterr);
+	} else {
+		k = status >= 100 && status < 600 ? (enum mirror_class)j->route->mirror->klass[status]
+						  : MIRROR_RETRY;
+		if (k == MIRROR_DELIVERED) {
+			key_advance(mi, j);
+			job_finish(mi, j, SPOOL_DELIVERED, status, NULL);
+		} else if (k == MIRROR_PERMANENT) {
+			snprintf(why, sizeof(why), "HTTP %d: %s", status, s->excerpt);
+			key_advance(mi, j);
+			job_finish(mi, j, SPOOL_DEAD, status, why);
+		} else {
+			snprintf(why, sizeof(why), "HTTP %d: %s", status, s->excerpt);
+			key_queue_all(mi, j, status, why);
+		}
+	}
+	start_sends(mi, t);
+	if (mi->draining && TAILQ_EMPTY(&mi->sends))
+		event_base_loopexit(mi->base, NULL);
+}
+
+static void excerpt_emit(void *arg, const char *p, size_t n)
+{
+	struct send *s = arg;
+	size_t room = EXCERPT - s->excerpt_len;
+
+	if (n > room)
+		n = room;
+	for (size_t i = 0; i < n; i++) /* keep the log line one line */
+		s->excerpt[s->excerpt_len++] = (p[i] == '\n' || p[i] == '\r') ? ' ' : p[i];
+	s->excerpt[s->excerpt_len] = '\0';
+}
+
+static void send_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct send *s = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	struct dw_err err = {""};
+	char msg[600];
+
+	while (!s->head_done) {
+		size_t len = evbuffer_get_length(in), n, skip = 0, hl = 0;
+		int status = 0, rc;
+		const char *p;
+
+		if (len == 0)
+			return;
+		n = len < 69632 ? len : 69632;
+		p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+		rc = http_scan_head(&s->scan, p, n, 65536, &skip, &hl, &status, &err);
+		if (rc == HTTP_INCOMPLETE)
+			return;
+		if (rc == HTTP_OK)
+			rc = http_parse_response(&s->head, p + skip, hl, &status, &err);
+		if (rc != HTTP_OK) {
+			snprintf(msg, sizeof(msg), "invalid response: %s", err.msg);
+			send_done(s, 0, msg);
+			return;
+		}
+		evbuffer_drain(in, skip + hl);
+		http_scanner_init(&s->scan);
+		if (s->head.status < 200) {
+			http_head_clear(&s->head);
+			continue;
+		}
+		s->head_done = true;
+		s->kind = http_response_body_kind(&s->head, http_method_from(s->job->method,
+									   strlen(s->job->method)));
+		s->left = s->head.content_length;
+		http_chunked_init(&s->chunk, 65536);
+	}
+	for (;;) {
+		size_t len = evbuffer_get_length(in), used = 0;
+		int rc;
+
+		switch (s->kind) {
+		case HTTP_BODY_NONE:
+			send_done(s, s->head.status, NULL);
+			return;
+		case HTTP_BODY_LENGTH:
+			if ((uint64_t)s->left < len)
+				len = (size_t)s->left;
+			excerpt_emit(s, (const char *)evbuffer_pullup(in, (ev_ssize_t)len), len);
+			evbuffer_drain(in, len);
+			s->left -= (int64_t)len;
+			if (s->left == 0)
+				send_done(s, s->head.status, NULL);
+			return;
+		case HTTP_BODY_CHUNKED:
+			if (len == 0)
+				return;
+			rc = http_chunked_decode(&s->chunk,
+						 (const char *)evbuffer_pullup(in, (ev_ssize_t)len),
+						 len, &used, excerpt_emit, s, &err);
+			evbuffer_drain(in, used);
+			if (rc == HTTP_ERROR) {
+				snprintf(msg, sizeof(msg), "invalid chunked response: %s", err.msg);
+				send_done(s, 0, msg);
+			} else if (rc == HTTP_OK) {
+				send_done(s, s->head.status, NULL);
+			}
+			return;
+		case HTTP_BODY_UNTIL_CLOSE:
+			excerpt_emit(s, (const char *)evbuffer_pullup(in, (ev_ssize_t)len), len);
+			evbuffer_drain(in, len);
+			return;
+		}
+	}
+}
+
+static void send_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct send *s = arg;
+	const struct dw_upstream *up = job_upstream(s->job);
+	char msg[300];
+
+	(void)bev;
+	if ((what & BEV_EVENT_EOF) && s->head_done && s->kind == HTTP_BODY_UNTIL_CLOSE) {
+		send_done(s, s->head.status, NULL);
+		return;
+	}
+	if (what & BEV_EVENT_TIMEOUT)
+		snprintf(msg, sizeof(msg), "upstream \"%s\" timed out after %d ms", up->name,
+			 up->timeout_ms);
+	else if (what & BEV_EVENT_EOF)
+		snprintf(msg, sizeof(msg), "upstream \"%s\" closed the connection", up->name);
+	else
+		snprintf(msg, sizeof(msg), "upstream \"%s\": %s", up->name,
+			 strerror(EVUTIL_SOCKET_ERROR() ? EVUTIL_SOCKET_ERROR() : ECONNRESET));
+	send_done(s, 0, msg);
+}
+
+static void send_write_request(struct send *s)
+{
+	struct mirror_job *j = s->job;
+	const struct dw_upstream *up = job_upstream(j);
+	struct bufferevent *bev = upconn_bev(s->uc);
+	struct evbuffer *out = bufferevent_get_output(bev);
+	struct timeval tv = {up->timeout_ms / 1000, (up->timeout_ms % 1000) * 1000};
+
+	evbuffer_add_printf(out,
+			    "%s %s%s HTTP/1.1\r\nHost: %s\r\nIdempotency-Key: %s\r\n"
+			    "X-Dualwrite-Route: %s\r\nX-Request-Id: %s\r\n",
+			    j->method, up->base_path, j->path, up->host_header, j->idem,
+			    j->route->name, j->reqid);
+	if (j->body)
+		evbuffer_add_printf(out, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
+				    j->body_len);
+	else if (strcmp(j->method, "POST") == 0 || strcmp(j->method, "PUT") == 0 ||
+		 strcmp(j->method, "PATCH") == 0)
+		evbuffer_add(out, "Content-Length: 0\r\n", 19);
+	evbuffer_add(out, "\r\n", 2);
+	if (j->body)
+		evbuffer_add(out, j->body, j->body_len);
+	bufferevent_setcb(bev, send_read_cb, NULL, send_event_cb, s);
+	bufferevent_set_timeouts(bev, &tv, &tv);
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
+}
+
+static void send_ready(struct upconn *uc, int error, void *arg)
+{
+	struct send *s = arg;
+	char msg[300];
+
+	if (error) {
+		const struct dw_upstream *up = job_upstream(s->job);
+		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): connect: %s", up->name,
+			 up->host, up->port, error == ETIMEDOUT ? "timed out" : strerror(error));
+		upconn_release(uc, false);
+		s->uc = NULL;
+		send_done(s, 0, msg);
+		return;
+	}
+	send_write_request(s);
+}
+
+static void send_start(struct mirror *mi, struct target *t, struct mirror_job *j)
+{
+	struct send *s = dw_calloc(1, sizeof(*s));
+	bool connected = false;
+	int e = 0;
+	char msg[300];
+
+	s->mi = mi;
+	s->job = j;
+	s->t = t;
+	s->t_start = dw_now_us();
+	http_scanner_init(&s->scan);
+	j->attempts++;
+	t->inflight++;
+	metric_inc(mi->m_inflight);
+	TAILQ_INSERT_TAIL(&mi->sends, s, link);
+	s->uc = pool_get(mi->pools, job_upstream(j), send_ready, s, &connected, &e);
+	if (!s->uc) {
+		snprintf(msg, sizeof(msg), "upstream \"%s\": connect: %s", job_upstream(j)->name,
+			 strerror(e));
+		send_done(s, 0, msg);
+		return;
+	}
+	if (connected)
+		send_write_request(s);
+}
+
+static void start_sends(struct mirror *mi, struct target *t)
+{
+	struct mirror_job *j;
+
+	while ((j = TAILQ_FIRST(&t->ready)) && t->inflight < job_upstream(j)->max_inflight) {
+		TAILQ_REMOVE(&t->ready, j, link);
+		send_start(mi, t, j);
+	}
+}
+
+/* A journaled job arrives in the mirror thread. */
+static void job_arrive(struct mirror *mi, struct mirror_job *j)
+{
+	const struct dw_upstream *up = job_upstream(j);
+
+	mi->in_memory++;
+	metric_set(mi->m_memory, (int64_t)mi->in_memory);
+	if (j->key) {
+		struct keyq *q = keyq_get(mi, up->name, j->key, false);
+		if (q) { /* an earlier write of this key is in flight or waiting */
+			j->kq = q;
+			TAILQ_INSERT_TAIL(&q->jobs, j, klink);
+			return;
+		}
+		if (spool_key_queued(mi->srv->spool, up->name, j->key)) {
+			job_finish(mi, j, SPOOL_QUEUED, 0, "key has earlier writes in the queue");
+			return;
+		}
+	}
+	if (mi->in_memory > MAX_IN_MEMORY) {
+		job_finish(mi, j, SPOOL_QUEUED, 0, "mirror backlog full");
+		return;
+	}
+	if (j->key) {
+		j->kq = keyq_get(mi, up->name, j->key, true);
+		TAILQ_INSERT_TAIL(&j->kq->jobs, j, klink);
+	}
+	job_ready(mi, j);
+}
+
+static void inbox_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct mirror *mi = arg;
+	struct job_list batch;
+	struct mirror_job *j;
+
+	(void)fd;
+	(void)what;
+	TAILQ_INIT(&batch);
+	pthread_mutex_lock(&mi->lock);
+	TAILQ_CONCAT(&batch, &mi->inbox, link);
+	pthread_mutex_unlock(&mi->lock);
+	while ((j = TAILQ_FIRST(&batch))) {
+		TAILQ_REMOVE(&batch, j, link);
+		job_arrive(mi, j);
+	}
+}
+
+void mirror_submit(struct mirror *mi, struct mirror_job *job)
+{
+	bool wake;
+
+	pthread_mutex_lock(&mi->lock);
+	if (mi->closed) {
+		pthread_mutex_unlock(&mi->lock);
+		/* Too late to send: it stays PENDING in the journal and is
+		 * recovered as queued on the next start. */
+		log_warn("mirror seq=%" PRIu64 " left pending at shutdown", job->seq);
+		job_free(job);
+		return;
+	}
+	wake = TAILQ_EMPTY(&mi->inbox);
+	TAILQ_INSERT_TAIL(&mi->inbox, job, link);
+	pthread_mutex_unlock(&mi->lock);
+	if (wake)
+		event_active(mi->inbox_ev, EV_TIMEOUT, 0);
+}
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct mirror *mi = arg;
+	struct timeval tv = {mi->drain_ms / 1000, (mi->drain_ms % 1000) * 1000};
+
+	(void)fd;
+	(void)what;
+	inbox_cb(-1, 0, mi);
+	mi->draining = true;
+	if (TAILQ_EMPTY(&mi->sends)) {
+		event_base_loopexit(mi->base, NULL);
+		return;
+	}
+	evtimer_add(mi->deadline_ev, &tv);
+}
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	event_base_loopexit(((struct mirror *)arg)->base, NULL);
+}
+
+static void *mirror_main(void *arg)
+{
+	struct mirror *mi = arg;
+
+	event_base_loop(mi->base, EVLOOP_NO_EXIT_ON_EMPTY);
+	return NULL;
+}
+
+struct mirror *mirror_new(struct server *srv, struct dw_err *err)
+{
+	struct mirror *mi = dw_calloc(1, sizeof(*mi));
+
+	mi->srv = srv;
+	mi->base = event_base_new();
+	if (!mi->base) {
+		dw_err_set(err, "mirror: cannot create an event loop");
+		free(mi);
+		return NULL;
+	}
+	mi->pools = pool_set_new(mi->base, srv->metrics);
+	pthread_mutex_init(&mi->lock, NULL);
+	TAILQ_INIT(&mi->inbox);
+	TAILQ_INIT(&mi->sends);
+	mi->inbox_ev = event_new(mi->base, -1, 0, inbox_cb, mi);
+	mi->drain_ev = event_new(mi->base, -1, 0, drain_cb, mi);
+	mi->deadline_ev = evtimer_new(mi->base, deadline_cb, mi);
+	mi->h_duration = metrics_histogram(srv->metrics, "dualwrite_mirror_duration_seconds",
+					   "From legacy acknowledgement to delivery on the new system.",
+					   NULL, metrics_latency_bounds, metrics_latency_nbounds);
+	mi->m_inflight = metrics_gauge(srv->metrics, "dualwrite_mirror_inflight",
+				       "Mirror requests on the wire.", NULL);
+	mi->m_memory = metrics_gauge(srv->metrics, "dualwrite_mirror_backlog",
+				     "Mirrored writes held in memory (in flight or waiting).", NULL);
+	return mi;
+}
+
+int mirror_start(struct mirror *mi, struct dw_err *err)
+{
+	int rc = pthread_create(&mi->thread, NULL, mirror_main, mi);
+
+	if (rc != 0) {
+		dw_err_set(err, "mirror: pthread_create: %s", strerror(rc));
+		return -1;
+	}
+	mi->started = true;
+	return 0;
+}
+
+void mirror_drain_free(struct mirror *mi, int deadline_ms)
+{
+	struct mirror_job *j;
+	struct send *s;
+
+	if (!mi)
+		return;
+	pthread_mutex_lock(&mi->lock);
+	mi->closed = true;
+	pthread_mutex_unlock(&mi->lock);
+	mi->drain_ms = deadline_ms > 0 ? deadline_ms : 1;
+	if (mi->started) {
+		event_active(mi->drain_ev, EV_TIMEOUT, 0);
+		pthread_join(mi->thread, NULL);
+	}
+	/* Whatever did not finish in time goes to the queue, each key in order. */
+	while ((s = TAILQ_FIRST(&mi->sends))) {
+		j = s->job;
+		send_free(s);
+		key_queue_all(mi, j, 0, "daemon stopped before the mirror finished");
+	}
+	for (struct target *t = mi->targets, *tn; t; t = tn) {
+		tn = t->next;
+		while ((j = TAILQ_FIRST(&t->ready))) {
+			TAILQ_REMOVE(&t->ready, j, link);
+			if (j->kq)
+				key_queue_all(mi, j, 0, "daemon stopped before the mirror was sent");
+			else
+				job_finish(mi, j, SPOOL_QUEUED, 0,
+					   "daemon stopped before the mirror was sent");
+		}
+		free(t->name);
+		free(t);
+	}
+	for (size_t b = 0; b < KEY_BUCKETS; b++) /* chains whose head was in flight */
+		while (mi->keys[b]) {
+			struct keyq *q = mi->keys[b];
+			j = TAILQ_FIRST(&q->jobs);
+			if (!j) {
+				keyq_drop(mi, q);
+				continue;
+			}
+			key_queue_all(mi, j, 0, "daemon stopped before the mirror was sent");
+		}
+	inbox_cb(-1, 0, mi); /* nothing should be here; be safe */
+	while ((j = TAILQ_FIRST(&mi->inbox))) {
+		TAILQ_REMOVE(&mi->inbox, j, link);
+		job_free(j);
+	}
+	event_free(mi->inbox_ev);
+	event_free(mi->drain_ev);
+	event_free(mi->deadline_ev);
+	pool_set_free(mi->pools);
+	event_base_free(mi->base);
+	pthread_mutex_destroy(&mi->lock);
+	free(mi);
+}
+
+void mirror_status_json(struct mirror *mi, void *obj)
+{
+	json_t *o = obj;
+
+	json_object_set_new(o, "backlog", json_integer((json_int_t)metric_value(mi->m_memory)));
+	json_object_set_new(o, "inflight", json_integer((json_int_t)metric_value(mi->m_inflight)));
+}

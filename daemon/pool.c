@@ -1,0 +1,302 @@
+/*
+ * pool.c — keep-alive connections to upstreams, one pool set per event loop.
+ *
+ * A pool is keyed by scheme, host and port, so it survives reloads that keep
+ * an upstream's address and is simply unused when the address changes. An
+ * idle connection keeps reading, so a close by the upstream removes it from
+ * the pool at once instead of failing the next request. Host names are
+ * resolved once, when the pool is created (a blocking getaddrinfo, normally
+ * answered from /etc/hosts or a numeric address).
+ */
+#include <errno.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/buffer.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include "server.h"
+
+struct upconn {
+	struct pool *pool;
+	struct bufferevent *bev;
+	bool reused;
+	upconn_ready_fn ready;
+	void *arg;
+	TAILQ_ENTRY(upconn) link; /* in pool->idle while idle */
+};
+
+struct pool {
+	struct pool *next;
+	struct pool_set *ps;
+	char *key;
+	char *host; /* for SNI and verification */
+	bool tls;
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+	int resolve_err; /* getaddrinfo failure: every connect fails */
+	TAILQ_HEAD(, upconn) idle;
+	int nidle;
+	int max_idle;
+	struct metric *m_connects, *m_reused, *m_idle;
+};
+
+struct pool_set {
+	struct event_base *base;
+	struct metrics *metrics;
+	struct pool *pools;
+	SSL_CTX *ssl_ctx; /* created on first https upstream */
+};
+
+struct pool_set *pool_set_new(struct event_base *base, struct metrics *m)
+{
+	struct pool_set *ps = dw_calloc(1, sizeof(*ps));
+
+	ps->base = base;
+	ps->metrics = m;
+	return ps;
+}
+
+static void upconn_free(struct upconn *uc)
+{
+	if (uc->bev)
+		bufferevent_free(uc->bev);
+	free(uc);
+}
+
+void pool_set_free(struct pool_set *ps)
+{
+	if (!ps)
+		return;
+	for (struct pool *p = ps->pools, *pn; p; p = pn) {
+		struct upconn *uc;
+
+		pn = p->next;
+		while ((uc = TAILQ_FIRST(&p->idle))) {
+			TAILQ_REMOVE(&p->idle, uc, link);
+			upconn_free(uc);
+		}
+		free(p->key);
+		free(p->host);
+		free(p);
+	}
+	if (ps->ssl_ctx)
+		SSL_CTX_free(ps->ssl_ctx);
+	free(ps);
+}
+
+static struct pool *pool_find(struct pool_set *ps, const struct dw_upstream *up)
+{
+	char key[512], port[8], labels[600];
+	struct addrinfo hints, *res = NULL;
+	struct pool *p;
+
+	snprintf(key, sizeof(key), "%s://%s:%d", up->tls ? "https" : "http", up->host, up->port);
+	for (p = ps->pools; p; p = p->next)
+		if (strcmp(p->key, key) == 0) {
+			p->max_idle = up->pool_size;
+			return p;
+		}
+	p = dw_calloc(1, sizeof(*p));
+	p->ps = ps;
+	p->key = dw_strdup(key);
+	p->host = dw_strdup(up->host);
+	p->tls = up->tls;
+	p->max_idle = up->pool_size;
+	TAILQ_INIT(&p->idle);
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	snprintf(port, sizeof(port), "%d", up->port);
+	p->resolve_err = getaddrinfo(up->host, port, &hints, &res);
+	if (p->resolve_err == 0 && res) {
+		memcpy(&p->addr, res->ai_addr, res->ai_addrlen);
+		p->addrlen = res->ai_addrlen;
+	}
+	if (res)
+		freeaddrinfo(res);
+	snprintf(labels, sizeof(labels), "upstream=\"%s\"", up->name);
+	p->m_connects = metrics_counter(ps->metrics, "dualwrite_upstream_connects_total",
+					"New connections opened to an upstream.", labels);
+	p->m_reused = metrics_counter(ps->metrics, "dualwrite_upstream_reused_total",
+				      "Requests sent on a pooled keep-alive connection.", labels);
+	p->m_idle = metrics_gauge(ps->metrics, "dualwrite_upstream_idle_connections",
+				  "Idle keep-alive connections held in the pools.", labels);
+	p->next = ps->pools;
+	ps->pools = p;
+	return p;
+}
+
+static void idle_remove(struct upconn *uc)
+{
+	TAILQ_REMOVE(&uc->pool->idle, uc, link);
+	uc->pool->nidle--;
+	metric_add(uc->pool->m_idle, -1);
+}
+
+/* An idle connection spoke or closed: it cannot be reused. */
+static void idle_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct upconn *uc = arg;
+
+	(void)bev;
+	idle_remove(uc);
+	upconn_free(uc);
+}
+
+static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	(void)what;
+	idle_read_cb(bev, arg);
+}
+
+static void connect_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct upconn *uc = arg;
+	int err = 0;
+
+	(void)bev;
+	if (what & BEV_EVENT_CONNECTED) {
+		err = 0;
+	} else if (what & BEV_EVENT_TIMEOUT) {
+		err = ETIMEDOUT;
+	} else {
+		err = EVUTIL_SOCKET_ERROR();
+		if (err == 0)
+			err = ECONNRESET;
+		if (uc->pool->tls) {
+			unsigned long e = bufferevent_get_openssl_error(uc->bev);
+			if (e)
+				err = EPROTO;
+		}
+	}
+	bufferevent_setcb(uc->bev, NULL, NULL, NULL, NULL);
+	uc->ready(uc, err, uc->arg);
+}
+
+static SSL *tls_new(struct pool *p)
+{
+	struct pool_set *ps = p->ps;
+	SSL *ssl;
+
+	if (!ps->ssl_ctx) {
+		ps->ssl_ctx = SSL_CTX_new(TLS_client_method());
+		if (!ps->ssl_ctx)
+			return NULL;
+		SSL_CTX_set_default_verify_paths(ps->ssl_ctx);
+		SSL_CTX_set_verify(ps->ssl_ctx, SSL_VERIFY_PEER, NULL);
+		SSL_CTX_set_min_proto_version(ps->ssl_ctx, TLS1_2_VERSION);
+	}
+	ssl = SSL_new(ps->ssl_ctx);
+	if (!ssl)
+		return NULL;
+	SSL_set_tlsext_host_name(ssl, p->host);
+	SSL_set1_host(ssl, p->host);
+	return ssl;
+}
+
+struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upconn_ready_fn ready,
+			void *arg, bool *connected, int *err_out)
+{
+	struct pool *p = pool_find(ps, up);
+	struct upconn *uc;
+	struct timeval tv;
+	evutil_socket_t fd;
+	int one = 1;
+
+	*connected = false;
+	*err_out = 0;
+	if ((uc = TAILQ_FIRST(&p->idle))) {
+		idle_remove(uc);
+		uc->reused = true;
+		uc->ready = ready;
+		uc->arg = arg;
+		bufferevent_setcb(uc->bev, NULL, NULL, NULL, NULL);
+		metric_inc(p->m_reused);
+		*connected = true;
+		return uc;
+	}
+	if (p->resolve_err) {
+		*err_out = EHOSTUNREACH;
+		return NULL;
+	}
+	fd = socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		*err_out = errno;
+		return NULL;
+	}
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	uc = dw_calloc(1, sizeof(*uc));
+	uc->pool = p;
+	uc->ready = ready;
+	uc->arg = arg;
+	if (p->tls) {
+		SSL *ssl = tls_new(p);
+		if (!ssl) {
+			evutil_closesocket(fd);
+			free(uc);
+			*err_out = EPROTO;
+			return NULL;
+		}
+		uc->bev = bufferevent_openssl_socket_new(ps->base, fd, ssl,
+							 BUFFEREVENT_SSL_CONNECTING,
+							 BEV_OPT_CLOSE_ON_FREE);
+	} else {
+		uc->bev = bufferevent_socket_new(ps->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	}
+	if (!uc->bev) {
+		evutil_closesocket(fd);
+		free(uc);
+		*err_out = ENOMEM;
+		return NULL;
+	}
+	tv.tv_sec = up->connect_timeout_ms / 1000;
+	tv.tv_usec = (up->connect_timeout_ms % 1000) * 1000;
+	bufferevent_set_timeouts(uc->bev, NULL, &tv);
+	bufferevent_setcb(uc->bev, NULL, NULL, connect_event_cb, uc);
+	metric_inc(p->m_connects);
+	if (bufferevent_socket_connect(uc->bev, (struct sockaddr *)&p->addr, (int)p->addrlen) < 0) {
+		*err_out = EVUTIL_SOCKET_ERROR() ? EVUTIL_SOCKET_ERROR() : ECONNREFUSED;
+		upconn_free(uc);
+		return NULL;
+	}
+	return uc;
+}
+
+struct bufferevent *upconn_bev(struct upconn *uc)
+{
+	return uc->bev;
+}
+
+bool upconn_reused(const struct upconn *uc)
+{
+	return uc->reused;
+}
+
+void upconn_release(struct upconn *uc, bool keep)
+{
+	struct pool *p = uc->pool;
+	struct timeval idle = {60, 0};
+
+	if (!keep || p->nidle >= p->max_idle ||
+	    evbuffer_get_length(bufferevent_get_input(uc->bev)) != 0) {
+		upconn_free(uc);
+		return;
+	}
+	uc->ready = NULL;
+	uc->arg = NULL;
+	bufferevent_setcb(uc->bev, idle_read_cb, NULL, idle_event_cb, uc);
+	bufferevent_set_timeouts(uc->bev, &idle, NULL);
+	bufferevent_enable(uc->bev, EV_READ);
+	TAILQ_INSERT_HEAD(&p->idle, uc, link);
+	p->nidle++;
+	metric_inc(p->m_idle);
+}

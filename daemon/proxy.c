@@ -1,0 +1,1094 @@
+/*
+ * proxy.c — the life of a client connection: read a request head and its
+ * whole body (bounded), forward it to the default upstream (the legacy),
+ * stream the answer back with back-pressure, hand a legacy-acknowledged write
+ * to the mirror, and go round again for the next (possibly pipelined) request.
+ *
+ * One function changes state (conn_set_state) and asserts the transition is
+ * legal. One function closes (conn_close); it releases everything but the
+ * struct itself, which is freed after the current loop iteration, so a
+ * callback chain that closed the connection only has to check for CS_CLOSED
+ * before touching it again.
+ *
+ * States:
+ *   IDLE      keep-alive, waiting for the first byte of a request
+ *   HEAD      reading the request head (deadline: header_timeout_ms)
+ *   BODY      reading the request body (deadline: body_timeout_ms)
+ *   UPSTREAM  request sent or being sent, waiting for the response head
+ *   RESPONSE  streaming the response body to the client
+ *   SYNC      answer complete and held until the mirror journal is fsynced
+ *   CLOSING   flushing a final answer, then close
+ *   CLOSED    released; freed after this loop iteration
+ */
+#include <assert.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "http_parse.h"
+#include "worker.h"
+
+enum cstate { CS_IDLE, CS_HEAD, CS_BODY, CS_UPSTREAM, CS_RESPONSE, CS_SYNC, CS_CLOSING, CS_CLOSED };
+static const char *const cstate_names[] = {"idle",     "head", "body",    "upstream",
+					   "response", "sync", "closing", "closed"};
+
+/* How the response body is framed towards the client. */
+enum out_mode {
+	OUT_RAW,	  /* bytes as received (Content-Length or none) */
+	OUT_CHUNKED_PASS, /* upstream chunked, forwarded raw to a 1.1 client */
+	OUT_DECHUNK,	  /* upstream chunked, decoded for a 1.0 client; close after */
+	OUT_ENCODE,	  /* upstream until-close, chunk-encoded for a 1.1 client */
+};
+
+#define OUT_HIGH_WATER (256 * 1024) /* pause the upstream above this */
+#define OUT_LOW_WATER (64 * 1024)   /* resume it at or below this */
+#define RESP_MAX_HEAD 65536
+
+struct conn {
+	TAILQ_ENTRY(conn) link;	     /* worker->conns, or the graveyard */
+	TAILQ_ENTRY(conn) sync_link; /* worker->sync_waiters while CS_SYNC */
+	struct worker *w;
+	struct bufferevent *bev;
+	struct event *timer;
+	enum cstate state;
+	char peer[64];
+	bool got_bytes; /* any byte of the current request received */
+
+	/* the current request */
+	struct dw_config *cfg; /* reference held for the request's life */
+	char reqid[72];
+	int64_t t_start;
+	struct http_scanner scan;
+	struct http_head req;
+	bool keep_alive;
+	struct evbuffer *body; /* the whole (decoded) request body */
+	int64_t body_left;     /* Content-Length bytes still to read */
+	bool body_chunked;
+	struct http_chunked chunk;
+	const struct dw_route *route;
+	struct route_params params;
+	bool mirrored; /* the mirror was captured (journaled) for this request */
+
+	/* the upstream exchange */
+	struct upconn *up;
+	bool up_retried;
+	bool up_paused;
+	struct http_scanner rscan;
+	struct http_head resp;
+	bool resp_head_done;
+	enum http_body_kind rkind;
+	int64_t rleft;
+	struct http_chunked rchunk;
+	enum out_mode mode;
+	bool close_after;
+	int status;
+	bool hold;		  /* answer held until the mirror is journaled */
+	struct evbuffer *held;	  /* the held answer */
+	struct evbuffer *capture; /* decoded response body for $response */
+	bool capture_overflow;
+};
+
+static void conn_read_cb(struct bufferevent *bev, void *arg);
+static void conn_write_cb(struct bufferevent *bev, void *arg);
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
+static void up_read_cb(struct bufferevent *bev, void *arg);
+static void up_event_cb(struct bufferevent *bev, short what, void *arg);
+static void on_input(struct conn *c);
+static void conn_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void dispatch(struct conn *c);
+
+/* ---------------------------------------------------------------- state */
+
+static void conn_set_state(struct conn *c, enum cstate to)
+{
+	static const unsigned legal[] = {
+	    [CS_IDLE] = 1u << CS_HEAD | 1u << CS_CLOSING | 1u << CS_CLOSED,
+	    [CS_HEAD] = 1u << CS_BODY | 1u << CS_UPSTREAM | 1u << CS_CLOSING | 1u << CS_CLOSED,
+	    [CS_BODY] = 1u << CS_UPSTREAM | 1u << CS_CLOSING | 1u << CS_CLOSED,
+	    [CS_UPSTREAM] = 1u << CS_RESPONSE | 1u << CS_UPSTREAM | 1u << CS_CLOSING |
+			    1u << CS_CLOSED | 1u << CS_IDLE,
+	    [CS_RESPONSE] = 1u << CS_IDLE | 1u << CS_SYNC | 1u << CS_CLOSING | 1u << CS_CLOSED,
+	    [CS_SYNC] = 1u << CS_RESPONSE | 1u << CS_CLOSING | 1u << CS_CLOSED,
+	    [CS_CLOSING] = 1u << CS_CLOSED,
+	    [CS_CLOSED] = 0,
+	};
+
+	if (!(legal[c->state] & (1u << to))) {
+		dw_log(DW_LOG_ERROR, c->reqid[0] ? c->reqid : NULL,
+		       "illegal connection state change %s -> %s", cstate_names[c->state],
+		       cstate_names[to]);
+		assert(!"illegal connection state change");
+	}
+	c->state = to;
+}
+
+static void timer_set(struct conn *c, int ms)
+{
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+	evtimer_add(c->timer, &tv);
+}
+
+/* Everything that belongs to one request, so the next starts clean. */
+static void request_reset(struct conn *c)
+{
+	http_head_clear(&c->req);
+	http_head_clear(&c->resp);
+	route_params_clear(&c->params);
+	http_scanner_init(&c->scan);
+	http_scanner_init(&c->rscan);
+	evbuffer_drain(c->body, evbuffer_get_length(c->body));
+	if (c->held)
+		evbuffer_free(c->held);
+	if (c->capture)
+		evbuffer_free(c->capture);
+	c->held = c->capture = NULL;
+	if (c->cfg)
+		config_unref(c->cfg);
+	c->cfg = NULL;
+	c->route = NULL;
+	c->reqid[0] = '\0';
+	c->got_bytes = c->resp_head_done = c->hold = c->capture_overflow = false;
+	c->up_retried = c->up_paused = c->mirrored = c->body_chunked = false;
+	c->body_left = 0;
+	c->status = 0;
+	c->mode = OUT_RAW;
+	c->close_after = false;
+}
+
+static void reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	free(arg);
+}
+
+/* The one close path. Logs one line for an abnormal close. */
+static void conn_close(struct conn *c, const char *reason)
+{
+	struct worker *w = c->w;
+
+	if (c->state == CS_CLOSED)
+		return;
+	if (reason)
+		dw_log(DW_LOG_DEBUG, c->reqid[0] ? c->reqid : NULL, "close %s: %s", c->peer,
+		       reason);
+	if (c->state == CS_SYNC)
+		TAILQ_REMOVE(&w->sync_waiters, c, sync_link);
+	conn_set_state(c, CS_CLOSED);
+	if (c->up) {
+		upconn_release(c->up, false);
+		c->up = NULL;
+	}
+	request_reset(c);
+	evbuffer_free(c->body);
+	event_free(c->timer);
+	bufferevent_free(c->bev);
+	TAILQ_REMOVE(&w->conns, c, link);
+	w->nconns--;
+	__atomic_fetch_sub(&w->srv->active_conns, 1, __ATOMIC_RELAXED);
+	metric_add(w->srv->m_conns_active, -1);
+	/* Callers up the stack may still look at c->state: free it later. */
+	event_base_once(w->base, -1, EV_TIMEOUT, reap_cb, c, NULL);
+}
+
+/* ------------------------------------------------------------- metrics */
+
+static void count_status(struct conn *c, int status)
+{
+	struct worker *w = c->w;
+	const char *route = c->route ? c->route->name : "default";
+	char labels[256], esc[128];
+
+	for (size_t i = 0; i < w->nseries; i++)
+		if (w->series[i].status == status && strcmp(w->series[i].route, route) == 0) {
+			metric_inc(w->series[i].counter);
+			return;
+		}
+	snprintf(labels, sizeof(labels), "route=\"%s\",status=\"%d\"",
+		 metrics_label_escape(route, esc, sizeof(esc)), status);
+	struct metric *m = metrics_counter(w->srv->metrics, "dualwrite_requests_total",
+					   "Requests answered, by route and status.", labels);
+	if (w->nseries < DW_ARRAY_LEN(w->series)) {
+		w->series[w->nseries].route = dw_strdup(route);
+		w->series[w->nseries].status = status;
+		w->series[w->nseries].counter = m;
+		w->nseries++;
+	}
+	metric_inc(m);
+}
+
+enum up_err { UPERR_CONNECT, UPERR_TIMEOUT, UPERR_RESET, UPERR_PROTOCOL };
+
+/* ------------------------------------------------------ answers we make */
+
+static void json_escape_into(struct evbuffer *out, const char *s)
+{
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			evbuffer_add_printf(out, "\\%c", ch);
+		else if (ch < 0x20)
+			evbuffer_add_printf(out, "\\u%04x", ch);
+		else
+			evbuffer_add(out, s, 1);
+	}
+}
+
+static void conn_next(struct conn *c);
+
+/* Close once everything queued for the client is written. */
+static void conn_finish_close(struct conn *c)
+{
+	if (c->state == CS_CLOSED)
+		return;
+	conn_set_state(c, CS_CLOSING);
+	bufferevent_disable(c->bev, EV_READ);
+	evtimer_del(c->timer);
+	timer_set(c, 5000); /* a client that never reads does not keep us */
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+		conn_close(c, NULL);
+}
+
+/*
+ * Answer with an error of our own: {"error": "..."}. With close (always for
+ * protocol errors and limits), the connection closes once flushed; otherwise
+ * it goes on to the next request.
+ */
+static void respond_error(struct conn *c, int status, const char *msg, bool close)
+{
+	struct evbuffer *out, *body;
+
+	if (c->state == CS_CLOSED)
+		return;
+	out = bufferevent_get_output(c->bev);
+	body = evbuffer_new();
+	evbuffer_add_printf(body, "{\"error\": \"");
+	json_escape_into(body, msg);
+	evbuffer_add_printf(body, "\"}\n");
+	if (!c->keep_alive || c->w->draining)
+		close = true;
+	evbuffer_add_printf(out,
+			    "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+			    "Content-Length: %zu\r\n",
+			    status, http_reason(status), evbuffer_get_length(body));
+	if (c->reqid[0])
+		evbuffer_add_printf(out, "X-Request-Id: %s\r\n", c->reqid);
+	evbuffer_add_printf(out, "%s\r\n", close ? "Connection: close\r\n" : "");
+	evbuffer_add_buffer(out, body);
+	evbuffer_free(body);
+	count_status(c, status);
+	dw_log(status >= 500 ? DW_LOG_WARN : DW_LOG_INFO, c->reqid[0] ? c->reqid : NULL,
+	       "%d %s (%s)", status, msg, c->peer);
+	if (c->up) {
+		upconn_release(c->up, false);
+		c->up = NULL;
+	}
+	if (close)
+		conn_finish_close(c);
+	else
+		conn_next(c);
+}
+
+static void upstream_failed(struct conn *c, enum up_err kind, int status, const char *msg)
+{
+	metric_inc(c->w->m_upstream_err[kind]);
+	if (c->resp_head_done && !c->hold) {
+		/* The client already has part of an answer: all we can do is cut it. */
+		dw_log(DW_LOG_WARN, c->reqid, "upstream failed mid-response: %s", msg);
+		conn_close(c, msg);
+		return;
+	}
+	respond_error(c, status, msg, false);
+}
+
+/* ---------------------------------------------------------- accepting */
+
+void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen)
+{
+	struct server *srv = w->srv;
+	struct conn *c;
+	int one = 1;
+	char host[48] = "?";
+
+	(void)salen;
+	if (__atomic_add_fetch(&srv->active_conns, 1, __ATOMIC_RELAXED) >
+	    w->cfg->limits.max_connections) {
+		static const char busy[] =
+		    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+		    "Content-Length: 36\r\nConnection: close\r\n\r\n"
+		    "{\"error\": \"too many connections\"}\r\n";
+		__atomic_fetch_sub(&srv->active_conns, 1, __ATOMIC_RELAXED);
+		metric_inc(srv->m_conns_rejected);
+		if (send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+			log_debug("reject: %s", strerror(errno));
+		evutil_closesocket(fd);
+		return;
+	}
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	c = dw_calloc(1, sizeof(*c));
+	c->w = w;
+	c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	c->timer = evtimer_new(w->base, conn_timer_cb, c);
+	c->body = evbuffer_new();
+	if (sa->sa_family == AF_INET)
+		evutil_inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host,
+				 sizeof(host));
+	else if (sa->sa_family == AF_INET6)
+		evutil_inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host,
+				 sizeof(host));
+	snprintf(c->peer, sizeof(c->peer), "%s", host);
+	http_scanner_init(&c->scan);
+	http_scanner_init(&c->rscan);
+	c->state = CS_IDLE;
+	TAILQ_INSERT_TAIL(&w->conns, c, link);
+	w->nconns++;
+	metric_inc(srv->m_conns_active);
+	metric_inc(srv->m_conns_total);
+	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+	bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	/* A new connection gets the head deadline from its first moment. */
+	conn_set_state(c, CS_HEAD);
+	timer_set(c, w->cfg->limits.header_timeout_ms);
+}
+
+/* --------------------------------------------------- reading a request */
+
+static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	switch (c->state) {
+	case CS_IDLE:
+		conn_close(c, "idle timeout");
+		break;
+	case CS_HEAD:
+		if (!c->got_bytes) {
+			conn_close(c, "no request before the header deadline");
+			break;
+		}
+		c->keep_alive = false;
+		respond_error(c, 408, "request head not received in time", true);
+		break;
+	case CS_BODY:
+		c->keep_alive = false;
+		respond_error(c, 408, "request body not received in time", true);
+		break;
+	case CS_CLOSING:
+		conn_close(c, "client does not read its answer");
+		break;
+	default:
+		break;
+	}
+}
+
+static const char *req_header(void *arg, const char *name, size_t *len)
+{
+	const struct http_header *h = http_head_get(arg, name);
+
+	if (!h)
+		return NULL;
+	*len = h->value_len;
+	return h->value;
+}
+
+static void make_reqid(struct conn *c)
+{
+	const struct http_header *h = http_head_get(&c->req, "X-Request-Id");
+	bool ok = h && h->value_len > 0 && h->value_len < sizeof(c->reqid);
+
+	for (size_t i = 0; ok && i < h->value_len; i++) {
+		unsigned char ch = (unsigned char)h->value[i];
+		ok = ch > 0x20 && ch < 0x7f;
+	}
+	if (ok) {
+		memcpy(c->reqid, h->value, h->value_len);
+		c->reqid[h->value_len] = '\0';
+	} else {
+		struct worker *w = c->w;
+		snprintf(c->reqid, sizeof(c->reqid), "%08" PRIx32 "%02x%06" PRIx64, w->reqid_seed,
+			 (unsigned)w->id & 0xff, ++w->reqid_counter & 0xffffff);
+	}
+}
+
+static void emit_body(void *arg, const char *p, size_t n)
+{
+	evbuffer_add(arg, p, n);
+}
+
+/*
+ * Run a chunked decoder over everything buffered in src (without copying it
+ * into one block), emitting payload to emit/arg. Returns the decoder's status
+ * and sets *consumed; the caller drains.
+ */
+static int chunked_run(struct http_chunked *ch, struct evbuffer *src, size_t *consumed,
+		       http_emit_fn emit, void *arg, struct dw_err *err)
+{
+	struct evbuffer_iovec vec[16];
+	size_t total = 0;
+	int n, rc = HTTP_INCOMPLETE;
+
+	*consumed = 0;
+	n = evbuffer_peek(src, -1, NULL, vec, 16);
+	if (n > 16)
+		n = 16;
+	for (int i = 0; i < n && rc == HTTP_INCOMPLETE; i++) {
+		size_t used = 0;
+		rc = http_chunked_decode(ch, vec[i].iov_base, vec[i].iov_len, &used, emit, arg, err);
+		total += used;
+	}
+	*consumed = total;
+	return rc;
+}
+
+static void on_head(struct conn *c)
+{
+	struct worker *w = c->w;
+	struct evbuffer *in = bufferevent_get_input(c->bev);
+	const struct dw_limits *lim = &w->cfg->limits;
+	size_t len = evbuffer_get_length(in), n, skip = 0, head_len = 0;
+	struct dw_err err = {""};
+	int status = 0, rc;
+	const char *p;
+
+	if (len == 0)
+		return;
+	if (c->state == CS_IDLE) {
+		conn_set_state(c, CS_HEAD);
+		evtimer_del(c->timer);
+		timer_set(c, lim->header_timeout_ms);
+	}
+	c->got_bytes = true;
+	n = len < lim->max_header_bytes + 4096 ? len : lim->max_header_bytes + 4096;
+	p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+	rc = http_scan_head(&c->scan, p, n, lim->max_header_bytes, &skip, &head_len, &status, &err);
+	if (rc == HTTP_INCOMPLETE)
+		return;
+	c->keep_alive = false;
+	if (rc == HTTP_ERROR) {
+		respond_error(c, status, err.msg, true);
+		return;
+	}
+	/* This request runs on the configuration current when its head arrived. */
+	c->cfg = config_ref(w->cfg);
+	c->t_start = dw_now_us();
+	rc = http_parse_request(&c->req, p + skip, head_len, &status, &err);
+	evbuffer_drain(in, skip + head_len);
+	http_scanner_init(&c->scan);
+	if (rc != HTTP_OK) {
+		respond_error(c, status, err.msg, true);
+		return;
+	}
+	make_reqid(c);
+	c->keep_alive = http_keep_alive(&c->req) && !c->req.upgrade && !w->draining;
+	c->route = config_route_match(c->cfg, c->req.method_str, c->req.method_len, c->req.path,
+				      c->req.path_len, &c->params);
+
+	if (c->req.chunked) {
+		c->body_chunked = true;
+		http_chunked_init(&c->chunk, lim->max_header_bytes);
+	} else if (c->req.content_length > 0) {
+		if ((uint64_t)c->req.content_length > lim->max_body_bytes) {
+			respond_error(c, 413, "request body larger than max_body_bytes", true);
+			return;
+		}
+		c->body_left = c->req.content_length;
+	} else {
+		conn_set_state(c, CS_UPSTREAM);
+		dispatch(c);
+		return;
+	}
+	conn_set_state(c, CS_BODY);
+	evtimer_del(c->timer);
+	timer_set(c, lim->body_timeout_ms);
+	/* Expect: 100-continue is ours to answer; it is never forwarded. */
+	if (c->req.expect_continue && c->req.version_minor == 1 && evbuffer_get_length(in) == 0)
+		bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+	on_input(c);
+}
+
+static void on_body(struct conn *c)
+{
+	struct evbuffer *in = bufferevent_get_input(c->bev);
+	size_t max = c->cfg->limits.max_body_bytes;
+
+	if (c->body_chunked) {
+		struct dw_err err = {""};
+		size_t used;
+		int rc = chunked_run(&c->chunk, in, &used, emit_body, c->body, &err);
+
+		evbuffer_drain(in, used);
+		if (evbuffer_get_length(c->body) > max) {
+			c->keep_alive = false;
+			respond_error(c, 413, "request body larger than max_body_bytes", true);
+			return;
+		}
+		if (rc == HTTP_ERROR) {
+			c->keep_alive = false;
+			respond_error(c, 400, err.msg, true);
+			return;
+		}
+		if (rc == HTTP_INCOMPLETE)
+			return;
+	} else {
+		size_t avail = evbuffer_get_length(in);
+		size_t take = (uint64_t)c->body_left < avail ? (size_t)c->body_left : avail;
+
+		evbuffer_remove_buffer(in, c->body, take);
+		c->body_left -= (int64_t)take;
+		if (c->body_left > 0)
+			return;
+	}
+	evtimer_del(c->timer);
+	conn_set_state(c, CS_UPSTREAM);
+	dispatch(c);
+}
+
+static void on_input(struct conn *c)
+{
+	switch (c->state) {
+	case CS_IDLE:
+	case CS_HEAD:
+		on_head(c);
+		break;
+	case CS_BODY:
+		on_body(c);
+		break;
+	default:
+		break;
+	}
+}
+
+static void conn_read_cb(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	on_input(arg);
+}
+
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+
+	if (c->state == CS_CLOSING) {
+		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+			conn_close(c, NULL);
+		return;
+	}
+	if (c->state == CS_RESPONSE && c->up_paused && c->up) {
+		c->up_paused = false;
+		bufferevent_enable(upconn_bev(c->up), EV_READ);
+	}
+}
+
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)bev;
+	if (c->state == CS_IDLE && (what & BEV_EVENT_EOF))
+		conn_close(c, NULL);
+	else
+		conn_close(c, (what & BEV_EVENT_EOF) ? "client closed" : "client connection error");
+}
+
+/* ------------------------------------------------------- the upstream */
+
+static void send_request(struct conn *c);
+static void body_pump(struct conn *c);
+
+static bool method_idempotent(enum http_method m)
+{
+	return m == HTTP_M_GET || m == HTTP_M_HEAD || m == HTTP_M_PUT || m == HTTP_M_DELETE ||
+	       m == HTTP_M_OPTIONS;
+}
+
+static void up_ready(struct upconn *uc, int error, void *arg)
+{
+	struct conn *c = arg;
+	const struct dw_upstream *up = &c->cfg->upstreams[c->cfg->default_upstream];
+	char msg[256];
+
+	if (error) {
+		upconn_release(uc, false);
+		c->up = NULL;
+		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): connect: %s", up->name,
+			 up->host, up->port,
+			 error == ETIMEDOUT ? "timed out" : strerror(error));
+		if (error == ETIMEDOUT)
+			upstream_failed(c, UPERR_TIMEOUT, 504, msg);
+		else
+			upstream_failed(c, UPERR_CONNECT, 502, msg);
+		return;
+	}
+	send_request(c);
+}
+
+static void dispatch(struct conn *c)
+{
+	const struct dw_upstream *up = &c->cfg->upstreams[c->cfg->default_upstream];
+	bool connected = false;
+	int e = 0;
+	char msg[256];
+
+	bufferevent_disable(c->bev, EV_READ);
+	c->up = pool_get(c->w->pools, up, up_ready, c, &connected, &e);
+	if (!c->up) {
+		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): connect: %s", up->name,
+			 up->host, up->port, strerror(e));
+		upstream_failed(c, UPERR_CONNECT, 502, msg);
+		return;
+	}
+	if (connected)
+		send_request(c);
+}
+
+static bool name_is(const struct http_header *h, const char *name)
+{
+	return h->name_len == strlen(name) && strncasecmp(h->name, name, h->name_len) == 0;
+}
+
+static void send_request(struct conn *c)
+{
+	const struct dw_upstream *up = &c->cfg->upstreams[c->cfg->default_upstream];
+	struct bufferevent *ub = upconn_bev(c->up);
+	struct evbuffer *out = bufferevent_get_output(ub);
+	const struct http_head *r = &c->req;
+	const char *xff = NULL;
+	size_t xff_len = 0, blen = evbuffer_get_length(c->body);
+	struct timeval tv = {up->timeout_ms / 1000, (up->timeout_ms % 1000) * 1000};
+
+	evbuffer_add_printf(out, "%.*s %s%.*s%s%.*s HTTP/1.1\r\n", (int)r->method_len,
+			    r->method_str, up->base_path, (int)r->path_len, r->path,
+			    r->query ? "?" : "", r->query ? (int)r->query_len : 0,
+			    r->query ? r->query : "");
+	for (size_t i = 0; i < r->nheaders; i++) {
+		const struct http_header *h = &r->headers[i];
+
+		if (http_is_hop_by_hop(r, h->name, h->name_len) || name_is(h, "Expect") ||
+		    name_is(h, "Content-Length") || name_is(h, "X-Forwarded-Proto") ||
+		    name_is(h, "X-Request-Id"))
+			continue;
+		if (name_is(h, "X-Forwarded-For")) {
+			xff = h->value;
+			xff_len = h->value_len;
+			continue;
+		}
+		evbuffer_add_printf(out, "%.*s: %.*s\r\n", (int)h->name_len, h->name,
+				    (int)h->value_len, h->value);
+	}
+	if (xff)
+		evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len, xff, c->peer);
+	else
+		evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", c->peer);
+	evbuffer_add_printf(out, "X-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n", c->reqid);
+	if (blen > 0 || r->content_length >= 0 || r->chunked)
+		evbuffer_add_printf(out, "Content-Length: %zu\r\n", blen);
+	evbuffer_add(out, "\r\n", 2);
+	/* A copy, not a move: the body is needed for a retry and for the mirror. */
+	if (blen)
+		evbuffer_add(out, evbuffer_pullup(c->body, -1), blen);
+
+	http_scanner_init(&c->rscan);
+	bufferevent_setcb(ub, up_read_cb, NULL, up_event_cb, c);
+	bufferevent_set_timeouts(ub, &tv, &tv);
+	bufferevent_enable(ub, EV_READ | EV_WRITE);
+}
+
+static void noop_emit(void *arg, const char *p, size_t n)
+{
+	(void)arg;
+	(void)p;
+	(void)n;
+}
+
+static void capture_emit(void *arg, const char *p, size_t n)
+{
+	struct conn *c = arg;
+
+	if (!c->capture || c->capture_overflow)
+		return;
+	if (evbuffer_get_length(c->capture) + n > c->cfg->limits.max_body_bytes) {
+		c->capture_overflow = true;
+		return;
+	}
+	evbuffer_add(c->capture, p, n);
+}
+
+/* Decoded response payload for a 1.0 client: to the client and the capture. */
+static void dechunk_emit(void *arg, const char *p, size_t n)
+{
+	struct conn *c = arg;
+
+	evbuffer_add(c->hold ? c->held : bufferevent_get_output(c->bev), p, n);
+	capture_emit(c, p, n);
+}
+
+static void capture_copy(struct conn *c, struct evbuffer *src, size_t n)
+{
+	if (c->capture && n)
+		capture_emit(c, (const char *)evbuffer_pullup(src, (ev_ssize_t)n), n);
+}
+
+/* Build the mirror of this acknowledged write and journal it. */
+static void do_mirror(struct conn *c)
+{
+	struct mirror_input in;
+	const char *resp = NULL;
+	size_t resp_len = 0;
+
+	if (c->mirrored)
+		return;
+	c->mirrored = true;
+	if (c->capture) {
+		resp_len = evbuffer_get_length(c->capture);
+		resp = (const char *)evbuffer_pullup(c->capture, -1);
+	}
+	memset(&in, 0, sizeof(in));
+	in.cfg = c->cfg;
+	in.route = c->route;
+	in.method = http_method_name(c->req.method);
+	in.path_names = c->params.names;
+	in.path_values = (const char *const *)c->params.values;
+	in.npath = c->params.n;
+	in.query = c->req.query;
+	in.query_len = c->req.query_len;
+	in.header = req_header;
+	in.header_arg = &c->req;
+	in.req_body = (const char *)evbuffer_pullup(c->body, -1);
+	in.req_body_len = evbuffer_get_length(c->body);
+	in.resp_body = c->capture_overflow ? NULL : resp;
+	in.resp_body_len = c->capture_overflow ? 0 : resp_len;
+	in.resp_too_large = c->capture_overflow;
+	in.request_id = c->reqid;
+	char method[32];
+	if (!in.method) {
+		snprintf(method, sizeof(method), "%.*s", (int)c->req.method_len, c->req.method_str);
+		in.method = method;
+	}
+	mirror_capture(c->w->srv, &in);
+}
+
+static void start_response(struct conn *c)
+{
+	struct worker *w = c->w;
+	const struct dw_route *rt = c->route;
+	bool client11 = c->req.version_minor == 1;
+	struct evbuffer *out;
+
+	c->status = c->resp.status;
+	c->rkind = http_response_body_kind(&c->resp, c->req.method);
+	c->rleft = c->resp.content_length;
+	c->close_after = !c->keep_alive || w->draining;
+	c->mode = OUT_RAW;
+	if (c->rkind == HTTP_BODY_CHUNKED) {
+		c->mode = client11 ? OUT_CHUNKED_PASS : OUT_DECHUNK;
+		c->close_after |= !client11;
+		http_chunked_init(&c->rchunk, RESP_MAX_HEAD);
+	} else if (c->rkind == HTTP_BODY_UNTIL_CLOSE) {
+		c->mode = client11 ? OUT_ENCODE : OUT_RAW;
+		c->close_after |= !client11;
+	}
+
+	/* G1: only a legacy 2xx is mirrored. The write is journaled before the
+	 * client can see the answer: at once when the mirror does not need the
+	 * legacy's reply, else after the reply is read whole (held meanwhile). */
+	if (rt && rt->mirror && c->status >= 200 && c->status < 300) {
+		bool need_resp = (rt->mirror->sources & EXPR_SRC_RESPONSE) != 0;
+		bool fsync = c->cfg->queue.durability == QUEUE_DURABILITY_FSYNC;
+
+		if (need_resp || fsync) {
+			c->hold = true;
+			c->held = evbuffer_new();
+			if (need_resp)
+				c->capture = evbuffer_new();
+		} else {
+			do_mirror(c);
+		}
+	}
+
+	out = c->hold ? c->held : bufferevent_get_output(c->bev);
+	if (c->resp.reason_len)
+		evbuffer_add_printf(out, "HTTP/1.1 %d %.*s\r\n", c->status, (int)c->resp.reason_len,
+				    c->resp.reason);
+	else
+		evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", c->status, http_reason(c->status));
+	for (size_t i = 0; i < c->resp.nheaders; i++) {
+		const struct http_header *h = &c->resp.headers[i];
+
+		if (http_is_hop_by_hop(&c->resp, h->name, h->name_len))
+			continue;
+		evbuffer_add_printf(out, "%.*s: %.*s\r\n", (int)h->name_len, h->name,
+				    (int)h->value_len, h->value);
+	}
+	if (c->mode == OUT_CHUNKED_PASS || c->mode == OUT_ENCODE)
+		evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+	if (c->close_after)
+		evbuffer_add(out, "Connection: close\r\n", 19);
+	else if (!client11)
+		evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+	evbuffer_add(out, "\r\n", 2);
+	c->resp_head_done = true;
+	count_status(c, c->status);
+	conn_set_state(c, CS_RESPONSE);
+}
+
+static void response_complete(struct conn *c)
+{
+	if (c->close_after)
+		conn_finish_close(c);
+	else
+		conn_next(c);
+}
+
+static void response_done(struct conn *c, bool reusable)
+{
+	struct worker *w = c->w;
+
+	if (c->up) {
+		reusable = reusable && http_keep_alive(&c->resp) &&
+			   evbuffer_get_length(bufferevent_get_input(upconn_bev(c->up))) == 0;
+		upconn_release(c->up, reusable);
+		c->up = NULL;
+	}
+	histogram_observe(w->h_duration, (double)(dw_now_us() - c->t_start) / 1e6);
+	if (dw_log_enabled(DW_LOG_DEBUG))
+		dw_log(DW_LOG_DEBUG, c->reqid, "%.*s %.*s -> %d in %.3f ms route=%s",
+		       (int)c->req.method_len, c->req.method_str, (int)c->req.target_len,
+		       c->req.target, c->status, (double)(dw_now_us() - c->t_start) / 1e3,
+		       c->route ? c->route->name : "default");
+	if (c->hold) {
+		do_mirror(c);
+		if (c->cfg->queue.durability == QUEUE_DURABILITY_FSYNC) {
+			conn_set_state(c, CS_SYNC);
+			TAILQ_INSERT_TAIL(&w->sync_waiters, c, sync_link);
+			event_active(w->sync_ev, EV_TIMEOUT, 0);
+			return;
+		}
+		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->held);
+	}
+	response_complete(c);
+}
+
+/* A held answer that outgrew the body limit is released unmapped. */
+static void release_hold(struct conn *c)
+{
+	c->capture_overflow = true;
+	do_mirror(c); /* dead-letters: the reply is not available to map */
+	evbuffer_add_buffer(bufferevent_get_output(c->bev), c->held);
+	c->hold = false;
+}
+
+static void body_pump(struct conn *c)
+{
+	struct bufferevent *ub = upconn_bev(c->up);
+	struct evbuffer *src = bufferevent_get_input(ub);
+	struct evbuffer *dst = c->hold ? c->held : bufferevent_get_output(c->bev);
+	struct dw_err err = {""};
+	bool done = false;
+	size_t used, n;
+	int rc;
+
+	switch (c->rkind) {
+	case HTTP_BODY_NONE:
+		done = true;
+		break;
+	case HTTP_BODY_LENGTH:
+		n = evbuffer_get_length(src);
+		if ((uint64_t)c->rleft < n)
+			n = (size_t)c->rleft;
+		capture_copy(c, src, n);
+		evbuffer_remove_buffer(src, dst, n);
+		c->rleft -= (int64_t)n;
+		done = c->rleft == 0;
+		break;
+	case HTTP_BODY_CHUNKED:
+		if (c->mode == OUT_CHUNKED_PASS) {
+			rc = chunked_run(&c->rchunk, src, &used, c->capture ? capture_emit : noop_emit,
+					 c, &err);
+			evbuffer_remove_buffer(src, dst, used);
+		} else {
+			rc = chunked_run(&c->rchunk, src, &used, dechunk_emit, c, &err);
+			evbuffer_drain(src, used);
+		}
+		if (rc == HTTP_ERROR) {
+			upstream_failed(c, UPERR_PROTOCOL, 502, err.msg);
+			return;
+		}
+		done = rc == HTTP_OK;
+		break;
+	case HTTP_BODY_UNTIL_CLOSE:
+		n = evbuffer_get_length(src);
+		if (n == 0)
+			break;
+		capture_copy(c, src, n);
+		if (c->mode == OUT_ENCODE)
+			evbuffer_add_printf(dst, "%zx\r\n", n);
+		evbuffer_remove_buffer(src, dst, n);
+		if (c->mode == OUT_ENCODE)
+			evbuffer_add(dst, "\r\n", 2);
+		break;
+	}
+	if (done) {
+		response_done(c, c->rkind != HTTP_BODY_UNTIL_CLOSE);
+		return;
+	}
+	if (c->hold && evbuffer_get_length(c->held) > c->cfg->limits.max_body_bytes + 65536)
+		release_hold(c);
+	if (!c->hold && evbuffer_get_length(bufferevent_get_output(c->bev)) > OUT_HIGH_WATER) {
+		bufferevent_disable(ub, EV_READ);
+		c->up_paused = true;
+	}
+}
+
+static void up_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	struct dw_err err = {""};
+
+	while (!c->resp_head_done) {
+		size_t len = evbuffer_get_length(in), n, skip = 0, head_len = 0;
+		int status = 0, rc;
+		const char *p;
+		char msg[600];
+
+		if (len == 0)
+			return;
+		n = len < RESP_MAX_HEAD + 4096 ? len : RESP_MAX_HEAD + 4096;
+		p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+		rc = http_scan_head(&c->rscan, p, n, RESP_MAX_HEAD, &skip, &head_len, &status, &err);
+		if (rc == HTTP_INCOMPLETE)
+			return;
+		if (rc == HTTP_OK)
+			rc = http_parse_response(&c->resp, p + skip, head_len, &status, &err);
+		if (rc != HTTP_OK) {
+			snprintf(msg, sizeof(msg), "invalid response from upstream: %s", err.msg);
+			upstream_failed(c, UPERR_PROTOCOL, 502, msg);
+			return;
+		}
+		evbuffer_drain(in, skip + head_len);
+		http_scanner_init(&c->rscan);
+		if (c->resp.status == 101) {
+			upstream_failed(c, UPERR_PROTOCOL, 502, "upstream switched protocols");
+			return;
+		}
+		if (c->resp.status < 200) { /* interim answers are not forwarded */
+			http_head_clear(&c->resp);
+			continue;
+		}
+		start_response(c);
+	}
+	body_pump(c);
+}
+
+static void up_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct conn *c = arg;
+	const struct dw_upstream *up = &c->cfg->upstreams[c->cfg->default_upstream];
+	char msg[300];
+
+	if ((what & BEV_EVENT_EOF) && c->resp_head_done && c->rkind == HTTP_BODY_UNTIL_CLOSE) {
+		struct evbuffer *dst;
+
+		body_pump(c);
+		if (c->state == CS_CLOSED)
+			return;
+		dst = c->hold ? c->held : bufferevent_get_output(c->bev);
+		if (c->mode == OUT_ENCODE)
+			evbuffer_add(dst, "0\r\n\r\n", 5);
+		response_done(c, false);
+		return;
+	}
+	if (!c->resp_head_done && !(what & BEV_EVENT_TIMEOUT) && upconn_reused(c->up) &&
+	    !c->up_retried && evbuffer_get_length(bufferevent_get_input(bev)) == 0 &&
+	    method_idempotent(c->req.method)) {
+		/* The pooled connection was closed under us: once, on a new one. */
+		upconn_release(c->up, false);
+		c->up = NULL;
+		c->up_retried = true;
+		dispatch(c);
+		return;
+	}
+	if (what & BEV_EVENT_TIMEOUT) {
+		snprintf(msg, sizeof(msg), "upstream \"%s\" timed out after %d ms", up->name,
+			 up->timeout_ms);
+		upstream_failed(c, UPERR_TIMEOUT, 504, msg);
+	} else if (what & BEV_EVENT_EOF) {
+		snprintf(msg, sizeof(msg), "upstream \"%s\" closed the connection %s", up->name,
+			 c->resp_head_done ? "mid-response" : "before answering");
+		upstream_failed(c, UPERR_RESET, 502, msg);
+	} else {
+		int e = EVUTIL_SOCKET_ERROR();
+		snprintf(msg, sizeof(msg), "upstream \"%s\": %s", up->name,
+			 e ? strerror(e) : "connection error");
+		upstream_failed(c, UPERR_RESET, 502, msg);
+	}
+}
+
+/* ------------------------------------------------------ between requests */
+
+static void conn_next(struct conn *c)
+{
+	struct worker *w = c->w;
+
+	if (c->state == CS_CLOSED)
+		return;
+	request_reset(c);
+	if (w->draining) {
+		conn_finish_close(c);
+		return;
+	}
+	conn_set_state(c, CS_IDLE);
+	evtimer_del(c->timer);
+	timer_set(c, w->cfg->limits.idle_timeout_ms);
+	bufferevent_enable(c->bev, EV_READ);
+	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+		on_input(c);
+}
+
+void proxy_drain_idle(struct worker *w)
+{
+	struct conn *c, *next;
+
+	for (c = TAILQ_FIRST(&w->conns); c; c = next) {
+		next = TAILQ_NEXT(c, link);
+		if (c->state == CS_IDLE || (c->state == CS_HEAD && !c->got_bytes))
+			conn_close(c, "shutting down");
+	}
+}
+
+void proxy_abort_all(struct worker *w)
+{
+	struct conn *c;
+
+	while ((c = TAILQ_FIRST(&w->conns)))
+		conn_close(c, "drain deadline passed");
+}
+
+void proxy_sync_done(struct worker *w)
+{
+	struct dw_err err = {""};
+	struct conn *c;
+
+	if (TAILQ_EMPTY(&w->sync_waiters))
+		return;
+	/* One fdatasync for every answer held in this loop iteration. */
+	if (spool_sync(w->srv->spool, &err) < 0)
+		log_error("queue: fsync failed, answers released without durability: %s", err.msg);
+	while ((c = TAILQ_FIRST(&w->sync_waiters))) {
+		TAILQ_REMOVE(&w->sync_waiters, c, sync_link);
+		conn_set_state(c, CS_RESPONSE);
+		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->held);
+		response_complete(c);
+	}
+}

@@ -1,0 +1,144 @@
+/*
+ * server.h — the daemon's internal wiring, shared by the files in daemon/ only.
+ *
+ * Threads: the main thread runs signals, the admin listener, systemd
+ * notification and the reload; each worker thread runs an event loop with
+ * its own listeners (SO_REUSEPORT), client connections and upstream pools;
+ * one mirror thread sends every mirrored write, so that per-key order holds
+ * across workers and a slow mirror target never touches a client's path.
+ *
+ * Configuration: srv->cfg is the current immutable snapshot. Workers hold
+ * their own reference and swap it when the main thread signals a reload;
+ * every request holds a reference for its whole life, so in-flight requests
+ * finish on the configuration they started with.
+ */
+#ifndef DW_SERVER_H
+#define DW_SERVER_H
+
+#include <event2/event.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "metrics.h"
+#include "spool.h"
+
+struct worker;
+struct mirror;
+struct pool_set;
+struct evhttp;
+
+#define DW_VERSION "0.1.0"
+
+struct server {
+	char *conf_path;
+	pthread_mutex_t cfg_lock; /* guards cfg (the pointer, not the snapshot) */
+	struct dw_config *cfg;
+	struct metrics *metrics;
+	struct spool *spool; /* shared by workers and the mirror thread */
+	struct mirror *mirror;
+	struct worker **workers;
+	size_t nworkers;
+	struct event_base *base; /* main thread */
+	struct evhttp *admin;	 /* admin listener, NULL when not configured */
+	char instance[17];	 /* random per start: prefix of idempotency keys */
+	int64_t started_wall_us;
+	int active_conns;	 /* atomic, across workers */
+	int workers_done;	 /* atomic */
+	bool ready;
+	bool stopping;
+	struct event *stop_tick, *stop_deadline; /* the drain, once stopping */
+
+	/* handles of fixed series */
+	struct metric *m_conns_active, *m_conns_total, *m_conns_rejected;
+	struct metric *m_reload_ok, *m_reload_failed;
+	struct metric *m_queue_depth, *m_queue_dead, *m_queue_bytes, *m_queue_oldest;
+};
+
+/* A new reference to the current configuration. */
+struct dw_config *server_config(struct server *srv);
+
+/* ---- workers (worker.c, proxy.c) ---- */
+struct worker *worker_new(struct server *srv, int id, struct dw_err *err);
+int worker_start(struct worker *w, struct dw_err *err) DW_MUSTCHECK;
+/* Called from the main thread: take the new configuration (listeners are
+ * reconciled in the worker's own thread). */
+void worker_post_reload(struct worker *w);
+/* Called from the main thread: stop accepting and drain. */
+void worker_post_stop(struct worker *w);
+/* Called from the main thread after the drain bound: abort what is left. */
+void worker_post_abort(struct worker *w);
+void worker_join_free(struct worker *w);
+int worker_connections(struct worker *w);
+
+/* ---- upstream connection pools (pool.c), one set per event loop ---- */
+struct upconn;
+typedef void (*upconn_ready_fn)(struct upconn *uc, int error, void *arg);
+struct pool_set *pool_set_new(struct event_base *base, struct metrics *m);
+void pool_set_free(struct pool_set *ps);
+/*
+ * Get a connection to an upstream. An idle pooled one is returned with
+ * *connected = true and is usable at once; otherwise a new connection is
+ * started, *connected = false, and ready(uc, 0, arg) runs from the loop once
+ * it is up, or ready(uc, err, arg) with err = ETIMEDOUT / ECONNREFUSED / ...
+ * on failure (the caller then releases it with keep=false). Returns NULL
+ * with *err_out set when no connection can even be started.
+ */
+struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upconn_ready_fn ready,
+			void *arg, bool *connected, int *err_out);
+struct bufferevent *upconn_bev(struct upconn *uc);
+bool upconn_reused(const struct upconn *uc);
+/* Hand the connection back: keep=true returns it to the idle pool (when the
+ * pool has room), false closes it. The caller's callbacks are cleared. */
+void upconn_release(struct upconn *uc, bool keep);
+
+/* ---- mirroring (mirror.c) ---- */
+struct mirror_job;
+struct mirror *mirror_new(struct server *srv, struct dw_err *err);
+int mirror_start(struct mirror *mi, struct dw_err *err) DW_MUSTCHECK;
+/* Takes ownership of job. Thread-safe. */
+void mirror_submit(struct mirror *mi, struct mirror_job *job);
+/* Stop taking jobs, finish in-flight ones within deadline_ms, queue the
+ * rest, and join the thread. */
+void mirror_drain_free(struct mirror *mi, int deadline_ms);
+void mirror_status_json(struct mirror *mi, void *json_obj);
+
+/*
+ * Build, journal and submit the mirror of one acknowledged write. Called by
+ * the worker that served it, before the client gets its answer. Every error
+ * is handled here (dead-lettered or counted as lost); it never fails the
+ * client's request.
+ */
+struct mirror_input {
+	struct dw_config *cfg; /* borrowed; the job takes its own reference */
+	const struct dw_route *route;
+	const char *method;
+	const char *const *path_names;
+	const char *const *path_values;
+	size_t npath;
+	const char *query;
+	size_t query_len;
+	const char *(*header)(void *arg, const char *name, size_t *len);
+	void *header_arg;
+	const char *req_body;
+	size_t req_body_len;
+	const char *resp_body;
+	size_t resp_body_len;
+	bool resp_too_large; /* the reply outgrew max_body_bytes: not mappable */
+	const char *request_id;
+};
+void mirror_capture(struct server *srv, const struct mirror_input *in);
+
+/* ---- admin endpoint (admin.c) ---- */
+int admin_start(struct server *srv, struct dw_err *err) DW_MUSTCHECK;
+void admin_stop(struct server *srv);
+
+/* ---- systemd notification (notify.c) ---- */
+void sd_notifyf(const char *fmt, ...) DW_PRINTF(1, 2);
+
+/* ---- listeners (worker.c) ---- */
+/* Try binding every address (then close): used to vet a reload. */
+int listen_probe(const struct dw_config *cfg, const struct dw_config *old, struct dw_err *err);
+
+#endif

@@ -1,0 +1,57 @@
+/*
+ * worker.h — one event-loop thread: its listeners, its client connections
+ * and its upstream pools. Shared by worker.c (thread life, listeners,
+ * reload) and proxy.c (the client connection state machine).
+ */
+#ifndef DW_WORKER_H
+#define DW_WORKER_H
+
+#include <event2/listener.h>
+#include <sys/queue.h>
+
+#include "server.h"
+
+struct conn;
+
+struct listener {
+	struct listener *next;
+	char *addr; /* as configured */
+	struct evconnlistener *lev;
+};
+
+/* A cached metric handle for a (route, status) pair. */
+struct status_series {
+	char *route;
+	int status;
+	struct metric *counter;
+};
+
+struct worker {
+	struct server *srv;
+	int id;
+	pthread_t thread;
+	bool started;
+	struct event_base *base;
+	struct dw_config *cfg; /* this worker's reference to the current config */
+	struct listener *listeners;
+	struct pool_set *pools;
+	TAILQ_HEAD(, conn) conns;
+	int nconns;
+	struct event *reload_ev, *stop_ev, *abort_ev, *sync_ev, *drain_tick;
+	TAILQ_HEAD(, conn) sync_waiters; /* held answers waiting for fsync */
+	bool draining;
+	uint64_t reqid_counter;
+	uint32_t reqid_seed;
+	struct status_series series[128];
+	size_t nseries;
+	struct histogram *h_duration;
+	struct metric *m_upstream_err[4]; /* connect, timeout, reset, protocol */
+};
+
+/* proxy.c */
+void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen);
+void proxy_drain_idle(struct worker *w);  /* close connections not mid-request */
+void proxy_abort_all(struct worker *w);	  /* close every connection */
+void proxy_sync_done(struct worker *w);	  /* release answers held for fsync */
+
+#endif
