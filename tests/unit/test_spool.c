@@ -1,0 +1,599 @@
+/*
+ * test_spool — the file spool: round trips, the fold of states across
+ * reopens, per-key ordering for replay, ownership and recovery, damage
+ * (torn tails, corrupt frames, garbage), limits, rotation and clean-up, and
+ * two handles sharing one directory like the daemon and `dualwrite replay`.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "spool.h"
+
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(p);
+}
+
+static int setup(void **state)
+{
+	char tmpl[] = "/tmp/dw-spool-XXXXXX";
+	char *d = mkdtemp(tmpl);
+
+	assert_non_null(d);
+	*state = strdup(d);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	nftw(*state, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	free(*state);
+	return 0;
+}
+
+static struct spool *open_sp(const char *dir, bool owner, uint64_t seg_bytes, uint64_t max)
+{
+	struct spool_opts o = {.owner = owner, .segment_bytes = seg_bytes, .max_bytes = max};
+	struct dw_err err = {{0}};
+	struct spool *sp = spool_open(dir, &o, &err);
+
+	if (!sp)
+		fail_msg("spool_open: %s", err.msg);
+	return sp;
+}
+
+static uint64_t add(struct spool *sp, enum spool_state st, const char *key, const char *path)
+{
+	struct spool_record r = {0};
+	struct dw_err err = {{0}};
+	char body[64];
+
+	snprintf(body, sizeof(body), "{\"p\":\"%s\"}", path);
+	r.state = st;
+	r.route = (char *)"r1";
+	r.upstream = (char *)"gear_ops";
+	r.key = key ? strdup(key) : NULL;
+	r.idem_key = (char *)"idem-1";
+	r.method = (char *)"POST";
+	r.path = strdup(path);
+	r.content_type = (char *)"application/json";
+	r.body = body;
+	r.body_len = strlen(body);
+	r.created_us = 1000;
+	if (spool_append(sp, &r, &err) < 0)
+		fail_msg("spool_append: %s", err.msg);
+	free(r.key);
+	free(r.path);
+	return r.seq;
+}
+
+static void set(struct spool *sp, uint64_t seq, enum spool_state st)
+{
+	struct dw_err err = {{0}};
+
+	if (spool_set_state(sp, seq, st, 1, 200, NULL, &err) < 0)
+		fail_msg("spool_set_state: %s", err.msg);
+}
+
+static enum spool_state state_of(struct spool *sp, uint64_t seq)
+{
+	struct spool_record r;
+	struct dw_err err;
+
+	if (spool_read(sp, seq, &r, &err) < 0)
+		return 0;
+	enum spool_state s = r.state;
+	spool_record_clear(&r);
+	return s;
+}
+
+static size_t warnings_matching(struct spool *sp, const char *needle)
+{
+	struct dw_errlist w = {0};
+	size_t n = 0;
+
+	spool_take_warnings(sp, &w);
+	for (size_t i = 0; i < w.n; i++)
+		if (strstr(w.msgs[i], needle))
+			n++;
+	dw_errlist_free(&w);
+	return n;
+}
+
+static char *seg_file(const char *dir, int idx)
+{
+	struct dirent **names;
+	int n = scandir(dir, &names, NULL, alphasort), k = 0;
+	char *out = NULL;
+
+	for (int i = 0; i < n; i++) {
+		if (!strncmp(names[i]->d_name, "seg-", 4) && k++ == idx && !out) {
+			if (asprintf(&out, "%s/%s", dir, names[i]->d_name) < 0)
+				out = NULL;
+		}
+		free(names[i]);
+	}
+	free(names);
+	return out;
+}
+
+static int count_segs(const char *dir)
+{
+	int n = 0;
+	char *p;
+
+	while ((p = seg_file(dir, n))) {
+		free(p);
+		n++;
+	}
+	return n;
+}
+
+static off_t file_size(const char *path)
+{
+	struct stat st;
+
+	assert_int_equal(stat(path, &st), 0);
+	return st.st_size;
+}
+
+static void test_roundtrip(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, false, 0, 0);
+	struct spool_record r = {0}, out;
+	struct dw_err err = {{0}};
+	char bin[] = {'a', '\0', (char)0xff, (char)0xfe, 'z'};
+
+	r.state = SPOOL_QUEUED;
+	r.route = (char *)"equipment-create";
+	r.upstream = (char *)"gear_ops";
+	r.key = (char *)"42";
+	r.idem_key = (char *)"dw-abc-1";
+	r.method = (char *)"POST";
+	r.path = (char *)"/gear-items?x=1";
+	r.content_type = (char *)"application/octet-stream";
+	r.body = bin;
+	r.body_len = sizeof(bin);
+	r.request_id = (char *)"req-9";
+	r.created_us = 1234567;
+	assert_int_equal(spool_append(sp, &r, &err), 0);
+	assert_int_equal(r.seq, 1);
+	uint64_t s2 = add(sp, SPOOL_QUEUED, NULL, "/nobody");
+	assert_int_equal(s2, 2);
+	spool_close(sp);
+
+	sp = open_sp(dir, false, 0, 0);
+	assert_int_equal(spool_read(sp, 1, &out, &err), 0);
+	assert_string_equal(out.route, "equipment-create");
+	assert_string_equal(out.upstream, "gear_ops");
+	assert_string_equal(out.key, "42");
+	assert_string_equal(out.idem_key, "dw-abc-1");
+	assert_string_equal(out.method, "POST");
+	assert_string_equal(out.path, "/gear-items?x=1");
+	assert_string_equal(out.content_type, "application/octet-stream");
+	assert_string_equal(out.request_id, "req-9");
+	assert_int_equal(out.body_len, sizeof(bin));
+	assert_memory_equal(out.body, bin, sizeof(bin));
+	assert_int_equal(out.created_us, 1234567);
+	assert_int_equal(out.state, SPOOL_QUEUED);
+	spool_record_clear(&out);
+	assert_int_equal(spool_read(sp, 2, &out, &err), 0);
+	assert_null(out.key);
+	assert_memory_equal(out.body, "{\"p\":\"/nobody\"}", out.body_len);
+	spool_record_clear(&out);
+	assert_int_equal(spool_read(sp, 99, &out, &err), -1);
+	assert_non_null(strstr(err.msg, "no record 99"));
+	assert_int_equal(warnings_matching(sp, ""), 0);
+	spool_close(sp);
+}
+
+static void test_states_fold(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, false, 0, 0);
+	struct dw_err err = {{0}};
+	struct spool_record r;
+	struct spool_stats st;
+	uint64_t seqs[8];
+
+	uint64_t a = add(sp, SPOOL_QUEUED, "k1", "/a");
+	uint64_t b = add(sp, SPOOL_QUEUED, "k2", "/b");
+	uint64_t c = add(sp, SPOOL_QUEUED, "k3", "/c");
+	set(sp, a, SPOOL_DELIVERED);
+	assert_int_equal(spool_set_state(sp, b, SPOOL_DEAD, 4, 400, "HTTP 400: bad", &err), 0);
+	assert_int_equal(spool_set_state(sp, c, SPOOL_QUEUED, 3, 503, "HTTP 503", &err), 0);
+	/* Terminal is final. */
+	assert_int_equal(spool_set_state(sp, a, SPOOL_QUEUED, 0, 0, NULL, &err), -1);
+	assert_non_null(strstr(err.msg, "already delivered"));
+	spool_close(sp);
+
+	sp = open_sp(dir, false, 0, 0);
+	assert_int_equal(state_of(sp, a), SPOOL_DELIVERED);
+	assert_int_equal(spool_read(sp, b, &r, &err), 0);
+	assert_int_equal(r.state, SPOOL_DEAD);
+	assert_int_equal(r.attempts, 4);
+	assert_int_equal(r.last_status, 400);
+	assert_string_equal(r.last_error, "HTTP 400: bad");
+	spool_record_clear(&r);
+	assert_int_equal(spool_read(sp, c, &r, &err), 0);
+	assert_int_equal(r.state, SPOOL_QUEUED);
+	assert_int_equal(r.attempts, 3);
+	spool_record_clear(&r);
+	assert_int_equal(spool_list(sp, 0, seqs, 8), 2);
+	assert_int_equal(seqs[0], b);
+	assert_int_equal(seqs[1], c);
+	assert_int_equal(spool_list(sp, SPOOL_DEAD, seqs, 8), 1);
+	spool_stats(sp, &st);
+	assert_int_equal(st.queued, 1);
+	assert_int_equal(st.dead, 1);
+	assert_int_equal(st.pending, 0);
+	assert_int_equal(st.next_seq, 4);
+	assert_int_equal(st.oldest_waiting_us, 1000);
+	assert_true(st.bytes > 0);
+	/* requeue a dead one, then purge-style terminal */
+	assert_int_equal(spool_set_state(sp, b, SPOOL_QUEUED, 0, 0, NULL, &err), 0);
+	spool_stats(sp, &st);
+	assert_int_equal(st.queued, 2);
+	assert_int_equal(st.dead, 0);
+	spool_close(sp);
+}
+
+static void test_ready_order(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, false, 0, 0);
+	uint64_t r[16];
+
+	uint64_t a1 = add(sp, SPOOL_QUEUED, "a", "/a1");
+	uint64_t b1 = add(sp, SPOOL_QUEUED, "b", "/b1");
+	uint64_t a2 = add(sp, SPOOL_QUEUED, "a", "/a2");
+	uint64_t u1 = add(sp, SPOOL_QUEUED, NULL, "/u1");
+	uint64_t b2 = add(sp, SPOOL_QUEUED, "b", "/b2");
+	uint64_t a3 = add(sp, SPOOL_QUEUED, "a", "/a3");
+	uint64_t u2 = add(sp, SPOOL_QUEUED, NULL, "/u2");
+
+	assert_int_equal(spool_ready(sp, r, 16), 4);
+	assert_int_equal(r[0], a1);
+	assert_int_equal(r[1], b1);
+	assert_int_equal(r[2], u1);
+	assert_int_equal(r[3], u2);
+	assert_int_equal(spool_ready(sp, r, 2), 2);
+	assert_true(spool_key_queued(sp, "gear_ops", "a"));
+	assert_false(spool_key_queued(sp, "other", "a"));
+	assert_false(spool_key_queued(sp, "gear_ops", "zz"));
+
+	set(sp, a1, SPOOL_DELIVERED);
+	set(sp, u1, SPOOL_DELIVERED);
+	assert_int_equal(spool_ready(sp, r, 16), 3);
+	assert_int_equal(r[0], b1);
+	assert_int_equal(r[1], a2);
+	assert_int_equal(r[2], u2);
+	/* DEAD does not block its key. */
+	set(sp, a2, SPOOL_DEAD);
+	assert_int_equal(spool_ready(sp, r, 16), 3);
+	assert_int_equal(r[1], a3);
+	set(sp, b1, SPOOL_DELIVERED);
+	set(sp, b2, SPOOL_DELIVERED);
+	set(sp, a3, SPOOL_DELIVERED);
+	set(sp, u2, SPOOL_DELIVERED);
+	assert_int_equal(spool_ready(sp, r, 16), 0);
+	assert_false(spool_key_queued(sp, "gear_ops", "a"));
+	spool_close(sp);
+}
+
+static void test_owner_recovery(void **state)
+{
+	const char *dir = *state;
+	struct spool *own = open_sp(dir, true, 0, 0), *cli, *own2;
+	struct spool_opts o = {.owner = true};
+	struct dw_err err = {{0}};
+	uint64_t r[8];
+
+	uint64_t p1 = add(own, SPOOL_PENDING, "k", "/p1");
+	uint64_t p2 = add(own, SPOOL_PENDING, "k", "/p2");
+	uint64_t q = add(own, SPOOL_QUEUED, "j", "/q");
+	/* A second owner is refused, naming the pid. */
+	own2 = spool_open(dir, &o, &err);
+	assert_null(own2);
+	assert_non_null(strstr(err.msg, "in use by another dualwrited (pid "));
+
+	/* The replay side: PENDING of a live owner blocks its key. */
+	cli = open_sp(dir, false, 0, 0);
+	assert_true(spool_owner_alive(cli));
+	assert_false(spool_key_queued(cli, "gear_ops", "k"));
+	assert_true(spool_key_queued(cli, "gear_ops", "j"));
+	assert_int_equal(spool_ready(cli, r, 8), 1);
+	assert_int_equal(r[0], q);
+
+	/* The daemon dies: orphan PENDING counts as waiting. */
+	spool_close(own);
+	assert_false(spool_owner_alive(cli));
+	assert_true(spool_key_queued(cli, "gear_ops", "k"));
+	assert_int_equal(spool_ready(cli, r, 8), 2);
+	assert_int_equal(r[0], p1);
+	assert_int_equal(r[1], q);
+	(void)p2;
+
+	/* The next owner turns them into QUEUED; the other handle sees it. */
+	own = open_sp(dir, true, 0, 0);
+	assert_int_equal(state_of(own, p1), SPOOL_QUEUED);
+	assert_int_equal(state_of(own, p2), SPOOL_QUEUED);
+	assert_true(spool_key_queued(own, "gear_ops", "k"));
+	assert_int_equal(spool_refresh(cli, &err), 0);
+	assert_int_equal(state_of(cli, p1), SPOOL_QUEUED);
+	struct spool_stats st;
+	spool_stats(cli, &st);
+	assert_int_equal(st.pending, 0);
+	assert_int_equal(st.queued, 3);
+	spool_close(own);
+	spool_close(cli);
+}
+
+static void test_torn_tail(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, false, 0, 0);
+	struct dw_err err;
+
+	add(sp, SPOOL_QUEUED, "k", "/1");
+	add(sp, SPOOL_QUEUED, "k", "/2");
+	add(sp, SPOOL_QUEUED, "k", "/3");
+	spool_close(sp);
+	char *seg = seg_file(dir, 0);
+	off_t full = file_size(seg);
+	assert_int_equal(truncate(seg, full - 5), 0);
+
+	/* Read-only: reports, leaves the file alone. */
+	struct spool_opts ro = {.readonly = true};
+	sp = spool_open(dir, &ro, &err);
+	assert_non_null(sp);
+	assert_int_equal(spool_list(sp, 0, NULL, 0), 2);
+	assert_int_equal(warnings_matching(sp, "left alone"), 1);
+	assert_int_equal(file_size(seg), full - 5);
+	spool_close(sp);
+
+	sp = open_sp(dir, false, 0, 0);
+	assert_int_equal(warnings_matching(sp, "torn tail of"), 1);
+	assert_int_equal(spool_list(sp, 0, NULL, 0), 2);
+	assert_true(file_size(seg) < full - 5);
+	uint64_t s = add(sp, SPOOL_QUEUED, "k", "/4");
+	assert_int_equal(s, 3);
+	spool_close(sp);
+	sp = open_sp(dir, false, 0, 0);
+	assert_int_equal(warnings_matching(sp, ""), 0);
+	assert_int_equal(spool_list(sp, 0, NULL, 0), 3);
+	spool_close(sp);
+	free(seg);
+}
+
+static void test_corrupt_middle(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, false, 0, 0);
+	uint64_t r[8];
+
+	add(sp, SPOOL_QUEUED, "a", "/1");
+	add(sp, SPOOL_QUEUED, "b", "/2");
+	add(sp, SPOOL_QUEUED, "c", "/3");
+	spool_close(sp);
+	char *seg = seg_file(dir, 0);
+	off_t size = file_size(seg);
+	int fd = open(seg, O_RDWR);
+	unsigned char c;
+	/* A byte in the middle of the second frame. */
+	assert_int_equal(pread(fd, &c, 1, size / 2), 1);
+	c ^= 0x40;
+	assert_int_equal(pwrite(fd, &c, 1, size / 2), 1);
+	close(fd);
+
+	sp = open_sp(dir, false, 0, 0);
+	assert_int_equal(warnings_matching(sp, "corrupt data of"), 1);
+	assert_int_equal(spool_ready(sp, r, 8), 2);
+	assert_int_equal(r[0], 1);
+	assert_int_equal(r[1], 3);
+	assert_int_equal(file_size(seg), size); /* not cut: valid data follows */
+	assert_int_equal(add(sp, SPOOL_QUEUED, "d", "/4"), 4);
+	spool_close(sp);
+	free(seg);
+}
+
+static void test_garbage(void **state)
+{
+	const char *dir = *state;
+	char path[512];
+	unsigned seed = 12345;
+
+	for (int round = 0; round < 60; round++) {
+		unsigned char junk[4096];
+		size_t n = (size_t)(rand_r(&seed) % sizeof(junk));
+		for (size_t i = 0; i < n; i++)
+			junk[i] = (unsigned char)rand_r(&seed);
+		/* Sometimes make it look like frames. */
+		for (size_t i = 0; i + 4 < n; i += 1 + (size_t)(rand_r(&seed) % 200))
+			if (rand_r(&seed) % 3 == 0)
+				memcpy(junk + i, "DWQ1", 4);
+		snprintf(path, sizeof(path), "%s/seg-%016x.log", dir, 1 + round % 3);
+		FILE *f = fopen(path, "w");
+		assert_non_null(f);
+		fwrite(junk, 1, n, f);
+		fclose(f);
+
+		struct spool_opts ro = {.readonly = true};
+		struct dw_err err;
+		struct spool *sp = spool_open(dir, &ro, &err);
+		assert_non_null(sp);
+		spool_close(sp);
+		sp = open_sp(dir, false, 0, 0);
+		uint64_t r[4];
+		(void)spool_ready(sp, r, 4);
+		add(sp, SPOOL_QUEUED, "k", "/after-garbage");
+		struct spool_stats st;
+		spool_stats(sp, &st);
+		assert_true(st.queued >= 1);
+		spool_close(sp);
+	}
+}
+
+static void test_max_bytes(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, false, 0, 2000);
+	struct spool_record r = {0};
+	struct dw_err err = {{0}};
+	int ok = 0;
+
+	r.state = SPOOL_QUEUED;
+	r.upstream = (char *)"u";
+	r.path = (char *)"/x";
+	for (int i = 0; i < 100; i++) {
+		if (spool_append(sp, &r, &err) < 0)
+			break;
+		ok++;
+	}
+	assert_true(ok > 3 && ok < 100);
+	assert_non_null(strstr(err.msg, "queue full ("));
+	assert_non_null(strstr(err.msg, "max 2000)"));
+	/* State frames still go through on a full queue. */
+	set(sp, 1, SPOOL_DELIVERED);
+	spool_close(sp);
+}
+
+static void test_rotation_cleanup(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, false, 600, 0);
+	uint64_t seqs[64];
+
+	for (int i = 0; i < 20; i++)
+		add(sp, SPOOL_QUEUED, i % 2 ? "odd" : "even", "/rot");
+	int nseg = count_segs(dir);
+	assert_true(nseg > 3);
+	/* Reopen follows the chain. */
+	spool_close(sp);
+	sp = open_sp(dir, false, 600, 0);
+	assert_int_equal(spool_list(sp, 0, seqs, 64), 20);
+	/* Keep record 1 alive: nothing may be deleted yet. */
+	for (int i = 1; i < 20; i++)
+		set(sp, seqs[i], SPOOL_DELIVERED);
+	assert_true(count_segs(dir) >= nseg);
+	set(sp, seqs[0], SPOOL_DELIVERED);
+	assert_int_equal(count_segs(dir), 1);
+	spool_close(sp);
+
+	sp = open_sp(dir, false, 600, 0);
+	assert_int_equal(spool_list(sp, 0, seqs, 64), 0);
+	assert_true(add(sp, SPOOL_QUEUED, "k", "/next") > 20);
+	assert_int_equal(warnings_matching(sp, ""), 0);
+	spool_close(sp);
+}
+
+static void test_two_handles(void **state)
+{
+	const char *dir = *state;
+	struct spool *d = open_sp(dir, true, 700, 0);
+	struct spool *c = open_sp(dir, false, 700, 0);
+	struct dw_err err = {{0}};
+	uint64_t r[64];
+
+	uint64_t s1 = add(d, SPOOL_QUEUED, "42", "/a");
+	assert_int_equal(spool_ready(c, r, 64), 0); /* not refreshed yet */
+	assert_int_equal(spool_refresh(c, &err), 0);
+	assert_int_equal(spool_ready(c, r, 64), 1);
+	assert_int_equal(r[0], s1);
+	set(c, s1, SPOOL_DELIVERED);
+	assert_true(spool_key_queued(d, "gear_ops", "42"));
+	assert_int_equal(spool_refresh(d, &err), 0);
+	assert_false(spool_key_queued(d, "gear_ops", "42"));
+	/* Interleaved appends from both, across rotations, keep seqs unique. */
+	for (int i = 0; i < 30; i++) {
+		add(d, SPOOL_QUEUED, "x", "/d");
+		add(c, SPOOL_QUEUED, "x", "/c");
+	}
+	assert_int_equal(spool_refresh(d, &err), 0);
+	assert_int_equal(spool_refresh(c, &err), 0);
+	assert_int_equal(spool_list(d, 0, r, 64), 60);
+	assert_int_equal(spool_list(c, 0, r, 64), 60);
+	for (int i = 1; i < 60; i++)
+		assert_true(r[i] > r[i - 1]);
+	/* Deliver everything from c; d follows even though segments vanish. */
+	for (int i = 0; i < 60; i++)
+		set(c, r[i], SPOOL_DELIVERED);
+	assert_int_equal(spool_refresh(d, &err), 0);
+	assert_int_equal(spool_list(d, 0, r, 64), 0);
+	assert_int_equal(warnings_matching(d, ""), 0);
+	assert_int_equal(warnings_matching(c, ""), 0);
+	spool_close(c);
+	spool_close(d);
+}
+
+static void test_consumer_lock(void **state)
+{
+	const char *dir = *state;
+	struct spool *a = open_sp(dir, false, 0, 0), *b = open_sp(dir, false, 0, 0);
+	struct dw_err err = {{0}};
+
+	assert_int_equal(spool_lock_consumer(a, false, &err), 0);
+	assert_int_equal(spool_lock_consumer(b, false, &err), -1);
+	assert_non_null(strstr(err.msg, "another replay is running on"));
+	spool_close(a);
+	assert_int_equal(spool_lock_consumer(b, false, &err), 0);
+	spool_close(b);
+}
+
+static void test_append_rate(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, true, 0, 0);
+	int64_t t0 = dw_now_us();
+	char key[32];
+	const int n = 50000;
+
+	for (int i = 0; i < n; i++) {
+		snprintf(key, sizeof(key), "%d", i);
+		uint64_t s = add(sp, SPOOL_PENDING, key, "/perf");
+		set(sp, s, SPOOL_DELIVERED);
+	}
+	int64_t us = dw_now_us() - t0;
+	fprintf(stderr, "# %d appends + %d deliveries in %.3f s (%.0f appends/s)\n", n, n,
+		us / 1e6, n / (us / 1e6));
+	struct spool_stats st;
+	spool_stats(sp, &st);
+	assert_int_equal(st.pending, 0);
+	assert_int_equal(st.next_seq, n + 1);
+	spool_close(sp);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_states_fold, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_ready_order, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_owner_recovery, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_torn_tail, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_corrupt_middle, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_max_bytes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rotation_cleanup, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_two_handles, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_consumer_lock, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_append_rate, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,27 @@
+/*
+ * common.c — what every `dualwrite` subcommand shares: loading the
+ * configuration with every error printed, and knowing whether stderr is a
+ * terminal (progress lines are only drawn there).
+ */
+#include <stdio.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+struct dw_config *cli_load_config(const char *path)
+{
+	struct dw_errlist errs = {0};
+	struct dw_config *cfg = config_load(path, &errs);
+
+	for (size_t i = 0; i < errs.n; i++)
+		fprintf(stderr, "%s\n", errs.msgs[i]);
+	if (!cfg && errs.n == 0)
+		fprintf(stderr, "%s: cannot load configuration\n", path);
+	dw_errlist_free(&errs);
+	return cfg;
+}
+
+int cli_is_tty(void)
+{
+	return isatty(STDERR_FILENO);
+}
