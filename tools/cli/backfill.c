@@ -1,0 +1,477 @@
+/*
+ * backfill — `dualwrite backfill`: copy the history of one legacy table into
+ * the new one through the configured column map, resumably.
+ *
+ * The source is read by keyset pagination on its key (WHERE key > last ORDER
+ * BY key LIMIT batch; never OFFSET, which rescans and skips or repeats rows
+ * under concurrent writes), so memory stays one batch whatever the table
+ * size. Each batch is mapped by the expression engine, COPYed into a stage
+ * and inserted with ON CONFLICT (key) DO NOTHING — a row the dual-write
+ * already delivered is newer than the history and must never be overwritten
+ * — and the checkpoint row (dualwrite_backfill_checkpoint, in the target) is
+ * advanced in that same transaction. A kill at any instant therefore resumes
+ * exactly where the last commit left off: no gap, no duplicate. The next
+ * batch is fetched from the source while the current one is written.
+ */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "pgutil.h"
+
+static const char CKPT_DDL[] =
+	"CREATE TABLE IF NOT EXISTS dualwrite_backfill_checkpoint ("
+	"table_name text PRIMARY KEY, last_key text, rows_copied bigint NOT NULL DEFAULT 0, "
+	"started_at timestamptz NOT NULL DEFAULT now(), "
+	"updated_at timestamptz NOT NULL DEFAULT now(), finished_at timestamptz)";
+
+static const char CKPT_UPSERT[] =
+	"INSERT INTO dualwrite_backfill_checkpoint AS c "
+	"(table_name, last_key, rows_copied, started_at, updated_at, finished_at) "
+	"VALUES ($1, $2, $3::bigint, now(), now(), CASE WHEN $4::bool THEN now() END) "
+	"ON CONFLICT (table_name) DO UPDATE SET last_key = COALESCE(EXCLUDED.last_key, c.last_key), "
+	"rows_copied = c.rows_copied + EXCLUDED.rows_copied, updated_at = now(), "
+	"finished_at = EXCLUDED.finished_at";
+
+struct opts {
+	const char *config, *table;
+	long batch;
+	double rate;
+	bool dry_run, update, restart;
+};
+
+struct ckpt {
+	bool exists, finished;
+	char *last_key; /* NULL: from the start */
+	long long rows;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: dualwrite backfill -c FILE --table NAME [--batch N] [--rate ROWS/S]\n"
+		   "                          [--dry-run] [--on-conflict nothing|update] [--restart]\n"
+		   "  Copy the source table's rows into the target through the table map,\n"
+		   "  resumably (the checkpoint lives in the target database).\n"
+		   "  --batch N        rows per batch and transaction (default 1000)\n"
+		   "  --rate ROWS/S    throttle to this many rows per second\n"
+		   "  --dry-run        print the plan and the first 5 mapped rows; write nothing\n"
+		   "  --on-conflict    nothing (default: rows already in the target win) or update\n"
+		   "  --restart        forget a finished or partial run and start from the beginning\n");
+}
+
+static int parse(int argc, char **argv, struct opts *o)
+{
+	static const struct option lo[] = {
+		{"config", required_argument, NULL, 'c'}, {"table", required_argument, NULL, 't'},
+		{"batch", required_argument, NULL, 'b'},  {"rate", required_argument, NULL, 'r'},
+		{"dry-run", no_argument, NULL, 'n'},	  {"on-conflict", required_argument, NULL, 'o'},
+		{"restart", no_argument, NULL, 'R'},	  {"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	char *end;
+	int ch;
+	o->batch = 1000;
+	optind = 0;
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, "c:t:h", lo, NULL)) != -1) {
+		switch (ch) {
+		case 'c': o->config = optarg; break;
+		case 't': o->table = optarg; break;
+		case 'b':
+			o->batch = strtol(optarg, &end, 10);
+			if (*end || o->batch < 1 || o->batch > 1000000) {
+				fprintf(stderr, "dualwrite backfill: --batch: want 1..1000000, got \"%s\"\n", optarg);
+				return 2;
+			}
+			break;
+		case 'r':
+			o->rate = strtod(optarg, &end);
+			if (*end || !(o->rate > 0) || !isfinite(o->rate)) {
+				fprintf(stderr, "dualwrite backfill: --rate: want a positive number, got \"%s\"\n", optarg);
+				return 2;
+			}
+			break;
+		case 'n': o->dry_run = true; break;
+		case 'o':
+			if (strcmp(optarg, "nothing") == 0)
+				o->update = false;
+			else if (strcmp(optarg, "update") == 0)
+				o->update = true;
+			else {
+				fprintf(stderr, "dualwrite backfill: --on-conflict: want nothing or update, got \"%s\"\n", optarg);
+				return 2;
+			}
+			break;
+		case 'R': o->restart = true; break;
+		case 'h': usage(stdout); return 0;
+		default:
+			fprintf(stderr, "dualwrite backfill: unknown or incomplete option \"%s\"\n", argv[optind - 1]);
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "dualwrite backfill: unexpected argument \"%s\"\n", argv[optind]);
+		return 2;
+	}
+	if (!o->config || !o->table) {
+		fprintf(stderr, "dualwrite backfill: -c FILE and --table NAME are required\n");
+		usage(stderr);
+		return 2;
+	}
+	return -1;
+}
+
+static int read_ckpt(struct pgu_map *m, struct ckpt *ck, struct dw_err *err)
+{
+	memset(ck, 0, sizeof(*ck));
+	PGresult *r = pgu_exec(m->tgt, "SELECT to_regclass('dualwrite_backfill_checkpoint') IS NOT NULL",
+			       0, NULL, PGRES_TUPLES_OK, err);
+	if (!r)
+		return -1;
+	bool have = PQgetvalue(r, 0, 0)[0] == 't';
+	PQclear(r);
+	if (!have)
+		return 0;
+	const char *p[1] = {m->name};
+	r = pgu_exec(m->tgt, "SELECT last_key, rows_copied, finished_at IS NOT NULL "
+			     "FROM dualwrite_backfill_checkpoint WHERE table_name = $1",
+		     1, p, PGRES_TUPLES_OK, err);
+	if (!r)
+		return -1;
+	if (PQntuples(r) == 1) {
+		ck->exists = true;
+		ck->last_key = PQgetisnull(r, 0, 0) ? NULL : dw_strdup(PQgetvalue(r, 0, 0));
+		ck->rows = atoll(PQgetvalue(r, 0, 1));
+		ck->finished = PQgetvalue(r, 0, 2)[0] == 't';
+	}
+	PQclear(r);
+	return 0;
+}
+
+/* Rows in the source: the planner's estimate when it has one (cheap), else count(*). */
+static long long estimate_rows(struct pgu_map *m)
+{
+	struct dw_err err = {{0}};
+	const char *p[1] = {m->src_table};
+	PGresult *r = pgu_exec(m->src, "SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass($1)",
+			       1, p, PGRES_TUPLES_OK, &err);
+	long long n = r && PQntuples(r) ? atoll(PQgetvalue(r, 0, 0)) : -1;
+	PQclear(r);
+	if (n > 0)
+		return n;
+	char sql[512];
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s", m->src_table);
+	r = pgu_exec(m->src, sql, 0, NULL, PGRES_TUPLES_OK, &err);
+	n = r ? atoll(PQgetvalue(r, 0, 0)) : 0;
+	PQclear(r);
+	return n;
+}
+
+static char *select_sql(const struct pgu_map *m, bool after, long limit)
+{
+	char tail[512];
+	if (after)
+		snprintf(tail, sizeof(tail), "WHERE s.%s > $1::%s ORDER BY s.%s LIMIT %ld", m->src_key,
+			 m->src_key_type, m->src_key, limit);
+	else
+		snprintf(tail, sizeof(tail), "ORDER BY s.%s LIMIT %ld", m->src_key, limit);
+	return pgu_source_select(m, tail);
+}
+
+static int dry_run(struct pgu_map *m, const struct opts *o, const struct ckpt *ck,
+		   struct dw_err *err)
+{
+	char *first = select_sql(m, false, o->batch), *next = select_sql(m, true, o->batch);
+	char *ins = pgu_insert_sql(m, o->update);
+	int rc = -1;
+	PGresult *r = NULL;
+
+	printf("backfill %s (dry run: nothing is written)\n", m->name);
+	printf("  source: %s (key %s %s) in database \"%s\"\n", m->tm->source.table,
+	       m->tm->source.key, m->src_key_type, PQdb(m->src));
+	printf("  target: %s (key %s %s) in database \"%s\"\n", m->tm->target.table,
+	       m->tm->target.key, m->tgt_key_type, PQdb(m->tgt));
+	printf("  batch: %ld rows; on conflict: %s; rate: ", o->batch,
+	       o->update ? "update" : "nothing (existing target rows are kept)");
+	if (o->rate > 0)
+		printf("%.0f rows/s\n", o->rate);
+	else
+		printf("unlimited\n");
+	if (ck->finished && !o->restart)
+		printf("  checkpoint: complete (%lld rows); --restart to run again\n", ck->rows);
+	else if (ck->exists && !o->restart)
+		printf("  checkpoint: resumes after key %s (%lld rows done)\n",
+		       ck->last_key ? ck->last_key : "(none)", ck->rows);
+	else
+		printf("  checkpoint: none; starts from the first key\n");
+	printf("  columns (target <- source, as verify computes it):\n");
+	for (size_t i = 0; i < m->ncols; i++)
+		printf("    %-20s %-26s <- %s\n", m->cols[i].name, m->cols[i].type,
+		       m->cols[i].src_sql ? m->cols[i].src_sql : "(expression)");
+	printf("  source SQL: %s\n", first);
+	printf("  source SQL (next batches): %s\n", next);
+	printf("  target SQL: COPY pg_temp.dw_stage FROM STDIN; %s\n", ins);
+	printf("  first 5 mapped rows:\n");
+	char *sql = select_sql(m, false, 5);
+	r = pgu_exec(m->src, sql, 0, NULL, PGRES_TUPLES_OK, err);
+	free(sql);
+	if (!r)
+		goto out;
+	for (int i = 0; i < PQntuples(r); i++) {
+		json_t *j = pgu_map_row_json(m, r, i, err);
+		if (!j)
+			goto out;
+		char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		printf("  %s\n", s);
+		free(s);
+		json_decref(j);
+	}
+	rc = 0;
+out:
+	PQclear(r);
+	free(first);
+	free(next);
+	free(ins);
+	return rc;
+}
+
+/* Collect the one result of an async query. */
+static PGresult *take_result(PGconn *c, struct dw_err *err)
+{
+	PGresult *r, *keep = NULL;
+	while ((r = PQgetResult(c))) {
+		if (keep)
+			PQclear(keep);
+		keep = r;
+	}
+	if (!keep || PQresultStatus(keep) != PGRES_TUPLES_OK) {
+		const char *m = keep ? PQresultErrorMessage(keep) : PQerrorMessage(c);
+		dw_err_set(err, "source: %.*s", (int)strcspn(m, "\n"), m);
+		PQclear(keep);
+		return NULL;
+	}
+	return keep;
+}
+
+static int send_fetch(struct pgu_map *m, const char *last, struct dw_err *err)
+{
+	const char *p[1] = {last};
+	int ok = last ? PQsendQueryPrepared(m->src, "dw_next", 1, p, NULL, NULL, 0)
+		      : PQsendQueryPrepared(m->src, "dw_first", 0, NULL, NULL, NULL, 0);
+	if (!ok) {
+		dw_err_set(err, "source: %.*s", (int)strcspn(PQerrorMessage(m->src), "\n"),
+			   PQerrorMessage(m->src));
+		return -1;
+	}
+	return 0;
+}
+
+static int prepare_source(struct pgu_map *m, long batch, struct dw_err *err)
+{
+	for (int after = 0; after < 2; after++) {
+		char *sql = select_sql(m, after, batch);
+		PGresult *r = PQprepare(m->src, after ? "dw_next" : "dw_first", sql, after, NULL);
+		free(sql);
+		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+			const char *e = PQresultErrorMessage(r);
+			dw_err_set(err, "source: %.*s", (int)strcspn(e, "\n"), e);
+			PQclear(r);
+			return -1;
+		}
+		PQclear(r);
+	}
+	return 0;
+}
+
+static void progress(const char *name, long long done, long long total, double secs)
+{
+	double rate = secs > 0 ? (double)done / secs : 0;
+	if (total < done)
+		total = done;
+	double eta = rate > 0 ? (double)(total - done) / rate : 0;
+	fprintf(stderr, "\r  %s: %lld/~%lld rows (%3.0f%%)  %.0f rows/s  ETA %.0f s   ", name, done,
+		total, total ? 100.0 * (double)done / (double)total : 100.0, rate, eta);
+	fflush(stderr);
+}
+
+static void sleep_us(int64_t us)
+{
+	if (us <= 0)
+		return;
+	struct timespec ts = {.tv_sec = us / 1000000, .tv_nsec = (us % 1000000) * 1000};
+	while (nanosleep(&ts, &ts) != 0)
+		;
+}
+
+/* One batch: stage, insert, advance the checkpoint, commit — or nothing. */
+static int write_batch(struct pgu_map *m, const struct opts *o, const struct pgu_buf *copy,
+		       const char *last_key, long n, bool final, bool first, long *inserted,
+		       struct dw_err *err)
+{
+	char nbuf[32];
+	snprintf(nbuf, sizeof(nbuf), "%ld", n);
+	const char *p[4] = {m->name, last_key, nbuf, final ? "true" : "false"};
+	PGresult *r;
+
+	if (pgu_cmd(m->tgt, "BEGIN", err) < 0)
+		return -1;
+	if (first) {
+		if (pgu_cmd(m->tgt, CKPT_DDL, err) < 0)
+			goto fail;
+		if (o->restart) {
+			const char *q[1] = {m->name};
+			r = pgu_exec(m->tgt, "DELETE FROM dualwrite_backfill_checkpoint WHERE table_name = $1",
+				     1, q, PGRES_COMMAND_OK, err);
+			if (!r)
+				goto fail;
+			PQclear(r);
+		}
+	}
+	if (pgu_write_rows(m, copy, o->update, inserted, err) < 0)
+		goto fail;
+	r = pgu_exec(m->tgt, CKPT_UPSERT, 4, p, PGRES_COMMAND_OK, err);
+	if (!r)
+		goto fail;
+	PQclear(r);
+	if (pgu_cmd(m->tgt, "COMMIT", err) < 0)
+		goto fail;
+	return 0;
+fail:
+	r = PQexec(m->tgt, "ROLLBACK");
+	PQclear(r);
+	return -1;
+}
+
+static int run(struct pgu_map *m, const struct opts *o, struct ckpt *ck, struct dw_err *err)
+{
+	long batch = o->batch;
+	/* Throttled runs take about ten batches a second so the rate is smooth. */
+	if (o->rate > 0 && (double)batch > o->rate / 10)
+		batch = o->rate / 10 >= 1 ? (long)(o->rate / 10) : 1;
+	char *last = o->restart ? NULL : (ck->last_key ? dw_strdup(ck->last_key) : NULL);
+	long long base = o->restart ? 0 : ck->rows, done = 0, skipped = 0;
+	long long total = estimate_rows(m);
+	bool tty = cli_is_tty(), first = true;
+	struct pgu_buf copy = {0};
+	PGresult *r = NULL;
+	int rc = -1;
+	int64_t t0 = dw_now_us();
+
+	/* Each batch commits with its checkpoint, so a commit lost to a server
+	 * crash rewinds both together: the resumed run redoes that batch. No
+	 * need to wait for the WAL flush of every batch. */
+	if (pgu_cmd(m->tgt, "SET synchronous_commit = off", err) < 0 || pgu_stage(m, err) < 0 ||
+	    prepare_source(m, batch, err) < 0 ||
+	    send_fetch(m, last, err) < 0 || !(r = take_result(m->src, err)))
+		goto out;
+	for (;;) {
+		long n = PQntuples(r);
+		bool final = n < batch;
+		char *next_last = n ? dw_strdup(PQgetvalue(r, (int)n - 1, 0)) : NULL;
+		/* Overlap: the source reads the next batch while the target writes this one. */
+		if (!final && send_fetch(m, next_last, err) < 0) {
+			free(next_last);
+			goto out;
+		}
+		pgu_buf_reset(&copy);
+		for (int i = 0; i < n; i++)
+			if (pgu_map_row(m, r, i, &copy, err) < 0) {
+				free(next_last);
+				goto out;
+			}
+		long ins = 0;
+		if (write_batch(m, o, &copy, next_last ? next_last : last, n, final, first, &ins,
+				err) < 0) {
+			free(next_last);
+			goto out;
+		}
+		first = false;
+		done += n;
+		skipped += n - ins;
+		if (next_last) {
+			free(last);
+			last = next_last;
+		}
+		PQclear(r);
+		r = NULL;
+		double secs = (double)(dw_now_us() - t0) / 1e6;
+		if (tty)
+			progress(m->name, base + done, total, secs);
+		if (final)
+			break;
+		if (o->rate > 0)
+			sleep_us((int64_t)((double)done / o->rate * 1e6) - (dw_now_us() - t0));
+		if (!(r = take_result(m->src, err)))
+			goto out;
+	}
+	double secs = (double)(dw_now_us() - t0) / 1e6;
+	if (tty)
+		fputc('\n', stderr);
+	printf("backfill %s: %lld rows in %.1f s (%.0f rows/s), %lld skipped (already present)",
+	       m->name, done, secs, secs > 0 ? (double)done / secs : 0.0, skipped);
+	if (base)
+		printf("; %lld rows in all with the earlier run", base + done);
+	printf("\n");
+	rc = 0;
+out:
+	if (rc != 0 && tty)
+		fputc('\n', stderr);
+	PQclear(r);
+	free(last);
+	pgu_buf_free(&copy);
+	return rc;
+}
+
+int cmd_backfill(int argc, char **argv)
+{
+	struct opts o = {0};
+	int rc = parse(argc, argv, &o);
+	if (rc >= 0)
+		return rc;
+	struct dw_config *cfg = cli_load_config(o.config);
+	if (!cfg)
+		return 2;
+	struct pgu_map m;
+	struct ckpt ck = {0};
+	struct dw_err err = {{0}};
+	rc = pgu_map_open(&m, cfg, o.table, &err);
+	if (rc != PGU_OK)
+		goto out;
+	rc = 1;
+	if (read_ckpt(&m, &ck, &err) < 0) {
+		dw_err_prefix(&err, "table %s: checkpoint", m.name);
+		goto out;
+	}
+	if (o.dry_run) {
+		if (dry_run(&m, &o, &ck, &err) < 0) {
+			dw_err_prefix(&err, "table %s", m.name);
+			goto out;
+		}
+		rc = 0;
+		goto out;
+	}
+	if (ck.finished && !o.restart) {
+		printf("backfill %s: already complete (%lld rows); --restart to run again\n", m.name,
+		       ck.rows);
+		rc = 0;
+		goto out;
+	}
+	if (run(&m, &o, &ck, &err) < 0) {
+		if (strncmp(err.msg, "table ", 6) != 0)
+			dw_err_prefix(&err, "table %s", m.name);
+		goto out;
+	}
+	rc = 0;
+out:
+	if (rc != 0)
+		fprintf(stderr, "dualwrite backfill: %s\n", err.msg);
+	free(ck.last_key);
+	pgu_map_close(&m);
+	config_unref(cfg);
+	return rc;
+}
