@@ -15,10 +15,10 @@ SANITIZE ?=
 PKGS     := libevent libevent_openssl libevent_pthreads openssl jansson libconfig libpq
 
 ifeq ($(SANITIZE),)
-B        := build
+B        ?= build
 OPT      ?= -O2
 else
-B        := build-san
+B        ?= build-san
 OPT      ?= -O1
 SANFLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 endif
@@ -38,6 +38,7 @@ CLI_SRC    := $(sort $(wildcard tools/cli/*.c))
 DEMO_SRC   := $(sort $(wildcard tools/demo/*.c))
 UNIT_SRC   := $(sort $(wildcard tests/unit/test_*.c))
 FUZZ_SRC   := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+BENCH_SRC  := $(sort $(wildcard tests/bench/bench_*.c))
 
 LIB_OBJ    := $(LIB_SRC:%.c=$(B)/%.o)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
@@ -45,11 +46,12 @@ CLI_OBJ    := $(CLI_SRC:%.c=$(B)/%.o)
 DEMO_OBJ   := $(DEMO_SRC:%.c=$(B)/%.o)
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 FUZZ_REPLAY:= $(FUZZ_SRC:tests/fuzz/%.c=$(B)/tests/%-replay)
+BENCH_BIN  := $(BENCH_SRC:tests/bench/%.c=$(B)/bench/%)
 
 BINS := $(B)/dualwrited $(B)/dualwrite $(B)/dw-demo-backend
 
 .PHONY: all deps check unit e2e fuzz-replay demo bench install clean lint format fuzz
-all: $(BINS) $(UNIT_BIN) $(FUZZ_REPLAY)
+all: $(BINS) $(UNIT_BIN) $(FUZZ_REPLAY) $(BENCH_BIN)
 
 deps:
 	@tools/deps.sh
@@ -74,6 +76,10 @@ $(B)/dw-demo-backend: $(DEMO_OBJ) $(B)/libdw.a
 $(B)/tests/test_%: tests/unit/test_%.c $(B)/libdw.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(B)/libdw.a $(LDLIBS) -lcmocka
+
+$(B)/bench/bench_%: tests/bench/bench_%.c $(B)/libdw.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(B)/libdw.a $(LDLIBS)
 
 # Each fuzz target also links against a small main() that replays a corpus, so
 # `make check` runs every seed and every crash ever found as a regression test.

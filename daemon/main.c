@@ -50,6 +50,26 @@ static void print_errors(const char *what, struct dw_errlist *errs)
 		log_error("%s%s", what, errs->msgs[i]);
 }
 
+/* Mirror outcome series exist from the start, so dashboards see zeros, not
+ * gaps; called for the first configuration and each reload. */
+static void register_route_series(struct server *srv, const struct dw_config *cfg)
+{
+	static const char *const results[] = {"delivered", "queued", "dead", "lost"};
+	char labels[256], esc[128];
+
+	for (size_t i = 0; i < cfg->nroutes; i++) {
+		if (!cfg->routes[i].mirror)
+			continue;
+		for (size_t r = 0; r < DW_ARRAY_LEN(results); r++) {
+			snprintf(labels, sizeof(labels), "route=\"%s\",result=\"%s\"",
+				 metrics_label_escape(cfg->routes[i].name, esc, sizeof(esc)),
+				 results[r]);
+			metrics_counter(srv->metrics, "dualwrite_mirror_total",
+					"Mirrored writes by route and outcome.", labels);
+		}
+	}
+}
+
 /* ------------------------------------------------------------ reload */
 
 static void warn_nonreloadable(void *arg, const char *key)
@@ -81,6 +101,7 @@ static void do_reload(struct server *srv)
 	}
 	config_diff_nonreloadable(old, neu, warn_nonreloadable, NULL);
 	config_unref(old);
+	register_route_series(srv, neu);
 	pthread_mutex_lock(&srv->cfg_lock);
 	old = srv->cfg;
 	srv->cfg = neu;
@@ -290,6 +311,7 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < sizeof(rnd); i++)
 		snprintf(srv.instance + 2 * i, 3, "%02x", rnd[i]);
 	server_metrics(&srv);
+	register_route_series(&srv, srv.cfg);
 
 	memset(&so, 0, sizeof(so));
 	so.max_bytes = srv.cfg->queue.max_bytes;

@@ -51,21 +51,15 @@ enum out_mode {
 #define OUT_LOW_WATER (64 * 1024)   /* resume it at or below this */
 #define RESP_MAX_HEAD 65536
 
-struct conn {
-	TAILQ_ENTRY(conn) link;	     /* worker->conns, or the graveyard */
-	TAILQ_ENTRY(conn) sync_link; /* worker->sync_waiters while CS_SYNC */
-	struct worker *w;
-	struct bufferevent *bev;
-	struct event *timer;
-	enum cstate state;
-	char peer[64];
-	bool got_bytes; /* any byte of the current request received */
-
-	/* the current request */
+/*
+ * Everything that belongs to one request in progress. Allocated when its
+ * first byte arrives and freed when it is answered, so an idle keep-alive
+ * connection costs only struct conn and its bufferevent.
+ */
+struct exchange {
 	struct dw_config *cfg; /* reference held for the request's life */
 	char reqid[72];
 	int64_t t_start;
-	struct http_scanner scan;
 	struct http_head req;
 	bool keep_alive;
 	struct evbuffer *body; /* the whole (decoded) request body */
@@ -95,6 +89,19 @@ struct conn {
 	bool capture_overflow;
 };
 
+struct conn {
+	TAILQ_ENTRY(conn) link;	     /* worker->conns */
+	TAILQ_ENTRY(conn) sync_link; /* worker->sync_waiters while CS_SYNC */
+	struct worker *w;
+	struct bufferevent *bev;
+	struct event *timer;
+	struct exchange *x; /* NULL between requests */
+	enum cstate state;
+	bool got_bytes; /* any byte of the current request received */
+	struct http_scanner scan;
+	char peer[46];
+};
+
 static void conn_read_cb(struct bufferevent *bev, void *arg);
 static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
@@ -121,7 +128,7 @@ static void conn_set_state(struct conn *c, enum cstate to)
 	};
 
 	if (!(legal[c->state] & (1u << to))) {
-		dw_log(DW_LOG_ERROR, c->reqid[0] ? c->reqid : NULL,
+		dw_log(DW_LOG_ERROR, c->x && c->x->reqid[0] ? c->x->reqid : NULL,
 		       "illegal connection state change %s -> %s", cstate_names[c->state],
 		       cstate_names[to]);
 		assert(!"illegal connection state change");
@@ -136,31 +143,39 @@ static void timer_set(struct conn *c, int ms)
 	evtimer_add(c->timer, &tv);
 }
 
-/* Everything that belongs to one request, so the next starts clean. */
-static void request_reset(struct conn *c)
+static struct exchange *exchange_new(void)
 {
-	http_head_clear(&c->req);
-	http_head_clear(&c->resp);
-	route_params_clear(&c->params);
+	struct exchange *x = dw_calloc(1, sizeof(*x));
+
+	x->body = evbuffer_new();
+	x->req.content_length = -1;
+	http_scanner_init(&x->rscan);
+	return x;
+}
+
+/* Free everything that belonged to the request, so the next starts clean. */
+static void exchange_end(struct conn *c)
+{
+	struct exchange *x = c->x;
+
+	c->got_bytes = false;
 	http_scanner_init(&c->scan);
-	http_scanner_init(&c->rscan);
-	evbuffer_drain(c->body, evbuffer_get_length(c->body));
-	if (c->held)
-		evbuffer_free(c->held);
-	if (c->capture)
-		evbuffer_free(c->capture);
-	c->held = c->capture = NULL;
-	if (c->cfg)
-		config_unref(c->cfg);
-	c->cfg = NULL;
-	c->route = NULL;
-	c->reqid[0] = '\0';
-	c->got_bytes = c->resp_head_done = c->hold = c->capture_overflow = false;
-	c->up_retried = c->up_paused = c->mirrored = c->body_chunked = false;
-	c->body_left = 0;
-	c->status = 0;
-	c->mode = OUT_RAW;
-	c->close_after = false;
+	if (!x)
+		return;
+	c->x = NULL;
+	if (x->up)
+		upconn_release(x->up, false);
+	http_head_clear(&x->req);
+	http_head_clear(&x->resp);
+	route_params_clear(&x->params);
+	evbuffer_free(x->body);
+	if (x->held)
+		evbuffer_free(x->held);
+	if (x->capture)
+		evbuffer_free(x->capture);
+	if (x->cfg)
+		config_unref(x->cfg);
+	free(x);
 }
 
 static void reap_cb(evutil_socket_t fd, short what, void *arg)
@@ -178,17 +193,12 @@ static void conn_close(struct conn *c, const char *reason)
 	if (c->state == CS_CLOSED)
 		return;
 	if (reason)
-		dw_log(DW_LOG_DEBUG, c->reqid[0] ? c->reqid : NULL, "close %s: %s", c->peer,
-		       reason);
+		dw_log(DW_LOG_DEBUG, c->x && c->x->reqid[0] ? c->x->reqid : NULL, "close %s: %s",
+		       c->peer, reason);
 	if (c->state == CS_SYNC)
 		TAILQ_REMOVE(&w->sync_waiters, c, sync_link);
 	conn_set_state(c, CS_CLOSED);
-	if (c->up) {
-		upconn_release(c->up, false);
-		c->up = NULL;
-	}
-	request_reset(c);
-	evbuffer_free(c->body);
+	exchange_end(c);
 	event_free(c->timer);
 	bufferevent_free(c->bev);
 	TAILQ_REMOVE(&w->conns, c, link);
@@ -204,7 +214,7 @@ static void conn_close(struct conn *c, const char *reason)
 static void count_status(struct conn *c, int status)
 {
 	struct worker *w = c->w;
-	const char *route = c->route ? c->route->name : "default";
+	const char *route = c->x && c->x->route ? c->x->route->name : "default";
 	char labels[256], esc[128];
 
 	for (size_t i = 0; i < w->nseries; i++)
@@ -264,6 +274,8 @@ static void conn_finish_close(struct conn *c)
  */
 static void respond_error(struct conn *c, int status, const char *msg, bool close)
 {
+	struct exchange *x = c->x;
+	const char *rid = x && x->reqid[0] ? x->reqid : NULL;
 	struct evbuffer *out, *body;
 
 	if (c->state == CS_CLOSED)
@@ -273,23 +285,22 @@ static void respond_error(struct conn *c, int status, const char *msg, bool clos
 	evbuffer_add_printf(body, "{\"error\": \"");
 	json_escape_into(body, msg);
 	evbuffer_add_printf(body, "\"}\n");
-	if (!c->keep_alive || c->w->draining)
+	if (!x || !x->keep_alive || c->w->draining)
 		close = true;
 	evbuffer_add_printf(out,
 			    "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
 			    "Content-Length: %zu\r\n",
 			    status, http_reason(status), evbuffer_get_length(body));
-	if (c->reqid[0])
-		evbuffer_add_printf(out, "X-Request-Id: %s\r\n", c->reqid);
+	if (rid)
+		evbuffer_add_printf(out, "X-Request-Id: %s\r\n", rid);
 	evbuffer_add_printf(out, "%s\r\n", close ? "Connection: close\r\n" : "");
 	evbuffer_add_buffer(out, body);
 	evbuffer_free(body);
 	count_status(c, status);
-	dw_log(status >= 500 ? DW_LOG_WARN : DW_LOG_INFO, c->reqid[0] ? c->reqid : NULL,
-	       "%d %s (%s)", status, msg, c->peer);
-	if (c->up) {
-		upconn_release(c->up, false);
-		c->up = NULL;
+	dw_log(status >= 500 ? DW_LOG_WARN : DW_LOG_INFO, rid, "%d %s (%s)", status, msg, c->peer);
+	if (x && x->up) {
+		upconn_release(x->up, false);
+		x->up = NULL;
 	}
 	if (close)
 		conn_finish_close(c);
@@ -300,9 +311,9 @@ static void respond_error(struct conn *c, int status, const char *msg, bool clos
 static void upstream_failed(struct conn *c, enum up_err kind, int status, const char *msg)
 {
 	metric_inc(c->w->m_upstream_err[kind]);
-	if (c->resp_head_done && !c->hold) {
+	if (c->x->resp_head_done && !c->x->hold) {
 		/* The client already has part of an answer: all we can do is cut it. */
-		dw_log(DW_LOG_WARN, c->reqid, "upstream failed mid-response: %s", msg);
+		dw_log(DW_LOG_WARN, c->x->reqid, "upstream failed mid-response: %s", msg);
 		conn_close(c, msg);
 		return;
 	}
@@ -337,7 +348,6 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 	c->w = w;
 	c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	c->timer = evtimer_new(w->base, conn_timer_cb, c);
-	c->body = evbuffer_new();
 	if (sa->sa_family == AF_INET)
 		evutil_inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host,
 				 sizeof(host));
@@ -346,7 +356,6 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 				 sizeof(host));
 	snprintf(c->peer, sizeof(c->peer), "%s", host);
 	http_scanner_init(&c->scan);
-	http_scanner_init(&c->rscan);
 	c->state = CS_IDLE;
 	TAILQ_INSERT_TAIL(&w->conns, c, link);
 	w->nconns++;
@@ -377,11 +386,9 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 			conn_close(c, "no request before the header deadline");
 			break;
 		}
-		c->keep_alive = false;
 		respond_error(c, 408, "request head not received in time", true);
 		break;
 	case CS_BODY:
-		c->keep_alive = false;
 		respond_error(c, 408, "request body not received in time", true);
 		break;
 	case CS_CLOSING:
@@ -404,19 +411,19 @@ static const char *req_header(void *arg, const char *name, size_t *len)
 
 static void make_reqid(struct conn *c)
 {
-	const struct http_header *h = http_head_get(&c->req, "X-Request-Id");
-	bool ok = h && h->value_len > 0 && h->value_len < sizeof(c->reqid);
+	const struct http_header *h = http_head_get(&c->x->req, "X-Request-Id");
+	bool ok = h && h->value_len > 0 && h->value_len < sizeof(c->x->reqid);
 
 	for (size_t i = 0; ok && i < h->value_len; i++) {
 		unsigned char ch = (unsigned char)h->value[i];
 		ok = ch > 0x20 && ch < 0x7f;
 	}
 	if (ok) {
-		memcpy(c->reqid, h->value, h->value_len);
-		c->reqid[h->value_len] = '\0';
+		memcpy(c->x->reqid, h->value, h->value_len);
+		c->x->reqid[h->value_len] = '\0';
 	} else {
 		struct worker *w = c->w;
-		snprintf(c->reqid, sizeof(c->reqid), "%08" PRIx32 "%02x%06" PRIx64, w->reqid_seed,
+		snprintf(c->x->reqid, sizeof(c->x->reqid), "%08" PRIx32 "%02x%06" PRIx64, w->reqid_seed,
 			 (unsigned)w->id & 0xff, ++w->reqid_counter & 0xffffff);
 	}
 }
@@ -469,20 +476,22 @@ static void on_head(struct conn *c)
 		timer_set(c, lim->header_timeout_ms);
 	}
 	c->got_bytes = true;
+	if (!c->x)
+		c->x = exchange_new();
 	n = len < lim->max_header_bytes + 4096 ? len : lim->max_header_bytes + 4096;
 	p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
 	rc = http_scan_head(&c->scan, p, n, lim->max_header_bytes, &skip, &head_len, &status, &err);
 	if (rc == HTTP_INCOMPLETE)
 		return;
-	c->keep_alive = false;
+	c->x->keep_alive = false;
 	if (rc == HTTP_ERROR) {
 		respond_error(c, status, err.msg, true);
 		return;
 	}
 	/* This request runs on the configuration current when its head arrived. */
-	c->cfg = config_ref(w->cfg);
-	c->t_start = dw_now_us();
-	rc = http_parse_request(&c->req, p + skip, head_len, &status, &err);
+	c->x->cfg = config_ref(w->cfg);
+	c->x->t_start = dw_now_us();
+	rc = http_parse_request(&c->x->req, p + skip, head_len, &status, &err);
 	evbuffer_drain(in, skip + head_len);
 	http_scanner_init(&c->scan);
 	if (rc != HTTP_OK) {
@@ -490,19 +499,19 @@ static void on_head(struct conn *c)
 		return;
 	}
 	make_reqid(c);
-	c->keep_alive = http_keep_alive(&c->req) && !c->req.upgrade && !w->draining;
-	c->route = config_route_match(c->cfg, c->req.method_str, c->req.method_len, c->req.path,
-				      c->req.path_len, &c->params);
+	c->x->keep_alive = http_keep_alive(&c->x->req) && !c->x->req.upgrade && !w->draining;
+	c->x->route = config_route_match(c->x->cfg, c->x->req.method_str, c->x->req.method_len, c->x->req.path,
+				      c->x->req.path_len, &c->x->params);
 
-	if (c->req.chunked) {
-		c->body_chunked = true;
-		http_chunked_init(&c->chunk, lim->max_header_bytes);
-	} else if (c->req.content_length > 0) {
-		if ((uint64_t)c->req.content_length > lim->max_body_bytes) {
+	if (c->x->req.chunked) {
+		c->x->body_chunked = true;
+		http_chunked_init(&c->x->chunk, lim->max_header_bytes);
+	} else if (c->x->req.content_length > 0) {
+		if ((uint64_t)c->x->req.content_length > lim->max_body_bytes) {
 			respond_error(c, 413, "request body larger than max_body_bytes", true);
 			return;
 		}
-		c->body_left = c->req.content_length;
+		c->x->body_left = c->x->req.content_length;
 	} else {
 		conn_set_state(c, CS_UPSTREAM);
 		dispatch(c);
@@ -512,7 +521,7 @@ static void on_head(struct conn *c)
 	evtimer_del(c->timer);
 	timer_set(c, lim->body_timeout_ms);
 	/* Expect: 100-continue is ours to answer; it is never forwarded. */
-	if (c->req.expect_continue && c->req.version_minor == 1 && evbuffer_get_length(in) == 0)
+	if (c->x->req.expect_continue && c->x->req.version_minor == 1 && evbuffer_get_length(in) == 0)
 		bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
 	on_input(c);
 }
@@ -520,21 +529,21 @@ static void on_head(struct conn *c)
 static void on_body(struct conn *c)
 {
 	struct evbuffer *in = bufferevent_get_input(c->bev);
-	size_t max = c->cfg->limits.max_body_bytes;
+	size_t max = c->x->cfg->limits.max_body_bytes;
 
-	if (c->body_chunked) {
+	if (c->x->body_chunked) {
 		struct dw_err err = {""};
 		size_t used;
-		int rc = chunked_run(&c->chunk, in, &used, emit_body, c->body, &err);
+		int rc = chunked_run(&c->x->chunk, in, &used, emit_body, c->x->body, &err);
 
 		evbuffer_drain(in, used);
-		if (evbuffer_get_length(c->body) > max) {
-			c->keep_alive = false;
+		if (evbuffer_get_length(c->x->body) > max) {
+			c->x->keep_alive = false;
 			respond_error(c, 413, "request body larger than max_body_bytes", true);
 			return;
 		}
 		if (rc == HTTP_ERROR) {
-			c->keep_alive = false;
+			c->x->keep_alive = false;
 			respond_error(c, 400, err.msg, true);
 			return;
 		}
@@ -542,11 +551,11 @@ static void on_body(struct conn *c)
 			return;
 	} else {
 		size_t avail = evbuffer_get_length(in);
-		size_t take = (uint64_t)c->body_left < avail ? (size_t)c->body_left : avail;
+		size_t take = (uint64_t)c->x->body_left < avail ? (size_t)c->x->body_left : avail;
 
-		evbuffer_remove_buffer(in, c->body, take);
-		c->body_left -= (int64_t)take;
-		if (c->body_left > 0)
+		evbuffer_remove_buffer(in, c->x->body, take);
+		c->x->body_left -= (int64_t)take;
+		if (c->x->body_left > 0)
 			return;
 	}
 	evtimer_del(c->timer);
@@ -584,9 +593,9 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 			conn_close(c, NULL);
 		return;
 	}
-	if (c->state == CS_RESPONSE && c->up_paused && c->up) {
-		c->up_paused = false;
-		bufferevent_enable(upconn_bev(c->up), EV_READ);
+	if (c->state == CS_RESPONSE && c->x->up_paused && c->x->up) {
+		c->x->up_paused = false;
+		bufferevent_enable(upconn_bev(c->x->up), EV_READ);
 	}
 }
 
@@ -615,12 +624,12 @@ static bool method_idempotent(enum http_method m)
 static void up_ready(struct upconn *uc, int error, void *arg)
 {
 	struct conn *c = arg;
-	const struct dw_upstream *up = &c->cfg->upstreams[c->cfg->default_upstream];
+	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->cfg->default_upstream];
 	char msg[256];
 
 	if (error) {
 		upconn_release(uc, false);
-		c->up = NULL;
+		c->x->up = NULL;
 		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): connect: %s", up->name,
 			 up->host, up->port,
 			 error == ETIMEDOUT ? "timed out" : strerror(error));
@@ -635,14 +644,14 @@ static void up_ready(struct upconn *uc, int error, void *arg)
 
 static void dispatch(struct conn *c)
 {
-	const struct dw_upstream *up = &c->cfg->upstreams[c->cfg->default_upstream];
+	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->cfg->default_upstream];
 	bool connected = false;
 	int e = 0;
 	char msg[256];
 
 	bufferevent_disable(c->bev, EV_READ);
-	c->up = pool_get(c->w->pools, up, up_ready, c, &connected, &e);
-	if (!c->up) {
+	c->x->up = pool_get(c->w->pools, up, up_ready, c, &connected, &e);
+	if (!c->x->up) {
 		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): connect: %s", up->name,
 			 up->host, up->port, strerror(e));
 		upstream_failed(c, UPERR_CONNECT, 502, msg);
@@ -659,12 +668,12 @@ static bool name_is(const struct http_header *h, const char *name)
 
 static void send_request(struct conn *c)
 {
-	const struct dw_upstream *up = &c->cfg->upstreams[c->cfg->default_upstream];
-	struct bufferevent *ub = upconn_bev(c->up);
+	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->cfg->default_upstream];
+	struct bufferevent *ub = upconn_bev(c->x->up);
 	struct evbuffer *out = bufferevent_get_output(ub);
-	const struct http_head *r = &c->req;
+	const struct http_head *r = &c->x->req;
 	const char *xff = NULL;
-	size_t xff_len = 0, blen = evbuffer_get_length(c->body);
+	size_t xff_len = 0, blen = evbuffer_get_length(c->x->body);
 	struct timeval tv = {up->timeout_ms / 1000, (up->timeout_ms % 1000) * 1000};
 
 	evbuffer_add_printf(out, "%.*s %s%.*s%s%.*s HTTP/1.1\r\n", (int)r->method_len,
@@ -690,15 +699,15 @@ static void send_request(struct conn *c)
 		evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len, xff, c->peer);
 	else
 		evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", c->peer);
-	evbuffer_add_printf(out, "X-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n", c->reqid);
+	evbuffer_add_printf(out, "X-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n", c->x->reqid);
 	if (blen > 0 || r->content_length >= 0 || r->chunked)
 		evbuffer_add_printf(out, "Content-Length: %zu\r\n", blen);
 	evbuffer_add(out, "\r\n", 2);
 	/* A copy, not a move: the body is needed for a retry and for the mirror. */
 	if (blen)
-		evbuffer_add(out, evbuffer_pullup(c->body, -1), blen);
+		evbuffer_add(out, evbuffer_pullup(c->x->body, -1), blen);
 
-	http_scanner_init(&c->rscan);
+	http_scanner_init(&c->x->rscan);
 	bufferevent_setcb(ub, up_read_cb, NULL, up_event_cb, c);
 	bufferevent_set_timeouts(ub, &tv, &tv);
 	bufferevent_enable(ub, EV_READ | EV_WRITE);
@@ -715,13 +724,13 @@ static void capture_emit(void *arg, const char *p, size_t n)
 {
 	struct conn *c = arg;
 
-	if (!c->capture || c->capture_overflow)
+	if (!c->x->capture || c->x->capture_overflow)
 		return;
-	if (evbuffer_get_length(c->capture) + n > c->cfg->limits.max_body_bytes) {
-		c->capture_overflow = true;
+	if (evbuffer_get_length(c->x->capture) + n > c->x->cfg->limits.max_body_bytes) {
+		c->x->capture_overflow = true;
 		return;
 	}
-	evbuffer_add(c->capture, p, n);
+	evbuffer_add(c->x->capture, p, n);
 }
 
 /* Decoded response payload for a 1.0 client: to the client and the capture. */
@@ -729,13 +738,13 @@ static void dechunk_emit(void *arg, const char *p, size_t n)
 {
 	struct conn *c = arg;
 
-	evbuffer_add(c->hold ? c->held : bufferevent_get_output(c->bev), p, n);
+	evbuffer_add(c->x->hold ? c->x->held : bufferevent_get_output(c->bev), p, n);
 	capture_emit(c, p, n);
 }
 
 static void capture_copy(struct conn *c, struct evbuffer *src, size_t n)
 {
-	if (c->capture && n)
+	if (c->x->capture && n)
 		capture_emit(c, (const char *)evbuffer_pullup(src, (ev_ssize_t)n), n);
 }
 
@@ -746,33 +755,33 @@ static void do_mirror(struct conn *c)
 	const char *resp = NULL;
 	size_t resp_len = 0;
 
-	if (c->mirrored)
+	if (c->x->mirrored)
 		return;
-	c->mirrored = true;
-	if (c->capture) {
-		resp_len = evbuffer_get_length(c->capture);
-		resp = (const char *)evbuffer_pullup(c->capture, -1);
+	c->x->mirrored = true;
+	if (c->x->capture) {
+		resp_len = evbuffer_get_length(c->x->capture);
+		resp = (const char *)evbuffer_pullup(c->x->capture, -1);
 	}
 	memset(&in, 0, sizeof(in));
-	in.cfg = c->cfg;
-	in.route = c->route;
-	in.method = http_method_name(c->req.method);
-	in.path_names = c->params.names;
-	in.path_values = (const char *const *)c->params.values;
-	in.npath = c->params.n;
-	in.query = c->req.query;
-	in.query_len = c->req.query_len;
+	in.cfg = c->x->cfg;
+	in.route = c->x->route;
+	in.method = http_method_name(c->x->req.method);
+	in.path_names = c->x->params.names;
+	in.path_values = (const char *const *)c->x->params.values;
+	in.npath = c->x->params.n;
+	in.query = c->x->req.query;
+	in.query_len = c->x->req.query_len;
 	in.header = req_header;
-	in.header_arg = &c->req;
-	in.req_body = (const char *)evbuffer_pullup(c->body, -1);
-	in.req_body_len = evbuffer_get_length(c->body);
-	in.resp_body = c->capture_overflow ? NULL : resp;
-	in.resp_body_len = c->capture_overflow ? 0 : resp_len;
-	in.resp_too_large = c->capture_overflow;
-	in.request_id = c->reqid;
+	in.header_arg = &c->x->req;
+	in.req_body = (const char *)evbuffer_pullup(c->x->body, -1);
+	in.req_body_len = evbuffer_get_length(c->x->body);
+	in.resp_body = c->x->capture_overflow ? NULL : resp;
+	in.resp_body_len = c->x->capture_overflow ? 0 : resp_len;
+	in.resp_too_large = c->x->capture_overflow;
+	in.request_id = c->x->reqid;
 	char method[32];
 	if (!in.method) {
-		snprintf(method, sizeof(method), "%.*s", (int)c->req.method_len, c->req.method_str);
+		snprintf(method, sizeof(method), "%.*s", (int)c->x->req.method_len, c->x->req.method_str);
 		in.method = method;
 	}
 	mirror_capture(c->w->srv, &in);
@@ -781,70 +790,70 @@ static void do_mirror(struct conn *c)
 static void start_response(struct conn *c)
 {
 	struct worker *w = c->w;
-	const struct dw_route *rt = c->route;
-	bool client11 = c->req.version_minor == 1;
+	const struct dw_route *rt = c->x->route;
+	bool client11 = c->x->req.version_minor == 1;
 	struct evbuffer *out;
 
-	c->status = c->resp.status;
-	c->rkind = http_response_body_kind(&c->resp, c->req.method);
-	c->rleft = c->resp.content_length;
-	c->close_after = !c->keep_alive || w->draining;
-	c->mode = OUT_RAW;
-	if (c->rkind == HTTP_BODY_CHUNKED) {
-		c->mode = client11 ? OUT_CHUNKED_PASS : OUT_DECHUNK;
-		c->close_after |= !client11;
-		http_chunked_init(&c->rchunk, RESP_MAX_HEAD);
-	} else if (c->rkind == HTTP_BODY_UNTIL_CLOSE) {
-		c->mode = client11 ? OUT_ENCODE : OUT_RAW;
-		c->close_after |= !client11;
+	c->x->status = c->x->resp.status;
+	c->x->rkind = http_response_body_kind(&c->x->resp, c->x->req.method);
+	c->x->rleft = c->x->resp.content_length;
+	c->x->close_after = !c->x->keep_alive || w->draining;
+	c->x->mode = OUT_RAW;
+	if (c->x->rkind == HTTP_BODY_CHUNKED) {
+		c->x->mode = client11 ? OUT_CHUNKED_PASS : OUT_DECHUNK;
+		c->x->close_after |= !client11;
+		http_chunked_init(&c->x->rchunk, RESP_MAX_HEAD);
+	} else if (c->x->rkind == HTTP_BODY_UNTIL_CLOSE) {
+		c->x->mode = client11 ? OUT_ENCODE : OUT_RAW;
+		c->x->close_after |= !client11;
 	}
 
 	/* G1: only a legacy 2xx is mirrored. The write is journaled before the
 	 * client can see the answer: at once when the mirror does not need the
 	 * legacy's reply, else after the reply is read whole (held meanwhile). */
-	if (rt && rt->mirror && c->status >= 200 && c->status < 300) {
+	if (rt && rt->mirror && c->x->status >= 200 && c->x->status < 300) {
 		bool need_resp = (rt->mirror->sources & EXPR_SRC_RESPONSE) != 0;
-		bool fsync = c->cfg->queue.durability == QUEUE_DURABILITY_FSYNC;
+		bool fsync = c->x->cfg->queue.durability == QUEUE_DURABILITY_FSYNC;
 
 		if (need_resp || fsync) {
-			c->hold = true;
-			c->held = evbuffer_new();
+			c->x->hold = true;
+			c->x->held = evbuffer_new();
 			if (need_resp)
-				c->capture = evbuffer_new();
+				c->x->capture = evbuffer_new();
 		} else {
 			do_mirror(c);
 		}
 	}
 
-	out = c->hold ? c->held : bufferevent_get_output(c->bev);
-	if (c->resp.reason_len)
-		evbuffer_add_printf(out, "HTTP/1.1 %d %.*s\r\n", c->status, (int)c->resp.reason_len,
-				    c->resp.reason);
+	out = c->x->hold ? c->x->held : bufferevent_get_output(c->bev);
+	if (c->x->resp.reason_len)
+		evbuffer_add_printf(out, "HTTP/1.1 %d %.*s\r\n", c->x->status, (int)c->x->resp.reason_len,
+				    c->x->resp.reason);
 	else
-		evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", c->status, http_reason(c->status));
-	for (size_t i = 0; i < c->resp.nheaders; i++) {
-		const struct http_header *h = &c->resp.headers[i];
+		evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", c->x->status, http_reason(c->x->status));
+	for (size_t i = 0; i < c->x->resp.nheaders; i++) {
+		const struct http_header *h = &c->x->resp.headers[i];
 
-		if (http_is_hop_by_hop(&c->resp, h->name, h->name_len))
+		if (http_is_hop_by_hop(&c->x->resp, h->name, h->name_len))
 			continue;
 		evbuffer_add_printf(out, "%.*s: %.*s\r\n", (int)h->name_len, h->name,
 				    (int)h->value_len, h->value);
 	}
-	if (c->mode == OUT_CHUNKED_PASS || c->mode == OUT_ENCODE)
+	if (c->x->mode == OUT_CHUNKED_PASS || c->x->mode == OUT_ENCODE)
 		evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
-	if (c->close_after)
+	if (c->x->close_after)
 		evbuffer_add(out, "Connection: close\r\n", 19);
 	else if (!client11)
 		evbuffer_add(out, "Connection: keep-alive\r\n", 24);
 	evbuffer_add(out, "\r\n", 2);
-	c->resp_head_done = true;
-	count_status(c, c->status);
+	c->x->resp_head_done = true;
+	count_status(c, c->x->status);
 	conn_set_state(c, CS_RESPONSE);
 }
 
 static void response_complete(struct conn *c)
 {
-	if (c->close_after)
+	if (c->x->close_after)
 		conn_finish_close(c);
 	else
 		conn_next(c);
@@ -854,27 +863,27 @@ static void response_done(struct conn *c, bool reusable)
 {
 	struct worker *w = c->w;
 
-	if (c->up) {
-		reusable = reusable && http_keep_alive(&c->resp) &&
-			   evbuffer_get_length(bufferevent_get_input(upconn_bev(c->up))) == 0;
-		upconn_release(c->up, reusable);
-		c->up = NULL;
+	if (c->x->up) {
+		reusable = reusable && http_keep_alive(&c->x->resp) &&
+			   evbuffer_get_length(bufferevent_get_input(upconn_bev(c->x->up))) == 0;
+		upconn_release(c->x->up, reusable);
+		c->x->up = NULL;
 	}
-	histogram_observe(w->h_duration, (double)(dw_now_us() - c->t_start) / 1e6);
+	histogram_observe(w->h_duration, (double)(dw_now_us() - c->x->t_start) / 1e6);
 	if (dw_log_enabled(DW_LOG_DEBUG))
-		dw_log(DW_LOG_DEBUG, c->reqid, "%.*s %.*s -> %d in %.3f ms route=%s",
-		       (int)c->req.method_len, c->req.method_str, (int)c->req.target_len,
-		       c->req.target, c->status, (double)(dw_now_us() - c->t_start) / 1e3,
-		       c->route ? c->route->name : "default");
-	if (c->hold) {
+		dw_log(DW_LOG_DEBUG, c->x->reqid, "%.*s %.*s -> %d in %.3f ms route=%s",
+		       (int)c->x->req.method_len, c->x->req.method_str, (int)c->x->req.target_len,
+		       c->x->req.target, c->x->status, (double)(dw_now_us() - c->x->t_start) / 1e3,
+		       c->x->route ? c->x->route->name : "default");
+	if (c->x->hold) {
 		do_mirror(c);
-		if (c->cfg->queue.durability == QUEUE_DURABILITY_FSYNC) {
+		if (c->x->cfg->queue.durability == QUEUE_DURABILITY_FSYNC) {
 			conn_set_state(c, CS_SYNC);
 			TAILQ_INSERT_TAIL(&w->sync_waiters, c, sync_link);
 			event_active(w->sync_ev, EV_TIMEOUT, 0);
 			return;
 		}
-		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->held);
+		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->x->held);
 	}
 	response_complete(c);
 }
@@ -882,42 +891,42 @@ static void response_done(struct conn *c, bool reusable)
 /* A held answer that outgrew the body limit is released unmapped. */
 static void release_hold(struct conn *c)
 {
-	c->capture_overflow = true;
+	c->x->capture_overflow = true;
 	do_mirror(c); /* dead-letters: the reply is not available to map */
-	evbuffer_add_buffer(bufferevent_get_output(c->bev), c->held);
-	c->hold = false;
+	evbuffer_add_buffer(bufferevent_get_output(c->bev), c->x->held);
+	c->x->hold = false;
 }
 
 static void body_pump(struct conn *c)
 {
-	struct bufferevent *ub = upconn_bev(c->up);
+	struct bufferevent *ub = upconn_bev(c->x->up);
 	struct evbuffer *src = bufferevent_get_input(ub);
-	struct evbuffer *dst = c->hold ? c->held : bufferevent_get_output(c->bev);
+	struct evbuffer *dst = c->x->hold ? c->x->held : bufferevent_get_output(c->bev);
 	struct dw_err err = {""};
 	bool done = false;
 	size_t used, n;
 	int rc;
 
-	switch (c->rkind) {
+	switch (c->x->rkind) {
 	case HTTP_BODY_NONE:
 		done = true;
 		break;
 	case HTTP_BODY_LENGTH:
 		n = evbuffer_get_length(src);
-		if ((uint64_t)c->rleft < n)
-			n = (size_t)c->rleft;
+		if ((uint64_t)c->x->rleft < n)
+			n = (size_t)c->x->rleft;
 		capture_copy(c, src, n);
 		evbuffer_remove_buffer(src, dst, n);
-		c->rleft -= (int64_t)n;
-		done = c->rleft == 0;
+		c->x->rleft -= (int64_t)n;
+		done = c->x->rleft == 0;
 		break;
 	case HTTP_BODY_CHUNKED:
-		if (c->mode == OUT_CHUNKED_PASS) {
-			rc = chunked_run(&c->rchunk, src, &used, c->capture ? capture_emit : noop_emit,
+		if (c->x->mode == OUT_CHUNKED_PASS) {
+			rc = chunked_run(&c->x->rchunk, src, &used, c->x->capture ? capture_emit : noop_emit,
 					 c, &err);
 			evbuffer_remove_buffer(src, dst, used);
 		} else {
-			rc = chunked_run(&c->rchunk, src, &used, dechunk_emit, c, &err);
+			rc = chunked_run(&c->x->rchunk, src, &used, dechunk_emit, c, &err);
 			evbuffer_drain(src, used);
 		}
 		if (rc == HTTP_ERROR) {
@@ -931,22 +940,22 @@ static void body_pump(struct conn *c)
 		if (n == 0)
 			break;
 		capture_copy(c, src, n);
-		if (c->mode == OUT_ENCODE)
+		if (c->x->mode == OUT_ENCODE)
 			evbuffer_add_printf(dst, "%zx\r\n", n);
 		evbuffer_remove_buffer(src, dst, n);
-		if (c->mode == OUT_ENCODE)
+		if (c->x->mode == OUT_ENCODE)
 			evbuffer_add(dst, "\r\n", 2);
 		break;
 	}
 	if (done) {
-		response_done(c, c->rkind != HTTP_BODY_UNTIL_CLOSE);
+		response_done(c, c->x->rkind != HTTP_BODY_UNTIL_CLOSE);
 		return;
 	}
-	if (c->hold && evbuffer_get_length(c->held) > c->cfg->limits.max_body_bytes + 65536)
+	if (c->x->hold && evbuffer_get_length(c->x->held) > c->x->cfg->limits.max_body_bytes + 65536)
 		release_hold(c);
-	if (!c->hold && evbuffer_get_length(bufferevent_get_output(c->bev)) > OUT_HIGH_WATER) {
+	if (!c->x->hold && evbuffer_get_length(bufferevent_get_output(c->bev)) > OUT_HIGH_WATER) {
 		bufferevent_disable(ub, EV_READ);
-		c->up_paused = true;
+		c->x->up_paused = true;
 	}
 }
 
@@ -956,7 +965,7 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
 	struct evbuffer *in = bufferevent_get_input(bev);
 	struct dw_err err = {""};
 
-	while (!c->resp_head_done) {
+	while (!c->x->resp_head_done) {
 		size_t len = evbuffer_get_length(in), n, skip = 0, head_len = 0;
 		int status = 0, rc;
 		const char *p;
@@ -966,24 +975,24 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
 			return;
 		n = len < RESP_MAX_HEAD + 4096 ? len : RESP_MAX_HEAD + 4096;
 		p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-		rc = http_scan_head(&c->rscan, p, n, RESP_MAX_HEAD, &skip, &head_len, &status, &err);
+		rc = http_scan_head(&c->x->rscan, p, n, RESP_MAX_HEAD, &skip, &head_len, &status, &err);
 		if (rc == HTTP_INCOMPLETE)
 			return;
 		if (rc == HTTP_OK)
-			rc = http_parse_response(&c->resp, p + skip, head_len, &status, &err);
+			rc = http_parse_response(&c->x->resp, p + skip, head_len, &status, &err);
 		if (rc != HTTP_OK) {
 			snprintf(msg, sizeof(msg), "invalid response from upstream: %s", err.msg);
 			upstream_failed(c, UPERR_PROTOCOL, 502, msg);
 			return;
 		}
 		evbuffer_drain(in, skip + head_len);
-		http_scanner_init(&c->rscan);
-		if (c->resp.status == 101) {
+		http_scanner_init(&c->x->rscan);
+		if (c->x->resp.status == 101) {
 			upstream_failed(c, UPERR_PROTOCOL, 502, "upstream switched protocols");
 			return;
 		}
-		if (c->resp.status < 200) { /* interim answers are not forwarded */
-			http_head_clear(&c->resp);
+		if (c->x->resp.status < 200) { /* interim answers are not forwarded */
+			http_head_clear(&c->x->resp);
 			continue;
 		}
 		start_response(c);
@@ -994,28 +1003,28 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
 static void up_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct conn *c = arg;
-	const struct dw_upstream *up = &c->cfg->upstreams[c->cfg->default_upstream];
+	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->cfg->default_upstream];
 	char msg[300];
 
-	if ((what & BEV_EVENT_EOF) && c->resp_head_done && c->rkind == HTTP_BODY_UNTIL_CLOSE) {
+	if ((what & BEV_EVENT_EOF) && c->x->resp_head_done && c->x->rkind == HTTP_BODY_UNTIL_CLOSE) {
 		struct evbuffer *dst;
 
 		body_pump(c);
-		if (c->state == CS_CLOSED)
+		if (c->state == CS_CLOSED || !c->x)
 			return;
-		dst = c->hold ? c->held : bufferevent_get_output(c->bev);
-		if (c->mode == OUT_ENCODE)
+		dst = c->x->hold ? c->x->held : bufferevent_get_output(c->bev);
+		if (c->x->mode == OUT_ENCODE)
 			evbuffer_add(dst, "0\r\n\r\n", 5);
 		response_done(c, false);
 		return;
 	}
-	if (!c->resp_head_done && !(what & BEV_EVENT_TIMEOUT) && upconn_reused(c->up) &&
-	    !c->up_retried && evbuffer_get_length(bufferevent_get_input(bev)) == 0 &&
-	    method_idempotent(c->req.method)) {
+	if (!c->x->resp_head_done && !(what & BEV_EVENT_TIMEOUT) && upconn_reused(c->x->up) &&
+	    !c->x->up_retried && evbuffer_get_length(bufferevent_get_input(bev)) == 0 &&
+	    method_idempotent(c->x->req.method)) {
 		/* The pooled connection was closed under us: once, on a new one. */
-		upconn_release(c->up, false);
-		c->up = NULL;
-		c->up_retried = true;
+		upconn_release(c->x->up, false);
+		c->x->up = NULL;
+		c->x->up_retried = true;
 		dispatch(c);
 		return;
 	}
@@ -1025,7 +1034,7 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
 		upstream_failed(c, UPERR_TIMEOUT, 504, msg);
 	} else if (what & BEV_EVENT_EOF) {
 		snprintf(msg, sizeof(msg), "upstream \"%s\" closed the connection %s", up->name,
-			 c->resp_head_done ? "mid-response" : "before answering");
+			 c->x->resp_head_done ? "mid-response" : "before answering");
 		upstream_failed(c, UPERR_RESET, 502, msg);
 	} else {
 		int e = EVUTIL_SOCKET_ERROR();
@@ -1043,7 +1052,7 @@ static void conn_next(struct conn *c)
 
 	if (c->state == CS_CLOSED)
 		return;
-	request_reset(c);
+	exchange_end(c);
 	if (w->draining) {
 		conn_finish_close(c);
 		return;
@@ -1088,7 +1097,7 @@ void proxy_sync_done(struct worker *w)
 	while ((c = TAILQ_FIRST(&w->sync_waiters))) {
 		TAILQ_REMOVE(&w->sync_waiters, c, sync_link);
 		conn_set_state(c, CS_RESPONSE);
-		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->held);
+		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->x->held);
 		response_complete(c);
 	}
 }
