@@ -52,7 +52,7 @@ run_fuzz() {
 }
 
 run_e2e() {
-	DW_BUILD=$B python3 -m pytest -q -p no:cacheprovider tests/e2e >"$log/e2e.out" 2>&1
+	DW_BUILD=$B "${PYTHON:-/usr/bin/python3}" -m pytest -q -p no:cacheprovider tests/e2e >"$log/e2e.out" 2>&1
 	rc=$?
 	cat "$log/e2e.out"
 	summary=$(tail -1 "$log/e2e.out")
