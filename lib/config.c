@@ -477,6 +477,9 @@ static void config_free(struct dw_config *c)
 		}
 		free(t->column_names);
 		free(t->columns);
+		for (size_t j = 0; j < t->nignore; j++)
+			free(t->ignore[j]);
+		free(t->ignore);
 	}
 	free(c->tables);
 	free(c);
@@ -1074,9 +1077,53 @@ static void load_side(struct loader *L, const config_setting_t *g, const char *s
 	}
 }
 
+/*
+ * ignore = [ "updated_at" ]: columns backfill writes but verify does not
+ * compare, because after the first mirrored update the new system owns them.
+ * Each must be a mapped column other than the key.
+ */
+static void load_ignore(struct loader *L, const config_setting_t *g, const char *prefix,
+			struct dw_table_map *t)
+{
+	const config_setting_t *ig = config_setting_get_member(g, "ignore");
+	char w[WHERE_MAX];
+	int n;
+
+	if (!ig)
+		return;
+	wjoin(w, sizeof(w), prefix, "ignore");
+	if (!config_setting_is_array(ig) && !config_setting_is_list(ig)) {
+		lerr(L, sline(ig), w, "expected a list of column names [ \"a\", \"b\" ]");
+		return;
+	}
+	n = config_setting_length(ig);
+	t->ignore = dw_calloc((size_t)n + 1, sizeof(*t->ignore));
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *e = config_setting_get_elem(ig, (unsigned)i);
+		const char *cn = config_setting_get_string(e);
+		bool mapped = false;
+
+		if (!cn) {
+			lerr(L, sline(e), w, "expected a column name (string)");
+			continue;
+		}
+		for (size_t j = 0; j < t->ncolumns; j++)
+			mapped |= strcmp(t->column_names[j], cn) == 0;
+		if (!mapped) {
+			lerr(L, sline(e), w, "\"%s\" is not a column in columns", cn);
+			continue;
+		}
+		if (t->target.key && strcmp(t->target.key, cn) == 0) {
+			lerr(L, sline(e), w, "\"%s\" is the key; the key is always compared", cn);
+			continue;
+		}
+		t->ignore[t->nignore++] = dw_strdup(cn);
+	}
+}
+
 static void load_tables(struct loader *L, const config_setting_t *root)
 {
-	static const char *const keys[] = { "name", "source", "target", "columns", NULL };
+	static const char *const keys[] = { "name", "source", "target", "columns", "ignore", NULL };
 	const config_setting_t *ts = config_setting_get_member(root, "tables");
 	struct dw_config *c = L->c;
 	int n;
@@ -1165,7 +1212,16 @@ static void load_tables(struct loader *L, const config_setting_t *root)
 			t->column_names[t->ncolumns] = dw_strdup(cn);
 			t->columns[t->ncolumns++] = e;
 		}
+		load_ignore(L, g, prefix, t);
 	}
+}
+
+bool config_table_compares(const struct dw_table_map *t, const char *column)
+{
+	for (size_t i = 0; i < t->nignore; i++)
+		if (strcmp(t->ignore[i], column) == 0)
+			return false;
+	return true;
 }
 
 /* ---------------------------------------------------------------- entry points */

@@ -85,6 +85,8 @@ struct dw_table_map {
 	size_t ncolumns;
 	char **column_names;	  /* target columns, in configured order */
 	struct expr **columns;	  /* one expression per target column */
+	char **ignore;		  /* columns verify does not compare (new system owns them) */
+	size_t nignore;
 	int line;
 };
 
@@ -138,6 +140,8 @@ void config_unref(struct dw_config *c);
 /* Lookups; NULL / -1 when absent. */
 int config_upstream_index(const struct dw_config *c, const char *name);
 const struct dw_table_map *config_table(const struct dw_config *c, const char *name);
+/* Whether verify compares this target column of a table map. */
+bool config_table_compares(const struct dw_table_map *t, const char *column);
 /* The first route matching method+path, or NULL; fills rp (may be NULL). */
 const struct dw_route *config_route_match(const struct dw_config *c, const char *method,
 					  size_t method_len, const char *path, size_t path_len,

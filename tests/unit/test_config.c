@@ -297,6 +297,8 @@ static void test_example_gear(void **state)
 	assert_string_equal(t->target.dsn, "dbname=gear_ops");
 	assert_int_equal(t->ncolumns, 9);
 	assert_string_equal(t->column_names[3], "category");
+	assert_false(config_table_compares(t, "updated_at")); /* owned by gear_ops */
+	assert_true(config_table_compares(t, "category"));
 
 	/* the seed's §2.2 migrate_equipment_batch, row by row */
 	json_t *row = parse("{\"id\": 5, \"user_id\": 7, \"name\": \"Stove\", \"type\": \"cooking\","
@@ -410,6 +412,7 @@ static const struct broken broken[] = {
 	{ "bad_log_level.conf", ":7: log_level: \"verbose\"", 1 },
 	{ "table_bad_expr.conf", ":14: table \"equipment\": columns.name: bad expression \"$request.name\": $request is not available here", 1 },
 	{ "table_dup.conf", ":15: table \"t\": name: duplicate table name (first defined at line 8)", 1 },
+	{ "table_ignore_bad.conf", ":13: table \"t\": ignore: \"colour\" is not a column in columns", 2 },
 	{ "does-not-exist.conf", ": cannot open: No such file or directory", 1 },
 };
 

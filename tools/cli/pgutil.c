@@ -607,7 +607,7 @@ int pgu_map_open(struct pgu_map *m, const struct dw_config *cfg, const char *tab
 			size_t n = strlen(sql.p) + strlen(c->type) + 8;
 			c->src_sql = dw_malloc(n);
 			snprintf(c->src_sql, n, "(%s)::%s", sql.p, c->type);
-			c->comparable = !t.now;
+			c->comparable = !t.now && config_table_compares(tm, c->name);
 		} else {
 			fetch_all = true;
 		}
