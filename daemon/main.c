@@ -16,6 +16,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "pgforward.h" /* pgforward wiring */
 #include "server.h"
 
 struct dw_config *server_config(struct server *srv)
@@ -147,7 +148,7 @@ static void begin_stop(struct server *srv, const char *why)
 	struct dw_config *cfg = server_config(srv);
 	struct timeval tick = {0, 20000};
 	struct timeval dl = {cfg->limits.drain_timeout_ms / 1000,
-			     (cfg->limits.drain_timeout_ms % 1000) * 1000};
+			     (suseconds_t)(cfg->limits.drain_timeout_ms % 1000) * 1000};
 
 	config_unref(cfg);
 	if (srv->stopping) {
@@ -330,6 +331,11 @@ int main(int argc, char **argv)
 		log_warn("queue %s holds %" PRIu64 " writes for replay (from earlier runs or "
 			 "failures): run `dualwrite replay`",
 			 srv.cfg->queue.path, st.queued);
+	/* pgforward wiring: failed mirrors move on to the shared PostgreSQL queue */
+	if (srv.cfg->queue.postgres && !(srv.pgfwd = pgforward_start(&srv, &err))) {
+		log_error("%s", err.msg);
+		goto out;
+	}
 
 	srv.base = event_base_new();
 	srv.mirror = mirror_new(&srv, &err);
@@ -337,7 +343,7 @@ int main(int argc, char **argv)
 		log_error("%s", err.msg[0] ? err.msg : "cannot create the main event loop");
 		goto out;
 	}
-	srv.workers = dw_calloc((size_t)srv.cfg->workers, sizeof(*srv.workers));
+	srv.workers = dw_calloc((size_t)srv.cfg->workers, sizeof(struct worker *));
 	for (int i = 0; i < srv.cfg->workers; i++) {
 		srv.workers[i] = worker_new(&srv, i, &err);
 		if (!srv.workers[i]) {
@@ -389,6 +395,8 @@ int main(int argc, char **argv)
 		config_unref(cfg);
 		mirror_drain_free(srv.mirror, ms / 2 > 1000 ? ms / 2 : 1000);
 		srv.mirror = NULL;
+		pgforward_stop(srv.pgfwd); /* pgforward wiring: after the drain queued the rest */
+		srv.pgfwd = NULL;
 	}
 	for (int i = 0; i < 3; i++)
 		event_free(sigs[i]);
@@ -407,6 +415,7 @@ out:
 	free(srv.workers);
 	if (srv.mirror)
 		mirror_drain_free(srv.mirror, 1000);
+	pgforward_stop(srv.pgfwd); /* pgforward wiring */
 	admin_stop(&srv);
 	spool_close(srv.spool);
 	if (srv.base)

@@ -31,6 +31,7 @@
 #include <sys/queue.h>
 
 #include "http_parse.h"
+#include "pgforward.h" /* pgforward wiring */
 #include "server.h"
 
 #define MAX_IN_MEMORY 20000 /* jobs held in memory before spilling to the queue */
@@ -222,13 +223,15 @@ void mirror_capture(struct server *srv, const struct mirror_input *in)
 	ctx.header_arg = in->header_arg;
 	ctx.now = now;
 
-	if (!dead && tmpl_render(mm->path, &ctx, &path, &err) < 0)
+	/* Path and key are worked out even for a write already known to be
+	 * dead, so its dead letter says which write it was. */
+	if (tmpl_render(mm->path, &ctx, &path, &err) < 0 && !dead)
 		dead = dead_reason(why, sizeof(why), "mirror path: %s", err.msg);
-	if (!dead && mm->key) {
+	if (mm->key) {
 		rc = expr_eval_string(mm->key, &ctx, &key, &err);
-		if (rc == EXPR_MISSING)
+		if (rc == EXPR_MISSING && !dead)
 			dead = "ordering key is missing from the write";
-		else if (rc != EXPR_OK)
+		else if (rc == EXPR_ERROR && !dead)
 			dead = dead_reason(why, sizeof(why), "ordering key: %s", err.msg);
 	}
 	if (!dead && mm->body) {
@@ -436,6 +439,15 @@ static void key_queue_all(struct mirror *mi, struct mirror_job *j, int status, c
 	keyq_drop(mi, q);
 }
 
+/* Shutdown: take a job out of its key chain and queue it. */
+static void queue_left(struct mirror *mi, struct mirror_job *j, const char *why)
+{
+	if (j->kq)
+		TAILQ_REMOVE(&j->kq->jobs, j, klink);
+	j->kq = NULL;
+	job_finish(mi, j, SPOOL_QUEUED, 0, why);
+}
+
 static void send_free(struct send *s)
 {
 	if (s->uc)
@@ -601,7 +613,7 @@ static void send_write_request(struct send *s)
 	const struct dw_upstream *up = job_upstream(j);
 	struct bufferevent *bev = upconn_bev(s->uc);
 	struct evbuffer *out = bufferevent_get_output(bev);
-	struct timeval tv = {up->timeout_ms / 1000, (up->timeout_ms % 1000) * 1000};
+	struct timeval tv = {up->timeout_ms / 1000, (suseconds_t)(up->timeout_ms % 1000) * 1000};
 
 	evbuffer_add_printf(out,
 			    "%s %s%s HTTP/1.1\r\nHost: %s\r\nIdempotency-Key: %s\r\n"
@@ -694,6 +706,11 @@ static void job_arrive(struct mirror *mi, struct mirror_job *j)
 			job_finish(mi, j, SPOOL_QUEUED, 0, "key has earlier writes in the queue");
 			return;
 		}
+		/* pgforward wiring: or queued rows in the shared PostgreSQL queue */
+		if (mi->srv->pgfwd && pgforward_key_queued(mi->srv->pgfwd, up->name, j->key)) {
+			job_finish(mi, j, SPOOL_QUEUED, 0, PGFORWARD_BEHIND);
+			return;
+		}
 	}
 	if (mi->in_memory > MAX_IN_MEMORY) {
 		job_finish(mi, j, SPOOL_QUEUED, 0, "mirror backlog full");
@@ -747,7 +764,7 @@ void mirror_submit(struct mirror *mi, struct mirror_job *job)
 static void drain_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct mirror *mi = arg;
-	struct timeval tv = {mi->drain_ms / 1000, (mi->drain_ms % 1000) * 1000};
+	struct timeval tv = {mi->drain_ms / 1000, (suseconds_t)(mi->drain_ms % 1000) * 1000};
 
 	(void)fd;
 	(void)what;
@@ -830,39 +847,39 @@ void mirror_drain_free(struct mirror *mi, int deadline_ms)
 		event_active(mi->drain_ev, EV_TIMEOUT, 0);
 		pthread_join(mi->thread, NULL);
 	}
-	/* Whatever did not finish in time goes to the queue, each key in order. */
+	/* Whatever did not finish in time goes to the queue. The order of these
+	 * state changes does not matter: replay sends each key's records in
+	 * journal order. */
 	while ((s = TAILQ_FIRST(&mi->sends))) {
-		j = s->job;
+		/* The analyzer loses TAILQ_REMOVE's relinking inside send_free. */
+		j = s->job; /* NOLINT(clang-analyzer-unix.Malloc) */
 		send_free(s);
-		key_queue_all(mi, j, 0, "daemon stopped before the mirror finished");
+		queue_left(mi, j, "daemon stopped before the mirror finished");
 	}
 	for (struct target *t = mi->targets, *tn; t; t = tn) {
 		tn = t->next;
 		while ((j = TAILQ_FIRST(&t->ready))) {
 			TAILQ_REMOVE(&t->ready, j, link);
-			if (j->kq)
-				key_queue_all(mi, j, 0, "daemon stopped before the mirror was sent");
-			else
-				job_finish(mi, j, SPOOL_QUEUED, 0,
-					   "daemon stopped before the mirror was sent");
+			queue_left(mi, j, "daemon stopped before the mirror was sent");
 		}
 		free(t->name);
 		free(t);
 	}
-	for (size_t b = 0; b < KEY_BUCKETS; b++) /* chains whose head was in flight */
-		while (mi->keys[b]) {
-			struct keyq *q = mi->keys[b];
-			j = TAILQ_FIRST(&q->jobs);
-			if (!j) {
-				keyq_drop(mi, q);
-				continue;
-			}
-			key_queue_all(mi, j, 0, "daemon stopped before the mirror was sent");
+	for (size_t b = 0; b < KEY_BUCKETS; b++) {
+		struct keyq *q;
+		while ((q = mi->keys[b])) {
+			while ((j = TAILQ_FIRST(&q->jobs))) /* see above */
+				queue_left(mi, j, /* NOLINT(clang-analyzer-unix.Malloc) */
+					   "daemon stopped before the mirror was sent");
+			keyq_drop(mi, q);
 		}
-	inbox_cb(-1, 0, mi); /* nothing should be here; be safe */
+	}
+	/* Submitted after the thread's last look (cannot happen once closed is
+	 * set, but a job here would still be journaled and so must be queued). */
 	while ((j = TAILQ_FIRST(&mi->inbox))) {
 		TAILQ_REMOVE(&mi->inbox, j, link);
-		job_free(j);
+		mi->in_memory++;
+		queue_left(mi, j, "daemon stopped before the mirror was sent");
 	}
 	event_free(mi->inbox_ev);
 	event_free(mi->drain_ev);

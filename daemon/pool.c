@@ -259,7 +259,7 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 		return NULL;
 	}
 	tv.tv_sec = up->connect_timeout_ms / 1000;
-	tv.tv_usec = (up->connect_timeout_ms % 1000) * 1000;
+	tv.tv_usec = (suseconds_t)(up->connect_timeout_ms % 1000) * 1000;
 	bufferevent_set_timeouts(uc->bev, NULL, &tv);
 	bufferevent_setcb(uc->bev, NULL, NULL, connect_event_cb, uc);
 	metric_inc(p->m_connects);

@@ -47,8 +47,8 @@ enum out_mode {
 	OUT_ENCODE,	  /* upstream until-close, chunk-encoded for a 1.1 client */
 };
 
-#define OUT_HIGH_WATER (256 * 1024) /* pause the upstream above this */
-#define OUT_LOW_WATER (64 * 1024)   /* resume it at or below this */
+#define OUT_HIGH_WATER ((size_t)256 * 1024) /* pause the upstream above this */
+#define OUT_LOW_WATER ((size_t)64 * 1024)  /* resume it at or below this */
 #define RESP_MAX_HEAD 65536
 
 /*
@@ -138,7 +138,7 @@ static void conn_set_state(struct conn *c, enum cstate to)
 
 static void timer_set(struct conn *c, int ms)
 {
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	struct timeval tv = {ms / 1000, (suseconds_t)(ms % 1000) * 1000};
 
 	evtimer_add(c->timer, &tv);
 }
@@ -674,7 +674,7 @@ static void send_request(struct conn *c)
 	const struct http_head *r = &c->x->req;
 	const char *xff = NULL;
 	size_t xff_len = 0, blen = evbuffer_get_length(c->x->body);
-	struct timeval tv = {up->timeout_ms / 1000, (up->timeout_ms % 1000) * 1000};
+	struct timeval tv = {up->timeout_ms / 1000, (suseconds_t)(up->timeout_ms % 1000) * 1000};
 
 	evbuffer_add_printf(out, "%.*s %s%.*s%s%.*s HTTP/1.1\r\n", (int)r->method_len,
 			    r->method_str, up->base_path, (int)r->path_len, r->path,
