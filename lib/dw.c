@@ -141,7 +141,8 @@ void dw_rfc3339(int64_t wall_us, char *buf, size_t len)
 		 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)((wall_us / 1000) % 1000));
 }
 
-static void *oom(size_t n)
+static void oom(size_t n) __attribute__((noreturn));
+static void oom(size_t n)
 {
 	fprintf(stderr, "dualwrite: out of memory allocating %zu bytes\n", n);
 	abort();
@@ -150,19 +151,28 @@ static void *oom(size_t n)
 void *dw_malloc(size_t n)
 {
 	void *p = malloc(n ? n : 1);
-	return p ? p : oom(n);
+
+	if (!p)
+		oom(n);
+	return p;
 }
 
 void *dw_calloc(size_t n, size_t size)
 {
 	void *p = calloc(n ? n : 1, size ? size : 1);
-	return p ? p : oom(n * size);
+
+	if (!p)
+		oom(n * size);
+	return p;
 }
 
 void *dw_realloc(void *p, size_t n)
 {
 	void *q = realloc(p, n ? n : 1);
-	return q ? q : oom(n);
+
+	if (!q)
+		oom(n);
+	return q;
 }
 
 char *dw_strdup(const char *s)

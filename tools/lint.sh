@@ -8,7 +8,8 @@ SRC=$(ls lib/*.c daemon/*.c tools/cli/*.c tools/demo/*.c)
 echo "lint: cppcheck"
 # shellcheck disable=SC2086
 cppcheck --quiet --error-exitcode=1 --std=c11 --enable=warning,portability,performance \
-	--inline-suppr --suppress=missingIncludeSystem -D_GNU_SOURCE -Ilib $SRC
+	--inline-suppr --suppress=missingIncludeSystem -D_GNU_SOURCE -Ilib \
+	--include=/usr/include/x86_64-linux-gnu/sys/queue.h $SRC
 echo "lint: clang-tidy"
 # shellcheck disable=SC2086
 clang-tidy --quiet --warnings-as-errors='*' \
