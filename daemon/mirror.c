@@ -464,9 +464,10 @@ static void send_done(struct send *s, int status, const char *neterr)
 	struct mirror *mi = s->mi;
 	struct mirror_job *j = s->job;
 	struct target *t = s->t;
-	char why[400];
+	char why[400], excerpt[EXCERPT + 1];
 	enum mirror_class k;
 
+	memcpy(excerpt, s->excerpt, sizeof(excerpt)); /* s is freed below */
 	if (s->uc) {
 		bool keep = !neterr && s->head_done && http_keep_alive(&s->head) &&
 			    s->kind != HTTP_BODY_UNTIL_CLOSE;
@@ -483,11 +484,11 @@ static void send_done(struct send *s, int status, const char *neterr)
 			key_advance(mi, j);
 			job_finish(mi, j, SPOOL_DELIVERED, status, NULL);
 		} else if (k == MIRROR_PERMANENT) {
-			snprintf(why, sizeof(why), "HTTP %d: %s", status, s->excerpt);
+			snprintf(why, sizeof(why), "HTTP %d: %s", status, excerpt);
 			key_advance(mi, j);
 			job_finish(mi, j, SPOOL_DEAD, status, why);
 		} else {
-			snprintf(why, sizeof(why), "HTTP %d: %s", status, s->excerpt);
+			snprintf(why, sizeof(why), "HTTP %d: %s", status, excerpt);
 			key_queue_all(mi, j, status, why);
 		}
 	}

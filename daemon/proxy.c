@@ -99,7 +99,7 @@ struct conn {
 	enum cstate state;
 	bool got_bytes; /* any byte of the current request received */
 	struct http_scanner scan;
-	char peer[46];
+	char peer[INET6_ADDRSTRLEN];
 };
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
@@ -327,7 +327,7 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 	struct server *srv = w->srv;
 	struct conn *c;
 	int one = 1;
-	char host[48] = "?";
+	char host[INET6_ADDRSTRLEN] = "?";
 
 	(void)salen;
 	if (__atomic_add_fetch(&srv->active_conns, 1, __ATOMIC_RELAXED) >
@@ -354,7 +354,7 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 	else if (sa->sa_family == AF_INET6)
 		evutil_inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host,
 				 sizeof(host));
-	snprintf(c->peer, sizeof(c->peer), "%s", host);
+	memcpy(c->peer, host, sizeof(c->peer));
 	http_scanner_init(&c->scan);
 	c->state = CS_IDLE;
 	TAILQ_INSERT_TAIL(&w->conns, c, link);
