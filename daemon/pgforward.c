@@ -6,11 +6,12 @@
  * the spool's REPLAY lock (flock on our own descriptor, per batch), so it
  * never races a `dualwrite replay` that is consuming this spool directly.
  *
- * Which local records may move: every QUEUED unkeyed record, and for a key
- * its QUEUED records in seq order starting at the key's oldest waiting one —
- * a key whose oldest waiting record is still PENDING (in flight in the mirror
- * thread) is left alone, so rows of one key enter the table in journal order
- * and ids (bigserial, one transaction at a time) follow it.
+ * Which local records may move (pgq_forward_spool): every QUEUED unkeyed
+ * record, and for a key its QUEUED records in seq order starting at the key's
+ * oldest waiting one — a key whose oldest waiting record is still PENDING (in
+ * flight in the mirror thread) is left alone, so rows of one key enter the
+ * table in journal order and ids (bigserial, one transaction at a time)
+ * follow it.
  *
  * The order of effects is what keeps G3 when a record leaves the spool: the
  * table commit, then the key into the in-memory set, then the local

@@ -38,6 +38,7 @@ struct server {
 	struct metrics *metrics;
 	struct spool *spool; /* shared by workers and the mirror thread */
 	struct mirror *mirror;
+	struct pgforward *pgfwd; /* pgforward wiring: NULL unless queue.postgres */
 	struct worker **workers;
 	size_t nworkers;
 	struct event_base *base; /* main thread */

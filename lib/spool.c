@@ -322,18 +322,20 @@ const char *spool_state_name(enum spool_state s)
 		return "dead";
 	case SPOOL_PURGED:
 		return "purged";
+	case SPOOL_FORWARDED:
+		return "forwarded";
 	}
 	return "unknown";
 }
 
 static bool state_valid(int s)
 {
-	return s >= SPOOL_PENDING && s <= SPOOL_PURGED;
+	return s >= SPOOL_PENDING && s <= SPOOL_FORWARDED;
 }
 
 static bool state_terminal(int s)
 {
-	return s == SPOOL_DELIVERED || s == SPOOL_PURGED;
+	return s == SPOOL_DELIVERED || s == SPOOL_PURGED || s == SPOOL_FORWARDED;
 }
 
 void spool_record_clear(struct spool_record *r)

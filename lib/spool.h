@@ -19,6 +19,9 @@
  *   DELIVERED the target answered as delivered (terminal).
  *   DEAD      dead-lettered with a reason (until requeued or purged).
  *   PURGED    removed by `queue purge --dead` (terminal).
+ *   FORWARDED moved to the shared PostgreSQL queue (queue.postgres) by the
+ *             daemon's forwarder or by `dualwrite replay` (terminal; counted
+ *             nowhere as waiting: the PostgreSQL table owns it from then on).
  *
  * Directory layout: seg-<16 hex>.log segments of frames, LOCK (flock held
  * around every append and refresh), OWNER (flock held by the daemon for its
@@ -43,6 +46,7 @@ enum spool_state {
 	SPOOL_DELIVERED = 3,
 	SPOOL_DEAD = 4,
 	SPOOL_PURGED = 5,
+	SPOOL_FORWARDED = 6,
 };
 const char *spool_state_name(enum spool_state s); /* "pending", ... */
 

@@ -3,6 +3,10 @@
  * dead letters. Inspection opens the spool read-only (no lock files, no
  * repairs), so it is safe next to a running daemon; requeue and purge append
  * state frames like any other writer.
+ *
+ * With queue.postgres, `stats` also counts the shared PostgreSQL table by
+ * state; list, show, requeue and purge work on the local spool only (the
+ * table is plain SQL for those).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -12,6 +16,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "pgq.h"
 #include "spool.h"
 
 static void queue_usage(FILE *f)
@@ -29,6 +34,9 @@ static void queue_usage(FILE *f)
 		"  requeue SEQ      put a dead letter back in the queue (attempts reset);\n"
 		"                   --all-dead: every dead letter\n"
 		"  purge --dead     drop every dead letter for good\n"
+		"\n"
+		"With queue.postgres set, stats also counts the shared PostgreSQL queue by\n"
+		"state; list, show, requeue and purge look at this host's spool only.\n"
 		"\n"
 		"  -c, --config FILE  the dualwrited configuration (queue.path)\n"
 		"  -h, --help         this text\n");
@@ -96,6 +104,33 @@ static void owner_desc(const char *dir, bool alive, char *buf, size_t len)
 	}
 	pid[strcspn(pid, "\n")] = '\0';
 	snprintf(buf, len, "owned by a running dualwrited (pid %s)", pid[0] ? pid : "?");
+}
+
+/* The shared table's counts; 1 when it cannot be reached. */
+static int pg_stats(const struct dw_config *cfg)
+{
+	struct dw_err err = {{0}};
+	struct pgq_stats st;
+	struct pgq *q = pgq_open(cfg->queue.postgres, cfg->queue.table, &err);
+	char age[32];
+	int rc = 1;
+
+	if (!q || pgq_stats(q, NULL, 0, &st, &err) < 0) {
+		printf("postgres %s unreachable\n", cfg->queue.table);
+		fprintf(stderr, "dualwrite queue: %s\n", err.msg);
+		goto out;
+	}
+	printf("postgres %s: queued %" PRId64 " (%" PRId64 " due now), delivered %" PRId64
+	       ", dead %" PRId64 "\n",
+	       cfg->queue.table, st.queued, st.due, st.delivered, st.dead);
+	if (st.oldest_queued_us) {
+		fmt_age(dw_wall_us() - st.oldest_queued_us, age, sizeof(age));
+		printf("pg oldest %s waiting\n", age);
+	}
+	rc = 0;
+out:
+	pgq_close(q);
+	return rc;
 }
 
 static int do_stats(struct spool *sp, const char *dir)
@@ -346,7 +381,7 @@ int cmd_queue(int argc, char **argv)
 	}
 	print_warnings(sp);
 	if (!strcmp(action, "stats"))
-		rc = do_stats(sp, cfg->queue.path);
+		rc = do_stats(sp, cfg->queue.path) | (cfg->queue.postgres ? pg_stats(cfg) : 0);
 	else if (!strcmp(action, "list"))
 		rc = do_list(sp, dead);
 	else if (!strcmp(action, "show"))

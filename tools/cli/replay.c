@@ -11,6 +11,19 @@
  * while other keys go on; after --max-attempts it is dead-lettered. Nothing
  * is lost on a crash: a record is only marked delivered after the 2xx, so the
  * worst case is one more send of the same write, which the key makes a no-op.
+ *
+ * With queue.postgres the queue is two places: this host's spool and the
+ * table a fleet of sidecars shares (lib/pgq.h). Then, when PostgreSQL can be
+ * reached, the local records go into the table first (unless a running
+ * daemon owns the spool: its forwarder does that) and the table is drained
+ * by claiming ready rows with FOR UPDATE SKIP LOCKED, so any number of
+ * replays on any hosts share the work, each row delivered once and each key
+ * in order; the back-off of a row lives in the row (next_attempt_at), seen by
+ * every worker. When PostgreSQL cannot be reached the local spool is drained
+ * directly, except keys the daemon queued behind rows in the table, which
+ * are held until it is back. Done means: no local record waiting and no
+ * 'queued' row of a configured upstream left in the table (rows still backing
+ * off count as left; without --once the run waits for them).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -24,11 +37,14 @@
 
 #include "cli.h"
 #include "httpc.h"
+#include "pgq.h"
 #include "spool.h"
 
 #define BATCH 4096
 #define BACKOFF_BASE_US 200000
 #define BACKOFF_CAP_US 30000000
+#define PG_BATCH 64
+#define LOCAL_STALL_US 10000000 /* how long to wait for a daemon's forwarder */
 
 struct backoff {
 	uint64_t seq;
@@ -49,8 +65,19 @@ struct replay {
 	size_t nbo, capbo;
 	uint64_t rng;
 
-	uint64_t delivered, dead, sent, total;
+	uint64_t delivered, dead, sent, total, forwarded, held;
 	int64_t start_us, last_send_us, last_progress_us;
+
+	/* queue.postgres */
+	struct pgq *pg;		  /* NULL: not configured or unreachable */
+	bool pg_configured;
+	bool local_direct;	  /* deliver local records over HTTP (no usable PostgreSQL) */
+	bool local_forward;	  /* move local records into the table ourselves */
+	bool local_daemon;	  /* a running daemon's forwarder moves them */
+	const char **ups;	  /* configured upstream names */
+	size_t nups;
+	char sidecar[300];
+	int64_t pg_left;	  /* queued rows of configured upstreams, last count */
 };
 
 static void replay_usage(FILE *f)
@@ -62,6 +89,12 @@ static void replay_usage(FILE *f)
 		"Send the writes waiting in the replay queue to their mirror targets, oldest\n"
 		"first and in order per key, with their original Idempotency-Key.\n"
 		"\n"
+		"With queue.postgres set, this host's spool is moved into the shared table\n"
+		"first and the table is drained; any number of replays on any hosts may run at\n"
+		"once (each row is delivered by one of them, each key in order). If PostgreSQL\n"
+		"cannot be reached, only the local spool is drained (keys queued behind rows in\n"
+		"PostgreSQL are held).\n"
+		"\n"
 		"  -c, --config FILE     the dualwrited configuration\n"
 		"      --once            one pass over what can be sent now (no waiting on\n"
 		"                        back-off); for timers\n"
@@ -71,8 +104,9 @@ static void replay_usage(FILE *f)
 		"      --timeout-ms N    response timeout per send (default: the upstream's)\n"
 		"  -h, --help            this text\n"
 		"\n"
-		"Exit status: 0 when nothing is left waiting, 1 when records remain or on a\n"
-		"runtime failure, 2 on a usage or configuration error.\n");
+		"Exit status: 0 when nothing is left waiting (locally and, when configured, as\n"
+		"'queued' rows of configured upstreams in PostgreSQL), 1 when records remain or\n"
+		"on a runtime failure, 2 on a usage or configuration error.\n");
 }
 
 static uint64_t rng_next(struct replay *r)
@@ -186,8 +220,8 @@ static void progress(struct replay *r, bool force)
 	}
 }
 
-static void outcome(struct replay *r, const struct spool_record *rec, const char *what,
-		    int status, const char *detail, int64_t latency_us)
+static void outcome(struct replay *r, const char *where, const struct spool_record *rec,
+		    const char *what, int status, const char *detail, int64_t latency_us)
 {
 	char st[16];
 
@@ -197,34 +231,154 @@ static void outcome(struct replay *r, const struct spool_record *rec, const char
 		snprintf(st, sizeof(st), "-");
 	clear_progress(r);
 	fprintf(stderr,
-		"replay: seq=%" PRIu64 " route=%s key=%s idem=%s status=%s attempt=%u %s "
+		"replay: %s%" PRIu64 " route=%s key=%s idem=%s status=%s attempt=%u %s "
 		"%.1fms%s%s\n",
-		rec->seq, rec->route ? rec->route : "-", rec->key ? rec->key : "-",
+		where, rec->seq, rec->route ? rec->route : "-", rec->key ? rec->key : "-",
 		rec->idem_key ? rec->idem_key : "-", st, rec->attempts + 1, what,
 		latency_us / 1000.0, detail ? ": " : "", detail ? detail : "");
 }
 
-/* Send one record and record its fate. Returns 1 when its state changed to
- * terminal/dead, 0 when it stays queued, -1 on a spool error. */
-static int send_one(struct replay *r, uint64_t seq)
+/* What one delivery attempt came to. */
+struct result {
+	enum mirror_class k;
+	int status;
+	uint32_t attempts; /* including this one */
+	bool give_up;	   /* retryable, but --max-attempts is reached: dead */
+	char reason[700];  /* dead: why; retry: the last error */
+	int64_t lat;
+};
+
+enum { DELIVER_SENT = 0, DELIVER_UNKNOWN_UPSTREAM = 1, DELIVER_DRY = 2 };
+
+/* Send rec once, with its Idempotency-Key, and classify the answer with the
+ * route's table — the same for a local record and a PostgreSQL row. */
+static int deliver(struct replay *r, const char *where, const struct spool_record *rec,
+		   struct result *res)
 {
-	struct spool_record rec;
 	struct httpc_response resp = {0};
 	struct httpc_request req = {0};
 	struct httpc_header hdrs[6];
-	struct dw_err err = {{0}}, herr = {{0}};
-	char attempt[16], *path = NULL, reason[700];
+	struct dw_err herr = {{0}};
+	char attempt[16], *path = NULL;
 	const struct dw_route *rt;
 	const struct dw_upstream *up;
-	int ui, rc = -1;
+	int ui, rc;
 	size_t nh = 0;
+
+	memset(res, 0, sizeof(*res));
+	ui = config_upstream_index(r->cfg, rec->upstream);
+	if (ui < 0)
+		return DELIVER_UNKNOWN_UPSTREAM;
+	up = &r->cfg->upstreams[ui];
+	rt = find_route(r->cfg, rec->route);
+	if (asprintf(&path, "%s%s", up->base_path ? up->base_path : "",
+		     rec->path ? rec->path : "/") < 0)
+		abort();
+
+	if (r->dry_run) {
+		printf("would send %s%" PRIu64 " %s %s://%s%s key=%s idem=%s attempt=%u%s\n", where,
+		       rec->seq, rec->method, up->tls ? "https" : "http", up->host_header, path,
+		       rec->key ? rec->key : "-", rec->idem_key ? rec->idem_key : "-",
+		       rec->attempts + 1, rec->body ? "" : " (no body)");
+		free(path);
+		return DELIVER_DRY;
+	}
+
+	if (rec->body && rec->content_type)
+		hdrs[nh++] = (struct httpc_header){"Content-Type", rec->content_type};
+	if (rec->idem_key)
+		hdrs[nh++] = (struct httpc_header){"Idempotency-Key", rec->idem_key};
+	if (rec->route)
+		hdrs[nh++] = (struct httpc_header){"X-Dualwrite-Route", rec->route};
+	snprintf(attempt, sizeof(attempt), "%u", rec->attempts + 1);
+	hdrs[nh++] = (struct httpc_header){"X-Dualwrite-Replay", attempt};
+	if (rec->request_id)
+		hdrs[nh++] = (struct httpc_header){"X-Request-Id", rec->request_id};
+	req.host = up->host;
+	req.port = up->port;
+	req.tls = up->tls;
+	req.host_header = up->host_header;
+	req.method = rec->method ? rec->method : "POST";
+	req.path = path;
+	req.headers = hdrs;
+	req.nheaders = nh;
+	req.body = rec->body;
+	req.body_len = rec->body_len;
+	req.connect_timeout_ms = up->connect_timeout_ms;
+	req.timeout_ms = r->timeout_ms > 0 ? r->timeout_ms : up->timeout_ms;
+
+	if (r->rate > 0) {
+		int64_t gap = (int64_t)(1e6 / r->rate);
+		sleep_us(r->last_send_us + gap - dw_now_us());
+	}
+	int64_t t0 = dw_now_us();
+	r->last_send_us = t0;
+	rc = httpc_do(r->http, &req, &resp, &herr);
+	res->lat = dw_now_us() - t0;
+	r->sent++;
+	res->attempts = rec->attempts + 1;
+	res->k = rc < 0 ? MIRROR_RETRY : classify(rt, resp.status);
+	res->status = rc < 0 ? 0 : resp.status;
+
+	if (res->k == MIRROR_PERMANENT) {
+		size_t blen = resp.body_len > 200 ? 200 : resp.body_len;
+		snprintf(res->reason, sizeof(res->reason), "HTTP %d: %.*s", res->status, (int)blen,
+			 resp.body ? resp.body : "");
+		for (char *p = res->reason; *p; p++)
+			if (*p == '\n' || *p == '\r')
+				*p = ' ';
+		for (size_t l = strlen(res->reason); l && res->reason[l - 1] == ' ';)
+			res->reason[--l] = '\0';
+	} else if (res->k == MIRROR_RETRY) {
+		char last[sizeof(herr.msg)];
+		if (rc < 0)
+			snprintf(last, sizeof(last), "%s", herr.msg);
+		else
+			snprintf(last, sizeof(last), "HTTP %d", res->status);
+		if (res->attempts >= r->max_attempts) {
+			res->give_up = true;
+			snprintf(res->reason, sizeof(res->reason), "gave up after %u attempts: %s",
+				 res->attempts, last);
+		} else {
+			snprintf(res->reason, sizeof(res->reason), "%s", last);
+		}
+	}
+	httpc_response_clear(&resp);
+	free(path);
+	return DELIVER_SENT;
+}
+
+/* ---------------------------------------------------------- local spool */
+
+/* Send one local record and record its fate. Returns 1 when its state
+ * changed to terminal/dead, 0 when it stays queued, -1 on a spool error. */
+static int send_one(struct replay *r, uint64_t seq)
+{
+	struct spool_record rec;
+	struct dw_err err = {{0}};
+	struct result res;
+	int rc = -1, d;
 
 	if (spool_read(r->sp, seq, &rec, &err) < 0) {
 		fprintf(stderr, "replay: %s\n", err.msg);
 		return -1;
 	}
-	ui = config_upstream_index(r->cfg, rec.upstream);
-	if (ui < 0) {
+	/* Queued behind rows in PostgreSQL, which cannot be reached: sending it
+	 * now would overtake them (G3). */
+	if (r->pg_configured && rec.key && rec.last_error && !strcmp(rec.last_error, PGQ_BEHIND)) {
+		clear_progress(r);
+		fprintf(stderr,
+			"replay: seq=%" PRIu64 " key=%s held: its key has earlier writes in the "
+			"postgres queue\n",
+			seq, rec.key);
+		bo_fail(r, seq);
+		bo_find(r, seq)->not_before = INT64_MAX;
+		r->held++;
+		rc = 0;
+		goto out;
+	}
+	d = deliver(r, "seq=", &rec, &res);
+	if (d == DELIVER_UNKNOWN_UPSTREAM) {
 		clear_progress(r);
 		fprintf(stderr,
 			"replay: seq=%" PRIu64 ": upstream \"%s\" is not in the configuration; "
@@ -235,99 +389,33 @@ static int send_one(struct replay *r, uint64_t seq)
 		rc = 0;
 		goto out;
 	}
-	up = &r->cfg->upstreams[ui];
-	rt = find_route(r->cfg, rec.route);
-	if (asprintf(&path, "%s%s", up->base_path ? up->base_path : "", rec.path ? rec.path : "/") < 0)
-		abort();
-
-	if (r->dry_run) {
-		printf("would send seq=%" PRIu64 " %s %s://%s%s key=%s idem=%s attempt=%u%s\n", seq,
-		       rec.method, up->tls ? "https" : "http", up->host_header, path,
-		       rec.key ? rec.key : "-", rec.idem_key ? rec.idem_key : "-", rec.attempts + 1,
-		       rec.body ? "" : " (no body)");
+	if (d == DELIVER_DRY) {
 		rc = 0;
 		goto out;
 	}
-
-	if (rec.body && rec.content_type)
-		hdrs[nh++] = (struct httpc_header){"Content-Type", rec.content_type};
-	if (rec.idem_key)
-		hdrs[nh++] = (struct httpc_header){"Idempotency-Key", rec.idem_key};
-	if (rec.route)
-		hdrs[nh++] = (struct httpc_header){"X-Dualwrite-Route", rec.route};
-	snprintf(attempt, sizeof(attempt), "%u", rec.attempts + 1);
-	hdrs[nh++] = (struct httpc_header){"X-Dualwrite-Replay", attempt};
-	if (rec.request_id)
-		hdrs[nh++] = (struct httpc_header){"X-Request-Id", rec.request_id};
-	req.host = up->host;
-	req.port = up->port;
-	req.tls = up->tls;
-	req.host_header = up->host_header;
-	req.method = rec.method ? rec.method : "POST";
-	req.path = path;
-	req.headers = hdrs;
-	req.nheaders = nh;
-	req.body = rec.body;
-	req.body_len = rec.body_len;
-	req.connect_timeout_ms = up->connect_timeout_ms;
-	req.timeout_ms = r->timeout_ms > 0 ? r->timeout_ms : up->timeout_ms;
-
-	if (r->rate > 0) {
-		int64_t gap = (int64_t)(1e6 / r->rate);
-		sleep_us(r->last_send_us + gap - dw_now_us());
-	}
-	int64_t t0 = dw_now_us();
-	r->last_send_us = t0;
-	int hrc = httpc_do(r->http, &req, &resp, &herr);
-	int64_t lat = dw_now_us() - t0;
-	r->sent++;
-	uint32_t attempts = rec.attempts + 1;
-	enum mirror_class k = hrc < 0 ? MIRROR_RETRY : classify(rt, resp.status);
-	int status = hrc < 0 ? 0 : resp.status;
-
-	if (k == MIRROR_DELIVERED) {
-		if (spool_set_state(r->sp, seq, SPOOL_DELIVERED, attempts, status, NULL, &err) < 0)
+	if (res.k == MIRROR_DELIVERED) {
+		if (spool_set_state(r->sp, seq, SPOOL_DELIVERED, res.attempts, res.status, NULL,
+				    &err) < 0)
 			goto spool_fail;
-		outcome(r, &rec, "delivered", status, NULL, lat);
+		outcome(r, "seq=", &rec, "delivered", res.status, NULL, res.lat);
 		r->delivered++;
 		bo_forget(r, seq);
 		rc = 1;
-	} else if (k == MIRROR_PERMANENT) {
-		size_t blen = resp.body_len > 200 ? 200 : resp.body_len;
-		snprintf(reason, sizeof(reason), "HTTP %d: %.*s", status, (int)blen,
-			 resp.body ? resp.body : "");
-		for (char *p = reason; *p; p++)
-			if (*p == '\n' || *p == '\r')
-				*p = ' ';
-		for (size_t l = strlen(reason); l && reason[l - 1] == ' ';)
-			reason[--l] = '\0';
-		if (spool_set_state(r->sp, seq, SPOOL_DEAD, attempts, status, reason, &err) < 0)
+	} else if (res.k == MIRROR_PERMANENT || res.give_up) {
+		if (spool_set_state(r->sp, seq, SPOOL_DEAD, res.attempts, res.status, res.reason,
+				    &err) < 0)
 			goto spool_fail;
-		outcome(r, &rec, "dead", status, reason, lat);
+		outcome(r, "seq=", &rec, "dead", res.status, res.reason, res.lat);
 		r->dead++;
 		bo_forget(r, seq);
 		rc = 1;
 	} else {
-		char last[sizeof(herr.msg)];
-		if (hrc < 0)
-			snprintf(last, sizeof(last), "%s", herr.msg);
-		else
-			snprintf(last, sizeof(last), "HTTP %d", status);
-		if (attempts >= r->max_attempts) {
-			snprintf(reason, sizeof(reason), "gave up after %u attempts: %s", attempts, last);
-			if (spool_set_state(r->sp, seq, SPOOL_DEAD, attempts, status, reason, &err) < 0)
-				goto spool_fail;
-			outcome(r, &rec, "dead", status, reason, lat);
-			r->dead++;
-			bo_forget(r, seq);
-			rc = 1;
-		} else {
-			if (spool_set_state(r->sp, seq, SPOOL_QUEUED, attempts, status, last, &err) < 0)
-				goto spool_fail;
-			bo_fail(r, seq);
-			outcome(r, &rec, "retry later", status, last, lat);
-			rc = 0;
-		}
+		if (spool_set_state(r->sp, seq, SPOOL_QUEUED, res.attempts, res.status, res.reason,
+				    &err) < 0)
+			goto spool_fail;
+		bo_fail(r, seq);
+		outcome(r, "seq=", &rec, "retry later", res.status, res.reason, res.lat);
+		rc = 0;
 	}
 	goto out;
 spool_fail:
@@ -335,9 +423,7 @@ spool_fail:
 	fprintf(stderr, "replay: %s\n", err.msg);
 	rc = -1;
 out:
-	httpc_response_clear(&resp);
 	spool_record_clear(&rec);
-	free(path);
 	return rc;
 }
 
@@ -351,15 +437,159 @@ static uint64_t waiting(struct replay *r)
 	return st.queued + (spool_owner_alive(r->sp) ? 0 : st.pending);
 }
 
+/* One pass of direct local delivery. Returns -1 on a spool error, else
+ * whether anything moved; lowers *earliest to the next back-off end. */
+static int local_pass(struct replay *r, uint64_t *seqs, int64_t *earliest)
+{
+	size_t n = spool_ready(r->sp, seqs, BATCH);
+	bool progressed = false;
+
+	for (size_t i = 0; i < n; i++) {
+		struct backoff *b = bo_find(r, seqs[i]);
+		if (b && b->not_before > dw_now_us()) {
+			if (b->not_before < *earliest)
+				*earliest = b->not_before;
+			continue;
+		}
+		int s = send_one(r, seqs[i]);
+		if (s < 0)
+			return -1;
+		if (s > 0)
+			progressed = true;
+		b = bo_find(r, seqs[i]);
+		if (s == 0 && b && b->not_before < *earliest)
+			*earliest = b->not_before;
+		progress(r, false);
+	}
+	return progressed;
+}
+
+/* Move this host's waiting records into the table. Returns how many, or -1. */
+static long forward_local(struct replay *r)
+{
+	struct dw_err err = {{0}};
+	struct dw_errlist warns = {0};
+	long n, total = 0;
+
+	do {
+		n = pgq_forward_spool(r->pg, r->sp, !spool_owner_alive(r->sp), 256, r->sidecar,
+				      NULL, NULL, &warns, &err);
+		for (size_t i = 0; i < warns.n; i++)
+			fprintf(stderr, "replay: warning: %s\n", warns.msgs[i]);
+		dw_errlist_free(&warns);
+		if (n < 0) {
+			clear_progress(r);
+			fprintf(stderr, "replay: %s\n", err.msg);
+			return -1;
+		}
+		total += n;
+	} while (n == 256);
+	if (total) {
+		clear_progress(r);
+		fprintf(stderr, "replay: moved %ld local record%s into the postgres queue\n", total,
+			total == 1 ? "" : "s");
+		r->forwarded += (uint64_t)total;
+	}
+	return total;
+}
+
+/* ---------------------------------------------------------- PostgreSQL */
+
+/* The wait before attempt n + 1 after n failures: 200 ms * 2^(n-1), capped
+ * at 30 s, +-25 % jitter (as for local records). */
+static int64_t backoff_us(struct replay *r, uint32_t failures)
+{
+	int64_t d = BACKOFF_BASE_US;
+
+	for (uint32_t i = 1; i < failures && d < BACKOFF_CAP_US; i++)
+		d *= 2;
+	if (d > BACKOFF_CAP_US)
+		d = BACKOFF_CAP_US;
+	return d * 3 / 4 + (int64_t)(rng_next(r) % (uint64_t)(d / 2 + 1));
+}
+
+/* Claim a batch of ready rows, deliver each, record the outcomes, commit.
+ * Returns the number of rows handled, or -1 on a PostgreSQL error. */
+static long pg_pass(struct replay *r)
+{
+	struct spool_record *recs = NULL;
+	struct dw_err err = {{0}};
+	struct result res;
+	size_t n = 0;
+	long rc = -1;
+
+	if (pgq_claim(r->pg, r->ups, r->nups, PG_BATCH, !r->dry_run, &recs, &n, &err) < 0)
+		goto fail;
+	for (size_t i = 0; i < n; i++) {
+		struct spool_record *rec = &recs[i];
+		enum spool_state st;
+		const char *what;
+		if (deliver(r, "pg id=", rec, &res) != DELIVER_SENT)
+			continue; /* dry run (the claim filters unknown upstreams) */
+		if (res.k == MIRROR_DELIVERED) {
+			st = SPOOL_DELIVERED;
+			what = "delivered";
+			r->delivered++;
+		} else if (res.k == MIRROR_PERMANENT || res.give_up) {
+			st = SPOOL_DEAD;
+			what = "dead";
+			r->dead++;
+		} else {
+			st = SPOOL_QUEUED;
+			what = "retry later";
+		}
+		if (pgq_mark(r->pg, rec->seq, st, res.attempts, res.status,
+			     st == SPOOL_DELIVERED ? NULL : res.reason,
+			     st == SPOOL_QUEUED ? backoff_us(r, res.attempts) : 0, &err) < 0)
+			goto fail;
+		outcome(r, "pg id=", rec, what, res.status,
+			st == SPOOL_DELIVERED ? NULL : res.reason, res.lat);
+		progress(r, false);
+	}
+	if (r->dry_run)
+		pgq_rollback(r->pg);
+	else if (pgq_commit(r->pg, &err) < 0)
+		goto fail;
+	rc = (long)n;
+	goto out;
+fail:
+	pgq_rollback(r->pg);
+	clear_progress(r);
+	fprintf(stderr, "replay: %s\n", err.msg);
+out:
+	for (size_t i = 0; i < n; i++)
+		spool_record_clear(&recs[i]);
+	free(recs);
+	return rc;
+}
+
+/* Queued rows of configured upstreams; the time until the first is due. */
+static int pg_count(struct replay *r, int64_t *due_in_us)
+{
+	struct pgq_stats st;
+	struct dw_err err = {{0}};
+
+	if (pgq_stats(r->pg, r->ups, r->nups, &st, &err) < 0) {
+		clear_progress(r);
+		fprintf(stderr, "replay: %s\n", err.msg);
+		return -1;
+	}
+	r->pg_left = st.queued;
+	if (due_in_us)
+		*due_in_us = st.next_due_in_us;
+	return 0;
+}
+
 static int run(struct replay *r)
 {
 	uint64_t *seqs = dw_calloc(BATCH, sizeof(*seqs));
 	struct dw_err err = {{0}};
+	uint64_t local_seen = UINT64_MAX;
+	int64_t local_changed = dw_now_us();
 	int rc = 0;
 
 	for (;;) {
-		size_t n;
-		bool progressed = false, spool_err = false;
+		bool progressed = false;
 		int64_t earliest = INT64_MAX;
 
 		if (spool_refresh(r->sp, &err) < 0) {
@@ -368,37 +598,61 @@ static int run(struct replay *r)
 			rc = 1;
 			break;
 		}
-		n = spool_ready(r->sp, seqs, BATCH);
-		if (n == 0)
-			break;
-		for (size_t i = 0; i < n; i++) {
-			struct backoff *b = bo_find(r, seqs[i]);
-			if (b && b->not_before > dw_now_us()) {
-				if (b->not_before < earliest)
-					earliest = b->not_before;
-				continue;
-			}
-			int s = send_one(r, seqs[i]);
-			if (s < 0) {
-				spool_err = true;
+		if (r->local_forward && !r->dry_run) {
+			long n = forward_local(r);
+			if (n < 0) {
+				rc = 1;
 				break;
 			}
-			if (s > 0)
-				progressed = true;
-			b = bo_find(r, seqs[i]);
-			if (s == 0 && b && b->not_before < earliest)
-				earliest = b->not_before;
-			progress(r, false);
+			progressed |= n > 0;
 		}
-		if (spool_err) {
-			rc = 1;
-			break;
+		if (r->pg) {
+			long n = pg_pass(r);
+			if (n < 0) {
+				rc = 1;
+				break;
+			}
+			progressed |= n > 0;
+		}
+		if (r->local_direct) {
+			int s = local_pass(r, seqs, &earliest);
+			if (s < 0) {
+				rc = 1;
+				break;
+			}
+			progressed |= s > 0;
 		}
 		if (r->dry_run)
 			break;
 		if (progressed)
 			continue;
-		/* Nothing moved in this pass: everything ready is backing off. */
+		/* Nothing moved in this pass: what is left is backing off, held
+		 * by another worker, or waiting for a daemon's forwarder. */
+		if (r->pg) {
+			int64_t due_in;
+			if (pg_count(r, &due_in) < 0) {
+				rc = 1;
+				break;
+			}
+			if (r->pg_left > 0) {
+				if (due_in < 100000)
+					due_in = 100000;
+				if (due_in > 1000000)
+					due_in = 1000000;
+				if (dw_now_us() + due_in < earliest)
+					earliest = dw_now_us() + due_in;
+			}
+		}
+		if (r->local_daemon) {
+			uint64_t w = waiting(r);
+			if (w != local_seen) {
+				local_seen = w;
+				local_changed = dw_now_us();
+			}
+			if (w && dw_now_us() - local_changed < LOCAL_STALL_US &&
+			    dw_now_us() + 250000 < earliest)
+				earliest = dw_now_us() + 250000;
+		}
 		if (r->once || earliest == INT64_MAX)
 			break;
 		if (r->tty)
@@ -425,7 +679,7 @@ int cmd_replay(int argc, char **argv)
 	const char *cfgpath = NULL;
 	struct dw_err err = {{0}};
 	struct dw_errlist w = {0};
-	char *end;
+	char *end, host[256] = "";
 	int c, rc = 2;
 	long v;
 
@@ -491,16 +745,46 @@ int cmd_replay(int argc, char **argv)
 		rc = 1;
 		goto out;
 	}
-	if (!r.dry_run && spool_lock_consumer(r.sp, false, &err) < 0) {
-		fprintf(stderr, "dualwrite replay: %s\n", err.msg);
-		rc = 1;
-		goto out;
+	r.ups = dw_calloc(r.cfg->nupstreams ? r.cfg->nupstreams : 1, sizeof(*r.ups));
+	for (size_t i = 0; i < r.cfg->nupstreams; i++)
+		r.ups[r.nups++] = r.cfg->upstreams[i].name;
+	if (gethostname(host, sizeof(host) - 1) < 0)
+		snprintf(host, sizeof(host), "unknown");
+	snprintf(r.sidecar, sizeof(r.sidecar), "%s:%d (replay)", host, (int)getpid());
+
+	r.pg_configured = r.cfg->queue.postgres != NULL;
+	if (r.pg_configured) {
+		r.pg = pgq_open(r.cfg->queue.postgres, r.cfg->queue.table, &err);
+		if (!r.pg)
+			fprintf(stderr, "replay: postgres unreachable, draining the local spool only: "
+					"%s\n",
+				err.msg);
+	}
+	if (r.pg) {
+		if (r.dry_run) {
+			/* list the table's ready rows; local ones only counted */
+		} else if (spool_owner_alive(r.sp)) {
+			r.local_daemon = true;
+		} else if (spool_lock_consumer(r.sp, false, &err) == 0) {
+			r.local_forward = true;
+		} else {
+			fprintf(stderr, "replay: %s; draining the postgres queue only\n", err.msg);
+		}
+	} else {
+		if (!r.dry_run && spool_lock_consumer(r.sp, false, &err) < 0) {
+			fprintf(stderr, "dualwrite replay: %s\n", err.msg);
+			rc = 1;
+			goto out;
+		}
+		r.local_direct = true;
 	}
 	r.http = httpc_new();
 	r.tty = cli_is_tty() && !r.dry_run;
 	r.rng = (uint64_t)dw_now_us() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
 	r.start_us = dw_now_us();
 	r.total = waiting(&r);
+	if (r.pg && pg_count(&r, NULL) == 0)
+		r.total += (uint64_t)r.pg_left;
 
 	rc = run(&r);
 	if (!r.dry_run && spool_sync(r.sp, &err) < 0) {
@@ -513,22 +797,39 @@ int cmd_replay(int argc, char **argv)
 		fprintf(stderr, "replay: warning: %s\n", w.msgs[i]);
 	dw_errlist_free(&w);
 
+	if (spool_refresh(r.sp, &err) < 0)
+		fprintf(stderr, "replay: %s\n", err.msg);
 	uint64_t left = waiting(&r);
+	if (r.pg && pg_count(&r, NULL) < 0)
+		rc = 1;
 	if (r.dry_run) {
-		fprintf(stderr, "replay: dry run, %" PRIu64 " record%s waiting, nothing sent\n", left,
+		fprintf(stderr, "replay: dry run, %" PRIu64 " local record%s waiting", left,
 			left == 1 ? "" : "s");
+		if (r.pg)
+			fprintf(stderr, ", %" PRId64 " in the postgres queue", r.pg_left);
+		fprintf(stderr, ", nothing sent\n");
 	} else {
 		fprintf(stderr,
 			"replay: delivered %" PRIu64 ", dead %" PRIu64 ", remaining %" PRIu64
-			" in %.1f s\n",
-			r.delivered, r.dead, left, (dw_now_us() - r.start_us) / 1e6);
-		if (rc == 0 && left)
+			" local",
+			r.delivered, r.dead, left);
+		if (r.held)
+			fprintf(stderr, " (%" PRIu64 " held behind the postgres queue)", r.held);
+		if (r.pg)
+			fprintf(stderr, " and %" PRId64 " in postgres (%" PRIu64 " moved there)",
+				r.pg_left, r.forwarded);
+		else if (r.pg_configured)
+			fprintf(stderr, " (postgres unreachable)");
+		fprintf(stderr, " in %.1f s\n", (dw_now_us() - r.start_us) / 1e6);
+		if (rc == 0 && (left || (r.pg && r.pg_left)))
 			rc = 1;
 	}
 out:
+	pgq_close(r.pg);
 	httpc_free(r.http);
 	spool_close(r.sp);
 	free(r.bo);
+	free(r.ups);
 	config_unref(r.cfg);
 	return rc;
 }
