@@ -75,7 +75,7 @@ static void status_cb(struct evhttp_request *req, struct server *srv)
 	}
 	json_object_set_new(doc, "routes", routes);
 	json_object_set_new(queue, "path", json_string(cfg->queue.path));
-	json_object_set_new(queue, "depth", json_integer((json_int_t)(st.queued + st.pending)));
+	json_object_set_new(queue, "depth", json_integer((json_int_t)st.queued + (json_int_t)st.pending));
 	json_object_set_new(queue, "queued", json_integer((json_int_t)st.queued));
 	json_object_set_new(queue, "pending", json_integer((json_int_t)st.pending));
 	json_object_set_new(queue, "dead", json_integer((json_int_t)st.dead));

@@ -58,34 +58,32 @@ enum out_mode {
  */
 struct exchange {
 	struct dw_config *cfg; /* reference held for the request's life */
-	char reqid[72];
 	int64_t t_start;
 	struct http_head req;
-	bool keep_alive;
-	struct evbuffer *body; /* the whole (decoded) request body */
-	int64_t body_left;     /* Content-Length bytes still to read */
-	bool body_chunked;
-	struct http_chunked chunk;
-	const struct dw_route *route;
-	struct route_params params;
-	bool mirrored; /* the mirror was captured (journaled) for this request */
-
-	/* the upstream exchange */
-	struct upconn *up;
-	bool up_retried;
-	bool up_paused;
-	struct http_scanner rscan;
 	struct http_head resp;
-	bool resp_head_done;
-	enum http_body_kind rkind;
-	int64_t rleft;
-	struct http_chunked rchunk;
-	enum out_mode mode;
-	bool close_after;
-	int status;
-	bool hold;		  /* answer held until the mirror is journaled */
+	struct evbuffer *body;	  /* the whole (decoded) request body */
 	struct evbuffer *held;	  /* the held answer */
 	struct evbuffer *capture; /* decoded response body for $response */
+	int64_t body_left;	  /* Content-Length bytes still to read */
+	int64_t rleft;		  /* response Content-Length bytes still to come */
+	struct http_chunked chunk;
+	struct http_chunked rchunk;
+	struct http_scanner rscan;
+	const struct dw_route *route;
+	struct route_params params;
+	struct upconn *up;
+	enum http_body_kind rkind;
+	enum out_mode mode;
+	int status;
+	char reqid[72];
+	bool keep_alive;
+	bool body_chunked;
+	bool mirrored;	     /* the mirror was captured (journaled) */
+	bool up_retried;
+	bool up_paused;
+	bool resp_head_done;
+	bool close_after;
+	bool hold;	     /* answer held until the mirror is journaled */
 	bool capture_overflow;
 };
 

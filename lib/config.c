@@ -1190,7 +1190,7 @@ static void load_tables(struct loader *L, const config_setting_t *root)
 			continue;
 		}
 		t->column_names = dw_calloc((size_t)nc, sizeof(*t->column_names));
-		t->columns = dw_calloc((size_t)nc, sizeof(*t->columns));
+		t->columns = dw_calloc((size_t)nc, sizeof(struct expr *));
 		for (int j = 0; j < nc; j++) {
 			const config_setting_t *m = config_setting_get_elem(cols, (unsigned)j);
 			const char *cn = config_setting_name(m);

@@ -298,7 +298,7 @@ static struct expr *compile_setting(const config_setting_t *s, const char *where
 		bool group = config_setting_is_group(s);
 		e = node_new(group ? N_OBJ : N_ARR);
 		n = config_setting_length(s);
-		e->items = dw_calloc((size_t)n + 1, sizeof(*e->items));
+		e->items = dw_calloc((size_t)n + 1, sizeof(struct expr *));
 		if (group)
 			e->keys = dw_calloc((size_t)n + 1, sizeof(*e->keys));
 		for (int i = 0; i < n; i++) {

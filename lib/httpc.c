@@ -436,7 +436,7 @@ static char *build_request(const struct httpc_request *req, size_t *len)
 	} else {
 		bool v6 = strchr(req->host, ':') != NULL;
 		bool dflt = req->port == (req->tls ? 443 : 80);
-		n = snprintf(line, sizeof(line), "Host: %s%s%s", v6 ? "[" : "", req->host,
+		snprintf(line, sizeof(line), "Host: %s%s%s", v6 ? "[" : "", req->host,
 			     v6 ? "]" : "");
 		gb_add(&g, line, strlen(line));
 		if (!dflt) {
@@ -568,7 +568,6 @@ static int exchange(struct conn *k, const struct httpc_request *req, const char 
 			}
 			avail = (size_t)n;
 			r = http_chunked_decode(&ch, tmp, (size_t)n, &used, gb_emit, &body, err);
-			start = 0;
 		}
 		if (r != HTTP_OK) {
 			dw_err_prefix(err, "bad chunked response body");

@@ -341,7 +341,7 @@ static char **sset_slot(const struct sset *s, const char *k)
 {
 	size_t i = hash_str(k) & (s->cap - 1);
 
-	while (s->slot[i] && strcmp(s->slot[i], k))
+	while (s->slot[i] && strcmp(s->slot[i], k) != 0)
 		i = (i + 1) & (s->cap - 1);
 	return &s->slot[i];
 }

@@ -380,7 +380,7 @@ static struct keynode *keymap_find(struct keymap *m, const char *s, size_t n, ui
 static void keymap_grow(struct keymap *m)
 {
 	size_t nb = m->nb ? m->nb * 2 : 1024;
-	struct keynode **b = dw_calloc(nb, sizeof(*b));
+	struct keynode **b = dw_calloc(nb, sizeof(struct keynode *));
 
 	for (size_t i = 0; i < m->nb; i++) {
 		struct keynode *k = m->b[i], *next;
@@ -1021,7 +1021,6 @@ static int refresh_locked(struct spool *sp, bool can_fix, struct dw_err *err)
 						       ".log: torn tail of %zu bytes at offset %" PRIu64
 						       " cut off",
 						       sp->tail_id, n - pos, sp->tail_off + pos);
-					n = pos;
 				} else {
 					if (sp->warned_off != sp->tail_off + pos + 1)
 						dw_errlist_add(&sp->warnings,
@@ -1030,7 +1029,6 @@ static int refresh_locked(struct spool *sp, bool can_fix, struct dw_err *err)
 							       PRIu64 " (left alone: read-only)",
 							       sp->tail_id, n - pos, sp->tail_off + pos);
 					sp->warned_off = sp->tail_off + pos + 1;
-					n = pos;
 				}
 				break;
 			}

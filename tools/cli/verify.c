@@ -835,7 +835,6 @@ int cmd_verify(int argc, char **argv)
 			   m.tm->target.key);
 		goto out;
 	}
-	rc = 1;
 	if (checksum(&m, o.chunk, &src_rows, &tgt_rows, &suspects, &err) < 0)
 		goto fail;
 	ssql = columns_sql(&m, true);
