@@ -12,7 +12,7 @@ CC       ?= cc
 PREFIX   ?= /usr/local
 DESTDIR  ?=
 SANITIZE ?=
-PKGS     := libevent libevent_openssl libevent_pthreads openssl jansson libconfig libpq
+PKGS     := libevent libevent_openssl openssl jansson libconfig libpq
 
 ifeq ($(SANITIZE),)
 B        ?= build

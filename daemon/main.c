@@ -6,7 +6,6 @@
  */
 #include <errno.h>
 #include <event2/event.h>
-#include <event2/thread.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -302,7 +301,9 @@ int main(int argc, char **argv)
 	}
 	dw_log_set_level(debug ? DW_LOG_DEBUG : srv.cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);
-	evthread_use_pthreads();
+	/* No evthread_use_pthreads(): each loop is touched by its own thread
+	 * only (cross-thread requests go through wake.c), so event_add takes no
+	 * lock. */
 	pthread_mutex_init(&srv.cfg_lock, NULL);
 	srv.conf_path = dw_strdup(path);
 	srv.metrics = metrics_new();

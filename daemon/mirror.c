@@ -38,6 +38,8 @@
 #define KEY_BUCKETS 4096
 #define EXCERPT 200
 
+enum { WAKE_INBOX = 1, WAKE_DRAIN = 2 };
+
 struct keyq;
 
 struct mirror_job {
@@ -97,7 +99,8 @@ struct mirror {
 	pthread_mutex_t lock; /* guards inbox and closed */
 	struct job_list inbox;
 	bool closed;
-	struct event *inbox_ev, *drain_ev, *deadline_ev;
+	struct wake wake; /* inbox and drain requests from other threads */
+	struct event *deadline_ev;
 
 	/* mirror thread only */
 	struct keyq *keys[KEY_BUCKETS];
@@ -616,6 +619,7 @@ static void send_write_request(struct send *s)
 	struct evbuffer *out = bufferevent_get_output(bev);
 	struct timeval tv = {up->timeout_ms / 1000, (suseconds_t)(up->timeout_ms % 1000) * 1000};
 
+	upconn_begin(s->uc);
 	evbuffer_add_printf(out,
 			    "%s %s%s HTTP/1.1\r\nHost: %s\r\nIdempotency-Key: %s\r\n"
 			    "X-Dualwrite-Route: %s\r\nX-Request-Id: %s\r\n",
@@ -632,7 +636,8 @@ static void send_write_request(struct send *s)
 		evbuffer_add(out, j->body, j->body_len);
 	bufferevent_setcb(bev, send_read_cb, NULL, send_event_cb, s);
 	bufferevent_set_timeouts(bev, &tv, &tv);
-	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	bufferevent_enable(bev, EV_READ);
+	upconn_flush(s->uc);
 }
 
 static void send_ready(struct upconn *uc, int error, void *arg)
@@ -759,7 +764,7 @@ void mirror_submit(struct mirror *mi, struct mirror_job *job)
 	TAILQ_INSERT_TAIL(&mi->inbox, job, link);
 	pthread_mutex_unlock(&mi->lock);
 	if (wake)
-		event_active(mi->inbox_ev, EV_TIMEOUT, 0);
+		wake_post(&mi->wake, WAKE_INBOX);
 }
 
 static void drain_cb(evutil_socket_t fd, short what, void *arg)
@@ -776,6 +781,14 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	evtimer_add(mi->deadline_ev, &tv);
+}
+
+static void wake_cb(void *arg, unsigned bits)
+{
+	if (bits & WAKE_INBOX)
+		inbox_cb(-1, 0, arg);
+	if (bits & WAKE_DRAIN)
+		drain_cb(-1, 0, arg);
 }
 
 static void deadline_cb(evutil_socket_t fd, short what, void *arg)
@@ -808,8 +821,12 @@ struct mirror *mirror_new(struct server *srv, struct dw_err *err)
 	pthread_mutex_init(&mi->lock, NULL);
 	TAILQ_INIT(&mi->inbox);
 	TAILQ_INIT(&mi->sends);
-	mi->inbox_ev = event_new(mi->base, -1, 0, inbox_cb, mi);
-	mi->drain_ev = event_new(mi->base, -1, 0, drain_cb, mi);
+	if (wake_init(&mi->wake, mi->base, wake_cb, mi, err) < 0) {
+		pool_set_free(mi->pools);
+		event_base_free(mi->base);
+		free(mi);
+		return NULL;
+	}
 	mi->deadline_ev = evtimer_new(mi->base, deadline_cb, mi);
 	mi->h_duration = metrics_histogram(srv->metrics, "dualwrite_mirror_duration_seconds",
 					   "From legacy acknowledgement to delivery on the new system.",
@@ -845,7 +862,7 @@ void mirror_drain_free(struct mirror *mi, int deadline_ms)
 	pthread_mutex_unlock(&mi->lock);
 	mi->drain_ms = deadline_ms > 0 ? deadline_ms : 1;
 	if (mi->started) {
-		event_active(mi->drain_ev, EV_TIMEOUT, 0);
+		wake_post(&mi->wake, WAKE_DRAIN);
 		pthread_join(mi->thread, NULL);
 	}
 	/* Whatever did not finish in time goes to the queue. The order of these
@@ -882,8 +899,7 @@ void mirror_drain_free(struct mirror *mi, int deadline_ms)
 		mi->in_memory++;
 		queue_left(mi, j, "daemon stopped before the mirror was sent");
 	}
-	event_free(mi->inbox_ev);
-	event_free(mi->drain_ev);
+	wake_free(&mi->wake);
 	event_free(mi->deadline_ev);
 	pool_set_free(mi->pools);
 	event_base_free(mi->base);

@@ -281,6 +281,29 @@ bool upconn_reused(const struct upconn *uc)
 	return uc->reused;
 }
 
+void upconn_begin(struct upconn *uc)
+{
+	/* With EV_WRITE disabled, adding to the output does not arm the write
+	 * event (an epoll_ctl pair per request); upconn_flush writes at once. */
+	if (!uc->pool->tls)
+		bufferevent_disable(uc->bev, EV_WRITE);
+}
+
+void upconn_flush(struct upconn *uc)
+{
+	struct evbuffer *out = bufferevent_get_output(uc->bev);
+
+	if (!uc->pool->tls && evbuffer_get_length(out) > 0 &&
+	    evbuffer_write_unfrozen(out, bufferevent_getfd(uc->bev)) < 0 &&
+	    !errno_retriable(EVUTIL_SOCKET_ERROR())) {
+		/* Let the bufferevent hit the error and report it as an event. */
+		bufferevent_enable(uc->bev, EV_WRITE);
+		return;
+	}
+	if (uc->pool->tls || evbuffer_get_length(out) > 0)
+		bufferevent_enable(uc->bev, EV_WRITE);
+}
+
 void upconn_release(struct upconn *uc, bool keep)
 {
 	struct pool *p = uc->pool;

@@ -50,6 +50,7 @@ enum out_mode {
 #define OUT_HIGH_WATER ((size_t)256 * 1024) /* pause the upstream above this */
 #define OUT_LOW_WATER ((size_t)64 * 1024)  /* resume it at or below this */
 #define RESP_MAX_HEAD 65536
+#define IN_HIGH_SLACK 65536 /* input beyond max_header_bytes before reading pauses */
 
 /*
  * Everything that belongs to one request in progress. Allocated when its
@@ -95,7 +96,8 @@ struct conn {
 	struct event *timer;
 	struct exchange *x; /* NULL between requests */
 	enum cstate state;
-	bool got_bytes; /* any byte of the current request received */
+	bool got_bytes;	  /* any byte of the current request received */
+	bool client_gone; /* reset mid-exchange: finish for the mirror, then close */
 	struct http_scanner scan;
 	char peer[INET6_ADDRSTRLEN];
 };
@@ -253,6 +255,34 @@ static void json_escape_into(struct evbuffer *out, const char *s)
 static void conn_next(struct conn *c);
 
 /* Close once everything queued for the client is written. */
+/*
+ * Write what is queued for the client now. The write event is armed only for
+ * what the socket did not take, and disarmed again in conn_write_cb once the
+ * output is empty: no epoll_ctl pair per answer.
+ */
+static void conn_flush(struct conn *c)
+{
+	struct evbuffer *out;
+
+	if (c->state == CS_CLOSED)
+		return;
+	out = bufferevent_get_output(c->bev);
+	if (evbuffer_get_length(out) == 0)
+		return;
+	if (c->client_gone) {
+		evbuffer_drain(out, evbuffer_get_length(out));
+		return;
+	}
+	if (evbuffer_write_unfrozen(out, bufferevent_getfd(c->bev)) < 0 &&
+	    !errno_retriable(EVUTIL_SOCKET_ERROR())) {
+		/* The bufferevent reports the error through conn_event_cb. */
+		bufferevent_enable(c->bev, EV_WRITE);
+		return;
+	}
+	if (evbuffer_get_length(out) > 0)
+		bufferevent_enable(c->bev, EV_WRITE);
+}
+
 static void conn_finish_close(struct conn *c)
 {
 	if (c->state == CS_CLOSED)
@@ -261,7 +291,8 @@ static void conn_finish_close(struct conn *c)
 	bufferevent_disable(c->bev, EV_READ);
 	evtimer_del(c->timer);
 	timer_set(c, 5000); /* a client that never reads does not keep us */
-	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+	conn_flush(c);
+	if (c->state != CS_CLOSED && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
 		conn_close(c, NULL);
 }
 
@@ -294,6 +325,9 @@ static void respond_error(struct conn *c, int status, const char *msg, bool clos
 	evbuffer_add_printf(out, "%s\r\n", close ? "Connection: close\r\n" : "");
 	evbuffer_add_buffer(out, body);
 	evbuffer_free(body);
+	conn_flush(c);
+	if (c->state == CS_CLOSED)
+		return;
 	count_status(c, status);
 	dw_log(status >= 500 ? DW_LOG_WARN : DW_LOG_INFO, rid, "%d %s (%s)", status, msg, c->peer);
 	if (x && x->up) {
@@ -361,7 +395,13 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 	metric_inc(srv->m_conns_total);
 	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
 	bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
-	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	/* Reading stays on for the connection's life (no epoll_ctl pair per
+	 * request); the high watermark bounds what a pipelining client can
+	 * buffer while a request is upstream. Writes go out via conn_flush. */
+	bufferevent_setwatermark(c->bev, EV_READ, 0,
+				 w->cfg->limits.max_header_bytes + IN_HIGH_SLACK);
+	bufferevent_disable(c->bev, EV_WRITE); /* on by default in libevent */
+	bufferevent_enable(c->bev, EV_READ);
 	/* A new connection gets the head deadline from its first moment. */
 	conn_set_state(c, CS_HEAD);
 	timer_set(c, w->cfg->limits.header_timeout_ms);
@@ -519,8 +559,13 @@ static void on_head(struct conn *c)
 	evtimer_del(c->timer);
 	timer_set(c, lim->body_timeout_ms);
 	/* Expect: 100-continue is ours to answer; it is never forwarded. */
-	if (c->x->req.expect_continue && c->x->req.version_minor == 1 && evbuffer_get_length(in) == 0)
+	if (c->x->req.expect_continue && c->x->req.version_minor == 1 &&
+	    evbuffer_get_length(in) == 0) {
 		bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+		conn_flush(c);
+		if (c->state == CS_CLOSED)
+			return;
+	}
 	on_input(c);
 }
 
@@ -586,6 +631,8 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
 
+	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+		bufferevent_disable(bev, EV_WRITE); /* back to writing directly */
 	if (c->state == CS_CLOSING) {
 		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
 			conn_close(c, NULL);
@@ -600,8 +647,25 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct conn *c = arg;
+	bool exchange = c->state == CS_UPSTREAM || c->state == CS_RESPONSE || c->state == CS_SYNC;
 
-	(void)bev;
+	if ((what & BEV_EVENT_EOF) && exchange) {
+		/* A half-close after the request: answer it, then close. */
+		c->x->keep_alive = false;
+		c->x->close_after = true;
+		return;
+	}
+	if (exchange && !(what & BEV_EVENT_EOF) &&
+	    ((c->state == CS_UPSTREAM && c->x->route && c->x->route->mirror) ||
+	     (c->state == CS_RESPONSE && c->x->hold))) {
+		/* The legacy may be acknowledging a mirrored write right now: see
+		 * the exchange through so the write is journaled (G2), then close. */
+		bufferevent_disable(bev, EV_READ | EV_WRITE);
+		c->client_gone = true;
+		c->x->keep_alive = false;
+		c->x->close_after = true;
+		return;
+	}
 	if (c->state == CS_IDLE && (what & BEV_EVENT_EOF))
 		conn_close(c, NULL);
 	else
@@ -647,7 +711,6 @@ static void dispatch(struct conn *c)
 	int e = 0;
 	char msg[256];
 
-	bufferevent_disable(c->bev, EV_READ);
 	c->x->up = pool_get(c->w->pools, up, up_ready, c, &connected, &e);
 	if (!c->x->up) {
 		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): connect: %s", up->name,
@@ -674,6 +737,7 @@ static void send_request(struct conn *c)
 	size_t xff_len = 0, blen = evbuffer_get_length(c->x->body);
 	struct timeval tv = {up->timeout_ms / 1000, (suseconds_t)(up->timeout_ms % 1000) * 1000};
 
+	upconn_begin(c->x->up);
 	evbuffer_add_printf(out, "%.*s %s%.*s%s%.*s HTTP/1.1\r\n", (int)r->method_len,
 			    r->method_str, up->base_path, (int)r->path_len, r->path,
 			    r->query ? "?" : "", r->query ? (int)r->query_len : 0,
@@ -708,7 +772,8 @@ static void send_request(struct conn *c)
 	http_scanner_init(&c->x->rscan);
 	bufferevent_setcb(ub, up_read_cb, NULL, up_event_cb, c);
 	bufferevent_set_timeouts(ub, &tv, &tv);
-	bufferevent_enable(ub, EV_READ | EV_WRITE);
+	bufferevent_enable(ub, EV_READ);
+	upconn_flush(c->x->up);
 }
 
 static void noop_emit(void *arg, const char *p, size_t n)
@@ -847,10 +912,19 @@ static void start_response(struct conn *c)
 	c->x->resp_head_done = true;
 	count_status(c, c->x->status);
 	conn_set_state(c, CS_RESPONSE);
+	if (c->client_gone && !c->x->hold) /* the mirror, if any, is journaled */
+		conn_close(c, "client gone");
 }
 
 static void response_complete(struct conn *c)
 {
+	if (c->client_gone) {
+		conn_close(c, "client gone; exchange finished");
+		return;
+	}
+	conn_flush(c);
+	if (c->state == CS_CLOSED)
+		return;
 	if (c->x->close_after)
 		conn_finish_close(c);
 	else
@@ -951,9 +1025,14 @@ static void body_pump(struct conn *c)
 	}
 	if (c->x->hold && evbuffer_get_length(c->x->held) > c->x->cfg->limits.max_body_bytes + 65536)
 		release_hold(c);
-	if (!c->x->hold && evbuffer_get_length(bufferevent_get_output(c->bev)) > OUT_HIGH_WATER) {
-		bufferevent_disable(ub, EV_READ);
-		c->x->up_paused = true;
+	if (!c->x->hold) {
+		conn_flush(c);
+		if (c->state == CS_CLOSED)
+			return;
+		if (evbuffer_get_length(bufferevent_get_output(c->bev)) > OUT_HIGH_WATER) {
+			bufferevent_disable(ub, EV_READ);
+			c->x->up_paused = true;
+		}
 	}
 }
 
@@ -994,6 +1073,8 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
 			continue;
 		}
 		start_response(c);
+		if (c->state == CS_CLOSED)
+			return;
 	}
 	body_pump(c);
 }
@@ -1058,7 +1139,6 @@ static void conn_next(struct conn *c)
 	conn_set_state(c, CS_IDLE);
 	evtimer_del(c->timer);
 	timer_set(c, w->cfg->limits.idle_timeout_ms);
-	bufferevent_enable(c->bev, EV_READ);
 	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
 		on_input(c);
 }

@@ -15,6 +15,8 @@
 #ifndef DW_SERVER_H
 #define DW_SERVER_H
 
+#include <errno.h>
+#include <event2/buffer.h>
 #include <event2/event.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -57,6 +59,40 @@ struct server {
 	struct metric *m_queue_depth, *m_queue_dead, *m_queue_bytes, *m_queue_oldest;
 };
 
+/* ---- cross-thread wake-ups (wake.c) ---- */
+struct wake {
+	int fd;			/* eventfd */
+	struct event *ev;	/* in the owning thread's loop */
+	unsigned pending;	/* atomic: bits posted and not yet handled */
+	void (*cb)(void *arg, unsigned bits);
+	void *arg;
+};
+/* Register in base (the owning loop); cb runs there with the bits taken. */
+int wake_init(struct wake *w, struct event_base *base, void (*cb)(void *arg, unsigned bits),
+	      void *arg, struct dw_err *err) DW_MUSTCHECK;
+/* Any thread. */
+void wake_post(struct wake *w, unsigned bits);
+void wake_free(struct wake *w);
+
+/* A failed non-blocking read or write that only means "not now". */
+static inline bool errno_retriable(int e)
+{
+	return e == EAGAIN || e == EWOULDBLOCK || e == EINTR;
+}
+
+/* Write a bufferevent's output to its socket directly. A bufferevent keeps
+ * its output's start frozen so only its own write path drains it; that path
+ * thaws it around the write in the same way. */
+static inline int evbuffer_write_unfrozen(struct evbuffer *out, evutil_socket_t fd)
+{
+	int n;
+
+	evbuffer_unfreeze(out, 1);
+	n = evbuffer_write(out, fd);
+	evbuffer_freeze(out, 1);
+	return n;
+}
+
 /* A new reference to the current configuration. */
 struct dw_config *server_config(struct server *srv);
 
@@ -90,6 +126,11 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 			void *arg, bool *connected, int *err_out);
 struct bufferevent *upconn_bev(struct upconn *uc);
 bool upconn_reused(const struct upconn *uc);
+/* Before writing a request into the connection's output: upconn_begin; after:
+ * upconn_flush, which writes at once on plain sockets and arms the write
+ * event only for what the socket did not take (and always for TLS). */
+void upconn_begin(struct upconn *uc);
+void upconn_flush(struct upconn *uc);
 /* Hand the connection back: keep=true returns it to the idle pool (when the
  * pool has room), false closes it. The caller's callbacks are cleared. */
 void upconn_release(struct upconn *uc, bool keep);

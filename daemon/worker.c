@@ -6,7 +6,6 @@
  */
 #include <errno.h>
 #include <event2/listener.h>
-#include <event2/thread.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -165,14 +164,13 @@ static void listeners_free(struct worker *w)
 	}
 }
 
-static void reload_cb(evutil_socket_t fd, short what, void *arg)
+enum { WAKE_RELOAD = 1, WAKE_STOP = 2, WAKE_ABORT = 4 };
+
+static void do_reload(struct worker *w)
 {
-	struct worker *w = arg;
 	struct dw_config *cfg = server_config(w->srv);
 	struct dw_err err = {""};
 
-	(void)fd;
-	(void)what;
 	if (cfg == w->cfg) {
 		config_unref(cfg);
 		return;
@@ -196,14 +194,11 @@ static void drain_tick_cb(evutil_socket_t fd, short what, void *arg)
 	check_drained(arg);
 }
 
-static void stop_cb(evutil_socket_t fd, short what, void *arg)
+static void do_stop(struct worker *w)
 {
-	struct worker *w = arg;
 	struct timeval tick = {0, 50000};
 	struct event *ev;
 
-	(void)fd;
-	(void)what;
 	if (w->draining)
 		return;
 	w->draining = true;
@@ -215,14 +210,22 @@ static void stop_cb(evutil_socket_t fd, short what, void *arg)
 	check_drained(w);
 }
 
-static void abort_cb(evutil_socket_t fd, short what, void *arg)
+static void do_abort(struct worker *w)
+{
+	proxy_abort_all(w);
+	event_base_loopexit(w->base, NULL);
+}
+
+static void wake_cb(void *arg, unsigned bits)
 {
 	struct worker *w = arg;
 
-	(void)fd;
-	(void)what;
-	proxy_abort_all(w);
-	event_base_loopexit(w->base, NULL);
+	if (bits & WAKE_RELOAD)
+		do_reload(w);
+	if (bits & WAKE_STOP)
+		do_stop(w);
+	if (bits & WAKE_ABORT)
+		do_abort(w);
 }
 
 static void sync_cb(evutil_socket_t fd, short what, void *arg)
@@ -250,9 +253,13 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 	w->pools = pool_set_new(w->base, srv->metrics);
 	TAILQ_INIT(&w->conns);
 	TAILQ_INIT(&w->sync_waiters);
-	w->reload_ev = event_new(w->base, -1, 0, reload_cb, w);
-	w->stop_ev = event_new(w->base, -1, 0, stop_cb, w);
-	w->abort_ev = event_new(w->base, -1, 0, abort_cb, w);
+	if (wake_init(&w->wake, w->base, wake_cb, w, err) < 0) {
+		pool_set_free(w->pools);
+		config_unref(w->cfg);
+		event_base_free(w->base);
+		free(w);
+		return NULL;
+	}
 	w->sync_ev = event_new(w->base, -1, 0, sync_cb, w);
 	if (getrandom(&w->reqid_seed, sizeof(w->reqid_seed), 0) != sizeof(w->reqid_seed))
 		w->reqid_seed = (uint32_t)dw_wall_us() ^ (uint32_t)getpid();
@@ -296,17 +303,17 @@ int worker_start(struct worker *w, struct dw_err *err)
 
 void worker_post_reload(struct worker *w)
 {
-	event_active(w->reload_ev, EV_TIMEOUT, 0);
+	wake_post(&w->wake, WAKE_RELOAD);
 }
 
 void worker_post_stop(struct worker *w)
 {
-	event_active(w->stop_ev, EV_TIMEOUT, 0);
+	wake_post(&w->wake, WAKE_STOP);
 }
 
 void worker_post_abort(struct worker *w)
 {
-	event_active(w->abort_ev, EV_TIMEOUT, 0);
+	wake_post(&w->wake, WAKE_ABORT);
 }
 
 int worker_connections(struct worker *w)
@@ -326,9 +333,7 @@ void worker_join_free(struct worker *w)
 	listeners_free(w);
 	if (w->drain_tick)
 		event_free(w->drain_tick);
-	event_free(w->reload_ev);
-	event_free(w->stop_ev);
-	event_free(w->abort_ev);
+	wake_free(&w->wake);
 	event_free(w->sync_ev);
 	pool_set_free(w->pools);
 	for (size_t i = 0; i < w->nseries; i++)

@@ -37,7 +37,8 @@ struct worker {
 	struct pool_set *pools;
 	TAILQ_HEAD(, conn) conns;
 	int nconns;
-	struct event *reload_ev, *stop_ev, *abort_ev, *sync_ev, *drain_tick;
+	struct wake wake;	/* reload / stop / abort from the main thread */
+	struct event *sync_ev, *drain_tick;
 	TAILQ_HEAD(, conn) sync_waiters; /* held answers waiting for fsync */
 	bool draining;
 	uint64_t reqid_counter;

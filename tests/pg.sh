@@ -224,12 +224,20 @@ cmd_start() {
 cmd_stop() {
 	[ -d "$DIR/data" ] || return 0
 	[ -f "$DIR/data/postmaster.pid" ] || return 0
-	if is_running; then
-		as_owner "$BINDIR/pg_ctl" -D "$DIR/data" -m fast -w -t "$START_TIMEOUT" stop \
-			>/dev/null 2>&1 || die "pg_ctl stop failed for $DIR/data"
-	else
+	if ! is_running; then
 		clear_stale
+		return 0
 	fi
+	if ! err=$(as_owner "$BINDIR/pg_ctl" -D "$DIR/data" -m fast -w -t "$START_TIMEOUT" stop 2>&1); then
+		# A busy machine can outlast "fast"; what matters is that it stops.
+		if is_running; then
+			echo "$PROG: fast stop failed ($err); trying immediate" >&2
+			err=$(as_owner "$BINDIR/pg_ctl" -D "$DIR/data" -m immediate -w \
+				-t "$START_TIMEOUT" stop 2>&1) || true
+		fi
+		is_running && die "pg_ctl stop failed for $DIR/data: $err"
+	fi
+	clear_stale
 }
 
 case ${1:-} in -h | --help | help)
