@@ -188,6 +188,16 @@ static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
 	sd_notifyf("WATCHDOG=1");
 }
 
+#define LOG_FLUSH_MS 100
+
+static void log_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	fflush(stderr);
+}
+
 static void queue_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *srv = arg;
@@ -252,7 +262,7 @@ int main(int argc, char **argv)
 	struct dw_err err = {""};
 	struct spool_opts so;
 	struct spool_stats st;
-	struct event *sigs[3], *wd = NULL, *qtick;
+	struct event *sigs[3], *wd = NULL, *qtick, *lflush;
 	const char *path = NULL;
 	bool test = false, debug = false;
 	int opt, rc = 1;
@@ -287,6 +297,9 @@ int main(int argc, char **argv)
 	}
 
 	memset(&srv, 0, sizeof(srv));
+	/* Info lines (the mirror access log, one per mirrored write) are
+	 * buffered and flushed every LOG_FLUSH_MS; warnings and errors at once. */
+	setvbuf(stderr, NULL, _IOFBF, 1 << 16);
 	srv.cfg = config_load(path, &errs);
 	if (!srv.cfg) {
 		for (size_t i = 0; i < errs.n; i++)
@@ -379,6 +392,9 @@ int main(int argc, char **argv)
 	struct timeval one = {1, 0};
 	qtick = event_new(srv.base, -1, EV_PERSIST, queue_tick_cb, &srv);
 	event_add(qtick, &one);
+	struct timeval flush_every = {0, LOG_FLUSH_MS * 1000};
+	lflush = event_new(srv.base, -1, EV_PERSIST, log_flush_cb, NULL);
+	event_add(lflush, &flush_every);
 
 	srv.ready = true;
 	log_info("dualwrited %s ready: %zu worker(s), %zu route(s), default upstream \"%s\"",
@@ -404,11 +420,13 @@ int main(int argc, char **argv)
 	if (wd)
 		event_free(wd);
 	event_free(qtick);
+	event_free(lflush);
 	if (srv.stop_tick)
 		event_free(srv.stop_tick);
 	if (srv.stop_deadline)
 		event_free(srv.stop_deadline);
 	log_info("stopped");
+	fflush(stderr);
 	rc = 0;
 out:
 	for (size_t i = 0; i < srv.nworkers; i++)

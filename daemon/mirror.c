@@ -108,6 +108,20 @@ struct mirror {
 	TAILQ_HEAD(, send) sends;
 	size_t in_memory;
 	bool draining;
+
+	/* Outcomes not yet in the journal: written together once per loop
+	 * iteration (flush_ev), and always before a new job is looked at, so
+	 * spool_key_queued sees every key queued so far. */
+	struct spool_change *chg;
+	size_t nchg, capchg;
+	struct event *flush_ev;
+
+	struct outcome_series {
+		char *route;
+		const char *result;
+		struct metric *m;
+	} series[64];
+	size_t nseries;
 	int drain_ms;
 	uint64_t idem_counter; /* atomic: workers draw idempotency keys */
 
@@ -144,7 +158,7 @@ static void log_outcome(const char *reqid, const char *route, const char *key, c
 			uint64_t seq, const char *result, int status, uint32_t attempt,
 			double latency_ms, const char *why)
 {
-	dw_log(strcmp(result, "delivered") == 0 ? DW_LOG_INFO : DW_LOG_WARN, reqid,
+	dw_log(strcmp(result, "dead") == 0 ? DW_LOG_WARN : DW_LOG_INFO, reqid,
 	       "mirror route=%s key=%s idem=%s seq=%" PRIu64
 	       " result=%s status=%d attempt=%u latency_ms=%.1f%s%s",
 	       route, key ? key : "-", idem, seq, result, status, attempt, latency_ms,
@@ -370,20 +384,73 @@ static struct target *target_get(struct mirror *mi, const char *name)
 	return t;
 }
 
+/* dualwrite_mirror_total for the mirror thread, with handles cached. */
+static void mirror_count(struct mirror *mi, const char *route, const char *result)
+{
+	for (size_t i = 0; i < mi->nseries; i++)
+		if (strcmp(mi->series[i].result, result) == 0 &&
+		    strcmp(mi->series[i].route, route) == 0) {
+			metric_inc(mi->series[i].m);
+			return;
+		}
+	char labels[256], esc[128];
+	snprintf(labels, sizeof(labels), "route=\"%s\",result=\"%s\"",
+		 metrics_label_escape(route, esc, sizeof(esc)), result);
+	struct metric *m = metrics_counter(mi->srv->metrics, "dualwrite_mirror_total",
+					   "Mirrored writes by route and outcome.", labels);
+	if (mi->nseries < DW_ARRAY_LEN(mi->series)) {
+		mi->series[mi->nseries].route = dw_strdup(route);
+		mi->series[mi->nseries].result = result;
+		mi->series[mi->nseries].m = m;
+		mi->nseries++;
+	}
+	metric_inc(m);
+}
+
+static void flush_states(struct mirror *mi)
+{
+	struct dw_err err = {""};
+
+	if (mi->nchg == 0)
+		return;
+	/* The batch's access-log lines go out before its journal frames, so a
+	 * state anyone can see in the queue always has its log line. */
+	fflush(stderr);
+	if (spool_set_states(mi->srv->spool, mi->chg, mi->nchg, &err) < 0 || err.msg[0])
+		log_error("mirror: recording %zu outcomes: %s (records left pending are "
+			  "recovered as queued on restart)",
+			  mi->nchg, err.msg);
+	for (size_t i = 0; i < mi->nchg; i++)
+		free((char *)(uintptr_t)mi->chg[i].error);
+	mi->nchg = 0;
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	flush_states(arg);
+}
+
 /* Record a job's outcome in the journal, count and log it, free it. */
 static void job_finish(struct mirror *mi, struct mirror_job *j, enum spool_state st, int status,
 		       const char *why)
 {
-	struct server *srv = mi->srv;
-	struct dw_err err = {""};
 	const char *result = st == SPOOL_DELIVERED ? "delivered" : st == SPOOL_DEAD ? "dead" : "queued";
 	double ms = (double)(dw_now_us() - j->t_ack) / 1e3;
 
-	if (spool_set_state(srv->spool, j->seq, st, j->attempts, status, why, &err) < 0)
-		log_error("mirror seq=%" PRIu64 ": cannot record outcome %s: %s (the record stays "
-			  "pending and is recovered as queued on restart)",
-			  j->seq, result, err.msg);
-	count_outcome(srv, j->route->name, result);
+	if (mi->nchg == mi->capchg) {
+		mi->capchg = mi->capchg ? mi->capchg * 2 : 64;
+		mi->chg = dw_realloc(mi->chg, mi->capchg * sizeof(*mi->chg));
+	}
+	mi->chg[mi->nchg++] = (struct spool_change){.seq = j->seq, .st = st,
+						    .attempts = j->attempts, .status = status,
+						    .error = dw_strdup(why)};
+	if (mi->nchg == 1 && mi->flush_ev)
+		event_active(mi->flush_ev, EV_TIMEOUT, 0);
+	else if (mi->nchg >= 512)
+		flush_states(mi);
+	mirror_count(mi, j->route->name, result);
 	if (st == SPOOL_DELIVERED)
 		histogram_observe(mi->h_duration, ms / 1e3);
 	log_outcome(j->reqid, j->route->name, j->key, j->idem, j->seq, result, status, j->attempts,
@@ -737,6 +804,7 @@ static void inbox_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	flush_states(mi); /* so spool_key_queued sees every key queued so far */
 	TAILQ_INIT(&batch);
 	pthread_mutex_lock(&mi->lock);
 	TAILQ_CONCAT(&batch, &mi->inbox, link);
@@ -828,6 +896,7 @@ struct mirror *mirror_new(struct server *srv, struct dw_err *err)
 		return NULL;
 	}
 	mi->deadline_ev = evtimer_new(mi->base, deadline_cb, mi);
+	mi->flush_ev = event_new(mi->base, -1, 0, flush_cb, mi);
 	mi->h_duration = metrics_histogram(srv->metrics, "dualwrite_mirror_duration_seconds",
 					   "From legacy acknowledgement to delivery on the new system.",
 					   NULL, metrics_latency_bounds, metrics_latency_nbounds);
@@ -899,6 +968,11 @@ void mirror_drain_free(struct mirror *mi, int deadline_ms)
 		mi->in_memory++;
 		queue_left(mi, j, "daemon stopped before the mirror was sent");
 	}
+	flush_states(mi);
+	free(mi->chg);
+	for (size_t i = 0; i < mi->nseries; i++)
+		free(mi->series[i].route);
+	event_free(mi->flush_ev);
 	wake_free(&mi->wake);
 	event_free(mi->deadline_ev);
 	pool_set_free(mi->pools);

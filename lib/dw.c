@@ -101,8 +101,12 @@ void dw_vlog(enum dw_log_level level, const char *req, const char *fmt, va_list 
 	if ((size_t)n >= sizeof(line) - 1)
 		n = (int)sizeof(line) - 2;
 	line[n++] = '\n';
-	/* One write(2)-sized fwrite per line keeps lines whole across threads. */
+	/* One fwrite per line keeps lines whole across threads (stdio locks).
+	 * When the program made stderr buffered, warnings and errors still go
+	 * out at once; the rest is flushed by the program's own timer. */
 	fwrite(line, 1, (size_t)n, stderr);
+	if (level >= DW_LOG_WARN)
+		fflush(stderr);
 	errno = saved;
 }
 

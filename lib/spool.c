@@ -1464,6 +1464,62 @@ out_mu:
 	return r;
 }
 
+int spool_set_states(struct spool *sp, const struct spool_change *v, size_t n,
+		     struct dw_err *err)
+{
+	struct buf b = {0};
+	int64_t now = dw_wall_us();
+	size_t written = 0, skipped = 0;
+	int r = -1;
+
+	if (sp->o.readonly)
+		return readonly_err(sp, err);
+	if (n == 0)
+		return 0;
+	pthread_mutex_lock(&sp->mu);
+	if (lock_log(sp, err) < 0)
+		goto out_mu;
+	if (refresh_locked(sp, true, err) < 0)
+		goto out;
+	if (prepare_tail(sp, err) < 0)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		struct ent *e = ent_find(sp, v[i].seq);
+		char *payload;
+		size_t plen;
+
+		if (!state_valid(v[i].st) || !e || state_terminal(e->state)) {
+			skipped++;
+			dw_err_set(err, "queue %s: record %" PRIu64 " %s", sp->dir, v[i].seq,
+				   !e ? "is gone" : "is already final or the state is invalid");
+			continue;
+		}
+		payload = state_payload(v[i].st, v[i].attempts, v[i].status, v[i].error, now,
+					&plen);
+		buf_frame(&b, FT_STATE, v[i].seq, payload, plen);
+		free(payload);
+		written++;
+	}
+	if (written && write_tail(sp, b.p, b.len, err) < 0)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		struct ent *e = ent_find(sp, v[i].seq);
+
+		if (state_valid(v[i].st) && e && !state_terminal(e->state))
+			fold_state(sp, v[i].seq, v[i].st, v[i].attempts, v[i].status, v[i].error,
+				   now);
+	}
+	collect_segments(sp);
+	ents_compact(sp);
+	r = written || !skipped ? 0 : -1;
+out:
+	unlock_log(sp);
+out_mu:
+	pthread_mutex_unlock(&sp->mu);
+	free(b.p);
+	return r;
+}
+
 int spool_set_state(struct spool *sp, uint64_t seq, enum spool_state st, uint32_t attempts,
 		    int status, const char *error, struct dw_err *err)
 {

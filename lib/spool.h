@@ -98,6 +98,19 @@ int spool_append(struct spool *sp, struct spool_record *rec, struct dw_err *err)
  * attempt (error may be NULL). */
 int spool_set_state(struct spool *sp, uint64_t seq, enum spool_state st, uint32_t attempts,
 		    int status, const char *error, struct dw_err *err) DW_MUSTCHECK;
+/* Many state changes in one append (one lock, one write): the daemon's mirror
+ * thread records the outcomes of a loop iteration at once. A change for a
+ * record that is gone or already final is skipped and reported in err (the
+ * others are still written); returns -1 only when nothing could be written. */
+struct spool_change {
+	uint64_t seq;
+	enum spool_state st;
+	uint32_t attempts;
+	int status;
+	const char *error; /* may be NULL */
+};
+int spool_set_states(struct spool *sp, const struct spool_change *v, size_t n,
+		     struct dw_err *err) DW_MUSTCHECK;
 /* With opts.fsync, make every frame appended so far durable (one fdatasync
  * for all of them: the caller's group commit). Otherwise a no-op. */
 int spool_sync(struct spool *sp, struct dw_err *err) DW_MUSTCHECK;

@@ -254,6 +254,48 @@ static void test_states_fold(void **state)
 	spool_close(sp);
 }
 
+/* A batch of outcomes in one append: each applied, a bad one skipped. */
+static void test_states_batch(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, true, 0, 0);
+	struct dw_err err = {{0}};
+	struct spool_record r;
+	struct spool_stats st;
+
+	uint64_t a = add(sp, SPOOL_PENDING, "k1", "/a");
+	uint64_t b = add(sp, SPOOL_PENDING, "k2", "/b");
+	uint64_t c = add(sp, SPOOL_PENDING, "k3", "/c");
+	struct spool_change v[] = {
+	    {.seq = a, .st = SPOOL_DELIVERED, .attempts = 1, .status = 201},
+	    {.seq = 999, .st = SPOOL_DELIVERED}, /* no such record: skipped */
+	    {.seq = b, .st = SPOOL_QUEUED, .attempts = 1, .error = "connect: refused"},
+	    {.seq = c, .st = SPOOL_DEAD, .attempts = 1, .status = 422, .error = "HTTP 422: no"},
+	};
+	assert_int_equal(spool_set_states(sp, v, 4, &err), 0);
+	assert_non_null(strstr(err.msg, "999"));
+	spool_close(sp);
+
+	sp = open_sp(dir, false, 0, 0); /* what a reader sees on disk */
+	assert_int_equal(state_of(sp, a), SPOOL_DELIVERED);
+	assert_int_equal(spool_read(sp, b, &r, &err), 0);
+	assert_int_equal(r.state, SPOOL_QUEUED);
+	assert_string_equal(r.last_error, "connect: refused");
+	spool_record_clear(&r);
+	assert_int_equal(spool_read(sp, c, &r, &err), 0);
+	assert_int_equal(r.state, SPOOL_DEAD);
+	assert_int_equal(r.last_status, 422);
+	spool_record_clear(&r);
+	spool_stats(sp, &st);
+	assert_int_equal(st.queued, 1);
+	assert_int_equal(st.dead, 1);
+	assert_int_equal(st.pending, 0);
+	/* Only final or unknown records: nothing written, -1. */
+	struct spool_change w[] = {{.seq = a, .st = SPOOL_QUEUED}};
+	assert_int_equal(spool_set_states(sp, w, 1, &err), -1);
+	spool_close(sp);
+}
+
 static void test_ready_order(void **state)
 {
 	const char *dir = *state;
@@ -584,6 +626,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_states_fold, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_states_batch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_ready_order, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_owner_recovery, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_torn_tail, setup, teardown),
