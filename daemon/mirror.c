@@ -64,11 +64,29 @@ struct keyq {
 };
 
 /* Per mirror upstream (by name): concurrency and the jobs whose turn it is. */
+/*
+ * Per mirror upstream (by name): concurrency, the jobs whose turn it is, and
+ * a circuit breaker. After BREAKER_FAILURES retryable failures in a row the
+ * breaker opens: writes whose turn comes go straight to the queue (no connect
+ * attempt per write against a dead target) until the cooldown passes; then
+ * one probe goes out, and its success closes the breaker while a failure
+ * reopens it with the cooldown doubled (up to BREAKER_MAX_MS).
+ */
+#define BREAKER_FAILURES 5
+#define BREAKER_MIN_MS 1000
+#define BREAKER_MAX_MS 30000
+
 struct target {
 	struct target *next;
 	char *name;
 	int inflight;
 	struct job_list ready;
+	int failures;	   /* retryable failures in a row */
+	int64_t open_until; /* monotonic us; 0: closed */
+	int cooldown_ms;
+	bool probing;	   /* half-open: one send in flight decides */
+	char last_error[200];
+	struct metric *m_open;
 };
 
 /* One HTTP exchange with a mirror target. */
@@ -379,6 +397,13 @@ static struct target *target_get(struct mirror *mi, const char *name)
 	t = dw_calloc(1, sizeof(*t));
 	t->name = dw_strdup(name);
 	TAILQ_INIT(&t->ready);
+	t->cooldown_ms = BREAKER_MIN_MS;
+	char labels[200], esc[128];
+	snprintf(labels, sizeof(labels), "upstream=\"%s\"",
+		 metrics_label_escape(name, esc, sizeof(esc)));
+	t->m_open = metrics_gauge(mi->srv->metrics, "dualwrite_mirror_circuit_open",
+				  "1 while writes to this mirror upstream go straight to the queue.",
+				  labels);
 	t->next = mi->targets;
 	mi->targets = t;
 	return t;
@@ -518,6 +543,36 @@ static void queue_left(struct mirror *mi, struct mirror_job *j, const char *why)
 	job_finish(mi, j, SPOOL_QUEUED, 0, why);
 }
 
+/* Feed one send's result to its target's breaker. */
+static void breaker_note(struct target *t, bool failed, const char *why)
+{
+	if (!failed) {
+		if (t->open_until)
+			log_info("mirror: upstream \"%s\" answers again; circuit closed", t->name);
+		t->failures = 0;
+		t->open_until = 0;
+		t->probing = false;
+		t->cooldown_ms = BREAKER_MIN_MS;
+		metric_set(t->m_open, 0);
+		return;
+	}
+	snprintf(t->last_error, sizeof(t->last_error), "%s", why ? why : "failed");
+	if (t->probing) { /* the probe failed: reopen for longer */
+		t->cooldown_ms = t->cooldown_ms * 2 > BREAKER_MAX_MS ? BREAKER_MAX_MS
+								      : t->cooldown_ms * 2;
+		t->probing = false;
+		t->open_until = dw_now_us() + (int64_t)t->cooldown_ms * 1000;
+		return;
+	}
+	if (++t->failures == BREAKER_FAILURES) {
+		t->open_until = dw_now_us() + (int64_t)t->cooldown_ms * 1000;
+		metric_set(t->m_open, 1);
+		log_warn("mirror: upstream \"%s\" failed %d times in a row (%s); writes go to the "
+			 "queue, next probe in %d ms",
+			 t->name, t->failures, t->last_error, t->cooldown_ms);
+	}
+}
+
 static void send_free(struct send *s)
 {
 	if (s->uc)
@@ -545,6 +600,9 @@ static void send_done(struct send *s, int status, const char *neterr)
 		s->uc = NULL;
 	}
 	send_free(s);
+	breaker_note(t, neterr != NULL || (status >= 100 && status < 600 &&
+					  j->route->mirror->klass[status] == MIRROR_RETRY),
+		     neterr ? neterr : excerpt);
 	if (neterr) {
 		key_queue_all(mi, j, 0, neterr);
 	} else {
@@ -754,9 +812,19 @@ static void send_start(struct mirror *mi, struct target *t, struct mirror_job *j
 static void start_sends(struct mirror *mi, struct target *t)
 {
 	struct mirror_job *j;
+	char why[300];
 
 	while ((j = TAILQ_FIRST(&t->ready)) && t->inflight < job_upstream(j)->max_inflight) {
 		TAILQ_REMOVE(&t->ready, j, link);
+		if (t->open_until && (t->probing || dw_now_us() < t->open_until)) {
+			/* Open, or half-open with the probe out: to the queue. */
+			snprintf(why, sizeof(why), "circuit open for upstream \"%s\": %s", t->name,
+				 t->last_error);
+			key_queue_all(mi, j, 0, why);
+			continue;
+		}
+		if (t->open_until)
+			t->probing = true; /* cooldown over: this send is the probe */
 		send_start(mi, t, j);
 	}
 }

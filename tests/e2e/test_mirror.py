@@ -690,3 +690,38 @@ def test_sigterm_with_mirrors_in_flight_queues_the_rest(svc, dw, pg):
     assert_tables_equal(pg)
     st = ml.queue_stats(d.conf_path)
     assert (st["pending"], st["queued"], st["dead"]) == (0, 0, 0), st
+
+
+def test_circuit_breaker_queues_without_hammering_a_failing_target(svc, dw, make_backend):
+    """After 5 retryable failures in a row the mirror stops sending to the target:
+    later writes go straight to the queue (and are replayed), and once the target
+    answers again a probe closes the circuit and writes are delivered directly."""
+    up = threading.Event()
+
+    def handler(req):
+        if up.is_set():
+            return Reply(201, b'{"ok": true}', [("Content-Type", "application/json")])
+        return Reply(503, b'{"error": "down"}', [("Content-Type", "application/json")])
+    target = make_backend(handler, name="target")
+    d = ml.mirror_daemon(dw, svc["user-core"].url, target.url, ml.gear_routes())
+    ids = [create(d, n)["id"] for n in range(20)]
+    wait_stats(d, lambda s: s["queued"] == 20 and s["pending"] == 0, 10, "20 queued")
+    assert d.metric("dualwrite_mirror_circuit_open", upstream="gear_ops") == 1
+    # Far fewer than 20 attempts reached the failing target.
+    assert 5 <= len(target.requests) < 20, len(target.requests)
+    out = ml.mirror_outcomes(d)
+    assert any("circuit open" in o["line"] for o in out), [o["line"] for o in out]
+    assert ml.mirror_total(d, route="equipment-create", result="queued") == 20
+    # The target recovers; after the cooldown a probe closes the circuit.
+    up.set()
+    ml.replay_until_drained(d.conf_path)
+    delivered = {json.loads(r.body)["id"] for r in target.requests if r.body}
+    assert set(ids) <= delivered
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        create(d, 100)
+        if d.metric("dualwrite_mirror_circuit_open", upstream="gear_ops") == 0:
+            break
+        time.sleep(0.3)
+    assert d.metric("dualwrite_mirror_circuit_open", upstream="gear_ops") == 0
+    assert "circuit closed" in d.log_text()
