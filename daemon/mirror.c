@@ -556,7 +556,10 @@ static void breaker_note(struct target *t, bool failed, const char *why)
 		metric_set(t->m_open, 0);
 		return;
 	}
-	snprintf(t->last_error, sizeof(t->last_error), "%s", why ? why : "failed");
+	why = why ? why : "failed";
+	size_t n = strnlen(why, sizeof(t->last_error) - 1); /* kept short on purpose */
+	memcpy(t->last_error, why, n);
+	t->last_error[n] = '\0';
 	if (t->probing) { /* the probe failed: reopen for longer */
 		t->cooldown_ms = t->cooldown_ms * 2 > BREAKER_MAX_MS ? BREAKER_MAX_MS
 								      : t->cooldown_ms * 2;
