@@ -297,8 +297,9 @@ int main(int argc, char **argv)
 	}
 
 	memset(&srv, 0, sizeof(srv));
-	/* Info lines (the mirror access log, one per mirrored write) are
-	 * buffered and flushed every LOG_FLUSH_MS; warnings and errors at once. */
+	/* Request-scoped info lines (the mirror access log, one per mirrored
+	 * write) are buffered and flushed every LOG_FLUSH_MS; operational lines,
+	 * warnings and errors are written at once (see dw_vlog). */
 	setvbuf(stderr, NULL, _IOFBF, 1 << 16);
 	srv.cfg = config_load(path, &errs);
 	if (!srv.cfg) {

@@ -102,10 +102,11 @@ void dw_vlog(enum dw_log_level level, const char *req, const char *fmt, va_list 
 		n = (int)sizeof(line) - 2;
 	line[n++] = '\n';
 	/* One fwrite per line keeps lines whole across threads (stdio locks).
-	 * When the program made stderr buffered, warnings and errors still go
-	 * out at once; the rest is flushed by the program's own timer. */
+	 * When the program made stderr buffered, only request-scoped lines below
+	 * warn (the per-write access log) wait for the program's flush; every
+	 * operational line and every warning or error goes out at once. */
 	fwrite(line, 1, (size_t)n, stderr);
-	if (level >= DW_LOG_WARN)
+	if (level >= DW_LOG_WARN || !req)
 		fflush(stderr);
 	errno = saved;
 }
