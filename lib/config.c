@@ -13,6 +13,7 @@
  * readers share it through config_ref/config_unref.
  */
 #include "config.h"
+#include "http_parse.h"
 
 #include <errno.h>
 #include <libconfig.h>
@@ -209,18 +210,6 @@ static const config_setting_t *get_group(struct loader *L, const config_setting_
 	return s;
 }
 
-static bool is_token(const char *s)
-{
-	if (!*s)
-		return false;
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		      strchr("!#$%&'*+-.^_`|~", c)))
-			return false;
-	}
-	return true;
-}
 
 static bool is_ident(const char *s)
 {
@@ -647,7 +636,7 @@ static void load_scalars(struct loader *L, const config_setting_t *root)
 	if ((g = get_group(L, root, "tenant", ""))) {
 		check_keys(L, g, "tenant", tenant_keys);
 		if (get_str(L, g, "header", "tenant", &s) == 1) {
-			if (!is_token(s)) {
+			if (!http_is_token(s, strlen(s))) {
 				lerr(L, sline(config_setting_get_member(g, "header")),
 				     "tenant.header", "\"%s\": not a valid header name", s);
 			} else {
@@ -865,7 +854,7 @@ static void load_mirror(struct loader *L, struct dw_route *r, const config_setti
 	}
 
 	if (get_str(L, ms, "method", prefix, &s) == 1) {
-		if (!is_token(s))
+		if (!http_is_token(s, strlen(s)))
 			lerr(L, sline(config_setting_get_member(ms, "method")),
 			     (wjoin(w, sizeof(w), prefix, "method"), w), "\"%s\": not an HTTP method", s);
 		else

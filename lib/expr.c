@@ -15,6 +15,7 @@
  * tenant, a base that is not an object, text that is not UTF-8).
  */
 #include "expr.h"
+#include "http_parse.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -136,18 +137,6 @@ static bool is_ident(const char *s, size_t len)
 	return true;
 }
 
-static bool is_token(const char *s)
-{
-	if (!*s)
-		return false;
-	for (; *s; s++) {
-		unsigned char c = (unsigned char)*s;
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		      strchr("!#$%&'*+-.^_`|~", c)))
-			return false;
-	}
-	return true;
-}
 
 static struct expr *node_new(enum node_kind k)
 {
@@ -220,7 +209,7 @@ static struct expr *compile_ref(const char *s, const struct expr_opts *o, struct
 			dw_err_set(err, "bad expression \"%s\": bad capture name \"%s\"", s, dot + 1);
 			goto fail;
 		}
-		if (e->src == R_HEADER && !is_token(dot + 1)) {
+		if (e->src == R_HEADER && !http_is_token(dot + 1, strlen(dot + 1))) {
 			dw_err_set(err, "bad expression \"%s\": bad header name \"%s\"", s, dot + 1);
 			goto fail;
 		}

@@ -61,6 +61,21 @@ static const uint8_t cls[256] = {CLS64(0), CLS64(64), CLS64(128), CLS64(192)};
 
 #define HAS(c, f) (cls[(unsigned char)(c)] & (f))
 
+bool http_is_tchar(unsigned char c)
+{
+	return HAS(c, C_TCHAR) != 0;
+}
+
+bool http_is_token(const char *s, size_t len)
+{
+	if (len == 0)
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (!HAS(s[i], C_TCHAR))
+			return false;
+	return true;
+}
+
 static inline unsigned char lower(unsigned char c)
 {
 	return (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;

@@ -140,6 +140,12 @@ enum http_body_kind {
 enum http_body_kind http_response_body_kind(const struct http_head *resp,
 					    enum http_method req_method);
 
+/* RFC 9110 §5.6.2: whether c is a tchar; whether s[0..len) is a token
+ * (non-empty, tchars only). The one definition used by config, routes and
+ * the mapping engine as well. */
+bool http_is_tchar(unsigned char c);
+bool http_is_token(const char *s, size_t len);
+
 /* Method name -> enum (HTTP_M_OTHER for unknown tokens) and back. */
 enum http_method http_method_from(const char *s, size_t len);
 const char *http_method_name(enum http_method m); /* NULL for HTTP_M_OTHER */

@@ -10,6 +10,8 @@
  */
 #include "route.h"
 
+#include "http_parse.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,12 +29,6 @@ struct route_pattern {
 	char *params[ROUTE_MAX_PARAMS];
 };
 
-static bool is_tchar(unsigned char c)
-{
-	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-		return true;
-	return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
-}
 
 /* RFC 3986 pchar, with '%' accepted here and checked as pct-encoded below. */
 static bool is_pchar(unsigned char c)
@@ -138,7 +134,7 @@ struct route_pattern *route_pattern_compile(const char *match, struct dw_err *er
 	const char *s = match, *path;
 	size_t mlen = 0;
 
-	while (is_tchar((unsigned char)s[mlen]))
+	while (http_is_tchar((unsigned char)s[mlen]))
 		mlen++;
 	if (mlen == 0) {
 		dw_err_set(err, "\"%s\": expected \"METHOD /path\"", match);
