@@ -393,7 +393,7 @@ int main(int argc, char **argv)
 	struct timeval one = {1, 0};
 	qtick = event_new(srv.base, -1, EV_PERSIST, queue_tick_cb, &srv);
 	event_add(qtick, &one);
-	struct timeval flush_every = {0, LOG_FLUSH_MS * 1000};
+	struct timeval flush_every = {0, (suseconds_t)LOG_FLUSH_MS * 1000};
 	lflush = event_new(srv.base, -1, EV_PERSIST, log_flush_cb, NULL);
 	event_add(lflush, &flush_every);
 
