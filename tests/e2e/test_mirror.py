@@ -725,3 +725,42 @@ def test_circuit_breaker_queues_without_hammering_a_failing_target(svc, dw, make
         time.sleep(0.3)
     assert d.metric("dualwrite_mirror_circuit_open", upstream="gear_ops") == 0
     assert "circuit closed" in d.log_text()
+
+
+@pytest.mark.parametrize("mode", ["reset", "half-close"])
+def test_client_gone_while_legacy_answers_still_mirrors(dw, make_backend, mode):
+    """G2: the legacy acknowledged the write, so it is mirrored even though the
+    client reset (or half-closed) its connection while the legacy was answering."""
+    import socket
+    import struct
+    body = json.dumps(dict(ITEM, name="gone")).encode()
+
+    def slow_legacy(req):
+        return Reply(201, b'{"id": 77}', [("Content-Type", "application/json")], delay=1.0)
+    legacy = make_backend(slow_legacy, name="legacy")
+    target = json_backend(make_backend, "target", 201, {"ok": True})
+    d = ml.mirror_daemon(dw, legacy.url, target.url, ml.gear_routes())
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+    s.sendall(b"POST /equipment HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    legacy.wait_requests(1, timeout=5)  # the write is at the legacy now
+    if mode == "reset":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    else:
+        s.shutdown(socket.SHUT_WR)
+    out = ml.wait_outcomes(d, lambda o: o["result"] == "delivered", 1, 10, "delivered")
+    assert out[0]["key"] == "77", out[0]["line"]
+    treq = target.wait_requests(1, timeout=5)[0]
+    assert json.loads(treq.body)["id"] == 77, treq
+    if mode == "half-close":  # the client still gets its answer
+        s.settimeout(5)
+        got = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        s.close()
+        assert got.startswith(b"HTTP/1.1 201"), got
+        assert b"Connection: close" in got, got
