@@ -26,19 +26,6 @@ static void reply_json(struct evhttp_request *req, int code, json_t *doc)
 	evbuffer_free(out);
 }
 
-static void refresh_queue_gauges(struct server *srv, struct spool_stats *st)
-{
-	struct dw_err err = {""};
-
-	if (spool_refresh(srv->spool, &err) < 0)
-		log_warn("queue: %s", err.msg);
-	spool_stats(srv->spool, st);
-	metric_set(srv->m_queue_depth, (int64_t)(st->queued + st->pending));
-	metric_set(srv->m_queue_dead, (int64_t)st->dead);
-	metric_set(srv->m_queue_bytes, (int64_t)st->bytes);
-	metric_set(srv->m_queue_oldest,
-		   st->oldest_waiting_us ? (dw_wall_us() - st->oldest_waiting_us) / 1000000 : 0);
-}
 
 static void status_cb(struct evhttp_request *req, struct server *srv)
 {
@@ -47,7 +34,7 @@ static void status_cb(struct evhttp_request *req, struct server *srv)
 	json_t *queue = json_object(), *mirror = json_object();
 	struct spool_stats st;
 
-	refresh_queue_gauges(srv, &st);
+	server_queue_refresh(srv, &st);
 	json_object_set_new(doc, "version", json_string(DW_VERSION));
 	json_object_set_new(doc, "pid", json_integer(getpid()));
 	json_object_set_new(doc, "uptime_s",
@@ -114,7 +101,7 @@ static void admin_cb(struct evhttp_request *req, void *arg)
 	} else if (strcmp(uri, "/metrics") == 0) {
 		struct spool_stats st;
 
-		refresh_queue_gauges(srv, &st);
+		server_queue_refresh(srv, &st);
 		out = evbuffer_new();
 		metrics_render(srv->metrics, out);
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",

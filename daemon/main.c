@@ -198,27 +198,35 @@ static void log_flush_cb(evutil_socket_t fd, short what, void *arg)
 	fflush(stderr);
 }
 
+/* Catch up with the journal (what `dualwrite replay` delivered, so drained
+ * keys flow again) and set the queue gauges: the one place that does both,
+ * for the 1 s tick and for the admin endpoint. */
+void server_queue_refresh(struct server *srv, struct spool_stats *st)
+{
+	struct dw_err err = {""};
+
+	if (spool_refresh(srv->spool, &err) < 0)
+		log_warn("queue: %s", err.msg);
+	spool_stats(srv->spool, st);
+	metric_set(srv->m_queue_depth, (int64_t)(st->queued + st->pending));
+	metric_set(srv->m_queue_dead, (int64_t)st->dead);
+	metric_set(srv->m_queue_bytes, (int64_t)st->bytes);
+	metric_set(srv->m_queue_oldest,
+		   st->oldest_waiting_us ? (dw_wall_us() - st->oldest_waiting_us) / 1000000 : 0);
+}
+
 static void queue_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *srv = arg;
 	struct spool_stats st;
-	struct dw_err err = {""};
 	struct dw_errlist warns = {0};
 
 	(void)fd;
 	(void)what;
-	/* Learn what `dualwrite replay` delivered, so drained keys flow again. */
-	if (spool_refresh(srv->spool, &err) < 0)
-		log_warn("queue: %s", err.msg);
+	server_queue_refresh(srv, &st);
 	spool_take_warnings(srv->spool, &warns);
 	print_errors("queue: ", &warns);
 	dw_errlist_free(&warns);
-	spool_stats(srv->spool, &st);
-	metric_set(srv->m_queue_depth, (int64_t)(st.queued + st.pending));
-	metric_set(srv->m_queue_dead, (int64_t)st.dead);
-	metric_set(srv->m_queue_bytes, (int64_t)st.bytes);
-	metric_set(srv->m_queue_oldest,
-		   st.oldest_waiting_us ? (dw_wall_us() - st.oldest_waiting_us) / 1000000 : 0);
 }
 
 /* ------------------------------------------------------------ start-up */

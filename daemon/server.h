@@ -172,6 +172,9 @@ struct mirror_input {
 };
 void mirror_capture(struct server *srv, const struct mirror_input *in);
 
+/* Refresh the journal view and the queue gauges; fills st (main.c). */
+void server_queue_refresh(struct server *srv, struct spool_stats *st);
+
 /* ---- admin endpoint (admin.c) ---- */
 int admin_start(struct server *srv, struct dw_err *err) DW_MUSTCHECK;
 void admin_stop(struct server *srv);
