@@ -919,6 +919,57 @@ static void load_mirror(struct loader *L, struct dw_route *r, const config_setti
 	r->mirror = m;
 }
 
+/*
+ * The name of item n of a list (a route, a table): required, non-empty and
+ * unique among items 0..n-1, whose names and lines name_at gives. Returns a
+ * copy (NULL after reporting what is wrong) and, once there is a name, turns
+ * prefix into `kind "name"` for the item's later errors.
+ */
+static char *load_item_name(struct loader *L, const config_setting_t *g, const char *kind,
+			    char *prefix, size_t plen, size_t n,
+			    const char *(*name_at)(const struct dw_config *, size_t, int *))
+{
+	const char *s;
+
+	switch (get_str(L, g, "name", prefix, &s)) {
+	case 0:
+		lerr(L, sline(g), prefix, "name: missing (required)");
+		return NULL;
+	case 1:
+		break;
+	default:
+		return NULL;
+	}
+	if (!*s) {
+		lerr(L, sline(g), prefix, "name: must not be empty");
+		return NULL;
+	}
+	wfmt(prefix, plen, "%s \"%s\"", kind, s);
+	for (size_t j = 0; j < n; j++) {
+		int line = 0;
+		const char *other = name_at(L->c, j, &line);
+
+		if (other && strcmp(other, s) == 0) {
+			lerr(L, sline(config_setting_get_member(g, "name")), prefix,
+			     "name: duplicate %s name (first defined at line %d)", kind, line);
+			break;
+		}
+	}
+	return dw_strdup(s);
+}
+
+static const char *route_name_at(const struct dw_config *c, size_t j, int *line)
+{
+	*line = c->routes[j].line;
+	return c->routes[j].name;
+}
+
+static const char *table_name_at(const struct dw_config *c, size_t j, int *line)
+{
+	*line = c->tables[j].line;
+	return c->tables[j].name;
+}
+
 static void load_routes(struct loader *L, const config_setting_t *root)
 {
 	static const char *const keys[] = { "name", "match", "mirror", NULL };
@@ -949,29 +1000,8 @@ static void load_routes(struct loader *L, const config_setting_t *root)
 		}
 		r->line = sline(g);
 		c->nroutes++;
-		switch (get_str(L, g, "name", prefix, &s)) {
-		case 0:
-			lerr(L, sline(g), prefix, "name: missing (required)");
-			break;
-		case 1:
-			if (!*s) {
-				lerr(L, sline(g), prefix, "name: must not be empty");
-				break;
-			}
-			wfmt(prefix, sizeof(prefix), "route \"%s\"", s);
-			for (size_t j = 0; j + 1 < c->nroutes; j++) {
-				if (c->routes[j].name && strcmp(c->routes[j].name, s) == 0) {
-					lerr(L, sline(config_setting_get_member(g, "name")), prefix,
-					     "name: duplicate route name (first defined at line %d)",
-					     c->routes[j].line);
-					break;
-				}
-			}
-			r->name = dw_strdup(s);
-			break;
-		default:
-			break;
-		}
+		r->name = load_item_name(L, g, "route", prefix, sizeof(prefix), c->nroutes - 1,
+					 route_name_at);
 		check_keys(L, g, prefix, keys);
 
 		wjoin(w, sizeof(w), prefix, "match");
@@ -1130,7 +1160,6 @@ static void load_tables(struct loader *L, const config_setting_t *root)
 		struct dw_table_map *t = &c->tables[c->ntables];
 		char prefix[WHERE_MAX], w[WHERE_MAX];
 		const config_setting_t *cols;
-		const char *s;
 
 		wfmt(prefix, sizeof(prefix), "table #%d", i + 1);
 		if (!config_setting_is_group(g)) {
@@ -1139,29 +1168,8 @@ static void load_tables(struct loader *L, const config_setting_t *root)
 		}
 		t->line = sline(g);
 		c->ntables++;
-		switch (get_str(L, g, "name", prefix, &s)) {
-		case 0:
-			lerr(L, sline(g), prefix, "name: missing (required)");
-			break;
-		case 1:
-			if (!*s) {
-				lerr(L, sline(g), prefix, "name: must not be empty");
-				break;
-			}
-			wfmt(prefix, sizeof(prefix), "table \"%s\"", s);
-			for (size_t j = 0; j + 1 < c->ntables; j++) {
-				if (c->tables[j].name && strcmp(c->tables[j].name, s) == 0) {
-					lerr(L, sline(config_setting_get_member(g, "name")), prefix,
-					     "name: duplicate table name (first defined at line %d)",
-					     c->tables[j].line);
-					break;
-				}
-			}
-			t->name = dw_strdup(s);
-			break;
-		default:
-			break;
-		}
+		t->name = load_item_name(L, g, "table", prefix, sizeof(prefix), c->ntables - 1,
+					 table_name_at);
 		check_keys(L, g, prefix, keys);
 		load_side(L, g, "source", prefix, &t->source);
 		load_side(L, g, "target", prefix, &t->target);
