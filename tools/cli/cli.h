@@ -18,6 +18,11 @@ int cmd_verify(int argc, char **argv);
 /* Load a configuration for a command; on failure print every error line to
  * stderr and return NULL (the caller exits 2). */
 struct dw_config *cli_load_config(const char *path);
+/* After option parsing: refuse leftover arguments (argv[first..argc)) and a
+ * missing -c, then load the configuration. Prints the reason and returns NULL
+ * (the caller exits 2). cmd names the subcommand in messages. */
+struct dw_config *cli_args_config(const char *cmd, int argc, char **argv, int first,
+				  const char *cfgpath);
 /* Whether stderr is a terminal (progress lines are drawn only then). */
 int cli_is_tty(void);
 

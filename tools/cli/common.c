@@ -25,3 +25,17 @@ int cli_is_tty(void)
 {
 	return isatty(STDERR_FILENO);
 }
+
+struct dw_config *cli_args_config(const char *cmd, int argc, char **argv, int first,
+				  const char *cfgpath)
+{
+	if (first < argc) {
+		fprintf(stderr, "dualwrite %s: unexpected argument '%s'\n", cmd, argv[first]);
+		return NULL;
+	}
+	if (!cfgpath) {
+		fprintf(stderr, "dualwrite %s: -c FILE is required\n", cmd);
+		return NULL;
+	}
+	return cli_load_config(cfgpath);
+}

@@ -722,15 +722,7 @@ int cmd_replay(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind < argc) {
-		fprintf(stderr, "dualwrite replay: unexpected argument '%s'\n", argv[optind]);
-		return 2;
-	}
-	if (!cfgpath) {
-		fprintf(stderr, "dualwrite replay: -c FILE is required\n");
-		return 2;
-	}
-	r.cfg = cli_load_config(cfgpath);
+	r.cfg = cli_args_config("replay", argc, argv, optind, cfgpath);
 	if (!r.cfg)
 		return 2;
 	signal(SIGPIPE, SIG_IGN);

@@ -140,15 +140,7 @@ int cmd_status(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind < argc) {
-		fprintf(stderr, "dualwrite status: unexpected argument '%s'\n", argv[optind]);
-		return 2;
-	}
-	if (!cfgpath) {
-		fprintf(stderr, "dualwrite status: -c FILE is required\n");
-		return 2;
-	}
-	cfg = cli_load_config(cfgpath);
+	cfg = cli_args_config("status", argc, argv, optind, cfgpath);
 	if (!cfg)
 		return 2;
 	if (!cfg->admin_listen) {
