@@ -722,6 +722,29 @@ static void dispatch(struct conn *c)
 		send_request(c);
 }
 
+/* Copy one header line as parsed: "Name: value\r\n", one append for the
+ * usual short line (this runs for every header of every message). */
+static void add_header(struct evbuffer *out, const struct http_header *h)
+{
+	char line[512];
+	size_t n = h->name_len + h->value_len + 4;
+
+	if (n > sizeof(line)) {
+		evbuffer_add(out, h->name, h->name_len);
+		evbuffer_add(out, ": ", 2);
+		evbuffer_add(out, h->value, h->value_len);
+		evbuffer_add(out, "\r\n", 2);
+		return;
+	}
+	memcpy(line, h->name, h->name_len);
+	line[h->name_len] = ':';
+	line[h->name_len + 1] = ' ';
+	memcpy(line + h->name_len + 2, h->value, h->value_len);
+	line[n - 2] = '\r';
+	line[n - 1] = '\n';
+	evbuffer_add(out, line, n);
+}
+
 static bool name_is(const struct http_header *h, const char *name)
 {
 	return h->name_len == strlen(name) && strncasecmp(h->name, name, h->name_len) == 0;
@@ -754,8 +777,7 @@ static void send_request(struct conn *c)
 			xff_len = h->value_len;
 			continue;
 		}
-		evbuffer_add_printf(out, "%.*s: %.*s\r\n", (int)h->name_len, h->name,
-				    (int)h->value_len, h->value);
+		add_header(out, h);
 	}
 	if (xff)
 		evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len, xff, c->peer);
@@ -899,8 +921,7 @@ static void start_response(struct conn *c)
 
 		if (http_is_hop_by_hop(&c->x->resp, h->name, h->name_len))
 			continue;
-		evbuffer_add_printf(out, "%.*s: %.*s\r\n", (int)h->name_len, h->name,
-				    (int)h->value_len, h->value);
+		add_header(out, h);
 	}
 	if (c->x->mode == OUT_CHUNKED_PASS || c->x->mode == OUT_ENCODE)
 		evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
