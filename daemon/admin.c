@@ -72,8 +72,8 @@ static void status_cb(struct evhttp_request *req, struct server *srv)
 					     ? (dw_wall_us() - st.oldest_waiting_us) / 1000000
 					     : 0));
 	json_object_set_new(doc, "queue", queue);
-	if (srv->mirror)
-		mirror_status_json(srv->mirror, mirror);
+	if (srv->nmirrors)
+		mirror_status_json(srv->mirrors[0], mirror); /* gauges shared by the shards */
 	json_object_set_new(doc, "mirror", mirror);
 	json_object_set_new(doc, "reloads",
 			    json_pack("{s:I, s:I}", "ok", (json_int_t)metric_value(srv->m_reload_ok),

@@ -361,12 +361,12 @@ int main(int argc, char **argv)
 	}
 
 	srv.base = event_base_new();
-	srv.mirror = mirror_new(&srv, &err);
-	if (!srv.base || !srv.mirror || mirror_start(srv.mirror, &err) < 0) {
-		log_error("%s", err.msg[0] ? err.msg : "cannot create the main event loop");
+	if (!srv.base) {
+		log_error("cannot create the main event loop");
 		goto out;
 	}
 	srv.workers = dw_calloc((size_t)srv.cfg->workers, sizeof(struct worker *));
+	srv.mirrors = dw_calloc((size_t)srv.cfg->workers, sizeof(struct mirror *));
 	for (int i = 0; i < srv.cfg->workers; i++) {
 		srv.workers[i] = worker_new(&srv, i, &err);
 		if (!srv.workers[i]) {
@@ -375,6 +375,7 @@ int main(int argc, char **argv)
 		}
 		srv.nworkers++;
 	}
+	srv.nmirrors = srv.nworkers; /* fixed from here on: a key's home never moves */
 	if (admin_start(&srv, &err) < 0) {
 		log_error("%s", err.msg);
 		goto out;
@@ -413,17 +414,13 @@ int main(int argc, char **argv)
 	event_base_dispatch(srv.base);
 
 	for (size_t i = 0; i < srv.nworkers; i++)
-		worker_join_free(srv.workers[i]);
+		worker_join(srv.workers[i]);
+	for (size_t i = 0; i < srv.nworkers; i++)
+		worker_free(srv.workers[i]); /* queues what the mirrors did not finish */
 	srv.nworkers = 0;
-	{
-		struct dw_config *cfg = server_config(&srv);
-		int ms = cfg->limits.drain_timeout_ms;
-		config_unref(cfg);
-		mirror_drain_free(srv.mirror, ms / 2 > 1000 ? ms / 2 : 1000);
-		srv.mirror = NULL;
-		pgforward_stop(srv.pgfwd); /* pgforward wiring: after the drain queued the rest */
-		srv.pgfwd = NULL;
-	}
+	srv.nmirrors = 0;
+	pgforward_stop(srv.pgfwd); /* pgforward wiring: after the drain queued the rest */
+	srv.pgfwd = NULL;
 	for (int i = 0; i < 3; i++)
 		event_free(sigs[i]);
 	if (wd)
@@ -439,10 +436,11 @@ int main(int argc, char **argv)
 	rc = 0;
 out:
 	for (size_t i = 0; i < srv.nworkers; i++)
-		worker_join_free(srv.workers[i]);
+		worker_join(srv.workers[i]);
+	for (size_t i = 0; i < srv.nworkers; i++)
+		worker_free(srv.workers[i]);
 	free(srv.workers);
-	if (srv.mirror)
-		mirror_drain_free(srv.mirror, 1000);
+	free(srv.mirrors);
 	pgforward_stop(srv.pgfwd); /* pgforward wiring */
 	admin_stop(&srv);
 	spool_close(srv.spool);

@@ -8,16 +8,21 @@
  * journaled dead-lettered with the reason; a journal that cannot be written
  * is counted as lost and logged loudly. The client is served either way.
  *
- * The mirror thread then sends journaled writes with bounded concurrency per
- * upstream, one at a time per ordering key, in journal order (G3). Each
+ * Each worker's event loop runs one mirror shard; a write goes to the shard
+ * its ordering key hashes to (an unkeyed write stays in the worker that
+ * captured it), so every key has one home and no hand-off is needed when
+ * the home is the capturing worker. A shard sends journaled writes with
+ * bounded concurrency per upstream, one at a time per ordering key, in
+ * journal order (G3). Each
  * outcome is appended to the journal: delivered, queued for replay (retryable
  * failure — and everything behind it for that key), or dead (permanent). A
  * key that already has records waiting in the queue is not sent at all: the
  * write queues behind them until `dualwrite replay` drains them.
  *
- * Nothing here ever blocks or slows the client's path: the hand-off is a
- * mutex-protected list and an event activation, and a backlog beyond
- * MAX_IN_MEMORY spills to the queue.
+ * Nothing here ever blocks the client's path: a send is non-blocking I/O in
+ * the same loop, the hand-off to another worker's shard is a mutex-protected
+ * list and an eventfd, and a backlog beyond MAX_IN_MEMORY spills to the
+ * queue.
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -38,7 +43,7 @@
 #define KEY_BUCKETS 4096
 #define EXCERPT 200
 
-enum { WAKE_INBOX = 1, WAKE_DRAIN = 2 };
+enum { WAKE_INBOX = 1 };
 
 struct keyq;
 
@@ -86,6 +91,7 @@ struct target {
 	int cooldown_ms;
 	bool probing;	   /* half-open: one send in flight decides */
 	char last_error[200];
+	bool counted_open; /* this shard's share of m_open */
 	struct metric *m_open;
 };
 
@@ -109,29 +115,26 @@ struct send {
 
 struct mirror {
 	struct server *srv;
-	struct event_base *base;
-	pthread_t thread;
-	bool started;
+	struct event_base *base; /* the owning worker's loop (borrowed) */
 	struct pool_set *pools;
 
 	pthread_mutex_t lock; /* guards inbox and closed */
 	struct job_list inbox;
 	bool closed;
-	struct wake wake; /* inbox and drain requests from other threads */
-	struct event *deadline_ev;
+	struct wake wake; /* jobs from other workers */
 
-	/* mirror thread only */
+	/* owning worker's thread only */
 	struct keyq *keys[KEY_BUCKETS];
 	struct target *targets;
 	TAILQ_HEAD(, send) sends;
 	size_t in_memory;
-	bool draining;
 
 	/* Outcomes not yet in the journal: written together once per loop
 	 * iteration (flush_ev), and always before a new job is looked at, so
 	 * spool_key_queued sees every key queued so far. */
 	struct spool_change *chg;
 	size_t nchg, capchg;
+	size_t nchg_queued; /* of them, QUEUED ones (spool_key_queued must see) */
 	struct event *flush_ev;
 
 	struct outcome_series {
@@ -140,8 +143,6 @@ struct mirror {
 		struct metric *m;
 	} series[64];
 	size_t nseries;
-	int drain_ms;
-	uint64_t idem_counter; /* atomic: workers draw idempotency keys */
 
 	struct histogram *h_duration;
 	struct metric *m_inflight, *m_memory;
@@ -183,6 +184,27 @@ static void log_outcome(const char *reqid, const char *route, const char *key, c
 	       why ? " reason=" : "", why ? why : "");
 }
 
+/* FNV-1a */
+static uint64_t hash_str(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return h;
+}
+
+/* The home shard of (upstream, key): every write of a key goes there. */
+static uint64_t hash_key(const char *upstream, const char *key)
+{
+	uint64_t h = hash_str(upstream);
+
+	h = (h ^ '\n') * 1099511628211ULL;
+	for (; *key; key++)
+		h = (h ^ (unsigned char)*key) * 1099511628211ULL;
+	return h;
+}
+
 /* ------------------------------------------------- capture (worker side) */
 
 static const char *dead_reason(char *buf, size_t len, const char *fmt, ...) DW_PRINTF(3, 4);
@@ -196,9 +218,8 @@ static const char *dead_reason(char *buf, size_t len, const char *fmt, ...)
 	return buf;
 }
 
-void mirror_capture(struct server *srv, const struct mirror_input *in)
+void mirror_capture(struct server *srv, struct mirror *self, const struct mirror_input *in)
 {
-	struct mirror *mi = srv->mirror;
 	const struct dw_mirror *mm = in->route->mirror;
 	const struct dw_config *cfg = in->cfg;
 	const struct dw_upstream *up = &cfg->upstreams[mm->upstream];
@@ -216,7 +237,7 @@ void mirror_capture(struct server *srv, const struct mirror_input *in)
 	memset(&rec, 0, sizeof(rec));
 	memset(&ctx, 0, sizeof(ctx));
 	snprintf(idem, sizeof(idem), "%s-%" PRIx64, srv->instance,
-		 __atomic_add_fetch(&mi->idem_counter, 1, __ATOMIC_RELAXED));
+		 __atomic_add_fetch(&srv->idem_counter, 1, __ATOMIC_RELAXED));
 
 	if (mm->sources & EXPR_SRC_REQUEST) {
 		req = json_loadb(in->req_body ? in->req_body : "", in->req_body_len,
@@ -324,7 +345,8 @@ void mirror_capture(struct server *srv, const struct mirror_input *in)
 	text = NULL;
 	j->reqid = dw_strdup(in->request_id);
 	j->t_ack = dw_now_us();
-	mirror_submit(mi, j);
+	mirror_submit(j->key ? srv->mirrors[hash_key(up->name, j->key) % srv->nmirrors] : self,
+		      self, j);
 out:
 	json_decref(req);
 	json_decref(resp);
@@ -334,16 +356,8 @@ out:
 	free(text);
 }
 
-/* ------------------------------------------------ the mirror thread */
+/* ------------------------------------------- the shard (owning worker's loop) */
 
-static uint64_t hash_str(const char *s)
-{
-	uint64_t h = 1469598103934665603ULL;
-
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-	return h;
-}
 
 static const struct dw_upstream *job_upstream(const struct mirror_job *j)
 {
@@ -402,14 +416,14 @@ static struct target *target_get(struct mirror *mi, const char *name)
 	snprintf(labels, sizeof(labels), "upstream=\"%s\"",
 		 metrics_label_escape(name, esc, sizeof(esc)));
 	t->m_open = metrics_gauge(mi->srv->metrics, "dualwrite_mirror_circuit_open",
-				  "1 while writes to this mirror upstream go straight to the queue.",
+				  "Workers whose writes to this mirror upstream go straight to the queue (circuit open).",
 				  labels);
 	t->next = mi->targets;
 	mi->targets = t;
 	return t;
 }
 
-/* dualwrite_mirror_total for the mirror thread, with handles cached. */
+/* dualwrite_mirror_total for this shard, with handles cached. */
 static void mirror_count(struct mirror *mi, const char *route, const char *result)
 {
 	for (size_t i = 0; i < mi->nseries; i++)
@@ -448,6 +462,7 @@ static void flush_states(struct mirror *mi)
 	for (size_t i = 0; i < mi->nchg; i++)
 		free((char *)(uintptr_t)mi->chg[i].error);
 	mi->nchg = 0;
+	mi->nchg_queued = 0;
 }
 
 static void flush_cb(evutil_socket_t fd, short what, void *arg)
@@ -471,6 +486,8 @@ static void job_finish(struct mirror *mi, struct mirror_job *j, enum spool_state
 	mi->chg[mi->nchg++] = (struct spool_change){.seq = j->seq, .st = st,
 						    .attempts = j->attempts, .status = status,
 						    .error = dw_strdup(why)};
+	if (st == SPOOL_QUEUED)
+		mi->nchg_queued++;
 	if (mi->nchg == 1 && mi->flush_ev)
 		event_active(mi->flush_ev, EV_TIMEOUT, 0);
 	else if (mi->nchg >= 512)
@@ -481,7 +498,7 @@ static void job_finish(struct mirror *mi, struct mirror_job *j, enum spool_state
 	log_outcome(j->reqid, j->route->name, j->key, j->idem, j->seq, result, status, j->attempts,
 		    ms, why);
 	mi->in_memory--;
-	metric_set(mi->m_memory, (int64_t)mi->in_memory);
+	metric_add(mi->m_memory, -1);
 	job_free(j);
 }
 
@@ -553,7 +570,9 @@ static void breaker_note(struct target *t, bool failed, const char *why)
 		t->open_until = 0;
 		t->probing = false;
 		t->cooldown_ms = BREAKER_MIN_MS;
-		metric_set(t->m_open, 0);
+		if (t->counted_open)
+			metric_add(t->m_open, -1);
+		t->counted_open = false;
 		return;
 	}
 	why = why ? why : "failed";
@@ -569,7 +588,9 @@ static void breaker_note(struct target *t, bool failed, const char *why)
 	}
 	if (++t->failures == BREAKER_FAILURES) {
 		t->open_until = dw_now_us() + (int64_t)t->cooldown_ms * 1000;
-		metric_set(t->m_open, 1);
+		if (!t->counted_open)
+			metric_add(t->m_open, 1);
+		t->counted_open = true;
 		log_warn("mirror: upstream \"%s\" failed %d times in a row (%s); writes go to the "
 			 "queue, next probe in %d ms",
 			 t->name, t->failures, t->last_error, t->cooldown_ms);
@@ -624,8 +645,6 @@ static void send_done(struct send *s, int status, const char *neterr)
 		}
 	}
 	start_sends(mi, t);
-	if (mi->draining && TAILQ_EMPTY(&mi->sends))
-		event_base_loopexit(mi->base, NULL);
 }
 
 static void excerpt_emit(void *arg, const char *p, size_t n)
@@ -832,13 +851,13 @@ static void start_sends(struct mirror *mi, struct target *t)
 	}
 }
 
-/* A journaled job arrives in the mirror thread. */
+/* A journaled job arrives in its home shard. */
 static void job_arrive(struct mirror *mi, struct mirror_job *j)
 {
 	const struct dw_upstream *up = job_upstream(j);
 
 	mi->in_memory++;
-	metric_set(mi->m_memory, (int64_t)mi->in_memory);
+	metric_inc(mi->m_memory);
 	if (j->key) {
 		struct keyq *q = keyq_get(mi, up->name, j->key, false);
 		if (q) { /* an earlier write of this key is in flight or waiting */
@@ -867,14 +886,11 @@ static void job_arrive(struct mirror *mi, struct mirror_job *j)
 	job_ready(mi, j);
 }
 
-static void inbox_cb(evutil_socket_t fd, short what, void *arg)
+static void inbox_cb(struct mirror *mi)
 {
-	struct mirror *mi = arg;
 	struct job_list batch;
 	struct mirror_job *j;
 
-	(void)fd;
-	(void)what;
 	flush_states(mi); /* so spool_key_queued sees every key queued so far */
 	TAILQ_INIT(&batch);
 	pthread_mutex_lock(&mi->lock);
@@ -886,10 +902,16 @@ static void inbox_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-void mirror_submit(struct mirror *mi, struct mirror_job *job)
+void mirror_submit(struct mirror *mi, struct mirror *from, struct mirror_job *job)
 {
 	bool wake;
 
+	if (mi == from) { /* the key's home is this worker: no hand-off */
+		if (mi->nchg_queued)
+			flush_states(mi); /* see inbox_cb */
+		job_arrive(mi, job);
+		return;
+	}
 	pthread_mutex_lock(&mi->lock);
 	if (mi->closed) {
 		pthread_mutex_unlock(&mi->lock);
@@ -906,67 +928,28 @@ void mirror_submit(struct mirror *mi, struct mirror_job *job)
 		wake_post(&mi->wake, WAKE_INBOX);
 }
 
-static void drain_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct mirror *mi = arg;
-	struct timeval tv = {mi->drain_ms / 1000, (suseconds_t)(mi->drain_ms % 1000) * 1000};
-
-	(void)fd;
-	(void)what;
-	inbox_cb(-1, 0, mi);
-	mi->draining = true;
-	if (TAILQ_EMPTY(&mi->sends)) {
-		event_base_loopexit(mi->base, NULL);
-		return;
-	}
-	evtimer_add(mi->deadline_ev, &tv);
-}
-
 static void wake_cb(void *arg, unsigned bits)
 {
 	if (bits & WAKE_INBOX)
-		inbox_cb(-1, 0, arg);
-	if (bits & WAKE_DRAIN)
-		drain_cb(-1, 0, arg);
+		inbox_cb(arg);
 }
 
-static void deadline_cb(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	event_base_loopexit(((struct mirror *)arg)->base, NULL);
-}
-
-static void *mirror_main(void *arg)
-{
-	struct mirror *mi = arg;
-
-	event_base_loop(mi->base, EVLOOP_NO_EXIT_ON_EMPTY);
-	return NULL;
-}
-
-struct mirror *mirror_new(struct server *srv, struct dw_err *err)
+struct mirror *mirror_new(struct server *srv, struct event_base *base, struct dw_err *err)
 {
 	struct mirror *mi = dw_calloc(1, sizeof(*mi));
 
 	mi->srv = srv;
-	mi->base = event_base_new();
-	if (!mi->base) {
-		dw_err_set(err, "mirror: cannot create an event loop");
-		free(mi);
-		return NULL;
-	}
+	mi->base = base;
 	mi->pools = pool_set_new(mi->base, srv->metrics);
 	pthread_mutex_init(&mi->lock, NULL);
 	TAILQ_INIT(&mi->inbox);
 	TAILQ_INIT(&mi->sends);
 	if (wake_init(&mi->wake, mi->base, wake_cb, mi, err) < 0) {
 		pool_set_free(mi->pools);
-		event_base_free(mi->base);
+		pthread_mutex_destroy(&mi->lock);
 		free(mi);
 		return NULL;
 	}
-	mi->deadline_ev = evtimer_new(mi->base, deadline_cb, mi);
 	mi->flush_ev = event_new(mi->base, -1, 0, flush_cb, mi);
 	mi->h_duration = metrics_histogram(srv->metrics, "dualwrite_mirror_duration_seconds",
 					   "From legacy acknowledgement to delivery on the new system.",
@@ -978,33 +961,31 @@ struct mirror *mirror_new(struct server *srv, struct dw_err *err)
 	return mi;
 }
 
-int mirror_start(struct mirror *mi, struct dw_err *err)
+bool mirror_busy(struct mirror *mi)
 {
-	int rc = pthread_create(&mi->thread, NULL, mirror_main, mi);
+	bool inbox;
 
-	if (rc != 0) {
-		dw_err_set(err, "mirror: pthread_create: %s", strerror(rc));
-		return -1;
-	}
-	mi->started = true;
-	return 0;
+	pthread_mutex_lock(&mi->lock);
+	inbox = !TAILQ_EMPTY(&mi->inbox);
+	pthread_mutex_unlock(&mi->lock);
+	return inbox || mi->in_memory > 0;
 }
 
-void mirror_drain_free(struct mirror *mi, int deadline_ms)
+void mirror_close(struct mirror *mi)
+{
+	pthread_mutex_lock(&mi->lock);
+	mi->closed = true;
+	pthread_mutex_unlock(&mi->lock);
+}
+
+void mirror_free(struct mirror *mi)
 {
 	struct mirror_job *j;
 	struct send *s;
 
 	if (!mi)
 		return;
-	pthread_mutex_lock(&mi->lock);
-	mi->closed = true;
-	pthread_mutex_unlock(&mi->lock);
-	mi->drain_ms = deadline_ms > 0 ? deadline_ms : 1;
-	if (mi->started) {
-		wake_post(&mi->wake, WAKE_DRAIN);
-		pthread_join(mi->thread, NULL);
-	}
+	mirror_close(mi);
 	/* Whatever did not finish in time goes to the queue. The order of these
 	 * state changes does not matter: replay sends each key's records in
 	 * journal order. */
@@ -1020,6 +1001,8 @@ void mirror_drain_free(struct mirror *mi, int deadline_ms)
 			TAILQ_REMOVE(&t->ready, j, link);
 			queue_left(mi, j, "daemon stopped before the mirror was sent");
 		}
+		if (t->counted_open)
+			metric_add(t->m_open, -1);
 		free(t->name);
 		free(t);
 	}
@@ -1032,11 +1015,11 @@ void mirror_drain_free(struct mirror *mi, int deadline_ms)
 			keyq_drop(mi, q);
 		}
 	}
-	/* Submitted after the thread's last look (cannot happen once closed is
-	 * set, but a job here would still be journaled and so must be queued). */
+	/* Handed over by other workers after this one's loop ended. */
 	while ((j = TAILQ_FIRST(&mi->inbox))) {
 		TAILQ_REMOVE(&mi->inbox, j, link);
 		mi->in_memory++;
+		metric_inc(mi->m_memory);
 		queue_left(mi, j, "daemon stopped before the mirror was sent");
 	}
 	flush_states(mi);
@@ -1045,9 +1028,7 @@ void mirror_drain_free(struct mirror *mi, int deadline_ms)
 		free(mi->series[i].route);
 	event_free(mi->flush_ev);
 	wake_free(&mi->wake);
-	event_free(mi->deadline_ev);
 	pool_set_free(mi->pools);
-	event_base_free(mi->base);
 	pthread_mutex_destroy(&mi->lock);
 	free(mi);
 }

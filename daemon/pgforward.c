@@ -9,13 +9,13 @@
  * Which local records may move (pgq_forward_spool): every QUEUED unkeyed
  * record, and for a key its QUEUED records in seq order starting at the key's
  * oldest waiting one — a key whose oldest waiting record is still PENDING (in
- * flight in the mirror thread) is left alone, so rows of one key enter the
+ * flight in a mirror shard) is left alone, so rows of one key enter the
  * table in journal order and ids (bigserial, one transaction at a time)
  * follow it.
  *
  * The order of effects is what keeps G3 when a record leaves the spool: the
  * table commit, then the key into the in-memory set, then the local
- * FORWARDED mark. The mirror thread checks the spool first and this set
+ * FORWARDED mark. A mirror shard checks the spool first and this set
  * second, so a key is never seen as free in between.
  */
 #include "pgforward.h"

@@ -13,7 +13,7 @@
  *
  * It also keeps the set of (upstream, key) that have 'queued' rows in the
  * table (refreshed every 500 ms, plus what it just forwarded; the last known
- * set is kept during an outage): the mirror thread queues a new write of
+ * set is kept during an outage): the key's mirror shard queues a new write of
  * such a key behind them instead of sending it (G3).
  */
 #ifndef DW_PGFORWARD_H
@@ -37,7 +37,7 @@ struct pgforward;
  * an error here. */
 struct pgforward *pgforward_start(struct server *srv, struct dw_err *err);
 /* Forward what is queued one last time (when connected), stop, free. NULL is
- * a no-op. Call after the mirror thread is drained. */
+ * a no-op. Call after the mirror shards are drained. */
 void pgforward_stop(struct pgforward *pf);
 /* Whether (upstream, key) has queued rows in PostgreSQL. Thread-safe. */
 bool pgforward_key_queued(struct pgforward *pf, const char *upstream, const char *key);

@@ -869,7 +869,7 @@ static void do_mirror(struct conn *c)
 		snprintf(method, sizeof(method), "%.*s", (int)c->x->req.method_len, c->x->req.method_str);
 		in.method = method;
 	}
-	mirror_capture(c->w->srv, &in);
+	mirror_capture(c->w->srv, c->w->mirror, &in);
 }
 
 static void start_response(struct conn *c)

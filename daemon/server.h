@@ -3,9 +3,11 @@
  *
  * Threads: the main thread runs signals, the admin listener, systemd
  * notification and the reload; each worker thread runs an event loop with
- * its own listeners (SO_REUSEPORT), client connections and upstream pools;
- * one mirror thread sends every mirrored write, so that per-key order holds
- * across workers and a slow mirror target never touches a client's path.
+ * its own listeners (SO_REUSEPORT), client connections and upstream pools,
+ * and one mirror shard that sends the mirrored writes whose ordering key
+ * hashes to it — every key has one home, so per-key order holds across
+ * workers; the sends are non-blocking, so a slow mirror target never
+ * touches a client's path.
  *
  * Configuration: srv->cfg is the current immutable snapshot. Workers hold
  * their own reference and swap it when the main thread signals a reload;
@@ -38,8 +40,10 @@ struct server {
 	pthread_mutex_t cfg_lock; /* guards cfg (the pointer, not the snapshot) */
 	struct dw_config *cfg;
 	struct metrics *metrics;
-	struct spool *spool; /* shared by workers and the mirror thread */
-	struct mirror *mirror;
+	struct spool *spool; /* shared by the workers */
+	struct mirror **mirrors; /* one shard per worker, in that worker's loop */
+	size_t nmirrors;
+	uint64_t idem_counter;	 /* atomic: workers draw idempotency keys */
 	struct pgforward *pgfwd; /* pgforward wiring: NULL unless queue.postgres */
 	struct worker **workers;
 	size_t nworkers;
@@ -97,6 +101,7 @@ static inline int evbuffer_write_unfrozen(struct evbuffer *out, evutil_socket_t 
 struct dw_config *server_config(struct server *srv);
 
 /* ---- workers (worker.c, proxy.c) ---- */
+/* Also creates the worker's mirror shard, srv->mirrors[id]. */
 struct worker *worker_new(struct server *srv, int id, struct dw_err *err);
 int worker_start(struct worker *w, struct dw_err *err) DW_MUSTCHECK;
 /* Called from the main thread: take the new configuration (listeners are
@@ -106,7 +111,11 @@ void worker_post_reload(struct worker *w);
 void worker_post_stop(struct worker *w);
 /* Called from the main thread after the drain bound: abort what is left. */
 void worker_post_abort(struct worker *w);
-void worker_join_free(struct worker *w);
+/* Wait for the thread to end. Every worker is joined before any is freed:
+ * a worker's mirror shard takes hand-overs from the others until then. */
+void worker_join(struct worker *w);
+/* Queue what its mirror shard did not finish, free everything. */
+void worker_free(struct worker *w);
 int worker_connections(struct worker *w);
 
 /* ---- upstream connection pools (pool.c), one set per event loop ---- */
@@ -137,13 +146,19 @@ void upconn_release(struct upconn *uc, bool keep);
 
 /* ---- mirroring (mirror.c) ---- */
 struct mirror_job;
-struct mirror *mirror_new(struct server *srv, struct dw_err *err);
-int mirror_start(struct mirror *mi, struct dw_err *err) DW_MUSTCHECK;
-/* Takes ownership of job. Thread-safe. */
-void mirror_submit(struct mirror *mi, struct mirror_job *job);
-/* Stop taking jobs, finish in-flight ones within deadline_ms, queue the
- * rest, and join the thread. */
-void mirror_drain_free(struct mirror *mi, int deadline_ms);
+/* A shard living in base (a worker's loop). */
+struct mirror *mirror_new(struct server *srv, struct event_base *base, struct dw_err *err);
+/* Hand job to shard mi; from is the calling worker's own shard (the job is
+ * taken at once when mi == from, else through mi's inbox). Takes ownership. */
+void mirror_submit(struct mirror *mi, struct mirror *from, struct mirror_job *job);
+/* Jobs in memory or handed over and not yet settled (owning thread). */
+bool mirror_busy(struct mirror *mi);
+/* Take no more hand-overs (any thread); later ones stay PENDING in the
+ * journal and are recovered as queued on the next start. */
+void mirror_close(struct mirror *mi);
+/* After the owning loop has stopped for good: queue what did not finish,
+ * record it, free. */
+void mirror_free(struct mirror *mi);
 void mirror_status_json(struct mirror *mi, void *json_obj);
 
 /*
@@ -170,7 +185,7 @@ struct mirror_input {
 	bool resp_too_large; /* the reply outgrew max_body_bytes: not mappable */
 	const char *request_id;
 };
-void mirror_capture(struct server *srv, const struct mirror_input *in);
+void mirror_capture(struct server *srv, struct mirror *self, const struct mirror_input *in);
 
 /* Refresh the journal view and the queue gauges; fills st (main.c). */
 void server_queue_refresh(struct server *srv, struct spool_stats *st);

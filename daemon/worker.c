@@ -181,9 +181,11 @@ static void do_reload(struct worker *w)
 		log_error("worker %d: %s", w->id, err.msg);
 }
 
+/* Drained: no client connection left and every mirror settled (the main
+ * thread's drain deadline aborts what takes longer). */
 static void check_drained(struct worker *w)
 {
-	if (w->draining && w->nconns == 0)
+	if (w->draining && w->nconns == 0 && !mirror_busy(w->mirror))
 		event_base_loopexit(w->base, NULL);
 }
 
@@ -261,6 +263,12 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 		return NULL;
 	}
 	w->sync_ev = event_new(w->base, -1, 0, sync_cb, w);
+	w->mirror = mirror_new(srv, w->base, err);
+	if (!w->mirror) {
+		worker_free(w);
+		return NULL;
+	}
+	srv->mirrors[id] = w->mirror;
 	if (getrandom(&w->reqid_seed, sizeof(w->reqid_seed), 0) != sizeof(w->reqid_seed))
 		w->reqid_seed = (uint32_t)dw_wall_us() ^ (uint32_t)getpid();
 	w->h_duration = metrics_histogram(srv->metrics, "dualwrite_request_duration_seconds",
@@ -274,7 +282,7 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 	}
 	/* Bind in the caller's thread so a bad address fails start-up loudly. */
 	if (listeners_sync(w, err) < 0) {
-		worker_join_free(w);
+		worker_free(w);
 		return NULL;
 	}
 	return w;
@@ -321,12 +329,21 @@ int worker_connections(struct worker *w)
 	return __atomic_load_n(&w->nconns, __ATOMIC_RELAXED);
 }
 
-void worker_join_free(struct worker *w)
+void worker_join(struct worker *w)
+{
+	if (w && w->started) {
+		pthread_join(w->thread, NULL);
+		w->started = false;
+	}
+	if (w && w->mirror)
+		mirror_close(w->mirror);
+}
+
+void worker_free(struct worker *w)
 {
 	if (!w)
 		return;
-	if (w->started)
-		pthread_join(w->thread, NULL);
+	worker_join(w);
 	proxy_abort_all(w);
 	/* Let reaps scheduled by the aborts run. */
 	event_base_loop(w->base, EVLOOP_NONBLOCK);
@@ -335,6 +352,7 @@ void worker_join_free(struct worker *w)
 		event_free(w->drain_tick);
 	wake_free(&w->wake);
 	event_free(w->sync_ev);
+	mirror_free(w->mirror);
 	pool_set_free(w->pools);
 	for (size_t i = 0; i < w->nseries; i++)
 		free(w->series[i].route);

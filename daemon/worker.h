@@ -35,6 +35,7 @@ struct worker {
 	struct dw_config *cfg; /* this worker's reference to the current config */
 	struct listener *listeners;
 	struct pool_set *pools;
+	struct mirror *mirror; /* this loop's shard (srv->mirrors[id]) */
 	TAILQ_HEAD(, conn) conns;
 	int nconns;
 	struct wake wake;	/* reload / stop / abort from the main thread */
