@@ -8,13 +8,19 @@
  *   u32 magic   "DWQ1"
  *   u32 length  payload bytes
  *   u32 crc     CRC-32C over type, seq and payload
- *   u8  type    1 RECORD, 2 STATE, 3 ROTATE
+ *   u8  type    4 RECORD, 5 STATE, 3 ROTATE (1 and 2: the JSON forms of
+ *               RECORD and STATE written by 0.1.0, still read)
  *   u64 seq     the record a RECORD/STATE frame is about; for ROTATE the id
  *               of the segment that follows
- *   payload     RECORD: compact JSON of every spool_record field (the body as
- *               a JSON string "body", or base64 "body64" when it is not UTF-8)
- *               STATE: {"state", "attempts", "status", "error", "t"}
+ *   payload     RECORD: u8 state, u32 attempts, u32 status, i64 created,
+ *               i64 updated, then ten strings, each u32 length (0xffffffff:
+ *               absent) and bytes: route, upstream, key, idem, method, path,
+ *               content type, request id, error, body
+ *               STATE: u8 state, u32 attempts, u32 status, i64 t, string error
  *               ROTATE: empty
+ *
+ * The payloads are binary so that journaling a write costs no JSON encoding:
+ * the mirror body is copied as it is.
  *
  * A writer builds each frame (or batch of frames) in memory and appends it
  * with one write() on an O_APPEND descriptor while holding flock(LOCK_EX) on
@@ -52,7 +58,8 @@
 #define HDR_LEN 21
 #define MAX_PAYLOAD (256u << 20)
 
-enum frame_type { FT_RECORD = 1, FT_STATE = 2, FT_ROTATE = 3 };
+enum frame_type { FT_RECORD_JSON = 1, FT_STATE_JSON = 2, FT_ROTATE = 3, FT_RECORD = 4, FT_STATE = 5 };
+#define FT_MAX FT_STATE
 
 static const uint32_t crc32c_tab[256] = {
 	0x00000000, 0xf26b8303, 0xe13b70f7, 0x1350f3f4, 0xc79a971f, 0x35f1141c,
@@ -100,13 +107,40 @@ static const uint32_t crc32c_tab[256] = {
 	0xbe2da0a5, 0x4c4623a6, 0x5f16d052, 0xad7d5351,
 };
 
-static uint32_t crc32c_update(uint32_t crc, const void *p, size_t n)
+static uint32_t crc32c_soft(uint32_t crc, const unsigned char *b, size_t n)
 {
-	const unsigned char *b = p;
-
 	while (n--)
 		crc = crc32c_tab[(crc ^ *b++) & 0xff] ^ (crc >> 8);
 	return crc;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* SSE 4.2's crc32 instruction computes CRC-32C: 8 bytes per instruction
+ * instead of one table lookup per byte. */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const unsigned char *b,
+							      size_t n)
+{
+	uint64_t c = crc;
+
+	for (; n >= 8; n -= 8, b += 8) {
+		uint64_t v;
+		memcpy(&v, b, 8);
+		c = __builtin_ia32_crc32di(c, v);
+	}
+	crc = (uint32_t)c;
+	while (n--)
+		crc = __builtin_ia32_crc32qi(crc, *b++);
+	return crc;
+}
+#endif
+
+static uint32_t crc32c_update(uint32_t crc, const void *p, size_t n)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+	if (__builtin_cpu_supports("sse4.2"))
+		return crc32c_hw(crc, p, n);
+#endif
+	return crc32c_soft(crc, p, n);
 }
 
 static void put32(unsigned char *p, uint32_t v)
@@ -151,54 +185,9 @@ static void buf_reserve(struct buf *b, size_t more)
 	b->cap = cap;
 }
 
-/* Append one frame: header + payload, CRC over type, seq and payload. */
-static void buf_frame(struct buf *b, enum frame_type type, uint64_t seq, const char *payload,
-		      size_t plen)
-{
-	unsigned char *h;
-	uint32_t crc;
-
-	buf_reserve(b, HDR_LEN + plen);
-	h = b->p + b->len;
-	put32(h, FRAME_MAGIC);
-	put32(h + 4, (uint32_t)plen);
-	h[12] = (unsigned char)type;
-	put64(h + 13, seq);
-	if (plen)
-		memcpy(h + HDR_LEN, payload, plen);
-	crc = crc32c_update(0xffffffffu, h + 12, 9);
-	crc = crc32c_update(crc, h + HDR_LEN, plen) ^ 0xffffffffu;
-	put32(h + 8, crc);
-	b->len += HDR_LEN + plen;
-}
-
-/* ---- base64, for bodies that are not valid UTF-8 ---- */
+/* ---- base64, for bodies of 0.1.0's JSON records that were not UTF-8 ---- */
 
 static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static char *b64_encode(const unsigned char *in, size_t n, size_t *outlen)
-{
-	char *out = dw_malloc((n + 2) / 3 * 4 + 1), *o = out;
-	size_t i;
-
-	for (i = 0; i + 2 < n; i += 3) {
-		uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-		*o++ = b64chars[v >> 18];
-		*o++ = b64chars[(v >> 12) & 63];
-		*o++ = b64chars[(v >> 6) & 63];
-		*o++ = b64chars[v & 63];
-	}
-	if (i < n) {
-		uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
-		*o++ = b64chars[v >> 18];
-		*o++ = b64chars[(v >> 12) & 63];
-		*o++ = i + 1 < n ? b64chars[(v >> 6) & 63] : '=';
-		*o++ = '=';
-	}
-	*o = '\0';
-	*outlen = (size_t)(o - out);
-	return out;
-}
 
 static int b64_val(char c)
 {
@@ -613,71 +602,251 @@ static void fold_state(struct spool *sp, uint64_t seq, int st, uint32_t attempts
 
 /* ---- payloads ---- */
 
-static void jset_str(json_t *o, const char *k, const char *v)
+/* ---- binary payloads ---- */
+
+#define STR_ABSENT 0xffffffffu
+
+static void put_str(struct buf *b, const char *s, size_t n)
 {
-	json_t *j;
-
-	if (!v)
-		return;
-	j = json_string(v);
-	json_object_set_new_nocheck(o, k, j ? j : json_null()); /* null: not UTF-8 */
-}
-
-static char *record_payload(const struct spool_record *r, size_t *len)
-{
-	json_t *o = json_object();
-	char *s;
-
-	jset_str(o, "route", r->route);
-	jset_str(o, "upstream", r->upstream);
-	jset_str(o, "key", r->key);
-	jset_str(o, "idem", r->idem_key);
-	jset_str(o, "method", r->method);
-	jset_str(o, "path", r->path);
-	jset_str(o, "ct", r->content_type);
-	if (r->body) {
-		json_t *b = json_stringn(r->body, r->body_len);
-		if (b) {
-			json_object_set_new_nocheck(o, "body", b);
-		} else { /* not UTF-8: keep it byte for byte */
-			size_t n;
-			char *enc = b64_encode((const unsigned char *)r->body, r->body_len, &n);
-			json_object_set_new_nocheck(o, "body64", json_stringn(enc, n));
-			free(enc);
-		}
+	buf_reserve(b, 4 + (s ? n : 0));
+	put32(b->p + b->len, s ? (uint32_t)n : STR_ABSENT);
+	b->len += 4;
+	if (s && n) {
+		memcpy(b->p + b->len, s, n);
+		b->len += n;
 	}
-	jset_str(o, "rid", r->request_id);
-	json_object_set_new_nocheck(o, "created", json_integer(r->created_us));
-	json_object_set_new_nocheck(o, "state", json_integer(r->state));
-	json_object_set_new_nocheck(o, "attempts", json_integer(r->attempts));
-	json_object_set_new_nocheck(o, "status", json_integer(r->last_status));
-	jset_str(o, "error", r->last_error);
-	json_object_set_new_nocheck(o, "updated", json_integer(r->updated_us));
-	s = json_dumps(o, JSON_COMPACT);
-	json_decref(o);
-	if (!s)
-		abort(); /* only on out-of-memory */
-	*len = strlen(s);
+}
+
+static void put_cstr(struct buf *b, const char *s)
+{
+	put_str(b, s, s ? strlen(s) : 0);
+}
+
+static void put_u8(struct buf *b, unsigned v)
+{
+	buf_reserve(b, 1);
+	b->p[b->len++] = (unsigned char)v;
+}
+
+static void put_u32(struct buf *b, uint32_t v)
+{
+	buf_reserve(b, 4);
+	put32(b->p + b->len, v);
+	b->len += 4;
+}
+
+static void put_i64(struct buf *b, int64_t v)
+{
+	buf_reserve(b, 8);
+	put64(b->p + b->len, (uint64_t)v);
+	b->len += 8;
+}
+
+/* The frame's payload is built in place: header room first, then
+ * buf_seal() fills the header in. */
+static size_t frame_open(struct buf *b)
+{
+	size_t at = b->len;
+
+	buf_reserve(b, HDR_LEN);
+	b->len += HDR_LEN;
+	return at;
+}
+
+static void frame_seal(struct buf *b, size_t at, enum frame_type type, uint64_t seq)
+{
+	unsigned char *h = b->p + at;
+	size_t plen = b->len - at - HDR_LEN;
+	uint32_t crc;
+
+	put32(h, FRAME_MAGIC);
+	put32(h + 4, (uint32_t)plen);
+	h[12] = (unsigned char)type;
+	put64(h + 13, seq);
+	crc = crc32c_update(0xffffffffu, h + 12, 9);
+	crc = crc32c_update(crc, h + HDR_LEN, plen) ^ 0xffffffffu;
+	put32(h + 8, crc);
+}
+
+static void frame_record(struct buf *b, const struct spool_record *r)
+{
+	size_t at = frame_open(b);
+
+	put_u8(b, (unsigned)r->state);
+	put_u32(b, r->attempts);
+	put_u32(b, (uint32_t)r->last_status);
+	put_i64(b, r->created_us);
+	put_i64(b, r->updated_us);
+	put_cstr(b, r->route);
+	put_cstr(b, r->upstream);
+	put_cstr(b, r->key);
+	put_cstr(b, r->idem_key);
+	put_cstr(b, r->method);
+	put_cstr(b, r->path);
+	put_cstr(b, r->content_type);
+	put_cstr(b, r->request_id);
+	put_cstr(b, r->last_error);
+	put_str(b, r->body, r->body_len);
+	frame_seal(b, at, FT_RECORD, r->seq);
+}
+
+static void frame_state(struct buf *b, uint64_t seq, int st, uint32_t attempts, int status,
+			const char *error, int64_t t)
+{
+	size_t at = frame_open(b);
+
+	put_u8(b, (unsigned)st);
+	put_u32(b, attempts);
+	put_u32(b, (uint32_t)status);
+	put_i64(b, t);
+	put_cstr(b, error);
+	frame_seal(b, at, FT_STATE, seq);
+}
+
+/* A bounds-checked reader over a payload; any overrun sets bad. */
+struct cur {
+	const unsigned char *p, *end;
+	bool bad;
+};
+
+static bool cur_need(struct cur *c, size_t n)
+{
+	if (c->bad || (size_t)(c->end - c->p) < n) {
+		c->bad = true;
+		return false;
+	}
+	return true;
+}
+
+static unsigned get_u8(struct cur *c)
+{
+	return cur_need(c, 1) ? *c->p++ : 0;
+}
+
+static uint32_t get_u32(struct cur *c)
+{
+	uint32_t v = 0;
+
+	if (cur_need(c, 4)) {
+		v = get32(c->p);
+		c->p += 4;
+	}
+	return v;
+}
+
+static int64_t get_i64(struct cur *c)
+{
+	uint64_t v = 0;
+
+	if (cur_need(c, 8)) {
+		v = get64(c->p);
+		c->p += 8;
+	}
+	return (int64_t)v;
+}
+
+/* A string in place (not NUL-terminated): *len, NULL when absent. */
+static const char *get_strp(struct cur *c, size_t *len)
+{
+	uint32_t n = get_u32(c);
+	const char *s;
+
+	*len = 0;
+	if (c->bad || n == STR_ABSENT)
+		return NULL;
+	if (!cur_need(c, n))
+		return NULL;
+	s = (const char *)c->p;
+	c->p += n;
+	*len = n;
 	return s;
 }
 
-static char *state_payload(int st, uint32_t attempts, int status, const char *error, int64_t t,
-			   size_t *len)
+/* A malloc'd NUL-terminated copy, NULL when absent. */
+static char *get_strdup(struct cur *c, size_t *lenp)
 {
-	json_t *o = json_object();
-	char *s;
+	size_t n;
+	const char *s = get_strp(c, &n);
+	char *d;
 
-	json_object_set_new_nocheck(o, "state", json_integer(st));
-	json_object_set_new_nocheck(o, "attempts", json_integer(attempts));
-	json_object_set_new_nocheck(o, "status", json_integer(status));
-	jset_str(o, "error", error);
-	json_object_set_new_nocheck(o, "t", json_integer(t));
-	s = json_dumps(o, JSON_COMPACT);
-	json_decref(o);
+	if (lenp)
+		*lenp = n;
 	if (!s)
-		abort();
-	*len = strlen(s);
-	return s;
+		return NULL;
+	d = dw_malloc(n + 1);
+	memcpy(d, s, n);
+	d[n] = '\0';
+	return d;
+}
+
+/* The fields of a binary RECORD payload that the index needs, NUL-terminated
+ * copies in the caller's scratch (freed by rec_head_clear). */
+struct rec_head {
+	int state;
+	uint32_t attempts;
+	int status;
+	int64_t created, updated;
+	char *upstream, *key, *error;
+};
+
+static void rec_head_clear(struct rec_head *h)
+{
+	free(h->upstream);
+	free(h->key);
+	free(h->error);
+}
+
+static int record_from_bin(const unsigned char *p, size_t n, uint64_t seq, struct spool_record *r)
+{
+	struct cur c = {p, p + n, false};
+
+	memset(r, 0, sizeof(*r));
+	r->seq = seq;
+	r->state = (enum spool_state)get_u8(&c);
+	r->attempts = get_u32(&c);
+	r->last_status = (int)get_u32(&c);
+	r->created_us = get_i64(&c);
+	r->updated_us = get_i64(&c);
+	r->route = get_strdup(&c, NULL);
+	r->upstream = get_strdup(&c, NULL);
+	r->key = get_strdup(&c, NULL);
+	r->idem_key = get_strdup(&c, NULL);
+	r->method = get_strdup(&c, NULL);
+	r->path = get_strdup(&c, NULL);
+	r->content_type = get_strdup(&c, NULL);
+	r->request_id = get_strdup(&c, NULL);
+	r->last_error = get_strdup(&c, NULL);
+	r->body = get_strdup(&c, &r->body_len);
+	if (c.bad || c.p != c.end || !r->upstream) {
+		spool_record_clear(r);
+		return -1;
+	}
+	return 0;
+}
+
+static int rec_head_from_bin(const unsigned char *p, size_t n, struct rec_head *h)
+{
+	struct cur c = {p, p + n, false};
+	size_t len;
+
+	memset(h, 0, sizeof(*h));
+	h->state = (int)get_u8(&c);
+	h->attempts = get_u32(&c);
+	h->status = (int)get_u32(&c);
+	h->created = get_i64(&c);
+	h->updated = get_i64(&c);
+	(void)get_strp(&c, &len); /* route */
+	h->upstream = get_strdup(&c, NULL);
+	h->key = get_strdup(&c, NULL);
+	for (int i = 0; i < 5; i++) /* idem, method, path, content type, request id */
+		(void)get_strp(&c, &len);
+	h->error = get_strdup(&c, NULL);
+	(void)get_strp(&c, &len); /* body */
+	if (c.bad || c.p != c.end || !h->upstream) {
+		rec_head_clear(h);
+		return -1;
+	}
+	return 0;
 }
 
 static const char *jstr(json_t *o, const char *k)
@@ -749,7 +918,7 @@ static enum frame_check frame_check(const unsigned char *p, size_t avail, size_t
 	if (avail < HDR_LEN)
 		return FC_SHORT;
 	len = get32(p + 4);
-	if (len > MAX_PAYLOAD || p[12] < FT_RECORD || p[12] > FT_ROTATE)
+	if (len > MAX_PAYLOAD || p[12] < FT_RECORD_JSON || p[12] > FT_MAX)
 		return FC_BAD;
 	if (avail < HDR_LEN + (size_t)len)
 		return FC_SHORT;
@@ -761,28 +930,26 @@ static enum frame_check frame_check(const unsigned char *p, size_t avail, size_t
 	return FC_OK;
 }
 
-/* Fold one verified frame found at off of segment seg. */
-static void fold_frame(struct spool *sp, const unsigned char *p, size_t flen, uint64_t seg,
-		       uint64_t off)
+static void warn_payload(struct spool *sp, uint64_t seg, uint64_t off)
 {
-	int type = p[12];
-	uint64_t seq = get64(p + 13);
-	json_t *o = NULL;
-	json_error_t jerr;
+	dw_errlist_add(&sp->warnings,
+		       "queue: seg-%016" PRIx64 ".log: unreadable frame payload at offset %" PRIu64
+		       " skipped",
+		       seg, off);
+}
 
-	if (type == FT_ROTATE) {
-		sp->tail_next = seq;
-		return;
-	}
-	o = json_loadb((const char *)p + HDR_LEN, flen - HDR_LEN, JSON_ALLOW_NUL, &jerr);
+/* A JSON frame of 0.1.0. */
+static void fold_json_frame(struct spool *sp, int type, uint64_t seq, const unsigned char *p,
+			    size_t plen, uint64_t seg, uint64_t off)
+{
+	json_error_t jerr;
+	json_t *o = json_loadb((const char *)p, plen, JSON_ALLOW_NUL, &jerr);
+
 	if (!json_is_object(o)) {
-		dw_errlist_add(&sp->warnings,
-			       "queue: seg-%016" PRIx64 ".log: unreadable frame payload at offset %"
-			       PRIu64 " skipped",
-			       seg, off);
+		warn_payload(sp, seg, off);
 		goto out;
 	}
-	if (type == FT_RECORD) {
+	if (type == FT_RECORD_JSON) {
 		if (!jstr(o, "upstream")) {
 			dw_errlist_add(&sp->warnings,
 				       "queue: seg-%016" PRIx64 ".log: record at offset %" PRIu64
@@ -799,6 +966,44 @@ static void fold_frame(struct spool *sp, const unsigned char *p, size_t flen, ui
 	}
 out:
 	json_decref(o);
+}
+
+/* Fold one verified frame found at off of segment seg. */
+static void fold_frame(struct spool *sp, const unsigned char *p, size_t flen, uint64_t seg,
+		       uint64_t off)
+{
+	int type = p[12];
+	uint64_t seq = get64(p + 13);
+	const unsigned char *pl = p + HDR_LEN;
+	size_t plen = flen - HDR_LEN;
+
+	if (type == FT_ROTATE) {
+		sp->tail_next = seq;
+	} else if (type == FT_RECORD) {
+		struct rec_head h;
+		if (rec_head_from_bin(pl, plen, &h) < 0) {
+			warn_payload(sp, seg, off);
+			return;
+		}
+		fold_record(sp, seq, seg, off, h.state, h.upstream, h.key, h.created, h.updated,
+			    h.attempts, h.status, h.error);
+		rec_head_clear(&h);
+	} else if (type == FT_STATE) {
+		struct cur c = {pl, pl + plen, false};
+		int st = (int)get_u8(&c);
+		uint32_t attempts = get_u32(&c);
+		int status = (int)get_u32(&c);
+		int64_t t = get_i64(&c);
+		char *error = get_strdup(&c, NULL);
+
+		if (c.bad || c.p != c.end)
+			warn_payload(sp, seg, off);
+		else
+			fold_state(sp, seq, st, attempts, status, error, t);
+		free(error);
+	} else {
+		fold_json_frame(sp, type, seq, pl, plen, seg, off);
+	}
 }
 
 static char *seg_path(const struct spool *sp, uint64_t id)
@@ -1157,7 +1362,7 @@ static int prepare_tail(struct spool *sp, struct dw_err *err)
 	if (sp->tail_off < sp->o.segment_bytes)
 		return 0;
 	id = sp->next_seq > sp->tail_id ? sp->next_seq : sp->tail_id + 1;
-	buf_frame(&b, FT_ROTATE, id, NULL, 0);
+	frame_seal(&b, frame_open(&b), FT_ROTATE, id);
 	int r = write_tail(sp, b.p, b.len, err);
 	free(b.p);
 	if (r < 0)
@@ -1264,11 +1469,8 @@ static int recover_pending(struct spool *sp, struct dw_err *err)
 		struct ent *e = &sp->ents[i];
 		if (e->state != SPOOL_PENDING)
 			continue;
-		size_t n;
-		char *p = state_payload(SPOOL_QUEUED, e->attempts, e->last_status, e->last_error,
-					now, &n);
-		buf_frame(&b, FT_STATE, e->seq, p, n);
-		free(p);
+		frame_state(&b, e->seq, SPOOL_QUEUED, e->attempts, e->last_status, e->last_error,
+			    now);
 	}
 	if (b.len) {
 		r = write_tail(sp, b.p, b.len, err);
@@ -1418,50 +1620,67 @@ static int readonly_err(struct spool *sp, struct dw_err *err)
 	return -1;
 }
 
-int spool_append(struct spool *sp, struct spool_record *rec, struct dw_err *err)
+size_t spool_append_batch(struct spool *sp, struct spool_record *recs, size_t n,
+			  struct dw_err *err)
 {
 	struct buf b = {0};
-	char *payload = NULL;
-	size_t plen;
+	size_t k = 0, *ends;
 	uint64_t off;
-	int r = -1;
 
-	if (sp->o.readonly)
-		return readonly_err(sp, err);
-	if (!rec->upstream || (rec->state != SPOOL_PENDING && rec->state != SPOOL_QUEUED)) {
-		dw_err_set(err, "queue %s: append: a record needs an upstream and state "
-				"pending or queued", sp->dir);
-		return -1;
+	if (sp->o.readonly) {
+		(void)readonly_err(sp, err);
+		return 0;
 	}
+	for (size_t i = 0; i < n; i++)
+		if (!recs[i].upstream ||
+		    (recs[i].state != SPOOL_PENDING && recs[i].state != SPOOL_QUEUED)) {
+			dw_err_set(err, "queue %s: append: a record needs an upstream and state "
+					"pending or queued", sp->dir);
+			n = i; /* the ones before it still go in, in order */
+			break;
+		}
+	if (n == 0)
+		return 0;
+	ends = dw_malloc(n * sizeof(*ends));
 	pthread_mutex_lock(&sp->mu);
 	if (lock_log(sp, err) < 0)
 		goto out_mu;
 	if (refresh_locked(sp, true, err) < 0 || prepare_tail(sp, err) < 0)
 		goto out;
-	rec->seq = sp->next_seq;
-	payload = record_payload(rec, &plen);
-	buf_frame(&b, FT_RECORD, rec->seq, payload, plen);
-	/* Only new records count against max_bytes: state frames must always
-	 * be writable, or a full queue could never record its own draining. */
-	if (sp->total_bytes + b.len > sp->o.max_bytes) {
-		dw_err_set(err, "queue full (%" PRIu64 " bytes, max %" PRIu64 ")", sp->total_bytes,
-			   sp->o.max_bytes);
-		goto out;
+	for (k = 0; k < n; k++) {
+		recs[k].seq = sp->next_seq + k;
+		frame_record(&b, &recs[k]);
+		/* Only new records count against max_bytes: state frames must
+		 * always be writable, or a full queue could never record its own
+		 * draining. */
+		if (sp->total_bytes + b.len > sp->o.max_bytes) {
+			dw_err_set(err, "queue full (%" PRIu64 " bytes, max %" PRIu64 ")",
+				   sp->total_bytes, sp->o.max_bytes);
+			b.len = k ? ends[k - 1] : 0;
+			break;
+		}
+		ends[k] = b.len;
 	}
 	off = sp->tail_off;
-	if (write_tail(sp, b.p, b.len, err) < 0)
-		goto out;
-	fold_record(sp, rec->seq, sp->tail_id, off, rec->state, rec->upstream, rec->key,
-		    rec->created_us, rec->updated_us, rec->attempts, rec->last_status,
-		    rec->last_error);
-	r = 0;
+	if (k && write_tail(sp, b.p, b.len, err) < 0)
+		k = 0;
+	for (size_t i = 0; i < k; i++)
+		fold_record(sp, recs[i].seq, sp->tail_id, off + (i ? ends[i - 1] : 0),
+			    recs[i].state, recs[i].upstream, recs[i].key, recs[i].created_us,
+			    recs[i].updated_us, recs[i].attempts, recs[i].last_status,
+			    recs[i].last_error);
 out:
 	unlock_log(sp);
 out_mu:
 	pthread_mutex_unlock(&sp->mu);
-	free(payload);
+	free(ends);
 	free(b.p);
-	return r;
+	return k;
+}
+
+int spool_append(struct spool *sp, struct spool_record *rec, struct dw_err *err)
+{
+	return spool_append_batch(sp, rec, 1, err) == 1 ? 0 : -1;
 }
 
 int spool_set_states(struct spool *sp, const struct spool_change *v, size_t n,
@@ -1485,8 +1704,6 @@ int spool_set_states(struct spool *sp, const struct spool_change *v, size_t n,
 		goto out;
 	for (size_t i = 0; i < n; i++) {
 		struct ent *e = ent_find(sp, v[i].seq);
-		char *payload;
-		size_t plen;
 
 		if (!state_valid(v[i].st) || !e || state_terminal(e->state)) {
 			skipped++;
@@ -1494,10 +1711,7 @@ int spool_set_states(struct spool *sp, const struct spool_change *v, size_t n,
 				   !e ? "is gone" : "is already final or the state is invalid");
 			continue;
 		}
-		payload = state_payload(v[i].st, v[i].attempts, v[i].status, v[i].error, now,
-					&plen);
-		buf_frame(&b, FT_STATE, v[i].seq, payload, plen);
-		free(payload);
+		frame_state(&b, v[i].seq, v[i].st, v[i].attempts, v[i].status, v[i].error, now);
 		written++;
 	}
 	if (written && write_tail(sp, b.p, b.len, err) < 0)
@@ -1524,8 +1738,6 @@ int spool_set_state(struct spool *sp, uint64_t seq, enum spool_state st, uint32_
 		    int status, const char *error, struct dw_err *err)
 {
 	struct buf b = {0};
-	char *payload = NULL;
-	size_t plen;
 	struct ent *e;
 	int64_t now = dw_wall_us();
 	int r = -1;
@@ -1553,8 +1765,7 @@ int spool_set_state(struct spool *sp, uint64_t seq, enum spool_state st, uint32_
 	}
 	if (prepare_tail(sp, err) < 0)
 		goto out;
-	payload = state_payload(st, attempts, status, error, now, &plen);
-	buf_frame(&b, FT_STATE, seq, payload, plen);
+	frame_state(&b, seq, st, attempts, status, error, now);
 	if (write_tail(sp, b.p, b.len, err) < 0)
 		goto out;
 	fold_state(sp, seq, st, attempts, status, error, now);
@@ -1565,7 +1776,6 @@ out:
 	unlock_log(sp);
 out_mu:
 	pthread_mutex_unlock(&sp->mu);
-	free(payload);
 	free(b.p);
 	return r;
 }
@@ -1677,14 +1887,16 @@ int spool_read(struct spool *sp, uint64_t seq, struct spool_record *out, struct 
 		dw_err_prefix(err, "queue %s: record %" PRIu64, sp->dir, seq);
 		goto out;
 	}
-	if (frame_check(frame, flen, &flen) != FC_OK || frame[12] != FT_RECORD ||
-	    get64(frame + 13) != seq) {
+	if (frame_check(frame, flen, &flen) != FC_OK ||
+	    (frame[12] != FT_RECORD && frame[12] != FT_RECORD_JSON) || get64(frame + 13) != seq) {
 		dw_err_set(err, "queue %s: record %" PRIu64 ": frame no longer checks out", sp->dir,
 			   seq);
 		goto out;
 	}
-	o = json_loadb((const char *)frame + HDR_LEN, flen - HDR_LEN, JSON_ALLOW_NUL, &jerr);
-	if (!o || record_from_json(o, seq, out) < 0) {
+	if (frame[12] == FT_RECORD ? record_from_bin(frame + HDR_LEN, flen - HDR_LEN, seq, out) < 0
+				   : (!(o = json_loadb((const char *)frame + HDR_LEN, flen - HDR_LEN,
+						       JSON_ALLOW_NUL, &jerr)) ||
+				      record_from_json(o, seq, out) < 0)) {
 		dw_err_set(err, "queue %s: record %" PRIu64 ": bad payload", sp->dir, seq);
 		goto out;
 	}

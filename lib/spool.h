@@ -94,6 +94,11 @@ void spool_take_warnings(struct spool *sp, struct dw_errlist *out);
 /* Journal a new record in state rec->state (PENDING or QUEUED). Assigns
  * rec->seq. Fails (-1, err) on I/O error or when max_bytes would be passed. */
 int spool_append(struct spool *sp, struct spool_record *rec, struct dw_err *err) DW_MUSTCHECK;
+/* Journal recs[0..n) in order with one lock and one write (the daemon's
+ * group of a loop iteration). Returns how many went in: recs[0..k) got
+ * their seqs; for the rest err says why (queue full, I/O error). */
+size_t spool_append_batch(struct spool *sp, struct spool_record *recs, size_t n,
+			  struct dw_err *err);
 /* Append a state change for seq. attempts/status/error describe the latest
  * attempt (error may be NULL). */
 int spool_set_state(struct spool *sp, uint64_t seq, enum spool_state st, uint32_t attempts,

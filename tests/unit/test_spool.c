@@ -621,6 +621,112 @@ static void test_append_rate(void **state)
 	spool_close(sp);
 }
 
+/* A journal written by 0.1.0 (JSON payloads; tests/unit/fixtures/spool-0.1.0,
+ * made with that release's spool_append/spool_set_state): still read, and
+ * new binary frames append after it. */
+static void test_reads_010_json_journal(void **state)
+{
+	const char *dir = *state;
+	char src[512], dst[512], buf[4096];
+	const char *here = __FILE__, *slash = strrchr(here, '/');
+	struct spool_stats st;
+	struct spool_record r;
+	struct dw_err err = {{0}};
+	FILE *in, *out;
+	size_t n;
+
+	snprintf(src, sizeof(src), "%.*sfixtures/spool-0.1.0/seg-0000000000000001.log",
+		 slash ? (int)(slash - here + 1) : 0, here);
+	snprintf(dst, sizeof(dst), "%s/seg-0000000000000001.log", dir);
+	in = fopen(src, "rb");
+	assert_non_null(in);
+	out = fopen(dst, "wb");
+	assert_non_null(out);
+	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+		assert_int_equal(fwrite(buf, 1, n, out), n);
+	fclose(in);
+	fclose(out);
+
+	struct spool *sp = open_sp(dir, false, 0, 0);
+	assert_int_equal(warnings_matching(sp, ""), 0);
+	spool_stats(sp, &st);
+	assert_int_equal(st.queued, 2);
+	assert_int_equal(st.dead, 1);
+	assert_int_equal(spool_read(sp, 1, &r, &err), 0);
+	assert_string_equal(r.key, "42");
+	assert_string_equal(r.idem_key, "inst-1");
+	assert_int_equal(r.body_len, 22);
+	assert_memory_equal(r.body, "{\"id\":1,\"name\":\"Tent\"}", 22);
+	spool_record_clear(&r);
+	assert_int_equal(spool_read(sp, 2, &r, &err), 0); /* body64: not UTF-8 */
+	assert_int_equal(r.body_len, 16);
+	assert_memory_equal(r.body, "\xff\xfe binary \x00 body", 16);
+	spool_record_clear(&r);
+	assert_int_equal(spool_read(sp, 3, &r, &err), 0);
+	assert_null(r.key);
+	assert_null(r.body);
+	assert_int_equal(r.state, SPOOL_DEAD);
+	assert_int_equal(r.last_status, 422);
+	assert_string_equal(r.last_error, "HTTP 422: bad");
+	spool_record_clear(&r);
+	/* New frames after old ones; the fold of both survives a reopen. */
+	assert_int_equal(add(sp, SPOOL_QUEUED, "42", "/new"), 4);
+	set(sp, 1, SPOOL_DELIVERED);
+	spool_close(sp);
+	sp = open_sp(dir, false, 0, 0);
+	assert_int_equal(warnings_matching(sp, ""), 0);
+	assert_int_equal(state_of(sp, 1), SPOOL_DELIVERED);
+	assert_int_equal(state_of(sp, 2), SPOOL_QUEUED);
+	assert_int_equal(state_of(sp, 4), SPOOL_QUEUED);
+	assert_int_equal(spool_read(sp, 4, &r, &err), 0);
+	assert_string_equal(r.path, "/new");
+	assert_memory_equal(r.body, "{\"p\":\"/new\"}", r.body_len);
+	spool_record_clear(&r);
+	spool_close(sp);
+}
+
+/* A loop iteration's records in one write: consecutive seqs, all read back;
+ * a batch that would pass max_bytes keeps the ones that fit, in order. */
+static void test_append_batch(void **state)
+{
+	const char *dir = *state;
+	struct spool_record recs[3];
+	struct spool_record r;
+	struct dw_err err = {{0}};
+	char body[3][1100];
+	struct spool *sp = open_sp(dir, false, 0, 2600);
+
+	memset(recs, 0, sizeof(recs));
+	for (int i = 0; i < 3; i++) {
+		memset(body[i], 'a' + i, sizeof(body[i]));
+		recs[i].state = SPOOL_PENDING;
+		recs[i].route = (char *)"r1";
+		recs[i].upstream = (char *)"gear_ops";
+		recs[i].key = (char *)"k";
+		recs[i].idem_key = (char *)"i";
+		recs[i].method = (char *)"PUT";
+		recs[i].path = (char *)"/x";
+		recs[i].body = body[i];
+		recs[i].body_len = sizeof(body[i]);
+	}
+	assert_int_equal(spool_append_batch(sp, recs, 3, &err), 2);
+	assert_non_null(strstr(err.msg, "queue full"));
+	assert_int_equal(recs[0].seq, 1);
+	assert_int_equal(recs[1].seq, 2);
+	spool_close(sp);
+	sp = open_sp(dir, true, 0, 0); /* as the next daemon: pending -> queued */
+	assert_int_equal(warnings_matching(sp, ""), 0);
+	for (uint64_t s = 1; s <= 2; s++) {
+		assert_int_equal(spool_read(sp, s, &r, &err), 0);
+		assert_int_equal(r.state, SPOOL_QUEUED);
+		assert_int_equal(r.body_len, sizeof(body[0]));
+		assert_memory_equal(r.body, body[s - 1], r.body_len);
+		spool_record_clear(&r);
+	}
+	assert_int_equal(spool_read(sp, 3, &r, &err), -1);
+	spool_close(sp);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -637,6 +743,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_two_handles, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_consumer_lock, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_append_rate, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reads_010_json_journal, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_append_batch, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
