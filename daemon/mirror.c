@@ -56,6 +56,7 @@ struct mirror_job {
 	char *key, *idem, *method, *path, *body, *reqid;
 	size_t body_len;
 	uint32_t attempts;
+	int64_t created_us; /* wall clock, when the legacy acknowledged */
 	int64_t t_ack; /* monotonic, when the legacy acknowledged */
 	struct keyq *kq;
 };
@@ -124,6 +125,11 @@ struct mirror {
 	struct wake wake; /* jobs from other workers */
 
 	/* owning worker's thread only */
+	struct pending {
+		struct mirror_job *job;
+		char *dead; /* reason the write cannot be mirrored; NULL: send it */
+	} *pend;	    /* captured, to be journaled by mirror_commit */
+	size_t npend, cappend;
 	struct keyq *keys[KEY_BUCKETS];
 	struct target *targets;
 	TAILQ_HEAD(, send) sends;
@@ -160,16 +166,6 @@ static void job_free(struct mirror_job *j)
 	free(j->body);
 	free(j->reqid);
 	free(j);
-}
-
-static void count_outcome(struct server *srv, const char *route, const char *result)
-{
-	char labels[256], esc[128];
-
-	snprintf(labels, sizeof(labels), "route=\"%s\",result=\"%s\"",
-		 metrics_label_escape(route, esc, sizeof(esc)), result);
-	metric_inc(metrics_counter(srv->metrics, "dualwrite_mirror_total",
-				   "Mirrored writes by route and outcome.", labels));
 }
 
 /* The mirror access log: one line per outcome. */
@@ -222,8 +218,6 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 {
 	const struct dw_mirror *mm = in->route->mirror;
 	const struct dw_config *cfg = in->cfg;
-	const struct dw_upstream *up = &cfg->upstreams[mm->upstream];
-	struct spool_record rec;
 	struct expr_ctx ctx;
 	json_t *req = NULL, *resp = NULL, *body = NULL;
 	json_error_t jerr;
@@ -234,7 +228,6 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 	size_t tlen = 0;
 	int rc;
 
-	memset(&rec, 0, sizeof(rec));
 	memset(&ctx, 0, sizeof(ctx));
 	snprintf(idem, sizeof(idem), "%s-%" PRIx64, srv->instance,
 		 __atomic_add_fetch(&srv->idem_counter, 1, __ATOMIC_RELAXED));
@@ -300,60 +293,29 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 			text = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
 	}
 
-	rec.state = SPOOL_PENDING;
-	rec.route = in->route->name;
-	rec.upstream = up->name;
-	rec.key = key;
-	rec.idem_key = idem;
-	rec.method = mm->method ? mm->method : (char *)(uintptr_t)in->method;
-	rec.path = path ? path : (char *)"";
-	rec.content_type = text ? (char *)"application/json" : NULL;
-	rec.body = text;
-	rec.body_len = text ? strlen(text) : 0;
-	rec.request_id = (char *)(uintptr_t)in->request_id;
-	rec.created_us = dw_wall_us();
-	rec.updated_us = rec.created_us;
-	if (spool_append(srv->spool, &rec, &err) < 0) {
-		/* G2's last resort: never silent. */
-		log_error("mirror LOST route=%s key=%s idem=%s: cannot journal: %s",
-			  in->route->name, key ? key : "-", idem, err.msg);
-		count_outcome(srv, in->route->name, "lost");
-		goto out;
-	}
-	if (dead) {
-		if (spool_set_state(srv->spool, rec.seq, SPOOL_DEAD, 0, 0, dead, &err) < 0)
-			log_error("mirror seq=%" PRIu64 ": cannot record dead letter: %s", rec.seq,
-				  err.msg);
-		count_outcome(srv, in->route->name, "dead");
-		log_outcome(in->request_id, in->route->name, key, idem, rec.seq, "dead", 0, 0, 0,
-			    dead);
-		goto out;
-	}
-
 	struct mirror_job *j = dw_calloc(1, sizeof(*j));
-	j->seq = rec.seq;
 	j->cfg = config_ref(in->cfg);
 	j->route = in->route;
 	j->key = key;
 	key = NULL;
 	j->idem = dw_strdup(idem);
-	j->method = dw_strdup(rec.method);
-	j->path = path;
+	j->method = dw_strdup(mm->method ? mm->method : in->method);
+	j->path = path ? path : dw_strdup("");
 	path = NULL;
 	j->body = text;
-	j->body_len = rec.body_len;
+	j->body_len = text ? strlen(text) : 0;
 	text = NULL;
 	j->reqid = dw_strdup(in->request_id);
+	j->created_us = dw_wall_us();
 	j->t_ack = dw_now_us();
-	mirror_submit(j->key ? srv->mirrors[hash_key(up->name, j->key) % srv->nmirrors] : self,
-		      self, j);
-out:
+	if (self->npend == self->cappend) {
+		self->cappend = self->cappend ? self->cappend * 2 : 32;
+		self->pend = dw_realloc(self->pend, self->cappend * sizeof(*self->pend));
+	}
+	self->pend[self->npend++] = (struct pending){j, dead ? dw_strdup(dead) : NULL};
 	json_decref(req);
 	json_decref(resp);
 	json_decref(body);
-	free(path);
-	free(key);
-	free(text);
 }
 
 /* ------------------------------------------- the shard (owning worker's loop) */
@@ -907,6 +869,12 @@ void mirror_submit(struct mirror *mi, struct mirror *from, struct mirror_job *jo
 	bool wake;
 
 	if (mi == from) { /* the key's home is this worker: no hand-off */
+		if (mi->closed) { /* only set once this loop has ended (mirror_free) */
+			mi->in_memory++;
+			metric_inc(mi->m_memory);
+			queue_left(mi, job, "daemon stopped before the mirror was sent");
+			return;
+		}
 		if (mi->nchg_queued)
 			flush_states(mi); /* see inbox_cb */
 		job_arrive(mi, job);
@@ -926,6 +894,65 @@ void mirror_submit(struct mirror *mi, struct mirror *from, struct mirror_job *jo
 	pthread_mutex_unlock(&mi->lock);
 	if (wake)
 		wake_post(&mi->wake, WAKE_INBOX);
+}
+
+/* Journal what this worker captured since the last call, with one write,
+ * then hand each write to its key's home shard. Called before any of the
+ * answers of those writes is released (G2). */
+void mirror_commit(struct mirror *self)
+{
+	struct server *srv = self->srv;
+	struct spool_record *recs;
+	struct dw_err err = {""};
+	size_t n = self->npend, k;
+
+	if (n == 0)
+		return;
+	self->npend = 0;
+	recs = dw_calloc(n, sizeof(*recs));
+	for (size_t i = 0; i < n; i++) {
+		struct mirror_job *j = self->pend[i].job;
+		struct spool_record *r = &recs[i];
+
+		r->state = SPOOL_PENDING;
+		r->route = j->route->name;
+		r->upstream = job_upstream(j)->name;
+		r->key = j->key;
+		r->idem_key = j->idem;
+		r->method = j->method;
+		r->path = j->path;
+		r->content_type = j->body ? (char *)"application/json" : NULL;
+		r->body = j->body;
+		r->body_len = j->body_len;
+		r->request_id = j->reqid;
+		r->created_us = j->created_us;
+		r->updated_us = j->created_us;
+	}
+	k = spool_append_batch(srv->spool, recs, n, &err);
+	for (size_t i = 0; i < n; i++) {
+		struct mirror_job *j = self->pend[i].job;
+		char *dead = self->pend[i].dead;
+
+		j->seq = recs[i].seq;
+		if (i >= k) {
+			/* G2's last resort: never silent. */
+			log_error("mirror LOST route=%s key=%s idem=%s: cannot journal: %s",
+				  j->route->name, j->key ? j->key : "-", j->idem, err.msg);
+			mirror_count(self, j->route->name, "lost");
+			job_free(j);
+		} else if (dead) {
+			self->in_memory++; /* job_finish counts it out */
+			metric_inc(self->m_memory);
+			job_finish(self, j, SPOOL_DEAD, 0, dead);
+		} else {
+			mirror_submit(j->key ? srv->mirrors[hash_key(job_upstream(j)->name, j->key) %
+							    srv->nmirrors]
+					     : self,
+				      self, j);
+		}
+		free(dead);
+	}
+	free(recs);
 }
 
 static void wake_cb(void *arg, unsigned bits)
@@ -1023,6 +1050,9 @@ void mirror_free(struct mirror *mi)
 		queue_left(mi, j, "daemon stopped before the mirror was sent");
 	}
 	flush_states(mi);
+	mirror_commit(mi); /* captured in the loop's last moments */
+	flush_states(mi);
+	free(mi->pend);
 	free(mi->chg);
 	for (size_t i = 0; i < mi->nseries; i++)
 		free(mi->series[i].route);

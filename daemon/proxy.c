@@ -907,6 +907,7 @@ static void start_response(struct conn *c)
 				c->x->capture = evbuffer_new();
 		} else {
 			do_mirror(c);
+			mirror_commit(w->mirror); /* the answer starts going out now */
 		}
 	}
 
@@ -969,14 +970,13 @@ static void response_done(struct conn *c, bool reusable)
 		       c->x->req.target, c->x->status, (double)(dw_now_us() - c->x->t_start) / 1e3,
 		       c->x->route ? c->x->route->name : "default");
 	if (c->x->hold) {
+		/* Journaled with the other writes of this loop iteration, in one
+		 * write (and one fdatasync in fsync mode); answered after that. */
 		do_mirror(c);
-		if (c->x->cfg->queue.durability == QUEUE_DURABILITY_FSYNC) {
-			conn_set_state(c, CS_SYNC);
-			TAILQ_INSERT_TAIL(&w->sync_waiters, c, sync_link);
-			event_active(w->sync_ev, EV_TIMEOUT, 0);
-			return;
-		}
-		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->x->held);
+		conn_set_state(c, CS_SYNC);
+		TAILQ_INSERT_TAIL(&w->sync_waiters, c, sync_link);
+		event_active(w->sync_ev, EV_TIMEOUT, 0);
+		return;
 	}
 	response_complete(c);
 }
@@ -986,6 +986,7 @@ static void release_hold(struct conn *c)
 {
 	c->x->capture_overflow = true;
 	do_mirror(c); /* dead-letters: the reply is not available to map */
+	mirror_commit(c->w->mirror);
 	evbuffer_add_buffer(bufferevent_get_output(c->bev), c->x->held);
 	c->x->hold = false;
 }
@@ -1188,6 +1189,7 @@ void proxy_sync_done(struct worker *w)
 	struct dw_err err = {""};
 	struct conn *c;
 
+	mirror_commit(w->mirror); /* even when every waiter is gone */
 	if (TAILQ_EMPTY(&w->sync_waiters))
 		return;
 	/* One fdatasync for every answer held in this loop iteration. */

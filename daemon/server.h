@@ -162,10 +162,10 @@ void mirror_free(struct mirror *mi);
 void mirror_status_json(struct mirror *mi, void *json_obj);
 
 /*
- * Build, journal and submit the mirror of one acknowledged write. Called by
- * the worker that served it, before the client gets its answer. Every error
- * is handled here (dead-lettered or counted as lost); it never fails the
- * client's request.
+ * Build the mirror of one acknowledged write and keep it for the worker's
+ * next mirror_commit. Called by the worker that served it, before the client
+ * gets its answer. Every error is handled here or at the commit
+ * (dead-lettered or counted as lost); it never fails the client's request.
  */
 struct mirror_input {
 	struct dw_config *cfg; /* borrowed; the job takes its own reference */
@@ -186,6 +186,10 @@ struct mirror_input {
 	const char *request_id;
 };
 void mirror_capture(struct server *srv, struct mirror *self, const struct mirror_input *in);
+/* Journal every write captured by this worker since the last call (one
+ * write(2) for all of them) and hand them to their shards. The answers of
+ * those writes may be released only after this. */
+void mirror_commit(struct mirror *self);
 
 /* Refresh the journal view and the queue gauges; fills st (main.c). */
 void server_queue_refresh(struct server *srv, struct spool_stats *st);
