@@ -56,6 +56,7 @@ struct mirror_job {
 	char *key, *idem, *method, *path, *body, *reqid;
 	size_t body_len;
 	uint32_t attempts;
+	bool again; /* its send was cut off by a broken pipelined connection */
 	int64_t created_us; /* wall clock, when the legacy acknowledged */
 	int64_t t_ack; /* monotonic, when the legacy acknowledged */
 	struct keyq *kq;
@@ -82,10 +83,15 @@ struct keyq {
 #define BREAKER_MIN_MS 1000
 #define BREAKER_MAX_MS 30000
 
+struct lane;
+
 struct target {
 	struct target *next;
 	char *name;
 	int inflight;
+	TAILQ_HEAD(, lane) lanes; /* open connections carrying sends */
+	int nlanes;
+	double latency_ms; /* moving average of answered sends: decides pipelining */
 	struct job_list ready;
 	int failures;	   /* retryable failures in a row */
 	int64_t open_until; /* monotonic us; 0: closed */
@@ -96,12 +102,49 @@ struct target {
 	struct metric *m_open;
 };
 
+/*
+ * A connection to a mirror target carrying sends in order (HTTP/1.1
+ * pipelining). A send's request goes into the lane's output at once and the
+ * output is written once per loop iteration (flush_cb), so the sends a
+ * worker starts in one iteration share one write(2) and their answers tend
+ * to share one read(2). Only a fast target gets more than one send per lane
+ * (PIPE_DEPTH while its average latency is under PIPE_MAX_LATENCY_MS): a
+ * slow one gets a connection per send, as without pipelining, so one slow
+ * answer never holds others back. Only the head of a key's chain is ever on
+ * the wire, so pipelining never reorders a key's writes (G3). When a lane
+ * breaks, its head send fails as a send always did; the sends behind it,
+ * which the target may or may not have seen, go out once more on another
+ * lane with the same Idempotency-Key (G4), and fail for good only if that
+ * lane breaks too.
+ */
+#define PIPE_DEPTH 16
+#define PIPE_MAX_LATENCY_MS 20.0
+
+struct send;
+struct lane {
+	struct mirror *mi;
+	struct target *t;
+	struct dw_config *cfg;	      /* reference: keeps up valid */
+	const struct dw_upstream *up; /* of the first send; same URL for all */
+	struct upconn *uc;
+	bool connected;
+	bool started; /* connected and set up: sends are written at once */
+	bool closing; /* takes no more sends */
+	bool dirty;   /* output waiting for this iteration's flush */
+	TAILQ_HEAD(lane_sends, send) fifo; /* head is the one being answered */
+	int depth;
+	TAILQ_ENTRY(lane) tlink; /* t->lanes */
+	TAILQ_ENTRY(lane) dlink; /* mi->dirty */
+};
+
 /* One HTTP exchange with a mirror target. */
 struct send {
 	struct mirror *mi;
 	struct mirror_job *job;
 	struct target *t;
-	struct upconn *uc;
+	struct lane *lane;
+	TAILQ_ENTRY(send) flink; /* lane->fifo */
+	bool again;		 /* already sent once on a lane that broke */
 	struct http_scanner scan;
 	struct http_head head;
 	bool head_done;
@@ -133,6 +176,7 @@ struct mirror {
 	struct keyq *keys[KEY_BUCKETS];
 	struct target *targets;
 	TAILQ_HEAD(, send) sends;
+	TAILQ_HEAD(, lane) dirty; /* lanes to write at the end of the iteration */
 	size_t in_memory;
 
 	/* Outcomes not yet in the journal: written together once per loop
@@ -151,7 +195,7 @@ struct mirror {
 	size_t nseries;
 
 	struct histogram *h_duration;
-	struct metric *m_inflight, *m_memory;
+	struct metric *m_inflight, *m_memory, *m_resent;
 };
 
 static void job_free(struct mirror_job *j)
@@ -374,6 +418,7 @@ static struct target *target_get(struct mirror *mi, const char *name)
 	t->name = dw_strdup(name);
 	TAILQ_INIT(&t->ready);
 	t->cooldown_ms = BREAKER_MIN_MS;
+	TAILQ_INIT(&t->lanes);
 	char labels[200], esc[128];
 	snprintf(labels, sizeof(labels), "upstream=\"%s\"",
 		 metrics_label_escape(name, esc, sizeof(esc)));
@@ -427,10 +472,14 @@ static void flush_states(struct mirror *mi)
 	mi->nchg_queued = 0;
 }
 
+static void lanes_flush(struct mirror *mi);
+
+/* End of a loop iteration's work: requests out, then outcomes journaled. */
 static void flush_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
+	lanes_flush(arg);
 	flush_states(arg);
 }
 
@@ -559,10 +608,16 @@ static void breaker_note(struct target *t, bool failed, const char *why)
 	}
 }
 
+static void lane_release(struct lane *l, bool keep);
+enum lane_end { LANE_BROKEN, LANE_CONNECT_FAILED, LANE_CLOSED_CLEANLY };
+static void lane_break(struct lane *l, const char *why, enum lane_end how);
+
 static void send_free(struct send *s)
 {
-	if (s->uc)
-		upconn_release(s->uc, false);
+	if (s->lane) {
+		TAILQ_REMOVE(&s->lane->fifo, s, flink);
+		s->lane->depth--;
+	}
 	http_head_clear(&s->head);
 	TAILQ_REMOVE(&s->mi->sends, s, link);
 	s->t->inflight--;
@@ -579,12 +634,6 @@ static void send_done(struct send *s, int status, const char *neterr)
 	enum mirror_class k;
 
 	memcpy(excerpt, s->excerpt, sizeof(excerpt)); /* s is freed below */
-	if (s->uc) {
-		bool keep = !neterr && s->head_done && http_keep_alive(&s->head) &&
-			    s->kind != HTTP_BODY_UNTIL_CLOSE;
-		upconn_release(s->uc, keep);
-		s->uc = NULL;
-	}
 	send_free(s);
 	breaker_note(t, neterr != NULL || (status >= 100 && status < 600 &&
 					  j->route->mirror->klass[status] == MIRROR_RETRY),
@@ -621,62 +670,94 @@ static void excerpt_emit(void *arg, const char *p, size_t n)
 	s->excerpt[s->excerpt_len] = '\0';
 }
 
-static void send_read_cb(struct bufferevent *bev, void *arg)
+/* The head send's answer is complete: settle it, and keep the lane going
+ * (or give its connection back to the pool when nothing is left on it). */
+static bool lane_answered(struct lane *l, struct send *s)
 {
-	struct send *s = arg;
+	struct target *t = l->t;
+	double ms = (double)(dw_now_us() - s->t_start) / 1e3;
+	bool keep = http_keep_alive(&s->head) && s->kind != HTTP_BODY_UNTIL_CLOSE;
+	int status = s->head.status;
+
+	t->latency_ms = t->latency_ms * 0.8 + ms * 0.2;
+	if (!keep)
+		l->closing = true;
+	send_done(s, status, NULL); /* may start new sends, on this lane too */
+	if (l->closing && !TAILQ_EMPTY(&l->fifo)) {
+		/* The target closes after this answer: the rest were not taken. */
+		lane_break(l, "upstream closed the connection", LANE_CLOSED_CLEANLY);
+		return false;
+	}
+	if (TAILQ_EMPTY(&l->fifo)) {
+		lane_release(l, !l->closing);
+		return false;
+	}
+	return true;
+}
+
+/* Parse answers for the lane's sends, in order. Returns after the lane is
+ * released or broken (l is gone then) or when more bytes are needed. */
+static void lane_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct lane *l = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 	struct dw_err err = {""};
 	char msg[600];
 
-	while (!s->head_done) {
-		size_t len = evbuffer_get_length(in), n, skip = 0, hl = 0;
-		int status = 0, rc;
-		const char *p;
+	for (;;) {
+		struct send *s = TAILQ_FIRST(&l->fifo);
+		size_t len = evbuffer_get_length(in);
 
 		if (len == 0)
 			return;
-		n = len < 69632 ? len : 69632;
-		p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-		rc = http_scan_head(&s->scan, p, n, 65536, &skip, &hl, &status, &err);
-		if (rc == HTTP_INCOMPLETE)
-			return;
-		if (rc == HTTP_OK)
-			rc = http_parse_response(&s->head, p + skip, hl, &status, &err);
-		if (rc != HTTP_OK) {
-			snprintf(msg, sizeof(msg), "invalid response: %s", err.msg);
-			send_done(s, 0, msg);
+		if (!s) {
+			lane_break(l, "upstream sent bytes with no request outstanding", LANE_BROKEN);
 			return;
 		}
-		evbuffer_drain(in, skip + hl);
-		http_scanner_init(&s->scan);
-		if (s->head.status < 200) {
-			http_head_clear(&s->head);
-			continue;
-		}
-		s->head_done = true;
-		s->kind = http_response_body_kind(&s->head, http_method_from(s->job->method,
-									   strlen(s->job->method)));
-		s->left = s->head.content_length;
-		http_chunked_init(&s->chunk, 65536);
-	}
-	for (;;) {
-		size_t len = evbuffer_get_length(in), used = 0;
-		int rc;
+		if (!s->head_done) {
+			size_t n = len < 69632 ? len : 69632, skip = 0, hl = 0;
+			int status = 0, rc;
+			const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
 
+			rc = http_scan_head(&s->scan, p, n, 65536, &skip, &hl, &status, &err);
+			if (rc == HTTP_INCOMPLETE)
+				return;
+			if (rc == HTTP_OK)
+				rc = http_parse_response(&s->head, p + skip, hl, &status, &err);
+			if (rc != HTTP_OK) {
+				snprintf(msg, sizeof(msg), "invalid response: %s", err.msg);
+				lane_break(l, msg, LANE_BROKEN);
+				return;
+			}
+			evbuffer_drain(in, skip + hl);
+			http_scanner_init(&s->scan);
+			if (s->head.status < 200) {
+				http_head_clear(&s->head);
+				continue;
+			}
+			s->head_done = true;
+			s->kind = http_response_body_kind(
+			    &s->head, http_method_from(s->job->method, strlen(s->job->method)));
+			s->left = s->head.content_length;
+			http_chunked_init(&s->chunk, 65536);
+			len = evbuffer_get_length(in);
+		}
 		switch (s->kind) {
 		case HTTP_BODY_NONE:
-			send_done(s, s->head.status, NULL);
-			return;
+			break;
 		case HTTP_BODY_LENGTH:
 			if ((uint64_t)s->left < len)
 				len = (size_t)s->left;
 			excerpt_emit(s, (const char *)evbuffer_pullup(in, (ev_ssize_t)len), len);
 			evbuffer_drain(in, len);
 			s->left -= (int64_t)len;
-			if (s->left == 0)
-				send_done(s, s->head.status, NULL);
-			return;
-		case HTTP_BODY_CHUNKED:
+			if (s->left > 0)
+				return;
+			break;
+		case HTTP_BODY_CHUNKED: {
+			size_t used = 0;
+			int rc;
+
 			if (len == 0)
 				return;
 			rc = http_chunked_decode(&s->chunk,
@@ -685,112 +766,262 @@ static void send_read_cb(struct bufferevent *bev, void *arg)
 			evbuffer_drain(in, used);
 			if (rc == HTTP_ERROR) {
 				snprintf(msg, sizeof(msg), "invalid chunked response: %s", err.msg);
-				send_done(s, 0, msg);
-			} else if (rc == HTTP_OK) {
-				send_done(s, s->head.status, NULL);
+				lane_break(l, msg, LANE_BROKEN);
+				return;
 			}
-			return;
+			if (rc != HTTP_OK)
+				return;
+			break;
+		}
 		case HTTP_BODY_UNTIL_CLOSE:
 			excerpt_emit(s, (const char *)evbuffer_pullup(in, (ev_ssize_t)len), len);
 			evbuffer_drain(in, len);
-			return;
+			return; /* complete at EOF */
 		}
+		/* The head's answer is whole; the next send's may follow. */
+		if (!lane_answered(l, s))
+			return;
 	}
 }
 
-static void send_event_cb(struct bufferevent *bev, short what, void *arg)
+static void lane_event_cb(struct bufferevent *bev, short what, void *arg)
 {
-	struct send *s = arg;
-	const struct dw_upstream *up = job_upstream(s->job);
+	struct lane *l = arg;
+	struct send *s = TAILQ_FIRST(&l->fifo);
 	char msg[300];
 
 	(void)bev;
-	if ((what & BEV_EVENT_EOF) && s->head_done && s->kind == HTTP_BODY_UNTIL_CLOSE) {
-		send_done(s, s->head.status, NULL);
+	if ((what & BEV_EVENT_EOF) && s && s->head_done && s->kind == HTTP_BODY_UNTIL_CLOSE) {
+		l->closing = true;
+		(void)lane_answered(l, s);
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT)
-		snprintf(msg, sizeof(msg), "upstream \"%s\" timed out after %d ms", up->name,
-			 up->timeout_ms);
+		snprintf(msg, sizeof(msg), "upstream \"%s\" timed out after %d ms", l->up->name,
+			 l->up->timeout_ms);
 	else if (what & BEV_EVENT_EOF)
-		snprintf(msg, sizeof(msg), "upstream \"%s\" closed the connection", up->name);
+		snprintf(msg, sizeof(msg), "upstream \"%s\" closed the connection", l->up->name);
 	else
-		snprintf(msg, sizeof(msg), "upstream \"%s\": %s", up->name,
+		snprintf(msg, sizeof(msg), "upstream \"%s\": %s", l->up->name,
 			 strerror(EVUTIL_SOCKET_ERROR() ? EVUTIL_SOCKET_ERROR() : ECONNRESET));
-	send_done(s, 0, msg);
+	if (what & BEV_EVENT_TIMEOUT)
+		l->t->latency_ms = l->t->latency_ms * 0.8 + l->up->timeout_ms * 0.2;
+	lane_break(l, msg, LANE_BROKEN);
 }
 
 static void send_write_request(struct send *s)
 {
+	struct lane *l = s->lane;
 	struct mirror_job *j = s->job;
 	const struct dw_upstream *up = job_upstream(j);
-	struct bufferevent *bev = upconn_bev(s->uc);
-	struct evbuffer *out = bufferevent_get_output(bev);
-	struct timeval tv = {up->timeout_ms / 1000, (suseconds_t)(up->timeout_ms % 1000) * 1000};
+	struct evbuffer *out = bufferevent_get_output(upconn_bev(l->uc));
+	char num[32];
 
-	upconn_begin(s->uc);
-	evbuffer_add_printf(out,
-			    "%s %s%s HTTP/1.1\r\nHost: %s\r\nIdempotency-Key: %s\r\n"
-			    "X-Dualwrite-Route: %s\r\nX-Request-Id: %s\r\n",
-			    j->method, up->base_path, j->path, up->host_header, j->idem,
-			    j->route->name, j->reqid);
-	if (j->body)
-		evbuffer_add_printf(out, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
-				    j->body_len);
-	else if (strcmp(j->method, "POST") == 0 || strcmp(j->method, "PUT") == 0 ||
-		 strcmp(j->method, "PATCH") == 0)
-		evbuffer_add(out, "Content-Length: 0\r\n", 19);
-	evbuffer_add(out, "\r\n", 2);
+	evbuffer_add(out, j->method, strlen(j->method));
+	evbuffer_add(out, " ", 1);
+	evbuffer_add(out, up->base_path, strlen(up->base_path));
+	evbuffer_add(out, j->path, strlen(j->path));
+	evbuffer_add(out, " HTTP/1.1\r\nHost: ", 17);
+	evbuffer_add(out, up->host_header, strlen(up->host_header));
+	evbuffer_add(out, "\r\nIdempotency-Key: ", 19);
+	evbuffer_add(out, j->idem, strlen(j->idem));
+	evbuffer_add(out, "\r\nX-Dualwrite-Route: ", 21);
+	evbuffer_add(out, j->route->name, strlen(j->route->name));
+	evbuffer_add(out, "\r\nX-Request-Id: ", 16);
+	evbuffer_add(out, j->reqid, strlen(j->reqid));
+	if (j->body) {
+		int n = snprintf(num, sizeof(num), "%zu", j->body_len);
+		evbuffer_add(out, "\r\nContent-Type: application/json\r\nContent-Length: ", 50);
+		evbuffer_add(out, num, (size_t)n);
+	} else if (strcmp(j->method, "POST") == 0 || strcmp(j->method, "PUT") == 0 ||
+		   strcmp(j->method, "PATCH") == 0) {
+		evbuffer_add(out, "\r\nContent-Length: 0", 19);
+	}
+	evbuffer_add(out, "\r\n\r\n", 4);
 	if (j->body)
 		evbuffer_add(out, j->body, j->body_len);
-	bufferevent_setcb(bev, send_read_cb, NULL, send_event_cb, s);
-	bufferevent_set_timeouts(bev, &tv, &tv);
-	bufferevent_enable(bev, EV_READ);
-	upconn_flush(s->uc);
+	if (!l->dirty) {
+		l->dirty = true;
+		TAILQ_INSERT_TAIL(&l->mi->dirty, l, dlink);
+		event_active(l->mi->flush_ev, EV_TIMEOUT, 0);
+	}
 }
 
-static void send_ready(struct upconn *uc, int error, void *arg)
+/* Write what this iteration's sends put in their lanes' output. */
+static void lanes_flush(struct mirror *mi)
 {
-	struct send *s = arg;
+	struct lane *l;
+
+	while ((l = TAILQ_FIRST(&mi->dirty))) {
+		TAILQ_REMOVE(&mi->dirty, l, dlink);
+		l->dirty = false;
+		upconn_flush(l->uc);
+	}
+}
+
+static void lane_start(struct lane *l)
+{
+	struct bufferevent *bev = upconn_bev(l->uc);
+	struct timeval tv = {l->up->timeout_ms / 1000,
+			     (suseconds_t)(l->up->timeout_ms % 1000) * 1000};
+	struct send *s;
+
+	l->started = true;
+	upconn_begin(l->uc);
+	bufferevent_setcb(bev, lane_read_cb, NULL, lane_event_cb, l);
+	bufferevent_set_timeouts(bev, &tv, &tv);
+	bufferevent_enable(bev, EV_READ);
+	TAILQ_FOREACH(s, &l->fifo, flink)
+		send_write_request(s);
+}
+
+static void lane_ready_cb(struct upconn *uc, int error, void *arg)
+{
+	struct lane *l = arg;
 	char msg[300];
 
+	(void)uc;
 	if (error) {
-		const struct dw_upstream *up = job_upstream(s->job);
-		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): connect: %s", up->name,
-			 up->host, up->port, error == ETIMEDOUT ? "timed out" : strerror(error));
-		upconn_release(uc, false);
-		s->uc = NULL;
-		send_done(s, 0, msg);
+		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): connect: %s", l->up->name,
+			 l->up->host, l->up->port,
+			 error == ETIMEDOUT ? "timed out" : strerror(error));
+		lane_break(l, msg, LANE_CONNECT_FAILED);
 		return;
 	}
-	send_write_request(s);
+	l->connected = true;
+	lane_start(l);
+}
+
+/* Give the lane's connection back (to the pool when keep) and forget it. */
+static void lane_release(struct lane *l, bool keep)
+{
+	if (l->dirty)
+		TAILQ_REMOVE(&l->mi->dirty, l, dlink);
+	if (l->uc)
+		upconn_release(l->uc, keep && l->started);
+	TAILQ_REMOVE(&l->t->lanes, l, tlink);
+	l->t->nlanes--;
+	config_unref(l->cfg);
+	free(l);
+}
+
+/*
+ * The lane ends with sends on it. Closed cleanly (the last answer said
+ * Connection: close), the target has read none of them: all go out again.
+ * Broken (error, timeout, bad answer), the head send fails like any send and
+ * the others go out once more elsewhere - or fail too when they already had
+ * that second chance. A failed connect fails them all.
+ */
+static void lane_break(struct lane *l, const char *why, enum lane_end how)
+{
+	struct mirror *mi = l->mi;
+	struct target *t = l->t;
+	struct send *s, *head = how == LANE_CLOSED_CLEANLY ? NULL : TAILQ_FIRST(&l->fifo);
+	struct job_list again;
+	struct mirror_job *j;
+	char buf[400];
+
+	l->closing = true;
+	TAILQ_INIT(&again);
+	while ((s = TAILQ_LAST(&l->fifo, lane_sends)) && s != head) {
+		if (how == LANE_CONNECT_FAILED || (how == LANE_BROKEN && s->again)) {
+			s->lane = NULL;
+			TAILQ_REMOVE(&l->fifo, s, flink);
+			l->depth--;
+			snprintf(buf, sizeof(buf), "%s (pipelined behind another request)", why);
+			send_done(s, 0, buf);
+			continue;
+		}
+		j = s->job;
+		j->again = j->again || how == LANE_BROKEN;
+		metric_inc(mi->m_resent);
+		TAILQ_REMOVE(&l->fifo, s, flink);
+		l->depth--;
+		s->lane = NULL;
+		send_free(s);
+		TAILQ_INSERT_HEAD(&again, j, link); /* keeps their order */
+	}
+	if (head) {
+		head->lane = NULL;
+		TAILQ_REMOVE(&l->fifo, head, flink);
+		l->depth--;
+	}
+	lane_release(l, false);
+	/* Back to the front of the line, in their order, before newer jobs. */
+	while ((j = TAILQ_LAST(&again, job_list))) {
+		TAILQ_REMOVE(&again, j, link);
+		TAILQ_INSERT_HEAD(&t->ready, j, link);
+	}
+	if (head)
+		send_done(head, 0, why); /* also starts the re-sends */
+	else
+		start_sends(mi, t);
+}
+
+/* The lane for a new send to target t: fill the current lane while the
+ * target is fast, else a connection of its own. NULL with *err when no
+ * connection can even be started. */
+static struct lane *lane_pick(struct mirror *mi, struct target *t, struct mirror_job *j, int *err)
+{
+	const struct dw_upstream *up = job_upstream(j);
+	int depth = t->latency_ms < PIPE_MAX_LATENCY_MS ? PIPE_DEPTH : 1;
+	struct lane *l, *best = NULL;
+	bool connected = false;
+
+	TAILQ_FOREACH(l, &t->lanes, tlink)
+		if (!l->closing && l->depth < depth && (!best || l->depth > best->depth) &&
+		    strcmp(l->up->url, up->url) == 0)
+			best = l;
+	if (best)
+		return best;
+	l = dw_calloc(1, sizeof(*l));
+	l->mi = mi;
+	l->t = t;
+	l->up = up;
+	TAILQ_INIT(&l->fifo);
+	l->uc = pool_get(mi->pools, up, lane_ready_cb, l, &connected, err);
+	if (!l->uc) {
+		free(l);
+		return NULL;
+	}
+	l->cfg = config_ref(j->cfg);
+	l->connected = connected; /* else lane_ready_cb starts it */
+	TAILQ_INSERT_TAIL(&t->lanes, l, tlink);
+	t->nlanes++;
+	return l;
 }
 
 static void send_start(struct mirror *mi, struct target *t, struct mirror_job *j)
 {
 	struct send *s = dw_calloc(1, sizeof(*s));
-	bool connected = false;
+	const struct dw_upstream *up = job_upstream(j);
+	struct lane *l;
 	int e = 0;
 	char msg[300];
 
 	s->mi = mi;
 	s->job = j;
 	s->t = t;
+	s->again = j->again;
 	s->t_start = dw_now_us();
 	http_scanner_init(&s->scan);
 	j->attempts++;
 	t->inflight++;
 	metric_inc(mi->m_inflight);
 	TAILQ_INSERT_TAIL(&mi->sends, s, link);
-	s->uc = pool_get(mi->pools, job_upstream(j), send_ready, s, &connected, &e);
-	if (!s->uc) {
-		snprintf(msg, sizeof(msg), "upstream \"%s\": connect: %s", job_upstream(j)->name,
-			 strerror(e));
+	l = lane_pick(mi, t, j, &e);
+	if (!l) {
+		snprintf(msg, sizeof(msg), "upstream \"%s\": connect: %s", up->name, strerror(e));
 		send_done(s, 0, msg);
 		return;
 	}
-	if (connected)
+	s->lane = l;
+	TAILQ_INSERT_TAIL(&l->fifo, s, flink);
+	l->depth++;
+	if (l->started)
 		send_write_request(s);
+	else if (l->connected)
+		lane_start(l); /* a pooled connection: set it up (writes s too) */
 }
 
 static void start_sends(struct mirror *mi, struct target *t)
@@ -971,6 +1202,7 @@ struct mirror *mirror_new(struct server *srv, struct event_base *base, struct dw
 	pthread_mutex_init(&mi->lock, NULL);
 	TAILQ_INIT(&mi->inbox);
 	TAILQ_INIT(&mi->sends);
+	TAILQ_INIT(&mi->dirty);
 	if (wake_init(&mi->wake, mi->base, wake_cb, mi, err) < 0) {
 		pool_set_free(mi->pools);
 		pthread_mutex_destroy(&mi->lock);
@@ -985,6 +1217,10 @@ struct mirror *mirror_new(struct server *srv, struct event_base *base, struct dw
 				       "Mirror requests on the wire.", NULL);
 	mi->m_memory = metrics_gauge(srv->metrics, "dualwrite_mirror_backlog",
 				     "Mirrored writes held in memory (in flight or waiting).", NULL);
+	mi->m_resent = metrics_counter(
+	    srv->metrics, "dualwrite_mirror_resent_total",
+	    "Mirror requests sent again because the connection they were pipelined on broke.",
+	    NULL);
 	return mi;
 }
 
@@ -1023,7 +1259,10 @@ void mirror_free(struct mirror *mi)
 		queue_left(mi, j, "daemon stopped before the mirror finished");
 	}
 	for (struct target *t = mi->targets, *tn; t; t = tn) {
+		struct lane *l;
 		tn = t->next;
+		while ((l = TAILQ_FIRST(&t->lanes)))
+			lane_release(l, false);
 		while ((j = TAILQ_FIRST(&t->ready))) {
 			TAILQ_REMOVE(&t->ready, j, link);
 			queue_left(mi, j, "daemon stopped before the mirror was sent");

@@ -89,11 +89,15 @@ class Reply:
     raw: bytes sent verbatim as the whole answer (then the connection closes).
     silent_close: close the connection after the answer without saying so
     (as a backend whose keep-alive timer fired would).
+    linger: after an answer that closes the connection, shut down the sending side
+    and read what the client still sends until it closes (as nginx's lingering_close
+    does), so requests pipelined behind the answer are not met with a reset.
     """
 
     def __init__(self, status=200, body=b"", headers=None, reason=None, framing="length",
                  chunk_size=None, stream=None, delay=0.0, action="respond", partial=0,
-                 length=None, close=False, interim=(), raw=None, silent_close=False):
+                 length=None, close=False, interim=(), raw=None, silent_close=False,
+                 linger=False):
         self.status = status
         self.body = body if isinstance(body, bytes) else body.encode()
         self.headers = list(headers or [])
@@ -109,6 +113,7 @@ class Reply:
         self.interim = list(interim)
         self.raw = raw
         self.silent_close = silent_close
+        self.linger = linger
 
 
 REASONS = {100: "Continue", 102: "Processing", 103: "Early Hints", 200: "OK", 201: "Created", 204: "No Content",
@@ -385,4 +390,15 @@ class Backend:
         if rep.silent_close:
             self.stopping.wait(0.05)
             return False
+        if close and rep.linger:
+            self._linger(c)
         return not close
+
+    def _linger(self, c):
+        try:
+            c.shutdown(socket.SHUT_WR)
+            c.settimeout(2.0)
+            while not self.stopping.is_set() and c.recv(65536):
+                pass
+        except OSError:
+            pass
