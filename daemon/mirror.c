@@ -36,6 +36,7 @@
 #include <sys/queue.h>
 
 #include "http_parse.h"
+#include "jsonfast.h"
 #include "pgforward.h" /* pgforward wiring */
 #include "server.h"
 
@@ -277,8 +278,7 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 		 __atomic_add_fetch(&srv->idem_counter, 1, __ATOMIC_RELAXED));
 
 	if (mm->sources & EXPR_SRC_REQUEST) {
-		req = json_loadb(in->req_body ? in->req_body : "", in->req_body_len,
-				 JSON_DECODE_ANY, &jerr);
+		req = jsonfast_loadb(in->req_body ? in->req_body : "", in->req_body_len, &jerr);
 		if (!req)
 			dead = dead_reason(why, sizeof(why), "request body is not JSON: %s",
 					   in->req_body_len ? jerr.text : "empty body");
@@ -286,8 +286,8 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 	if (!dead && (mm->sources & EXPR_SRC_RESPONSE)) {
 		if (in->resp_too_large)
 			dead = "legacy response larger than max_body_bytes: $response unavailable";
-		else if (!(resp = json_loadb(in->resp_body ? in->resp_body : "", in->resp_body_len,
-					     JSON_DECODE_ANY, &jerr)))
+		else if (!(resp = jsonfast_loadb(in->resp_body ? in->resp_body : "",
+						 in->resp_body_len, &jerr)))
 			dead = dead_reason(why, sizeof(why), "legacy response is not JSON: %s",
 					   in->resp_body_len ? jerr.text : "empty body");
 	}
@@ -304,7 +304,10 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 		dead = dead_reason(why, sizeof(why), "malformed tenant in %s header",
 				   cfg->tenant.header);
 	}
-	dw_rfc3339(dw_wall_us(), now, sizeof(now));
+	if (mm->sources & EXPR_SRC_NOW)
+		dw_rfc3339(dw_wall_us(), now, sizeof(now));
+	else
+		now[0] = '\0';
 	ctx.request = req;
 	ctx.response = resp;
 	ctx.path_names = in->path_names;
@@ -314,7 +317,7 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 	ctx.query_len = in->query_len;
 	ctx.header = in->header;
 	ctx.header_arg = in->header_arg;
-	ctx.now = now;
+	ctx.now = now[0] ? now : NULL;
 
 	/* Path and key are worked out even for a write already known to be
 	 * dead, so its dead letter says which write it was. */
@@ -334,7 +337,7 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 		else if (rc != EXPR_OK)
 			dead = dead_reason(why, sizeof(why), "mirror body: %s", err.msg);
 		else
-			text = json_dumps(body, JSON_COMPACT | JSON_ENCODE_ANY);
+			text = jsonfast_dumps(body, NULL);
 	}
 
 	struct mirror_job *j = dw_calloc(1, sizeof(*j));

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "expr.h"
+#include "jsonfast.h"
 
 /* Type OIDs from pg_type.dat; stable across PostgreSQL versions. */
 #define OID_BOOL 16
@@ -697,7 +698,7 @@ static char *value_text(const json_t *v)
 	case JSON_NULL:
 		return NULL;
 	default:
-		return json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+		return jsonfast_dumps(v, NULL);
 	}
 }
 
