@@ -57,7 +57,6 @@ struct mirror_job {
 	char *key, *idem, *method, *path, *body, *reqid;
 	size_t body_len;
 	uint32_t attempts;
-	bool again; /* its send was cut off by a broken pipelined connection */
 	int64_t created_us; /* wall clock, when the legacy acknowledged */
 	int64_t t_ack; /* monotonic, when the legacy acknowledged */
 	struct keyq *kq;
@@ -145,7 +144,6 @@ struct send {
 	struct target *t;
 	struct lane *lane;
 	TAILQ_ENTRY(send) flink; /* lane->fifo */
-	bool again;		 /* already sent once on a lane that broke */
 	struct http_scanner scan;
 	struct http_head head;
 	bool head_done;
@@ -213,16 +211,75 @@ static void job_free(struct mirror_job *j)
 	free(j);
 }
 
+/* A bounded line being built without printf (the access log runs once per
+ * mirrored write). */
+struct line {
+	char buf[1024];
+	size_t n;
+};
+
+static void put(struct line *l, const char *s)
+{
+	size_t k = strlen(s);
+
+	if (k > sizeof(l->buf) - l->n)
+		k = sizeof(l->buf) - l->n;
+	memcpy(l->buf + l->n, s, k);
+	l->n += k;
+}
+
+static void put_u64(struct line *l, uint64_t v)
+{
+	char tmp[24];
+	size_t i = sizeof(tmp);
+
+	tmp[--i] = '\0';
+	do
+		tmp[--i] = (char)('0' + v % 10);
+	while ((v /= 10) && i);
+	put(l, tmp + i);
+}
+
 /* The mirror access log: one line per outcome. */
 static void log_outcome(const char *reqid, const char *route, const char *key, const char *idem,
 			uint64_t seq, const char *result, int status, uint32_t attempt,
 			double latency_ms, const char *why)
 {
-	dw_log(strcmp(result, "dead") == 0 ? DW_LOG_WARN : DW_LOG_INFO, reqid,
-	       "mirror route=%s key=%s idem=%s seq=%" PRIu64
-	       " result=%s status=%d attempt=%u latency_ms=%.1f%s%s",
-	       route, key ? key : "-", idem, seq, result, status, attempt, latency_ms,
-	       why ? " reason=" : "", why ? why : "");
+	enum dw_log_level level = strcmp(result, "dead") == 0 ? DW_LOG_WARN : DW_LOG_INFO;
+	uint64_t tenths = latency_ms > 0 ? (uint64_t)(latency_ms * 10 + 0.5) : 0;
+	struct line l;
+
+	if (!dw_log_enabled(level))
+		return;
+	l.n = 0;
+	put(&l, "mirror route=");
+	put(&l, route);
+	put(&l, " key=");
+	put(&l, key ? key : "-");
+	put(&l, " idem=");
+	put(&l, idem);
+	put(&l, " seq=");
+	put_u64(&l, seq);
+	put(&l, " result=");
+	put(&l, result);
+	put(&l, " status=");
+	if (status < 0) {
+		put(&l, "-");
+		put_u64(&l, (uint64_t)(-(int64_t)status));
+	} else {
+		put_u64(&l, (uint64_t)status);
+	}
+	put(&l, " attempt=");
+	put_u64(&l, attempt);
+	put(&l, " latency_ms=");
+	put_u64(&l, tenths / 10);
+	put(&l, ".");
+	put_u64(&l, tenths % 10);
+	if (why) {
+		put(&l, " reason=");
+		put(&l, why);
+	}
+	dw_log_text(level, reqid, l.buf, l.n);
 }
 
 /* FNV-1a */
@@ -376,31 +433,27 @@ static const struct dw_upstream *job_upstream(const struct mirror_job *j)
 static struct keyq *keyq_get(struct mirror *mi, const char *upstream, const char *key,
 			     bool create)
 {
-	char *hk;
+	size_t ul = strlen(upstream), b = hash_key(upstream, key) % KEY_BUCKETS;
 	struct keyq *q;
-	size_t b;
 
-	if (asprintf(&hk, "%s\n%s", upstream, key) < 0)
-		abort();
-	b = hash_str(hk) % KEY_BUCKETS;
 	for (q = mi->keys[b]; q; q = q->next)
-		if (strcmp(q->hkey, hk) == 0)
-			break;
-	if (!q && create) {
-		q = dw_calloc(1, sizeof(*q));
-		q->hkey = hk;
-		hk = NULL;
-		TAILQ_INIT(&q->jobs);
-		q->next = mi->keys[b];
-		mi->keys[b] = q;
-	}
-	free(hk);
+		if (strncmp(q->hkey, upstream, ul) == 0 && q->hkey[ul] == '\n' &&
+		    strcmp(q->hkey + ul + 1, key) == 0)
+			return q;
+	if (!create)
+		return NULL;
+	q = dw_calloc(1, sizeof(*q));
+	if (asprintf(&q->hkey, "%s\n%s", upstream, key) < 0)
+		abort();
+	TAILQ_INIT(&q->jobs);
+	q->next = mi->keys[b];
+	mi->keys[b] = q;
 	return q;
 }
 
 static void keyq_drop(struct mirror *mi, struct keyq *q)
 {
-	size_t b = hash_str(q->hkey) % KEY_BUCKETS;
+	size_t b = hash_str(q->hkey) % KEY_BUCKETS; /* == hash_key(upstream, key) */
 	struct keyq **pp = &mi->keys[b];
 
 	while (*pp != q)
@@ -911,9 +964,10 @@ static void lane_release(struct lane *l, bool keep)
 /*
  * The lane ends with sends on it. Closed cleanly (the last answer said
  * Connection: close), the target has read none of them: all go out again.
- * Broken (error, timeout, bad answer), the head send fails like any send and
- * the others go out once more elsewhere - or fail too when they already had
- * that second chance. A failed connect fails them all.
+ * Broken (error, timeout, bad answer), the head send fails like any send
+ * and the others go out again on another lane: each break settles its head,
+ * so this always ends, and five failed heads in a row open the breaker. A
+ * failed connect fails them all (the target is down, not one connection).
  */
 static void lane_break(struct lane *l, const char *why, enum lane_end how)
 {
@@ -922,21 +976,18 @@ static void lane_break(struct lane *l, const char *why, enum lane_end how)
 	struct send *s, *head = how == LANE_CLOSED_CLEANLY ? NULL : TAILQ_FIRST(&l->fifo);
 	struct job_list again;
 	struct mirror_job *j;
-	char buf[400];
 
 	l->closing = true;
 	TAILQ_INIT(&again);
 	while ((s = TAILQ_LAST(&l->fifo, lane_sends)) && s != head) {
-		if (how == LANE_CONNECT_FAILED || (how == LANE_BROKEN && s->again)) {
+		if (how == LANE_CONNECT_FAILED) {
 			s->lane = NULL;
 			TAILQ_REMOVE(&l->fifo, s, flink);
 			l->depth--;
-			snprintf(buf, sizeof(buf), "%s (pipelined behind another request)", why);
-			send_done(s, 0, buf);
+			send_done(s, 0, why);
 			continue;
 		}
 		j = s->job;
-		j->again = j->again || how == LANE_BROKEN;
 		metric_inc(mi->m_resent);
 		TAILQ_REMOVE(&l->fifo, s, flink);
 		l->depth--;
@@ -1005,7 +1056,6 @@ static void send_start(struct mirror *mi, struct target *t, struct mirror_job *j
 	s->mi = mi;
 	s->job = j;
 	s->t = t;
-	s->again = j->again;
 	s->t_start = dw_now_us();
 	http_scanner_init(&s->scan);
 	j->attempts++;

@@ -78,36 +78,74 @@ int dw_log_enabled(enum dw_log_level level)
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
+/* "<time> level=<l> [req=<id> ]" into line; returns its length. */
+static size_t log_prefix(char *line, size_t cap, enum dw_log_level level, const char *req)
+{
+	size_t n, l;
+
+	dw_rfc3339(dw_wall_us(), line, cap);
+	n = strlen(line);
+	l = strlen(level_names[level]);
+	if (n + 7 + l + 1 < cap) {
+		memcpy(line + n, " level=", 7);
+		memcpy(line + n + 7, level_names[level], l);
+		n += 7 + l;
+		line[n++] = ' ';
+	}
+	if (req && n + 4 + strlen(req) + 1 < cap) {
+		memcpy(line + n, "req=", 4);
+		memcpy(line + n + 4, req, strlen(req));
+		n += 4 + strlen(req);
+		line[n++] = ' ';
+	}
+	return n;
+}
+
+/* One fwrite per line keeps lines whole across threads (stdio locks). When
+ * the program made stderr buffered, only request-scoped lines below warn
+ * (the per-write access log) wait for the program's flush; every
+ * operational line and every warning or error goes out at once. */
+static void log_emit(enum dw_log_level level, const char *req, char *line, size_t n, size_t cap)
+{
+	if (n >= cap - 1)
+		n = cap - 2;
+	line[n++] = '\n';
+	fwrite(line, 1, n, stderr);
+	if (level >= DW_LOG_WARN || !req)
+		fflush(stderr);
+}
+
 void dw_vlog(enum dw_log_level level, const char *req, const char *fmt, va_list ap)
 {
 	int saved = errno;
-	char line[2048], ts[40];
-	int n;
+	char line[2048];
+	size_t n;
 
 	if (level < log_threshold)
 		return;
-	dw_rfc3339(dw_wall_us(), ts, sizeof(ts));
-	if (req)
-		n = snprintf(line, sizeof(line), "%s level=%s req=%s ", ts, level_names[level], req);
-	else
-		n = snprintf(line, sizeof(line), "%s level=%s ", ts, level_names[level]);
-	if (n < 0)
-		n = 0;
-	if ((size_t)n < sizeof(line)) {
-		int m = vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+	n = log_prefix(line, sizeof(line), level, req);
+	if (n < sizeof(line)) {
+		int m = vsnprintf(line + n, sizeof(line) - n, fmt, ap);
 		if (m > 0)
-			n += m;
+			n += (size_t)m;
 	}
-	if ((size_t)n >= sizeof(line) - 1)
-		n = (int)sizeof(line) - 2;
-	line[n++] = '\n';
-	/* One fwrite per line keeps lines whole across threads (stdio locks).
-	 * When the program made stderr buffered, only request-scoped lines below
-	 * warn (the per-write access log) wait for the program's flush; every
-	 * operational line and every warning or error goes out at once. */
-	fwrite(line, 1, (size_t)n, stderr);
-	if (level >= DW_LOG_WARN || !req)
-		fflush(stderr);
+	log_emit(level, req, line, n, sizeof(line));
+	errno = saved;
+}
+
+void dw_log_text(enum dw_log_level level, const char *req, const char *msg, size_t len)
+{
+	int saved = errno;
+	char line[2048];
+	size_t n;
+
+	if (level < log_threshold)
+		return;
+	n = log_prefix(line, sizeof(line), level, req);
+	if (len > sizeof(line) - 2 - n)
+		len = sizeof(line) - 2 - n;
+	memcpy(line + n, msg, len);
+	log_emit(level, req, line, n + len, sizeof(line));
 	errno = saved;
 }
 
@@ -136,14 +174,56 @@ int64_t dw_wall_us(void)
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+static void put_digits(char *p, unsigned v, int n)
+{
+	while (n--) {
+		p[n] = (char)('0' + v % 10);
+		v /= 10;
+	}
+}
+
+/* Gregorian date of a day count since 1970-01-01 (H. Hinnant's
+ * civil_from_days): no gmtime_r and no printf on every log line. */
 void dw_rfc3339(int64_t wall_us, char *buf, size_t len)
 {
-	time_t secs = (time_t)(wall_us / 1000000);
-	struct tm tm;
+	int64_t secs = wall_us / 1000000, days = secs / 86400, sod = secs % 86400;
+	int64_t z, era, doe, yoe, y, doy, mp, d, m;
 
-	gmtime_r(&secs, &tm);
-	snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-		 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)((wall_us / 1000) % 1000));
+	if (wall_us < 0 || len < 25) {
+		time_t t = (time_t)secs;
+		struct tm tm;
+
+		gmtime_r(&t, &tm);
+		snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+			 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+			 (int)((wall_us / 1000) % 1000));
+		return;
+	}
+	z = days + 719468;
+	era = z / 146097;
+	doe = z - era * 146097;
+	yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	y = yoe + era * 400;
+	doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	mp = (5 * doy + 2) / 153;
+	d = doy - (153 * mp + 2) / 5 + 1;
+	m = mp < 10 ? mp + 3 : mp - 9;
+	y += m <= 2;
+	put_digits(buf, (unsigned)(y % 10000), 4);
+	buf[4] = '-';
+	put_digits(buf + 5, (unsigned)m, 2);
+	buf[7] = '-';
+	put_digits(buf + 8, (unsigned)d, 2);
+	buf[10] = 'T';
+	put_digits(buf + 11, (unsigned)(sod / 3600), 2);
+	buf[13] = ':';
+	put_digits(buf + 14, (unsigned)(sod / 60 % 60), 2);
+	buf[16] = ':';
+	put_digits(buf + 17, (unsigned)(sod % 60), 2);
+	buf[19] = '.';
+	put_digits(buf + 20, (unsigned)(wall_us / 1000 % 1000), 3);
+	buf[23] = 'Z';
+	buf[24] = '\0';
 }
 
 static void oom(size_t n) __attribute__((noreturn));

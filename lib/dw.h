@@ -45,6 +45,8 @@ int dw_log_enabled(enum dw_log_level level);
 void dw_log(enum dw_log_level level, const char *req, const char *fmt, ...) DW_PRINTF(3, 4);
 void dw_vlog(enum dw_log_level level, const char *req, const char *fmt, va_list ap)
 	__attribute__((format(printf, 3, 0)));
+/* A line whose message is already formatted (len bytes, no newline). */
+void dw_log_text(enum dw_log_level level, const char *req, const char *msg, size_t len);
 #define log_debug(...) dw_log(DW_LOG_DEBUG, NULL, __VA_ARGS__)
 #define log_info(...) dw_log(DW_LOG_INFO, NULL, __VA_ARGS__)
 #define log_warn(...) dw_log(DW_LOG_WARN, NULL, __VA_ARGS__)

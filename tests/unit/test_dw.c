@@ -1,0 +1,80 @@
+/*
+ * test_dw — the small shared helpers of lib/dw: the RFC 3339 formatter
+ * (arithmetic, no gmtime_r) against gmtime_r + strftime over leap years,
+ * century rules, epoch edges and a spread of instants up to year 9999.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "dw.h"
+
+static void reference(int64_t us, char *buf, size_t len)
+{
+	time_t t = (time_t)(us / 1000000);
+	struct tm tm;
+
+	gmtime_r(&t, &tm);
+	snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+		 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)((us / 1000) % 1000));
+}
+
+static void check(int64_t us)
+{
+	char got[40], want[96];
+
+	dw_rfc3339(us, got, sizeof(got));
+	reference(us, want, sizeof(want));
+	if (strcmp(got, want) != 0)
+		fail_msg("dw_rfc3339(%lld) = %s, want %s", (long long)us, got, want);
+}
+
+static void test_rfc3339_edges(void **state)
+{
+	static const char *const days[] = {"1970-01-01", "1972-02-29", "1999-12-31", "2000-02-28",
+					   "2000-02-29", "2000-03-01", "2038-01-19", "2100-02-28",
+					   "2100-03-01", "2400-02-29", "2026-11-22", "9999-12-31"};
+	(void)state;
+	for (size_t i = 0; i < sizeof(days) / sizeof(days[0]); i++) {
+		struct tm tm = {0};
+		int y, m, d;
+
+		assert_int_equal(sscanf(days[i], "%d-%d-%d", &y, &m, &d), 3);
+		tm.tm_year = y - 1900;
+		tm.tm_mon = m - 1;
+		tm.tm_mday = d;
+		int64_t base = (int64_t)timegm(&tm) * 1000000;
+		for (int64_t off = 0; off < 86400LL * 1000000; off += 3599999999LL)
+			check(base + off);
+		check(base + 86400LL * 1000000 - 1); /* 23:59:59.999 */
+	}
+	check(0);
+	check(999);
+	char buf[40];
+	dw_rfc3339(1763785993123456LL, buf, sizeof(buf));
+	assert_string_equal(buf, "2025-11-22T04:33:13.123Z");
+}
+
+static void test_rfc3339_spread(void **state)
+{
+	(void)state;
+	/* ~200k instants from 1970 to 9999, stepping by an odd number of
+	 * microseconds so every field moves. */
+	for (int64_t us = 0; us < 253402300799LL * 1000000; us += 1234567890123LL + 7)
+		check(us);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_rfc3339_edges),
+	    cmocka_unit_test(test_rfc3339_spread),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
