@@ -12,13 +12,23 @@
  *
  * States:
  *   IDLE      keep-alive, waiting for the first byte of a request
+ *             (deadline: idle_timeout_ms)
  *   HEAD      reading the request head (deadline: header_timeout_ms)
  *   BODY      reading the request body (deadline: body_timeout_ms)
  *   UPSTREAM  request sent or being sent, waiting for the response head
  *   RESPONSE  streaming the response body to the client
  *   SYNC      answer complete and held until the mirror journal is fsynced
- *   CLOSING   flushing a final answer, then close
+ *   CLOSING   flushing a final answer, then close (deadline: 5 s, so a
+ *             client that never reads does not keep us)
  *   CLOSED    released; freed after this loop iteration
+ *
+ * Deadlines cost no timer per connection: a connection in a state with a
+ * deadline (or SYNC's wait) sits in that state's queue, w->stateq[state], in
+ * the order it entered the state (c->since). Every connection of a queue has
+ * the same timeout, so each queue is in deadline order and one timer per
+ * worker, armed at the earliest queue head, serves them all (proxy_deadlines).
+ * Timeouts are read from the worker's current configuration when checked, so
+ * a reload applies to connections already waiting.
  */
 #include <assert.h>
 #include <errno.h>
@@ -51,6 +61,8 @@ enum out_mode {
 #define OUT_LOW_WATER ((size_t)64 * 1024)  /* resume it at or below this */
 #define RESP_MAX_HEAD 65536
 #define IN_HIGH_SLACK 65536 /* input beyond max_header_bytes before reading pauses */
+#define CLOSING_TIMEOUT_MS 5000 /* flushing a final answer */
+#define DEADLINE_SLACK_US 1000	/* what passes within this is due now */
 
 /*
  * Everything that belongs to one request in progress. Allocated when its
@@ -89,12 +101,12 @@ struct exchange {
 };
 
 struct conn {
-	TAILQ_ENTRY(conn) link;	     /* worker->conns */
-	TAILQ_ENTRY(conn) sync_link; /* worker->sync_waiters while CS_SYNC */
+	TAILQ_ENTRY(conn) link;	 /* worker->conns */
+	TAILQ_ENTRY(conn) qlink; /* worker->stateq[state] when state_queued(state) */
 	struct worker *w;
 	struct bufferevent *bev;
-	struct event *timer;
 	struct exchange *x; /* NULL between requests */
+	int64_t since;	    /* entered its queued state (monotonic us) */
 	enum cstate state;
 	bool got_bytes;	  /* any byte of the current request received */
 	bool client_gone; /* reset mid-exchange: finish for the mirror, then close */
@@ -108,10 +120,69 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void up_read_cb(struct bufferevent *bev, void *arg);
 static void up_event_cb(struct bufferevent *bev, short what, void *arg);
 static void on_input(struct conn *c);
-static void conn_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void dispatch(struct conn *c);
 
 /* ---------------------------------------------------------------- state */
+
+_Static_assert(CS_CLOSED <= PROXY_QUEUES, "a queue per state");
+
+/* The deadline of a state, from entering it; -1: none. */
+static int64_t state_timeout_us(const struct worker *w, enum cstate s)
+{
+	const struct dw_limits *lim = &w->cfg->limits;
+
+	switch (s) {
+	case CS_IDLE:
+		return (int64_t)lim->idle_timeout_ms * 1000;
+	case CS_HEAD:
+		return (int64_t)lim->header_timeout_ms * 1000;
+	case CS_BODY:
+		return (int64_t)lim->body_timeout_ms * 1000;
+	case CS_CLOSING:
+		return (int64_t)CLOSING_TIMEOUT_MS * 1000;
+	default:
+		return -1;
+	}
+}
+
+/* Does a connection in state s wait in w->stateq[s]? */
+static bool state_queued(const struct worker *w, enum cstate s)
+{
+	return s == CS_SYNC || state_timeout_us(w, s) >= 0;
+}
+
+/* Make the worker's timer fire no later than at. */
+static void deadline_arm(struct worker *w, int64_t at)
+{
+	int64_t d;
+	struct timeval tv;
+
+	if (w->deadline_at && w->deadline_at <= at)
+		return;
+	d = at - dw_now_us();
+	if (d < 0)
+		d = 0;
+	tv.tv_sec = (time_t)(d / 1000000);
+	tv.tv_usec = (suseconds_t)(d % 1000000);
+	evtimer_add(w->deadline_ev, &tv);
+	w->deadline_at = at;
+}
+
+/* Append c to the queue of the state it is in. */
+static void conn_enqueue(struct conn *c)
+{
+	struct worker *w = c->w;
+	int64_t t;
+
+	if (!state_queued(w, c->state))
+		return;
+	c->since = dw_now_us();
+	TAILQ_INSERT_TAIL(&w->stateq[c->state], c, qlink);
+	t = state_timeout_us(w, c->state);
+	/* Behind the head, c's deadline is no earlier than the armed one. */
+	if (t >= 0 && TAILQ_FIRST(&w->stateq[c->state]) == c)
+		deadline_arm(w, c->since + t);
+}
 
 static void conn_set_state(struct conn *c, enum cstate to)
 {
@@ -133,14 +204,10 @@ static void conn_set_state(struct conn *c, enum cstate to)
 		       cstate_names[to]);
 		assert(!"illegal connection state change");
 	}
+	if (state_queued(c->w, c->state))
+		TAILQ_REMOVE(&c->w->stateq[c->state], c, qlink);
 	c->state = to;
-}
-
-static void timer_set(struct conn *c, int ms)
-{
-	struct timeval tv = {ms / 1000, (suseconds_t)(ms % 1000) * 1000};
-
-	evtimer_add(c->timer, &tv);
+	conn_enqueue(c);
 }
 
 static struct exchange *exchange_new(void)
@@ -195,11 +262,8 @@ static void conn_close(struct conn *c, const char *reason)
 	if (reason)
 		dw_log(DW_LOG_DEBUG, c->x && c->x->reqid[0] ? c->x->reqid : NULL, "close %s: %s",
 		       c->peer, reason);
-	if (c->state == CS_SYNC)
-		TAILQ_REMOVE(&w->sync_waiters, c, sync_link);
 	conn_set_state(c, CS_CLOSED);
 	exchange_end(c);
-	event_free(c->timer);
 	bufferevent_free(c->bev);
 	TAILQ_REMOVE(&w->conns, c, link);
 	w->nconns--;
@@ -289,8 +353,6 @@ static void conn_finish_close(struct conn *c)
 		return;
 	conn_set_state(c, CS_CLOSING);
 	bufferevent_disable(c->bev, EV_READ);
-	evtimer_del(c->timer);
-	timer_set(c, 5000); /* a client that never reads does not keep us */
 	conn_flush(c);
 	if (c->state != CS_CLOSED && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
 		conn_close(c, NULL);
@@ -379,7 +441,6 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 	c = dw_calloc(1, sizeof(*c));
 	c->w = w;
 	c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	c->timer = evtimer_new(w->base, conn_timer_cb, c);
 	if (sa->sa_family == AF_INET)
 		evutil_inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host,
 				 sizeof(host));
@@ -388,7 +449,6 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 				 sizeof(host));
 	memcpy(c->peer, host, sizeof(c->peer));
 	http_scanner_init(&c->scan);
-	c->state = CS_IDLE;
 	TAILQ_INSERT_TAIL(&w->conns, c, link);
 	w->nconns++;
 	metric_inc(srv->m_conns_active);
@@ -403,18 +463,15 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 	bufferevent_disable(c->bev, EV_WRITE); /* on by default in libevent */
 	bufferevent_enable(c->bev, EV_READ);
 	/* A new connection gets the head deadline from its first moment. */
-	conn_set_state(c, CS_HEAD);
-	timer_set(c, w->cfg->limits.header_timeout_ms);
+	c->state = CS_HEAD;
+	conn_enqueue(c);
 }
 
 /* --------------------------------------------------- reading a request */
 
-static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
+/* c's deadline in its state passed. */
+static void conn_expired(struct conn *c)
 {
-	struct conn *c = arg;
-
-	(void)fd;
-	(void)what;
 	switch (c->state) {
 	case CS_IDLE:
 		conn_close(c, "idle timeout");
@@ -435,6 +492,29 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 	default:
 		break;
 	}
+}
+
+void proxy_deadlines(struct worker *w)
+{
+	int64_t now = dw_now_us() + DEADLINE_SLACK_US, next = 0;
+
+	w->deadline_at = 0; /* fired, or about to be re-armed */
+	for (enum cstate s = CS_IDLE; s < CS_CLOSED; s++) {
+		int64_t t = state_timeout_us(w, s);
+		struct conn *c;
+
+		if (t < 0)
+			continue;
+		while ((c = TAILQ_FIRST(&w->stateq[s])) && c->since + t <= now) {
+			conn_expired(c);
+			if (c->state == s) /* every expiry leaves the state; never spin */
+				conn_close(c, "deadline passed");
+		}
+		if (c && (!next || c->since + t < next))
+			next = c->since + t;
+	}
+	if (next)
+		deadline_arm(w, next);
 }
 
 static const char *req_header(void *arg, const char *name, size_t *len)
@@ -508,11 +588,8 @@ static void on_head(struct conn *c)
 
 	if (len == 0)
 		return;
-	if (c->state == CS_IDLE) {
+	if (c->state == CS_IDLE)
 		conn_set_state(c, CS_HEAD);
-		evtimer_del(c->timer);
-		timer_set(c, lim->header_timeout_ms);
-	}
 	c->got_bytes = true;
 	if (!c->x)
 		c->x = exchange_new();
@@ -556,8 +633,6 @@ static void on_head(struct conn *c)
 		return;
 	}
 	conn_set_state(c, CS_BODY);
-	evtimer_del(c->timer);
-	timer_set(c, lim->body_timeout_ms);
 	/* Expect: 100-continue is ours to answer; it is never forwarded. */
 	if (c->x->req.expect_continue && c->x->req.version_minor == 1 &&
 	    evbuffer_get_length(in) == 0) {
@@ -601,7 +676,6 @@ static void on_body(struct conn *c)
 		if (c->x->body_left > 0)
 			return;
 	}
-	evtimer_del(c->timer);
 	conn_set_state(c, CS_UPSTREAM);
 	dispatch(c);
 }
@@ -971,8 +1045,7 @@ static void response_done(struct conn *c, bool reusable)
 	if (c->x->hold) {
 		do_mirror(c);
 		if (c->x->cfg->queue.durability == QUEUE_DURABILITY_FSYNC) {
-			conn_set_state(c, CS_SYNC);
-			TAILQ_INSERT_TAIL(&w->sync_waiters, c, sync_link);
+			conn_set_state(c, CS_SYNC); /* joins w->stateq[CS_SYNC] */
 			event_active(w->sync_ev, EV_TIMEOUT, 0);
 			return;
 		}
@@ -1158,8 +1231,6 @@ static void conn_next(struct conn *c)
 		return;
 	}
 	conn_set_state(c, CS_IDLE);
-	evtimer_del(c->timer);
-	timer_set(c, w->cfg->limits.idle_timeout_ms);
 	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
 		on_input(c);
 }
@@ -1188,14 +1259,13 @@ void proxy_sync_done(struct worker *w)
 	struct dw_err err = {""};
 	struct conn *c;
 
-	if (TAILQ_EMPTY(&w->sync_waiters))
+	if (TAILQ_EMPTY(&w->stateq[CS_SYNC]))
 		return;
 	/* One fdatasync for every answer held in this loop iteration. */
 	if (spool_sync(w->srv->spool, &err) < 0)
 		log_error("queue: fsync failed, answers released without durability: %s", err.msg);
-	while ((c = TAILQ_FIRST(&w->sync_waiters))) {
-		TAILQ_REMOVE(&w->sync_waiters, c, sync_link);
-		conn_set_state(c, CS_RESPONSE);
+	while ((c = TAILQ_FIRST(&w->stateq[CS_SYNC]))) {
+		conn_set_state(c, CS_RESPONSE); /* leaves the queue */
 		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->x->held);
 		response_complete(c);
 	}

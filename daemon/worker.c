@@ -179,6 +179,7 @@ static void do_reload(struct worker *w)
 	w->cfg = cfg;
 	if (!w->draining && listeners_sync(w, &err) < 0)
 		log_error("worker %d: %s", w->id, err.msg);
+	proxy_deadlines(w); /* the timeouts may have changed */
 }
 
 static void check_drained(struct worker *w)
@@ -235,6 +236,13 @@ static void sync_cb(evutil_socket_t fd, short what, void *arg)
 	proxy_sync_done(arg);
 }
 
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	proxy_deadlines(arg);
+}
+
 struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 {
 	struct worker *w = dw_calloc(1, sizeof(*w));
@@ -252,7 +260,8 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 	w->cfg = server_config(srv);
 	w->pools = pool_set_new(w->base, srv->metrics);
 	TAILQ_INIT(&w->conns);
-	TAILQ_INIT(&w->sync_waiters);
+	for (size_t i = 0; i < DW_ARRAY_LEN(w->stateq); i++)
+		TAILQ_INIT(&w->stateq[i]);
 	if (wake_init(&w->wake, w->base, wake_cb, w, err) < 0) {
 		pool_set_free(w->pools);
 		config_unref(w->cfg);
@@ -261,6 +270,7 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 		return NULL;
 	}
 	w->sync_ev = event_new(w->base, -1, 0, sync_cb, w);
+	w->deadline_ev = event_new(w->base, -1, 0, deadline_cb, w);
 	if (getrandom(&w->reqid_seed, sizeof(w->reqid_seed), 0) != sizeof(w->reqid_seed))
 		w->reqid_seed = (uint32_t)dw_wall_us() ^ (uint32_t)getpid();
 	w->h_duration = metrics_histogram(srv->metrics, "dualwrite_request_duration_seconds",
@@ -335,6 +345,7 @@ void worker_join_free(struct worker *w)
 		event_free(w->drain_tick);
 	wake_free(&w->wake);
 	event_free(w->sync_ev);
+	event_free(w->deadline_ev);
 	pool_set_free(w->pools);
 	for (size_t i = 0; i < w->nseries; i++)
 		free(w->series[i].route);
