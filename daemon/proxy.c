@@ -81,6 +81,7 @@ struct exchange {
 	int64_t rleft;		  /* response Content-Length bytes still to come */
 	struct http_chunked chunk;
 	struct http_chunked rchunk;
+	struct http_scanner scan; /* the request head */
 	struct http_scanner rscan;
 	const struct dw_route *route;
 	struct route_params params;
@@ -110,8 +111,9 @@ struct conn {
 	enum cstate state;
 	bool got_bytes;	  /* any byte of the current request received */
 	bool client_gone; /* reset mid-exchange: finish for the mirror, then close */
-	struct http_scanner scan;
-	char peer[INET6_ADDRSTRLEN];
+	/* The client's address, formatted only when needed (conn_peer). */
+	unsigned char peer_af; /* AF_INET, AF_INET6 or 0: unknown */
+	unsigned char peer_addr[16];
 };
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
@@ -216,6 +218,7 @@ static struct exchange *exchange_new(void)
 
 	x->body = evbuffer_new();
 	x->req.content_length = -1;
+	http_scanner_init(&x->scan);
 	http_scanner_init(&x->rscan);
 	return x;
 }
@@ -226,7 +229,6 @@ static void exchange_end(struct conn *c)
 	struct exchange *x = c->x;
 
 	c->got_bytes = false;
-	http_scanner_init(&c->scan);
 	if (!x)
 		return;
 	c->x = NULL;
@@ -245,6 +247,16 @@ static void exchange_end(struct conn *c)
 	free(x);
 }
 
+/* The client's address as text, into buf. */
+static const char *conn_peer(const struct conn *c, char *buf, size_t len)
+{
+	int af = c->peer_af == AF_INET6 ? AF_INET6 : AF_INET;
+
+	if (!c->peer_af || !evutil_inet_ntop(af, c->peer_addr, buf, len))
+		snprintf(buf, len, "?");
+	return buf;
+}
+
 static void reap_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -256,12 +268,13 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 static void conn_close(struct conn *c, const char *reason)
 {
 	struct worker *w = c->w;
+	char peer[INET6_ADDRSTRLEN];
 
 	if (c->state == CS_CLOSED)
 		return;
-	if (reason)
+	if (reason && dw_log_enabled(DW_LOG_DEBUG))
 		dw_log(DW_LOG_DEBUG, c->x && c->x->reqid[0] ? c->x->reqid : NULL, "close %s: %s",
-		       c->peer, reason);
+		       conn_peer(c, peer, sizeof(peer)), reason);
 	conn_set_state(c, CS_CLOSED);
 	exchange_end(c);
 	bufferevent_free(c->bev);
@@ -368,6 +381,7 @@ static void respond_error(struct conn *c, int status, const char *msg, bool clos
 	struct exchange *x = c->x;
 	const char *rid = x && x->reqid[0] ? x->reqid : NULL;
 	struct evbuffer *out, *body;
+	char peer[INET6_ADDRSTRLEN];
 
 	if (c->state == CS_CLOSED)
 		return;
@@ -391,7 +405,8 @@ static void respond_error(struct conn *c, int status, const char *msg, bool clos
 	if (c->state == CS_CLOSED)
 		return;
 	count_status(c, status);
-	dw_log(status >= 500 ? DW_LOG_WARN : DW_LOG_INFO, rid, "%d %s (%s)", status, msg, c->peer);
+	dw_log(status >= 500 ? DW_LOG_WARN : DW_LOG_INFO, rid, "%d %s (%s)", status, msg,
+	       conn_peer(c, peer, sizeof(peer)));
 	if (x && x->up) {
 		upconn_release(x->up, false);
 		x->up = NULL;
@@ -421,7 +436,6 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 	struct server *srv = w->srv;
 	struct conn *c;
 	int one = 1;
-	char host[INET6_ADDRSTRLEN] = "?";
 
 	(void)salen;
 	if (__atomic_add_fetch(&srv->active_conns, 1, __ATOMIC_RELAXED) >
@@ -441,14 +455,13 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 	c = dw_calloc(1, sizeof(*c));
 	c->w = w;
 	c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	if (sa->sa_family == AF_INET)
-		evutil_inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host,
-				 sizeof(host));
-	else if (sa->sa_family == AF_INET6)
-		evutil_inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host,
-				 sizeof(host));
-	memcpy(c->peer, host, sizeof(c->peer));
-	http_scanner_init(&c->scan);
+	if (sa->sa_family == AF_INET) {
+		c->peer_af = AF_INET;
+		memcpy(c->peer_addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+	} else if (sa->sa_family == AF_INET6) {
+		c->peer_af = AF_INET6;
+		memcpy(c->peer_addr, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+	}
 	TAILQ_INSERT_TAIL(&w->conns, c, link);
 	w->nconns++;
 	metric_inc(srv->m_conns_active);
@@ -595,7 +608,7 @@ static void on_head(struct conn *c)
 		c->x = exchange_new();
 	n = len < lim->max_header_bytes + 4096 ? len : lim->max_header_bytes + 4096;
 	p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-	rc = http_scan_head(&c->scan, p, n, lim->max_header_bytes, &skip, &head_len, &status, &err);
+	rc = http_scan_head(&c->x->scan, p, n, lim->max_header_bytes, &skip, &head_len, &status, &err);
 	if (rc == HTTP_INCOMPLETE)
 		return;
 	c->x->keep_alive = false;
@@ -608,7 +621,7 @@ static void on_head(struct conn *c)
 	c->x->t_start = dw_now_us();
 	rc = http_parse_request(&c->x->req, p + skip, head_len, &status, &err);
 	evbuffer_drain(in, skip + head_len);
-	http_scanner_init(&c->scan);
+	http_scanner_init(&c->x->scan);
 	if (rc != HTTP_OK) {
 		respond_error(c, status, err.msg, true);
 		return;
@@ -831,6 +844,7 @@ static void send_request(struct conn *c)
 	struct evbuffer *out = bufferevent_get_output(ub);
 	const struct http_head *r = &c->x->req;
 	const char *xff = NULL;
+	char peer[INET6_ADDRSTRLEN];
 	size_t xff_len = 0, blen = evbuffer_get_length(c->x->body);
 	struct timeval tv = {up->timeout_ms / 1000, (suseconds_t)(up->timeout_ms % 1000) * 1000};
 
@@ -853,10 +867,11 @@ static void send_request(struct conn *c)
 		}
 		add_header(out, h);
 	}
+	conn_peer(c, peer, sizeof(peer));
 	if (xff)
-		evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len, xff, c->peer);
+		evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len, xff, peer);
 	else
-		evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", c->peer);
+		evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", peer);
 	evbuffer_add_printf(out, "X-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n", c->x->reqid);
 	if (blen > 0 || r->content_length >= 0 || r->chunked)
 		evbuffer_add_printf(out, "Content-Length: %zu\r\n", blen);
