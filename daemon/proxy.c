@@ -12,7 +12,12 @@
  *
  * States:
  *   IDLE      keep-alive, waiting for the first byte of a request
- *             (deadline: idle_timeout_ms)
+ *             (deadline: PARK_AFTER_MS, or idle_timeout_ms when shorter)
+ *   PARKED    keep-alive and idle for PARK_AFTER_MS: the bufferevent is
+ *             freed (once its output is written) and one bare read event
+ *             in struct conn watches the socket; the first byte (or EOF)
+ *             brings a new bufferevent and HEAD, as on a new connection
+ *             (deadline: the rest of idle_timeout_ms)
  *   HEAD      reading the request head (deadline: header_timeout_ms)
  *   BODY      reading the request body (deadline: body_timeout_ms)
  *   UPSTREAM  request sent or being sent, waiting for the response head
@@ -34,6 +39,7 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/event_struct.h> /* struct event, embedded in struct conn */
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -45,8 +51,18 @@
 #include "http_parse.h"
 #include "worker.h"
 
-enum cstate { CS_IDLE, CS_HEAD, CS_BODY, CS_UPSTREAM, CS_RESPONSE, CS_SYNC, CS_CLOSING, CS_CLOSED };
-static const char *const cstate_names[] = {"idle",     "head", "body",    "upstream",
+enum cstate {
+	CS_IDLE,
+	CS_PARKED,
+	CS_HEAD,
+	CS_BODY,
+	CS_UPSTREAM,
+	CS_RESPONSE,
+	CS_SYNC,
+	CS_CLOSING,
+	CS_CLOSED
+};
+static const char *const cstate_names[] = {"idle",     "parked",   "head",    "body",  "upstream",
 					   "response", "sync", "closing", "closed"};
 
 /* How the response body is framed towards the client. */
@@ -62,6 +78,9 @@ enum out_mode {
 #define RESP_MAX_HEAD 65536
 #define IN_HIGH_SLACK 65536 /* input beyond max_header_bytes before reading pauses */
 #define CLOSING_TIMEOUT_MS 5000 /* flushing a final answer */
+/* Idle this long, a keep-alive connection gives up its bufferevent (~1 KB):
+ * long enough that a busy client never pays for re-creating it. */
+#define PARK_AFTER_MS 1000
 #define DEADLINE_SLACK_US 1000	/* what passes within this is due now */
 
 /*
@@ -105,15 +124,17 @@ struct conn {
 	TAILQ_ENTRY(conn) link;	 /* worker->conns */
 	TAILQ_ENTRY(conn) qlink; /* worker->stateq[state] when state_queued(state) */
 	struct worker *w;
-	struct bufferevent *bev;
-	struct exchange *x; /* NULL between requests */
-	int64_t since;	    /* entered its queued state (monotonic us) */
+	struct bufferevent *bev; /* NULL while PARKED (once its output is out) */
+	struct exchange *x;	 /* NULL between requests */
+	int64_t since;		 /* entered its queued state (monotonic us) */
+	evutil_socket_t fd;	 /* owned here: the bufferevent comes and goes */
 	enum cstate state;
 	bool got_bytes;	  /* any byte of the current request received */
 	bool client_gone; /* reset mid-exchange: finish for the mirror, then close */
 	/* The client's address, formatted only when needed (conn_peer). */
 	unsigned char peer_af; /* AF_INET, AF_INET6 or 0: unknown */
 	unsigned char peer_addr[16];
+	struct event park_ev; /* pending while PARKED without a bufferevent */
 };
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
@@ -134,8 +155,13 @@ static int64_t state_timeout_us(const struct worker *w, enum cstate s)
 	const struct dw_limits *lim = &w->cfg->limits;
 
 	switch (s) {
-	case CS_IDLE:
-		return (int64_t)lim->idle_timeout_ms * 1000;
+	case CS_IDLE: /* then PARKED, or closed */
+		return (int64_t)(lim->idle_timeout_ms < PARK_AFTER_MS ? lim->idle_timeout_ms
+								     : PARK_AFTER_MS) * 1000;
+	case CS_PARKED: /* the rest of idle_timeout_ms */
+		return (int64_t)(lim->idle_timeout_ms > PARK_AFTER_MS
+				     ? lim->idle_timeout_ms - PARK_AFTER_MS
+				     : 0) * 1000;
 	case CS_HEAD:
 		return (int64_t)lim->header_timeout_ms * 1000;
 	case CS_BODY:
@@ -189,7 +215,8 @@ static void conn_enqueue(struct conn *c)
 static void conn_set_state(struct conn *c, enum cstate to)
 {
 	static const unsigned legal[] = {
-	    [CS_IDLE] = 1u << CS_HEAD | 1u << CS_CLOSING | 1u << CS_CLOSED,
+	    [CS_IDLE] = 1u << CS_PARKED | 1u << CS_HEAD | 1u << CS_CLOSING | 1u << CS_CLOSED,
+	    [CS_PARKED] = 1u << CS_HEAD | 1u << CS_CLOSED,
 	    [CS_HEAD] = 1u << CS_BODY | 1u << CS_UPSTREAM | 1u << CS_CLOSING | 1u << CS_CLOSED,
 	    [CS_BODY] = 1u << CS_UPSTREAM | 1u << CS_CLOSING | 1u << CS_CLOSED,
 	    [CS_UPSTREAM] = 1u << CS_RESPONSE | 1u << CS_UPSTREAM | 1u << CS_CLOSING |
@@ -277,7 +304,10 @@ static void conn_close(struct conn *c, const char *reason)
 		       conn_peer(c, peer, sizeof(peer)), reason);
 	conn_set_state(c, CS_CLOSED);
 	exchange_end(c);
-	bufferevent_free(c->bev);
+	if (c->bev)
+		bufferevent_free(c->bev);
+	event_del(&c->park_ev);
+	evutil_closesocket(c->fd);
 	TAILQ_REMOVE(&w->conns, c, link);
 	w->nconns--;
 	__atomic_fetch_sub(&w->srv->active_conns, 1, __ATOMIC_RELAXED);
@@ -431,6 +461,61 @@ static void upstream_failed(struct conn *c, enum up_err kind, int status, const 
 
 /* ---------------------------------------------------------- accepting */
 
+/* Give c a bufferevent on its socket. */
+static int conn_attach_bev(struct conn *c)
+{
+	c->bev = bufferevent_socket_new(c->w->base, c->fd, 0);
+	if (!c->bev)
+		return -1;
+	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+	bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
+	/* Reading stays on while the bufferevent lives (no epoll_ctl pair per
+	 * request); the high watermark bounds what a pipelining client can
+	 * buffer while a request is upstream. Writes go out via conn_flush. */
+	bufferevent_setwatermark(c->bev, EV_READ, 0,
+				 c->w->cfg->limits.max_header_bytes + IN_HIGH_SLACK);
+	bufferevent_disable(c->bev, EV_WRITE); /* on by default in libevent */
+	bufferevent_enable(c->bev, EV_READ);
+	return 0;
+}
+
+/* PARKED, output written: from now on only park_ev watches the socket. It is
+ * added before the bufferevent lets go, so the fd's epoll registration never
+ * changes (no epoll_ctl). */
+static void conn_drop_bev(struct conn *c)
+{
+	event_add(&c->park_ev, NULL);
+	bufferevent_free(c->bev);
+	c->bev = NULL;
+}
+
+static void conn_park(struct conn *c)
+{
+	conn_set_state(c, CS_PARKED);
+	/* An answer still being written keeps the bufferevent until
+	 * conn_write_cb sees the output empty. IDLE's input is always empty:
+	 * a byte read in IDLE starts HEAD. */
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+		conn_drop_bev(c);
+}
+
+/* park_ev: the parked client sent bytes or closed. */
+static void conn_unpark_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	if (conn_attach_bev(c) < 0) {
+		conn_close(c, "cannot allocate a bufferevent");
+		return;
+	}
+	event_del(&c->park_ev); /* after the bufferevent reads: no epoll_ctl */
+	/* As on a new connection: the bufferevent reads what is there on the
+	 * next loop iteration (the socket stays readable). */
+	conn_set_state(c, CS_HEAD);
+}
+
 void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen)
 {
 	struct server *srv = w->srv;
@@ -454,7 +539,15 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	c = dw_calloc(1, sizeof(*c));
 	c->w = w;
-	c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	c->fd = fd;
+	if (conn_attach_bev(c) < 0) {
+		log_error("cannot allocate a bufferevent for a new connection");
+		__atomic_fetch_sub(&srv->active_conns, 1, __ATOMIC_RELAXED);
+		evutil_closesocket(fd);
+		free(c);
+		return;
+	}
+	event_assign(&c->park_ev, w->base, fd, EV_READ | EV_PERSIST, conn_unpark_cb, c);
 	if (sa->sa_family == AF_INET) {
 		c->peer_af = AF_INET;
 		memcpy(c->peer_addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
@@ -466,15 +559,6 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 	w->nconns++;
 	metric_inc(srv->m_conns_active);
 	metric_inc(srv->m_conns_total);
-	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
-	bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
-	/* Reading stays on for the connection's life (no epoll_ctl pair per
-	 * request); the high watermark bounds what a pipelining client can
-	 * buffer while a request is upstream. Writes go out via conn_flush. */
-	bufferevent_setwatermark(c->bev, EV_READ, 0,
-				 w->cfg->limits.max_header_bytes + IN_HIGH_SLACK);
-	bufferevent_disable(c->bev, EV_WRITE); /* on by default in libevent */
-	bufferevent_enable(c->bev, EV_READ);
 	/* A new connection gets the head deadline from its first moment. */
 	c->state = CS_HEAD;
 	conn_enqueue(c);
@@ -487,6 +571,12 @@ static void conn_expired(struct conn *c)
 {
 	switch (c->state) {
 	case CS_IDLE:
+		if (c->w->cfg->limits.idle_timeout_ms > PARK_AFTER_MS)
+			conn_park(c);
+		else
+			conn_close(c, "idle timeout");
+		break;
+	case CS_PARKED:
 		conn_close(c, "idle timeout");
 		break;
 	case CS_HEAD:
@@ -601,7 +691,7 @@ static void on_head(struct conn *c)
 
 	if (len == 0)
 		return;
-	if (c->state == CS_IDLE)
+	if (c->state == CS_IDLE || c->state == CS_PARKED)
 		conn_set_state(c, CS_HEAD);
 	c->got_bytes = true;
 	if (!c->x)
@@ -697,6 +787,7 @@ static void on_input(struct conn *c)
 {
 	switch (c->state) {
 	case CS_IDLE:
+	case CS_PARKED: /* with its bufferevent still writing */
 	case CS_HEAD:
 		on_head(c);
 		break;
@@ -720,6 +811,11 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 
 	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
 		bufferevent_disable(bev, EV_WRITE); /* back to writing directly */
+	if (c->state == CS_PARKED) {
+		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+			conn_drop_bev(c);
+		return;
+	}
 	if (c->state == CS_CLOSING) {
 		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
 			conn_close(c, NULL);
@@ -753,8 +849,9 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 		c->x->close_after = true;
 		return;
 	}
-	if (c->state == CS_IDLE && (what & BEV_EVENT_EOF))
-		conn_close(c, NULL);
+	if ((what & BEV_EVENT_EOF) &&
+	    (c->state == CS_IDLE || c->state == CS_PARKED || (c->state == CS_HEAD && !c->got_bytes)))
+		conn_close(c, NULL); /* a keep-alive client going away between requests */
 	else
 		conn_close(c, (what & BEV_EVENT_EOF) ? "client closed" : "client connection error");
 }
@@ -1256,7 +1353,8 @@ void proxy_drain_idle(struct worker *w)
 
 	for (c = TAILQ_FIRST(&w->conns); c; c = next) {
 		next = TAILQ_NEXT(c, link);
-		if (c->state == CS_IDLE || (c->state == CS_HEAD && !c->got_bytes))
+		if (c->state == CS_IDLE || c->state == CS_PARKED ||
+		    (c->state == CS_HEAD && !c->got_bytes))
 			conn_close(c, "shutting down");
 	}
 }
