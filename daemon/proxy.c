@@ -14,10 +14,11 @@
  *   IDLE      keep-alive, waiting for the first byte of a request
  *             (deadline: PARK_AFTER_MS, or idle_timeout_ms when shorter)
  *   PARKED    keep-alive and idle for PARK_AFTER_MS: the bufferevent is
- *             freed (once its output is written) and one bare read event
- *             in struct conn watches the socket; the first byte (or EOF)
- *             brings a new bufferevent and HEAD, as on a new connection
- *             (deadline: the rest of idle_timeout_ms)
+ *             freed and one bare read event in struct conn watches the
+ *             socket; the first byte (or EOF) brings a new bufferevent and
+ *             HEAD, as on a new connection (deadline: the rest of
+ *             idle_timeout_ms). A connection whose last answer is still
+ *             being written when it parks keeps its bufferevent.
  *   HEAD      reading the request head (deadline: header_timeout_ms)
  *   BODY      reading the request body (deadline: body_timeout_ms)
  *   UPSTREAM  request sent or being sent, waiting for the response head
@@ -124,17 +125,17 @@ struct conn {
 	TAILQ_ENTRY(conn) link;	 /* worker->conns */
 	TAILQ_ENTRY(conn) qlink; /* worker->stateq[state] when state_queued(state) */
 	struct worker *w;
-	struct bufferevent *bev; /* NULL while PARKED (once its output is out) */
+	struct bufferevent *bev; /* owns the socket; NULL while PARKED */
 	struct exchange *x;	 /* NULL between requests */
 	int64_t since;		 /* entered its queued state (monotonic us) */
-	evutil_socket_t fd;	 /* owned here: the bufferevent comes and goes */
+	evutil_socket_t fd;	 /* owned here while bev is NULL */
 	enum cstate state;
 	bool got_bytes;	  /* any byte of the current request received */
 	bool client_gone; /* reset mid-exchange: finish for the mirror, then close */
 	/* The client's address, formatted only when needed (conn_peer). */
 	unsigned char peer_af; /* AF_INET, AF_INET6 or 0: unknown */
 	unsigned char peer_addr[16];
-	struct event park_ev; /* pending while PARKED without a bufferevent */
+	struct event park_ev; /* pending while bev is NULL */
 };
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
@@ -304,10 +305,12 @@ static void conn_close(struct conn *c, const char *reason)
 		       conn_peer(c, peer, sizeof(peer)), reason);
 	conn_set_state(c, CS_CLOSED);
 	exchange_end(c);
-	if (c->bev)
-		bufferevent_free(c->bev);
-	event_del(&c->park_ev);
-	evutil_closesocket(c->fd);
+	if (c->bev) {
+		bufferevent_free(c->bev); /* closes the socket once released */
+	} else {
+		event_del(&c->park_ev);
+		evutil_closesocket(c->fd);
+	}
 	TAILQ_REMOVE(&w->conns, c, link);
 	w->nconns--;
 	__atomic_fetch_sub(&w->srv->active_conns, 1, __ATOMIC_RELAXED);
@@ -461,10 +464,12 @@ static void upstream_failed(struct conn *c, enum up_err kind, int status, const 
 
 /* ---------------------------------------------------------- accepting */
 
-/* Give c a bufferevent on its socket. */
+/* Give c a bufferevent on its socket; it owns the socket from now on. The
+ * socket is closed only when libevent has released the bufferevent's events,
+ * so its number cannot be reused meanwhile. */
 static int conn_attach_bev(struct conn *c)
 {
-	c->bev = bufferevent_socket_new(c->w->base, c->fd, 0);
+	c->bev = bufferevent_socket_new(c->w->base, c->fd, BEV_OPT_CLOSE_ON_FREE);
 	if (!c->bev)
 		return -1;
 	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
@@ -479,24 +484,23 @@ static int conn_attach_bev(struct conn *c)
 	return 0;
 }
 
-/* PARKED, output written: from now on only park_ev watches the socket. It is
- * added before the bufferevent lets go, so the fd's epoll registration never
- * changes (no epoll_ctl). */
-static void conn_drop_bev(struct conn *c)
-{
-	event_add(&c->park_ev, NULL);
-	bufferevent_free(c->bev);
-	c->bev = NULL;
-}
-
+/*
+ * IDLE -> PARKED: from now on only park_ev watches the socket. IDLE's input
+ * is always empty (a byte read in IDLE starts HEAD); an answer still being
+ * written keeps the bufferevent (and PARKED then works like IDLE). park_ev
+ * is added before the bufferevent lets go of the socket (setfd -1 removes its
+ * events at once, and keeps bufferevent_free from closing it), so the fd's
+ * epoll registration never changes: no epoll_ctl.
+ */
 static void conn_park(struct conn *c)
 {
 	conn_set_state(c, CS_PARKED);
-	/* An answer still being written keeps the bufferevent until
-	 * conn_write_cb sees the output empty. IDLE's input is always empty:
-	 * a byte read in IDLE starts HEAD. */
-	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-		conn_drop_bev(c);
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
+		return;
+	event_add(&c->park_ev, NULL);
+	bufferevent_setfd(c->bev, -1);
+	bufferevent_free(c->bev);
+	c->bev = NULL;
 }
 
 /* park_ev: the parked client sent bytes or closed. */
@@ -510,7 +514,7 @@ static void conn_unpark_cb(evutil_socket_t fd, short what, void *arg)
 		conn_close(c, "cannot allocate a bufferevent");
 		return;
 	}
-	event_del(&c->park_ev); /* after the bufferevent reads: no epoll_ctl */
+	event_del(&c->park_ev); /* after the bufferevent reads the socket: no epoll_ctl */
 	/* As on a new connection: the bufferevent reads what is there on the
 	 * next loop iteration (the socket stays readable). */
 	conn_set_state(c, CS_HEAD);
@@ -787,7 +791,7 @@ static void on_input(struct conn *c)
 {
 	switch (c->state) {
 	case CS_IDLE:
-	case CS_PARKED: /* with its bufferevent still writing */
+	case CS_PARKED: /* parked with its bufferevent (conn_park) */
 	case CS_HEAD:
 		on_head(c);
 		break;
@@ -811,11 +815,6 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 
 	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
 		bufferevent_disable(bev, EV_WRITE); /* back to writing directly */
-	if (c->state == CS_PARKED) {
-		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-			conn_drop_bev(c);
-		return;
-	}
 	if (c->state == CS_CLOSING) {
 		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
 			conn_close(c, NULL);
