@@ -12,18 +12,35 @@
  *
  * States:
  *   IDLE      keep-alive, waiting for the first byte of a request
+ *             (deadline: PARK_AFTER_MS, or idle_timeout_ms when shorter)
+ *   PARKED    keep-alive and idle for PARK_AFTER_MS: the bufferevent is
+ *             freed and one bare read event in struct conn watches the
+ *             socket; the first byte (or EOF) brings a new bufferevent and
+ *             HEAD, as on a new connection (deadline: the rest of
+ *             idle_timeout_ms). A connection whose last answer is still
+ *             being written when it parks keeps its bufferevent.
  *   HEAD      reading the request head (deadline: header_timeout_ms)
  *   BODY      reading the request body (deadline: body_timeout_ms)
  *   UPSTREAM  request sent or being sent, waiting for the response head
  *   RESPONSE  streaming the response body to the client
  *   SYNC      answer complete and held until the mirror journal is fsynced
- *   CLOSING   flushing a final answer, then close
+ *   CLOSING   flushing a final answer, then close (deadline: 5 s, so a
+ *             client that never reads does not keep us)
  *   CLOSED    released; freed after this loop iteration
+ *
+ * Deadlines cost no timer per connection: a connection in a state with a
+ * deadline (or SYNC's wait) sits in that state's queue, w->stateq[state], in
+ * the order it entered the state (c->since). Every connection of a queue has
+ * the same timeout, so each queue is in deadline order and one timer per
+ * worker, armed at the earliest queue head, serves them all (proxy_deadlines).
+ * Timeouts are read from the worker's current configuration when checked, so
+ * a reload applies to connections already waiting.
  */
 #include <assert.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/event_struct.h> /* struct event, embedded in struct conn */
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -35,8 +52,18 @@
 #include "http_parse.h"
 #include "worker.h"
 
-enum cstate { CS_IDLE, CS_HEAD, CS_BODY, CS_UPSTREAM, CS_RESPONSE, CS_SYNC, CS_CLOSING, CS_CLOSED };
-static const char *const cstate_names[] = {"idle",     "head", "body",    "upstream",
+enum cstate {
+	CS_IDLE,
+	CS_PARKED,
+	CS_HEAD,
+	CS_BODY,
+	CS_UPSTREAM,
+	CS_RESPONSE,
+	CS_SYNC,
+	CS_CLOSING,
+	CS_CLOSED
+};
+static const char *const cstate_names[] = {"idle",     "parked",   "head",    "body",  "upstream",
 					   "response", "sync", "closing", "closed"};
 
 /* How the response body is framed towards the client. */
@@ -51,6 +78,11 @@ enum out_mode {
 #define OUT_LOW_WATER ((size_t)64 * 1024)  /* resume it at or below this */
 #define RESP_MAX_HEAD 65536
 #define IN_HIGH_SLACK 65536 /* input beyond max_header_bytes before reading pauses */
+#define CLOSING_TIMEOUT_MS 5000 /* flushing a final answer */
+/* Idle this long, a keep-alive connection gives up its bufferevent (~1 KB):
+ * long enough that a busy client never pays for re-creating it. */
+#define PARK_AFTER_MS 1000
+#define DEADLINE_SLACK_US 1000	/* what passes within this is due now */
 
 /*
  * Everything that belongs to one request in progress. Allocated when its
@@ -69,6 +101,7 @@ struct exchange {
 	int64_t rleft;		  /* response Content-Length bytes still to come */
 	struct http_chunked chunk;
 	struct http_chunked rchunk;
+	struct http_scanner scan; /* the request head */
 	struct http_scanner rscan;
 	const struct dw_route *route;
 	struct route_params params;
@@ -89,17 +122,20 @@ struct exchange {
 };
 
 struct conn {
-	TAILQ_ENTRY(conn) link;	     /* worker->conns */
-	TAILQ_ENTRY(conn) sync_link; /* worker->sync_waiters while CS_SYNC */
+	TAILQ_ENTRY(conn) link;	 /* worker->conns */
+	TAILQ_ENTRY(conn) qlink; /* worker->stateq[state] when state_queued(state) */
 	struct worker *w;
-	struct bufferevent *bev;
-	struct event *timer;
-	struct exchange *x; /* NULL between requests */
+	struct bufferevent *bev; /* owns the socket; NULL while PARKED */
+	struct exchange *x;	 /* NULL between requests */
+	int64_t since;		 /* entered its queued state (monotonic us) */
+	evutil_socket_t fd;	 /* owned here while bev is NULL */
 	enum cstate state;
 	bool got_bytes;	  /* any byte of the current request received */
 	bool client_gone; /* reset mid-exchange: finish for the mirror, then close */
-	struct http_scanner scan;
-	char peer[INET6_ADDRSTRLEN];
+	/* The client's address, formatted only when needed (conn_peer). */
+	unsigned char peer_af; /* AF_INET, AF_INET6 or 0: unknown */
+	unsigned char peer_addr[16];
+	struct event park_ev; /* pending while bev is NULL */
 };
 
 static void conn_read_cb(struct bufferevent *bev, void *arg);
@@ -108,15 +144,80 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void up_read_cb(struct bufferevent *bev, void *arg);
 static void up_event_cb(struct bufferevent *bev, short what, void *arg);
 static void on_input(struct conn *c);
-static void conn_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void dispatch(struct conn *c);
 
 /* ---------------------------------------------------------------- state */
 
+_Static_assert(CS_CLOSED <= PROXY_QUEUES, "a queue per state");
+
+/* The deadline of a state, from entering it; -1: none. */
+static int64_t state_timeout_us(const struct worker *w, enum cstate s)
+{
+	const struct dw_limits *lim = &w->cfg->limits;
+
+	switch (s) {
+	case CS_IDLE: /* then PARKED, or closed */
+		return (int64_t)(lim->idle_timeout_ms < PARK_AFTER_MS ? lim->idle_timeout_ms
+								     : PARK_AFTER_MS) * 1000;
+	case CS_PARKED: /* the rest of idle_timeout_ms */
+		return (int64_t)(lim->idle_timeout_ms > PARK_AFTER_MS
+				     ? lim->idle_timeout_ms - PARK_AFTER_MS
+				     : 0) * 1000;
+	case CS_HEAD:
+		return (int64_t)lim->header_timeout_ms * 1000;
+	case CS_BODY:
+		return (int64_t)lim->body_timeout_ms * 1000;
+	case CS_CLOSING:
+		return (int64_t)CLOSING_TIMEOUT_MS * 1000;
+	default:
+		return -1;
+	}
+}
+
+/* Does a connection in state s wait in w->stateq[s]? */
+static bool state_queued(const struct worker *w, enum cstate s)
+{
+	return s == CS_SYNC || state_timeout_us(w, s) >= 0;
+}
+
+/* Make the worker's timer fire no later than at. */
+static void deadline_arm(struct worker *w, int64_t at)
+{
+	int64_t d;
+	struct timeval tv;
+
+	if (w->deadline_at && w->deadline_at <= at)
+		return;
+	d = at - dw_now_us();
+	if (d < 0)
+		d = 0;
+	tv.tv_sec = (time_t)(d / 1000000);
+	tv.tv_usec = (suseconds_t)(d % 1000000);
+	evtimer_add(w->deadline_ev, &tv);
+	w->deadline_at = at;
+}
+
+/* Append c to the queue of the state it is in. */
+static void conn_enqueue(struct conn *c)
+{
+	struct worker *w = c->w;
+	int64_t t;
+
+	if (!state_queued(w, c->state))
+		return;
+	c->since = dw_now_us();
+	TAILQ_INSERT_TAIL(&w->stateq[c->state], c, qlink);
+	t = state_timeout_us(w, c->state);
+	/* Behind the head, c's deadline is no earlier than the armed one. */
+	if (t >= 0 && TAILQ_FIRST(&w->stateq[c->state]) == c)
+		deadline_arm(w, c->since + t);
+}
+
 static void conn_set_state(struct conn *c, enum cstate to)
 {
 	static const unsigned legal[] = {
-	    [CS_IDLE] = 1u << CS_HEAD | 1u << CS_CLOSING | 1u << CS_CLOSED,
+	    [CS_IDLE] = 1u << CS_PARKED | 1u << CS_HEAD | 1u << CS_CLOSING | 1u << CS_CLOSED,
+	    [CS_PARKED] = 1u << CS_HEAD | 1u << CS_CLOSED,
 	    [CS_HEAD] = 1u << CS_BODY | 1u << CS_UPSTREAM | 1u << CS_CLOSING | 1u << CS_CLOSED,
 	    [CS_BODY] = 1u << CS_UPSTREAM | 1u << CS_CLOSING | 1u << CS_CLOSED,
 	    [CS_UPSTREAM] = 1u << CS_RESPONSE | 1u << CS_UPSTREAM | 1u << CS_CLOSING |
@@ -133,14 +234,10 @@ static void conn_set_state(struct conn *c, enum cstate to)
 		       cstate_names[to]);
 		assert(!"illegal connection state change");
 	}
+	if (state_queued(c->w, c->state))
+		TAILQ_REMOVE(&c->w->stateq[c->state], c, qlink);
 	c->state = to;
-}
-
-static void timer_set(struct conn *c, int ms)
-{
-	struct timeval tv = {ms / 1000, (suseconds_t)(ms % 1000) * 1000};
-
-	evtimer_add(c->timer, &tv);
+	conn_enqueue(c);
 }
 
 static struct exchange *exchange_new(void)
@@ -149,6 +246,7 @@ static struct exchange *exchange_new(void)
 
 	x->body = evbuffer_new();
 	x->req.content_length = -1;
+	http_scanner_init(&x->scan);
 	http_scanner_init(&x->rscan);
 	return x;
 }
@@ -159,7 +257,6 @@ static void exchange_end(struct conn *c)
 	struct exchange *x = c->x;
 
 	c->got_bytes = false;
-	http_scanner_init(&c->scan);
 	if (!x)
 		return;
 	c->x = NULL;
@@ -178,6 +275,16 @@ static void exchange_end(struct conn *c)
 	free(x);
 }
 
+/* The client's address as text, into buf. */
+static const char *conn_peer(const struct conn *c, char *buf, size_t len)
+{
+	int af = c->peer_af == AF_INET6 ? AF_INET6 : AF_INET;
+
+	if (!c->peer_af || !evutil_inet_ntop(af, c->peer_addr, buf, len))
+		snprintf(buf, len, "?");
+	return buf;
+}
+
 static void reap_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -189,18 +296,21 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 static void conn_close(struct conn *c, const char *reason)
 {
 	struct worker *w = c->w;
+	char peer[INET6_ADDRSTRLEN];
 
 	if (c->state == CS_CLOSED)
 		return;
-	if (reason)
+	if (reason && dw_log_enabled(DW_LOG_DEBUG))
 		dw_log(DW_LOG_DEBUG, c->x && c->x->reqid[0] ? c->x->reqid : NULL, "close %s: %s",
-		       c->peer, reason);
-	if (c->state == CS_SYNC)
-		TAILQ_REMOVE(&w->sync_waiters, c, sync_link);
+		       conn_peer(c, peer, sizeof(peer)), reason);
 	conn_set_state(c, CS_CLOSED);
 	exchange_end(c);
-	event_free(c->timer);
-	bufferevent_free(c->bev);
+	if (c->bev) {
+		bufferevent_free(c->bev); /* closes the socket once released */
+	} else {
+		event_del(&c->park_ev);
+		evutil_closesocket(c->fd);
+	}
 	TAILQ_REMOVE(&w->conns, c, link);
 	w->nconns--;
 	__atomic_fetch_sub(&w->srv->active_conns, 1, __ATOMIC_RELAXED);
@@ -289,8 +399,6 @@ static void conn_finish_close(struct conn *c)
 		return;
 	conn_set_state(c, CS_CLOSING);
 	bufferevent_disable(c->bev, EV_READ);
-	evtimer_del(c->timer);
-	timer_set(c, 5000); /* a client that never reads does not keep us */
 	conn_flush(c);
 	if (c->state != CS_CLOSED && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
 		conn_close(c, NULL);
@@ -306,6 +414,7 @@ static void respond_error(struct conn *c, int status, const char *msg, bool clos
 	struct exchange *x = c->x;
 	const char *rid = x && x->reqid[0] ? x->reqid : NULL;
 	struct evbuffer *out, *body;
+	char peer[INET6_ADDRSTRLEN];
 
 	if (c->state == CS_CLOSED)
 		return;
@@ -329,7 +438,8 @@ static void respond_error(struct conn *c, int status, const char *msg, bool clos
 	if (c->state == CS_CLOSED)
 		return;
 	count_status(c, status);
-	dw_log(status >= 500 ? DW_LOG_WARN : DW_LOG_INFO, rid, "%d %s (%s)", status, msg, c->peer);
+	dw_log(status >= 500 ? DW_LOG_WARN : DW_LOG_INFO, rid, "%d %s (%s)", status, msg,
+	       conn_peer(c, peer, sizeof(peer)));
 	if (x && x->up) {
 		upconn_release(x->up, false);
 		x->up = NULL;
@@ -354,12 +464,67 @@ static void upstream_failed(struct conn *c, enum up_err kind, int status, const 
 
 /* ---------------------------------------------------------- accepting */
 
+/* Give c a bufferevent on its socket; it owns the socket from now on. The
+ * socket is closed only when libevent has released the bufferevent's events,
+ * so its number cannot be reused meanwhile. */
+static int conn_attach_bev(struct conn *c)
+{
+	c->bev = bufferevent_socket_new(c->w->base, c->fd, BEV_OPT_CLOSE_ON_FREE);
+	if (!c->bev)
+		return -1;
+	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+	bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
+	/* Reading stays on while the bufferevent lives (no epoll_ctl pair per
+	 * request); the high watermark bounds what a pipelining client can
+	 * buffer while a request is upstream. Writes go out via conn_flush. */
+	bufferevent_setwatermark(c->bev, EV_READ, 0,
+				 c->w->cfg->limits.max_header_bytes + IN_HIGH_SLACK);
+	bufferevent_disable(c->bev, EV_WRITE); /* on by default in libevent */
+	bufferevent_enable(c->bev, EV_READ);
+	return 0;
+}
+
+/*
+ * IDLE -> PARKED: from now on only park_ev watches the socket. IDLE's input
+ * is always empty (a byte read in IDLE starts HEAD); an answer still being
+ * written keeps the bufferevent (and PARKED then works like IDLE). park_ev
+ * is added before the bufferevent lets go of the socket (setfd -1 removes its
+ * events at once, and keeps bufferevent_free from closing it), so the fd's
+ * epoll registration never changes: no epoll_ctl.
+ */
+static void conn_park(struct conn *c)
+{
+	conn_set_state(c, CS_PARKED);
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
+		return;
+	event_add(&c->park_ev, NULL);
+	bufferevent_setfd(c->bev, -1);
+	bufferevent_free(c->bev);
+	c->bev = NULL;
+}
+
+/* park_ev: the parked client sent bytes or closed. */
+static void conn_unpark_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	if (conn_attach_bev(c) < 0) {
+		conn_close(c, "cannot allocate a bufferevent");
+		return;
+	}
+	event_del(&c->park_ev); /* after the bufferevent reads the socket: no epoll_ctl */
+	/* As on a new connection: the bufferevent reads what is there on the
+	 * next loop iteration (the socket stays readable). */
+	conn_set_state(c, CS_HEAD);
+}
+
 void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen)
 {
 	struct server *srv = w->srv;
 	struct conn *c;
 	int one = 1;
-	char host[INET6_ADDRSTRLEN] = "?";
 
 	(void)salen;
 	if (__atomic_add_fetch(&srv->active_conns, 1, __ATOMIC_RELAXED) >
@@ -378,45 +543,44 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	c = dw_calloc(1, sizeof(*c));
 	c->w = w;
-	c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	c->timer = evtimer_new(w->base, conn_timer_cb, c);
-	if (sa->sa_family == AF_INET)
-		evutil_inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host,
-				 sizeof(host));
-	else if (sa->sa_family == AF_INET6)
-		evutil_inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host,
-				 sizeof(host));
-	memcpy(c->peer, host, sizeof(c->peer));
-	http_scanner_init(&c->scan);
-	c->state = CS_IDLE;
+	c->fd = fd;
+	if (conn_attach_bev(c) < 0) {
+		log_error("cannot allocate a bufferevent for a new connection");
+		__atomic_fetch_sub(&srv->active_conns, 1, __ATOMIC_RELAXED);
+		evutil_closesocket(fd);
+		free(c);
+		return;
+	}
+	event_assign(&c->park_ev, w->base, fd, EV_READ | EV_PERSIST, conn_unpark_cb, c);
+	if (sa->sa_family == AF_INET) {
+		c->peer_af = AF_INET;
+		memcpy(c->peer_addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+	} else if (sa->sa_family == AF_INET6) {
+		c->peer_af = AF_INET6;
+		memcpy(c->peer_addr, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+	}
 	TAILQ_INSERT_TAIL(&w->conns, c, link);
 	w->nconns++;
 	metric_inc(srv->m_conns_active);
 	metric_inc(srv->m_conns_total);
-	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
-	bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
-	/* Reading stays on for the connection's life (no epoll_ctl pair per
-	 * request); the high watermark bounds what a pipelining client can
-	 * buffer while a request is upstream. Writes go out via conn_flush. */
-	bufferevent_setwatermark(c->bev, EV_READ, 0,
-				 w->cfg->limits.max_header_bytes + IN_HIGH_SLACK);
-	bufferevent_disable(c->bev, EV_WRITE); /* on by default in libevent */
-	bufferevent_enable(c->bev, EV_READ);
 	/* A new connection gets the head deadline from its first moment. */
-	conn_set_state(c, CS_HEAD);
-	timer_set(c, w->cfg->limits.header_timeout_ms);
+	c->state = CS_HEAD;
+	conn_enqueue(c);
 }
 
 /* --------------------------------------------------- reading a request */
 
-static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
+/* c's deadline in its state passed. */
+static void conn_expired(struct conn *c)
 {
-	struct conn *c = arg;
-
-	(void)fd;
-	(void)what;
 	switch (c->state) {
 	case CS_IDLE:
+		if (c->w->cfg->limits.idle_timeout_ms > PARK_AFTER_MS)
+			conn_park(c);
+		else
+			conn_close(c, "idle timeout");
+		break;
+	case CS_PARKED:
 		conn_close(c, "idle timeout");
 		break;
 	case CS_HEAD:
@@ -435,6 +599,29 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 	default:
 		break;
 	}
+}
+
+void proxy_deadlines(struct worker *w)
+{
+	int64_t now = dw_now_us() + DEADLINE_SLACK_US, next = 0;
+
+	w->deadline_at = 0; /* fired, or about to be re-armed */
+	for (enum cstate s = CS_IDLE; s < CS_CLOSED; s++) {
+		int64_t t = state_timeout_us(w, s);
+		struct conn *c;
+
+		if (t < 0)
+			continue;
+		while ((c = TAILQ_FIRST(&w->stateq[s])) && c->since + t <= now) {
+			conn_expired(c);
+			if (c->state == s) /* every expiry leaves the state; never spin */
+				conn_close(c, "deadline passed");
+		}
+		if (c && (!next || c->since + t < next))
+			next = c->since + t;
+	}
+	if (next)
+		deadline_arm(w, next);
 }
 
 static const char *req_header(void *arg, const char *name, size_t *len)
@@ -508,17 +695,14 @@ static void on_head(struct conn *c)
 
 	if (len == 0)
 		return;
-	if (c->state == CS_IDLE) {
+	if (c->state == CS_IDLE || c->state == CS_PARKED)
 		conn_set_state(c, CS_HEAD);
-		evtimer_del(c->timer);
-		timer_set(c, lim->header_timeout_ms);
-	}
 	c->got_bytes = true;
 	if (!c->x)
 		c->x = exchange_new();
 	n = len < lim->max_header_bytes + 4096 ? len : lim->max_header_bytes + 4096;
 	p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-	rc = http_scan_head(&c->scan, p, n, lim->max_header_bytes, &skip, &head_len, &status, &err);
+	rc = http_scan_head(&c->x->scan, p, n, lim->max_header_bytes, &skip, &head_len, &status, &err);
 	if (rc == HTTP_INCOMPLETE)
 		return;
 	c->x->keep_alive = false;
@@ -531,7 +715,7 @@ static void on_head(struct conn *c)
 	c->x->t_start = dw_now_us();
 	rc = http_parse_request(&c->x->req, p + skip, head_len, &status, &err);
 	evbuffer_drain(in, skip + head_len);
-	http_scanner_init(&c->scan);
+	http_scanner_init(&c->x->scan);
 	if (rc != HTTP_OK) {
 		respond_error(c, status, err.msg, true);
 		return;
@@ -556,8 +740,6 @@ static void on_head(struct conn *c)
 		return;
 	}
 	conn_set_state(c, CS_BODY);
-	evtimer_del(c->timer);
-	timer_set(c, lim->body_timeout_ms);
 	/* Expect: 100-continue is ours to answer; it is never forwarded. */
 	if (c->x->req.expect_continue && c->x->req.version_minor == 1 &&
 	    evbuffer_get_length(in) == 0) {
@@ -601,7 +783,6 @@ static void on_body(struct conn *c)
 		if (c->x->body_left > 0)
 			return;
 	}
-	evtimer_del(c->timer);
 	conn_set_state(c, CS_UPSTREAM);
 	dispatch(c);
 }
@@ -610,6 +791,7 @@ static void on_input(struct conn *c)
 {
 	switch (c->state) {
 	case CS_IDLE:
+	case CS_PARKED: /* parked with its bufferevent (conn_park) */
 	case CS_HEAD:
 		on_head(c);
 		break;
@@ -666,8 +848,9 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 		c->x->close_after = true;
 		return;
 	}
-	if (c->state == CS_IDLE && (what & BEV_EVENT_EOF))
-		conn_close(c, NULL);
+	if ((what & BEV_EVENT_EOF) &&
+	    (c->state == CS_IDLE || c->state == CS_PARKED || (c->state == CS_HEAD && !c->got_bytes)))
+		conn_close(c, NULL); /* a keep-alive client going away between requests */
 	else
 		conn_close(c, (what & BEV_EVENT_EOF) ? "client closed" : "client connection error");
 }
@@ -757,6 +940,7 @@ static void send_request(struct conn *c)
 	struct evbuffer *out = bufferevent_get_output(ub);
 	const struct http_head *r = &c->x->req;
 	const char *xff = NULL;
+	char peer[INET6_ADDRSTRLEN];
 	size_t xff_len = 0, blen = evbuffer_get_length(c->x->body);
 	struct timeval tv = {up->timeout_ms / 1000, (suseconds_t)(up->timeout_ms % 1000) * 1000};
 
@@ -779,10 +963,11 @@ static void send_request(struct conn *c)
 		}
 		add_header(out, h);
 	}
+	conn_peer(c, peer, sizeof(peer));
 	if (xff)
-		evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len, xff, c->peer);
+		evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len, xff, peer);
 	else
-		evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", c->peer);
+		evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", peer);
 	evbuffer_add_printf(out, "X-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n", c->x->reqid);
 	if (blen > 0 || r->content_length >= 0 || r->chunked)
 		evbuffer_add_printf(out, "Content-Length: %zu\r\n", blen);
@@ -973,8 +1158,7 @@ static void response_done(struct conn *c, bool reusable)
 		/* Journaled with the other writes of this loop iteration, in one
 		 * write (and one fdatasync in fsync mode); answered after that. */
 		do_mirror(c);
-		conn_set_state(c, CS_SYNC);
-		TAILQ_INSERT_TAIL(&w->sync_waiters, c, sync_link);
+		conn_set_state(c, CS_SYNC); /* joins w->stateq[CS_SYNC] */
 		event_active(w->sync_ev, EV_TIMEOUT, 0);
 		return;
 	}
@@ -1159,8 +1343,6 @@ static void conn_next(struct conn *c)
 		return;
 	}
 	conn_set_state(c, CS_IDLE);
-	evtimer_del(c->timer);
-	timer_set(c, w->cfg->limits.idle_timeout_ms);
 	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
 		on_input(c);
 }
@@ -1171,7 +1353,8 @@ void proxy_drain_idle(struct worker *w)
 
 	for (c = TAILQ_FIRST(&w->conns); c; c = next) {
 		next = TAILQ_NEXT(c, link);
-		if (c->state == CS_IDLE || (c->state == CS_HEAD && !c->got_bytes))
+		if (c->state == CS_IDLE || c->state == CS_PARKED ||
+		    (c->state == CS_HEAD && !c->got_bytes))
 			conn_close(c, "shutting down");
 	}
 }
@@ -1190,14 +1373,13 @@ void proxy_sync_done(struct worker *w)
 	struct conn *c;
 
 	mirror_commit(w->mirror); /* even when every waiter is gone */
-	if (TAILQ_EMPTY(&w->sync_waiters))
+	if (TAILQ_EMPTY(&w->stateq[CS_SYNC]))
 		return;
 	/* One fdatasync for every answer held in this loop iteration. */
 	if (spool_sync(w->srv->spool, &err) < 0)
 		log_error("queue: fsync failed, answers released without durability: %s", err.msg);
-	while ((c = TAILQ_FIRST(&w->sync_waiters))) {
-		TAILQ_REMOVE(&w->sync_waiters, c, sync_link);
-		conn_set_state(c, CS_RESPONSE);
+	while ((c = TAILQ_FIRST(&w->stateq[CS_SYNC]))) {
+		conn_set_state(c, CS_RESPONSE); /* leaves the queue */
 		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->x->held);
 		response_complete(c);
 	}

@@ -179,6 +179,7 @@ static void do_reload(struct worker *w)
 	w->cfg = cfg;
 	if (!w->draining && listeners_sync(w, &err) < 0)
 		log_error("worker %d: %s", w->id, err.msg);
+	proxy_deadlines(w); /* the timeouts may have changed */
 }
 
 /* Drained: no client connection left and every mirror settled (the main
@@ -237,6 +238,13 @@ static void sync_cb(evutil_socket_t fd, short what, void *arg)
 	proxy_sync_done(arg);
 }
 
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	proxy_deadlines(arg);
+}
+
 struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 {
 	struct worker *w = dw_calloc(1, sizeof(*w));
@@ -254,7 +262,8 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 	w->cfg = server_config(srv);
 	w->pools = pool_set_new(w->base, srv->metrics);
 	TAILQ_INIT(&w->conns);
-	TAILQ_INIT(&w->sync_waiters);
+	for (size_t i = 0; i < DW_ARRAY_LEN(w->stateq); i++)
+		TAILQ_INIT(&w->stateq[i]);
 	if (wake_init(&w->wake, w->base, wake_cb, w, err) < 0) {
 		pool_set_free(w->pools);
 		config_unref(w->cfg);
@@ -263,6 +272,7 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 		return NULL;
 	}
 	w->sync_ev = event_new(w->base, -1, 0, sync_cb, w);
+	w->deadline_ev = event_new(w->base, -1, 0, deadline_cb, w);
 	w->mirror = mirror_new(srv, w->base, err);
 	if (!w->mirror) {
 		worker_free(w);
@@ -353,6 +363,7 @@ void worker_free(struct worker *w)
 	wake_free(&w->wake);
 	event_free(w->sync_ev);
 	mirror_free(w->mirror);
+	event_free(w->deadline_ev);
 	pool_set_free(w->pools);
 	for (size_t i = 0; i < w->nseries; i++)
 		free(w->series[i].route);

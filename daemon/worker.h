@@ -12,6 +12,11 @@
 #include "server.h"
 
 struct conn;
+TAILQ_HEAD(conn_queue, conn);
+
+/* proxy.c: connections waiting in a state, one queue per state that has a
+ * deadline or a wait (indexed by proxy.c's connection state). */
+#define PROXY_QUEUES 8
 
 struct listener {
 	struct listener *next;
@@ -40,7 +45,11 @@ struct worker {
 	int nconns;
 	struct wake wake;	/* reload / stop / abort from the main thread */
 	struct event *sync_ev, *drain_tick;
-	TAILQ_HEAD(, conn) sync_waiters; /* held answers waiting for fsync */
+	/* Each queue is in the order its connections entered the state, so its
+	 * head has the earliest deadline: one timer serves every connection. */
+	struct conn_queue stateq[PROXY_QUEUES];
+	struct event *deadline_ev;
+	int64_t deadline_at; /* when deadline_ev fires (monotonic us); 0: not armed */
 	bool draining;
 	uint64_t reqid_counter;
 	uint32_t reqid_seed;
@@ -55,5 +64,6 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 void proxy_drain_idle(struct worker *w);  /* close connections not mid-request */
 void proxy_abort_all(struct worker *w);	  /* close every connection */
 void proxy_sync_done(struct worker *w);	  /* release answers held for fsync */
+void proxy_deadlines(struct worker *w);	  /* act on passed deadlines, re-arm */
 
 #endif
