@@ -610,8 +610,11 @@ static int merge_into(json_t *obj, const struct expr *body, const struct expr_ct
 		int rc;
 
 		if (it->kind == N_OBJ && json_is_object(cur)) {
-			/* cur came from a deep copy or was built here: ours to change */
-			if (merge_into(cur, it, ctx, err) < 0)
+			/* cur may be shared with the source document: change a copy
+			 * (copy-on-write along the merged paths only) */
+			json_t *own = json_copy(cur);
+			json_object_set_new(obj, body->keys[i], own);
+			if (merge_into(own, it, ctx, err) < 0)
 				return EXPR_ERROR;
 			continue;
 		}
@@ -665,7 +668,9 @@ static int eval_node(const struct expr *e, const struct expr_ctx *ctx, json_t **
 				dw_err_set(err, "base is not a JSON object");
 				return EXPR_ERROR;
 			}
-			acc = json_deep_copy(v);
+			/* A shallow copy: members stay shared with the source, and
+			 * merge_into copies an object before changing it. */
+			acc = json_copy(v);
 			json_decref(v);
 		} else {
 			acc = json_object();

@@ -607,6 +607,19 @@ static void test_document(void **state)
 	check_eval(e, &ctx,
 		   "{\"a\":1,\"metadata\":{\"x\":1,\"migratedFrom\":\"v1\"},\"scalar\":{\"y\":2}}");
 	expr_free(e);
+	/* Merging never changes the source document (the base is copied on
+	 * write along the merged paths only), even two levels down. */
+	json_t *nested = parse("{\"m\": {\"n\": {\"k\": 1}, \"o\": 2}, \"p\": [1]}");
+	json_t *before = json_deep_copy(nested);
+	struct expr_ctx nctx = { .request = nested };
+	e = compile_doc("\"$request\"", NULL, "{ m = { n = { k = 9; j = 8; }; }; }", &err);
+	assert_non_null(e);
+	check_eval(e, &nctx, "{\"m\":{\"n\":{\"k\":9,\"j\":8},\"o\":2},\"p\":[1]}");
+	check_eval(e, &nctx, "{\"m\":{\"n\":{\"k\":9,\"j\":8},\"o\":2},\"p\":[1]}");
+	assert_true(json_equal(nested, before));
+	expr_free(e);
+	json_decref(nested);
+	json_decref(before);
 
 	/* body only: a fresh object */
 	e = compile_doc(NULL, NULL, "{ a = \"$request.a\"; }", &err);
