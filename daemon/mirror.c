@@ -1212,7 +1212,19 @@ void mirror_commit(struct mirror *self)
 		r->created_us = j->created_us;
 		r->updated_us = j->created_us;
 	}
-	k = spool_append_batch(srv->spool, recs, n, &err);
+	/* The outcomes settled so far in this iteration share the write; their
+	 * access-log lines go out first (see flush_states). */
+	if (self->nchg)
+		fflush(stderr);
+	k = spool_append_batch(srv->spool, recs, n, self->chg, self->nchg, &err);
+	if (self->nchg) {
+		for (size_t i = 0; i < self->nchg; i++)
+			free((char *)(uintptr_t)self->chg[i].error);
+		self->nchg = 0;
+		self->nchg_queued = 0;
+	}
+	if (err.msg[0] && k == n)
+		log_error("mirror: journal: %s", err.msg);
 	for (size_t i = 0; i < n; i++) {
 		struct mirror_job *j = self->pend[i].job;
 		char *dead = self->pend[i].dead;

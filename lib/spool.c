@@ -1621,11 +1621,12 @@ static int readonly_err(struct spool *sp, struct dw_err *err)
 }
 
 size_t spool_append_batch(struct spool *sp, struct spool_record *recs, size_t n,
-			  struct dw_err *err)
+			  const struct spool_change *chg, size_t nchg, struct dw_err *err)
 {
 	struct buf b = {0};
-	size_t k = 0, *ends;
+	size_t k = 0, *ends, states = 0, start;
 	uint64_t off;
+	int64_t now = dw_wall_us();
 
 	if (sp->o.readonly) {
 		(void)readonly_err(sp, err);
@@ -1639,36 +1640,63 @@ size_t spool_append_batch(struct spool *sp, struct spool_record *recs, size_t n,
 			n = i; /* the ones before it still go in, in order */
 			break;
 		}
-	if (n == 0)
+	if (n == 0 && nchg == 0)
 		return 0;
-	ends = dw_malloc(n * sizeof(*ends));
+	ends = dw_malloc((n ? n : 1) * sizeof(*ends));
 	pthread_mutex_lock(&sp->mu);
 	if (lock_log(sp, err) < 0)
 		goto out_mu;
 	if (refresh_locked(sp, true, err) < 0 || prepare_tail(sp, err) < 0)
 		goto out;
+	/* Outcomes first (never refused for space), then the new records. */
+	for (size_t i = 0; i < nchg; i++) {
+		struct ent *e = ent_find(sp, chg[i].seq);
+
+		if (!state_valid(chg[i].st) || !e || state_terminal(e->state)) {
+			dw_err_set(err, "queue %s: record %" PRIu64 " %s", sp->dir, chg[i].seq,
+				   !e ? "is gone" : "is already final or the state is invalid");
+			continue;
+		}
+		frame_state(&b, chg[i].seq, chg[i].st, chg[i].attempts, chg[i].status,
+			    chg[i].error, now);
+		states++;
+	}
+	start = b.len;
 	for (k = 0; k < n; k++) {
 		recs[k].seq = sp->next_seq + k;
 		frame_record(&b, &recs[k]);
 		/* Only new records count against max_bytes: state frames must
 		 * always be writable, or a full queue could never record its own
 		 * draining. */
-		if (sp->total_bytes + b.len > sp->o.max_bytes) {
+		if (sp->total_bytes + (b.len - start) > sp->o.max_bytes) {
 			dw_err_set(err, "queue full (%" PRIu64 " bytes, max %" PRIu64 ")",
 				   sp->total_bytes, sp->o.max_bytes);
-			b.len = k ? ends[k - 1] : 0;
+			b.len = k ? ends[k - 1] : start;
 			break;
 		}
 		ends[k] = b.len;
 	}
 	off = sp->tail_off;
-	if (k && write_tail(sp, b.p, b.len, err) < 0)
+	if (b.len && write_tail(sp, b.p, b.len, err) < 0) {
 		k = 0;
+		states = 0;
+	}
+	for (size_t i = 0; states && i < nchg; i++) {
+		struct ent *e = ent_find(sp, chg[i].seq);
+
+		if (state_valid(chg[i].st) && e && !state_terminal(e->state))
+			fold_state(sp, chg[i].seq, chg[i].st, chg[i].attempts, chg[i].status,
+				   chg[i].error, now);
+	}
 	for (size_t i = 0; i < k; i++)
-		fold_record(sp, recs[i].seq, sp->tail_id, off + (i ? ends[i - 1] : 0),
+		fold_record(sp, recs[i].seq, sp->tail_id, off + (i ? ends[i - 1] : start),
 			    recs[i].state, recs[i].upstream, recs[i].key, recs[i].created_us,
 			    recs[i].updated_us, recs[i].attempts, recs[i].last_status,
 			    recs[i].last_error);
+	if (states) {
+		collect_segments(sp);
+		ents_compact(sp);
+	}
 out:
 	unlock_log(sp);
 out_mu:
@@ -1680,7 +1708,7 @@ out_mu:
 
 int spool_append(struct spool *sp, struct spool_record *rec, struct dw_err *err)
 {
-	return spool_append_batch(sp, rec, 1, err) == 1 ? 0 : -1;
+	return spool_append_batch(sp, rec, 1, NULL, 0, err) == 1 ? 0 : -1;
 }
 
 int spool_set_states(struct spool *sp, const struct spool_change *v, size_t n,

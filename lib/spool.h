@@ -94,11 +94,6 @@ void spool_take_warnings(struct spool *sp, struct dw_errlist *out);
 /* Journal a new record in state rec->state (PENDING or QUEUED). Assigns
  * rec->seq. Fails (-1, err) on I/O error or when max_bytes would be passed. */
 int spool_append(struct spool *sp, struct spool_record *rec, struct dw_err *err) DW_MUSTCHECK;
-/* Journal recs[0..n) in order with one lock and one write (the daemon's
- * group of a loop iteration). Returns how many went in: recs[0..k) got
- * their seqs; for the rest err says why (queue full, I/O error). */
-size_t spool_append_batch(struct spool *sp, struct spool_record *recs, size_t n,
-			  struct dw_err *err);
 /* Append a state change for seq. attempts/status/error describe the latest
  * attempt (error may be NULL). */
 int spool_set_state(struct spool *sp, uint64_t seq, enum spool_state st, uint32_t attempts,
@@ -116,6 +111,14 @@ struct spool_change {
 };
 int spool_set_states(struct spool *sp, const struct spool_change *v, size_t n,
 		     struct dw_err *err) DW_MUSTCHECK;
+/* Journal recs[0..n) in order, and the state changes chg[0..nchg) of
+ * earlier records, with one lock and one write (the daemon's group of a loop
+ * iteration). Returns how many records went in: recs[0..k) got their seqs;
+ * for the rest err says why (queue full, I/O error). A change for a record
+ * that is gone or final is skipped and reported in err, as by
+ * spool_set_states; none is written when the write fails (k is 0 then). */
+size_t spool_append_batch(struct spool *sp, struct spool_record *recs, size_t n,
+			  const struct spool_change *chg, size_t nchg, struct dw_err *err);
 /* With opts.fsync, make every frame appended so far durable (one fdatasync
  * for all of them: the caller's group commit). Otherwise a no-op. */
 int spool_sync(struct spool *sp, struct dw_err *err) DW_MUSTCHECK;

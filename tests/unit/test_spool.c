@@ -709,7 +709,7 @@ static void test_append_batch(void **state)
 		recs[i].body = body[i];
 		recs[i].body_len = sizeof(body[i]);
 	}
-	assert_int_equal(spool_append_batch(sp, recs, 3, &err), 2);
+	assert_int_equal(spool_append_batch(sp, recs, 3, NULL, 0, &err), 2);
 	assert_non_null(strstr(err.msg, "queue full"));
 	assert_int_equal(recs[0].seq, 1);
 	assert_int_equal(recs[1].seq, 2);
@@ -724,6 +724,47 @@ static void test_append_batch(void **state)
 		spool_record_clear(&r);
 	}
 	assert_int_equal(spool_read(sp, 3, &r, &err), -1);
+	spool_close(sp);
+}
+
+/* Records and outcomes of earlier records in one write; a change for a
+ * record already final is skipped and reported, the rest still go in. */
+static void test_append_batch_with_states(void **state)
+{
+	const char *dir = *state;
+	struct dw_err err = {{0}};
+	struct spool *sp = open_sp(dir, false, 0, 0);
+	uint64_t a = add(sp, SPOOL_PENDING, "k1", "/a"), b = add(sp, SPOOL_PENDING, "k2", "/b");
+	struct spool_record rec = {0};
+	struct spool_change chg[3] = {
+	    {.seq = a, .st = SPOOL_DELIVERED, .attempts = 1, .status = 201},
+	    {.seq = b, .st = SPOOL_QUEUED, .attempts = 1, .error = "HTTP 503: busy"},
+	    {.seq = a, .st = SPOOL_DEAD, .attempts = 2}, /* a is final by then */
+	};
+
+	rec.state = SPOOL_PENDING;
+	rec.route = (char *)"r1";
+	rec.upstream = (char *)"gear_ops";
+	rec.idem_key = (char *)"i3";
+	rec.method = (char *)"DELETE";
+	rec.path = (char *)"/c";
+	assert_int_equal(spool_append_batch(sp, &rec, 1, chg, 2, &err), 1);
+	assert_string_equal(err.msg, "");
+	assert_int_equal(spool_append_batch(sp, NULL, 0, chg + 2, 1, &err), 0);
+	assert_non_null(strstr(err.msg, "already final"));
+	spool_close(sp);
+	sp = open_sp(dir, false, 0, 0);
+	assert_int_equal(warnings_matching(sp, ""), 0);
+	assert_int_equal(state_of(sp, b), SPOOL_QUEUED);
+	assert_int_equal(state_of(sp, rec.seq), SPOOL_PENDING);
+	struct spool_record r;
+	assert_int_equal(spool_read(sp, b, &r, &err), 0);
+	assert_string_equal(r.last_error, "HTTP 503: busy");
+	spool_record_clear(&r);
+	struct spool_stats st;
+	spool_stats(sp, &st);
+	assert_int_equal(st.queued, 1);
+	assert_int_equal(st.pending, 1); /* a delivered, b queued, c pending */
 	spool_close(sp);
 }
 
@@ -745,6 +786,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_append_rate, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reads_010_json_journal, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_append_batch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_append_batch_with_states, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
