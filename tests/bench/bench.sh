@@ -9,7 +9,8 @@
 #   spool  replay-queue append rate (build/bench/bench_spool) in durability "process" and
 #          "fsync" with group commit of K = 1, 8, 50 writers, against PostgreSQL's commit rate
 #          (synchronous_commit = on, pgbench, one ~300-byte INSERT per transaction, -c K) on a
-#          throwaway cluster (tests/pg.sh) on the same disk.
+#          throwaway cluster (tests/pg.sh) on the same disk; and the mapping's JSON reader and
+#          writer (build/bench/bench_json) against jansson on the same documents.
 #   data   `dualwrite backfill` rows/s vs a `psql \copy` pipe of the same columns (Gear:
 #          old_equipment -> gear_items), peak RSS of backfill, and `dualwrite verify` of N equal
 #          rows vs plain full scans of both tables (count(*) and SELECT * to /dev/null).
@@ -202,6 +203,14 @@ run_spool() {
 	record "$bin" -d "$SPOOLDIR" -t "$SPOOL_SECONDS" -k "$ks"
 	if ! "$bin" -d "$SPOOLDIR" -t "$SPOOL_SECONDS" -k "$ks" >"$RES/spool.tsv" 2>"$RES/spool.err"; then
 		note "spool: bench_spool failed: $(tail -1 "$RES/spool.err")"
+	fi
+
+	# The mapping's JSON reader/writer against jansson's (same values, same bytes).
+	if [[ -x $B/bench/bench_json ]]; then
+		log "json: jsonfast vs jansson on the benchmark body and a small reply"
+		record "$B/bench/bench_json" -n 100000 -r 3
+		"$B/bench/bench_json" -n 100000 -r 3 >"$RES/json.tsv" 2>"$RES/json.err" ||
+			note "json: bench_json failed: $(tail -1 "$RES/json.err")"
 	fi
 
 	# PostgreSQL: one INSERT of a ~300-byte JSON row per transaction, synchronous_commit on.

@@ -201,6 +201,19 @@ def section_mirror(d, out, js):
     out.append(table(hdr, tab))
 
 
+def section_json(d, out, js):
+    p = os.path.join(d, "json.tsv")
+    if not os.path.exists(p):
+        return
+    rows = [ln.rstrip("\n").split("\t") for ln in open(p) if ln.strip()]
+    if len(rows) < 2:
+        return
+    out.append("")
+    out.append("JSON for the mapping (build/bench/bench_json; us per operation, best of 3 rounds):")
+    out.append(table(rows[0], rows[1:]))
+    js["json"] = [dict(zip(rows[0], r)) for r in rows[1:]]
+
+
 def section_spool(d, out, js):
     sp = os.path.join(d, "spool.tsv")
     pg = os.path.join(d, "pg.tsv")
@@ -353,6 +366,7 @@ def main():
     section_mem(d, out, js)
     section_mirror(d, out, js)
     section_spool(d, out, js)
+    section_json(d, out, js)
     section_data(kv, out, js)
     probs = problems(js)
     js["problems"] = probs
