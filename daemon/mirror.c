@@ -183,7 +183,10 @@ struct mirror {
 	 * spool_key_queued sees every key queued so far. */
 	struct spool_change *chg;
 	size_t nchg, capchg;
-	size_t nchg_queued; /* of them, QUEUED ones (spool_key_queued must see) */
+	/* hash_key() of the keys of the QUEUED ones among them: a new job of such
+	 * a key must see them in the journal (spool_key_queued) first */
+	uint64_t *qhash;
+	size_t nqhash, capqhash;
 	struct event *flush_ev;
 
 	struct outcome_series {
@@ -525,7 +528,7 @@ static void flush_states(struct mirror *mi)
 	for (size_t i = 0; i < mi->nchg; i++)
 		free((char *)(uintptr_t)mi->chg[i].error);
 	mi->nchg = 0;
-	mi->nchg_queued = 0;
+	mi->nqhash = 0;
 }
 
 static void lanes_flush(struct mirror *mi);
@@ -553,8 +556,13 @@ static void job_finish(struct mirror *mi, struct mirror_job *j, enum spool_state
 	mi->chg[mi->nchg++] = (struct spool_change){.seq = j->seq, .st = st,
 						    .attempts = j->attempts, .status = status,
 						    .error = dw_strdup(why)};
-	if (st == SPOOL_QUEUED)
-		mi->nchg_queued++;
+	if (st == SPOOL_QUEUED && j->key) {
+		if (mi->nqhash == mi->capqhash) {
+			mi->capqhash = mi->capqhash ? mi->capqhash * 2 : 64;
+			mi->qhash = dw_realloc(mi->qhash, mi->capqhash * sizeof(*mi->qhash));
+		}
+		mi->qhash[mi->nqhash++] = hash_key(job_upstream(j)->name, j->key);
+	}
 	if (mi->nchg == 1 && mi->flush_ev)
 		event_active(mi->flush_ev, EV_TIMEOUT, 0);
 	else if (mi->nchg >= 512)
@@ -1158,8 +1166,14 @@ void mirror_submit(struct mirror *mi, struct mirror *from, struct mirror_job *jo
 			queue_left(mi, job, "daemon stopped before the mirror was sent");
 			return;
 		}
-		if (mi->nchg_queued)
-			flush_states(mi); /* see inbox_cb */
+		if (job->key && mi->nqhash) { /* see inbox_cb; only when it matters */
+			uint64_t h = hash_key(job_upstream(job)->name, job->key);
+			for (size_t i = 0; i < mi->nqhash; i++)
+				if (mi->qhash[i] == h) {
+					flush_states(mi);
+					break;
+				}
+		}
 		job_arrive(mi, job);
 		return;
 	}
@@ -1220,7 +1234,7 @@ void mirror_commit(struct mirror *self)
 		for (size_t i = 0; i < self->nchg; i++)
 			free((char *)(uintptr_t)self->chg[i].error);
 		self->nchg = 0;
-		self->nchg_queued = 0;
+		self->nqhash = 0;
 	}
 	if (err.msg[0] && k == n)
 		log_error("mirror: journal: %s", err.msg);
@@ -1356,6 +1370,7 @@ void mirror_free(struct mirror *mi)
 	mirror_commit(mi); /* captured in the loop's last moments */
 	flush_states(mi);
 	free(mi->pend);
+	free(mi->qhash);
 	free(mi->chg);
 	for (size_t i = 0; i < mi->nseries; i++)
 		free(mi->series[i].route);

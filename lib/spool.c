@@ -252,7 +252,7 @@ struct ent {
 	uint64_t off;	/* frame offset in it */
 	int64_t created_us, updated_us;
 	struct keynode *kn; /* NULL when unkeyed or terminal */
-	char *last_error;
+	const char *last_error; /* interned (struct errs), NULL: none */
 	uint32_t attempts;
 	int last_status;
 	uint8_t state;
@@ -262,6 +262,23 @@ struct seg {
 	uint64_t id;
 	uint64_t size; /* bytes known */
 	uint64_t live; /* non-terminal records whose RECORD frame is here */
+};
+
+/*
+ * Failure reasons, interned: a target that is down gives thousands of queued
+ * records the same few reasons, and a copy per record kept the heap
+ * fragmented with long-lived small blocks (malloc then stalled the worker
+ * on every request).
+ */
+struct errstr {
+	struct errstr *next;
+	uint64_t hash;
+	uint32_t refs;
+	char s[];
+};
+struct errs {
+	struct errstr **b;
+	size_t nb, n;
 };
 
 struct spool {
@@ -291,6 +308,7 @@ struct spool {
 	struct ent *ents; /* ascending seq */
 	size_t nents, capents, nterminal;
 	struct keymap keys;
+	struct errs errs;
 	uint64_t npending, nqueued, ndead;
 	uint64_t next_seq;
 	uint64_t gen; /* spool_ready visit generation */
@@ -437,6 +455,73 @@ static void keymap_free(struct keymap *m)
 	memset(m, 0, sizeof(*m));
 }
 
+static const char *err_get(struct errs *m, const char *s)
+{
+	size_t len;
+	uint64_t h;
+	struct errstr *x;
+
+	if (!s)
+		return NULL;
+	len = strlen(s);
+	h = key_hash(s, len);
+	if (m->nb && (x = m->b[h & (m->nb - 1)]))
+		for (; x; x = x->next)
+			if (x->hash == h && strcmp(x->s, s) == 0) {
+				x->refs++;
+				return x->s;
+			}
+	if (m->n >= m->nb) { /* grow: power of two, rehash */
+		size_t nb = m->nb ? m->nb * 2 : 64;
+		struct errstr **b = dw_calloc(nb, sizeof(*b));
+		for (size_t i = 0; i < m->nb; i++)
+			while ((x = m->b[i])) {
+				m->b[i] = x->next;
+				x->next = b[x->hash & (nb - 1)];
+				b[x->hash & (nb - 1)] = x;
+			}
+		free(m->b);
+		m->b = b;
+		m->nb = nb;
+	}
+	x = dw_malloc(sizeof(*x) + len + 1);
+	x->hash = h;
+	x->refs = 1;
+	memcpy(x->s, s, len + 1);
+	x->next = m->b[h & (m->nb - 1)];
+	m->b[h & (m->nb - 1)] = x;
+	m->n++;
+	return x->s;
+}
+
+static void err_put(struct errs *m, const char *s)
+{
+	struct errstr *x, **pp;
+
+	if (!s)
+		return;
+	x = (struct errstr *)(uintptr_t)(s - offsetof(struct errstr, s));
+	if (--x->refs)
+		return;
+	for (pp = &m->b[x->hash & (m->nb - 1)]; *pp != x; pp = &(*pp)->next)
+		;
+	*pp = x->next;
+	m->n--;
+	free(x);
+}
+
+static void errs_free(struct errs *m)
+{
+	struct errstr *x;
+
+	for (size_t i = 0; i < m->nb; i++)
+		while ((x = m->b[i])) {
+			m->b[i] = x->next;
+			free(x);
+		}
+	free(m->b);
+}
+
 static struct ent *ent_find(struct spool *sp, uint64_t seq)
 {
 	size_t lo = 0, hi = sp->nents;
@@ -529,7 +614,7 @@ static void ents_compact(struct spool *sp)
 		return;
 	for (size_t i = 0; i < sp->nents; i++) {
 		if (state_terminal(sp->ents[i].state)) {
-			free(sp->ents[i].last_error);
+			err_put(&sp->errs, sp->ents[i].last_error);
 			continue;
 		}
 		sp->ents[j++] = sp->ents[i];
@@ -566,7 +651,7 @@ static void fold_record(struct spool *sp, uint64_t seq, uint64_t seg, uint64_t o
 	e->updated_us = updated;
 	e->attempts = attempts;
 	e->last_status = status;
-	e->last_error = dw_strdup(error);
+	e->last_error = err_get(&sp->errs, error);
 	e->state = (uint8_t)st;
 	if (seq >= sp->next_seq)
 		sp->next_seq = seq + 1;
@@ -594,8 +679,8 @@ static void fold_state(struct spool *sp, uint64_t seq, int st, uint32_t attempts
 		return;
 	e->attempts = attempts;
 	e->last_status = status;
-	free(e->last_error);
-	e->last_error = dw_strdup(error);
+	err_put(&sp->errs, e->last_error);
+	e->last_error = err_get(&sp->errs, error);
 	e->updated_us = t;
 	ent_set_state(sp, e, st);
 }
@@ -1120,7 +1205,7 @@ static void forget_before(struct spool *sp, uint64_t id)
 			} else {
 				sp->nterminal--;
 			}
-			free(e->last_error);
+			err_put(&sp->errs, e->last_error);
 			continue;
 		}
 		sp->ents[j++] = *e;
@@ -1594,7 +1679,8 @@ void spool_close(struct spool *sp)
 	if (sp->consumer_fd >= 0)
 		close(sp->consumer_fd);
 	for (size_t i = 0; i < sp->nents; i++)
-		free(sp->ents[i].last_error);
+		err_put(&sp->errs, sp->ents[i].last_error);
+	errs_free(&sp->errs);
 	free(sp->ents);
 	free(sp->segs);
 	free(sp->listed);
