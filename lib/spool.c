@@ -473,7 +473,7 @@ static const char *err_get(struct errs *m, const char *s)
 			}
 	if (m->n >= m->nb) { /* grow: power of two, rehash */
 		size_t nb = m->nb ? m->nb * 2 : 64;
-		struct errstr **b = dw_calloc(nb, sizeof(*b));
+		struct errstr **b = dw_calloc(nb, sizeof(struct errstr *));
 		for (size_t i = 0; i < m->nb; i++)
 			while ((x = m->b[i])) {
 				m->b[i] = x->next;
