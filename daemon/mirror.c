@@ -40,7 +40,7 @@
 #include "pgforward.h" /* pgforward wiring */
 #include "server.h"
 
-#define MAX_IN_MEMORY 20000 /* jobs held in memory before spilling to the queue */
+#define MAX_IN_MEMORY 4096 /* jobs held in memory before spilling to the queue */
 #define KEY_BUCKETS 4096
 #define EXCERPT 200
 

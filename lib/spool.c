@@ -239,9 +239,28 @@ struct keynode {
 	char s[];
 };
 
+/*
+ * Key nodes live as long as their key has records waiting - for a target
+ * that is down, one per queued write, for as long as the outage lasts. Taken
+ * from malloc one by one they interleave with the worker's short-lived
+ * blocks and fragment its heap until every malloc stalls; so nodes up to
+ * SLAB_MAX bytes come from 64 KiB blocks of their own, in 32-byte classes
+ * with a free list each (blocks are kept until the spool is closed).
+ */
+#define SLAB_CLASS 32
+#define SLAB_MAX 256
+#define SLAB_BLOCK 65536
+struct slab {
+	void *free[SLAB_MAX / SLAB_CLASS];
+	void **blocks;
+	size_t nblocks;
+	char *cur; /* bump region of the newest block */
+	size_t left;
+};
 struct keymap {
 	struct keynode **b;
 	size_t nb, n;
+	struct slab slab;
 };
 
 /* One record as folded from the log. The record's fields beyond these are
@@ -402,6 +421,47 @@ static void keymap_grow(struct keymap *m)
 	m->nb = nb;
 }
 
+static size_t slab_class(size_t size)
+{
+	return (size + SLAB_CLASS - 1) / SLAB_CLASS - 1;
+}
+
+static void *slab_alloc(struct slab *sl, size_t size)
+{
+	size_t c = slab_class(size), sz = (c + 1) * SLAB_CLASS;
+	void *p;
+
+	if (size > SLAB_MAX)
+		return dw_calloc(1, size);
+	if ((p = sl->free[c])) {
+		sl->free[c] = *(void **)p;
+	} else {
+		if (sl->left < sz) {
+			sl->blocks = dw_realloc(sl->blocks, (sl->nblocks + 1) * sizeof(void *));
+			sl->cur = dw_malloc(SLAB_BLOCK);
+			sl->blocks[sl->nblocks++] = sl->cur;
+			sl->left = SLAB_BLOCK;
+		}
+		p = sl->cur;
+		sl->cur += sz;
+		sl->left -= sz;
+	}
+	memset(p, 0, sz);
+	return p;
+}
+
+static void slab_free(struct slab *sl, void *p, size_t size)
+{
+	size_t c = slab_class(size);
+
+	if (size > SLAB_MAX) {
+		free(p);
+		return;
+	}
+	*(void **)p = sl->free[c];
+	sl->free[c] = p;
+}
+
 static struct keynode *keymap_get(struct keymap *m, const char *upstream, const char *key)
 {
 	size_t ul = strlen(upstream), kl = strlen(key), n = ul + 1 + kl;
@@ -417,7 +477,7 @@ static struct keynode *keymap_get(struct keymap *m, const char *upstream, const 
 	if (!k) {
 		if (m->n >= m->nb)
 			keymap_grow(m);
-		k = dw_calloc(1, sizeof(*k) + n);
+		k = slab_alloc(&m->slab, sizeof(*k) + n);
 		k->hash = h;
 		k->len = n;
 		memcpy(k->s, s, n);
@@ -438,7 +498,7 @@ static void keymap_release(struct keymap *m, struct keynode *k)
 	while (*pp != k)
 		pp = &(*pp)->next;
 	*pp = k->next;
-	free(k);
+	slab_free(&m->slab, k, sizeof(*k) + k->len);
 	m->n--;
 }
 
@@ -448,9 +508,13 @@ static void keymap_free(struct keymap *m)
 		struct keynode *k = m->b[i], *next;
 		for (; k; k = next) {
 			next = k->next;
-			free(k);
+			if (sizeof(*k) + k->len > SLAB_MAX)
+				free(k);
 		}
 	}
+	for (size_t i = 0; i < m->slab.nblocks; i++)
+		free(m->slab.blocks[i]);
+	free(m->slab.blocks);
 	free(m->b);
 	memset(m, 0, sizeof(*m));
 }
