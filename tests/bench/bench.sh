@@ -144,7 +144,7 @@ run_peers() {
 	local -a runs=(
 		"pass bench $SHARED_BENCH/conf/dualwrited-passthrough.conf.tmpl nginx,haproxy,h2o,candidate-fast"
 		"mem mem $SHARED_BENCH/conf/dualwrited-passthrough.conf.tmpl -"
-		"mirror bench $SHARED_BENCH/conf/dualwrited-mirror.conf.tmpl nginx-mirror-fast,candidate-fast,nginx-mirror-slow,candidate-slow,nginx-mirror-down,candidate-down,nginx-mirror-hang,candidate-hang"
+		"mirror bench $HERE/dualwrited-mirror.conf.tmpl nginx-mirror-fast,candidate-fast,nginx-mirror-slow,candidate-slow,nginx-mirror-down,candidate-down,nginx-mirror-hang,candidate-hang"
 	)
 	local r name mode tmpl scen rc
 	for r in "${runs[@]}"; do
