@@ -120,20 +120,15 @@ static void log_emit(enum dw_log_level level, const char *req, char *line, size_
 
 void dw_vlog(enum dw_log_level level, const char *req, const char *fmt, va_list ap)
 {
-	int saved = errno;
-	char line[2048];
-	size_t n;
+	char msg[2048];
+	int m;
 
 	if (level < log_threshold)
 		return;
-	n = log_prefix(line, sizeof(line), level, req);
-	if (n < sizeof(line)) {
-		int m = vsnprintf(line + n, sizeof(line) - n, fmt, ap);
-		if (m > 0)
-			n += (size_t)m;
-	}
-	log_emit(level, req, line, n, sizeof(line));
-	errno = saved;
+	m = vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (m < 0)
+		m = 0;
+	dw_log_text(level, req, msg, (size_t)m < sizeof(msg) ? (size_t)m : sizeof(msg) - 1);
 }
 
 void dw_log_text(enum dw_log_level level, const char *req, const char *msg, size_t len)

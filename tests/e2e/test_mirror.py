@@ -265,14 +265,19 @@ def test_slow_mirror_target_does_not_delay_clients(svc, dw, pg):
 # ---------------------------------------------------------------- 4. target down -> queue -> replay
 
 
-def test_target_down_queues_then_replay_keeps_idempotency_key(svc, dw, make_backend):
+def down_until_up(make_backend):
+    """A target answering 503 until the returned event is set, then 201."""
     up = threading.Event()
 
     def handler(req):
         if up.is_set():
             return Reply(201, b'{"ok": true}', [("Content-Type", "application/json")])
         return Reply(503, b'{"error": "down"}', [("Content-Type", "application/json")])
-    target = make_backend(handler, name="target")
+    return make_backend(handler, name="target"), up
+
+
+def test_target_down_queues_then_replay_keeps_idempotency_key(svc, dw, make_backend):
+    target, up = down_until_up(make_backend)
     d = ml.mirror_daemon(dw, svc["user-core"].url, target.url, ml.gear_routes())
     ids = [create(d, n)["id"] for n in range(2)]
     ml.wait_outcomes(d, lambda o: o["result"] == "queued", 2, 10, "2 queued")
@@ -816,13 +821,7 @@ def test_circuit_breaker_queues_without_hammering_a_failing_target(svc, dw, make
     """After 5 retryable failures in a row the mirror stops sending to the target:
     later writes go straight to the queue (and are replayed), and once the target
     answers again a probe closes the circuit and writes are delivered directly."""
-    up = threading.Event()
-
-    def handler(req):
-        if up.is_set():
-            return Reply(201, b'{"ok": true}', [("Content-Type", "application/json")])
-        return Reply(503, b'{"error": "down"}', [("Content-Type", "application/json")])
-    target = make_backend(handler, name="target")
+    target, up = down_until_up(make_backend)
     d = ml.mirror_daemon(dw, svc["user-core"].url, target.url, ml.gear_routes())
     ids = [create(d, n)["id"] for n in range(20)]
     wait_stats(d, lambda s: s["queued"] == 20 and s["pending"] == 0, 10, "20 queued")
