@@ -67,6 +67,7 @@ TAILQ_HEAD(job_list, mirror_job);
 struct keyq {
 	struct keyq *next; /* hash chain */
 	char *hkey;	   /* "upstream\nkey" */
+	uint64_t hash;	   /* hash_key(upstream, key) */
 	struct job_list jobs;
 };
 
@@ -285,21 +286,14 @@ static void log_outcome(const char *reqid, const char *route, const char *key, c
 	dw_log_text(level, reqid, l.buf, l.n);
 }
 
-/* FNV-1a */
-static uint64_t hash_str(const char *s)
+/* FNV-1a of "upstream\nkey": picks the key's home shard and its chain's
+ * bucket there. */
+static uint64_t hash_key(const char *upstream, const char *key)
 {
 	uint64_t h = 1469598103934665603ULL;
 
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-	return h;
-}
-
-/* The home shard of (upstream, key): every write of a key goes there. */
-static uint64_t hash_key(const char *upstream, const char *key)
-{
-	uint64_t h = hash_str(upstream);
-
+	for (const char *p = upstream; *p; p++)
+		h = (h ^ (unsigned char)*p) * 1099511628211ULL;
 	h = (h ^ '\n') * 1099511628211ULL;
 	for (; *key; key++)
 		h = (h ^ (unsigned char)*key) * 1099511628211ULL;
@@ -436,7 +430,8 @@ static const struct dw_upstream *job_upstream(const struct mirror_job *j)
 static struct keyq *keyq_get(struct mirror *mi, const char *upstream, const char *key,
 			     bool create)
 {
-	size_t ul = strlen(upstream), b = hash_key(upstream, key) % KEY_BUCKETS;
+	uint64_t h = hash_key(upstream, key);
+	size_t ul = strlen(upstream), b = h % KEY_BUCKETS;
 	struct keyq *q;
 
 	for (q = mi->keys[b]; q; q = q->next)
@@ -448,6 +443,7 @@ static struct keyq *keyq_get(struct mirror *mi, const char *upstream, const char
 	q = dw_calloc(1, sizeof(*q));
 	if (asprintf(&q->hkey, "%s\n%s", upstream, key) < 0)
 		abort();
+	q->hash = h;
 	TAILQ_INIT(&q->jobs);
 	q->next = mi->keys[b];
 	mi->keys[b] = q;
@@ -456,7 +452,7 @@ static struct keyq *keyq_get(struct mirror *mi, const char *upstream, const char
 
 static void keyq_drop(struct mirror *mi, struct keyq *q)
 {
-	size_t b = hash_str(q->hkey) % KEY_BUCKETS; /* == hash_key(upstream, key) */
+	size_t b = q->hash % KEY_BUCKETS;
 	struct keyq **pp = &mi->keys[b];
 
 	while (*pp != q)
@@ -512,6 +508,15 @@ static void mirror_count(struct mirror *mi, const char *route, const char *resul
 	metric_inc(m);
 }
 
+/* Forget the outcomes once they are in the journal (or failed to be). */
+static void chg_clear(struct mirror *mi)
+{
+	for (size_t i = 0; i < mi->nchg; i++)
+		free((char *)(uintptr_t)mi->chg[i].error);
+	mi->nchg = 0;
+	mi->nqhash = 0;
+}
+
 static void flush_states(struct mirror *mi)
 {
 	struct dw_err err = {""};
@@ -525,10 +530,7 @@ static void flush_states(struct mirror *mi)
 		log_error("mirror: recording %zu outcomes: %s (records left pending are "
 			  "recovered as queued on restart)",
 			  mi->nchg, err.msg);
-	for (size_t i = 0; i < mi->nchg; i++)
-		free((char *)(uintptr_t)mi->chg[i].error);
-	mi->nchg = 0;
-	mi->nqhash = 0;
+	chg_clear(mi);
 }
 
 static void lanes_flush(struct mirror *mi);
@@ -1230,12 +1232,7 @@ void mirror_commit(struct mirror *self)
 	if (self->nchg)
 		fflush(stderr);
 	k = spool_append_batch(srv->spool, recs, n, self->chg, self->nchg, &err);
-	if (self->nchg) {
-		for (size_t i = 0; i < self->nchg; i++)
-			free((char *)(uintptr_t)self->chg[i].error);
-		self->nchg = 0;
-		self->nqhash = 0;
-	}
+	chg_clear(self);
 	if (err.msg[0] && k == n)
 		log_error("mirror: journal: %s", err.msg);
 	for (size_t i = 0; i < n; i++) {
@@ -1366,9 +1363,8 @@ void mirror_free(struct mirror *mi)
 		metric_inc(mi->m_memory);
 		queue_left(mi, j, "daemon stopped before the mirror was sent");
 	}
-	flush_states(mi);
-	mirror_commit(mi); /* captured in the loop's last moments */
-	flush_states(mi);
+	mirror_commit(mi); /* captured in the loop's last moments, with the outcomes */
+	flush_states(mi);  /* the outcomes, when nothing was captured */
 	free(mi->pend);
 	free(mi->qhash);
 	free(mi->chg);

@@ -1770,14 +1770,19 @@ static int readonly_err(struct spool *sp, struct dw_err *err)
 	return -1;
 }
 
-size_t spool_append_batch(struct spool *sp, struct spool_record *recs, size_t n,
-			  const struct spool_change *chg, size_t nchg, struct dw_err *err)
+/* One lock, one write: the state changes chg (skipping, and reporting in
+ * err, those of records gone or final), then the records recs. Returns how
+ * many records went in; *nstates how many changes. */
+static size_t batch_write(struct spool *sp, struct spool_record *recs, size_t n,
+			  const struct spool_change *chg, size_t nchg, size_t *nstates,
+			  struct dw_err *err)
 {
 	struct buf b = {0};
 	size_t k = 0, *ends, states = 0, start;
 	uint64_t off;
 	int64_t now = dw_wall_us();
 
+	*nstates = 0;
 	if (sp->o.readonly) {
 		(void)readonly_err(sp, err);
 		return 0;
@@ -1853,7 +1858,16 @@ out_mu:
 	pthread_mutex_unlock(&sp->mu);
 	free(ends);
 	free(b.p);
+	*nstates = states;
 	return k;
+}
+
+size_t spool_append_batch(struct spool *sp, struct spool_record *recs, size_t n,
+			  const struct spool_change *chg, size_t nchg, struct dw_err *err)
+{
+	size_t nstates;
+
+	return batch_write(sp, recs, n, chg, nchg, &nstates, err);
 }
 
 int spool_append(struct spool *sp, struct spool_record *rec, struct dw_err *err)
@@ -1864,52 +1878,15 @@ int spool_append(struct spool *sp, struct spool_record *rec, struct dw_err *err)
 int spool_set_states(struct spool *sp, const struct spool_change *v, size_t n,
 		     struct dw_err *err)
 {
-	struct buf b = {0};
-	int64_t now = dw_wall_us();
-	size_t written = 0, skipped = 0;
-	int r = -1;
+	struct dw_err why = {""};
+	size_t written;
 
-	if (sp->o.readonly)
-		return readonly_err(sp, err);
 	if (n == 0)
 		return 0;
-	pthread_mutex_lock(&sp->mu);
-	if (lock_log(sp, err) < 0)
-		goto out_mu;
-	if (refresh_locked(sp, true, err) < 0)
-		goto out;
-	if (prepare_tail(sp, err) < 0)
-		goto out;
-	for (size_t i = 0; i < n; i++) {
-		struct ent *e = ent_find(sp, v[i].seq);
-
-		if (!state_valid(v[i].st) || !e || state_terminal(e->state)) {
-			skipped++;
-			dw_err_set(err, "queue %s: record %" PRIu64 " %s", sp->dir, v[i].seq,
-				   !e ? "is gone" : "is already final or the state is invalid");
-			continue;
-		}
-		frame_state(&b, v[i].seq, v[i].st, v[i].attempts, v[i].status, v[i].error, now);
-		written++;
-	}
-	if (written && write_tail(sp, b.p, b.len, err) < 0)
-		goto out;
-	for (size_t i = 0; i < n; i++) {
-		struct ent *e = ent_find(sp, v[i].seq);
-
-		if (state_valid(v[i].st) && e && !state_terminal(e->state))
-			fold_state(sp, v[i].seq, v[i].st, v[i].attempts, v[i].status, v[i].error,
-				   now);
-	}
-	collect_segments(sp);
-	ents_compact(sp);
-	r = written || !skipped ? 0 : -1;
-out:
-	unlock_log(sp);
-out_mu:
-	pthread_mutex_unlock(&sp->mu);
-	free(b.p);
-	return r;
+	(void)batch_write(sp, NULL, 0, v, n, &written, &why);
+	if (why.msg[0])
+		*err = why;
+	return written || !why.msg[0] ? 0 : -1;
 }
 
 int spool_set_state(struct spool *sp, uint64_t seq, enum spool_state st, uint32_t attempts,
