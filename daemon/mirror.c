@@ -215,35 +215,6 @@ static void job_free(struct mirror_job *j)
 	free(j);
 }
 
-/* A bounded line being built without printf (the access log runs once per
- * mirrored write). */
-struct line {
-	char buf[1024];
-	size_t n;
-};
-
-static void put(struct line *l, const char *s)
-{
-	size_t k = strlen(s);
-
-	if (k > sizeof(l->buf) - l->n)
-		k = sizeof(l->buf) - l->n;
-	memcpy(l->buf + l->n, s, k);
-	l->n += k;
-}
-
-static void put_u64(struct line *l, uint64_t v)
-{
-	char tmp[24];
-	size_t i = sizeof(tmp);
-
-	tmp[--i] = '\0';
-	do
-		tmp[--i] = (char)('0' + v % 10);
-	while ((v /= 10) && i);
-	put(l, tmp + i);
-}
-
 /* The mirror access log: one line per outcome. */
 static void log_outcome(const char *reqid, const char *route, const char *key, const char *idem,
 			uint64_t seq, const char *result, int status, uint32_t attempt,
@@ -251,39 +222,40 @@ static void log_outcome(const char *reqid, const char *route, const char *key, c
 {
 	enum dw_log_level level = strcmp(result, "dead") == 0 ? DW_LOG_WARN : DW_LOG_INFO;
 	uint64_t tenths = latency_ms > 0 ? (uint64_t)(latency_ms * 10 + 0.5) : 0;
-	struct line l;
+	char buf[1024];
+	struct dw_text l;
 
 	if (!dw_log_enabled(level))
 		return;
-	l.n = 0;
-	put(&l, "mirror route=");
-	put(&l, route);
-	put(&l, " key=");
-	put(&l, key ? key : "-");
-	put(&l, " idem=");
-	put(&l, idem);
-	put(&l, " seq=");
-	put_u64(&l, seq);
-	put(&l, " result=");
-	put(&l, result);
-	put(&l, " status=");
+	dw_text_init(&l, buf, sizeof(buf));
+	dw_text_lit(&l, "mirror route=");
+	dw_text_str(&l, route);
+	dw_text_lit(&l, " key=");
+	dw_text_str(&l, key ? key : "-");
+	dw_text_lit(&l, " idem=");
+	dw_text_str(&l, idem);
+	dw_text_lit(&l, " seq=");
+	dw_text_u64(&l, seq);
+	dw_text_lit(&l, " result=");
+	dw_text_str(&l, result);
+	dw_text_lit(&l, " status=");
 	if (status < 0) {
-		put(&l, "-");
-		put_u64(&l, (uint64_t)(-(int64_t)status));
+		dw_text_lit(&l, "-");
+		dw_text_u64(&l, (uint64_t)(-(int64_t)status));
 	} else {
-		put_u64(&l, (uint64_t)status);
+		dw_text_u64(&l, (uint64_t)status);
 	}
-	put(&l, " attempt=");
-	put_u64(&l, attempt);
-	put(&l, " latency_ms=");
-	put_u64(&l, tenths / 10);
-	put(&l, ".");
-	put_u64(&l, tenths % 10);
+	dw_text_lit(&l, " attempt=");
+	dw_text_u64(&l, attempt);
+	dw_text_lit(&l, " latency_ms=");
+	dw_text_u64(&l, tenths / 10);
+	dw_text_lit(&l, ".");
+	dw_text_u64(&l, tenths % 10);
 	if (why) {
-		put(&l, " reason=");
-		put(&l, why);
+		dw_text_lit(&l, " reason=");
+		dw_text_str(&l, why);
 	}
-	dw_log_text(level, reqid, l.buf, l.n);
+	dw_log_text(level, reqid, buf, l.n);
 }
 
 /* FNV-1a of "upstream\nkey": picks the key's home shard and its chain's

@@ -275,13 +275,14 @@ static void exchange_end(struct conn *c)
 	free(x);
 }
 
-/* The client's address as text, into buf. */
+/* The client's address as text, NUL-terminated, into buf (len >= 2). */
 static const char *conn_peer(const struct conn *c, char *buf, size_t len)
 {
-	int af = c->peer_af == AF_INET6 ? AF_INET6 : AF_INET;
+	struct dw_text t;
 
-	if (!c->peer_af || !evutil_inet_ntop(af, c->peer_addr, buf, len))
-		snprintf(buf, len, "?");
+	dw_text_init(&t, buf, len - 1);
+	dw_text_addr(&t, c->peer_af, c->peer_addr);
+	buf[t.n] = '\0';
 	return buf;
 }
 
@@ -648,8 +649,13 @@ static void make_reqid(struct conn *c)
 		c->x->reqid[h->value_len] = '\0';
 	} else {
 		struct worker *w = c->w;
-		snprintf(c->x->reqid, sizeof(c->x->reqid), "%08" PRIx32 "%02x%06" PRIx64, w->reqid_seed,
-			 (unsigned)w->id & 0xff, ++w->reqid_counter & 0xffffff);
+		struct dw_text t;
+
+		dw_text_init(&t, c->x->reqid, sizeof(c->x->reqid) - 1);
+		dw_text_hex(&t, w->reqid_seed, 8);
+		dw_text_hex(&t, (uint64_t)w->id, 2);
+		dw_text_hex(&t, ++w->reqid_counter, 6);
+		c->x->reqid[t.n] = '\0';
 	}
 }
 
@@ -905,27 +911,42 @@ static void dispatch(struct conn *c)
 		send_request(c);
 }
 
-/* Copy one header line as parsed: "Name: value\r\n", one append for the
- * usual short line (this runs for every header of every message). */
-static void add_header(struct evbuffer *out, const struct http_header *h)
+/* One header line as parsed: "Name: value\r\n" (values are OWS-trimmed,
+ * so a line takes at most one byte more than it did in the raw head). */
+static void text_header(struct dw_text *t, const struct http_header *h)
 {
-	char line[512];
-	size_t n = h->name_len + h->value_len + 4;
+	dw_text_put(t, h->name, h->name_len);
+	dw_text_lit(t, ": ");
+	dw_text_put(t, h->value, h->value_len);
+	dw_text_lit(t, "\r\n");
+}
 
-	if (n > sizeof(line)) {
-		evbuffer_add(out, h->name, h->name_len);
-		evbuffer_add(out, ": ", 2);
-		evbuffer_add(out, h->value, h->value_len);
-		evbuffer_add(out, "\r\n", 2);
-		return;
+/* Room for what a proxied head adds to the raw head it copies (which bounds
+ * its request or status line and, with one byte per line, its header lines):
+ * X-Forwarded-For's ", <peer>", X-Forwarded-Proto, X-Request-Id,
+ * Content-Length, Transfer-Encoding, Connection, a default reason phrase. */
+#define HEAD_EXTRA 512
+
+/* Start building a head of at most need bytes in place at the end of out:
+ * one contiguous region, one append, no printf. */
+static void head_begin(struct evbuffer *out, size_t need, struct evbuffer_iovec *v,
+		       struct dw_text *t)
+{
+	if (evbuffer_reserve_space(out, (ev_ssize_t)need, v, 1) != 1 || v->iov_len < need)
+		dw_oom(need); /* the policy of dw_malloc: no serving through this */
+	dw_text_init(t, v->iov_base, need);
+}
+
+/* Append what was built. The estimate bounds every line by construction, so
+ * a cut head is a bug: stop rather than send a truncated message. */
+static void head_commit(struct evbuffer *out, struct evbuffer_iovec *v, const struct dw_text *t)
+{
+	if (t->cut) {
+		dw_log(DW_LOG_ERROR, NULL, "bug: a %zu-byte head outgrew its estimate", t->cap);
+		abort();
 	}
-	memcpy(line, h->name, h->name_len);
-	line[h->name_len] = ':';
-	line[h->name_len + 1] = ' ';
-	memcpy(line + h->name_len + 2, h->value, h->value_len);
-	line[n - 2] = '\r';
-	line[n - 1] = '\n';
-	evbuffer_add(out, line, n);
+	v->iov_len = t->n;
+	evbuffer_commit_space(out, v, 1);
 }
 
 static bool name_is(const struct http_header *h, const char *name)
@@ -939,16 +960,26 @@ static void send_request(struct conn *c)
 	struct bufferevent *ub = upconn_bev(c->x->up);
 	struct evbuffer *out = bufferevent_get_output(ub);
 	const struct http_head *r = &c->x->req;
-	const char *xff = NULL;
-	char peer[INET6_ADDRSTRLEN];
-	size_t xff_len = 0, blen = evbuffer_get_length(c->x->body);
+	const struct http_header *xff = NULL;
+	size_t blen = evbuffer_get_length(c->x->body);
+	size_t base_len = strlen(up->base_path);
 	struct timeval tv = {up->timeout_ms / 1000, (suseconds_t)(up->timeout_ms % 1000) * 1000};
+	struct evbuffer_iovec v;
+	struct dw_text t;
 
 	upconn_begin(c->x->up);
-	evbuffer_add_printf(out, "%.*s %s%.*s%s%.*s HTTP/1.1\r\n", (int)r->method_len,
-			    r->method_str, up->base_path, (int)r->path_len, r->path,
-			    r->query ? "?" : "", r->query ? (int)r->query_len : 0,
-			    r->query ? r->query : "");
+	/* the body goes into the same region: a copy, not a move (it is needed
+	 * for a retry and for the mirror) */
+	head_begin(out, r->raw_len + r->nheaders + base_len + HEAD_EXTRA + blen, &v, &t);
+	dw_text_put(&t, r->method_str, r->method_len);
+	dw_text_lit(&t, " ");
+	dw_text_put(&t, up->base_path, base_len);
+	dw_text_put(&t, r->path, r->path_len);
+	if (r->query) {
+		dw_text_lit(&t, "?");
+		dw_text_put(&t, r->query, r->query_len);
+	}
+	dw_text_lit(&t, " HTTP/1.1\r\n");
 	for (size_t i = 0; i < r->nheaders; i++) {
 		const struct http_header *h = &r->headers[i];
 
@@ -957,24 +988,33 @@ static void send_request(struct conn *c)
 		    name_is(h, "X-Request-Id"))
 			continue;
 		if (name_is(h, "X-Forwarded-For")) {
-			xff = h->value;
-			xff_len = h->value_len;
+			xff = h;
 			continue;
 		}
-		add_header(out, h);
+		text_header(&t, h);
 	}
-	conn_peer(c, peer, sizeof(peer));
-	if (xff)
-		evbuffer_add_printf(out, "X-Forwarded-For: %.*s, %s\r\n", (int)xff_len, xff, peer);
-	else
-		evbuffer_add_printf(out, "X-Forwarded-For: %s\r\n", peer);
-	evbuffer_add_printf(out, "X-Forwarded-Proto: http\r\nX-Request-Id: %s\r\n", c->x->reqid);
-	if (blen > 0 || r->content_length >= 0 || r->chunked)
-		evbuffer_add_printf(out, "Content-Length: %zu\r\n", blen);
-	evbuffer_add(out, "\r\n", 2);
-	/* A copy, not a move: the body is needed for a retry and for the mirror. */
-	if (blen)
-		evbuffer_add(out, evbuffer_pullup(c->x->body, -1), blen);
+	dw_text_lit(&t, "X-Forwarded-For: ");
+	if (xff) {
+		dw_text_put(&t, xff->value, xff->value_len);
+		dw_text_lit(&t, ", ");
+	}
+	dw_text_addr(&t, c->peer_af, c->peer_addr);
+	dw_text_lit(&t, "\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+	dw_text_str(&t, c->x->reqid);
+	dw_text_lit(&t, "\r\n");
+	if (blen > 0 || r->content_length >= 0 || r->chunked) {
+		dw_text_lit(&t, "Content-Length: ");
+		dw_text_u64(&t, blen);
+		dw_text_lit(&t, "\r\n");
+	}
+	dw_text_lit(&t, "\r\n");
+	if (blen && t.n + blen <= t.cap) {
+		evbuffer_copyout(c->x->body, t.p + t.n, blen);
+		t.n += blen;
+	} else if (blen) {
+		t.cut = 1;
+	}
+	head_commit(out, &v, &t);
 
 	http_scanner_init(&c->x->rscan);
 	bufferevent_setcb(ub, up_read_cb, NULL, up_event_cb, c);
@@ -1063,6 +1103,8 @@ static void start_response(struct conn *c)
 	const struct dw_route *rt = c->x->route;
 	bool client11 = c->x->req.version_minor == 1;
 	struct evbuffer *out;
+	struct evbuffer_iovec v;
+	struct dw_text t;
 
 	c->x->status = c->x->resp.status;
 	c->x->rkind = http_response_body_kind(&c->x->resp, c->x->req.method);
@@ -1097,25 +1139,29 @@ static void start_response(struct conn *c)
 	}
 
 	out = c->x->hold ? c->x->held : bufferevent_get_output(c->bev);
+	head_begin(out, c->x->resp.raw_len + c->x->resp.nheaders + HEAD_EXTRA, &v, &t);
+	dw_text_lit(&t, "HTTP/1.1 ");
+	dw_text_u64(&t, (uint64_t)c->x->status);
+	dw_text_lit(&t, " ");
 	if (c->x->resp.reason_len)
-		evbuffer_add_printf(out, "HTTP/1.1 %d %.*s\r\n", c->x->status, (int)c->x->resp.reason_len,
-				    c->x->resp.reason);
+		dw_text_put(&t, c->x->resp.reason, c->x->resp.reason_len);
 	else
-		evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", c->x->status, http_reason(c->x->status));
+		dw_text_str(&t, http_reason(c->x->status));
+	dw_text_lit(&t, "\r\n");
 	for (size_t i = 0; i < c->x->resp.nheaders; i++) {
 		const struct http_header *h = &c->x->resp.headers[i];
 
-		if (http_is_hop_by_hop(&c->x->resp, h->name, h->name_len))
-			continue;
-		add_header(out, h);
+		if (!http_is_hop_by_hop(&c->x->resp, h->name, h->name_len))
+			text_header(&t, h);
 	}
 	if (c->x->mode == OUT_CHUNKED_PASS || c->x->mode == OUT_ENCODE)
-		evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+		dw_text_lit(&t, "Transfer-Encoding: chunked\r\n");
 	if (c->x->close_after)
-		evbuffer_add(out, "Connection: close\r\n", 19);
+		dw_text_lit(&t, "Connection: close\r\n");
 	else if (!client11)
-		evbuffer_add(out, "Connection: keep-alive\r\n", 24);
-	evbuffer_add(out, "\r\n", 2);
+		dw_text_lit(&t, "Connection: keep-alive\r\n");
+	dw_text_lit(&t, "\r\n");
+	head_commit(out, &v, &t);
 	c->x->resp_head_done = true;
 	count_status(c, c->x->status);
 	conn_set_state(c, CS_RESPONSE);

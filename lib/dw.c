@@ -3,6 +3,7 @@
  */
 #include "dw.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -224,8 +225,61 @@ void dw_rfc3339(int64_t wall_us, char *buf, size_t len)
 	buf[24] = '\0';
 }
 
-static void oom(size_t n) __attribute__((noreturn));
-static void oom(size_t n)
+void dw_text_put(struct dw_text *t, const void *s, size_t len)
+{
+	if (len > t->cap - t->n) {
+		len = t->cap - t->n;
+		t->cut = 1;
+	}
+	memcpy(t->p + t->n, s, len);
+	t->n += len;
+}
+
+void dw_text_str(struct dw_text *t, const char *s)
+{
+	dw_text_put(t, s, strlen(s));
+}
+
+void dw_text_u64(struct dw_text *t, uint64_t v)
+{
+	char tmp[20];
+	size_t i = sizeof(tmp);
+
+	do
+		tmp[--i] = (char)('0' + v % 10);
+	while ((v /= 10) != 0);
+	dw_text_put(t, tmp + i, sizeof(tmp) - i);
+}
+
+void dw_text_hex(struct dw_text *t, uint64_t v, int width)
+{
+	char tmp[16];
+
+	if (width > 16)
+		width = 16;
+	for (int i = width - 1; i >= 0; i--, v >>= 4)
+		tmp[i] = "0123456789abcdef"[v & 15];
+	dw_text_put(t, tmp, width > 0 ? (size_t)width : 0);
+}
+
+void dw_text_addr(struct dw_text *t, int af, const unsigned char *addr)
+{
+	char buf[INET6_ADDRSTRLEN];
+
+	if (af == AF_INET) {
+		for (int i = 0; i < 4; i++) {
+			if (i)
+				dw_text_put(t, ".", 1);
+			dw_text_u64(t, addr[i]);
+		}
+	} else if (af == AF_INET6 && inet_ntop(AF_INET6, addr, buf, sizeof(buf))) {
+		dw_text_str(t, buf);
+	} else {
+		dw_text_put(t, "?", 1);
+	}
+}
+
+void dw_oom(size_t n)
 {
 	fprintf(stderr, "dualwrite: out of memory allocating %zu bytes\n", n);
 	abort();
@@ -236,7 +290,7 @@ void *dw_malloc(size_t n)
 	void *p = malloc(n ? n : 1);
 
 	if (!p)
-		oom(n);
+		dw_oom(n);
 	return p;
 }
 
@@ -245,7 +299,7 @@ void *dw_calloc(size_t n, size_t size)
 	void *p = calloc(n ? n : 1, size ? size : 1);
 
 	if (!p)
-		oom(n * size);
+		dw_oom(n * size);
 	return p;
 }
 
@@ -254,7 +308,7 @@ void *dw_realloc(void *p, size_t n)
 	void *q = realloc(p, n ? n : 1);
 
 	if (!q)
-		oom(n);
+		dw_oom(n);
 	return q;
 }
 

@@ -58,10 +58,38 @@ int64_t dw_wall_us(void);     /* CLOCK_REALTIME, microseconds since the epoch */
 /* RFC 3339 UTC with milliseconds, e.g. "2026-11-22T04:33:13.123Z"; buf >= 32 bytes. */
 void dw_rfc3339(int64_t wall_us, char *buf, size_t len);
 
+/* Text built without printf on hot paths (request heads, access-log lines):
+ * appends to a caller-owned buffer of cap bytes; what does not fit is cut and
+ * the builder remembers that (cut). No NUL is written; n is the length. */
+struct dw_text {
+	char *p;
+	size_t n, cap;
+	int cut;
+};
+static inline void dw_text_init(struct dw_text *t, char *buf, size_t cap)
+{
+	t->p = buf;
+	t->n = 0;
+	t->cap = cap;
+	t->cut = 0;
+}
+void dw_text_put(struct dw_text *t, const void *s, size_t len);
+void dw_text_str(struct dw_text *t, const char *s);
+/* A string literal, its length known at compile time. */
+#define dw_text_lit(t, lit) dw_text_put((t), "" lit, sizeof(lit) - 1)
+void dw_text_u64(struct dw_text *t, uint64_t v);
+/* v in lowercase hex, zero-padded to exactly width digits (its low 4*width bits). */
+void dw_text_hex(struct dw_text *t, uint64_t v, int width);
+/* An IPv4 (af AF_INET, 4 bytes) or IPv6 (AF_INET6, 16 bytes) address as text;
+ * "?" for anything else. */
+void dw_text_addr(struct dw_text *t, int af, const unsigned char *addr);
+
 /* strdup that aborts on out-of-memory (allocation failure of a few bytes is
  * not a condition this program can serve through). NULL in, NULL out. */
 char *dw_strdup(const char *s);
 char *dw_strndup(const char *s, size_t n);
+/* Report a failed allocation of n bytes and abort. */
+void dw_oom(size_t n) __attribute__((noreturn));
 void *dw_malloc(size_t n);
 void *dw_calloc(size_t n, size_t size);
 void *dw_realloc(void *p, size_t n);

@@ -510,6 +510,9 @@ static void connection_add(struct http_head *h, const char *v, size_t n)
 			h->conn_keep_alive = true;
 		else if (CI_EQ(el, el_len, "upgrade"))
 			h->upgrade = true;
+		/* every token but keep-alive (hop-by-hop anyway) names a header */
+		if (!CI_EQ(el, el_len, "keep-alive"))
+			h->conn_names = true;
 	}
 }
 
@@ -532,7 +535,7 @@ static void head_zero(struct http_head *h)
 	memset(h, 0, offsetof(struct http_head, headers));
 	h->nheaders = 0;
 	h->content_length = -1;
-	h->chunked = h->conn_close = h->conn_keep_alive = false;
+	h->chunked = h->conn_close = h->conn_keep_alive = h->conn_names = false;
 	h->expect_continue = h->upgrade = false;
 }
 
@@ -808,7 +811,7 @@ void http_head_clear(struct http_head *h)
 	if (!h)
 		return;
 	free(h->raw);
-	memset(h, 0, sizeof(*h));
+	head_zero(h);
 }
 
 const struct http_header *http_head_get(const struct http_head *h, const char *name)
@@ -835,7 +838,7 @@ bool http_is_hop_by_hop(const struct http_head *h, const char *name, size_t name
 	for (size_t i = 0; i < DW_ARRAY_LEN(fixed); i++)
 		if (ci_eq(name, name_len, fixed[i].s, fixed[i].n))
 			return true;
-	if (!h)
+	if (!h || !h->conn_names)
 		return false;
 	for (size_t i = 0; i < h->nheaders; i++) {
 		const struct http_header *f = &h->headers[i];

@@ -82,6 +82,7 @@ struct http_head {
 	bool chunked;		/* Transfer-Encoding: chunked (final coding) */
 	bool conn_close;	/* Connection: close seen */
 	bool conn_keep_alive;	/* Connection: keep-alive seen */
+	bool conn_names;	/* Connection lists a token other than keep-alive */
 	bool expect_continue;	/* Expect: 100-continue (requests) */
 	bool upgrade;		/* Connection: upgrade or Upgrade header seen */
 };

@@ -1,7 +1,8 @@
 /*
  * test_dw — the small shared helpers of lib/dw: the RFC 3339 formatter
  * (arithmetic, no gmtime_r) against gmtime_r + strftime over leap years,
- * century rules, epoch edges and a spread of instants up to year 9999.
+ * century rules, epoch edges and a spread of instants up to year 9999;
+ * the printf-free text builder against snprintf and inet_ntop.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +10,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -70,11 +73,84 @@ static void test_rfc3339_spread(void **state)
 		check(us);
 }
 
+static void test_text_numbers(void **state)
+{
+	static const uint64_t vals[] = {0, 1, 9, 10, 99, 100, 4294967295ULL, 4294967296ULL,
+					18446744073709551615ULL, 1234567890123ULL};
+	(void)state;
+	for (size_t i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
+		char buf[64], want[64];
+		struct dw_text t;
+
+		dw_text_init(&t, buf, sizeof(buf));
+		dw_text_u64(&t, vals[i]);
+		dw_text_put(&t, "|", 1);
+		dw_text_hex(&t, vals[i], 8);
+		dw_text_put(&t, "|", 1);
+		dw_text_hex(&t, vals[i], 16);
+		snprintf(want, sizeof(want), "%" PRIu64 "|%08" PRIx64 "|%016" PRIx64, vals[i],
+			 (uint64_t)(vals[i] & 0xffffffffULL), vals[i]);
+		assert_false(t.cut);
+		assert_int_equal(t.n, strlen(want));
+		assert_memory_equal(buf, want, t.n);
+	}
+}
+
+static void test_text_cut(void **state)
+{
+	char buf[8];
+	struct dw_text t;
+
+	(void)state;
+	dw_text_init(&t, buf, sizeof(buf));
+	dw_text_str(&t, "abcde");
+	assert_false(t.cut);
+	dw_text_u64(&t, 123456);
+	assert_true(t.cut);
+	assert_int_equal(t.n, 8);
+	assert_memory_equal(buf, "abcde123", 8);
+	dw_text_str(&t, "x"); /* full: nothing written past cap */
+	assert_int_equal(t.n, 8);
+}
+
+static void test_text_addr(void **state)
+{
+	static const char *const addrs[] = {"0.0.0.0", "127.0.0.1", "255.255.255.255",
+					    "10.20.3.4"};
+	static const char *const addrs6[] = {"::1", "2001:db8::8a2e:370:7334", "::ffff:1.2.3.4"};
+	char buf[64];
+	struct dw_text t;
+	unsigned char a[16];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(addrs) / sizeof(addrs[0]); i++) {
+		assert_int_equal(inet_pton(AF_INET, addrs[i], a), 1);
+		dw_text_init(&t, buf, sizeof(buf));
+		dw_text_addr(&t, AF_INET, a);
+		assert_int_equal(t.n, strlen(addrs[i]));
+		assert_memory_equal(buf, addrs[i], t.n);
+	}
+	for (size_t i = 0; i < sizeof(addrs6) / sizeof(addrs6[0]); i++) {
+		assert_int_equal(inet_pton(AF_INET6, addrs6[i], a), 1);
+		dw_text_init(&t, buf, sizeof(buf));
+		dw_text_addr(&t, AF_INET6, a);
+		assert_int_equal(t.n, strlen(addrs6[i]));
+		assert_memory_equal(buf, addrs6[i], t.n);
+	}
+	dw_text_init(&t, buf, sizeof(buf));
+	dw_text_addr(&t, 0, a);
+	assert_int_equal(t.n, 1);
+	assert_int_equal(buf[0], '?');
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_rfc3339_edges),
 	    cmocka_unit_test(test_rfc3339_spread),
+	    cmocka_unit_test(test_text_numbers),
+	    cmocka_unit_test(test_text_cut),
+	    cmocka_unit_test(test_text_addr),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
