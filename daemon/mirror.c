@@ -93,6 +93,7 @@ struct target {
 	TAILQ_HEAD(, lane) lanes; /* open connections carrying sends */
 	int nlanes;
 	double latency_ms; /* moving average of answered sends: decides pipelining */
+	int answered;	   /* answers seen, up to PIPE_WARMUP */
 	struct job_list ready;
 	int failures;	   /* retryable failures in a row */
 	int64_t open_until; /* monotonic us; 0: closed */
@@ -111,15 +112,20 @@ struct target {
  * to share one read(2). Only a fast target gets more than one send per lane
  * (PIPE_DEPTH while its average latency is under PIPE_MAX_LATENCY_MS): a
  * slow one gets a connection per send, as without pipelining, so one slow
- * answer never holds others back. Only the head of a key's chain is ever on
+ * answer never holds others back; so does a target until PIPE_WARMUP answers
+ * have shown how fast it is (a target that hangs from the start then fails
+ * a send per connection, and opens the breaker within one timeout). Only the head of a key's chain is ever on
  * the wire, so pipelining never reorders a key's writes (G3). When a lane
  * breaks, its head send fails as a send always did; the sends behind it,
  * which the target may or may not have seen, go out once more on another
  * lane with the same Idempotency-Key (G4), and fail for good only if that
- * lane breaks too.
+ * lane breaks too. A lane that times out fails every send on it: each has
+ * waited nearly the whole timeout already, and a target that stopped
+ * answering should open the breaker now, not one timeout per send later.
  */
 #define PIPE_DEPTH 16
 #define PIPE_MAX_LATENCY_MS 20.0
+#define PIPE_WARMUP 8
 
 struct send;
 struct lane {
@@ -647,7 +653,7 @@ static void breaker_note(struct target *t, bool failed, const char *why)
 }
 
 static void lane_release(struct lane *l, bool keep);
-enum lane_end { LANE_BROKEN, LANE_CONNECT_FAILED, LANE_CLOSED_CLEANLY };
+enum lane_end { LANE_BROKEN, LANE_TIMED_OUT, LANE_CONNECT_FAILED, LANE_CLOSED_CLEANLY };
 static void lane_break(struct lane *l, const char *why, enum lane_end how);
 
 static void send_free(struct send *s)
@@ -718,6 +724,8 @@ static bool lane_answered(struct lane *l, struct send *s)
 	int status = s->head.status;
 
 	t->latency_ms = t->latency_ms * 0.8 + ms * 0.2;
+	if (t->answered < PIPE_WARMUP)
+		t->answered++;
 	if (!keep)
 		l->closing = true;
 	send_done(s, status, NULL); /* may start new sends, on this lane too */
@@ -842,8 +850,11 @@ static void lane_event_cb(struct bufferevent *bev, short what, void *arg)
 	else
 		snprintf(msg, sizeof(msg), "upstream \"%s\": %s", l->up->name,
 			 strerror(EVUTIL_SOCKET_ERROR() ? EVUTIL_SOCKET_ERROR() : ECONNRESET));
-	if (what & BEV_EVENT_TIMEOUT)
+	if (what & BEV_EVENT_TIMEOUT) {
 		l->t->latency_ms = l->t->latency_ms * 0.8 + l->up->timeout_ms * 0.2;
+		lane_break(l, msg, LANE_TIMED_OUT);
+		return;
+	}
 	lane_break(l, msg, LANE_BROKEN);
 }
 
@@ -949,7 +960,8 @@ static void lane_release(struct lane *l, bool keep)
  * Broken (error, timeout, bad answer), the head send fails like any send
  * and the others go out again on another lane: each break settles its head,
  * so this always ends, and five failed heads in a row open the breaker. A
- * failed connect fails them all (the target is down, not one connection).
+ * failed connect fails them all (the target is down, not one connection),
+ * and so does a timeout (the target stopped answering).
  */
 static void lane_break(struct lane *l, const char *why, enum lane_end how)
 {
@@ -973,7 +985,7 @@ static void lane_break(struct lane *l, const char *why, enum lane_end how)
 	TAILQ_INIT(&again);
 	while ((s = TAILQ_FIRST(&cut))) {
 		TAILQ_REMOVE(&cut, s, flink);
-		if (how == LANE_CONNECT_FAILED) {
+		if (how == LANE_CONNECT_FAILED || how == LANE_TIMED_OUT) {
 			send_done(s, 0, why);
 			continue;
 		}
@@ -999,7 +1011,7 @@ static void lane_break(struct lane *l, const char *why, enum lane_end how)
 static struct lane *lane_pick(struct mirror *mi, struct target *t, struct mirror_job *j, int *err)
 {
 	const struct dw_upstream *up = job_upstream(j);
-	int depth = t->latency_ms < PIPE_MAX_LATENCY_MS ? PIPE_DEPTH : 1;
+	int depth = t->answered >= PIPE_WARMUP && t->latency_ms < PIPE_MAX_LATENCY_MS ? PIPE_DEPTH : 1;
 	struct lane *l, *best = NULL;
 	bool connected = false;
 

@@ -427,6 +427,63 @@ def test_pipelined_mirrors_when_the_target_resets_one(svc, dw, make_backend):
         "nothing was pipelined behind the reset: the test did not test anything"
 
 
+def test_a_target_not_yet_seen_answering_gets_one_request_per_connection(svc, dw,
+                                                                        make_backend):
+    """Nothing is pipelined to a target until it has answered a few times: one that hangs
+    from the start holds one request per connection, every write ends queued once its
+    send times out, and none is sent twice."""
+    target = make_backend(lambda req: Reply(action="hang"), name="target")
+    d = ml.mirror_daemon(dw, svc["user-core"].url, target.url, ml.gear_routes(),
+                         target_timeout_ms=400)
+    n = 40
+    _burst(d, n)
+    got = ml.wait_outcomes(d, lambda o: o["result"] == "queued", n, 20, "%d queued" % n)
+    assert len(got) == n
+    assert {o["attempt"] for o in got} <= {"0", "1"}, "sent again to wait for another timeout"
+    # The backend reads a connection's next request only after answering the last:
+    # it sees every write only if each came on a connection of its own.
+    assert len(target.requests) == n, "pipelined: the target read %d of %d requests" % (
+        len(target.requests), n)
+    assert len({r.conn_no for r in target.requests}) == n
+    idems = [r.header("Idempotency-Key") for r in target.requests]
+    assert len(idems) == len(set(idems)), "a write was sent twice"
+    assert d.metric("dualwrite_mirror_resent_total") == 0
+
+
+def test_a_target_that_stops_answering_fails_what_was_pipelined_to_it(svc, dw, make_backend):
+    """A fast target (pipelined to) that stops answering: when a connection times out,
+    every request on it fails and is queued, none goes out a second time to wait for
+    another timeout, and the breaker opens."""
+    seen = [0]
+    lock = threading.Lock()
+
+    def handler(req):
+        with lock:
+            seen[0] += 1
+            no = seen[0]
+        if no > 40:
+            return Reply(action="hang")
+        return Reply(201, b'{"ok":true}', [("Content-Type", "application/json")])
+    target = make_backend(handler, name="target")
+    d = ml.mirror_daemon(dw, svc["user-core"].url, target.url, ml.gear_routes(),
+                         target_timeout_ms=400)
+    _burst(d, 40)
+    ml.wait_outcomes(d, lambda o: o["result"] == "delivered", 40, 20, "40 delivered")
+    n = 80
+    _burst(d, n, threads=16)
+    got = ml.wait_outcomes(d, lambda o: o["result"] == "queued", n, 20, "%d queued" % n)
+    assert len(got) == n
+    assert {o["attempt"] for o in got} <= {"0", "1"}, "sent again to wait for another timeout"
+    # The backend reads a connection's next request only after answering the last,
+    # so what was pipelined behind a hung request never shows up here.
+    assert len(target.requests) - 40 < n, \
+        "nothing was pipelined to the hanging target: the test did not test anything"
+    idems = [r.header("Idempotency-Key") for r in target.requests]
+    assert len(idems) == len(set(idems)), "a write was sent again after a timeout"
+    assert d.metric("dualwrite_mirror_resent_total") == 0
+    assert "failed 5 times in a row" in d.log_text()
+
+
 def test_keys_written_through_several_workers_keep_their_order(svc, dw, pg):
     """Three workers, each with its own mirror shard: every write of a key goes to the
     key's home shard whichever worker served it, so each key's writes are delivered one
