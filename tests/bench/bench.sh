@@ -136,7 +136,7 @@ run_peers() {
 		note "peers: $harness not found; the proxy-vs-peers part is skipped"
 		return 0
 	fi
-	local cand="$B/dualwrited -c {conf}"
+	local cand="$HERE/fresh-queue.sh $B/dualwrited -c {conf}"
 	local -a common=(env DURATION="$DURATION" REPS="$REPS" WARMUP="$WARMUP"
 		NOISY_RETRIES="$NOISY_RETRIES" QUIET_WAIT="$QUIET_WAIT" MEM_CONNS="$MEM_CONNS"
 		MEM_HOLD="$MEM_HOLD" BASE_PORT="$BASE_PORT" CANDIDATE="$cand" CANDIDATE_NAME=candidate
