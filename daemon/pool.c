@@ -37,8 +37,8 @@ struct upconn {
 struct pool {
 	struct pool *next;
 	struct pool_set *ps;
-	char *key;
-	char *host; /* for SNI and verification */
+	char *host; /* for SNI and verification; with tls and port, the pool's identity */
+	int port;
 	bool tls;
 	struct sockaddr_storage addr;
 	socklen_t addrlen;
@@ -84,7 +84,6 @@ void pool_set_free(struct pool_set *ps)
 			TAILQ_REMOVE(&p->idle, uc, link);
 			upconn_free(uc);
 		}
-		free(p->key);
 		free(p->host);
 		free(p);
 	}
@@ -95,20 +94,20 @@ void pool_set_free(struct pool_set *ps)
 
 static struct pool *pool_find(struct pool_set *ps, const struct dw_upstream *up)
 {
-	char key[512], port[8], labels[600];
+	char port[8], labels[600];
 	struct addrinfo hints, *res = NULL;
 	struct pool *p;
 
-	snprintf(key, sizeof(key), "%s://%s:%d", up->tls ? "https" : "http", up->host, up->port);
+	/* runs for every request: compare fields, build nothing */
 	for (p = ps->pools; p; p = p->next)
-		if (strcmp(p->key, key) == 0) {
+		if (p->port == up->port && p->tls == up->tls && strcmp(p->host, up->host) == 0) {
 			p->max_idle = up->pool_size;
 			return p;
 		}
 	p = dw_calloc(1, sizeof(*p));
 	p->ps = ps;
-	p->key = dw_strdup(key);
 	p->host = dw_strdup(up->host);
+	p->port = up->port;
 	p->tls = up->tls;
 	p->max_idle = up->pool_size;
 	TAILQ_INIT(&p->idle);

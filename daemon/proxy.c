@@ -90,11 +90,11 @@ enum out_mode {
  * connection costs only struct conn and its bufferevent.
  */
 struct exchange {
+	struct exchange *next_free; /* worker->xfree */
+	struct evbuffer *body;	    /* the whole (decoded) request body; kept when cached */
+	/* From here to req, zeroed for every request. */
 	struct dw_config *cfg; /* reference held for the request's life */
 	int64_t t_start;
-	struct http_head req;
-	struct http_head resp;
-	struct evbuffer *body;	  /* the whole (decoded) request body */
 	struct evbuffer *held;	  /* the held answer */
 	struct evbuffer *capture; /* decoded response body for $response */
 	int64_t body_left;	  /* Content-Length bytes still to read */
@@ -119,7 +119,14 @@ struct exchange {
 	bool close_after;
 	bool hold;	     /* answer held until the mirror is journaled */
 	bool capture_overflow;
+	/* Last: 3 KiB each, reset by http_head_clear rather than memset. */
+	struct http_head req;
+	struct http_head resp;
 };
+
+/* Exchanges a worker keeps for reuse (7 KiB each): one request after
+ * another on a busy worker then costs no malloc/free of them. */
+#define XFREE_MAX 64
 
 struct conn {
 	TAILQ_ENTRY(conn) link;	 /* worker->conns */
@@ -240,11 +247,18 @@ static void conn_set_state(struct conn *c, enum cstate to)
 	conn_enqueue(c);
 }
 
-static struct exchange *exchange_new(void)
+static struct exchange *exchange_new(struct worker *w)
 {
-	struct exchange *x = dw_calloc(1, sizeof(*x));
+	struct exchange *x = w->xfree;
 
-	x->body = evbuffer_new();
+	if (x) { /* heads cleared and body emptied by exchange_end */
+		w->xfree = x->next_free;
+		w->nxfree--;
+		memset(&x->cfg, 0, offsetof(struct exchange, req) - offsetof(struct exchange, cfg));
+	} else {
+		x = dw_calloc(1, sizeof(*x));
+		x->body = evbuffer_new();
+	}
 	x->req.content_length = -1;
 	http_scanner_init(&x->scan);
 	http_scanner_init(&x->rscan);
@@ -265,14 +279,33 @@ static void exchange_end(struct conn *c)
 	http_head_clear(&x->req);
 	http_head_clear(&x->resp);
 	route_params_clear(&x->params);
-	evbuffer_free(x->body);
 	if (x->held)
 		evbuffer_free(x->held);
 	if (x->capture)
 		evbuffer_free(x->capture);
 	if (x->cfg)
 		config_unref(x->cfg);
+	if (c->w->nxfree < XFREE_MAX) {
+		evbuffer_drain(x->body, evbuffer_get_length(x->body));
+		x->next_free = c->w->xfree;
+		c->w->xfree = x;
+		c->w->nxfree++;
+		return;
+	}
+	evbuffer_free(x->body);
 	free(x);
+}
+
+void proxy_worker_free(struct worker *w)
+{
+	struct exchange *x;
+
+	while ((x = w->xfree)) {
+		w->xfree = x->next_free;
+		evbuffer_free(x->body);
+		free(x);
+	}
+	w->nxfree = 0;
 }
 
 /* The client's address as text, NUL-terminated, into buf (len >= 2). */
@@ -705,7 +738,7 @@ static void on_head(struct conn *c)
 		conn_set_state(c, CS_HEAD);
 	c->got_bytes = true;
 	if (!c->x)
-		c->x = exchange_new();
+		c->x = exchange_new(c->w);
 	n = len < lim->max_header_bytes + 4096 ? len : lim->max_header_bytes + 4096;
 	p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
 	rc = http_scan_head(&c->x->scan, p, n, lim->max_header_bytes, &skip, &head_len, &status, &err);

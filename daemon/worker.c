@@ -357,6 +357,7 @@ void worker_free(struct worker *w)
 	proxy_abort_all(w);
 	/* Let reaps scheduled by the aborts run. */
 	event_base_loop(w->base, EVLOOP_NONBLOCK);
+	proxy_worker_free(w);
 	listeners_free(w);
 	if (w->drain_tick)
 		event_free(w->drain_tick);

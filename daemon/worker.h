@@ -12,6 +12,7 @@
 #include "server.h"
 
 struct conn;
+struct exchange;
 TAILQ_HEAD(conn_queue, conn);
 
 /* proxy.c: connections waiting in a state, one queue per state that has a
@@ -56,6 +57,8 @@ struct worker {
 	struct status_series series[128];
 	size_t nseries;
 	struct histogram *h_duration;
+	struct exchange *xfree; /* proxy.c's cache of exchanges for reuse */
+	int nxfree;
 	struct metric *m_upstream_err[4]; /* connect, timeout, reset, protocol */
 };
 
@@ -65,5 +68,6 @@ void proxy_drain_idle(struct worker *w);  /* close connections not mid-request *
 void proxy_abort_all(struct worker *w);	  /* close every connection */
 void proxy_sync_done(struct worker *w);	  /* release answers held for fsync */
 void proxy_deadlines(struct worker *w);	  /* act on passed deadlines, re-arm */
+void proxy_worker_free(struct worker *w); /* what proxy.c keeps per worker */
 
 #endif
