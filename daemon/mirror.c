@@ -110,20 +110,20 @@ struct target {
  * output is written once per loop iteration (flush_cb), so the sends a
  * worker starts in one iteration share one write(2) and their answers tend
  * to share one read(2). Only a fast target gets more than one send per lane
- * (PIPE_DEPTH while its average latency is under PIPE_MAX_LATENCY_MS): a
- * slow one gets a connection per send, as without pipelining, so one slow
- * answer never holds others back; so does a target until PIPE_WARMUP answers
- * have shown how fast it is (a target that hangs from the start then fails
- * a send per connection, and opens the breaker within one timeout). Only the head of a key's chain is ever on
- * the wire, so pipelining never reorders a key's writes (G3). When a lane
- * breaks, its head send fails as a send always did; the sends behind it,
- * which the target may or may not have seen, go out once more on another
- * lane with the same Idempotency-Key (G4), and fail for good only if that
- * lane breaks too. A lane that times out fails every send on it: each has
- * waited nearly the whole timeout already, and a target that stopped
- * answering should open the breaker now, not one timeout per send later.
+ * (the upstream's pipeline_depth, while its average latency is under
+ * PIPE_MAX_LATENCY_MS): a slow one gets a connection per send, as without
+ * pipelining, so one slow answer never holds others back; so does a target
+ * until PIPE_WARMUP answers have shown how fast it is (one that hangs from
+ * the start then fails a send per connection, and opens the breaker within
+ * one timeout). Only the head of a key's chain is ever on the wire, so
+ * pipelining never reorders a key's writes (G3). When a lane breaks, its
+ * head send fails as a send always did; the sends behind it, which the
+ * target may or may not have seen, go out once more on another lane with the
+ * same Idempotency-Key (G4), and fail for good only if that lane breaks too.
+ * A lane that times out fails every send on it: each has waited nearly the
+ * whole timeout already, and a target that stopped answering should open the
+ * breaker now, not one timeout per send later.
  */
-#define PIPE_DEPTH 16
 #define PIPE_MAX_LATENCY_MS 20.0
 #define PIPE_WARMUP 8
 
@@ -1011,7 +1011,9 @@ static void lane_break(struct lane *l, const char *why, enum lane_end how)
 static struct lane *lane_pick(struct mirror *mi, struct target *t, struct mirror_job *j, int *err)
 {
 	const struct dw_upstream *up = job_upstream(j);
-	int depth = t->answered >= PIPE_WARMUP && t->latency_ms < PIPE_MAX_LATENCY_MS ? PIPE_DEPTH : 1;
+	int depth = t->answered >= PIPE_WARMUP && t->latency_ms < PIPE_MAX_LATENCY_MS
+			? up->pipeline_depth
+			: 1;
 	struct lane *l, *best = NULL;
 	bool connected = false;
 

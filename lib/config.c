@@ -660,7 +660,7 @@ static void load_scalars(struct loader *L, const config_setting_t *root)
 static void load_upstreams(struct loader *L, const config_setting_t *root)
 {
 	static const char *const keys[] = { "url",	 "timeout_ms",	 "connect_timeout_ms",
-					    "pool_size", "max_inflight", NULL };
+					    "pool_size", "max_inflight", "pipeline_depth", NULL };
 	const config_setting_t *g = get_group(L, root, "upstreams", "");
 	struct dw_config *c = L->c;
 	const char *s;
@@ -695,6 +695,7 @@ static void load_upstreams(struct loader *L, const config_setting_t *root)
 		u->timeout_ms = 5000;
 		u->pool_size = 64;
 		u->max_inflight = 64;
+		u->pipeline_depth = 16;
 		c->nupstreams++;
 		wjoin(w, sizeof(w), prefix, "url");
 		switch (get_str(L, us, "url", prefix, &s)) {
@@ -715,6 +716,7 @@ static void load_upstreams(struct loader *L, const config_setting_t *root)
 		set_int(L, us, "pool_size", prefix, 0, 10000, &u->pool_size);
 		if (get_int(L, us, "max_inflight", prefix, 1, 100000, &v) == 1)
 			u->max_inflight = (int)v;
+		set_int(L, us, "pipeline_depth", prefix, 1, 256, &u->pipeline_depth);
 	}
 
 	c->default_upstream = -1;

@@ -35,6 +35,7 @@ struct dw_upstream {
 	int connect_timeout_ms; /* default min(timeout_ms, 2000) */
 	int pool_size;	  /* idle keep-alive connections kept per worker; default 64 */
 	int max_inflight; /* mirror concurrency per worker towards it; default 64 */
+	int pipeline_depth; /* mirror requests per connection to a fast target; 1: none; default 16 */
 	int line;
 };
 

@@ -261,11 +261,13 @@ routes = (
 
 
 def mirror_daemon(dw, legacy_url, target_url, routes, target="gear_ops", target_timeout_ms=2000,
-                  limits=None, queue=None, tenant=None, start=True, name=None):
+                  limits=None, queue=None, tenant=None, start=True, name=None, target_extra=None):
     """A dualwrited (through conftest's `dw` factory, so its clean stop is checked) in front
-    of legacy_url mirroring to target_url with the given routes text."""
-    d = dw({"legacy": {"url": legacy_url, "timeout_ms": 5000},
-            target: {"url": target_url, "timeout_ms": target_timeout_ms}},
+    of legacy_url mirroring to target_url with the given routes text; target_extra: more
+    settings of the target upstream."""
+    tconf = {"url": target_url, "timeout_ms": target_timeout_ms}
+    tconf.update(target_extra or {})
+    d = dw({"legacy": {"url": legacy_url, "timeout_ms": 5000}, target: tconf},
            limits=limits, start=False, name=name)
     q = {"path": d.queue_dir}
     q.update(queue or {})

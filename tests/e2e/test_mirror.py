@@ -450,10 +450,8 @@ def test_a_target_not_yet_seen_answering_gets_one_request_per_connection(svc, dw
     assert d.metric("dualwrite_mirror_resent_total") == 0
 
 
-def test_a_target_that_stops_answering_fails_what_was_pipelined_to_it(svc, dw, make_backend):
-    """A fast target (pipelined to) that stops answering: when a connection times out,
-    every request on it fails and is queued, none goes out a second time to wait for
-    another timeout, and the breaker opens."""
+def _answers_then_hangs(after):
+    """A target handler: the first `after` requests answered 201, every later one hangs."""
     seen = [0]
     lock = threading.Lock()
 
@@ -461,10 +459,34 @@ def test_a_target_that_stops_answering_fails_what_was_pipelined_to_it(svc, dw, m
         with lock:
             seen[0] += 1
             no = seen[0]
-        if no > 40:
+        if no > after:
             return Reply(action="hang")
         return Reply(201, b'{"ok":true}', [("Content-Type", "application/json")])
-    target = make_backend(handler, name="target")
+    return handler
+
+
+def test_pipeline_depth_1_keeps_one_request_per_connection(svc, dw, make_backend):
+    """pipeline_depth = 1 (for a target that mishandles pipelining): even a fast target
+    gets one request per connection - after it hangs, it reads every write, each on a
+    connection of its own."""
+    target = make_backend(_answers_then_hangs(40), name="target")
+    d = ml.mirror_daemon(dw, svc["user-core"].url, target.url, ml.gear_routes(),
+                         target_timeout_ms=400, target_extra={"pipeline_depth": 1})
+    _burst(d, 40)
+    ml.wait_outcomes(d, lambda o: o["result"] == "delivered", 40, 20, "40 delivered")
+    n = 30  # under max_inflight: all are on the wire when the timeouts come
+    _burst(d, n, threads=16)
+    ml.wait_outcomes(d, lambda o: o["result"] == "queued", n, 20, "%d queued" % n)
+    late = target.requests[40:]
+    assert len(late) == n, "the target read %d of %d: some were pipelined" % (len(late), n)
+    assert len({r.conn_no for r in late}) == n
+
+
+def test_a_target_that_stops_answering_fails_what_was_pipelined_to_it(svc, dw, make_backend):
+    """A fast target (pipelined to) that stops answering: when a connection times out,
+    every request on it fails and is queued, none goes out a second time to wait for
+    another timeout, and the breaker opens."""
+    target = make_backend(_answers_then_hangs(40), name="target")
     d = ml.mirror_daemon(dw, svc["user-core"].url, target.url, ml.gear_routes(),
                          target_timeout_ms=400)
     _burst(d, 40)
