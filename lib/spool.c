@@ -245,7 +245,10 @@ struct keynode {
  * from malloc one by one they interleave with the worker's short-lived
  * blocks and fragment its heap until every malloc stalls; so nodes up to
  * SLAB_MAX bytes come from 64 KiB blocks of their own, in 32-byte classes
- * with a free list each (blocks are kept until the spool is closed).
+ * with a free list each. When the last node is freed (the queue drained
+ * after an outage), all blocks but one go back to malloc (one is kept, so a
+ * quiet spool whose only key comes and goes does not malloc a block each time). Under ASan, free and
+ * never-used slab memory is poisoned, so a stale node is still reported.
  */
 #define SLAB_CLASS 32
 #define SLAB_MAX 256
@@ -256,7 +259,24 @@ struct slab {
 	size_t nblocks;
 	char *cur; /* bump region of the newest block */
 	size_t left;
+	size_t live; /* objects handed out from the blocks */
 };
+
+#if defined(__SANITIZE_ADDRESS__)
+#define SLAB_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SLAB_ASAN 1
+#endif
+#endif
+#ifdef SLAB_ASAN
+#include <sanitizer/asan_interface.h>
+#define slab_poison(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define slab_unpoison(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define slab_poison(p, n) ((void)(p), (void)(n))
+#define slab_unpoison(p, n) ((void)(p), (void)(n))
+#endif
 struct keymap {
 	struct keynode **b;
 	size_t nb, n;
@@ -434,20 +454,51 @@ static void *slab_alloc(struct slab *sl, size_t size)
 	if (size > SLAB_MAX)
 		return dw_calloc(1, size);
 	if ((p = sl->free[c])) {
+		slab_unpoison(p, sz);
 		sl->free[c] = *(void **)p;
 	} else {
 		if (sl->left < sz) {
 			sl->blocks = dw_realloc(sl->blocks, (sl->nblocks + 1) * sizeof(void *));
 			sl->cur = dw_malloc(SLAB_BLOCK);
+			slab_poison(sl->cur, SLAB_BLOCK);
 			sl->blocks[sl->nblocks++] = sl->cur;
 			sl->left = SLAB_BLOCK;
 		}
 		p = sl->cur;
+		slab_unpoison(p, sz);
 		sl->cur += sz;
 		sl->left -= sz;
 	}
+	sl->live++;
 	memset(p, 0, sz);
 	return p;
+}
+
+/* With nothing live: keep the first block, empty, and free the rest. */
+static void slab_trim(struct slab *sl)
+{
+	for (size_t i = 1; i < sl->nblocks; i++) {
+		slab_unpoison(sl->blocks[i], SLAB_BLOCK);
+		free(sl->blocks[i]);
+	}
+	memset(sl->free, 0, sizeof(sl->free));
+	if (sl->nblocks) {
+		sl->nblocks = 1;
+		sl->cur = sl->blocks[0];
+		sl->left = SLAB_BLOCK;
+		slab_poison(sl->cur, SLAB_BLOCK);
+	}
+}
+
+/* Every block back to malloc; the slab is empty and usable again. */
+static void slab_release(struct slab *sl)
+{
+	for (size_t i = 0; i < sl->nblocks; i++) {
+		slab_unpoison(sl->blocks[i], SLAB_BLOCK);
+		free(sl->blocks[i]);
+	}
+	free(sl->blocks);
+	memset(sl, 0, sizeof(*sl));
 }
 
 static void slab_free(struct slab *sl, void *p, size_t size)
@@ -458,8 +509,13 @@ static void slab_free(struct slab *sl, void *p, size_t size)
 		free(p);
 		return;
 	}
+	if (--sl->live == 0) { /* the last one: give the memory back */
+		slab_trim(sl);
+		return;
+	}
 	*(void **)p = sl->free[c];
 	sl->free[c] = p;
+	slab_poison(p, (c + 1) * SLAB_CLASS);
 }
 
 static struct keynode *keymap_get(struct keymap *m, const char *upstream, const char *key)
@@ -512,9 +568,7 @@ static void keymap_free(struct keymap *m)
 				free(k);
 		}
 	}
-	for (size_t i = 0; i < m->slab.nblocks; i++)
-		free(m->slab.blocks[i]);
-	free(m->slab.blocks);
+	slab_release(&m->slab);
 	free(m->b);
 	memset(m, 0, sizeof(*m));
 }
