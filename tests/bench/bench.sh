@@ -20,7 +20,7 @@
 #        PARTS=peers,spool,data  which parts to run
 #        SHARED_BENCH=DIR        the peer harness directory (default ../shared/bench beside the repo)
 #        BASE_PORT=18000         loopback ports BASE_PORT+10..+95 for the peer harness
-#        DURATION REPS WARMUP NOISY_RETRIES QUIET_WAIT MEM_CONNS MEM_HOLD  peer harness knobs
+#        DURATION REPS PASS_REPS WARMUP NOISY_RETRIES QUIET_WAIT MEM_CONNS MEM_HOLD  peer harness knobs
 #        SPOOL_SECONDS  SPOOL_K="1 8 50"  PG_SECONDS           spool part
 #        BACKFILL_ROWS="100000 1000000"  VERIFY_ROWS=1000000   data part
 # Output: a table on stdout at the end; every raw file, log and the exact commands under
@@ -39,13 +39,14 @@ SHARED_BENCH=${SHARED_BENCH:-$ROOT/../shared/bench}
 HERE=$ROOT/tests/bench
 
 if [[ $QUICK == 1 ]]; then
-	: "${DURATION:=3}" "${REPS:=1}" "${WARMUP:=1}" "${NOISY_RETRIES:=0}" "${QUIET_WAIT:=2}"
+	: "${DURATION:=3}" "${REPS:=1}" "${PASS_REPS:=1}" "${WARMUP:=1}" "${NOISY_RETRIES:=0}" "${QUIET_WAIT:=2}"
 	: "${MEM_CONNS:=1000}" "${MEM_HOLD:=3}"
 	: "${SPOOL_SECONDS:=2}" "${PG_SECONDS:=3}"
 	: "${BACKFILL_ROWS:=100000}" "${VERIFY_ROWS:=100000}"
 	PEERS_TIMEOUT=${PEERS_TIMEOUT:-240}
 else
-	: "${DURATION:=8}" "${REPS:=2}" "${WARMUP:=2}" "${NOISY_RETRIES:=1}" "${QUIET_WAIT:=5}"
+	# pass-through differs from nginx by a few percent, within one repetition's noise: more reps
+	: "${DURATION:=8}" "${REPS:=2}" "${PASS_REPS:=4}" "${WARMUP:=2}" "${NOISY_RETRIES:=1}" "${QUIET_WAIT:=5}"
 	: "${MEM_CONNS:=1000 10000}" "${MEM_HOLD:=5}"
 	: "${SPOOL_SECONDS:=5}" "${PG_SECONDS:=10}"
 	: "${BACKFILL_ROWS:=100000 1000000}" "${VERIFY_ROWS:=1000000}"
@@ -151,6 +152,7 @@ run_peers() {
 		read -r name mode tmpl scen <<<"$r"
 		mkdir -p "$RES/peers-$name"
 		local -a cmd=("${common[@]}" CANDIDATE_CONF="$tmpl" OUT_DIR="$RES/peers-$name" TAG="$name")
+		[[ $name == pass ]] && cmd+=(REPS="$PASS_REPS")
 		[[ $scen != - ]] && cmd+=(SCENARIOS="$scen")
 		cmd+=(timeout "$PEERS_TIMEOUT" "$harness" "$mode")
 		log "peers: $name ($mode) ..."
