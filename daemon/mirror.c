@@ -146,13 +146,13 @@ struct lane {
 
 /* One HTTP exchange with a mirror target. */
 struct send {
+	struct send *next_free; /* mi->sfree */
 	struct mirror *mi;
 	struct mirror_job *job;
 	struct target *t;
 	struct lane *lane;
 	TAILQ_ENTRY(send) flink; /* lane->fifo */
 	struct http_scanner scan;
-	struct http_head head;
 	bool head_done;
 	enum http_body_kind kind;
 	int64_t left;
@@ -161,7 +161,13 @@ struct send {
 	size_t excerpt_len;
 	int64_t t_start;
 	TAILQ_ENTRY(send) link;
+	/* Last: 3 KiB, reset by http_head_clear; what is above is zeroed. */
+	struct http_head head;
 };
+
+/* Sends a shard keeps for reuse, so a mirrored write costs no malloc/free of
+ * its 3 KiB send. */
+#define SFREE_MAX 64
 
 struct mirror {
 	struct server *srv;
@@ -182,6 +188,8 @@ struct mirror {
 	struct keyq *keys[KEY_BUCKETS];
 	struct target *targets;
 	TAILQ_HEAD(, send) sends;
+	struct send *sfree; /* cache, SFREE_MAX at most */
+	int nsfree;
 	TAILQ_HEAD(, lane) dirty; /* lanes to write at the end of the iteration */
 	size_t in_memory;
 
@@ -666,7 +674,25 @@ static void send_free(struct send *s)
 	TAILQ_REMOVE(&s->mi->sends, s, link);
 	s->t->inflight--;
 	metric_add(s->mi->m_inflight, -1);
+	if (s->mi->nsfree < SFREE_MAX) {
+		s->next_free = s->mi->sfree;
+		s->mi->sfree = s;
+		s->mi->nsfree++;
+		return;
+	}
 	free(s);
+}
+
+static struct send *send_new(struct mirror *mi)
+{
+	struct send *s = mi->sfree;
+
+	if (!s)
+		return dw_calloc(1, sizeof(*s));
+	mi->sfree = s->next_free;
+	mi->nsfree--;
+	memset(s, 0, offsetof(struct send, head)); /* head: cleared by send_free */
+	return s;
 }
 
 static void send_done(struct send *s, int status, const char *neterr)
@@ -1042,7 +1068,7 @@ static struct lane *lane_pick(struct mirror *mi, struct target *t, struct mirror
 
 static void send_start(struct mirror *mi, struct target *t, struct mirror_job *j)
 {
-	struct send *s = dw_calloc(1, sizeof(*s));
+	struct send *s = send_new(mi);
 	const struct dw_upstream *up = job_upstream(j);
 	struct lane *l;
 	int e = 0;
@@ -1351,6 +1377,10 @@ void mirror_free(struct mirror *mi)
 	}
 	mirror_commit(mi); /* captured in the loop's last moments, with the outcomes */
 	flush_states(mi);  /* the outcomes, when nothing was captured */
+	while ((s = mi->sfree)) {
+		mi->sfree = s->next_free;
+		free(s);
+	}
 	free(mi->pend);
 	free(mi->qhash);
 	free(mi->chg);
