@@ -936,16 +936,11 @@ static void lanes_flush(struct mirror *mi)
 
 static void lane_start(struct lane *l)
 {
-	struct bufferevent *bev = upconn_bev(l->uc);
-	struct timeval tv = {l->up->timeout_ms / 1000,
-			     (suseconds_t)(l->up->timeout_ms % 1000) * 1000};
 	struct send *s;
 
 	l->started = true;
 	upconn_begin(l->uc);
-	bufferevent_setcb(bev, lane_read_cb, NULL, lane_event_cb, l);
-	bufferevent_set_timeouts(bev, &tv, &tv);
-	bufferevent_enable(bev, EV_READ);
+	upconn_read(l->uc, lane_read_cb, lane_event_cb, l, l->up->timeout_ms);
 	TAILQ_FOREACH(s, &l->fifo, flink)
 		send_write_request(s);
 }

@@ -7,11 +7,19 @@
  * the pool at once instead of failing the next request. Host names are
  * resolved once, when the pool is created (a blocking getaddrinfo, normally
  * answered from /etc/hosts or a numeric address).
+ *
+ * A plain connection is read by an event of its own (rd_ev), pending from the
+ * first read to the close, through requests and idle times alike (no
+ * epoll_ctl per request), which reads into the bufferevent's input without
+ * libevent's ioctl(FIONREAD) before every read. The bufferevent keeps the
+ * buffers, the connect and the writes the socket did not take at once. A TLS
+ * connection is read by its bufferevent.
  */
 #include <errno.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/buffer.h>
+#include <event2/event_struct.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -32,6 +40,13 @@ struct upconn {
 	upconn_ready_fn ready;
 	void *arg;
 	TAILQ_ENTRY(upconn) link; /* in pool->idle while idle */
+	/* upconn_read: plain sockets read through rd_ev */
+	bufferevent_data_cb readcb;
+	bufferevent_event_cb eventcb;
+	void *cbarg;
+	struct event rd_ev;
+	struct timeval rd_tv; /* rd_ev's timeout; tv_sec < 0: none */
+	bool rd_assigned, rd_on, rd_big;
 };
 
 struct pool {
@@ -67,9 +82,97 @@ struct pool_set *pool_set_new(struct event_base *base, struct metrics *m)
 
 static void upconn_free(struct upconn *uc)
 {
+	if (uc->rd_on)
+		event_del(&uc->rd_ev); /* before the socket closes */
 	if (uc->bev)
 		bufferevent_free(uc->bev);
 	free(uc);
+}
+
+#define UP_READ_SMALL 4096
+#define UP_READ_BIG 65536
+
+/* rd_ev: bytes, end of stream, an error or the timeout on a plain connection. */
+static void upconn_readable_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct upconn *uc = arg;
+	size_t want = uc->rd_big ? UP_READ_BIG : UP_READ_SMALL;
+	ssize_t n;
+
+	if (!uc->readcb) { /* between a reuse and its upconn_read: look later */
+		event_del(&uc->rd_ev);
+		uc->rd_on = false;
+		return;
+	}
+	if (what & EV_TIMEOUT) {
+		event_del(&uc->rd_ev);
+		uc->rd_on = false;
+		uc->eventcb(uc->bev, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, uc->cbarg);
+		return;
+	}
+	n = evbuffer_read_unfrozen(bufferevent_get_input(uc->bev), fd, want);
+	if (n > 0) {
+		uc->rd_big = (size_t)n >= want;
+		uc->readcb(uc->bev, uc->cbarg); /* may release or free uc */
+		return;
+	}
+	if (n < 0 && errno_retriable(errno))
+		return;
+	event_del(&uc->rd_ev);
+	uc->rd_on = false;
+	uc->eventcb(uc->bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR),
+		    uc->cbarg);
+}
+
+void upconn_read(struct upconn *uc, bufferevent_data_cb readcb, bufferevent_event_cb eventcb,
+		 void *arg, int timeout_ms)
+{
+	struct timeval tv = {timeout_ms / 1000, (suseconds_t)(timeout_ms % 1000) * 1000};
+
+	if (uc->pool->tls) {
+		bufferevent_setcb(uc->bev, readcb, NULL, eventcb, arg);
+		bufferevent_set_timeouts(uc->bev, timeout_ms > 0 ? &tv : NULL,
+					 timeout_ms > 0 ? &tv : NULL);
+		bufferevent_enable(uc->bev, EV_READ);
+		return;
+	}
+	uc->readcb = readcb;
+	uc->eventcb = eventcb;
+	uc->cbarg = arg;
+	/* write errors and a write that outlasts the timeout come from the bufferevent */
+	bufferevent_setcb(uc->bev, NULL, NULL, eventcb, arg);
+	bufferevent_set_timeouts(uc->bev, NULL, timeout_ms > 0 ? &tv : NULL);
+	if (!uc->rd_assigned) {
+		event_assign(&uc->rd_ev, uc->pool->ps->base, bufferevent_getfd(uc->bev),
+			     EV_READ | EV_PERSIST, upconn_readable_cb, uc);
+		uc->rd_assigned = true;
+	}
+	uc->rd_tv = tv;
+	if (timeout_ms <= 0)
+		uc->rd_tv.tv_sec = -1;
+	/* on a pending event this only moves the timeout: epoll is not touched */
+	event_add(&uc->rd_ev, timeout_ms > 0 ? &tv : NULL);
+	uc->rd_on = true;
+}
+
+void upconn_read_pause(struct upconn *uc)
+{
+	if (uc->pool->tls) {
+		bufferevent_disable(uc->bev, EV_READ);
+	} else if (uc->rd_on) {
+		event_del(&uc->rd_ev);
+		uc->rd_on = false;
+	}
+}
+
+void upconn_read_resume(struct upconn *uc)
+{
+	if (uc->pool->tls) {
+		bufferevent_enable(uc->bev, EV_READ);
+	} else if (!uc->rd_on && uc->rd_assigned) {
+		event_add(&uc->rd_ev, uc->rd_tv.tv_sec >= 0 ? &uc->rd_tv : NULL);
+		uc->rd_on = true;
+	}
 }
 
 void pool_set_free(struct pool_set *ps)
@@ -219,6 +322,8 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 		uc->ready = ready;
 		uc->arg = arg;
 		bufferevent_setcb(uc->bev, NULL, NULL, NULL, NULL);
+		uc->readcb = NULL; /* rd_ev stays pending until upconn_read */
+		uc->eventcb = NULL;
 		metric_inc(p->m_reused);
 		*connected = true;
 		return uc;
@@ -306,7 +411,6 @@ void upconn_flush(struct upconn *uc)
 void upconn_release(struct upconn *uc, bool keep)
 {
 	struct pool *p = uc->pool;
-	struct timeval idle = {60, 0};
 
 	if (!keep || p->nidle >= p->max_idle ||
 	    evbuffer_get_length(bufferevent_get_input(uc->bev)) != 0) {
@@ -315,9 +419,7 @@ void upconn_release(struct upconn *uc, bool keep)
 	}
 	uc->ready = NULL;
 	uc->arg = NULL;
-	bufferevent_setcb(uc->bev, idle_read_cb, NULL, idle_event_cb, uc);
-	bufferevent_set_timeouts(uc->bev, &idle, NULL);
-	bufferevent_enable(uc->bev, EV_READ);
+	upconn_read(uc, idle_read_cb, idle_event_cb, uc, 60000); /* a close is seen at once */
 	TAILQ_INSERT_HEAD(&p->idle, uc, link);
 	p->nidle++;
 	metric_inc(p->m_idle);

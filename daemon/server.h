@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -97,6 +98,11 @@ static inline int evbuffer_write_unfrozen(struct evbuffer *out, evutil_socket_t 
 	return n;
 }
 
+/* Read up to want bytes from fd into a bufferevent's input (its end is kept
+ * frozen the same way): readv(2) into reserved space. Unlike libevent's own
+ * read, no ioctl(FIONREAD) first. Returns what readv returned, errno kept. */
+ssize_t evbuffer_read_unfrozen(struct evbuffer *in, evutil_socket_t fd, size_t want);
+
 /* A new reference to the current configuration. */
 struct dw_config *server_config(struct server *srv);
 
@@ -140,6 +146,15 @@ bool upconn_reused(const struct upconn *uc);
  * event only for what the socket did not take (and always for TLS). */
 void upconn_begin(struct upconn *uc);
 void upconn_flush(struct upconn *uc);
+/* Read the connection: readcb(bev, arg) when bytes arrived in the
+ * bufferevent's input; eventcb(bev, BEV_EVENT_READING | EOF / ERROR /
+ * TIMEOUT, arg) when it ended, failed, or stayed silent for timeout_ms
+ * (reset by every read; <= 0: none); write failures also go to eventcb.
+ * Replaces earlier callbacks. Pause/resume: back-pressure. */
+void upconn_read(struct upconn *uc, bufferevent_data_cb readcb, bufferevent_event_cb eventcb,
+		 void *arg, int timeout_ms);
+void upconn_read_pause(struct upconn *uc);
+void upconn_read_resume(struct upconn *uc);
 /* Hand the connection back: keep=true returns it to the idle pool (when the
  * pool has room), false closes it. The caller's callbacks are cleared. */
 void upconn_release(struct upconn *uc, bool keep);
