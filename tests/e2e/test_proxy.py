@@ -505,6 +505,27 @@ def test_pipelined_answers_stay_in_order_when_the_first_is_slow(daemon, backend)
     assert bodies == [b"/slow-first", b"/fast-second", b"/fast-third"]
 
 
+def test_a_pipelining_client_past_the_input_bound_is_read_again(dw, backend):
+    """A client pipelines ~200 KiB of requests while the first is slow: the proxy stops
+    reading it at max_header_bytes + 64 KiB of input and goes on reading once that is
+    consumed - every request answered, in order, none lost in the pause."""
+    backend.handler = lambda req: Reply(200, req.target.encode(),
+                                        delay=0.5 if req.target == "/p/0" else 0)
+    d = dw({"legacy": {"url": backend.url, "timeout_ms": 5000}},
+           limits={"max_header_bytes": 4096})
+    pad = [("X-Pad", "p" * 900)]
+    n = 220  # ~1 KiB each: three times the bound
+    wire = b"".join(build_request("GET", "/p/%d" % i, pad) for i in range(n))
+    with Conn(d.port, timeout=30) as c:
+        sender = threading.Thread(target=c.send, args=(wire,))
+        sender.start()  # the proxy stops reading, so this blocks until it reads again
+        bodies = [c.read_response().body for _ in range(n)]
+        sender.join(30)
+        assert not sender.is_alive()
+    assert bodies == [b"/p/%d" % i for i in range(n)]
+    assert backend.targets() == ["/p/%d" % i for i in range(n)]
+
+
 def test_upstream_interim_100_does_not_confuse_the_proxy(daemon, backend):
     backend.reply(201, b"created", interim=[100])
     with Conn(daemon.port) as c:
