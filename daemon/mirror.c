@@ -1205,22 +1205,53 @@ void mirror_submit(struct mirror *mi, struct mirror *from, struct mirror_job *jo
 /* Journal what this worker captured since the last call, with one write,
  * then hand each write to its key's home shard. Called before any of the
  * answers of those writes is released (G2). */
+/*
+ * Can job j be queued as soon as it is journaled? Yes while its target's
+ * breaker is open in this shard, the key's home (any send would be queued
+ * the moment its turn came), and no earlier write of its key waits in this
+ * shard (those go first: G3). A target that is down or hanging then costs a
+ * write no trip through the shard. why gets the reason.
+ */
+static bool queue_at_once(struct mirror *self, const struct mirror_job *j, char *why, size_t len)
+{
+	const struct dw_upstream *up = job_upstream(j);
+	struct server *srv = self->srv;
+	struct target *t;
+
+	if (srv->pgfwd)
+		return false;
+	if (j->key && srv->mirrors[hash_key(up->name, j->key) % srv->nmirrors] != self)
+		return false;
+	for (t = self->targets; t && strcmp(t->name, up->name) != 0; t = t->next)
+		;
+	if (!t || !t->open_until || (!t->probing && dw_now_us() >= t->open_until))
+		return false;
+	if (j->key && keyq_get(self, up->name, j->key, false))
+		return false;
+	snprintf(why, len, "circuit open for upstream \"%s\": %s", t->name, t->last_error);
+	return true;
+}
+
 void mirror_commit(struct mirror *self)
 {
 	struct server *srv = self->srv;
 	struct spool_record *recs;
 	struct dw_err err = {""};
 	size_t n = self->npend, k;
+	char why[300], **queue_why;
 
 	if (n == 0)
 		return;
 	self->npend = 0;
 	recs = dw_calloc(n, sizeof(*recs));
+	queue_why = dw_calloc(n, sizeof(*queue_why));
 	for (size_t i = 0; i < n; i++) {
 		struct mirror_job *j = self->pend[i].job;
 		struct spool_record *r = &recs[i];
 
 		r->state = SPOOL_PENDING;
+		if (!self->pend[i].dead && queue_at_once(self, j, why, sizeof(why)))
+			queue_why[i] = dw_strdup(why);
 		r->route = j->route->name;
 		r->upstream = job_upstream(j)->name;
 		r->key = j->key;
@@ -1253,10 +1284,13 @@ void mirror_commit(struct mirror *self)
 				  j->route->name, j->key ? j->key : "-", j->idem, err.msg);
 			mirror_count(self, j->route->name, "lost");
 			job_free(j);
-		} else if (dead) {
+		} else if (dead || queue_why[i]) {
 			self->in_memory++; /* job_finish counts it out */
 			metric_inc(self->m_memory);
-			job_finish(self, j, SPOOL_DEAD, 0, dead);
+			if (dead)
+				job_finish(self, j, SPOOL_DEAD, 0, dead);
+			else
+				job_finish(self, j, SPOOL_QUEUED, 0, queue_why[i]);
 		} else {
 			mirror_submit(j->key ? srv->mirrors[hash_key(job_upstream(j)->name, j->key) %
 							    srv->nmirrors]
@@ -1264,7 +1298,9 @@ void mirror_commit(struct mirror *self)
 				      self, j);
 		}
 		free(dead);
+		free(queue_why[i]);
 	}
+	free(queue_why);
 	free(recs);
 }
 
