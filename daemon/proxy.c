@@ -79,6 +79,7 @@ enum out_mode {
 #define RESP_MAX_HEAD 65536
 #define IN_HIGH_SLACK 65536 /* input beyond max_header_bytes before reading pauses */
 #define CLOSING_TIMEOUT_MS 5000 /* flushing a final answer */
+#define SEND_TIMEOUT_MS 60000 /* a client that takes none of its answer (as nginx send_timeout) */
 /* Idle this long, a keep-alive connection gives up its bufferevent (~1 KB):
  * long enough that a busy client never pays for re-creating it. */
 #define PARK_AFTER_MS 1000
@@ -247,6 +248,15 @@ static void conn_set_state(struct conn *c, enum cstate to)
 	if (state_queued(c->w, c->state))
 		TAILQ_REMOVE(&c->w->stateq[c->state], c, qlink);
 	c->state = to;
+	conn_enqueue(c);
+}
+
+/* Start c's deadline over in the state it is in. */
+static void conn_restart_clock(struct conn *c)
+{
+	if (!state_queued(c->w, c->state))
+		return;
+	TAILQ_REMOVE(&c->w->stateq[c->state], c, qlink);
 	conn_enqueue(c);
 }
 
@@ -505,6 +515,8 @@ static void upstream_failed(struct conn *c, enum up_err kind, int status, const 
  * so its number cannot be reused meanwhile. */
 static int conn_attach_bev(struct conn *c)
 {
+	static const struct timeval send_timeout = {SEND_TIMEOUT_MS / 1000, 0};
+
 	c->bev = bufferevent_socket_new(c->w->base, c->fd, BEV_OPT_CLOSE_ON_FREE);
 	if (!c->bev)
 		return -1;
@@ -512,6 +524,7 @@ static int conn_attach_bev(struct conn *c)
 	 * not; it never reads (rd_ev does). */
 	bufferevent_setcb(c->bev, NULL, conn_write_cb, conn_event_cb, c);
 	bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
+	bufferevent_set_timeouts(c->bev, NULL, &send_timeout);
 	bufferevent_disable(c->bev, EV_READ | EV_WRITE); /* EV_WRITE is on by default */
 	return 0;
 }
@@ -659,8 +672,21 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 /* --------------------------------------------------- reading a request */
 
 /* c's deadline in its state passed. */
+/* Is an answer still being written (more than the kernel took)? */
+static bool conn_writing(const struct conn *c)
+{
+	return c->bev && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0;
+}
+
 static void conn_expired(struct conn *c)
 {
+	/* Idle time counts from the last answer's last byte handed to the kernel:
+	 * a client reading a long answer slowly is not idle (its writes are
+	 * bounded by SEND_TIMEOUT_MS instead). */
+	if ((c->state == CS_IDLE || c->state == CS_PARKED) && conn_writing(c)) {
+		conn_restart_clock(c);
+		return;
+	}
 	switch (c->state) {
 	case CS_IDLE:
 		if (c->w->cfg->limits.idle_timeout_ms > PARK_AFTER_MS)
@@ -701,8 +727,11 @@ void proxy_deadlines(struct worker *w)
 		if (t < 0)
 			continue;
 		while ((c = TAILQ_FIRST(&w->stateq[s])) && c->since + t <= now) {
+			int64_t since = c->since;
+
 			conn_expired(c);
-			if (c->state == s) /* every expiry leaves the state; never spin */
+			/* every expiry leaves the state or restarts its clock; never spin */
+			if (c->state == s && c->since == since)
 				conn_close(c, "deadline passed");
 		}
 		if (c && (!next || c->since + t < next))
