@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "pgforward.h" /* pgforward wiring */
+#include "jsonarena.h"
 #include "server.h"
 
 struct dw_config *server_config(struct server *srv)
@@ -276,6 +277,7 @@ int main(int argc, char **argv)
 	int opt, rc = 1;
 	unsigned char rnd[8];
 
+	json_arena_install(); /* before any jansson value exists */
 	while ((opt = getopt_long(argc, argv, "c:tdVh", opts, NULL)) != -1) {
 		switch (opt) {
 		case 'c':

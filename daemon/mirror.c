@@ -36,6 +36,7 @@
 #include <sys/queue.h>
 
 #include "http_parse.h"
+#include "jsonarena.h"
 #include "jsonfast.h"
 #include "pgforward.h" /* pgforward wiring */
 #include "server.h"
@@ -213,6 +214,7 @@ struct mirror {
 
 	struct histogram *h_duration;
 	struct metric *m_inflight, *m_memory, *m_resent;
+	struct json_arena jarena; /* the capture's jansson values */
 };
 
 static void job_free(struct mirror_job *j)
@@ -314,6 +316,7 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 	int rc;
 
 	memset(&ctx, 0, sizeof(ctx));
+	json_arena_begin(&self->jarena); /* every value below is dropped before the end */
 	snprintf(idem, sizeof(idem), "%s-%" PRIx64, srv->instance,
 		 __atomic_add_fetch(&srv->idem_counter, 1, __ATOMIC_RELAXED));
 
@@ -403,6 +406,7 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 	json_decref(req);
 	json_decref(resp);
 	json_decref(body);
+	json_arena_end(&self->jarena);
 }
 
 /* ------------------------------------------- the shard (owning worker's loop) */
@@ -1412,6 +1416,7 @@ void mirror_free(struct mirror *mi)
 		mi->sfree = s->next_free;
 		free(s);
 	}
+	json_arena_free(&mi->jarena);
 	free(mi->pend);
 	free(mi->qhash);
 	free(mi->chg);
