@@ -373,21 +373,31 @@ def _burst(d, n, threads=8):
     return ids
 
 
-def test_pipelined_mirrors_survive_a_target_that_closes_keepalive(svc, dw, make_backend):
-    """A target that answers every 4th request with Connection: close (as nginx does
-    after keepalive_requests, with its lingering close) drops what was pipelined behind
-    it unread: those go out again on a new connection - each write delivered exactly
-    once, nothing queued."""
+def _by_number(reply_for):
+    """A target handler answering reply_for(n), n the request's number (1, 2, ...)."""
     seen = [0]
     lock = threading.Lock()
 
     def handler(req):
         with lock:
             seen[0] += 1
-            close = seen[0] % 4 == 0
-        return Reply(201, b'{"ok":true}', [("Content-Type", "application/json")], close=close,
-                     linger=True)
-    target = make_backend(handler, name="target")
+            no = seen[0]
+        return reply_for(no)
+    return handler
+
+
+def _created():
+    return Reply(201, b'{"ok":true}', [("Content-Type", "application/json")])
+
+
+def test_pipelined_mirrors_survive_a_target_that_closes_keepalive(svc, dw, make_backend):
+    """A target that answers every 4th request with Connection: close (as nginx does
+    after keepalive_requests, with its lingering close) drops what was pipelined behind
+    it unread: those go out again on a new connection - each write delivered exactly
+    once, nothing queued."""
+    target = make_backend(_by_number(lambda no: Reply(
+        201, b'{"ok":true}', [("Content-Type", "application/json")], close=no % 4 == 0,
+        linger=True)), name="target")
     d = ml.mirror_daemon(dw, svc["user-core"].url, target.url, ml.gear_routes())
     n = 120
     _burst(d, n)
@@ -403,17 +413,9 @@ def test_pipelined_mirrors_survive_a_target_that_closes_keepalive(svc, dw, make_
 def test_pipelined_mirrors_when_the_target_resets_one(svc, dw, make_backend):
     """Resets while requests are pipelined: the one being answered fails as any send
     (queued for replay); the ones behind it are sent again and delivered."""
-    seen = [0]
-    lock = threading.Lock()
-
-    def handler(req):
-        with lock:
-            seen[0] += 1
-            no = seen[0]
-        if no in (30, 60, 90):  # held a moment: later sends pile up behind it
-            return Reply(action="reset", delay=0.1)
-        return Reply(201, b'{"ok":true}', [("Content-Type", "application/json")])
-    target = make_backend(handler, name="target")
+    # 30, 60, 90 held a moment, then reset: later sends pile up behind them
+    target = make_backend(_by_number(lambda no: Reply(action="reset", delay=0.1)
+                                     if no in (30, 60, 90) else _created()), name="target")
     d = ml.mirror_daemon(dw, svc["user-core"].url, target.url, ml.gear_routes())
     n = 120
     _burst(d, n)
@@ -452,17 +454,7 @@ def test_a_target_not_yet_seen_answering_gets_one_request_per_connection(svc, dw
 
 def _answers_then_hangs(after):
     """A target handler: the first `after` requests answered 201, every later one hangs."""
-    seen = [0]
-    lock = threading.Lock()
-
-    def handler(req):
-        with lock:
-            seen[0] += 1
-            no = seen[0]
-        if no > after:
-            return Reply(action="hang")
-        return Reply(201, b'{"ok":true}', [("Content-Type", "application/json")])
-    return handler
+    return _by_number(lambda no: Reply(action="hang") if no > after else _created())
 
 
 def test_pipeline_depth_1_keeps_one_request_per_connection(svc, dw, make_backend):
