@@ -184,6 +184,7 @@ struct mirror {
 	struct pending {
 		struct mirror_job *job;
 		char *dead; /* reason the write cannot be mirrored; NULL: send it */
+		struct target *open; /* mirror_commit: its breaker queues the write */
 	} *pend;	    /* captured, to be journaled by mirror_commit */
 	size_t npend, cappend;
 	struct keyq *keys[KEY_BUCKETS];
@@ -402,7 +403,7 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 		self->cappend = self->cappend ? self->cappend * 2 : 32;
 		self->pend = dw_realloc(self->pend, self->cappend * sizeof(*self->pend));
 	}
-	self->pend[self->npend++] = (struct pending){j, dead ? dw_strdup(dead) : NULL};
+	self->pend[self->npend++] = (struct pending){j, dead ? dw_strdup(dead) : NULL, NULL};
 	json_decref(req);
 	json_decref(resp);
 	json_decref(body);
@@ -452,13 +453,21 @@ static void keyq_drop(struct mirror *mi, struct keyq *q)
 	free(q);
 }
 
-static struct target *target_get(struct mirror *mi, const char *name)
+static struct target *target_find(struct mirror *mi, const char *name)
 {
 	struct target *t;
 
-	for (t = mi->targets; t; t = t->next)
-		if (strcmp(t->name, name) == 0)
-			return t;
+	for (t = mi->targets; t && strcmp(t->name, name) != 0; t = t->next)
+		;
+	return t;
+}
+
+static struct target *target_get(struct mirror *mi, const char *name)
+{
+	struct target *t = target_find(mi, name);
+
+	if (t)
+		return t;
 	t = dw_calloc(1, sizeof(*t));
 	t->name = dw_strdup(name);
 	TAILQ_INIT(&t->ready);
@@ -1097,6 +1106,18 @@ static void send_start(struct mirror *mi, struct target *t, struct mirror_job *j
 		lane_start(l); /* a pooled connection: set it up (writes s too) */
 }
 
+/* Open, or half-open with the probe out: a write whose turn comes is queued. */
+static bool breaker_open(const struct target *t)
+{
+	return t->open_until && (t->probing || dw_now_us() < t->open_until);
+}
+
+static const char *breaker_reason(const struct target *t, char *buf, size_t len)
+{
+	snprintf(buf, len, "circuit open for upstream \"%s\": %s", t->name, t->last_error);
+	return buf;
+}
+
 static void start_sends(struct mirror *mi, struct target *t)
 {
 	struct mirror_job *j;
@@ -1104,11 +1125,8 @@ static void start_sends(struct mirror *mi, struct target *t)
 
 	while ((j = TAILQ_FIRST(&t->ready)) && t->inflight < job_upstream(j)->max_inflight) {
 		TAILQ_REMOVE(&t->ready, j, link);
-		if (t->open_until && (t->probing || dw_now_us() < t->open_until)) {
-			/* Open, or half-open with the probe out: to the queue. */
-			snprintf(why, sizeof(why), "circuit open for upstream \"%s\": %s", t->name,
-				 t->last_error);
-			key_queue_all(mi, j, 0, why);
+		if (breaker_open(t)) {
+			key_queue_all(mi, j, 0, breaker_reason(t, why, sizeof(why)));
 			continue;
 		}
 		if (t->open_until)
@@ -1206,35 +1224,40 @@ void mirror_submit(struct mirror *mi, struct mirror *from, struct mirror_job *jo
 		wake_post(&mi->wake, WAKE_INBOX);
 }
 
+/* The shard that sends job j: its key's home, or the capturing one. */
+static struct mirror *job_home(struct mirror *self, const struct mirror_job *j)
+{
+	struct server *srv = self->srv;
+
+	return j->key ? srv->mirrors[hash_key(job_upstream(j)->name, j->key) % srv->nmirrors]
+		      : self;
+}
+
+/*
+ * The target whose open breaker queues job j as soon as it is journaled, or
+ * NULL: when this shard is j's home, the breaker is open here (any send would
+ * be queued the moment its turn came), and no earlier write of its key waits
+ * in this shard (those go first: G3). A target that is down or hanging then
+ * costs a write no trip through the shard.
+ */
+static struct target *queue_at_once(struct mirror *self, const struct mirror_job *j)
+{
+	const struct dw_upstream *up = job_upstream(j);
+	struct target *t;
+
+	if (self->srv->pgfwd || job_home(self, j) != self)
+		return NULL;
+	t = target_find(self, up->name);
+	if (!t || !breaker_open(t))
+		return NULL;
+	if (j->key && keyq_get(self, up->name, j->key, false))
+		return NULL;
+	return t;
+}
+
 /* Journal what this worker captured since the last call, with one write,
  * then hand each write to its key's home shard. Called before any of the
  * answers of those writes is released (G2). */
-/*
- * Can job j be queued as soon as it is journaled? Yes while its target's
- * breaker is open in this shard, the key's home (any send would be queued
- * the moment its turn came), and no earlier write of its key waits in this
- * shard (those go first: G3). A target that is down or hanging then costs a
- * write no trip through the shard. why gets the reason.
- */
-static bool queue_at_once(struct mirror *self, const struct mirror_job *j, char *why, size_t len)
-{
-	const struct dw_upstream *up = job_upstream(j);
-	struct server *srv = self->srv;
-	struct target *t;
-
-	if (srv->pgfwd)
-		return false;
-	if (j->key && srv->mirrors[hash_key(up->name, j->key) % srv->nmirrors] != self)
-		return false;
-	for (t = self->targets; t && strcmp(t->name, up->name) != 0; t = t->next)
-		;
-	if (!t || !t->open_until || (!t->probing && dw_now_us() >= t->open_until))
-		return false;
-	if (j->key && keyq_get(self, up->name, j->key, false))
-		return false;
-	snprintf(why, len, "circuit open for upstream \"%s\": %s", t->name, t->last_error);
-	return true;
-}
 
 void mirror_commit(struct mirror *self)
 {
@@ -1242,20 +1265,18 @@ void mirror_commit(struct mirror *self)
 	struct spool_record *recs;
 	struct dw_err err = {""};
 	size_t n = self->npend, k;
-	char why[300], **queue_why;
+	char why[300];
 
 	if (n == 0)
 		return;
 	self->npend = 0;
 	recs = dw_calloc(n, sizeof(*recs));
-	queue_why = dw_calloc(n, sizeof(*queue_why));
 	for (size_t i = 0; i < n; i++) {
 		struct mirror_job *j = self->pend[i].job;
 		struct spool_record *r = &recs[i];
 
 		r->state = SPOOL_PENDING;
-		if (!self->pend[i].dead && queue_at_once(self, j, why, sizeof(why)))
-			queue_why[i] = dw_strdup(why);
+		self->pend[i].open = self->pend[i].dead ? NULL : queue_at_once(self, j);
 		r->route = j->route->name;
 		r->upstream = job_upstream(j)->name;
 		r->key = j->key;
@@ -1280,6 +1301,7 @@ void mirror_commit(struct mirror *self)
 	for (size_t i = 0; i < n; i++) {
 		struct mirror_job *j = self->pend[i].job;
 		char *dead = self->pend[i].dead;
+		struct target *open = self->pend[i].open;
 
 		j->seq = recs[i].seq;
 		if (i >= k) {
@@ -1288,23 +1310,19 @@ void mirror_commit(struct mirror *self)
 				  j->route->name, j->key ? j->key : "-", j->idem, err.msg);
 			mirror_count(self, j->route->name, "lost");
 			job_free(j);
-		} else if (dead || queue_why[i]) {
+		} else if (dead || open) {
 			self->in_memory++; /* job_finish counts it out */
 			metric_inc(self->m_memory);
 			if (dead)
 				job_finish(self, j, SPOOL_DEAD, 0, dead);
 			else
-				job_finish(self, j, SPOOL_QUEUED, 0, queue_why[i]);
+				job_finish(self, j, SPOOL_QUEUED, 0,
+					   breaker_reason(open, why, sizeof(why)));
 		} else {
-			mirror_submit(j->key ? srv->mirrors[hash_key(job_upstream(j)->name, j->key) %
-							    srv->nmirrors]
-					     : self,
-				      self, j);
+			mirror_submit(job_home(self, j), self, j);
 		}
 		free(dead);
-		free(queue_why[i]);
 	}
-	free(queue_why);
 	free(recs);
 }
 

@@ -80,10 +80,16 @@ struct pool_set *pool_set_new(struct event_base *base, struct metrics *m)
 	return ps;
 }
 
-static void upconn_free(struct upconn *uc)
+static void rd_stop(struct upconn *uc)
 {
 	if (uc->rd_on)
-		event_del(&uc->rd_ev); /* before the socket closes */
+		event_del(&uc->rd_ev);
+	uc->rd_on = false;
+}
+
+static void upconn_free(struct upconn *uc)
+{
+	rd_stop(uc); /* before the socket closes */
 	if (uc->bev)
 		bufferevent_free(uc->bev);
 	free(uc);
@@ -100,13 +106,11 @@ static void upconn_readable_cb(evutil_socket_t fd, short what, void *arg)
 	ssize_t n;
 
 	if (!uc->readcb) { /* between a reuse and its upconn_read: look later */
-		event_del(&uc->rd_ev);
-		uc->rd_on = false;
+		rd_stop(uc);
 		return;
 	}
 	if (what & EV_TIMEOUT) {
-		event_del(&uc->rd_ev);
-		uc->rd_on = false;
+		rd_stop(uc);
 		uc->eventcb(uc->bev, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, uc->cbarg);
 		return;
 	}
@@ -118,8 +122,7 @@ static void upconn_readable_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (n < 0 && errno_retriable(errno))
 		return;
-	event_del(&uc->rd_ev);
-	uc->rd_on = false;
+	rd_stop(uc);
 	uc->eventcb(uc->bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR),
 		    uc->cbarg);
 }
@@ -159,9 +162,8 @@ void upconn_read_pause(struct upconn *uc)
 {
 	if (uc->pool->tls) {
 		bufferevent_disable(uc->bev, EV_READ);
-	} else if (uc->rd_on) {
-		event_del(&uc->rd_ev);
-		uc->rd_on = false;
+	} else {
+		rd_stop(uc);
 	}
 }
 

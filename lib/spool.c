@@ -474,13 +474,19 @@ static void *slab_alloc(struct slab *sl, size_t size)
 	return p;
 }
 
-/* With nothing live: keep the first block, empty, and free the rest. */
-static void slab_trim(struct slab *sl)
+/* Blocks from index first on back to malloc. */
+static void slab_free_blocks(struct slab *sl, size_t first)
 {
-	for (size_t i = 1; i < sl->nblocks; i++) {
+	for (size_t i = first; i < sl->nblocks; i++) {
 		slab_unpoison(sl->blocks[i], SLAB_BLOCK);
 		free(sl->blocks[i]);
 	}
+}
+
+/* With nothing live: keep the first block, empty, and free the rest. */
+static void slab_trim(struct slab *sl)
+{
+	slab_free_blocks(sl, 1);
 	memset(sl->free, 0, sizeof(sl->free));
 	if (sl->nblocks) {
 		sl->nblocks = 1;
@@ -493,10 +499,7 @@ static void slab_trim(struct slab *sl)
 /* Every block back to malloc; the slab is empty and usable again. */
 static void slab_release(struct slab *sl)
 {
-	for (size_t i = 0; i < sl->nblocks; i++) {
-		slab_unpoison(sl->blocks[i], SLAB_BLOCK);
-		free(sl->blocks[i]);
-	}
+	slab_free_blocks(sl, 0);
 	free(sl->blocks);
 	memset(sl, 0, sizeof(*sl));
 }

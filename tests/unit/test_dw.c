@@ -115,27 +115,26 @@ static void test_text_cut(void **state)
 
 static void test_text_addr(void **state)
 {
-	static const char *const addrs[] = {"0.0.0.0", "127.0.0.1", "255.255.255.255",
-					    "10.20.3.4"};
-	static const char *const addrs6[] = {"::1", "2001:db8::8a2e:370:7334", "::ffff:1.2.3.4"};
+	static const struct {
+		int af;
+		const char *text;
+	} addrs[] = {
+	    {AF_INET, "0.0.0.0"},	   {AF_INET, "127.0.0.1"},
+	    {AF_INET, "255.255.255.255"}, {AF_INET, "10.20.3.4"},
+	    {AF_INET6, "::1"},		   {AF_INET6, "2001:db8::8a2e:370:7334"},
+	    {AF_INET6, "::ffff:1.2.3.4"},
+	};
 	char buf[64];
 	struct dw_text t;
 	unsigned char a[16];
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(addrs) / sizeof(addrs[0]); i++) {
-		assert_int_equal(inet_pton(AF_INET, addrs[i], a), 1);
+		assert_int_equal(inet_pton(addrs[i].af, addrs[i].text, a), 1);
 		dw_text_init(&t, buf, sizeof(buf));
-		dw_text_addr(&t, AF_INET, a);
-		assert_int_equal(t.n, strlen(addrs[i]));
-		assert_memory_equal(buf, addrs[i], t.n);
-	}
-	for (size_t i = 0; i < sizeof(addrs6) / sizeof(addrs6[0]); i++) {
-		assert_int_equal(inet_pton(AF_INET6, addrs6[i], a), 1);
-		dw_text_init(&t, buf, sizeof(buf));
-		dw_text_addr(&t, AF_INET6, a);
-		assert_int_equal(t.n, strlen(addrs6[i]));
-		assert_memory_equal(buf, addrs6[i], t.n);
+		dw_text_addr(&t, addrs[i].af, a);
+		assert_int_equal(t.n, strlen(addrs[i].text));
+		assert_memory_equal(buf, addrs[i].text, t.n);
 	}
 	dw_text_init(&t, buf, sizeof(buf));
 	dw_text_addr(&t, 0, a);
