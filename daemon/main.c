@@ -225,6 +225,7 @@ static void queue_tick_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	server_queue_refresh(srv, &st);
+	spool_reap(srv->spool);
 	spool_take_warnings(srv->spool, &warns);
 	print_errors("queue: ", &warns);
 	dw_errlist_free(&warns);
@@ -343,6 +344,7 @@ int main(int argc, char **argv)
 	so.max_bytes = srv.cfg->queue.max_bytes;
 	so.fsync = srv.cfg->queue.durability == QUEUE_DURABILITY_FSYNC;
 	so.owner = true;
+	so.reap_later = true; /* queue_tick_cb frees spent segments, not a worker */
 	srv.spool = spool_open(srv.cfg->queue.path, &so, &err);
 	if (!srv.spool) {
 		log_error("queue %s: %s", srv.cfg->queue.path, err.msg);

@@ -12,7 +12,16 @@
  *             stands for the number of concurrent writers.
  *
  * With -s each record also gets its DELIVERED state frame, as the daemon
- * appends when the mirror succeeds (the full per-write journal cost).
+ * appends when the mirror succeeds (the full per-write journal cost). With -q
+ * the run is an outage instead: before each append the key is looked up
+ * (spool_key_queued, as the daemon does for every keyed write), and after it
+ * the record is marked QUEUED with the breaker's reason. Every key stays in
+ * the index, so the rate shows what a growing backlog costs per write; the
+ * tail_records_per_s column gives the rate of the run's last tenth alone
+ * (with -n), and max_record_us the slowest record's journal calls: a stall
+ * there (a table rehashed at once, say) stalls the daemon's worker alike.
+ * Spent segments are freed as the daemon does (reap_later), between groups:
+ * in the rate, not in max_record_us.
  *
  * After each run the directory is opened again as its owner, as a restarted
  * daemon does: that time (folding the whole log and turning the PENDING
@@ -42,7 +51,7 @@ struct run_opts {
 	const char *dir;	/* parent of the per-run spool directories */
 	double seconds;		/* time bound of one run */
 	uint64_t max_records;	/* record bound of one run */
-	bool state_frames;	/* also append a DELIVERED frame per record */
+	int state_frames;	/* per record also: 1 a DELIVERED frame, 2 outage (see -q) */
 	bool keep;		/* leave the last directory behind (printed on stderr) */
 };
 
@@ -53,16 +62,20 @@ struct run_result {
 	int64_t elapsed_us;
 	uint64_t bytes;
 	int64_t reopen_us;	/* spool_open of the finished directory as owner */
+	uint64_t tail_records;	/* the last tenth of max_records (0: run ended by time) */
+	int64_t tail_us;
+	int64_t max_us;		/* the slowest record's journal calls (a stall) */
 };
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: bench_spool [-d DIR] [-t SECONDS] [-n MAX_RECORDS] [-s] [-k K,K,...] [-m MODES] [-x]\n"
+	fprintf(f, "usage: bench_spool [-d DIR] [-t SECONDS] [-n MAX_RECORDS] [-s|-q] [-k K,K,...] [-m MODES] [-x]\n"
 		   "  -d DIR      parent directory for the spool (default /tmp); same disk as the\n"
 		   "              database you compare with\n"
 		   "  -t SECONDS  bound of each run (default 5)\n"
 		   "  -n N        at most N records per run (default 2000000)\n"
 		   "  -s          also append the DELIVERED state frame of each record\n"
+		   "  -q          outage: look the key up, append, mark QUEUED (keys accumulate)\n"
 		   "  -k LIST     group-commit sizes for fsync mode (default 1,8,50)\n"
 		   "  -m MODES    process,fsync (default both)\n"
 		   "  -x          keep the spool directory of the last run (path on stderr)\n");
@@ -105,11 +118,13 @@ static size_t make_body(char *buf, size_t cap, uint64_t i)
 static int run_one(const struct run_opts *o, bool fsync_mode, unsigned k, bool last,
 		   struct run_result *res, struct dw_err *err)
 {
-	struct spool_opts so = { .max_bytes = 16ull << 30, .fsync = fsync_mode, .owner = true };
+	struct spool_opts so = { .max_bytes = 16ull << 30, .fsync = fsync_mode, .owner = true,
+				 .reap_later = true };
 	char dir[PATH_MAX], body[512], key[32], idem[48], reqid[40];
 	struct spool *sp = NULL;
 	struct spool_stats st;
-	int64_t t0, deadline, t;
+	int64_t t0, deadline, t, tail_t0 = 0;
+	uint64_t tail_from = o->max_records - o->max_records / 10;
 	int rc = -1;
 
 	snprintf(dir, sizeof(dir), "%s/bench-spool-%ld-%s-%u", o->dir, (long)getpid(),
@@ -142,13 +157,28 @@ static int run_one(const struct run_opts *o, bool fsync_mode, unsigned k, bool l
 			r.body_len = make_body(body, sizeof(body), i);
 			r.request_id = reqid;
 			r.created_us = dw_wall_us();
+			int64_t r0 = dw_now_us();
+			if (i == tail_from)
+				tail_t0 = r0;
+			if (o->state_frames == 2 && spool_key_queued(sp, r.upstream, key)) {
+				dw_err_set(err, "bench_spool: key %s already queued", key);
+				goto out;
+			}
 			if (spool_append(sp, &r, err) < 0)
 				goto out;
-			if (o->state_frames &&
+			if (o->state_frames == 1 &&
 			    spool_set_state(sp, r.seq, SPOOL_DELIVERED, 1, 201, NULL, err) < 0)
 				goto out;
+			if (o->state_frames == 2 &&
+			    spool_set_state(sp, r.seq, SPOOL_QUEUED, 0, 0,
+					    "mirror target gear_ops: breaker open after 5 failures: "
+					    "connect: Connection refused", err) < 0)
+				goto out;
 			res->records++;
+			if (dw_now_us() - r0 > res->max_us)
+				res->max_us = dw_now_us() - r0;
 		}
+		spool_reap(sp); /* the daemon's main thread does this; counted, not in max_us */
 		if (fsync_mode) {
 			t = dw_now_us();
 			if (spool_sync(sp, err) < 0)
@@ -160,6 +190,10 @@ static int run_one(const struct run_opts *o, bool fsync_mode, unsigned k, bool l
 			break;
 	}
 	res->elapsed_us = dw_now_us() - t0;
+	if (tail_t0 && res->records >= o->max_records) {
+		res->tail_records = res->records - tail_from;
+		res->tail_us = dw_now_us() - tail_t0;
+	}
 	spool_stats(sp, &st);
 	res->bytes = st.bytes;
 	spool_close(sp);
@@ -207,7 +241,7 @@ int main(int argc, char **argv)
 	struct dw_err err = { { 0 } };
 	int c;
 
-	while ((c = getopt(argc, argv, "d:t:n:sk:m:xh")) != -1) {
+	while ((c = getopt(argc, argv, "d:t:n:sqk:m:xh")) != -1) {
 		switch (c) {
 		case 'd':
 			o.dir = optarg;
@@ -227,7 +261,10 @@ int main(int argc, char **argv)
 			}
 			break;
 		case 's':
-			o.state_frames = true;
+			o.state_frames = 1;
+			break;
+		case 'q':
+			o.state_frames = 2;
 			break;
 		case 'k':
 			if (parse_ks(optarg, ks, sizeof(ks) / sizeof(ks[0]), &nks) < 0) {
@@ -256,7 +293,7 @@ int main(int argc, char **argv)
 	}
 
 	printf("mode\tk\tstate_frames\trecords\tseconds\trecords_per_s\tsyncs\tsync_us_mean\tbytes"
-	       "\treopen_s\n");
+	       "\treopen_s\ttail_records_per_s\tmax_record_us\n");
 	for (int m = 0; m < 2; m++) {
 		bool fs = m == 1;
 
@@ -275,11 +312,15 @@ int main(int argc, char **argv)
 				return 1;
 			}
 			secs = (double)r.elapsed_us / 1e6;
-			printf("%s\t%u\t%d\t%" PRIu64 "\t%.3f\t%.0f\t%" PRIu64 "\t%.0f\t%" PRIu64 "\t%.3f\n",
-			       fs ? "fsync" : "process", fs ? k : 0, o.state_frames ? 1 : 0, r.records,
-			       secs, secs > 0 ? (double)r.records / secs : 0, r.syncs,
+			printf("%s\t%u\t%s\t%" PRIu64 "\t%.3f\t%.0f\t%" PRIu64 "\t%.0f\t%" PRIu64
+			       "\t%.3f\t%.0f\t%" PRId64 "\n",
+			       fs ? "fsync" : "process", fs ? k : 0,
+			       (const char *[]){ "none", "delivered", "queued" }[o.state_frames],
+			       r.records, secs, secs > 0 ? (double)r.records / secs : 0, r.syncs,
 			       r.syncs ? (double)r.sync_us / (double)r.syncs : 0, r.bytes,
-			       (double)r.reopen_us / 1e6);
+			       (double)r.reopen_us / 1e6,
+			       r.tail_us > 0 ? (double)r.tail_records * 1e6 / (double)r.tail_us : 0,
+			       r.max_us);
 			fflush(stdout);
 		}
 	}

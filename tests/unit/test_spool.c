@@ -372,6 +372,74 @@ static void test_keys_after_drain(void **state)
 	spool_close(sp);
 }
 
+static void expect_keys(struct spool *sp, const bool *left, int n)
+{
+	char key[32];
+
+	for (int j = 0; j < n; j++) {
+		snprintf(key, sizeof(key), "equipment-%d", j);
+		assert_int_equal(spool_key_queued(sp, "gear_ops", key), left[j]);
+	}
+}
+
+/*
+ * The key index under deletions in scattered order, while it grows (and
+ * moves keys to a bigger table a few at a time) and after: every key must
+ * stay findable while others leave its probe cluster (a wrong backward shift
+ * loses keys that hashed before the hole), a key released from the table
+ * being moved must go, and a key with two records stays queued until both
+ * are gone.
+ */
+static void test_keys_scattered_release(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, false, 0, 0);
+	enum { N = 6000, STEP = 7919 }; /* STEP is prime: i * STEP % N visits all */
+	static uint64_t first[N], second[N];
+	static bool left[N], first_gone[N];
+	char key[32];
+
+	/* Growing: every other insert releases a scattered earlier record. */
+	for (int i = 0; i < N; i++) {
+		snprintf(key, sizeof(key), "equipment-%d", i);
+		first[i] = add(sp, SPOOL_QUEUED, key, "/a");
+		second[i] = i % 5 == 0 ? add(sp, SPOOL_QUEUED, key, "/b") : 0;
+		left[i] = true;
+		int p = (int)((uint64_t)i * STEP % (uint64_t)(i + 1));
+		if (i % 2 && !first_gone[p]) {
+			set(sp, first[p], SPOOL_DELIVERED);
+			first_gone[p] = true;
+			left[p] = second[p] != 0;
+		}
+		if (i % 64 == 63) /* a move takes 64 inserts or more */
+			expect_keys(sp, left, i + 1);
+	}
+	/* Full: the rest of the first records, scattered. */
+	for (int n = 0; n < N; n++) {
+		int i = (int)((uint64_t)n * STEP % N);
+
+		if (first_gone[i])
+			continue;
+		set(sp, first[i], SPOOL_DELIVERED);
+		first_gone[i] = true;
+		left[i] = second[i] != 0;
+		if (n % 500 == 499)
+			expect_keys(sp, left, N);
+	}
+	expect_keys(sp, left, N);
+	for (int i = 0; i < N; i += 5) {
+		set(sp, second[i], SPOOL_DELIVERED);
+		snprintf(key, sizeof(key), "equipment-%d", i);
+		assert_false(spool_key_queued(sp, "gear_ops", key));
+	}
+	snprintf(key, sizeof(key), "equipment-%d", 1);
+	assert_false(spool_key_queued(sp, "gear_ops", key));
+	uint64_t again = add(sp, SPOOL_QUEUED, key, "/c"); /* the emptied index works */
+	assert_true(spool_key_queued(sp, "gear_ops", key));
+	set(sp, again, SPOOL_DELIVERED);
+	spool_close(sp);
+}
+
 static void test_owner_recovery(void **state)
 {
 	const char *dir = *state;
@@ -576,6 +644,56 @@ static void test_rotation_cleanup(void **state)
 	assert_true(add(sp, SPOOL_QUEUED, "k", "/next") > 20);
 	assert_int_equal(warnings_matching(sp, ""), 0);
 	spool_close(sp);
+}
+
+static int count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *de;
+	int n = 0;
+
+	assert_non_null(d);
+	while ((de = readdir(d)))
+		n += de->d_name[0] != '.';
+	closedir(d);
+	return n - 1; /* the one opendir holds */
+}
+
+/* reap_later: a spent segment leaves the directory at once (nothing else
+ * sees it), but its file is freed by spool_reap, not by the call that
+ * found it spent; spool_close reaps what is left. */
+static void test_reap_later(void **state)
+{
+	const char *dir = *state;
+	struct spool_opts o = {.segment_bytes = 600, .reap_later = true};
+	struct dw_err err = {{0}};
+	int fds_closed = count_fds();
+	struct spool *sp = spool_open(dir, &o, &err);
+	uint64_t seqs[64];
+	int fds0;
+
+	assert_non_null(sp);
+	for (int i = 0; i < 20; i++)
+		seqs[i] = add(sp, SPOOL_QUEUED, "k", "/rot");
+	int nseg = count_segs(dir);
+	assert_true(nseg > 3);
+	fds0 = count_fds();
+	for (int i = 0; i < 20; i++)
+		set(sp, seqs[i], SPOOL_DELIVERED);
+	assert_int_equal(count_segs(dir), 1);
+	assert_true(count_fds() >= fds0 + nseg - 1); /* held for the reaper */
+	spool_reap(sp);
+	assert_int_equal(count_fds(), fds0);
+	spool_reap(sp); /* nothing left: a no-op */
+	assert_int_equal(count_fds(), fds0);
+
+	for (int i = 0; i < 20; i++)
+		seqs[i] = add(sp, SPOOL_QUEUED, "k", "/again");
+	for (int i = 0; i < 20; i++)
+		set(sp, seqs[i], SPOOL_DELIVERED);
+	assert_true(count_fds() > fds0);
+	spool_close(sp); /* reaps them too */
+	assert_int_equal(count_fds(), fds_closed);
 }
 
 static void test_two_handles(void **state)
@@ -808,6 +926,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_states_fold, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_states_batch, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_keys_after_drain, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_keys_scattered_release, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_ready_order, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_owner_recovery, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_torn_tail, setup, teardown),
@@ -815,6 +934,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_max_bytes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_rotation_cleanup, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reap_later, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_two_handles, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_consumer_lock, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_append_rate, setup, teardown),
