@@ -95,14 +95,13 @@ static void upconn_free(struct upconn *uc)
 	free(uc);
 }
 
-#define UP_READ_SMALL 4096
-#define UP_READ_BIG 65536
+#define UP_READ_BIG 65536 /* after a read that filled READ_FIRST (server.h) */
 
 /* rd_ev: bytes, end of stream, an error or the timeout on a plain connection. */
 static void upconn_readable_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct upconn *uc = arg;
-	size_t want = uc->rd_big ? UP_READ_BIG : UP_READ_SMALL;
+	size_t want = uc->rd_big ? UP_READ_BIG : READ_FIRST;
 	ssize_t n;
 
 	if (!uc->readcb) { /* between a reuse and its upconn_read: look later */

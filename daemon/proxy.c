@@ -553,8 +553,7 @@ static void conn_read_resume(struct conn *c)
 	}
 }
 
-/* Bytes a read asks for: a request head usually fits the small one. */
-#define READ_SMALL 4096
+/* Bytes a read asks for after one that filled READ_FIRST (server.h). */
 #define READ_BIG 16384
 
 /*
@@ -584,7 +583,7 @@ static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
 		c->rd_paused = true;
 		return;
 	}
-	want = c->rd_big ? READ_BIG : READ_SMALL;
+	want = c->rd_big ? READ_BIG : READ_FIRST;
 	if (want > high - len)
 		want = high - len;
 	n = evbuffer_read_unfrozen(in, fd, want);
@@ -1329,6 +1328,27 @@ static void release_hold(struct conn *c)
 	c->x->hold = false;
 }
 
+/*
+ * Move n body bytes from src to dst. A small body goes behind the head in
+ * the head's own chain when that has room, so the answer is one extent and
+ * leaves in one send(2) rather than a writev of two (sockio.c); a bigger one
+ * moves chain by chain, uncopied.
+ */
+#define BODY_COPY_MAX 1024
+static void body_move(struct evbuffer *src, struct evbuffer *dst, size_t n)
+{
+	struct evbuffer_iovec v[2];
+
+	if (n && n <= BODY_COPY_MAX && evbuffer_reserve_space(dst, (ev_ssize_t)n, v, 2) == 1) {
+		evbuffer_copyout(src, v[0].iov_base, n);
+		v[0].iov_len = n;
+		evbuffer_commit_space(dst, v, 1);
+		evbuffer_drain(src, n);
+		return;
+	}
+	evbuffer_remove_buffer(src, dst, n);
+}
+
 static void body_pump(struct conn *c)
 {
 	struct bufferevent *ub = upconn_bev(c->x->up);
@@ -1348,7 +1368,7 @@ static void body_pump(struct conn *c)
 		if ((uint64_t)c->x->rleft < n)
 			n = (size_t)c->x->rleft;
 		capture_copy(c, src, n);
-		evbuffer_remove_buffer(src, dst, n);
+		body_move(src, dst, n);
 		c->x->rleft -= (int64_t)n;
 		done = c->x->rleft == 0;
 		break;
