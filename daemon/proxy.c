@@ -147,7 +147,11 @@ struct conn {
 	unsigned char peer_af; /* AF_INET, AF_INET6 or 0: unknown */
 	unsigned char peer_addr[16];
 	struct event rd_ev; /* the read path, pending from accept to close (conn_readable_cb) */
+	TAILQ_ENTRY(conn) flink; /* worker->flushq while flush_queued */
+	unsigned char flush_queued; /* FLUSH_* to do at the end of the iteration */
 };
+#define FLUSH_CLIENT 1 /* the answer */
+#define FLUSH_UP 2     /* the request, to c->x->up */
 
 static void conn_write_cb(struct bufferevent *bev, void *arg);
 static void conn_read_stop(struct conn *c);
@@ -351,6 +355,10 @@ static void conn_close(struct conn *c, const char *reason)
 		dw_log(DW_LOG_DEBUG, c->x && c->x->reqid[0] ? c->x->reqid : NULL, "close %s: %s",
 		       conn_peer(c, peer, sizeof(peer)), reason);
 	conn_set_state(c, CS_CLOSED);
+	if (c->flush_queued) {
+		TAILQ_REMOVE(&w->flushq, c, flink);
+		c->flush_queued = 0;
+	}
 	exchange_end(c);
 	event_del(&c->rd_ev); /* before the socket can close */
 	if (c->bev)
@@ -437,6 +445,47 @@ static void conn_flush(struct conn *c)
 	}
 	if (evbuffer_get_length(out) > 0)
 		bufferevent_enable(c->bev, EV_WRITE);
+}
+
+/*
+ * Write c's output (FLUSH_CLIENT) or its request to the upstream (FLUSH_UP)
+ * at the end of this loop iteration, together with every other one queued
+ * in it (proxy_flush_queued, from w->flush_ev). Written as each was ready,
+ * answers and requests left the proxy spread over the iteration, and the
+ * client and the upstream woke for each: under peers.sh, wrk called
+ * epoll_wait 0.29 times per request behind dualwrited against 0.15 behind
+ * nginx, the origin 0.15 against 0.08, and the shared load core spent 6%
+ * more per request. Batched, they call it 0.08 and 0.04 times; throughput
+ * went from 0.95x to 0.99x nginx's and p99 from 1.07x to 0.95x.
+ */
+static void conn_flush_later(struct conn *c, unsigned what)
+{
+	struct worker *w = c->w;
+
+	if (c->state == CS_CLOSED)
+		return;
+	if (!c->flush_queued) {
+		if (TAILQ_EMPTY(&w->flushq))
+			event_active(w->flush_ev, EV_TIMEOUT, 0);
+		TAILQ_INSERT_TAIL(&w->flushq, c, flink);
+	}
+	c->flush_queued |= (unsigned char)what;
+}
+
+void proxy_flush_queued(struct worker *w)
+{
+	struct conn *c;
+
+	while ((c = TAILQ_FIRST(&w->flushq))) {
+		unsigned what = c->flush_queued;
+
+		TAILQ_REMOVE(&w->flushq, c, flink);
+		c->flush_queued = 0;
+		if ((what & FLUSH_UP) && c->x && c->x->up)
+			upconn_flush(c->x->up);
+		if (what & FLUSH_CLIENT)
+			conn_flush(c);
+	}
 }
 
 static void conn_finish_close(struct conn *c)
@@ -675,6 +724,18 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 static bool conn_writing(const struct conn *c)
 {
 	return c->bev && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0;
+}
+
+/* Close c between requests, but only once what it was answered is written:
+ * a client that half-closes while its answer waits for the end of the loop
+ * iteration (conn_flush_later) or is still reading a long one gets it all,
+ * then the close (or the closing timeout). */
+static void conn_close_written(struct conn *c, const char *reason)
+{
+	if (c->bev && ((c->flush_queued & FLUSH_CLIENT) || conn_writing(c)))
+		conn_finish_close(c);
+	else
+		conn_close(c, reason);
 }
 
 static void conn_expired(struct conn *c)
@@ -966,7 +1027,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 	}
 	if ((what & BEV_EVENT_EOF) &&
 	    (c->state == CS_IDLE || c->state == CS_PARKED || (c->state == CS_HEAD && !c->got_bytes)))
-		conn_close(c, NULL); /* a keep-alive client going away between requests */
+		conn_close_written(c, NULL); /* a keep-alive client going away between requests */
 	else
 		conn_close(c, (what & BEV_EVENT_EOF) ? "client closed" : "client connection error");
 }
@@ -1127,7 +1188,7 @@ static void send_request(struct conn *c)
 
 	http_scanner_init(&c->x->rscan);
 	upconn_read(c->x->up, up_read_cb, up_event_cb, c, up->timeout_ms);
-	upconn_flush(c->x->up);
+	conn_flush_later(c, FLUSH_UP);
 }
 
 static void noop_emit(void *arg, const char *p, size_t n)
@@ -1282,13 +1343,12 @@ static void response_complete(struct conn *c)
 		conn_close(c, "client gone; exchange finished");
 		return;
 	}
-	conn_flush(c);
-	if (c->state == CS_CLOSED)
+	if (c->x->close_after) {
+		conn_finish_close(c); /* writes now, closes once written */
 		return;
-	if (c->x->close_after)
-		conn_finish_close(c);
-	else
-		conn_next(c);
+	}
+	conn_flush_later(c, FLUSH_CLIENT);
+	conn_next(c);
 }
 
 static void response_done(struct conn *c, bool reusable)
@@ -1530,7 +1590,7 @@ void proxy_drain_idle(struct worker *w)
 		next = TAILQ_NEXT(c, link);
 		if (c->state == CS_IDLE || c->state == CS_PARKED ||
 		    (c->state == CS_HEAD && !c->got_bytes))
-			conn_close(c, "shutting down");
+			conn_close_written(c, "shutting down");
 	}
 }
 

@@ -231,6 +231,13 @@ static void wake_cb(void *arg, unsigned bits)
 		do_abort(w);
 }
 
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	proxy_flush_queued(arg);
+}
+
 static void sync_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -272,6 +279,8 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 		return NULL;
 	}
 	w->sync_ev = event_new(w->base, -1, 0, sync_cb, w);
+	w->flush_ev = event_new(w->base, -1, 0, flush_cb, w);
+	TAILQ_INIT(&w->flushq);
 	w->deadline_ev = event_new(w->base, -1, 0, deadline_cb, w);
 	w->mirror = mirror_new(srv, w->base, err);
 	if (!w->mirror) {
@@ -363,6 +372,7 @@ void worker_free(struct worker *w)
 		event_free(w->drain_tick);
 	wake_free(&w->wake);
 	event_free(w->sync_ev);
+	event_free(w->flush_ev);
 	mirror_free(w->mirror);
 	event_free(w->deadline_ev);
 	pool_set_free(w->pools);

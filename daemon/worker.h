@@ -46,6 +46,8 @@ struct worker {
 	int nconns;
 	struct wake wake;	/* reload / stop / abort from the main thread */
 	struct event *sync_ev, *drain_tick;
+	struct event *flush_ev;		 /* end of the loop iteration: flushq */
+	TAILQ_HEAD(, conn) flushq;	 /* answers to write then (proxy.c) */
 	/* Each queue is in the order its connections entered the state, so its
 	 * head has the earliest deadline: one timer serves every connection. */
 	struct conn_queue stateq[PROXY_QUEUES];
@@ -67,6 +69,7 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 void proxy_drain_idle(struct worker *w);  /* close connections not mid-request */
 void proxy_abort_all(struct worker *w);	  /* close every connection */
 void proxy_sync_done(struct worker *w);	  /* release answers held for fsync */
+void proxy_flush_queued(struct worker *w); /* write the answers of this iteration */
 void proxy_deadlines(struct worker *w);	  /* act on passed deadlines, re-arm */
 void proxy_worker_free(struct worker *w); /* what proxy.c keeps per worker */
 

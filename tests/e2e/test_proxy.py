@@ -617,3 +617,33 @@ def test_client_connection_close_is_honoured(daemon, backend):
         r = c.request("GET", "/bye", [("Connection", "close")])
         assert r.status == 200 and r.body == b"GET /bye"
         c.assert_closed()
+
+
+
+def test_half_closes_racing_answers_lose_none(daemon, backend):
+    # Answers are written at the end of the daemon's loop iteration; a
+    # keep-alive client that half-closes just as its answer comes in (its
+    # end of stream read in that same iteration) must still get the answer.
+    # Many clients at once, so iterations hold many events; bounded rounds.
+    import asyncio
+
+    async def one(i):
+        r, w = await asyncio.open_connection("127.0.0.1", daemon.port)
+        w.write(build_request("GET", "/race/%d" % i))
+        await w.drain()
+        await asyncio.sleep((i % 7) * 0.0003)
+        w.write_eof()
+        data = await asyncio.wait_for(r.read(), 10 * SLOW)
+        w.close()
+        return data
+
+    async def rounds():
+        lost = []
+        for rnd in range(8):
+            got = await asyncio.gather(*(one(rnd * 100 + i) for i in range(64)))
+            lost += [rnd * 100 + i for i, d in enumerate(got)
+                     if not d.endswith(b"GET /race/%d" % (rnd * 100 + i))]
+        return lost
+
+    lost = asyncio.run(rounds())
+    assert not lost, "%d answers lost to a half-close, e.g. /race/%d" % (len(lost), lost[0])
