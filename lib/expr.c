@@ -867,54 +867,83 @@ static bool unreserved(unsigned char c)
 	       c == '-' || c == '.' || c == '_' || c == '~';
 }
 
+/* A value's byte in a path: as is, or %XX ("." and ".." are encoded whole,
+ * as they would be dot-segments). */
+static bool tmpl_plain(unsigned char c, bool dots)
+{
+	return unreserved(c) && !(dots && c == '.');
+}
+
+/*
+ * Render in two passes, into one exact allocation: the values first (each
+ * checked), then the path. Once per mirrored write; an open_memstream here
+ * (a FILE, its buffer, their growth) was most of the malloc traffic of
+ * building a mirror request.
+ */
 int tmpl_render(const struct tmpl *t, const struct expr_ctx *ctx, char **out, struct dw_err *err)
 {
 	static const char hex[] = "0123456789ABCDEF";
-	char *buf = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&buf, &len);
-	int rc = 0;
+	char *stack[8], **vals = t->n <= 8 ? stack : dw_calloc(t->n, sizeof(*vals));
+	size_t len = 0, i;
+	int rc = EXPR_OK;
+	char *buf, *p;
 
 	*out = NULL;
-	if (!f)
-		abort();
-	for (size_t i = 0; i < t->n; i++) {
+	for (i = 0; i < t->n && rc == EXPR_OK; i++) {
 		const struct tpart *pt = &t->parts[i];
 		char *v = NULL;
+
+		vals[i] = NULL;
 		if (pt->lit) {
-			fputs(pt->lit, f);
+			len += strlen(pt->lit);
 			continue;
 		}
 		rc = expr_eval_string(pt->e, ctx, &v, err);
 		if (rc == EXPR_MISSING) {
 			dw_err_set(err, "missing value for {%s}", pt->text);
 			rc = EXPR_ERROR;
-		}
-		if (rc != EXPR_OK)
-			break;
-		if (!*v) {
+		} else if (rc == EXPR_OK && !*v) {
 			dw_err_set(err, "empty value for {%s}", pt->text);
-			free(v);
 			rc = EXPR_ERROR;
+		}
+		if (rc != EXPR_OK) {
+			free(v);
 			break;
 		}
-		/* "." and ".." would be dot-segments: encode them too */
+		vals[i] = v;
 		bool dots = strcmp(v, ".") == 0 || strcmp(v, "..") == 0;
-		for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
-			if (unreserved(*c) && !(dots && *c == '.'))
-				fputc(*c, f);
-			else
-				fprintf(f, "%%%c%c", hex[*c >> 4], hex[*c & 15]);
+		for (const unsigned char *c = (const unsigned char *)v; *c; c++)
+			len += tmpl_plain(*c, dots) ? 1 : 3;
+	}
+	if (rc == EXPR_OK) {
+		p = buf = dw_malloc(len + 1);
+		for (size_t j = 0; j < t->n; j++) {
+			const char *v = t->parts[j].lit ? t->parts[j].lit : vals[j];
+			if (t->parts[j].lit) {
+				size_t n = strlen(v);
+				memcpy(p, v, n);
+				p += n;
+				continue;
+			}
+			bool dots = strcmp(v, ".") == 0 || strcmp(v, "..") == 0;
+			for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
+				if (tmpl_plain(*c, dots)) {
+					*p++ = (char)*c;
+				} else {
+					*p++ = '%';
+					*p++ = hex[*c >> 4];
+					*p++ = hex[*c & 15];
+				}
+			}
 		}
-		free(v);
+		*p = '\0';
+		*out = buf;
 	}
-	fclose(f);
-	if (rc != EXPR_OK) {
-		free(buf);
-		return EXPR_ERROR;
-	}
-	*out = buf;
-	return EXPR_OK;
+	for (size_t j = 0; j < i && j < t->n; j++)
+		free(vals[j]);
+	if (vals != stack)
+		free(vals);
+	return rc == EXPR_OK ? EXPR_OK : EXPR_ERROR;
 }
 
 /* ---------------------------------------------------------------- tenant */
