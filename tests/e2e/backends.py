@@ -92,12 +92,14 @@ class Reply:
     linger: after an answer that closes the connection, shut down the sending side
     and read what the client still sends until it closes (as nginx's lingering_close
     does), so requests pipelined behind the answer are not met with a reset.
+    fin_with_body: head, body and FIN corked into one segment (a close-delimited
+    answer whose end of stream is already queued behind its bytes at first read).
     """
 
     def __init__(self, status=200, body=b"", headers=None, reason=None, framing="length",
                  chunk_size=None, stream=None, delay=0.0, action="respond", partial=0,
                  length=None, close=False, interim=(), raw=None, silent_close=False,
-                 linger=False):
+                 linger=False, fin_with_body=False):
         self.status = status
         self.body = body if isinstance(body, bytes) else body.encode()
         self.headers = list(headers or [])
@@ -114,6 +116,7 @@ class Reply:
         self.raw = raw
         self.silent_close = silent_close
         self.linger = linger
+        self.fin_with_body = fin_with_body
 
 
 REASONS = {100: "Continue", 102: "Processing", 103: "Early Hints", 200: "OK", 201: "Created", 204: "No Content",
@@ -371,6 +374,13 @@ class Backend:
         reason = rep.reason if rep.reason is not None else REASONS.get(rep.status, "Status")
         head = "HTTP/1.1 %d %s\r\n" % (rep.status, reason)
         head += "".join("%s: %s\r\n" % (n, v) for n, v in headers) + "\r\n"
+        if rep.fin_with_body:  # the whole answer and the FIN leave in one segment
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            c.sendall(head.encode("latin-1") + rep.body)
+            c.shutdown(socket.SHUT_WR)
+            self.stopping.wait(0.2)
+            return False
         c.sendall(head.encode("latin-1"))
         if rep.action == "partial":
             c.sendall(rep.body[:rep.partial])

@@ -266,6 +266,31 @@ def test_close_delimited_response_is_relayed(daemon, backend):
         assert r.body == body
 
 
+def test_close_delimited_answer_with_its_fin_in_one_segment(daemon, backend):
+    # The upstream's bytes and FIN arrive together: one readiness edge. The
+    # daemon reads edge-triggered and must still see the end of stream (it
+    # ends the answer) behind a read that did not fill its buffer.
+    body = b"ends with the stream " * 10
+    backend.reply(200, body, framing="close", fin_with_body=True)
+    with Conn(daemon.port, timeout=5) as c:
+        r = c.request("GET", "/fin-with-body")
+        assert r.status == 200
+        assert r.body == body
+
+
+def test_keep_alive_request_with_its_fin_in_one_segment(daemon, backend):
+    # A keep-alive request and the client's half-close in one segment: answered,
+    # then closed, though no readiness edge follows the one for the request.
+    with Conn(daemon.port, timeout=5) as c:
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        c.sock.sendall(build_request("GET", "/corked"))
+        c.sock.shutdown(socket.SHUT_WR)
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"GET /corked"
+        c.assert_closed()
+
+
 def test_expect_100_continue(daemon, backend):
     body = b'{"name":"tent"}'
     with Conn(daemon.port) as c:
