@@ -47,7 +47,6 @@ struct upconn {
 	struct event rd_ev;
 	struct timeval rd_tv; /* rd_ev's timeout; tv_sec < 0: none */
 	bool rd_assigned, rd_on, rd_big;
-	bool rd_hup; /* the upstream half-closed: read on until the end of stream */
 };
 
 struct pool {
@@ -116,12 +115,7 @@ static void upconn_readable_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	n = evbuffer_read_unfrozen(bufferevent_get_input(uc->bev), fd, want);
 	if (n > 0) {
-		/* Edge-triggered (as proxy.c's client reads): bytes may be left, or
-		 * the end of stream behind them; a stop undoes the activation. */
 		uc->rd_big = (size_t)n >= want;
-		uc->rd_hup = uc->rd_hup || (what & EV_CLOSED);
-		if (uc->rd_big || uc->rd_hup)
-			event_active(&uc->rd_ev, EV_READ, 1);
 		uc->readcb(uc->bev, uc->cbarg); /* may release or free uc */
 		return;
 	}
@@ -152,7 +146,7 @@ void upconn_read(struct upconn *uc, bufferevent_data_cb readcb, bufferevent_even
 	bufferevent_set_timeouts(uc->bev, NULL, timeout_ms > 0 ? &tv : NULL);
 	if (!uc->rd_assigned) {
 		event_assign(&uc->rd_ev, uc->pool->ps->base, bufferevent_getfd(uc->bev),
-			     EV_READ | EV_CLOSED | EV_PERSIST | EV_ET, upconn_readable_cb, uc);
+			     EV_READ | EV_PERSIST, upconn_readable_cb, uc);
 		uc->rd_assigned = true;
 	}
 	uc->rd_tv = tv;
@@ -160,8 +154,6 @@ void upconn_read(struct upconn *uc, bufferevent_data_cb readcb, bufferevent_even
 		uc->rd_tv.tv_sec = -1;
 	/* on a pending event this only moves the timeout: epoll is not touched */
 	event_add(&uc->rd_ev, timeout_ms > 0 ? &tv : NULL);
-	if (!uc->rd_on) /* edge-triggered: an edge seen while stopped is gone */
-		event_active(&uc->rd_ev, EV_READ, 1);
 	uc->rd_on = true;
 }
 
@@ -180,7 +172,6 @@ void upconn_read_resume(struct upconn *uc)
 		bufferevent_enable(uc->bev, EV_READ);
 	} else if (!uc->rd_on && uc->rd_assigned) {
 		event_add(&uc->rd_ev, uc->rd_tv.tv_sec >= 0 ? &uc->rd_tv : NULL);
-		event_active(&uc->rd_ev, EV_READ, 1); /* edge-triggered: look now */
 		uc->rd_on = true;
 	}
 }

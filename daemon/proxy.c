@@ -143,7 +143,6 @@ struct conn {
 	bool rd_paused;	  /* rd_ev off: the input is at its bound (conn_read_resume) */
 	bool rd_done;	  /* rd_ev off for good: EOF, error, closing */
 	bool rd_big;	  /* the last read filled its reservation: reserve more */
-	bool rd_hup;	  /* the client half-closed: read on until the end of stream */
 	/* The client's address, formatted only when needed (conn_peer). */
 	unsigned char peer_af; /* AF_INET, AF_INET6 or 0: unknown */
 	unsigned char peer_addr[16];
@@ -600,7 +599,6 @@ static void conn_read_resume(struct conn *c)
 	    evbuffer_get_length(bufferevent_get_input(c->bev)) < conn_in_high(c)) {
 		c->rd_paused = false;
 		event_add(&c->rd_ev, NULL);
-		event_active(&c->rd_ev, EV_READ, 1); /* edge-triggered: look now */
 	}
 }
 
@@ -612,18 +610,8 @@ static void conn_read_resume(struct conn *c)
  * epoll_ctl pair per request, none when parking. Not the bufferevent's own
  * reading: libevent asks the kernel for FIONREAD before every read (an ioctl
  * per read, 5% of a pass-through request's CPU); this reads what fits a
- * reservation of the input buffer, as nginx reads into its buffer.
- *
- * Edge-triggered, as nginx's: level-triggered, epoll looked at every socket
- * it had reported once more on the next epoll_wait (sock_poll, tcp_poll and
- * ep_item_poll were 2.2% of a pass-through request's CPU, nginx's 0.9%). So
- * a read that fills its reservation, which may have left bytes behind, runs
- * the callback again in this iteration (activated before on_input: closing
- * or pausing deletes the event, and the activation with it), and a resumed
- * read looks at the socket at once. A short read does not see a FIN queued
- * behind the bytes it took (only the next read returns 0), so the event
- * also asks for the peer's half-close (EV_CLOSED, EPOLLRDHUP, as nginx's
- * pending_eof) and once it is seen reads go on until the end of stream.
+ * reservation of the input buffer, as nginx reads into its buffer, and a
+ * socket with more to read is readable again on the next loop iteration.
  */
 static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -632,6 +620,7 @@ static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
 	size_t len, want, high = conn_in_high(c);
 	ssize_t n;
 
+	(void)what;
 	if (!c->bev && conn_attach_bev(c) < 0) { /* parked: the client sent bytes or closed */
 		conn_close(c, "cannot allocate a bufferevent");
 		return;
@@ -656,9 +645,6 @@ static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	c->rd_big = (size_t)n >= want;
-	c->rd_hup = c->rd_hup || (what & EV_CLOSED);
-	if (c->rd_big || c->rd_hup)
-		event_active(&c->rd_ev, EV_READ, 1);
 	on_input(c);
 }
 
@@ -713,8 +699,7 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 		free(c);
 		return;
 	}
-	event_assign(&c->rd_ev, w->base, fd, EV_READ | EV_CLOSED | EV_PERSIST | EV_ET,
-		     conn_readable_cb, c);
+	event_assign(&c->rd_ev, w->base, fd, EV_READ | EV_PERSIST, conn_readable_cb, c);
 	event_add(&c->rd_ev, NULL);
 	if (sa->sa_family == AF_INET) {
 		c->peer_af = AF_INET;

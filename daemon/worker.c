@@ -252,28 +252,6 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 	proxy_deadlines(arg);
 }
 
-/*
- * The worker's loop. Its sockets are read edge-triggered, and a read that
- * filled its buffer runs its callback again in the same pass (proxy.c,
- * pool.c); so that a socket that never runs dry (a fast upload or download
- * on loopback) cannot hold the loop away from epoll_wait, the loop looks for
- * new events after every DISPATCH_MAX callbacks, as it did after every pass
- * when reads were level-triggered.
- */
-#define DISPATCH_MAX 64
-static struct event_base *worker_base_new(void)
-{
-	struct event_config *ec = event_config_new();
-	struct event_base *base = NULL;
-
-	if (!ec)
-		return NULL;
-	if (event_config_set_max_dispatch_interval(ec, NULL, DISPATCH_MAX, 0) == 0)
-		base = event_base_new_with_config(ec);
-	event_config_free(ec);
-	return base;
-}
-
 struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 {
 	struct worker *w = dw_calloc(1, sizeof(*w));
@@ -282,7 +260,7 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 
 	w->srv = srv;
 	w->id = id;
-	w->base = worker_base_new();
+	w->base = event_base_new();
 	if (!w->base) {
 		dw_err_set(err, "worker %d: cannot create an event loop", id);
 		free(w);
