@@ -629,6 +629,33 @@ static void slab_free(struct slab *sl, void *p, size_t size)
 	slab_poison(p, (c + 1) * SLAB_CLASS);
 }
 
+/* The index's key, "upstream\0key", with its hash: in buf when it fits,
+ * else from malloc (key_done frees it). */
+struct keystr {
+	char buf[512];
+	char *s;
+	size_t n;
+	uint64_t hash;
+};
+
+static void key_make(struct keystr *k, const char *upstream, const char *key)
+{
+	size_t ul = strlen(upstream), kl = strlen(key);
+
+	k->n = ul + 1 + kl;
+	k->s = k->n <= sizeof(k->buf) ? k->buf : dw_malloc(k->n);
+	memcpy(k->s, upstream, ul);
+	k->s[ul] = '\0';
+	memcpy(k->s + ul + 1, key, kl);
+	k->hash = key_hash(k->s, k->n);
+}
+
+static void key_done(struct keystr *k)
+{
+	if (k->s != k->buf)
+		free(k->s);
+}
+
 /*
  * Start loading the slot that upstream/key hashes to. A batch's new records
  * are mostly new keys (ids the legacy just assigned), each a cache miss in a
@@ -637,43 +664,45 @@ static void slab_free(struct slab *sl, void *p, size_t size)
  */
 static void keymap_prefetch(const struct keymap *m, const char *upstream, const char *key)
 {
-	size_t ul = strlen(upstream), kl = strlen(key), n = ul + 1 + kl;
-	char s[512];
+	struct keystr ks;
 
-	if (!m->cur.cap || n > sizeof(s))
+	if (!m->cur.cap)
 		return;
-	memcpy(s, upstream, ul);
-	s[ul] = '\0';
-	memcpy(s + ul + 1, key, kl);
-	__builtin_prefetch(&m->cur.t[key_hash(s, n) & (m->cur.cap - 1)], 1);
+	key_make(&ks, upstream, key);
+	__builtin_prefetch(&m->cur.t[ks.hash & (m->cur.cap - 1)], 1);
+	key_done(&ks);
 }
 
 static struct keynode *keymap_get(struct keymap *m, const char *upstream, const char *key)
 {
-	size_t ul = strlen(upstream), kl = strlen(key), n = ul + 1 + kl;
-	char stack[512], *s = n <= sizeof(stack) ? stack : dw_malloc(n);
+	struct keystr ks;
 	struct keynode *k;
-	uint64_t h;
 
-	memcpy(s, upstream, ul);
-	s[ul] = '\0';
-	memcpy(s + ul + 1, key, kl);
-	h = key_hash(s, n);
-	k = keymap_find(m, s, n, h);
+	key_make(&ks, upstream, key);
+	k = keymap_find(m, ks.s, ks.n, ks.hash);
 	if (!k) {
 		keymap_migrate(m);
 		if ((m->n + 1) * 2 > m->cur.cap)
 			keymap_grow(m, m->cur.cap ? m->cur.cap * 2 : KEYMAP_MIN);
-		k = slab_alloc(&m->slab, sizeof(*k) + n);
-		k->hash = h;
-		k->len = n;
-		memcpy(k->s, s, n);
-		tab_place(&m->cur, (struct keyslot){ .hash = h, .k = k });
+		k = slab_alloc(&m->slab, sizeof(*k) + ks.n);
+		k->hash = ks.hash;
+		k->len = ks.n;
+		memcpy(k->s, ks.s, ks.n);
+		tab_place(&m->cur, (struct keyslot){ .hash = ks.hash, .k = k });
 		m->n++;
 	}
-	if (s != stack)
-		free(s);
+	key_done(&ks);
 	return k;
+}
+
+/* Both tables go (not the nodes); the index is empty and usable again. */
+static void keymap_drop_tables(struct keymap *m)
+{
+	free(m->cur.t);
+	free(m->old.t);
+	memset(&m->cur, 0, sizeof(m->cur));
+	memset(&m->old, 0, sizeof(m->old));
+	m->mig = 0;
 }
 
 static void keymap_free(struct keymap *m)
@@ -687,9 +716,8 @@ static void keymap_free(struct keymap *m)
 				free(k);
 		}
 	slab_release(&m->slab);
-	free(m->cur.t);
-	free(m->old.t);
-	memset(m, 0, sizeof(*m));
+	keymap_drop_tables(m);
+	m->n = 0;
 }
 
 /* Drop a reference; the last one takes k out of the index and frees it. */
@@ -705,11 +733,7 @@ static void keymap_release(struct keymap *m, struct keynode *k)
 		tab_remove_at(&m->old, tab_slot_of(&m->old, k));
 	slab_free(&m->slab, k, sizeof(*k) + k->len);
 	if (--m->n == 0 && m->cur.cap > KEYMAP_MIN) { /* an outage drained */
-		free(m->cur.t);
-		free(m->old.t);
-		memset(&m->cur, 0, sizeof(m->cur));
-		memset(&m->old, 0, sizeof(m->old));
-		m->mig = 0;
+		keymap_drop_tables(m);
 	} else {
 		keymap_migrate(m);
 	}
@@ -2226,26 +2250,18 @@ out_mu:
 
 bool spool_key_queued(struct spool *sp, const char *upstream, const char *key)
 {
-	char stack[512], *s;
-	size_t ul, kl, n;
+	struct keystr ks;
 	bool r = false;
 
 	if (!upstream || !key)
 		return false;
-	ul = strlen(upstream);
-	kl = strlen(key);
-	n = ul + 1 + kl;
-	s = n <= sizeof(stack) ? stack : dw_malloc(n);
-	memcpy(s, upstream, ul);
-	s[ul] = '\0';
-	memcpy(s + ul + 1, key, kl);
+	key_make(&ks, upstream, key);
 	pthread_mutex_lock(&sp->mu);
-	struct keynode *k = keymap_find(&sp->keys, s, n, key_hash(s, n));
+	struct keynode *k = keymap_find(&sp->keys, ks.s, ks.n, ks.hash);
 	if (k)
 		r = k->queued > 0 || (k->pending > 0 && !owner_alive_locked(sp));
 	pthread_mutex_unlock(&sp->mu);
-	if (s != stack)
-		free(s);
+	key_done(&ks);
 	return r;
 }
 
