@@ -146,7 +146,7 @@ void window_sum_add(struct window_sum *s, struct window *w, int64_t now_ms)
 	if (w->window_ms > s->window_ms)
 		s->window_ms = w->window_ms;
 	for (unsigned i = 0; i < w->nring; i++) {
-		if (w->k[i] < 0 || w->k[i] < oldest)
+		if (w->k[i] < oldest || w->events[i] == 0) /* empty (k = -1) or expired */
 			continue;
 		s->events += w->events[i];
 		s->failures += w->failures[i];
