@@ -16,7 +16,8 @@
  * as that). window_sum_quantile_us() returns the upper edge of the bucket
  * holding the rank-ceil(q*n) latency, so for p99: true p99 <= reported <
  * true p99 * 1.0625 — it never under-reports, and over-reports by < 6.25 %.
- * Memory: 1.5 KiB per slot with latency, 24 bytes without (60 slots: ~93 KiB).
+ * Memory: 1.5 KiB per slot with latency, 16 bytes without (60 slots: ~93 KiB),
+ * plus one slot: the ring holds nslots + 1.
  *
  * Threads: every window carries its own mutex; window_record/window_add and
  * window_sum_add take it, so any thread may call them. The intended use in a
