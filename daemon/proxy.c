@@ -1615,6 +1615,8 @@ void proxy_sync_done(struct worker *w)
 	/* One fdatasync for every answer held in this loop iteration. */
 	if (spool_sync(w->srv->spool, &err) < 0)
 		log_error("queue: fsync failed, answers released without durability: %s", err.msg);
+	else
+		metric_inc(w->srv->m_queue_syncs);
 	while ((c = TAILQ_FIRST(&w->stateq[CS_SYNC]))) {
 		conn_set_state(c, CS_RESPONSE); /* leaves the queue */
 		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->x->held);

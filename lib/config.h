@@ -148,9 +148,17 @@ const struct dw_route *config_route_match(const struct dw_config *c, const char 
 					  size_t method_len, const char *path, size_t path_len,
 					  struct route_params *rp);
 
-/* Keys whose change a reload cannot apply (workers, admin.listen, queue.*):
- * describes each differing one via warn(arg, "key"). */
+/* Keys whose change a reload cannot apply (workers, admin.listen, queue.*;
+ * one table in config.c says which): describes each differing one via
+ * warn(arg, "key"). */
 void config_diff_nonreloadable(const struct dw_config *old, const struct dw_config *new_,
+			       void (*warn)(void *arg, const char *key), void *arg);
+/* The reload's step: the same diff (warn may be NULL), and then neu takes the
+ * running snapshot's value of every such key, so that the snapshot the daemon
+ * publishes only ever holds the values it started with for them — a reader of
+ * any snapshot cannot act on a change that needs a restart. neu must not be
+ * shared yet (refcnt 1, not published). */
+void config_keep_nonreloadable(struct dw_config *neu, const struct dw_config *running,
 			       void (*warn)(void *arg, const char *key), void *arg);
 
 /* Split "host:port" / "[v6]:port" into parts. Returns 0 or -1 with err. */

@@ -489,9 +489,27 @@ static void test_diff_nonreloadable(void **state)
 	b->queue.path = strdup("/elsewhere");
 	b->queue.durability = QUEUE_DURABILITY_FSYNC;
 	b->queue.postgres = strdup("dbname=q");
+	b->queue.max_bytes = 4096;
 	b->limits.max_body_bytes = 5; /* reloadable: not reported */
 	config_diff_nonreloadable(a, b, note_key, buf);
-	assert_string_equal(buf, "workers,admin.listen,queue.path,queue.durability,queue.postgres,");
+	assert_string_equal(buf, "workers,admin.listen,queue.path,queue.durability,queue.max_bytes,"
+				 "queue.postgres,");
+
+	/* a reload keeps the running values of exactly those keys */
+	buf[0] = '\0';
+	config_keep_nonreloadable(b, a, note_key, buf);
+	assert_string_equal(buf, "workers,admin.listen,queue.path,queue.durability,queue.max_bytes,"
+				 "queue.postgres,");
+	assert_int_equal(b->workers, a->workers);
+	assert_string_equal(b->admin_listen, a->admin_listen);
+	assert_string_equal(b->queue.path, a->queue.path);
+	assert_int_equal(b->queue.durability, a->queue.durability);
+	assert_true(b->queue.max_bytes == a->queue.max_bytes);
+	assert_null(b->queue.postgres);
+	assert_int_equal(b->limits.max_body_bytes, 5);
+	buf[0] = '\0';
+	config_diff_nonreloadable(a, b, note_key, buf);
+	assert_string_equal(buf, "");
 	config_unref(a);
 	config_unref(b);
 }
