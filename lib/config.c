@@ -1226,7 +1226,10 @@ bool config_table_compares(const struct dw_table_map *t, const char *column)
 
 /* ---------------------------------------------------------------- entry points */
 
-struct dw_config *config_load(const char *path, struct dw_errlist *errs)
+/* Checks a parsed libconfig tree and builds the snapshot; path names it in
+ * errors. Destroys cfg either way. */
+static struct dw_config *config_from_tree(config_t *cfg, const char *path,
+					  struct dw_errlist *errs)
 {
 	static const char *const top_keys[] = { "listen",   "workers",		"admin",
 						"limits",   "upstreams",	"default_upstream",
@@ -1235,39 +1238,8 @@ struct dw_config *config_load(const char *path, struct dw_errlist *errs)
 	struct loader L = { .file = path, .errs = errs };
 	struct dw_config *c = NULL;
 	const config_setting_t *root;
-	config_t cfg;
-	FILE *f;
 
-	/* libconfig reports an unreadable file without errno; open it first
-	 * to say why. */
-	f = fopen(path, "r");
-	if (!f) {
-		dw_errlist_add(errs, "%s: cannot open: %s", path, strerror(errno));
-		return NULL;
-	}
-	fclose(f);
-
-	config_init(&cfg);
-	/* @include "x.conf" is relative to the including file, not the cwd */
-	char *dir = dw_strdup(path), *slash = strrchr(dir, '/');
-	if (slash) {
-		*slash = '\0';
-		config_set_include_dir(&cfg, *dir ? dir : "/");
-	}
-	int rc = config_read_file(&cfg, path);
-	free(dir);
-	if (rc != CONFIG_TRUE) {
-		const char *ef = config_error_file(&cfg);
-		if (config_error_type(&cfg) == CONFIG_ERR_FILE_IO)
-			dw_errlist_add(errs, "%s: cannot read: %s", ef ? ef : path,
-				       config_error_text(&cfg));
-		else
-			dw_errlist_add(errs, "%s:%d: syntax error: %s", ef ? ef : path,
-				       config_error_line(&cfg), config_error_text(&cfg));
-		config_destroy(&cfg);
-		return NULL;
-	}
-	root = config_root_setting(&cfg);
+	root = config_root_setting(cfg);
 
 	c = dw_calloc(1, sizeof(*c));
 	L.c = c;
@@ -1296,12 +1268,75 @@ struct dw_config *config_load(const char *path, struct dw_errlist *errs)
 	load_routes(&L, root);
 	load_tables(&L, root);
 
-	config_destroy(&cfg);
+	config_destroy(cfg);
 	if (L.nerrs > 0) {
 		config_free(c);
 		return NULL;
 	}
 	return c;
+}
+
+/* Reports why libconfig could not read; destroys cfg. */
+static void read_failed(config_t *cfg, const char *path, struct dw_errlist *errs)
+{
+	const char *ef = config_error_file(cfg);
+
+	if (config_error_type(cfg) == CONFIG_ERR_FILE_IO)
+		dw_errlist_add(errs, "%s: cannot read: %s", ef ? ef : path, config_error_text(cfg));
+	else
+		dw_errlist_add(errs, "%s:%d: syntax error: %s", ef ? ef : path,
+			       config_error_line(cfg), config_error_text(cfg));
+	config_destroy(cfg);
+}
+
+struct dw_config *config_load(const char *path, struct dw_errlist *errs)
+{
+	config_t cfg;
+	FILE *f;
+	int rc;
+
+	/* libconfig reports an unreadable file without errno; open it first
+	 * to say why. */
+	f = fopen(path, "r");
+	if (!f) {
+		dw_errlist_add(errs, "%s: cannot open: %s", path, strerror(errno));
+		return NULL;
+	}
+	fclose(f);
+
+	config_init(&cfg);
+	/* @include "x.conf" is relative to the including file, not the cwd */
+	char *dir = dw_strdup(path), *slash = strrchr(dir, '/');
+	if (slash) {
+		*slash = '\0';
+		config_set_include_dir(&cfg, *dir ? dir : "/");
+	}
+	rc = config_read_file(&cfg, path);
+	free(dir);
+	if (rc != CONFIG_TRUE) {
+		read_failed(&cfg, path, errs);
+		return NULL;
+	}
+	return config_from_tree(&cfg, path, errs);
+}
+
+struct dw_config *config_load_string(const char *text, const char *name,
+				     struct dw_errlist *errs)
+{
+	config_t cfg;
+
+	/* text has no directory to include from, and reading files is not
+	 * what loading a string should do */
+	if (strstr(text, "@include")) {
+		dw_errlist_add(errs, "%s: @include is not supported here", name);
+		return NULL;
+	}
+	config_init(&cfg);
+	if (config_read_string(&cfg, text) != CONFIG_TRUE) {
+		read_failed(&cfg, name, errs);
+		return NULL;
+	}
+	return config_from_tree(&cfg, name, errs);
 }
 
 int config_upstream_index(const struct dw_config *c, const char *name)

@@ -134,6 +134,11 @@ struct dw_config {
  * for file-level errors such as "cannot open").
  */
 struct dw_config *config_load(const char *path, struct dw_errlist *errs);
+/* The same checks on libconfig text held in memory (NUL-terminated); name
+ * stands for the file in errors and in ->path. @include is refused (there is
+ * no directory to include from). For tests and the fuzzer. */
+struct dw_config *config_load_string(const char *text, const char *name,
+				     struct dw_errlist *errs);
 /* Take and release a reference (thread-safe). The last unref frees. */
 struct dw_config *config_ref(struct dw_config *c);
 void config_unref(struct dw_config *c);
