@@ -97,6 +97,7 @@ fuzz:
 	    -fno-sanitize-recover=undefined -o build-fuzz/$$n $$f $(LIB_SRC) $(PKG_LIBS) -lpthread -lm || exit 1; \
 	  mkdir -p build-fuzz/$$n-corpus; \
 	  d=; [ -f tests/fuzz/$$t.dict ] && d=-dict=tests/fuzz/$$t.dict; \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/fuzz/lsan.supp \
 	  build-fuzz/$$n -max_total_time=$(FUZZ_TIME) -artifact_prefix=build-fuzz/$$n- $$d \
 	    build-fuzz/$$n-corpus tests/fuzz/corpus/$$t || exit 1; \
 	done
