@@ -104,6 +104,8 @@ static void do_reload(struct server *srv)
 	config_keep_nonreloadable(neu, old, warn_nonreloadable, NULL);
 	config_unref(old);
 	register_route_series(srv, neu);
+	if (!srv->log_debug)
+		dw_log_set_level(neu->log_level); /* reloadable, like the routes */
 	pthread_mutex_lock(&srv->cfg_lock);
 	old = srv->cfg;
 	srv->cfg = neu;
@@ -328,6 +330,7 @@ int main(int argc, char **argv)
 		config_unref(srv.cfg);
 		return 0;
 	}
+	srv.log_debug = debug;
 	dw_log_set_level(debug ? DW_LOG_DEBUG : srv.cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);
 	/* No evthread_use_pthreads(): each loop is touched by its own thread

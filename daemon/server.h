@@ -55,6 +55,7 @@ struct server {
 	int active_conns;	 /* atomic, across workers */
 	int workers_done;	 /* atomic */
 	bool ready;
+	bool log_debug; /* -d: debug logging whatever log_level says */
 	bool stopping;
 	struct event *stop_tick, *stop_deadline; /* the drain, once stopping */
 

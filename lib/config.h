@@ -154,7 +154,8 @@ const struct dw_route *config_route_match(const struct dw_config *c, const char 
 					  struct route_params *rp);
 
 /* Keys whose change a reload cannot apply (workers, admin.listen, queue.*;
- * one table in config.c says which): describes each differing one via
+ * one table in config.c says which; every other key, log_level included, is
+ * reloadable): describes each differing one via
  * warn(arg, "key"). */
 void config_diff_nonreloadable(const struct dw_config *old, const struct dw_config *new_,
 			       void (*warn)(void *arg, const char *key), void *arg);

@@ -554,3 +554,25 @@ def test_reload_cannot_switch_off_fsync_or_move_the_queue(dw, make_backend, tmp_
     assert st.status == 200, st
     assert st.json()["queue"]["path"] == d.queue_dir, st.json()["queue"]
     assert os.listdir(elsewhere) == [], "the reloaded queue.path was used"
+
+
+def test_reload_applies_log_level(daemon, backend):
+    # log_level is reloadable: the new level holds for what follows the reload
+    # (it used to be read at start-up only, silently).
+    daemon.reload(daemon.config_text(log_level="debug"))
+    assert request(daemon.port, "GET", "/dbg-1").status == 200
+    wait_for(lambda: "GET /dbg-1 -> 200" in daemon.log_text(), 5,
+             "a debug line after a reload to log_level debug")
+
+    daemon.reload(daemon.config_text(log_level="warn"))
+    mark = len(daemon.log_text())
+    assert request(daemon.port, "GET", "/dbg-2").status == 200      # debug: not logged
+    with Conn(daemon.port) as c:                                     # 400, info: not logged
+        c.send(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        assert c.read_response().status == 400
+    with Conn(daemon.port) as c:                                     # 505, warn: the marker
+        c.send(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n")
+        assert c.read_response().status == 505
+    wait_for(lambda: "505 " in daemon.log_text()[mark:], 5, "the 505 logged at warn")
+    after = daemon.log_text()[mark:]
+    assert "/dbg-2" not in after and "duplicate Host" not in after, after
