@@ -100,9 +100,12 @@ static void do_reload(struct server *srv)
 		config_unref(neu);
 		goto failed;
 	}
-	config_diff_nonreloadable(old, neu, warn_nonreloadable, NULL);
+	/* the new snapshot keeps the start-up values of what needs a restart */
+	config_keep_nonreloadable(neu, old, warn_nonreloadable, NULL);
 	config_unref(old);
 	register_route_series(srv, neu);
+	if (!srv->log_debug)
+		dw_log_set_level(neu->log_level); /* reloadable, like the routes */
 	pthread_mutex_lock(&srv->cfg_lock);
 	old = srv->cfg;
 	srv->cfg = neu;
@@ -258,6 +261,9 @@ static void server_metrics(struct server *srv)
 	srv->m_queue_oldest =
 	    metrics_gauge(m, "dualwrite_queue_oldest_age_seconds",
 			  "Age of the oldest write waiting in the queue.", NULL);
+	srv->m_queue_syncs = metrics_counter(
+	    m, "dualwrite_queue_syncs_total",
+	    "Queue fdatasyncs made before releasing answers (durability \"fsync\").", NULL);
 }
 
 int main(int argc, char **argv)
@@ -324,6 +330,7 @@ int main(int argc, char **argv)
 		config_unref(srv.cfg);
 		return 0;
 	}
+	srv.log_debug = debug;
 	dw_log_set_level(debug ? DW_LOG_DEBUG : srv.cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);
 	/* No evthread_use_pthreads(): each loop is touched by its own thread

@@ -55,6 +55,7 @@ struct server {
 	int active_conns;	 /* atomic, across workers */
 	int workers_done;	 /* atomic */
 	bool ready;
+	bool log_debug; /* -d: debug logging whatever log_level says */
 	bool stopping;
 	struct event *stop_tick, *stop_deadline; /* the drain, once stopping */
 
@@ -62,6 +63,7 @@ struct server {
 	struct metric *m_conns_active, *m_conns_total, *m_conns_rejected;
 	struct metric *m_reload_ok, *m_reload_failed;
 	struct metric *m_queue_depth, *m_queue_dead, *m_queue_bytes, *m_queue_oldest;
+	struct metric *m_queue_syncs; /* fdatasyncs that released held answers */
 };
 
 /* ---- cross-thread wake-ups (wake.c) ---- */

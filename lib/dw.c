@@ -64,17 +64,18 @@ void dw_errlist_free(struct dw_errlist *l)
 	l->n = l->cap = 0;
 }
 
-/* Written once by the top level before threads start; read-only afterwards. */
-static enum dw_log_level log_threshold = DW_LOG_INFO;
+/* Set by the top level at start and on reload (log_level is reloadable);
+ * every thread reads it, hence the atomics. */
+static int log_threshold = DW_LOG_INFO;
 
 void dw_log_set_level(enum dw_log_level level)
 {
-	log_threshold = level;
+	__atomic_store_n(&log_threshold, (int)level, __ATOMIC_RELAXED);
 }
 
 int dw_log_enabled(enum dw_log_level level)
 {
-	return level >= log_threshold;
+	return (int)level >= __atomic_load_n(&log_threshold, __ATOMIC_RELAXED);
 }
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
@@ -124,7 +125,7 @@ void dw_vlog(enum dw_log_level level, const char *req, const char *fmt, va_list 
 	char msg[2048];
 	int m;
 
-	if (level < log_threshold)
+	if (!dw_log_enabled(level))
 		return;
 	m = vsnprintf(msg, sizeof(msg), fmt, ap);
 	if (m < 0)
@@ -138,7 +139,7 @@ void dw_log_text(enum dw_log_level level, const char *req, const char *msg, size
 	char line[2048];
 	size_t n;
 
-	if (level < log_threshold)
+	if (!dw_log_enabled(level))
 		return;
 	n = log_prefix(line, sizeof(line), level, req);
 	if (len > sizeof(line) - 2 - n)
