@@ -58,6 +58,7 @@
 #include "server.h"
 
 #define MAX_IN_MEMORY 4096 /* jobs held in memory before spilling to the queue */
+#define RETAIN_MAX 65536   /* outcomes kept while the journal refuses them */
 #define KEY_BUCKETS 4096
 #define EXCERPT 200
 
@@ -224,6 +225,12 @@ struct mirror {
 	 * a key must see them in the journal (spool_key_queued) first */
 	uint64_t *qhash;
 	size_t nqhash, capqhash;
+	/* Outcomes kept because the journal refused them (disk full): tried
+	 * again with the next ones, so once it takes writes again no record is
+	 * left PENDING (to be re-sent after a restart), and meanwhile their
+	 * keys' QUEUED outcomes still hold later writes back (job_arrive). At
+	 * most RETAIN_MAX; beyond, dropped with one warning. */
+	size_t retained;
 	struct event *flush_ev;
 
 	struct outcome_series {
@@ -666,25 +673,48 @@ static void chg_clear(struct mirror *mi)
 		free((char *)(uintptr_t)mi->chg[i].error);
 	mi->nchg = 0;
 	mi->nqhash = 0;
+	mi->retained = 0;
 }
 
+/* Write the outcomes so far. When none could be written (the journal
+ * refuses writes), keep them for the next try, up to RETAIN_MAX. */
 static void flush_states(struct mirror *mi)
 {
 	struct dw_err err = {""};
+	bool writable = __atomic_load_n(&mi->srv->journal.writable, __ATOMIC_ACQUIRE);
+	int rc;
 
 	if (mi->nchg == 0)
 		return;
 	/* The batch's access-log lines go out before its journal frames, so a
 	 * state anyone can see in the queue always has its log line. */
 	fflush(stderr);
+	rc = spool_set_states(mi->srv->spool, mi->chg, mi->nchg, &err);
 	/* While the journal is known not to be writable, that is logged once
 	 * (journal_failed), not once per loop iteration here. */
-	if ((spool_set_states(mi->srv->spool, mi->chg, mi->nchg, &err) < 0 || err.msg[0]) &&
-	    __atomic_load_n(&mi->srv->journal.writable, __ATOMIC_ACQUIRE))
-		log_error("mirror: recording %zu outcomes: %s (records left pending are "
-			  "recovered as queued on restart)",
-			  mi->nchg, err.msg);
+	if ((rc < 0 || err.msg[0]) && writable)
+		log_error("mirror: recording %zu outcomes: %s%s", mi->nchg, err.msg,
+			  rc < 0 ? " (kept to be tried again)" : "");
+	if (rc < 0 && mi->nchg <= RETAIN_MAX) {
+		mi->retained = mi->nchg;
+		return;
+	}
+	if (rc < 0)
+		log_warn("mirror: %zu outcomes could not be recorded: %s (their records stay "
+			 "pending and are recovered as queued on the next start)",
+			 mi->nchg, err.msg);
 	chg_clear(mi);
+}
+
+/* Whether an outcome kept unwritten queued a write of this key hash. */
+static bool retained_queued(const struct mirror *mi, uint64_t h)
+{
+	if (!mi->retained)
+		return false;
+	for (size_t i = 0; i < mi->nqhash; i++)
+		if (mi->qhash[i] == h)
+			return true;
+	return false;
 }
 
 static void lanes_flush(struct mirror *mi);
@@ -733,9 +763,9 @@ static void job_finish(struct mirror *mi, struct mirror_job *j, enum spool_state
 		}
 		mi->qhash[mi->nqhash++] = hash_key(job_upstream(j)->name, j->key);
 	}
-	if (mi->nchg == 1 && mi->flush_ev)
-		event_active(mi->flush_ev, EV_TIMEOUT, 0);
-	else if (mi->nchg >= 512)
+	if ((mi->nchg == 1 || mi->retained) && mi->flush_ev)
+		event_active(mi->flush_ev, EV_TIMEOUT, 0); /* once per iteration */
+	else if (mi->nchg - mi->retained >= 512)
 		flush_states(mi);
 counted:
 	mirror_count(mi, j->route->name, result);
@@ -1322,7 +1352,8 @@ static void job_arrive(struct mirror *mi, struct mirror_job *j)
 			TAILQ_INSERT_TAIL(&q->jobs, j, klink);
 			return;
 		}
-		if (spool_key_queued(mi->srv->spool, up->name, j->key)) {
+		if (spool_key_queued(mi->srv->spool, up->name, j->key) ||
+		    retained_queued(mi, hash_key(up->name, j->key))) {
 			job_finish(mi, j, SPOOL_QUEUED, 0, "key has earlier writes in the queue");
 			return;
 		}
@@ -1443,7 +1474,7 @@ void mirror_commit(struct mirror *self)
 	struct server *srv = self->srv;
 	struct spool_record *recs;
 	struct dw_err err = {""}, serr = {""};
-	size_t n = self->npend, k;
+	size_t n = self->npend, k, nchg;
 	char why[300];
 	const char *unsynced = NULL;
 	uint64_t f0;
@@ -1475,13 +1506,22 @@ void mirror_commit(struct mirror *self)
 	 * access-log lines go out first (see flush_states). */
 	if (self->nchg)
 		fflush(stderr);
+	if (self->retained)
+		flush_states(self); /* the kept outcomes first, on their own */
+	nchg = self->retained ? 0 : self->nchg; /* still refused: not again */
 	f0 = __atomic_load_n(&srv->journal.sync_failures, __ATOMIC_ACQUIRE);
-	k = spool_append_batch(srv->spool, recs, n, self->chg, self->nchg, &err);
-	chg_clear(self);
+	k = spool_append_batch(srv->spool, recs, n, self->chg, nchg, &err);
 	if (k < n)
 		journal_failed(srv, err.msg, n - k);
 	else if (err.msg[0])
 		log_error("mirror: journal: %s", err.msg);
+	/* With no record in, the outcomes may be in (a full queue refuses only
+	 * records) or not (I/O error): writing them again settles it, as final
+	 * ones are skipped, and keeps them if they are still refused. */
+	if (nchg && k == 0)
+		flush_states(self);
+	else if (nchg)
+		chg_clear(self);
 	/* G2 in fsync mode: a failed fdatasync is no acknowledgement. */
 	if (k && srv->fsync && journal_sync(srv, f0, &serr) < 0) {
 		unsynced = serr.msg;
@@ -1619,6 +1659,11 @@ void mirror_free(struct mirror *mi)
 	}
 	mirror_commit(mi); /* captured in the loop's last moments, with the outcomes */
 	flush_states(mi);  /* the outcomes, when nothing was captured */
+	if (mi->retained)
+		log_warn("mirror: %zu outcomes could not be recorded before the stop (their "
+			 "records stay pending and are recovered as queued on the next start)",
+			 mi->retained);
+	chg_clear(mi);
 	while ((s = mi->sfree)) {
 		mi->sfree = s->next_free;
 		free(s);

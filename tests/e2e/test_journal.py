@@ -242,6 +242,48 @@ def test_disk_full_healthy_target_delivers_every_write_and_says_so_once(
     assert len(log_lines(d, NOT_WRITABLE)) == 1
 
 
+def test_outcomes_the_full_disk_refused_are_recorded_once_it_has_room(
+        small_tmpfs, dw, make_backend):
+    """Writes journaled before the disk filled are delivered after: their outcomes cannot
+    be written then, are kept, and go into the journal as soon as it has room - no record
+    is left pending, to be sent once more after a restart."""
+    k = 24
+    release = threading.Event()
+    seen = [0]
+    lock = threading.Lock()
+
+    def handler(req):
+        with lock:
+            seen[0] += 1
+            no = seen[0]
+        if no <= k:
+            release.wait(10)  # answered only once the disk is full
+        return Reply(201, b'{"ok":true}', [("Content-Type", "application/json")])
+    legacy = counting_legacy(make_backend)
+    target = make_backend(handler, name="target")
+    d = ml.mirror_daemon(dw, legacy.url, target.url, ml.gear_routes(),
+                         queue={"path": small_tmpfs}, target_timeout_ms=8000)
+    for i in range(k):
+        write(d, i)  # journaled; their sends wait in the target
+    target.wait_requests(k, timeout=10)
+    filler = fill(os.path.dirname(small_tmpfs))
+    i = k
+    while not log_lines(d, NOT_WRITABLE):  # until the segment's last page is used up too
+        assert i < k + 200, "the journal never refused a write; log:\n%s" % d.log_text()
+        write(d, i)
+        i += 1
+    release.set()
+    ml.wait_outcomes(d, lambda o: o["result"] == "delivered", i, 20, "every write delivered")
+    assert ml.queue_stats(d.conf_path)["pending"] > 0  # the refused outcomes
+    os.unlink(filler)
+    write(d, i)
+    ml.wait_outcomes(d, lambda o: o["result"] == "delivered", i + 1, 10, "the last delivery")
+    st = ml.queue_stats(d.conf_path)
+    assert st["pending"] == 0 and st["queued"] == 0, st
+    assert ml.mirror_total(d, result="lost") == 0
+    assert d.metric("dualwrite_queue_writable") == 1
+
+
 def test_disk_full_target_down_counts_each_write_lost_loudly(small_tmpfs, dw, make_backend,
                                                               request):
     legacy = counting_legacy(make_backend)
