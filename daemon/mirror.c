@@ -623,7 +623,12 @@ static void journal_lost(struct server *srv)
  * under sync_lock, catches that. Returns 0 when everything appended since
  * f0 is known to be durable.
  */
-static int journal_sync(struct server *srv, uint64_t f0, struct dw_err *err)
+uint64_t journal_sync_mark(struct server *srv)
+{
+	return __atomic_load_n(&srv->journal.sync_failures, __ATOMIC_ACQUIRE);
+}
+
+int journal_sync(struct server *srv, uint64_t f0, struct dw_err *err)
 {
 	struct journal_health *h = &srv->journal;
 	int r = 0;
@@ -1509,7 +1514,7 @@ void mirror_commit(struct mirror *self)
 	if (self->retained)
 		flush_states(self); /* the kept outcomes first, on their own */
 	nchg = self->retained ? 0 : self->nchg; /* still refused: not again */
-	f0 = __atomic_load_n(&srv->journal.sync_failures, __ATOMIC_ACQUIRE);
+	f0 = journal_sync_mark(srv);
 	k = spool_append_batch(srv->spool, recs, n, self->chg, nchg, &err);
 	if (k < n)
 		journal_failed(srv, err.msg, n - k);

@@ -245,6 +245,12 @@ void mirror_commit(struct mirror *self);
 /* The journal's health (mirror.c). init: writable, gauge registered. */
 void journal_health_init(struct server *srv);
 void journal_health_free(struct server *srv);
+/* Every fdatasync of the daemon's journal goes through journal_sync, so a
+ * failure is seen by each batch it may have lost, whoever's sync reported
+ * it: mark before appending, journal_sync after; -1 with err when what was
+ * appended since the mark may not be on disk. */
+uint64_t journal_sync_mark(struct server *srv);
+int journal_sync(struct server *srv, uint64_t mark, struct dw_err *err) DW_MUSTCHECK;
 /* /status's "journal" object. */
 void journal_health_json(struct server *srv, void *json_obj);
 
