@@ -71,6 +71,9 @@ static void status_cb(struct evhttp_request *req, struct server *srv)
 			    json_integer(st.oldest_waiting_us
 					     ? (dw_wall_us() - st.oldest_waiting_us) / 1000000
 					     : 0));
+	json_t *journal = json_object();
+	journal_health_json(srv, journal); /* writable, and why not */
+	json_object_set_new(queue, "journal", journal);
 	json_object_set_new(doc, "queue", queue);
 	if (srv->nmirrors)
 		mirror_status_json(srv->mirrors[0], mirror); /* gauges shared by the shards */

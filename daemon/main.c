@@ -345,12 +345,14 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < sizeof(rnd); i++)
 		snprintf(srv.instance + 2 * i, 3, "%02x", rnd[i]);
 	server_metrics(&srv);
+	journal_health_init(&srv);
 	register_route_series(&srv, srv.cfg);
 
 	memset(&so, 0, sizeof(so));
 	so.max_bytes = srv.cfg->queue.max_bytes;
 	so.fsync = srv.cfg->queue.durability == QUEUE_DURABILITY_FSYNC;
 	so.owner = true;
+	srv.fsync = so.fsync;
 	so.reap_later = true; /* queue_tick_cb frees spent segments, not a worker */
 	srv.spool = spool_open(srv.cfg->queue.path, &so, &err);
 	if (!srv.spool) {
@@ -458,6 +460,7 @@ out:
 	if (srv.base)
 		event_base_free(srv.base);
 	config_unref(srv.cfg);
+	journal_health_free(&srv);
 	metrics_free(srv.metrics);
 	free(srv.conf_path);
 	pthread_mutex_destroy(&srv.cfg_lock);

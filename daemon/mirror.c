@@ -5,8 +5,24 @@
  * mirror_capture runs in the worker that served the write, before the client
  * gets its answer: it builds the mirror request with the mapping engine and
  * journals it in the spool (PENDING). A write whose mirror cannot be built is
- * journaled dead-lettered with the reason; a journal that cannot be written
- * is counted as lost and logged loudly. The client is served either way.
+ * journaled dead-lettered with the reason. The client is served either way.
+ *
+ * A write the journal refuses (disk full, queue full, I/O error; in
+ * durability "fsync" also a failed fdatasync) is still sent live, marked
+ * (job->nojournal): delivered, it counts as delivered; otherwise — a failed
+ * send, a permanent answer, an open breaker, shutdown — it is "lost", the
+ * one outcome that is neither journaled nor delivered, logged at error level
+ * with both reasons. The journal's state (struct journal_health) is logged
+ * once per change with its counts, not once per write.
+ *
+ * Order (G3) for a write that is not in the journal: it takes its place in
+ * its key's in-memory chain like any other, so later writes of the key wait
+ * behind it in memory (journaled or not) and none overtakes it. If it cannot
+ * be delivered, it is lost and the writes behind it go to the queue as
+ * usual: a write without a journal record can never be queued behind later
+ * ones (its sequence number would be later than theirs), so it is never
+ * journaled late. A key that already has writes in the queue takes no
+ * unjournaled write: it could only overtake them, so it is lost at once.
  *
  * Each worker's event loop runs one mirror shard; a write goes to the shard
  * its ordering key hashes to (an unkeyed write stays in the worker that
@@ -42,6 +58,7 @@
 #include "server.h"
 
 #define MAX_IN_MEMORY 4096 /* jobs held in memory before spilling to the queue */
+#define RETAIN_MAX 65536   /* outcomes kept while the journal refuses them */
 #define KEY_BUCKETS 4096
 #define EXCERPT 200
 
@@ -61,6 +78,10 @@ struct mirror_job {
 	int64_t created_us; /* wall clock, when the legacy acknowledged */
 	int64_t t_ack; /* monotonic, when the legacy acknowledged */
 	struct keyq *kq;
+	/* Why this write has no durable journal record (NULL: it has one). With
+	 * seq 0 it is not in the journal at all (no state frames are written
+	 * for it); with a seq its fdatasync failed. Lost unless delivered. */
+	char *nojournal;
 };
 TAILQ_HEAD(job_list, mirror_job);
 
@@ -204,6 +225,12 @@ struct mirror {
 	 * a key must see them in the journal (spool_key_queued) first */
 	uint64_t *qhash;
 	size_t nqhash, capqhash;
+	/* Outcomes kept because the journal refused them (disk full): tried
+	 * again with the next ones, so once it takes writes again no record is
+	 * left PENDING (to be re-sent after a restart), and meanwhile their
+	 * keys' QUEUED outcomes still hold later writes back (job_arrive). At
+	 * most RETAIN_MAX; beyond, dropped with one warning. */
+	size_t retained;
 	struct event *flush_ev;
 
 	struct outcome_series {
@@ -229,6 +256,7 @@ static void job_free(struct mirror_job *j)
 	free(j->path);
 	free(j->body);
 	free(j->reqid);
+	free(j->nojournal);
 	free(j);
 }
 
@@ -237,7 +265,9 @@ static void log_outcome(const char *reqid, const char *route, const char *key, c
 			uint64_t seq, const char *result, int status, uint32_t attempt,
 			double latency_ms, const char *why)
 {
-	enum dw_log_level level = strcmp(result, "dead") == 0 ? DW_LOG_WARN : DW_LOG_INFO;
+	enum dw_log_level level = strcmp(result, "lost") == 0	 ? DW_LOG_ERROR
+				  : strcmp(result, "dead") == 0 ? DW_LOG_WARN
+								: DW_LOG_INFO;
 	uint64_t tenths = latency_ms > 0 ? (uint64_t)(latency_ms * 10 + 0.5) : 0;
 	char buf[1024];
 	struct dw_text l;
@@ -507,6 +537,143 @@ static void mirror_count(struct mirror *mi, const char *route, const char *resul
 	metric_inc(m);
 }
 
+/* ------------------------------------------------------ the journal's health */
+
+void journal_health_init(struct server *srv)
+{
+	struct journal_health *h = &srv->journal;
+
+	pthread_mutex_init(&h->lock, NULL);
+	pthread_mutex_init(&h->sync_lock, NULL);
+	h->writable = true;
+	h->m_writable = metrics_gauge(srv->metrics, "dualwrite_queue_writable",
+				      "1 while the journal (replay queue) takes writes; 0 while "
+				      "mirrors are sent live without it (see /status).",
+				      NULL);
+	metric_set(h->m_writable, 1);
+}
+
+void journal_health_free(struct server *srv)
+{
+	pthread_mutex_destroy(&srv->journal.lock);
+	pthread_mutex_destroy(&srv->journal.sync_lock);
+}
+
+/* n writes were not journaled, or not durably, because of why: the journal
+ * is not writable. Logged when that is news. */
+static void journal_failed(struct server *srv, const char *why, size_t n)
+{
+	struct journal_health *h = &srv->journal;
+
+	pthread_mutex_lock(&h->lock);
+	snprintf(h->reason, sizeof(h->reason), "%s", why);
+	h->unjournaled_total += n;
+	if (h->writable) {
+		__atomic_store_n(&h->writable, false, __ATOMIC_RELEASE);
+		h->since_us = dw_wall_us();
+		h->unjournaled = n;
+		h->lost = 0;
+		h->episodes++;
+		metric_set(h->m_writable, 0);
+		log_error("queue: journal not writable: %s; %zu writes sent live without journal, "
+			  "and so are the next ones until it is writable again",
+			  why, n);
+	} else {
+		h->unjournaled += n;
+	}
+	pthread_mutex_unlock(&h->lock);
+}
+
+/* A write went in (and, in fsync mode, is on disk): the journal is
+ * writable. Costs one atomic load when it already was. */
+static void journal_ok(struct server *srv)
+{
+	struct journal_health *h = &srv->journal;
+
+	if (__atomic_load_n(&h->writable, __ATOMIC_ACQUIRE))
+		return;
+	pthread_mutex_lock(&h->lock);
+	if (!h->writable) {
+		__atomic_store_n(&h->writable, true, __ATOMIC_RELEASE);
+		metric_set(h->m_writable, 1);
+		log_warn("queue: journal writable again after %.1f s and %" PRIu64
+			 " writes sent live without journal, %" PRIu64 " lost so far (last error: %s)",
+			 (double)(dw_wall_us() - h->since_us) / 1e6, h->unjournaled, h->lost,
+			 h->reason);
+	}
+	pthread_mutex_unlock(&h->lock);
+}
+
+static void journal_lost(struct server *srv)
+{
+	struct journal_health *h = &srv->journal;
+
+	pthread_mutex_lock(&h->lock);
+	h->lost++;
+	h->lost_total++;
+	pthread_mutex_unlock(&h->lock);
+}
+
+/*
+ * fdatasync what this worker just appended. Every worker shares the
+ * segment's file description, so the kernel reports a writeback error to
+ * the first fdatasync after it only: another worker's sync failing after
+ * our frames were written may have lost them too, and ours then returns 0.
+ * sync_failures, read before the append (f0) and compared after the sync
+ * under sync_lock, catches that. Returns 0 when everything appended since
+ * f0 is known to be durable.
+ */
+uint64_t journal_sync_mark(struct server *srv)
+{
+	return __atomic_load_n(&srv->journal.sync_failures, __ATOMIC_ACQUIRE);
+}
+
+int journal_sync(struct server *srv, uint64_t f0, struct dw_err *err)
+{
+	struct journal_health *h = &srv->journal;
+	int r = 0;
+
+	pthread_mutex_lock(&h->sync_lock);
+	if (spool_sync(srv->spool, err) < 0) {
+		__atomic_add_fetch(&h->sync_failures, 1, __ATOMIC_RELEASE);
+		r = -1;
+	} else if (srv->fsync) {
+		metric_inc(srv->m_queue_syncs);
+	}
+	if (r == 0 && __atomic_load_n(&h->sync_failures, __ATOMIC_ACQUIRE) != f0) {
+		dw_err_set(err, "queue: an fdatasync of the journal failed after these writes "
+				"were written to it");
+		r = -1;
+	}
+	pthread_mutex_unlock(&h->sync_lock);
+	return r;
+}
+
+void journal_health_json(struct server *srv, void *obj)
+{
+	struct journal_health *h = &srv->journal;
+	json_t *o = obj;
+	char since[40];
+
+	pthread_mutex_lock(&h->lock);
+	json_object_set_new(o, "writable", json_boolean(h->writable));
+	if (!h->writable) {
+		dw_rfc3339(h->since_us, since, sizeof(since));
+		json_object_set_new(o, "error", json_string(h->reason));
+		json_object_set_new(o, "since", json_string(since));
+		json_object_set_new(o, "for_s",
+				    json_integer((dw_wall_us() - h->since_us) / 1000000));
+		json_object_set_new(o, "writes_without_journal",
+				    json_integer((json_int_t)h->unjournaled));
+		json_object_set_new(o, "lost", json_integer((json_int_t)h->lost));
+	}
+	json_object_set_new(o, "writes_without_journal_total",
+			    json_integer((json_int_t)h->unjournaled_total));
+	json_object_set_new(o, "lost_total", json_integer((json_int_t)h->lost_total));
+	json_object_set_new(o, "unwritable_times", json_integer((json_int_t)h->episodes));
+	pthread_mutex_unlock(&h->lock);
+}
+
 /* Forget the outcomes once they are in the journal (or failed to be). */
 static void chg_clear(struct mirror *mi)
 {
@@ -514,22 +681,48 @@ static void chg_clear(struct mirror *mi)
 		free((char *)(uintptr_t)mi->chg[i].error);
 	mi->nchg = 0;
 	mi->nqhash = 0;
+	mi->retained = 0;
 }
 
+/* Write the outcomes so far. When none could be written (the journal
+ * refuses writes), keep them for the next try, up to RETAIN_MAX. */
 static void flush_states(struct mirror *mi)
 {
 	struct dw_err err = {""};
+	bool writable = __atomic_load_n(&mi->srv->journal.writable, __ATOMIC_ACQUIRE);
+	int rc;
 
 	if (mi->nchg == 0)
 		return;
 	/* The batch's access-log lines go out before its journal frames, so a
 	 * state anyone can see in the queue always has its log line. */
 	fflush(stderr);
-	if (spool_set_states(mi->srv->spool, mi->chg, mi->nchg, &err) < 0 || err.msg[0])
-		log_error("mirror: recording %zu outcomes: %s (records left pending are "
-			  "recovered as queued on restart)",
-			  mi->nchg, err.msg);
+	rc = spool_set_states(mi->srv->spool, mi->chg, mi->nchg, &err);
+	/* While the journal is known not to be writable, that is logged once
+	 * (journal_failed), not once per loop iteration here. */
+	if ((rc < 0 || err.msg[0]) && writable)
+		log_error("mirror: recording %zu outcomes: %s%s", mi->nchg, err.msg,
+			  rc < 0 ? " (kept to be tried again)" : "");
+	if (rc < 0 && mi->nchg <= RETAIN_MAX) {
+		mi->retained = mi->nchg;
+		return;
+	}
+	if (rc < 0)
+		log_warn("mirror: %zu outcomes could not be recorded: %s (their records stay "
+			 "pending and are recovered as queued on the next start)",
+			 mi->nchg, err.msg);
 	chg_clear(mi);
+}
+
+/* Whether an outcome kept unwritten queued a write of this key hash. */
+static bool retained_queued(const struct mirror *mi, uint64_t h)
+{
+	if (!mi->retained)
+		return false;
+	for (size_t i = 0; i < mi->nqhash; i++)
+		if (mi->qhash[i] == h)
+			return true;
+	return false;
 }
 
 static void lanes_flush(struct mirror *mi);
@@ -543,13 +736,27 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 	flush_states(arg);
 }
 
-/* Record a job's outcome in the journal, count and log it, free it. */
+/* Record a job's outcome in the journal, count and log it, free it. A job
+ * with no durable journal record that is not delivered is lost. */
 static void job_finish(struct mirror *mi, struct mirror_job *j, enum spool_state st, int status,
 		       const char *why)
 {
-	const char *result = st == SPOOL_DELIVERED ? "delivered" : st == SPOOL_DEAD ? "dead" : "queued";
+	bool lost = j->nojournal && st != SPOOL_DELIVERED;
+	const char *result = lost			? "lost"
+			     : st == SPOOL_DELIVERED ? "delivered"
+			     : st == SPOOL_DEAD	     ? "dead"
+						     : "queued";
 	double ms = (double)(dw_now_us() - j->t_ack) / 1e3;
+	char lwhy[800];
 
+	if (lost) {
+		snprintf(lwhy, sizeof(lwhy), "%s; not %s: %s", why ? why : "not delivered",
+			 j->seq ? "durably journaled" : "journaled", j->nojournal);
+		why = lwhy;
+		journal_lost(mi->srv);
+	}
+	if (j->seq == 0) /* not in the journal: nothing to record there */
+		goto counted;
 	if (mi->nchg == mi->capchg) {
 		mi->capchg = mi->capchg ? mi->capchg * 2 : 64;
 		mi->chg = dw_realloc(mi->chg, mi->capchg * sizeof(*mi->chg));
@@ -564,10 +771,11 @@ static void job_finish(struct mirror *mi, struct mirror_job *j, enum spool_state
 		}
 		mi->qhash[mi->nqhash++] = hash_key(job_upstream(j)->name, j->key);
 	}
-	if (mi->nchg == 1 && mi->flush_ev)
-		event_active(mi->flush_ev, EV_TIMEOUT, 0);
-	else if (mi->nchg >= 512)
+	if ((mi->nchg == 1 || mi->retained) && mi->flush_ev)
+		event_active(mi->flush_ev, EV_TIMEOUT, 0); /* once per iteration */
+	else if (mi->nchg - mi->retained >= 512)
 		flush_states(mi);
+counted:
 	mirror_count(mi, j->route->name, result);
 	if (st == SPOOL_DELIVERED)
 		histogram_observe(mi->h_duration, ms / 1e3);
@@ -617,7 +825,10 @@ static void key_queue_all(struct mirror *mi, struct mirror_job *j, int status, c
 		job_finish(mi, j, SPOOL_QUEUED, status, why);
 		return;
 	}
-	snprintf(behind, sizeof(behind), "behind queued seq %" PRIu64, j->seq);
+	if (j->seq)
+		snprintf(behind, sizeof(behind), "behind queued seq %" PRIu64, j->seq);
+	else
+		snprintf(behind, sizeof(behind), "behind a write of this key that was not journaled");
 	TAILQ_REMOVE(&q->jobs, j, klink);
 	job_finish(mi, j, SPOOL_QUEUED, status, why);
 	while ((x = TAILQ_FIRST(&q->jobs))) {
@@ -1149,7 +1360,8 @@ static void job_arrive(struct mirror *mi, struct mirror_job *j)
 			TAILQ_INSERT_TAIL(&q->jobs, j, klink);
 			return;
 		}
-		if (spool_key_queued(mi->srv->spool, up->name, j->key)) {
+		if (spool_key_queued(mi->srv->spool, up->name, j->key) ||
+		    retained_queued(mi, hash_key(up->name, j->key))) {
 			job_finish(mi, j, SPOOL_QUEUED, 0, "key has earlier writes in the queue");
 			return;
 		}
@@ -1211,6 +1423,12 @@ void mirror_submit(struct mirror *mi, struct mirror *from, struct mirror_job *jo
 	pthread_mutex_lock(&mi->lock);
 	if (mi->closed) {
 		pthread_mutex_unlock(&mi->lock);
+		if (from && job->nojournal) { /* and it is in no journal: lost */
+			from->in_memory++;
+			metric_inc(from->m_memory);
+			job_finish(from, job, SPOOL_QUEUED, 0, "daemon stopped before the mirror was sent");
+			return;
+		}
 		/* Too late to send: it stays PENDING in the journal and is
 		 * recovered as queued on the next start. */
 		log_warn("mirror seq=%" PRIu64 " left pending at shutdown", job->seq);
@@ -1263,9 +1481,11 @@ void mirror_commit(struct mirror *self)
 {
 	struct server *srv = self->srv;
 	struct spool_record *recs;
-	struct dw_err err = {""};
-	size_t n = self->npend, k;
+	struct dw_err err = {""}, serr = {""};
+	size_t n = self->npend, k, nchg;
 	char why[300];
+	const char *unsynced = NULL;
+	uint64_t f0;
 
 	if (n == 0)
 		return;
@@ -1294,23 +1514,40 @@ void mirror_commit(struct mirror *self)
 	 * access-log lines go out first (see flush_states). */
 	if (self->nchg)
 		fflush(stderr);
-	k = spool_append_batch(srv->spool, recs, n, self->chg, self->nchg, &err);
-	chg_clear(self);
-	if (err.msg[0] && k == n)
+	if (self->retained)
+		flush_states(self); /* the kept outcomes first, on their own */
+	nchg = self->retained ? 0 : self->nchg; /* still refused: not again */
+	f0 = journal_sync_mark(srv);
+	k = spool_append_batch(srv->spool, recs, n, self->chg, nchg, &err);
+	if (k < n)
+		journal_failed(srv, err.msg, n - k);
+	else if (err.msg[0])
 		log_error("mirror: journal: %s", err.msg);
+	/* With no record in, the outcomes may be in (a full queue refuses only
+	 * records) or not (I/O error): writing them again settles it, as final
+	 * ones are skipped, and keeps them if they are still refused. */
+	if (nchg && k == 0)
+		flush_states(self);
+	else if (nchg)
+		chg_clear(self);
+	/* G2 in fsync mode: a failed fdatasync is no acknowledgement. */
+	if (k && srv->fsync && journal_sync(srv, f0, &serr) < 0) {
+		unsynced = serr.msg;
+		journal_failed(srv, serr.msg, k);
+	}
+	if (k == n && !unsynced)
+		journal_ok(srv);
 	for (size_t i = 0; i < n; i++) {
 		struct mirror_job *j = self->pend[i].job;
 		char *dead = self->pend[i].dead;
 		struct target *open = self->pend[i].open;
 
-		j->seq = recs[i].seq;
-		if (i >= k) {
-			/* G2's last resort: never silent. */
-			log_error("mirror LOST route=%s key=%s idem=%s: cannot journal: %s",
-				  j->route->name, j->key ? j->key : "-", j->idem, err.msg);
-			mirror_count(self, j->route->name, "lost");
-			job_free(j);
-		} else if (dead || open) {
+		j->seq = i < k ? recs[i].seq : 0;
+		if (i >= k)
+			j->nojournal = dw_strdup(err.msg); /* sent live all the same */
+		else if (unsynced)
+			j->nojournal = dw_strdup(unsynced);
+		if (dead || open) {
 			self->in_memory++; /* job_finish counts it out */
 			metric_inc(self->m_memory);
 			if (dead)
@@ -1430,6 +1667,11 @@ void mirror_free(struct mirror *mi)
 	}
 	mirror_commit(mi); /* captured in the loop's last moments, with the outcomes */
 	flush_states(mi);  /* the outcomes, when nothing was captured */
+	if (mi->retained)
+		log_warn("mirror: %zu outcomes could not be recorded before the stop (their "
+			 "records stay pending and are recovered as queued on the next start)",
+			 mi->retained);
+	chg_clear(mi);
 	while ((s = mi->sfree)) {
 		mi->sfree = s->next_free;
 		free(s);

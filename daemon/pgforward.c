@@ -219,7 +219,7 @@ static int forward_all(struct pgforward *pf, struct dw_err *err)
 		return 0;
 	if (spool_refresh(pf->srv->spool, &rerr) < 0)
 		log_warn("queue: %s", rerr.msg);
-	if (spool_sync(pf->srv->spool, &rerr) < 0)
+	if (journal_sync(pf->srv, journal_sync_mark(pf->srv), &rerr) < 0)
 		log_warn("queue: %s", rerr.msg);
 	for (int i = 0; i < 64; i++) {
 		if ((n = forward_batch(pf, err)) < 0) {
@@ -229,7 +229,7 @@ static int forward_all(struct pgforward *pf, struct dw_err *err)
 		if (n < BATCH)
 			break;
 	}
-	if (spool_sync(pf->srv->spool, &rerr) < 0)
+	if (journal_sync(pf->srv, journal_sync_mark(pf->srv), &rerr) < 0)
 		log_warn("queue: %s", rerr.msg);
 	(void)flock(pf->replay_fd, LOCK_UN);
 	return rc;

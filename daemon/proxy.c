@@ -1606,17 +1606,12 @@ void proxy_abort_all(struct worker *w)
 
 void proxy_sync_done(struct worker *w)
 {
-	struct dw_err err = {""};
 	struct conn *c;
 
+	/* One write and, in fsync mode, one fdatasync for every answer held in
+	 * this loop iteration. A failed one still releases them (G1: the client
+	 * is served); mirror_commit counts those writes lost unless delivered. */
 	mirror_commit(w->mirror); /* even when every waiter is gone */
-	if (TAILQ_EMPTY(&w->stateq[CS_SYNC]))
-		return;
-	/* One fdatasync for every answer held in this loop iteration. */
-	if (spool_sync(w->srv->spool, &err) < 0)
-		log_error("queue: fsync failed, answers released without durability: %s", err.msg);
-	else
-		metric_inc(w->srv->m_queue_syncs);
 	while ((c = TAILQ_FIRST(&w->stateq[CS_SYNC]))) {
 		conn_set_state(c, CS_RESPONSE); /* leaves the queue */
 		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->x->held);

@@ -36,12 +36,36 @@ struct evhttp;
 
 #define DW_VERSION "0.1.0"
 
+/*
+ * Whether the journal takes writes (G2 in detail). Workers report every
+ * journal write and sync they make; a change of state is logged once with
+ * its counts, never once per write. While the journal refuses writes the
+ * mirrors are still sent live (mirror.c): a write that is neither journaled
+ * nor delivered is the only one counted lost. In durability "fsync" a write
+ * whose fdatasync failed counts as not journaled (lost unless delivered),
+ * and the journal is unwritable until a later sync succeeds.
+ */
+struct journal_health {
+	pthread_mutex_t lock; /* guards what follows but `writable`'s fast reads */
+	bool writable;	      /* also read atomically without the lock */
+	char reason[300];     /* the last error while not writable */
+	int64_t since_us;     /* wall clock of the change to not writable */
+	uint64_t unjournaled; /* writes sent live without a durable journal record, this time */
+	uint64_t lost;	      /* of those, neither journaled nor delivered, this time */
+	uint64_t unjournaled_total, lost_total, episodes;
+	pthread_mutex_t sync_lock; /* a worker's fdatasync and its sync_failures check */
+	uint64_t sync_failures;	   /* atomic: failed fdatasyncs so far (mirror.c journal_sync) */
+	struct metric *m_writable;
+};
+
 struct server {
 	char *conf_path;
 	pthread_mutex_t cfg_lock; /* guards cfg (the pointer, not the snapshot) */
 	struct dw_config *cfg;
 	struct metrics *metrics;
 	struct spool *spool; /* shared by the workers */
+	bool fsync;	     /* durability "fsync": the spool was opened with fsync */
+	struct journal_health journal;
 	struct mirror **mirrors; /* one shard per worker, in that worker's loop */
 	size_t nmirrors;
 	uint64_t idem_counter;	 /* atomic: workers draw idempotency keys */
@@ -63,7 +87,7 @@ struct server {
 	struct metric *m_conns_active, *m_conns_total, *m_conns_rejected;
 	struct metric *m_reload_ok, *m_reload_failed;
 	struct metric *m_queue_depth, *m_queue_dead, *m_queue_bytes, *m_queue_oldest;
-	struct metric *m_queue_syncs; /* fdatasyncs that released held answers */
+	struct metric *m_queue_syncs; /* fdatasyncs of the journal (journal_sync) */
 };
 
 /* ---- cross-thread wake-ups (wake.c) ---- */
@@ -213,9 +237,24 @@ struct mirror_input {
 };
 void mirror_capture(struct server *srv, struct mirror *self, const struct mirror_input *in);
 /* Journal every write captured by this worker since the last call (one
- * write(2) for all of them) and hand them to their shards. The answers of
- * those writes may be released only after this. */
+ * write(2) for all of them, and in durability "fsync" one fdatasync), and
+ * hand them to their shards. The answers of those writes may be released
+ * only after this. A write the journal refused (or whose sync failed) is
+ * handed on all the same, marked: it is sent live, and counted lost if it
+ * is not delivered. */
 void mirror_commit(struct mirror *self);
+
+/* The journal's health (mirror.c). init: writable, gauge registered. */
+void journal_health_init(struct server *srv);
+void journal_health_free(struct server *srv);
+/* Every fdatasync of the daemon's journal goes through journal_sync, so a
+ * failure is seen by each batch it may have lost, whoever's sync reported
+ * it: mark before appending, journal_sync after; -1 with err when what was
+ * appended since the mark may not be on disk. */
+uint64_t journal_sync_mark(struct server *srv);
+int journal_sync(struct server *srv, uint64_t mark, struct dw_err *err) DW_MUSTCHECK;
+/* /status's "journal" object. */
+void journal_health_json(struct server *srv, void *json_obj);
 
 /* Refresh the journal view and the queue gauges; fills st (main.c). */
 void server_queue_refresh(struct server *srv, struct spool_stats *st);
