@@ -1403,12 +1403,16 @@ void config_diff_nonreloadable(const struct dw_config *old, const struct dw_conf
 {
 	if (old->workers != new_->workers)
 		warn(arg, "workers");
+	if (old->log_level != new_->log_level)
+		warn(arg, "log_level");
 	if (str_differs(old->admin_listen, new_->admin_listen))
 		warn(arg, "admin.listen");
 	if (str_differs(old->queue.path, new_->queue.path))
 		warn(arg, "queue.path");
 	if (old->queue.durability != new_->queue.durability)
 		warn(arg, "queue.durability");
+	if (old->queue.max_bytes != new_->queue.max_bytes)
+		warn(arg, "queue.max_bytes");
 	if (str_differs(old->queue.postgres, new_->queue.postgres))
 		warn(arg, "queue.postgres");
 	if (str_differs(old->queue.table, new_->queue.table))

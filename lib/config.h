@@ -148,7 +148,8 @@ const struct dw_route *config_route_match(const struct dw_config *c, const char 
 					  size_t method_len, const char *path, size_t path_len,
 					  struct route_params *rp);
 
-/* Keys whose change a reload cannot apply (workers, admin.listen, queue.*):
+/* Keys whose change a reload cannot apply (workers, log_level, admin.listen,
+ * queue.*; the spool and the logger are set up once at start):
  * describes each differing one via warn(arg, "key"). */
 void config_diff_nonreloadable(const struct dw_config *old, const struct dw_config *new_,
 			       void (*warn)(void *arg, const char *key), void *arg);

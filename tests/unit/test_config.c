@@ -499,9 +499,12 @@ static void test_diff_nonreloadable(void **state)
 	b->queue.path = strdup("/elsewhere");
 	b->queue.durability = QUEUE_DURABILITY_FSYNC;
 	b->queue.postgres = strdup("dbname=q");
+	b->queue.max_bytes = 1ULL << 20;
+	b->log_level = DW_LOG_DEBUG;
 	b->limits.max_body_bytes = 5; /* reloadable: not reported */
 	config_diff_nonreloadable(a, b, note_key, buf);
-	assert_string_equal(buf, "workers,admin.listen,queue.path,queue.durability,queue.postgres,");
+	assert_string_equal(buf, "workers,log_level,admin.listen,queue.path,queue.durability,"
+				 "queue.max_bytes,queue.postgres,");
 	config_unref(a);
 	config_unref(b);
 }
