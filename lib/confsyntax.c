@@ -351,6 +351,16 @@ static void read_value(struct rd *R, const char *name)
 	R->depth--;
 }
 
+/* Whether the lookahead (a name) is followed by '=' or ':': a next setting
+ * written on the same line, which libconfig accepts. Reads ahead on a copy. */
+static bool name_then_assign(const struct rd *R)
+{
+	struct rd ahead = *R;
+
+	lex(&ahead);
+	return is_punct(&ahead.cur, '=') || is_punct(&ahead.cur, ':');
+}
+
 /*
  * Settings up to closer ('}' for a group, '\0' for the top level). open_line
  * and owner name the group for "never closed".
@@ -420,7 +430,8 @@ static void read_settings(struct rd *R, char closer, int open_line, const char *
 		/* No terminator: libconfig accepts the next setting or the end of
 		 * the group, but a word on the same line is almost always a unit or
 		 * a forgotten ';'. */
-		if (R->cur.k == T_NAME && R->cur.line == vline && (vk == T_INT || vk == T_FLOAT)) {
+		if (R->cur.k == T_NAME && R->cur.line == vline && (vk == T_INT || vk == T_FLOAT) &&
+		    !name_then_assign(R)) {
 			fail_near(R, "expected ';' after the value of '%s' (a number takes no unit: "
 				     "write the plain integer, e.g. 1073741824 for 1 GiB)",
 				  name);
