@@ -6,6 +6,7 @@
 #   make bench         self-contained benchmarks (and, when present, the peer harness)
 #   make SANITIZE=address,undefined check    the same under ASan/UBSan (build dir build-san/)
 #   make install PREFIX=/usr/local DESTDIR=
+#   make deb           a Debian package (tools/debian/), checked by lintian when installed
 #   make lint | format | fuzz | clean
 
 CC       ?= cc
@@ -156,6 +157,11 @@ install: $(B)/dualwrited $(B)/dualwrite
 	[ -e $(DESTDIR)$(SYSCONFDIR)/dualwrite/dualwrited.conf ] || \
 	  install -m 0640 conf/dualwrited.conf $(DESTDIR)$(SYSCONFDIR)/dualwrite/dualwrited.conf
 
+# A Debian package built with dpkg-deb (tools/debian/): make deb DEB_OUT=dir
+DEB_OUT ?= build-deb
+deb:
+	@tools/debian/build.sh $(DEB_OUT)
+
 lint:
 	@tools/lint.sh
 
@@ -163,6 +169,6 @@ format:
 	clang-format -i lib/*.[ch] daemon/*.[ch] tools/cli/*.[ch] tools/demo/*.c tests/unit/*.c tests/fuzz/*.c
 
 clean:
-	rm -rf build build-san build-fuzz
+	rm -rf build build-san build-fuzz build-deb
 
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
