@@ -550,8 +550,9 @@ static void test_split_hostport(void **state)
  * what libconfig rejects. */
 static void test_confsyntax_agrees(void **state)
 {
-	static const char *const ok[] = { "conf/gear-ops.conf", "conf/iot-v2.conf",
-					  FIX "valid.conf", FIX "minimal.conf", FIX "multi.conf" };
+	static const char *const ok[] = { "conf/gear-ops.conf",	  "conf/iot-v2.conf",
+					  "conf/dualwrited.conf", FIX "valid.conf",
+					  FIX "minimal.conf",	  FIX "multi.conf" };
 	static const char *const tricky =
 		"a = \"x\" \"y\"; /* c */ b : -1.5e3, c = 0x1FL\n// d\n# e\n"
 		"f = ( { g = [ 1, 2 ]; }, ( ), [ ] ) h = { i = true; j = FALSE }\n"
