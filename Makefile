@@ -6,6 +6,7 @@
 #   make bench         self-contained benchmarks (and, when present, the peer harness)
 #   make SANITIZE=address,undefined check    the same under ASan/UBSan (build dir build-san/)
 #   make install PREFIX=/usr/local DESTDIR=
+#   make deb           a Debian package (tools/debian/), checked by lintian when installed
 #   make lint | format | fuzz | clean
 
 CC       ?= cc
@@ -50,7 +51,7 @@ BENCH_BIN  := $(BENCH_SRC:tests/bench/%.c=$(B)/bench/%)
 
 BINS := $(B)/dualwrited $(B)/dualwrite $(B)/dw-demo-backend
 
-.PHONY: all deps check unit e2e fuzz-replay demo bench install clean lint format fuzz
+.PHONY: all deps check unit e2e fuzz-replay demo bench install deb clean lint format fuzz
 all: $(BINS) $(UNIT_BIN) $(FUZZ_REPLAY) $(BENCH_BIN)
 
 deps:
@@ -120,12 +121,50 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	@B=$(B) tests/bench/bench.sh
 
+# Installed layout. The units, sysusers.d and tmpfiles.d files go under
+# $(PREFIX)/lib, which systemd searches for /usr and /usr/local alike; the
+# units' /usr/local paths are rewritten to $(PREFIX). The configuration in
+# $(SYSCONFDIR)/dualwrite is installed only when there is none: an upgrade
+# never overwrites an operator's file.
+BINDIR      ?= $(PREFIX)/bin
+SBINDIR     ?= $(PREFIX)/sbin
+MANDIR      ?= $(PREFIX)/share/man
+DOCDIR      ?= $(PREFIX)/share/doc/dualwrite
+SYSTEMDDIR  ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+SYSCONFDIR  ?= /etc
+UNITS       := systemd/dualwrited.service systemd/dualwrite-replay.service \
+               systemd/dualwrite-replay.timer
+MANS        := daemon/dualwrited.8 tools/cli/dualwrite.1 conf/dualwrite.conf.5
+EXAMPLES    := $(wildcard conf/*.conf) conf/dualwrite-alerts.yml conf/dualwrite-dashboard.json
+
 install: $(B)/dualwrited $(B)/dualwrite
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/dualwrite/conf \
-	           $(DESTDIR)$(PREFIX)/lib/systemd/system
-	install -m 0755 $(B)/dualwrited $(B)/dualwrite $(DESTDIR)$(PREFIX)/bin/
-	install -m 0644 conf/*.conf $(DESTDIR)$(PREFIX)/share/dualwrite/conf/
-	install -m 0644 systemd/* $(DESTDIR)$(PREFIX)/lib/systemd/system/
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man1 \
+	           $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR)/examples \
+	           $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR)
+	install -m 0755 $(B)/dualwrited $(DESTDIR)$(SBINDIR)/dualwrited
+	install -m 0755 $(B)/dualwrite $(DESTDIR)$(BINDIR)/dualwrite
+	install -m 0644 tools/cli/dualwrite.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 conf/dualwrite.conf.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 daemon/dualwrited.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 $(EXAMPLES) $(DESTDIR)$(DOCDIR)/examples/
+	install -m 0644 README $(DESTDIR)$(DOCDIR)/
+	for u in $(UNITS); do \
+	  sed -e 's|/usr/local/|$(PREFIX)/|g' -e 's|/etc/dualwrite/|$(SYSCONFDIR)/dualwrite/|g' $$u \
+	    >$(DESTDIR)$(SYSTEMDDIR)/$$(basename $$u) && \
+	  chmod 0644 $(DESTDIR)$(SYSTEMDDIR)/$$(basename $$u) || exit 1; \
+	done
+	install -m 0644 systemd/dualwrite.sysusers $(DESTDIR)$(SYSUSERSDIR)/dualwrite.conf
+	install -m 0644 systemd/dualwrite.tmpfiles $(DESTDIR)$(TMPFILESDIR)/dualwrite.conf
+	install -d -m 0750 $(DESTDIR)$(SYSCONFDIR)/dualwrite
+	[ -e $(DESTDIR)$(SYSCONFDIR)/dualwrite/dualwrited.conf ] || \
+	  install -m 0640 conf/dualwrited.conf $(DESTDIR)$(SYSCONFDIR)/dualwrite/dualwrited.conf
+
+# A Debian package built with dpkg-deb (tools/debian/): make deb DEB_OUT=dir
+DEB_OUT ?= build-deb
+deb:
+	@tools/debian/build.sh $(DEB_OUT)
 
 lint:
 	@tools/lint.sh
@@ -134,6 +173,6 @@ format:
 	clang-format -i lib/*.[ch] daemon/*.[ch] tools/cli/*.[ch] tools/demo/*.c tests/unit/*.c tests/fuzz/*.c
 
 clean:
-	rm -rf build build-san build-fuzz
+	rm -rf build build-san build-fuzz build-deb
 
 -include $(shell find $(B) -name '*.d' 2>/dev/null)

@@ -13,6 +13,7 @@
  * readers share it through config_ref/config_unref.
  */
 #include "config.h"
+#include "confsyntax.h"
 #include "http_parse.h"
 
 #include <errno.h>
@@ -1226,6 +1227,68 @@ bool config_table_compares(const struct dw_table_map *t, const char *column)
 
 /* ---------------------------------------------------------------- entry points */
 
+#define PARSE_READ_MAX (16u << 20) /* larger files get libconfig's bare verdict */
+
+/* The text of file (NULL when unreadable or too large); *len its size. */
+static char *slurp(const char *file, size_t *len)
+{
+	FILE *f = fopen(file, "r");
+	char *buf;
+
+	if (!f)
+		return NULL;
+	buf = dw_malloc(PARSE_READ_MAX);
+	*len = fread(buf, 1, PARSE_READ_MAX, f);
+	if (ferror(f) || *len == PARSE_READ_MAX) {
+		free(buf);
+		buf = NULL;
+	}
+	fclose(f);
+	return buf;
+}
+
+/* Line n (1-based) of text, trimmed, into out; "" when there is none. */
+static void line_text(const char *text, size_t len, int n, char *out, size_t outlen)
+{
+	const char *p = text, *end = text + len, *e;
+
+	for (int i = 1; i < n && p < end; i++) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		p = nl ? nl + 1 : end;
+	}
+	while (p < end && (*p == ' ' || *p == '\t'))
+		p++;
+	e = memchr(p, '\n', (size_t)(end - p));
+	e = e ? e : end;
+	while (e > p && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
+		e--;
+	snprintf(out, outlen, "%.*s", (int)(e - p > 80 ? 80 : e - p), p);
+}
+
+/*
+ * libconfig says "syntax error" and a line; say what is wrong there. The
+ * second reader (confsyntax) names the token and what was expected; when it
+ * sees nothing wrong, show libconfig's verdict with the line's text.
+ */
+static void report_parse_error(const config_t *cfg, const char *file, const char *src,
+			       struct dw_errlist *errs)
+{
+	const char *text = config_error_text(cfg);
+	int line = config_error_line(cfg);
+	struct confsyntax_diag d;
+	size_t len = src ? strlen(src) : 0;
+	char *buf = src ? dw_strdup(src) : slurp(file, &len), shown[96];
+
+	if (buf && strcmp(text, "syntax error") == 0 && confsyntax_explain(buf, len, &d)) {
+		dw_errlist_add(errs, "%s:%d: %s", file, d.line, d.what);
+	} else if (buf && (line_text(buf, len, line, shown, sizeof(shown)), *shown)) {
+		dw_errlist_add(errs, "%s:%d: %s: %s", file, line, text, shown);
+	} else {
+		dw_errlist_add(errs, "%s:%d: %s", file, line, text);
+	}
+	free(buf);
+}
+
 /* Checks a parsed libconfig tree and builds the snapshot; path names it in
  * errors. Destroys cfg either way. */
 static struct dw_config *config_from_tree(config_t *cfg, const char *path,
@@ -1277,15 +1340,16 @@ static struct dw_config *config_from_tree(config_t *cfg, const char *path,
 }
 
 /* Reports why libconfig could not read; destroys cfg. */
-static void read_failed(config_t *cfg, const char *path, struct dw_errlist *errs)
+/* src: the text parsed when it came from memory (NULL: read the file). */
+static void read_failed(config_t *cfg, const char *path, const char *src,
+			struct dw_errlist *errs)
 {
 	const char *ef = config_error_file(cfg);
 
 	if (config_error_type(cfg) == CONFIG_ERR_FILE_IO)
 		dw_errlist_add(errs, "%s: cannot read: %s", ef ? ef : path, config_error_text(cfg));
-	else
-		dw_errlist_add(errs, "%s:%d: syntax error: %s", ef ? ef : path,
-			       config_error_line(cfg), config_error_text(cfg));
+	else /* an error in an included file names that file, and src is not it */
+		report_parse_error(cfg, ef ? ef : path, ef ? NULL : src, errs);
 	config_destroy(cfg);
 }
 
@@ -1314,7 +1378,7 @@ struct dw_config *config_load(const char *path, struct dw_errlist *errs)
 	rc = config_read_file(&cfg, path);
 	free(dir);
 	if (rc != CONFIG_TRUE) {
-		read_failed(&cfg, path, errs);
+		read_failed(&cfg, path, NULL, errs);
 		return NULL;
 	}
 	return config_from_tree(&cfg, path, errs);
@@ -1333,7 +1397,7 @@ struct dw_config *config_load_string(const char *text, const char *name,
 	}
 	config_init(&cfg);
 	if (config_read_string(&cfg, text) != CONFIG_TRUE) {
-		read_failed(&cfg, name, errs);
+		read_failed(&cfg, name, text, errs);
 		return NULL;
 	}
 	return config_from_tree(&cfg, name, errs);

@@ -3,8 +3,12 @@
 # As root it installs what is missing (running apt-get update once first);
 # otherwise it prints the exact command and fails.
 set -eu
+# mandoc lints the man pages, prometheus ships promtool (checks the alert
+# rules; its own service is installed too, enabled where systemd runs),
+# lintian checks the .deb of `make deb`.
 PKGS="make gcc clang pkg-config libevent-dev libssl-dev libjansson-dev libconfig-dev libpq-dev
-postgresql postgresql-client libcmocka-dev python3 python3-pytest curl valgrind wrk"
+postgresql postgresql-client libcmocka-dev python3 python3-pytest curl valgrind wrk
+mandoc prometheus lintian"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
