@@ -1305,6 +1305,14 @@ static int eval_each(const struct expr *e, const struct expr_ctx *ctx, json_t **
 	for (size_t i = 0; i < json_array_size(list); i++) {
 		json_t *v = NULL;
 		ic.item = json_array_get(list, i);
+		if (e->body->kind == N_DOC && !json_is_object(ic.item)) {
+			/* a row of a batch that is not a row: never sent half-mapped */
+			dw_err_set(err, "each: element %zu is %s, not an object", i,
+				   type_name(ic.item));
+			json_decref(acc);
+			json_decref(list);
+			return EXPR_ERROR;
+		}
 		rc = eval_node(e->body, &ic, &v, err);
 		if (rc == EXPR_MISSING)
 			dw_err_set(err, "each: element %zu maps to nothing", i);

@@ -181,6 +181,8 @@ struct tmpl *tmpl_compile_opts(const char *s, struct expr_opts *o, struct dw_err
  * the line. Evaluating a mapping whose each-source is missing or not a list,
  * or one of whose elements maps to nothing (or to an error) is EXPR_ERROR
  * with the reason: a batch is never sent with elements silently left out.
+ * When the element mapping is a document (a group body or a base), every
+ * element must be a JSON object.
  */
 int expr_compile_mapping(const config_setting_t *g, struct expr_opts *o, struct expr **out,
 			 struct dw_err *err);

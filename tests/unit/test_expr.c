@@ -963,8 +963,15 @@ static void test_each(void **state)
 	check_mapping_error("{ each = \"$request\"; body = { a = 1; }; }", &wctx, "an object");
 	check_mapping_error("{ each = \"$request\"; body = \"$item.source\"; }", &ctx,
 			    "each: element 2 maps to nothing");
-	check_mapping_error("{ each = \"$request\"; base = \"$item.deviceId\"; }", &ctx,
-			    "each: element 0: base is not a JSON object");
+	json_t *mixed = parse("[{\"id\": 1}, 5]");
+	struct expr_ctx mctx = { .request = mixed };
+	/* a document per element needs object elements; a value per element does not */
+	check_mapping_error("{ each = \"$request\"; body = { id = \"$item.id\"; }; }", &mctx,
+			    "each: element 1 is a number, not an object");
+	check_mapping_error("{ each = \"$request\"; base = \"$item\"; }", &mctx,
+			    "each: element 1 is a number, not an object");
+	check_mapping("{ each = \"$request\"; body = \"$item\"; }", &mctx, "[{\"id\":1},5]");
+	json_decref(mixed);
 	check_mapping_error("{ each = \"$request\"; body = { v = \"$number($item.deviceId)\"; }; }",
 			    &ctx, "each: element 0: $number: \"d1\" is not a number");
 	struct expr_ctx bad_tenant = { .request = batch };
