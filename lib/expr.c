@@ -519,7 +519,11 @@ static struct expr *fold_constants(struct expr *e, struct parser *ps)
 	json_t *v = NULL;
 
 	if (e->kind == N_FUNC) {
-		fold_constants(e->items[0], ps);
+		e->items[0] = fold_constants(e->items[0], ps);
+		if (!e->items[0]) {
+			expr_free(e);
+			return NULL;
+		}
 		if (e->items[0]->kind != N_LIT)
 			return e;
 		if (eval_node(e, &none, &v, ps->err) != EXPR_OK) {

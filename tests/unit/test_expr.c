@@ -798,6 +798,9 @@ static void test_conversions(void **state)
 	check_ctx("\"$number('12')\"", NULL, "12");
 	check_ctx("\"$string(1.50)\"", NULL, "\"1.5\"");
 	check_ctx("\"$json('x') ?? 1\"", NULL, "\"\\\"x\\\"\"");
+	check_ctx("\"$string($number('12'))\"", NULL, "\"12\"");
+	check_ctx("\"$json($string($number('1.0')) ?? 2)\"", NULL, "\"\\\"1\\\"\"");
+	check_ctx("\"${$string($number('7' ?? 1))}\"", NULL, "\"7\"");
 	json_decref(req);
 }
 
@@ -815,6 +818,7 @@ static void test_operator_errors(void **state)
 		{ "\"$string($request.a, $request.b)\"", "takes one value" },
 		{ "\"$string()\"", "expected a $reference" },
 		{ "\"$number('abc')\"", "\"abc\" is not a number" },
+		{ "\"$string($number('abc'))\"", "\"abc\" is not a number" },
 		{ "\"$string({})\"", "$string: the value is an object" },
 		{ "\"$request.a ?? [ ]\"", "expected a $reference" },
 		{ "\"$request.a ?? {x}\"", "expected a $reference" },
