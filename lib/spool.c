@@ -39,12 +39,13 @@
  * increasing even after every old segment has been deleted.
  */
 #include "spool.h"
+#include "spool_frame.h"
+#include "spool_index.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <jansson.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -53,263 +54,6 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#define FRAME_MAGIC 0x31515744u /* "DWQ1" read as little-endian u32 */
-#define HDR_LEN 21
-#define MAX_PAYLOAD (256u << 20)
-
-enum frame_type { FT_RECORD_JSON = 1, FT_STATE_JSON = 2, FT_ROTATE = 3, FT_RECORD = 4, FT_STATE = 5 };
-#define FT_MAX FT_STATE
-
-static const uint32_t crc32c_tab[256] = {
-	0x00000000, 0xf26b8303, 0xe13b70f7, 0x1350f3f4, 0xc79a971f, 0x35f1141c,
-	0x26a1e7e8, 0xd4ca64eb, 0x8ad958cf, 0x78b2dbcc, 0x6be22838, 0x9989ab3b,
-	0x4d43cfd0, 0xbf284cd3, 0xac78bf27, 0x5e133c24, 0x105ec76f, 0xe235446c,
-	0xf165b798, 0x030e349b, 0xd7c45070, 0x25afd373, 0x36ff2087, 0xc494a384,
-	0x9a879fa0, 0x68ec1ca3, 0x7bbcef57, 0x89d76c54, 0x5d1d08bf, 0xaf768bbc,
-	0xbc267848, 0x4e4dfb4b, 0x20bd8ede, 0xd2d60ddd, 0xc186fe29, 0x33ed7d2a,
-	0xe72719c1, 0x154c9ac2, 0x061c6936, 0xf477ea35, 0xaa64d611, 0x580f5512,
-	0x4b5fa6e6, 0xb93425e5, 0x6dfe410e, 0x9f95c20d, 0x8cc531f9, 0x7eaeb2fa,
-	0x30e349b1, 0xc288cab2, 0xd1d83946, 0x23b3ba45, 0xf779deae, 0x05125dad,
-	0x1642ae59, 0xe4292d5a, 0xba3a117e, 0x4851927d, 0x5b016189, 0xa96ae28a,
-	0x7da08661, 0x8fcb0562, 0x9c9bf696, 0x6ef07595, 0x417b1dbc, 0xb3109ebf,
-	0xa0406d4b, 0x522bee48, 0x86e18aa3, 0x748a09a0, 0x67dafa54, 0x95b17957,
-	0xcba24573, 0x39c9c670, 0x2a993584, 0xd8f2b687, 0x0c38d26c, 0xfe53516f,
-	0xed03a29b, 0x1f682198, 0x5125dad3, 0xa34e59d0, 0xb01eaa24, 0x42752927,
-	0x96bf4dcc, 0x64d4cecf, 0x77843d3b, 0x85efbe38, 0xdbfc821c, 0x2997011f,
-	0x3ac7f2eb, 0xc8ac71e8, 0x1c661503, 0xee0d9600, 0xfd5d65f4, 0x0f36e6f7,
-	0x61c69362, 0x93ad1061, 0x80fde395, 0x72966096, 0xa65c047d, 0x5437877e,
-	0x4767748a, 0xb50cf789, 0xeb1fcbad, 0x197448ae, 0x0a24bb5a, 0xf84f3859,
-	0x2c855cb2, 0xdeeedfb1, 0xcdbe2c45, 0x3fd5af46, 0x7198540d, 0x83f3d70e,
-	0x90a324fa, 0x62c8a7f9, 0xb602c312, 0x44694011, 0x5739b3e5, 0xa55230e6,
-	0xfb410cc2, 0x092a8fc1, 0x1a7a7c35, 0xe811ff36, 0x3cdb9bdd, 0xceb018de,
-	0xdde0eb2a, 0x2f8b6829, 0x82f63b78, 0x709db87b, 0x63cd4b8f, 0x91a6c88c,
-	0x456cac67, 0xb7072f64, 0xa457dc90, 0x563c5f93, 0x082f63b7, 0xfa44e0b4,
-	0xe9141340, 0x1b7f9043, 0xcfb5f4a8, 0x3dde77ab, 0x2e8e845f, 0xdce5075c,
-	0x92a8fc17, 0x60c37f14, 0x73938ce0, 0x81f80fe3, 0x55326b08, 0xa759e80b,
-	0xb4091bff, 0x466298fc, 0x1871a4d8, 0xea1a27db, 0xf94ad42f, 0x0b21572c,
-	0xdfeb33c7, 0x2d80b0c4, 0x3ed04330, 0xccbbc033, 0xa24bb5a6, 0x502036a5,
-	0x4370c551, 0xb11b4652, 0x65d122b9, 0x97baa1ba, 0x84ea524e, 0x7681d14d,
-	0x2892ed69, 0xdaf96e6a, 0xc9a99d9e, 0x3bc21e9d, 0xef087a76, 0x1d63f975,
-	0x0e330a81, 0xfc588982, 0xb21572c9, 0x407ef1ca, 0x532e023e, 0xa145813d,
-	0x758fe5d6, 0x87e466d5, 0x94b49521, 0x66df1622, 0x38cc2a06, 0xcaa7a905,
-	0xd9f75af1, 0x2b9cd9f2, 0xff56bd19, 0x0d3d3e1a, 0x1e6dcdee, 0xec064eed,
-	0xc38d26c4, 0x31e6a5c7, 0x22b65633, 0xd0ddd530, 0x0417b1db, 0xf67c32d8,
-	0xe52cc12c, 0x1747422f, 0x49547e0b, 0xbb3ffd08, 0xa86f0efc, 0x5a048dff,
-	0x8ecee914, 0x7ca56a17, 0x6ff599e3, 0x9d9e1ae0, 0xd3d3e1ab, 0x21b862a8,
-	0x32e8915c, 0xc083125f, 0x144976b4, 0xe622f5b7, 0xf5720643, 0x07198540,
-	0x590ab964, 0xab613a67, 0xb831c993, 0x4a5a4a90, 0x9e902e7b, 0x6cfbad78,
-	0x7fab5e8c, 0x8dc0dd8f, 0xe330a81a, 0x115b2b19, 0x020bd8ed, 0xf0605bee,
-	0x24aa3f05, 0xd6c1bc06, 0xc5914ff2, 0x37faccf1, 0x69e9f0d5, 0x9b8273d6,
-	0x88d28022, 0x7ab90321, 0xae7367ca, 0x5c18e4c9, 0x4f48173d, 0xbd23943e,
-	0xf36e6f75, 0x0105ec76, 0x12551f82, 0xe03e9c81, 0x34f4f86a, 0xc69f7b69,
-	0xd5cf889d, 0x27a40b9e, 0x79b737ba, 0x8bdcb4b9, 0x988c474d, 0x6ae7c44e,
-	0xbe2da0a5, 0x4c4623a6, 0x5f16d052, 0xad7d5351,
-};
-
-static uint32_t crc32c_soft(uint32_t crc, const unsigned char *b, size_t n)
-{
-	while (n--)
-		crc = crc32c_tab[(crc ^ *b++) & 0xff] ^ (crc >> 8);
-	return crc;
-}
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-/* SSE 4.2's crc32 instruction computes CRC-32C: 8 bytes per instruction
- * instead of one table lookup per byte. */
-__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const unsigned char *b,
-							      size_t n)
-{
-	uint64_t c = crc;
-
-	for (; n >= 8; n -= 8, b += 8) {
-		uint64_t v;
-		memcpy(&v, b, 8);
-		c = __builtin_ia32_crc32di(c, v);
-	}
-	crc = (uint32_t)c;
-	while (n--)
-		crc = __builtin_ia32_crc32qi(crc, *b++);
-	return crc;
-}
-#endif
-
-static uint32_t crc32c_update(uint32_t crc, const void *p, size_t n)
-{
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-	if (__builtin_cpu_supports("sse4.2"))
-		return crc32c_hw(crc, p, n);
-#endif
-	return crc32c_soft(crc, p, n);
-}
-
-static void put32(unsigned char *p, uint32_t v)
-{
-	p[0] = v & 0xff;
-	p[1] = (v >> 8) & 0xff;
-	p[2] = (v >> 16) & 0xff;
-	p[3] = (v >> 24) & 0xff;
-}
-
-static uint32_t get32(const unsigned char *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void put64(unsigned char *p, uint64_t v)
-{
-	put32(p, (uint32_t)v);
-	put32(p + 4, (uint32_t)(v >> 32));
-}
-
-static uint64_t get64(const unsigned char *p)
-{
-	return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
-
-/* ---- growable byte buffer for building frames ---- */
-
-struct buf {
-	unsigned char *p;
-	size_t len, cap;
-};
-
-static void buf_reserve(struct buf *b, size_t more)
-{
-	if (b->len + more <= b->cap)
-		return;
-	size_t cap = b->cap ? b->cap : 256;
-	while (cap < b->len + more)
-		cap *= 2;
-	b->p = dw_realloc(b->p, cap);
-	b->cap = cap;
-}
-
-/* ---- base64, for bodies of 0.1.0's JSON records that were not UTF-8 ---- */
-
-static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-static int b64_val(char c)
-{
-	const char *p = c ? strchr(b64chars, c) : NULL;
-	return p ? (int)(p - b64chars) : -1;
-}
-
-/* Returns a malloced buffer (NUL-terminated for convenience) or NULL. */
-static char *b64_decode(const char *in, size_t n, size_t *outlen)
-{
-	char *out = dw_malloc(n / 4 * 3 + 3);
-	size_t o = 0, i;
-	uint32_t acc = 0;
-	int bits = 0;
-
-	for (i = 0; i < n; i++) {
-		if (in[i] == '=')
-			break;
-		int v = b64_val(in[i]);
-		if (v < 0) {
-			free(out);
-			return NULL;
-		}
-		acc = acc << 6 | (uint32_t)v;
-		bits += 6;
-		if (bits >= 8) {
-			bits -= 8;
-			out[o++] = (char)((acc >> bits) & 0xff);
-		}
-	}
-	out[o] = '\0';
-	*outlen = o;
-	return out;
-}
-
-/* ---- the in-memory index ---- */
-
-/*
- * One (upstream, key) pair with live records. refs counts the non-terminal
- * records that point here (DEAD included); queued and pending count those in
- * each waiting state, for spool_key_queued. Freed when refs drops to 0.
- */
-struct keynode {
-	uint64_t hash;
-	uint32_t refs, queued, pending;
-	uint64_t mark; /* spool_ready's visit generation */
-	size_t len; /* of s: upstream '\0' key */
-	char s[];
-};
-
-/*
- * Key nodes live as long as their key has records waiting - for a target
- * that is down, one per queued write, for as long as the outage lasts. Taken
- * from malloc one by one they interleave with the worker's short-lived
- * blocks and fragment its heap until every malloc stalls; so nodes up to
- * SLAB_MAX bytes come from 64 KiB blocks of their own, in 32-byte classes
- * with a free list each. When the last node is freed (the queue drained
- * after an outage), all blocks but one go back to malloc (one is kept, so a
- * quiet spool whose only key comes and goes does not malloc a block each time). Under ASan, free and
- * never-used slab memory is poisoned, so a stale node is still reported.
- */
-#define SLAB_CLASS 32
-#define SLAB_MAX 256
-#define SLAB_BLOCK 65536
-struct slab {
-	void *free[SLAB_MAX / SLAB_CLASS];
-	void **blocks;
-	size_t nblocks;
-	char *cur; /* bump region of the newest block */
-	size_t left;
-	size_t live; /* objects handed out from the blocks */
-};
-
-#if defined(__SANITIZE_ADDRESS__)
-#define SLAB_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SLAB_ASAN 1
-#endif
-#endif
-#ifdef SLAB_ASAN
-#include <sanitizer/asan_interface.h>
-#define slab_poison(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
-#define slab_unpoison(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
-#else
-#define slab_poison(p, n) ((void)(p), (void)(n))
-#define slab_unpoison(p, n) ((void)(p), (void)(n))
-#endif
-/*
- * The key index is open-addressed (linear probing, at most half full) with
- * each slot holding the key's hash beside its node: while a target is down
- * every write adds a key and looks one up, and with a chained table each of
- * those walked a bucket pointer and then a node, two cache misses a lookup
- * once the backlog outgrew the cache (5% of an outage's append path at a
- * million keys, bench_spool -q). A miss now mostly reads one line of slots.
- * Deletion shifts the cluster back, so there are no tombstones.
- *
- * Growing moves the keys over a little at a time: rehashing a backlog's
- * table at once stalled the worker 13 ms at 262,144 keys and 53 ms at a
- * million, and a slow or hanging target reaches those within seconds. While
- * a move is on, old holds the keys not yet moved (every key is in exactly
- * one of the two tables), and each insert or release moves KEYMAP_STEP
- * slots' worth, so the move ends long before the new table is half full. A
- * table that empties returns to its first size.
- */
-struct keyslot {
-	uint64_t hash;
-	struct keynode *k; /* NULL: empty */
-};
-struct keytab {
-	struct keyslot *t;
-	size_t cap; /* 0 or a power of two */
-};
-#define KEYMAP_MIN 1024
-#define KEYMAP_STEP 16
-struct keymap {
-	struct keytab cur;
-	struct keytab old; /* being moved into cur; cap 0: no move on */
-	size_t mig;	   /* old's slots before this one are empty */
-	size_t n;	   /* keys in both */
-	struct slab slab;
-};
 
 /* One record as folded from the log. The record's fields beyond these are
  * read back from its frame on demand (spool_read). */
@@ -329,23 +73,6 @@ struct seg {
 	uint64_t id;
 	uint64_t size; /* bytes known */
 	uint64_t live; /* non-terminal records whose RECORD frame is here */
-};
-
-/*
- * Failure reasons, interned: a target that is down gives thousands of queued
- * records the same few reasons, and a copy per record kept the heap
- * fragmented with long-lived small blocks (malloc then stalled the worker
- * on every request).
- */
-struct errstr {
-	struct errstr *next;
-	uint64_t hash;
-	uint32_t refs;
-	char s[];
-};
-struct errs {
-	struct errstr **b;
-	size_t nb, n;
 };
 
 struct spool {
@@ -430,380 +157,6 @@ void spool_record_clear(struct spool_record *r)
 	free(r->request_id);
 	free(r->last_error);
 	memset(r, 0, sizeof(*r));
-}
-
-/* Hash of upstream '\0' key (and of interned reasons): eight bytes a step,
- * then a finalizer that spreads every input bit over the low bits the
- * tables index with. In memory only; never written anywhere. */
-static uint64_t key_hash(const char *s, size_t n)
-{
-	const uint64_t m = 0x9e3779b97f4a7c15ull;
-	uint64_t h = (uint64_t)n * m, w;
-
-	for (; n >= 8; s += 8, n -= 8) {
-		memcpy(&w, s, 8);
-		h = (h ^ w) * m;
-		h ^= h >> 32;
-	}
-	if (n) {
-		w = 0;
-		memcpy(&w, s, n);
-		h = (h ^ w) * m;
-	}
-	h ^= h >> 33;
-	h *= 0xff51afd7ed558ccdull;
-	h ^= h >> 33;
-	h *= 0xc4ceb9fe1a85ec53ull;
-	h ^= h >> 33;
-	return h;
-}
-
-static struct keynode *tab_find(const struct keytab *t, const char *s, size_t n, uint64_t h)
-{
-	size_t mask = t->cap - 1;
-
-	if (!t->cap)
-		return NULL;
-	for (size_t i = h & mask; t->t[i].k; i = (i + 1) & mask) {
-		struct keynode *k = t->t[i].k;
-		if (t->t[i].hash == h && k->len == n && memcmp(k->s, s, n) == 0)
-			return k;
-	}
-	return NULL;
-}
-
-/* Put a slot's node in the first free slot of its probe sequence (it is
- * not in t yet); the slot's copy of the hash spares reading the node. */
-static void tab_place(struct keytab *t, struct keyslot slot)
-{
-	size_t mask = t->cap - 1, i = slot.hash & mask;
-
-	while (t->t[i].k)
-		i = (i + 1) & mask;
-	t->t[i] = slot;
-}
-
-/* The slot holding k in t, or SIZE_MAX when t does not have it. */
-static size_t tab_slot_of(const struct keytab *t, const struct keynode *k)
-{
-	size_t mask = t->cap - 1;
-
-	if (!t->cap)
-		return SIZE_MAX;
-	for (size_t i = k->hash & mask; t->t[i].k; i = (i + 1) & mask)
-		if (t->t[i].k == k)
-			return i;
-	return SIZE_MAX;
-}
-
-/* Empty slot i, moving up each later member of its cluster that may sit
- * there (its home is not in the cyclic range (i, j]). */
-static void tab_remove_at(struct keytab *t, size_t i)
-{
-	size_t mask = t->cap - 1;
-
-	for (size_t j = (i + 1) & mask; t->t[j].k; j = (j + 1) & mask)
-		if (((j - (t->t[j].hash & mask)) & mask) >= ((j - i) & mask)) {
-			t->t[i] = t->t[j];
-			i = j;
-		}
-	t->t[i].k = NULL;
-}
-
-static struct keynode *keymap_find(const struct keymap *m, const char *s, size_t n, uint64_t h)
-{
-	struct keynode *k = tab_find(&m->cur, s, n, h);
-
-	return k ? k : tab_find(&m->old, s, n, h);
-}
-
-/*
- * Move up to KEYMAP_STEP of old's slots into cur. Taking each key out of old
- * by the same backward shift keeps old's slots before mig empty: a shift
- * only fills slots of the cluster at or after the emptied one, and no
- * cluster wraps into an empty slot 0. So the slot at mig is looked at again
- * until it is empty, and every key is moved once.
- */
-static void keymap_migrate(struct keymap *m)
-{
-	for (int budget = KEYMAP_STEP; m->old.cap && budget > 0; budget--) {
-		if (m->old.t[m->mig].k) {
-			tab_place(&m->cur, m->old.t[m->mig]);
-			tab_remove_at(&m->old, m->mig);
-		} else if (++m->mig == m->old.cap) {
-			free(m->old.t);
-			memset(&m->old, 0, sizeof(m->old));
-			m->mig = 0;
-		}
-	}
-}
-
-/* A fresh cur of cap slots; the keys in the one before move over later. */
-static void keymap_grow(struct keymap *m, size_t cap)
-{
-	while (m->old.cap) /* the move before this one must be over */
-		keymap_migrate(m);
-	m->old = m->cur;
-	m->mig = 0;
-	m->cur.t = dw_calloc(cap, sizeof(*m->cur.t));
-	m->cur.cap = cap;
-}
-
-static size_t slab_class(size_t size)
-{
-	return (size + SLAB_CLASS - 1) / SLAB_CLASS - 1;
-}
-
-static void *slab_alloc(struct slab *sl, size_t size)
-{
-	size_t c = slab_class(size), sz = (c + 1) * SLAB_CLASS;
-	void *p;
-
-	if (size > SLAB_MAX)
-		return dw_calloc(1, size);
-	if ((p = sl->free[c])) {
-		slab_unpoison(p, sz);
-		sl->free[c] = *(void **)p;
-	} else {
-		if (sl->left < sz) {
-			sl->blocks = dw_realloc(sl->blocks, (sl->nblocks + 1) * sizeof(void *));
-			sl->cur = dw_malloc(SLAB_BLOCK);
-			slab_poison(sl->cur, SLAB_BLOCK);
-			sl->blocks[sl->nblocks++] = sl->cur;
-			sl->left = SLAB_BLOCK;
-		}
-		p = sl->cur;
-		slab_unpoison(p, sz);
-		sl->cur += sz;
-		sl->left -= sz;
-	}
-	sl->live++;
-	memset(p, 0, sz);
-	return p;
-}
-
-/* Blocks from index first on back to malloc. */
-static void slab_free_blocks(struct slab *sl, size_t first)
-{
-	for (size_t i = first; i < sl->nblocks; i++) {
-		slab_unpoison(sl->blocks[i], SLAB_BLOCK);
-		free(sl->blocks[i]);
-	}
-}
-
-/* With nothing live: keep the first block, empty, and free the rest. */
-static void slab_trim(struct slab *sl)
-{
-	slab_free_blocks(sl, 1);
-	memset(sl->free, 0, sizeof(sl->free));
-	if (sl->nblocks) {
-		sl->nblocks = 1;
-		sl->cur = sl->blocks[0];
-		sl->left = SLAB_BLOCK;
-		slab_poison(sl->cur, SLAB_BLOCK);
-	}
-}
-
-/* Every block back to malloc; the slab is empty and usable again. */
-static void slab_release(struct slab *sl)
-{
-	slab_free_blocks(sl, 0);
-	free(sl->blocks);
-	memset(sl, 0, sizeof(*sl));
-}
-
-static void slab_free(struct slab *sl, void *p, size_t size)
-{
-	size_t c = slab_class(size);
-
-	if (size > SLAB_MAX) {
-		free(p);
-		return;
-	}
-	if (--sl->live == 0) { /* the last one: give the memory back */
-		slab_trim(sl);
-		return;
-	}
-	*(void **)p = sl->free[c];
-	sl->free[c] = p;
-	slab_poison(p, (c + 1) * SLAB_CLASS);
-}
-
-/* The index's key, "upstream\0key", with its hash: in buf when it fits,
- * else from malloc (key_done frees it). */
-struct keystr {
-	char buf[512];
-	char *s;
-	size_t n;
-	uint64_t hash;
-};
-
-static void key_make(struct keystr *k, const char *upstream, const char *key)
-{
-	size_t ul = strlen(upstream), kl = strlen(key);
-
-	k->n = ul + 1 + kl;
-	k->s = k->n <= sizeof(k->buf) ? k->buf : dw_malloc(k->n);
-	memcpy(k->s, upstream, ul);
-	k->s[ul] = '\0';
-	memcpy(k->s + ul + 1, key, kl);
-	k->hash = key_hash(k->s, k->n);
-}
-
-static void key_done(struct keystr *k)
-{
-	if (k->s != k->buf)
-		free(k->s);
-}
-
-/*
- * Start loading the slot that upstream/key hashes to. A batch's new records
- * are mostly new keys (ids the legacy just assigned), each a cache miss in a
- * backlog's table; prefetched before the batch is written, those misses
- * overlap with the write instead of following one another in the fold.
- */
-static void keymap_prefetch(const struct keymap *m, const char *upstream, const char *key)
-{
-	struct keystr ks;
-
-	if (!m->cur.cap)
-		return;
-	key_make(&ks, upstream, key);
-	__builtin_prefetch(&m->cur.t[ks.hash & (m->cur.cap - 1)], 1);
-	key_done(&ks);
-}
-
-static struct keynode *keymap_get(struct keymap *m, const char *upstream, const char *key)
-{
-	struct keystr ks;
-	struct keynode *k;
-
-	key_make(&ks, upstream, key);
-	k = keymap_find(m, ks.s, ks.n, ks.hash);
-	if (!k) {
-		keymap_migrate(m);
-		if ((m->n + 1) * 2 > m->cur.cap)
-			keymap_grow(m, m->cur.cap ? m->cur.cap * 2 : KEYMAP_MIN);
-		k = slab_alloc(&m->slab, sizeof(*k) + ks.n);
-		k->hash = ks.hash;
-		k->len = ks.n;
-		memcpy(k->s, ks.s, ks.n);
-		tab_place(&m->cur, (struct keyslot){ .hash = ks.hash, .k = k });
-		m->n++;
-	}
-	key_done(&ks);
-	return k;
-}
-
-/* Both tables go (not the nodes); the index is empty and usable again. */
-static void keymap_drop_tables(struct keymap *m)
-{
-	free(m->cur.t);
-	free(m->old.t);
-	memset(&m->cur, 0, sizeof(m->cur));
-	memset(&m->old, 0, sizeof(m->old));
-	m->mig = 0;
-}
-
-static void keymap_free(struct keymap *m)
-{
-	const struct keytab *tabs[2] = { &m->cur, &m->old };
-
-	for (int t = 0; t < 2; t++)
-		for (size_t i = 0; i < tabs[t]->cap; i++) {
-			struct keynode *k = tabs[t]->t[i].k;
-			if (k && sizeof(*k) + k->len > SLAB_MAX)
-				free(k);
-		}
-	slab_release(&m->slab);
-	keymap_drop_tables(m);
-	m->n = 0;
-}
-
-/* Drop a reference; the last one takes k out of the index and frees it. */
-static void keymap_release(struct keymap *m, struct keynode *k)
-{
-	size_t i;
-
-	if (--k->refs)
-		return;
-	if ((i = tab_slot_of(&m->cur, k)) != SIZE_MAX)
-		tab_remove_at(&m->cur, i);
-	else
-		tab_remove_at(&m->old, tab_slot_of(&m->old, k));
-	slab_free(&m->slab, k, sizeof(*k) + k->len);
-	if (--m->n == 0 && m->cur.cap > KEYMAP_MIN) { /* an outage drained */
-		keymap_drop_tables(m);
-	} else {
-		keymap_migrate(m);
-	}
-}
-
-static const char *err_get(struct errs *m, const char *s)
-{
-	size_t len;
-	uint64_t h;
-	struct errstr *x;
-
-	if (!s)
-		return NULL;
-	len = strlen(s);
-	h = key_hash(s, len);
-	if (m->nb && (x = m->b[h & (m->nb - 1)]))
-		for (; x; x = x->next)
-			if (x->hash == h && strcmp(x->s, s) == 0) {
-				x->refs++;
-				return x->s;
-			}
-	if (m->n >= m->nb) { /* grow: power of two, rehash */
-		size_t nb = m->nb ? m->nb * 2 : 64;
-		struct errstr **b = dw_calloc(nb, sizeof(struct errstr *));
-		for (size_t i = 0; i < m->nb; i++)
-			while ((x = m->b[i])) {
-				m->b[i] = x->next;
-				x->next = b[x->hash & (nb - 1)];
-				b[x->hash & (nb - 1)] = x;
-			}
-		free(m->b);
-		m->b = b;
-		m->nb = nb;
-	}
-	x = dw_malloc(sizeof(*x) + len + 1);
-	x->hash = h;
-	x->refs = 1;
-	memcpy(x->s, s, len + 1);
-	x->next = m->b[h & (m->nb - 1)];
-	m->b[h & (m->nb - 1)] = x;
-	m->n++;
-	return x->s;
-}
-
-static void err_put(struct errs *m, const char *s)
-{
-	struct errstr *x, **pp;
-
-	if (!s)
-		return;
-	x = (struct errstr *)(uintptr_t)(s - offsetof(struct errstr, s));
-	if (--x->refs)
-		return;
-	for (pp = &m->b[x->hash & (m->nb - 1)]; *pp != x; pp = &(*pp)->next)
-		;
-	*pp = x->next;
-	m->n--;
-	free(x);
-}
-
-static void errs_free(struct errs *m)
-{
-	struct errstr *x;
-
-	for (size_t i = 0; i < m->nb; i++)
-		while ((x = m->b[i])) {
-			m->b[i] = x->next;
-			free(x);
-		}
-	free(m->b);
 }
 
 static struct ent *ent_find(struct spool *sp, uint64_t seq)
@@ -910,7 +263,7 @@ static void ents_compact(struct spool *sp)
 		return;
 	for (size_t i = 0; i < sp->nents; i++) {
 		if (state_terminal(sp->ents[i].state)) {
-			err_put(&sp->errs, sp->ents[i].last_error);
+			errs_put(&sp->errs, sp->ents[i].last_error);
 			continue;
 		}
 		sp->ents[j++] = sp->ents[i];
@@ -947,7 +300,7 @@ static void fold_record(struct spool *sp, uint64_t seq, uint64_t seg, uint64_t o
 	e->updated_us = updated;
 	e->attempts = attempts;
 	e->last_status = status;
-	e->last_error = err_get(&sp->errs, error);
+	e->last_error = errs_get(&sp->errs, error);
 	e->state = (uint8_t)st;
 	if (seq >= sp->next_seq)
 		sp->next_seq = seq + 1;
@@ -975,340 +328,10 @@ static void fold_state(struct spool *sp, uint64_t seq, int st, uint32_t attempts
 		return;
 	e->attempts = attempts;
 	e->last_status = status;
-	err_put(&sp->errs, e->last_error);
-	e->last_error = err_get(&sp->errs, error);
+	errs_put(&sp->errs, e->last_error);
+	e->last_error = errs_get(&sp->errs, error);
 	e->updated_us = t;
 	ent_set_state(sp, e, st);
-}
-
-/* ---- payloads ---- */
-
-/* ---- binary payloads ---- */
-
-#define STR_ABSENT 0xffffffffu
-
-static void put_str(struct buf *b, const char *s, size_t n)
-{
-	buf_reserve(b, 4 + (s ? n : 0));
-	put32(b->p + b->len, s ? (uint32_t)n : STR_ABSENT);
-	b->len += 4;
-	if (s && n) {
-		memcpy(b->p + b->len, s, n);
-		b->len += n;
-	}
-}
-
-static void put_cstr(struct buf *b, const char *s)
-{
-	put_str(b, s, s ? strlen(s) : 0);
-}
-
-static void put_u8(struct buf *b, unsigned v)
-{
-	buf_reserve(b, 1);
-	b->p[b->len++] = (unsigned char)v;
-}
-
-static void put_u32(struct buf *b, uint32_t v)
-{
-	buf_reserve(b, 4);
-	put32(b->p + b->len, v);
-	b->len += 4;
-}
-
-static void put_i64(struct buf *b, int64_t v)
-{
-	buf_reserve(b, 8);
-	put64(b->p + b->len, (uint64_t)v);
-	b->len += 8;
-}
-
-/* The frame's payload is built in place: header room first, then
- * buf_seal() fills the header in. */
-static size_t frame_open(struct buf *b)
-{
-	size_t at = b->len;
-
-	buf_reserve(b, HDR_LEN);
-	b->len += HDR_LEN;
-	return at;
-}
-
-static void frame_seal(struct buf *b, size_t at, enum frame_type type, uint64_t seq)
-{
-	unsigned char *h = b->p + at;
-	size_t plen = b->len - at - HDR_LEN;
-	uint32_t crc;
-
-	put32(h, FRAME_MAGIC);
-	put32(h + 4, (uint32_t)plen);
-	h[12] = (unsigned char)type;
-	put64(h + 13, seq);
-	crc = crc32c_update(0xffffffffu, h + 12, 9);
-	crc = crc32c_update(crc, h + HDR_LEN, plen) ^ 0xffffffffu;
-	put32(h + 8, crc);
-}
-
-static void frame_record(struct buf *b, const struct spool_record *r)
-{
-	size_t at = frame_open(b);
-
-	put_u8(b, (unsigned)r->state);
-	put_u32(b, r->attempts);
-	put_u32(b, (uint32_t)r->last_status);
-	put_i64(b, r->created_us);
-	put_i64(b, r->updated_us);
-	put_cstr(b, r->route);
-	put_cstr(b, r->upstream);
-	put_cstr(b, r->key);
-	put_cstr(b, r->idem_key);
-	put_cstr(b, r->method);
-	put_cstr(b, r->path);
-	put_cstr(b, r->content_type);
-	put_cstr(b, r->request_id);
-	put_cstr(b, r->last_error);
-	put_str(b, r->body, r->body_len);
-	frame_seal(b, at, FT_RECORD, r->seq);
-}
-
-static void frame_state(struct buf *b, uint64_t seq, int st, uint32_t attempts, int status,
-			const char *error, int64_t t)
-{
-	size_t at = frame_open(b);
-
-	put_u8(b, (unsigned)st);
-	put_u32(b, attempts);
-	put_u32(b, (uint32_t)status);
-	put_i64(b, t);
-	put_cstr(b, error);
-	frame_seal(b, at, FT_STATE, seq);
-}
-
-/* A bounds-checked reader over a payload; any overrun sets bad. */
-struct cur {
-	const unsigned char *p, *end;
-	bool bad;
-};
-
-static bool cur_need(struct cur *c, size_t n)
-{
-	if (c->bad || (size_t)(c->end - c->p) < n) {
-		c->bad = true;
-		return false;
-	}
-	return true;
-}
-
-static unsigned get_u8(struct cur *c)
-{
-	return cur_need(c, 1) ? *c->p++ : 0;
-}
-
-static uint32_t get_u32(struct cur *c)
-{
-	uint32_t v = 0;
-
-	if (cur_need(c, 4)) {
-		v = get32(c->p);
-		c->p += 4;
-	}
-	return v;
-}
-
-static int64_t get_i64(struct cur *c)
-{
-	uint64_t v = 0;
-
-	if (cur_need(c, 8)) {
-		v = get64(c->p);
-		c->p += 8;
-	}
-	return (int64_t)v;
-}
-
-/* A string in place (not NUL-terminated): *len, NULL when absent. */
-static const char *get_strp(struct cur *c, size_t *len)
-{
-	uint32_t n = get_u32(c);
-	const char *s;
-
-	*len = 0;
-	if (c->bad || n == STR_ABSENT)
-		return NULL;
-	if (!cur_need(c, n))
-		return NULL;
-	s = (const char *)c->p;
-	c->p += n;
-	*len = n;
-	return s;
-}
-
-/* A malloc'd NUL-terminated copy, NULL when absent. */
-static char *get_strdup(struct cur *c, size_t *lenp)
-{
-	size_t n;
-	const char *s = get_strp(c, &n);
-	char *d;
-
-	if (lenp)
-		*lenp = n;
-	if (!s)
-		return NULL;
-	d = dw_malloc(n + 1);
-	memcpy(d, s, n);
-	d[n] = '\0';
-	return d;
-}
-
-/* The fields of a binary RECORD payload that the index needs, NUL-terminated
- * copies in the caller's scratch (freed by rec_head_clear). */
-struct rec_head {
-	int state;
-	uint32_t attempts;
-	int status;
-	int64_t created, updated;
-	char *upstream, *key, *error;
-};
-
-static void rec_head_clear(struct rec_head *h)
-{
-	free(h->upstream);
-	free(h->key);
-	free(h->error);
-}
-
-static int record_from_bin(const unsigned char *p, size_t n, uint64_t seq, struct spool_record *r)
-{
-	struct cur c = {p, p + n, false};
-
-	memset(r, 0, sizeof(*r));
-	r->seq = seq;
-	r->state = (enum spool_state)get_u8(&c);
-	r->attempts = get_u32(&c);
-	r->last_status = (int)get_u32(&c);
-	r->created_us = get_i64(&c);
-	r->updated_us = get_i64(&c);
-	r->route = get_strdup(&c, NULL);
-	r->upstream = get_strdup(&c, NULL);
-	r->key = get_strdup(&c, NULL);
-	r->idem_key = get_strdup(&c, NULL);
-	r->method = get_strdup(&c, NULL);
-	r->path = get_strdup(&c, NULL);
-	r->content_type = get_strdup(&c, NULL);
-	r->request_id = get_strdup(&c, NULL);
-	r->last_error = get_strdup(&c, NULL);
-	r->body = get_strdup(&c, &r->body_len);
-	if (c.bad || c.p != c.end || !r->upstream) {
-		spool_record_clear(r);
-		return -1;
-	}
-	return 0;
-}
-
-static int rec_head_from_bin(const unsigned char *p, size_t n, struct rec_head *h)
-{
-	struct cur c = {p, p + n, false};
-	size_t len;
-
-	memset(h, 0, sizeof(*h));
-	h->state = (int)get_u8(&c);
-	h->attempts = get_u32(&c);
-	h->status = (int)get_u32(&c);
-	h->created = get_i64(&c);
-	h->updated = get_i64(&c);
-	(void)get_strp(&c, &len); /* route */
-	h->upstream = get_strdup(&c, NULL);
-	h->key = get_strdup(&c, NULL);
-	for (int i = 0; i < 5; i++) /* idem, method, path, content type, request id */
-		(void)get_strp(&c, &len);
-	h->error = get_strdup(&c, NULL);
-	(void)get_strp(&c, &len); /* body */
-	if (c.bad || c.p != c.end || !h->upstream) {
-		rec_head_clear(h);
-		return -1;
-	}
-	return 0;
-}
-
-static const char *jstr(json_t *o, const char *k)
-{
-	return json_string_value(json_object_get(o, k));
-}
-
-static json_int_t jint(json_t *o, const char *k)
-{
-	return json_integer_value(json_object_get(o, k));
-}
-
-static char *jdup(json_t *o, const char *k)
-{
-	return dw_strdup(jstr(o, k));
-}
-
-/* Fill r from a RECORD payload. Returns 0 or -1 when it is not one. */
-static int record_from_json(json_t *o, uint64_t seq, struct spool_record *r)
-{
-	json_t *body;
-
-	if (!json_is_object(o) || !jstr(o, "upstream"))
-		return -1;
-	memset(r, 0, sizeof(*r));
-	r->seq = seq;
-	r->state = (enum spool_state)jint(o, "state");
-	r->route = jdup(o, "route");
-	r->upstream = jdup(o, "upstream");
-	r->key = jdup(o, "key");
-	r->idem_key = jdup(o, "idem");
-	r->method = jdup(o, "method");
-	r->path = jdup(o, "path");
-	r->content_type = jdup(o, "ct");
-	if ((body = json_object_get(o, "body")) && json_is_string(body)) {
-		r->body_len = json_string_length(body);
-		r->body = dw_malloc(r->body_len + 1);
-		memcpy(r->body, json_string_value(body), r->body_len);
-		r->body[r->body_len] = '\0';
-	} else if ((body = json_object_get(o, "body64")) && json_is_string(body)) {
-		r->body = b64_decode(json_string_value(body), json_string_length(body),
-				     &r->body_len);
-		if (!r->body) {
-			spool_record_clear(r);
-			return -1;
-		}
-	}
-	r->request_id = jdup(o, "rid");
-	r->created_us = jint(o, "created");
-	r->attempts = (uint32_t)jint(o, "attempts");
-	r->last_status = (int)jint(o, "status");
-	r->last_error = jdup(o, "error");
-	r->updated_us = jint(o, "updated");
-	return 0;
-}
-
-/* ---- reading frames ---- */
-
-enum frame_check { FC_OK, FC_SHORT, FC_BAD };
-
-static enum frame_check frame_check(const unsigned char *p, size_t avail, size_t *flen)
-{
-	uint32_t len, crc;
-
-	if (avail < 4)
-		return memcmp(p, "DWQ1", avail) == 0 ? FC_SHORT : FC_BAD;
-	if (get32(p) != FRAME_MAGIC)
-		return FC_BAD;
-	if (avail < HDR_LEN)
-		return FC_SHORT;
-	len = get32(p + 4);
-	if (len > MAX_PAYLOAD || p[12] < FT_RECORD_JSON || p[12] > FT_MAX)
-		return FC_BAD;
-	if (avail < HDR_LEN + (size_t)len)
-		return FC_SHORT;
-	crc = crc32c_update(0xffffffffu, p + 12, 9);
-	crc = crc32c_update(crc, p + HDR_LEN, len) ^ 0xffffffffu;
-	if (crc != get32(p + 8))
-		return FC_BAD;
-	*flen = HDR_LEN + (size_t)len;
-	return FC_OK;
 }
 
 static void warn_payload(struct spool *sp, uint64_t seg, uint64_t off)
@@ -1319,71 +342,34 @@ static void warn_payload(struct spool *sp, uint64_t seg, uint64_t off)
 		       seg, off);
 }
 
-/* A JSON frame of 0.1.0. */
-static void fold_json_frame(struct spool *sp, int type, uint64_t seq, const unsigned char *p,
-			    size_t plen, uint64_t seg, uint64_t off)
-{
-	json_error_t jerr;
-	json_t *o = json_loadb((const char *)p, plen, JSON_ALLOW_NUL, &jerr);
-
-	if (!json_is_object(o)) {
-		warn_payload(sp, seg, off);
-		goto out;
-	}
-	if (type == FT_RECORD_JSON) {
-		if (!jstr(o, "upstream")) {
-			dw_errlist_add(&sp->warnings,
-				       "queue: seg-%016" PRIx64 ".log: record at offset %" PRIu64
-				       " has no upstream, skipped",
-				       seg, off);
-			goto out;
-		}
-		fold_record(sp, seq, seg, off, (int)jint(o, "state"), jstr(o, "upstream"),
-			    jstr(o, "key"), jint(o, "created"), jint(o, "updated"),
-			    (uint32_t)jint(o, "attempts"), (int)jint(o, "status"), jstr(o, "error"));
-	} else {
-		fold_state(sp, seq, (int)jint(o, "state"), (uint32_t)jint(o, "attempts"),
-			   (int)jint(o, "status"), jstr(o, "error"), jint(o, "t"));
-	}
-out:
-	json_decref(o);
-}
-
 /* Fold one verified frame found at off of segment seg. */
 static void fold_frame(struct spool *sp, const unsigned char *p, size_t flen, uint64_t seg,
 		       uint64_t off)
 {
-	int type = p[12];
-	uint64_t seq = get64(p + 13);
-	const unsigned char *pl = p + HDR_LEN;
-	size_t plen = flen - HDR_LEN;
+	int type = sf_frame_type(p);
+	uint64_t seq = sf_frame_seq(p);
+	const unsigned char *pl = p + SF_HDR_LEN;
+	size_t plen = flen - SF_HDR_LEN;
 
-	if (type == FT_ROTATE) {
+	if (type == SF_ROTATE) {
 		sp->tail_next = seq;
-	} else if (type == FT_RECORD) {
-		struct rec_head h;
-		if (rec_head_from_bin(pl, plen, &h) < 0) {
+	} else if (type == SF_RECORD || type == SF_RECORD_JSON) {
+		struct sf_head h;
+		if (sf_decode_head(type, pl, plen, &h) < 0) {
 			warn_payload(sp, seg, off);
 			return;
 		}
 		fold_record(sp, seq, seg, off, h.state, h.upstream, h.key, h.created, h.updated,
 			    h.attempts, h.status, h.error);
-		rec_head_clear(&h);
-	} else if (type == FT_STATE) {
-		struct cur c = {pl, pl + plen, false};
-		int st = (int)get_u8(&c);
-		uint32_t attempts = get_u32(&c);
-		int status = (int)get_u32(&c);
-		int64_t t = get_i64(&c);
-		char *error = get_strdup(&c, NULL);
-
-		if (c.bad || c.p != c.end)
+		sf_head_clear(&h);
+	} else if (type == SF_STATE || type == SF_STATE_JSON) {
+		struct sf_state st;
+		if (sf_decode_state(type, pl, plen, &st) < 0) {
 			warn_payload(sp, seg, off);
-		else
-			fold_state(sp, seq, st, attempts, status, error, t);
-		free(error);
-	} else {
-		fold_json_frame(sp, type, seq, pl, plen, seg, off);
+			return;
+		}
+		fold_state(sp, seq, st.state, st.attempts, st.status, st.error, st.t);
+		free(st.error);
 	}
 }
 
@@ -1501,7 +487,7 @@ static void forget_before(struct spool *sp, uint64_t id)
 			} else {
 				sp->nterminal--;
 			}
-			err_put(&sp->errs, e->last_error);
+			errs_put(&sp->errs, e->last_error);
 			continue;
 		}
 		sp->ents[j++] = *e;
@@ -1565,15 +551,15 @@ static int refresh_locked(struct spool *sp, bool can_fix, struct dw_err *err)
 			}
 			while (pos < n) {
 				size_t flen = 0, q;
-				enum frame_check fc = frame_check(b + pos, n - pos, &flen);
-				if (fc == FC_OK) {
+				enum sf_check fc = sf_check(b + pos, n - pos, &flen);
+				if (fc == SF_OK) {
 					fold_frame(sp, b + pos, flen, sp->tail_id, sp->tail_off + pos);
 					pos += flen;
 					continue;
 				}
 				/* Resync: the next magic whose frame verifies. */
 				for (q = pos + 1; q < n; q++)
-					if (b[q] == 'D' && frame_check(b + q, n - q, &flen) == FC_OK)
+					if (b[q] == 'D' && sf_check(b + q, n - q, &flen) == SF_OK)
 						break;
 				if (q < n) {
 					dw_errlist_add(&sp->warnings,
@@ -1735,7 +721,7 @@ static int create_tail(struct spool *sp, uint64_t id, struct dw_err *err)
  * chain that the next writer completes. */
 static int prepare_tail(struct spool *sp, struct dw_err *err)
 {
-	struct buf b = {0};
+	struct sf_buf b = {0};
 	uint64_t id;
 
 	if (sp->tail_fd < 0)
@@ -1743,7 +729,7 @@ static int prepare_tail(struct spool *sp, struct dw_err *err)
 	if (sp->tail_off < sp->o.segment_bytes)
 		return 0;
 	id = sp->next_seq > sp->tail_id ? sp->next_seq : sp->tail_id + 1;
-	frame_seal(&b, frame_open(&b), FT_ROTATE, id);
+	sf_put_rotate(&b, id);
 	int r = write_tail(sp, b.p, b.len, err);
 	free(b.p);
 	if (r < 0)
@@ -1853,7 +839,7 @@ static int take_owner(struct spool *sp, struct dw_err *err)
 /* The previous owner died with these in flight: they now wait for replay. */
 static int recover_pending(struct spool *sp, struct dw_err *err)
 {
-	struct buf b = {0};
+	struct sf_buf b = {0};
 	int64_t now = dw_wall_us();
 	int r = 0;
 
@@ -1861,7 +847,7 @@ static int recover_pending(struct spool *sp, struct dw_err *err)
 		struct ent *e = &sp->ents[i];
 		if (e->state != SPOOL_PENDING)
 			continue;
-		frame_state(&b, e->seq, SPOOL_QUEUED, e->attempts, e->last_status, e->last_error,
+		sf_put_state(&b, e->seq, SPOOL_QUEUED, e->attempts, e->last_status, e->last_error,
 			    now);
 	}
 	if (b.len) {
@@ -2003,7 +989,7 @@ void spool_close(struct spool *sp)
 	if (sp->consumer_fd >= 0)
 		close(sp->consumer_fd);
 	for (size_t i = 0; i < sp->nents; i++)
-		err_put(&sp->errs, sp->ents[i].last_error);
+		errs_put(&sp->errs, sp->ents[i].last_error);
 	errs_free(&sp->errs);
 	free(sp->ents);
 	free(sp->segs);
@@ -2037,7 +1023,7 @@ static size_t batch_write(struct spool *sp, struct spool_record *recs, size_t n,
 			  const struct spool_change *chg, size_t nchg, size_t *nstates,
 			  struct dw_err *err)
 {
-	struct buf b = {0};
+	struct sf_buf b = {0};
 	size_t k = 0, *ends, states = 0, start;
 	uint64_t off;
 	int64_t now = dw_wall_us();
@@ -2072,14 +1058,14 @@ static size_t batch_write(struct spool *sp, struct spool_record *recs, size_t n,
 				   !e ? "is gone" : "is already final or the state is invalid");
 			continue;
 		}
-		frame_state(&b, chg[i].seq, chg[i].st, chg[i].attempts, chg[i].status,
+		sf_put_state(&b, chg[i].seq, chg[i].st, chg[i].attempts, chg[i].status,
 			    chg[i].error, now);
 		states++;
 	}
 	start = b.len;
 	for (k = 0; k < n; k++) {
 		recs[k].seq = sp->next_seq + k;
-		frame_record(&b, &recs[k]);
+		sf_put_record(&b, &recs[k], SF_RECORD);
 		/* Only new records count against max_bytes: state frames must
 		 * always be writable, or a full queue could never record its own
 		 * draining. */
@@ -2155,7 +1141,7 @@ int spool_set_states(struct spool *sp, const struct spool_change *v, size_t n,
 int spool_set_state(struct spool *sp, uint64_t seq, enum spool_state st, uint32_t attempts,
 		    int status, const char *error, struct dw_err *err)
 {
-	struct buf b = {0};
+	struct sf_buf b = {0};
 	struct ent *e;
 	int64_t now = dw_wall_us();
 	int r = -1;
@@ -2183,7 +1169,7 @@ int spool_set_state(struct spool *sp, uint64_t seq, enum spool_state st, uint32_
 	}
 	if (prepare_tail(sp, err) < 0)
 		goto out;
-	frame_state(&b, seq, st, attempts, status, error, now);
+	sf_put_state(&b, seq, st, attempts, status, error, now);
 	if (write_tail(sp, b.p, b.len, err) < 0)
 		goto out;
 	fold_state(sp, seq, st, attempts, status, error, now);
@@ -2255,24 +1241,22 @@ bool spool_key_queued(struct spool *sp, const char *upstream, const char *key)
 
 	if (!upstream || !key)
 		return false;
-	key_make(&ks, upstream, key);
+	keystr_make(&ks, upstream, key);
 	pthread_mutex_lock(&sp->mu);
 	struct keynode *k = keymap_find(&sp->keys, ks.s, ks.n, ks.hash);
 	if (k)
 		r = k->queued > 0 || (k->pending > 0 && !owner_alive_locked(sp));
 	pthread_mutex_unlock(&sp->mu);
-	key_done(&ks);
+	keystr_done(&ks);
 	return r;
 }
 
 int spool_read(struct spool *sp, uint64_t seq, struct spool_record *out, struct dw_err *err)
 {
-	unsigned char hdr[HDR_LEN], *frame = NULL;
+	unsigned char hdr[SF_HDR_LEN], *frame = NULL;
 	struct ent *e;
 	int fd = -1, r = -1;
 	size_t flen;
-	json_t *o = NULL;
-	json_error_t jerr;
 
 	memset(out, 0, sizeof(*out));
 	pthread_mutex_lock(&sp->mu);
@@ -2287,26 +1271,24 @@ int spool_read(struct spool *sp, uint64_t seq, struct spool_record *out, struct 
 			   strerror(errno));
 		goto out;
 	}
-	if (pread(fd, hdr, HDR_LEN, (off_t)e->off) != HDR_LEN) {
+	if (pread(fd, hdr, SF_HDR_LEN, (off_t)e->off) != SF_HDR_LEN) {
 		dw_err_set(err, "queue %s: record %" PRIu64 ": short read", sp->dir, seq);
 		goto out;
 	}
-	flen = HDR_LEN + (size_t)(get32(hdr + 4) > MAX_PAYLOAD ? 0 : get32(hdr + 4));
+	flen = SF_HDR_LEN + (size_t)(sf_get32(hdr + 4) > SF_MAX_PAYLOAD ? 0 : sf_get32(hdr + 4));
 	frame = read_range(fd, e->off, flen, err);
 	if (!frame) {
 		dw_err_prefix(err, "queue %s: record %" PRIu64, sp->dir, seq);
 		goto out;
 	}
-	if (frame_check(frame, flen, &flen) != FC_OK ||
-	    (frame[12] != FT_RECORD && frame[12] != FT_RECORD_JSON) || get64(frame + 13) != seq) {
+	if (sf_check(frame, flen, &flen) != SF_OK ||
+	    (frame[12] != SF_RECORD && frame[12] != SF_RECORD_JSON) || sf_get64(frame + 13) != seq) {
 		dw_err_set(err, "queue %s: record %" PRIu64 ": frame no longer checks out", sp->dir,
 			   seq);
 		goto out;
 	}
-	if (frame[12] == FT_RECORD ? record_from_bin(frame + HDR_LEN, flen - HDR_LEN, seq, out) < 0
-				   : (!(o = json_loadb((const char *)frame + HDR_LEN, flen - HDR_LEN,
-						       JSON_ALLOW_NUL, &jerr)) ||
-				      record_from_json(o, seq, out) < 0)) {
+	if (sf_decode_record(sf_frame_type(frame), frame + SF_HDR_LEN, flen - SF_HDR_LEN, seq,
+			     out) < 0) {
 		dw_err_set(err, "queue %s: record %" PRIu64 ": bad payload", sp->dir, seq);
 		goto out;
 	}
@@ -2321,7 +1303,6 @@ out:
 	if (e && fd >= 0 && fd != sp->tail_fd)
 		close(fd);
 	pthread_mutex_unlock(&sp->mu);
-	json_decref(o);
 	free(frame);
 	return r;
 }
