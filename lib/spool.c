@@ -3,24 +3,11 @@
  * segment files, folded into an in-memory index by every process using the
  * directory.
  *
- * Frame format (all integers little-endian), 21-byte header + payload:
- *
- *   u32 magic   "DWQ1"
- *   u32 length  payload bytes
- *   u32 crc     CRC-32C over type, seq and payload
- *   u8  type    4 RECORD, 5 STATE, 3 ROTATE (1 and 2: the JSON forms of
- *               RECORD and STATE written by 0.1.0, still read)
- *   u64 seq     the record a RECORD/STATE frame is about; for ROTATE the id
- *               of the segment that follows
- *   payload     RECORD: u8 state, u32 attempts, u32 status, i64 created,
- *               i64 updated, then ten strings, each u32 length (0xffffffff:
- *               absent) and bytes: route, upstream, key, idem, method, path,
- *               content type, request id, error, body
- *               STATE: u8 state, u32 attempts, u32 status, i64 t, string error
- *               ROTATE: empty
- *
- * The payloads are binary so that journaling a write costs no JSON encoding:
- * the mirror body is copied as it is.
+ * The frame format and the directory layout are in lib/SPOOL-FORMAT.md
+ * (frames are built and decoded by spool_frame.c). Format changes: type 6,
+ * MOVED (compaction's copy of a live record, same seq), since the change
+ * that made dead letters stop pinning the queue; older spools are read as
+ * they are.
  *
  * A writer builds each frame (or batch of frames) in memory and appends it
  * with one write() on an O_APPEND descriptor while holding flock(LOCK_EX) on
@@ -33,6 +20,11 @@
  * past by scanning for the next magic whose frame verifies; a short or bad
  * run at the very end of the last segment (a writer killed mid-write) is cut
  * off with ftruncate while holding the lock. Both are reported as warnings.
+ *
+ * Space is reclaimed by what waits, not by position: spent head segments are
+ * deleted, and a head that is mostly spent has its few live records copied
+ * forward as MOVED frames first (compact_head), so a dead letter does not
+ * pin every later segment. max_bytes counts the frames of live records.
  *
  * Segment ids are never reused: a new segment's id is at least the next seq,
  * and the next seq never drops below the newest segment's id, so seqs stay
@@ -66,13 +58,15 @@ struct ent {
 	const char *last_error; /* interned (struct errs), NULL: none */
 	uint32_t attempts;
 	int last_status;
+	uint32_t len;	/* bytes of that frame: what the record holds on disk */
 	uint8_t state;
 };
 
 struct seg {
 	uint64_t id;
-	uint64_t size; /* bytes known */
-	uint64_t live; /* non-terminal records whose RECORD frame is here */
+	uint64_t size;	     /* bytes known */
+	uint64_t live;	     /* non-terminal records whose RECORD (or MOVED) frame is here */
+	uint64_t live_bytes; /* the bytes of those frames */
 };
 
 struct spool {
@@ -101,6 +95,14 @@ struct spool {
 
 	struct ent *ents; /* ascending seq */
 	size_t nents, capents, nterminal;
+	/* Records first met in a MOVED frame with a seq below the newest one
+	 * indexed (a reader that starts after compaction deleted their first
+	 * segment): kept here, ascending, and merged into ents at the end of
+	 * the refresh that found them, so the fold stays linear. */
+	struct ent *late;
+	size_t nlate, caplate;
+	uint64_t waiting_bytes; /* frames of non-terminal records: what max_bytes bounds */
+	uint64_t damaged;	/* records found lost to damage (spool_stats) */
 	struct keymap keys;
 	struct errs errs;
 	uint64_t npending, nqueued, ndead;
@@ -159,6 +161,20 @@ void spool_record_clear(struct spool_record *r)
 	memset(r, 0, sizeof(*r));
 }
 
+static struct ent *ents_search(struct ent *v, size_t n, uint64_t seq)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (v[mid].seq < seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < n && v[lo].seq == seq ? &v[lo] : NULL;
+}
+
 static struct ent *ent_find(struct spool *sp, uint64_t seq)
 {
 	size_t lo = 0, hi = sp->nents;
@@ -175,14 +191,30 @@ static struct ent *ent_find(struct spool *sp, uint64_t seq)
 			return &sp->ents[lo];
 	}
 
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (sp->ents[mid].seq < seq)
-			lo = mid + 1;
-		else
-			hi = mid;
+	struct ent *e = ents_search(sp->ents + lo, hi - lo, seq);
+
+	return e || !sp->nlate ? e : ents_search(sp->late, sp->nlate, seq);
+}
+
+/* Merge the late entries into ents (both ascending; no seq in both). */
+static void ents_merge_late(struct spool *sp)
+{
+	size_t n = sp->nents + sp->nlate, i = sp->nents, j = sp->nlate, k = n;
+
+	if (!sp->nlate)
+		return;
+	if (n > sp->capents) {
+		sp->capents = n;
+		sp->ents = dw_realloc(sp->ents, sp->capents * sizeof(*sp->ents));
 	}
-	return lo < sp->nents && sp->ents[lo].seq == seq ? &sp->ents[lo] : NULL;
+	while (j > 0) { /* from the back, in place */
+		if (i > 0 && sp->ents[i - 1].seq > sp->late[j - 1].seq)
+			sp->ents[--k] = sp->ents[--i];
+		else
+			sp->ents[--k] = sp->late[--j];
+	}
+	sp->nents = n;
+	sp->nlate = 0;
 }
 
 static struct seg *seg_find(struct spool *sp, uint64_t id)
@@ -242,8 +274,11 @@ static void ent_set_state(struct spool *sp, struct ent *e, int st)
 	e->state = (uint8_t)st;
 	if (state_terminal(st)) {
 		struct seg *s = seg_find(sp, e->seg);
-		if (s && s->live)
+		if (s && s->live) {
 			s->live--;
+			s->live_bytes -= e->len;
+		}
+		sp->waiting_bytes -= e->len;
 		if (e->kn)
 			keymap_release(&sp->keys, e->kn);
 		e->kn = NULL;
@@ -272,46 +307,106 @@ static void ents_compact(struct spool *sp)
 	sp->nterminal = 0;
 }
 
-static void fold_record(struct spool *sp, uint64_t seq, uint64_t seg, uint64_t off, int st,
-			const char *upstream, const char *key, int64_t created, int64_t updated,
-			uint32_t attempts, int status, const char *error)
+/* A new entry for seq: appended to ents when it is the newest, else kept
+ * in late until the refresh ends. */
+static struct ent *ent_new(struct spool *sp, uint64_t seq)
 {
 	struct ent *e;
 
-	if (!state_valid(st))
-		st = SPOOL_QUEUED;
-	if (sp->nents && sp->ents[sp->nents - 1].seq >= seq) {
+	if (!sp->nents || sp->ents[sp->nents - 1].seq < seq) {
+		if (sp->nents == sp->capents) {
+			sp->capents = sp->capents ? sp->capents * 2 : 1024;
+			sp->ents = dw_realloc(sp->ents, sp->capents * sizeof(*sp->ents));
+		}
+		e = &sp->ents[sp->nents++];
+	} else {
+		size_t at = sp->nlate;
+		if (sp->nlate == sp->caplate) {
+			sp->caplate = sp->caplate ? sp->caplate * 2 : 64;
+			sp->late = dw_realloc(sp->late, sp->caplate * sizeof(*sp->late));
+		}
+		while (at > 0 && sp->late[at - 1].seq > seq)
+			at--;
+		memmove(sp->late + at + 1, sp->late + at, (sp->nlate - at) * sizeof(*sp->late));
+		sp->nlate++;
+		e = &sp->late[at];
+	}
+	memset(e, 0, sizeof(*e));
+	e->seq = seq;
+	return e;
+}
+
+/* Where a record's frame is: counts its bytes as the segment's (and as
+ * waiting) while it is not terminal. */
+static void ent_place(struct spool *sp, struct ent *e, uint64_t seg, uint64_t off, uint32_t len)
+{
+	if (!state_terminal(e->state)) {
+		struct seg *old = e->len ? seg_find(sp, e->seg) : NULL;
+		if (old && old->live) {
+			old->live--;
+			old->live_bytes -= e->len;
+		}
+		sp->waiting_bytes -= e->len;
+		struct seg *s = seg_add(sp, seg);
+		s->live++;
+		s->live_bytes += len;
+		sp->waiting_bytes += len;
+	}
+	e->seg = seg;
+	e->off = off;
+	e->len = len;
+}
+
+/*
+ * A RECORD frame (moved false) or a MOVED frame (moved true) of seq at off
+ * (len bytes) of segment seg, with the record's state and attempt fields.
+ * A MOVED frame of a record already indexed only moves it (and brings its
+ * state up to the copy's); one of a record not indexed (its first segment
+ * was deleted before this reader got to it) indexes it.
+ */
+static void fold_record(struct spool *sp, bool moved, uint64_t seq, uint64_t seg, uint64_t off,
+			uint32_t len, const struct sf_head *h)
+{
+	struct ent *e;
+	int st = state_valid(h->state) ? h->state : SPOOL_QUEUED;
+
+	if (seq >= sp->next_seq)
+		sp->next_seq = seq + 1;
+	if (moved && (e = ent_find(sp, seq))) {
+		if (state_terminal(e->state))
+			return; /* stale: never revive a final record */
+		ent_place(sp, e, seg, off, len);
+		e->attempts = h->attempts;
+		e->last_status = h->status;
+		errs_put(&sp->errs, e->last_error);
+		e->last_error = errs_get(&sp->errs, h->error);
+		e->updated_us = h->updated;
+		ent_set_state(sp, e, st);
+		return;
+	}
+	if (!moved && sp->nents && sp->ents[sp->nents - 1].seq >= seq) {
 		dw_errlist_add(&sp->warnings,
 			       "queue: seg-%016" PRIx64 ".log: record %" PRIu64
 			       " at offset %" PRIu64 " out of order, ignored",
 			       seg, seq, off);
 		return;
 	}
-	if (sp->nents == sp->capents) {
-		sp->capents = sp->capents ? sp->capents * 2 : 1024;
-		sp->ents = dw_realloc(sp->ents, sp->capents * sizeof(*sp->ents));
-	}
-	e = &sp->ents[sp->nents++];
-	memset(e, 0, sizeof(*e));
-	e->seq = seq;
-	e->seg = seg;
-	e->off = off;
-	e->created_us = created;
-	e->updated_us = updated;
-	e->attempts = attempts;
-	e->last_status = status;
-	e->last_error = errs_get(&sp->errs, error);
+	if (moved && state_terminal(st))
+		return;
+	e = ent_new(sp, seq);
+	e->created_us = h->created;
+	e->updated_us = h->updated;
+	e->attempts = h->attempts;
+	e->last_status = h->status;
+	e->last_error = errs_get(&sp->errs, h->error);
 	e->state = (uint8_t)st;
-	if (seq >= sp->next_seq)
-		sp->next_seq = seq + 1;
+	ent_place(sp, e, seg, off, len);
 	if (state_terminal(st)) {
 		sp->nterminal++;
 		return;
 	}
-	struct seg *s = seg_add(sp, seg);
-	s->live++;
-	if (key && upstream) {
-		e->kn = keymap_get(&sp->keys, upstream, key);
+	if (h->key && h->upstream) {
+		e->kn = keymap_get(&sp->keys, h->upstream, h->key);
 		e->kn->refs++;
 	}
 	count_state(sp, e, +1);
@@ -353,14 +448,13 @@ static void fold_frame(struct spool *sp, const unsigned char *p, size_t flen, ui
 
 	if (type == SF_ROTATE) {
 		sp->tail_next = seq;
-	} else if (type == SF_RECORD || type == SF_RECORD_JSON) {
+	} else if (type == SF_RECORD || type == SF_RECORD_JSON || type == SF_MOVED) {
 		struct sf_head h;
 		if (sf_decode_head(type, pl, plen, &h) < 0) {
 			warn_payload(sp, seg, off);
 			return;
 		}
-		fold_record(sp, seq, seg, off, h.state, h.upstream, h.key, h.created, h.updated,
-			    h.attempts, h.status, h.error);
+		fold_record(sp, type == SF_MOVED, seq, seg, off, (uint32_t)flen, &h);
 		sf_head_clear(&h);
 	} else if (type == SF_STATE || type == SF_STATE_JSON) {
 		struct sf_state st;
@@ -477,10 +571,12 @@ static void forget_before(struct spool *sp, uint64_t id)
 {
 	size_t j = 0;
 
+	ents_merge_late(sp);
 	for (size_t i = 0; i < sp->nents; i++) {
 		struct ent *e = &sp->ents[i];
 		if (e->seg < id) {
 			if (!state_terminal(e->state)) {
+				sp->waiting_bytes -= e->len;
 				count_state(sp, e, -1);
 				if (e->kn)
 					keymap_release(&sp->keys, e->kn);
@@ -529,7 +625,7 @@ static unsigned char *read_range(int fd, uint64_t off, size_t n, struct dw_err *
  * frames into later segments. can_fix: we hold LOCK exclusively and may cut a
  * torn tail and create a segment a crashed rotation announced.
  */
-static int refresh_locked(struct spool *sp, bool can_fix, struct dw_err *err)
+static int refresh_fold(struct spool *sp, bool can_fix, struct dw_err *err)
 {
 	for (;;) {
 		struct stat st;
@@ -638,6 +734,14 @@ static int refresh_locked(struct spool *sp, bool can_fix, struct dw_err *err)
 		}
 		set_tail(sp, fd, next);
 	}
+}
+
+static int refresh_locked(struct spool *sp, bool can_fix, struct dw_err *err)
+{
+	int r = refresh_fold(sp, can_fix, err);
+
+	ents_merge_late(sp);
+	return r;
 }
 
 /* ---- locking and writing ---- */
@@ -750,7 +854,7 @@ static int prepare_tail(struct spool *sp, struct dw_err *err)
  * the log from the start must never meet a STATE frame whose RECORD vanished
  * while that record was still live.
  */
-static void collect_segments(struct spool *sp)
+static void drop_spent_heads(struct spool *sp)
 {
 	size_t k = 0;
 
@@ -780,6 +884,151 @@ static void collect_segments(struct spool *sp)
 	if (k) {
 		memmove(sp->segs, sp->segs + k, (sp->nsegs - k) * sizeof(*sp->segs));
 		sp->nsegs -= k;
+	}
+}
+
+/* How much of its live records compaction copies forward per call: a
+ * bound on the time one call takes (the daemon's main loop makes it). */
+#define COMPACT_BUDGET (4u << 20)
+
+/*
+ * Whether the head segment's live records should be copied forward: it is
+ * at least half spent, or the queue's files hold more than twice what is
+ * waiting (plus two segments of slack), so copying frees more than it
+ * writes. A full head in a backlog is left alone.
+ */
+static bool head_worth_compacting(const struct spool *sp, const struct seg *h)
+{
+	return h->live && (h->live_bytes * 2 <= h->size ||
+			   sp->total_bytes > 2 * sp->waiting_bytes + 2 * sp->o.segment_bytes);
+}
+
+/* A record whose frame cannot be read back any more: say which, count it,
+ * and drop it from the index (its bytes are gone). */
+static void ent_damaged(struct spool *sp, struct ent *e, const char *why)
+{
+	const char *up = e->kn ? e->kn->s : NULL;
+
+	dw_errlist_add(&sp->warnings,
+		       "queue: damaged: record %" PRIu64 "%s%s%s%s (%s) in seg-%016" PRIx64
+		       ".log at offset %" PRIu64 " %s; it is lost",
+		       e->seq, up ? " key " : "", up ? up : "", up ? "/" : "",
+		       up ? up + strlen(up) + 1 : "", spool_state_name(e->state), e->seg, e->off, why);
+	sp->damaged++;
+	ent_set_state(sp, e, SPOOL_PURGED);
+}
+
+/*
+ * Copy up to *budget bytes of the head segment's live records to the tail
+ * as MOVED frames (same seq, current state), in one write; with fsync, make
+ * them durable before the head can be deleted. A crash at any point leaves
+ * each record at least once in the log, and a reader folds the copies of
+ * one seq into one record (the later frame wins), so none is doubled.
+ */
+static int compact_head(struct spool *sp, size_t *budget, struct dw_err *err)
+{
+	uint64_t head = sp->segs[0].id, off;
+	struct sf_buf b = {0};
+	struct moved {
+		uint64_t seq;
+		size_t at, len;
+	} *mv = NULL;
+	size_t nmv = 0, cap = 0;
+	int fd, r = -1;
+
+	if (prepare_tail(sp, err) < 0)
+		return -1;
+	if (sp->segs[0].id == sp->tail_id)
+		return 0; /* cannot happen: the head is never the tail here */
+	fd = open_seg(sp, head, false);
+	if (fd < 0) {
+		dw_err_set(err, "queue %s: seg-%016" PRIx64 ".log: %s", sp->dir, head,
+			   strerror(errno));
+		return -1;
+	}
+	for (size_t i = 0; i < sp->nents && *budget; i++) {
+		struct ent *e = &sp->ents[i];
+		struct spool_record rec;
+		struct dw_err rerr;
+		unsigned char *f;
+		size_t flen;
+
+		if (e->seg != head || state_terminal(e->state))
+			continue;
+		f = read_range(fd, e->off, e->len, &rerr);
+		if (!f || sf_check(f, e->len, &flen) != SF_OK || flen != e->len ||
+		    sf_frame_seq(f) != e->seq ||
+		    sf_decode_record(sf_frame_type(f), f + SF_HDR_LEN, flen - SF_HDR_LEN, e->seq,
+				     &rec) < 0) {
+			free(f);
+			ent_damaged(sp, e, "no longer checks out");
+			continue;
+		}
+		free(f);
+		rec.state = (enum spool_state)e->state;
+		rec.attempts = e->attempts;
+		rec.last_status = e->last_status;
+		free(rec.last_error);
+		rec.last_error = dw_strdup(e->last_error);
+		rec.updated_us = e->updated_us;
+		if (nmv == cap) {
+			cap = cap ? cap * 2 : 64;
+			mv = dw_realloc(mv, cap * sizeof(*mv));
+		}
+		mv[nmv].seq = e->seq;
+		mv[nmv].at = b.len;
+		sf_put_record(&b, &rec, SF_MOVED);
+		mv[nmv].len = b.len - mv[nmv].at;
+		*budget = *budget > mv[nmv].len ? *budget - mv[nmv].len : 0;
+		nmv++;
+		spool_record_clear(&rec);
+	}
+	close(fd);
+	off = sp->tail_off;
+	if (b.len && write_tail(sp, b.p, b.len, err) < 0)
+		goto out;
+	if (b.len && sp->o.fsync) {
+		if (fdatasync(sp->tail_fd) < 0) {
+			dw_err_set(err, "queue %s: fdatasync: %s", sp->dir, strerror(errno));
+			goto out;
+		}
+		sp->dirty = false;
+	}
+	for (size_t i = 0; i < nmv; i++) {
+		struct ent *e = ent_find(sp, mv[i].seq);
+		if (e)
+			ent_place(sp, e, sp->tail_id, off + mv[i].at, (uint32_t)mv[i].len);
+	}
+	r = 0;
+out:
+	free(mv);
+	free(b.p);
+	return r;
+}
+
+/*
+ * Free what is spent: head segments with no live record go; with compact,
+ * a head worth it has its few live records copied forward first
+ * (compact_head) and then goes too, so a dead letter or an old queued
+ * record no longer keeps every later, delivered segment on disk.
+ */
+static void collect_segments(struct spool *sp, bool compact)
+{
+	size_t budget = COMPACT_BUDGET;
+
+	for (;;) {
+		struct dw_err err;
+
+		drop_spent_heads(sp);
+		if (!compact || !budget || sp->nsegs < 2 || sp->segs[0].id == sp->tail_id ||
+		    !head_worth_compacting(sp, &sp->segs[0]))
+			return;
+		if (compact_head(sp, &budget, &err) < 0) {
+			dw_errlist_add(&sp->warnings, "queue: compaction: %s", err.msg);
+			return;
+		}
+		if (sp->segs[0].live)
+			return; /* budget used up: the rest next time */
 	}
 }
 
@@ -897,8 +1146,13 @@ struct spool *spool_open(const char *dir, const struct spool_opts *opts, struct 
 		sp->o = *opts;
 	if (!sp->o.max_bytes)
 		sp->o.max_bytes = 1ull << 30;
-	if (!sp->o.segment_bytes)
-		sp->o.segment_bytes = 64ull << 20;
+	if (!sp->o.segment_bytes) { /* a few segments per max_bytes, for compaction */
+		sp->o.segment_bytes = sp->o.max_bytes / 4;
+		if (sp->o.segment_bytes > 64ull << 20)
+			sp->o.segment_bytes = 64ull << 20;
+		if (sp->o.segment_bytes < 256ull << 10)
+			sp->o.segment_bytes = 256ull << 10;
+	}
 	sp->lock_fd = sp->owner_fd = sp->consumer_fd = sp->tail_fd = -1;
 	sp->next_seq = 1;
 
@@ -1069,9 +1323,9 @@ static size_t batch_write(struct spool *sp, struct spool_record *recs, size_t n,
 		/* Only new records count against max_bytes: state frames must
 		 * always be writable, or a full queue could never record its own
 		 * draining. */
-		if (sp->total_bytes + (b.len - start) > sp->o.max_bytes) {
-			dw_err_set(err, "queue full (%" PRIu64 " bytes, max %" PRIu64 ")",
-				   sp->total_bytes, sp->o.max_bytes);
+		if (sp->waiting_bytes + (b.len - start) > sp->o.max_bytes) {
+			dw_err_set(err, "queue full (%" PRIu64 " bytes waiting, max %" PRIu64 ")",
+				   sp->waiting_bytes, sp->o.max_bytes);
 			b.len = k ? ends[k - 1] : start;
 			break;
 		}
@@ -1092,13 +1346,19 @@ static size_t batch_write(struct spool *sp, struct spool_record *recs, size_t n,
 			fold_state(sp, chg[i].seq, chg[i].st, chg[i].attempts, chg[i].status,
 				   chg[i].error, now);
 	}
-	for (size_t i = 0; i < k; i++)
-		fold_record(sp, recs[i].seq, sp->tail_id, off + (i ? ends[i - 1] : start),
-			    recs[i].state, recs[i].upstream, recs[i].key, recs[i].created_us,
-			    recs[i].updated_us, recs[i].attempts, recs[i].last_status,
-			    recs[i].last_error);
+	for (size_t i = 0; i < k; i++) {
+		size_t at = i ? ends[i - 1] : start;
+		struct sf_head h = {
+			.state = recs[i].state, .attempts = recs[i].attempts,
+			.status = recs[i].last_status, .created = recs[i].created_us,
+			.updated = recs[i].updated_us, .upstream = recs[i].upstream,
+			.key = recs[i].key, .error = recs[i].last_error,
+		};
+		fold_record(sp, false, recs[i].seq, sp->tail_id, off + at, (uint32_t)(ends[i] - at),
+			    &h);
+	}
 	if (states) {
-		collect_segments(sp);
+		collect_segments(sp, false);
 		ents_compact(sp);
 	}
 out:
@@ -1173,7 +1433,7 @@ int spool_set_state(struct spool *sp, uint64_t seq, enum spool_state st, uint32_
 	if (write_tail(sp, b.p, b.len, err) < 0)
 		goto out;
 	fold_state(sp, seq, st, attempts, status, error, now);
-	collect_segments(sp);
+	collect_segments(sp, false);
 	ents_compact(sp);
 	r = 0;
 out:
@@ -1225,7 +1485,7 @@ int spool_refresh(struct spool *sp, struct dw_err *err)
 		goto out_mu;
 	r = refresh_locked(sp, !sp->o.readonly, err);
 	if (r == 0 && !sp->o.readonly) {
-		collect_segments(sp);
+		collect_segments(sp, true);
 		ents_compact(sp);
 	}
 	unlock_log(sp);
@@ -1266,6 +1526,18 @@ int spool_read(struct spool *sp, uint64_t seq, struct spool_record *out, struct 
 		goto out;
 	}
 	fd = e->seg == sp->tail_id ? sp->tail_fd : open_seg(sp, e->seg, false);
+	if (fd < 0 && errno == ENOENT && lock_log(sp, err) == 0) {
+		/* Another process compacted its segment away: the MOVED copy
+		 * is further on in the log. */
+		int rr = refresh_locked(sp, !sp->o.readonly, err);
+		unlock_log(sp);
+		if (rr == 0 && (e = ent_find(sp, seq)))
+			fd = e->seg == sp->tail_id ? sp->tail_fd : open_seg(sp, e->seg, false);
+		if (!e) {
+			dw_err_set(err, "queue %s: no record %" PRIu64, sp->dir, seq);
+			goto out;
+		}
+	}
 	if (fd < 0) {
 		dw_err_set(err, "queue %s: seg-%016" PRIx64 ".log: %s", sp->dir, e->seg,
 			   strerror(errno));
@@ -1282,7 +1554,8 @@ int spool_read(struct spool *sp, uint64_t seq, struct spool_record *out, struct 
 		goto out;
 	}
 	if (sf_check(frame, flen, &flen) != SF_OK ||
-	    (frame[12] != SF_RECORD && frame[12] != SF_RECORD_JSON) || sf_get64(frame + 13) != seq) {
+	    (frame[12] != SF_RECORD && frame[12] != SF_RECORD_JSON && frame[12] != SF_MOVED) ||
+	    sf_get64(frame + 13) != seq) {
 		dw_err_set(err, "queue %s: record %" PRIu64 ": frame no longer checks out", sp->dir,
 			   seq);
 		goto out;
@@ -1415,6 +1688,8 @@ void spool_stats(struct spool *sp, struct spool_stats *out)
 	out->queued = sp->nqueued;
 	out->dead = sp->ndead;
 	out->next_seq = sp->next_seq;
+	out->waiting_bytes = sp->waiting_bytes;
+	out->damaged = sp->damaged;
 	if (list_segments(sp, &err) == 0) {
 		for (size_t i = 0; i < sp->nlisted; i++) {
 			char *path = seg_path(sp, sp->listed[i]);

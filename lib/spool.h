@@ -73,8 +73,11 @@ struct spool_record {
 void spool_record_clear(struct spool_record *r);
 
 struct spool_opts {
-	uint64_t max_bytes;	/* appends beyond this fail ("queue full"); 0: 1 GiB */
-	uint64_t segment_bytes; /* rotate after this; 0: 64 MiB */
+	uint64_t max_bytes;	/* new records that would make the waiting (pending,
+				 * queued, dead) records' bytes pass this fail
+				 * ("queue full"); delivered ones do not count; 0: 1 GiB */
+	uint64_t segment_bytes; /* rotate after this; 0: max_bytes / 4 within
+				 * [256 KiB, 64 MiB] */
 	bool fsync;		/* spool_sync() fdatasyncs */
 	bool owner;		/* the daemon: take OWNER; recover PENDING as QUEUED */
 	bool readonly;		/* inspect only: no lock files created, no truncation */
@@ -160,6 +163,9 @@ bool spool_owner_alive(struct spool *sp);
 struct spool_stats {
 	uint64_t pending, queued, dead; /* live records by state */
 	uint64_t bytes;			/* segment bytes on disk */
+	uint64_t waiting_bytes;		/* bytes of pending, queued and dead records:
+					 * what max_bytes bounds */
+	uint64_t damaged;		/* records found lost to damage since open */
 	uint64_t segments;
 	int64_t oldest_waiting_us;	/* created_us of the oldest QUEUED/PENDING; 0: none */
 	uint64_t next_seq;
