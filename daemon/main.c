@@ -212,6 +212,8 @@ void server_queue_refresh(struct server *srv, struct spool_stats *st)
 	metric_set(srv->m_queue_depth, (int64_t)(st->queued + st->pending));
 	metric_set(srv->m_queue_dead, (int64_t)st->dead);
 	metric_set(srv->m_queue_bytes, (int64_t)st->bytes);
+	/* The spool's own count only grows (it lives as long as the daemon). */
+	metric_set(srv->m_queue_damaged, (int64_t)st->damaged);
 	metric_set(srv->m_queue_oldest,
 		   st->oldest_waiting_us ? (dw_wall_us() - st->oldest_waiting_us) / 1000000 : 0);
 }
@@ -258,6 +260,11 @@ static void server_metrics(struct server *srv)
 	srv->m_queue_oldest =
 	    metrics_gauge(m, "dualwrite_queue_oldest_age_seconds",
 			  "Age of the oldest write waiting in the queue.", NULL);
+	srv->m_queue_damaged = metrics_counter(
+	    m, "dualwrite_queue_damaged_total",
+	    "Queue records (or damaged regions, where the records are unknown) found lost to "
+	    "damage: corrupt frames, cut or removed segments, a removed queue directory.",
+	    NULL);
 }
 
 int main(int argc, char **argv)
@@ -354,6 +361,7 @@ int main(int argc, char **argv)
 	print_errors("queue: ", &errs);
 	dw_errlist_free(&errs);
 	spool_stats(srv.spool, &st);
+	metric_set(srv.m_queue_damaged, (int64_t)st.damaged); /* what opening found */
 	if (st.queued)
 		log_warn("queue %s holds %" PRIu64 " writes for replay (from earlier runs or "
 			 "failures): run `dualwrite replay`",

@@ -16,10 +16,17 @@
  * Rotation appends a ROTATE frame naming the next segment *before* creating
  * it, so readers follow the chain without listing the directory.
  *
- * Damage is never fatal. A frame that does not check out is resynchronised
- * past by scanning for the next magic whose frame verifies; a short or bad
+ * Damage is never fatal and never silent. A frame that does not check out is
+ * resynchronised past by scanning for the next magic whose frame verifies
+ * (reported with the record and key its header still names); a short or bad
  * run at the very end of the last segment (a writer killed mid-write) is cut
- * off with ftruncate while holding the lock. Both are reported as warnings.
+ * off with ftruncate while holding the lock. A cut that lands on a frame
+ * boundary is caught by the high-water mark (DIR/MARK, rewritten after each
+ * append): the missing seqs are reported. spool_refresh also checks that the
+ * directory, the tail and every segment holding live records are still the
+ * ones opened; the live records of one that went are named (with their keys),
+ * dropped from the index and counted (spool_stats.damaged), and a removed
+ * directory or tail is made again so new writes are journaled.
  *
  * Space is reclaimed by what waits, not by position: spent head segments are
  * deleted, and a head that is mostly spent has its few live records copied
@@ -103,6 +110,12 @@ struct spool {
 	size_t nlate, caplate;
 	uint64_t waiting_bytes; /* frames of non-terminal records: what max_bytes bounds */
 	uint64_t damaged;	/* records found lost to damage (spool_stats) */
+	uint64_t last_rec_seq;	/* the newest RECORD frame's seq folded */
+	dev_t dir_dev;		/* the directory we opened: a removed or */
+	ino_t dir_ino;		/* replaced one is damage (check_identity) */
+	int mark_fd;		/* DIR/MARK, the high-water mark; -1: none */
+	bool mark_dirty;	/* appended since the mark was last written */
+	bool torn_cut;		/* a torn tail was cut while opening */
 	struct keymap keys;
 	struct errs errs;
 	uint64_t npending, nqueued, ndead;
@@ -393,6 +406,8 @@ static void fold_record(struct spool *sp, bool moved, uint64_t seq, uint64_t seg
 	}
 	if (moved && state_terminal(st))
 		return;
+	if (!moved && seq > sp->last_rec_seq)
+		sp->last_rec_seq = seq;
 	e = ent_new(sp, seq);
 	e->created_us = h->created;
 	e->updated_us = h->updated;
@@ -435,6 +450,236 @@ static void warn_payload(struct spool *sp, uint64_t seg, uint64_t off)
 		       "queue: seg-%016" PRIx64 ".log: unreadable frame payload at offset %" PRIu64
 		       " skipped",
 		       seg, off);
+}
+
+/* ---- damage: never silent ---- */
+
+/* "seq 12 (key gear_ops/42)" of e into b. */
+static void describe_ent(const struct ent *e, char *b, size_t n)
+{
+	if (e->kn)
+		snprintf(b, n, "%" PRIu64 " (%s, key %s/%s)", e->seq, spool_state_name(e->state),
+			 e->kn->s, e->kn->s + strlen(e->kn->s) + 1);
+	else
+		snprintf(b, n, "%" PRIu64 " (%s)", e->seq, spool_state_name(e->state));
+}
+
+/*
+ * The live records sel picks are gone from the disk (why says
+ * how): one warning naming them (the first 20 with their keys), counted in
+ * damaged, and out of the index - so nothing goes on calling them queued.
+ * Returns how many.
+ */
+struct lose_sel;
+static bool lose_match(const struct ent *e, const struct lose_sel *w);
+
+static size_t lose_records(struct spool *sp, const struct lose_sel *sel, const char *why)
+{
+	char list[2048] = "", one[600];
+	size_t n = 0, used = 0;
+
+	ents_merge_late(sp);
+	for (size_t i = 0; i < sp->nents; i++) {
+		struct ent *e = &sp->ents[i];
+		if (state_terminal(e->state) || !lose_match(e, sel))
+			continue;
+		if (n < 20) {
+			describe_ent(e, one, sizeof(one));
+			int w = snprintf(list + used, sizeof(list) - used, "%s%s", n ? ", " : "", one);
+			if (w > 0 && (size_t)w < sizeof(list) - used)
+				used += (size_t)w;
+		}
+		n++;
+		ent_set_state(sp, e, SPOOL_PURGED);
+	}
+	if (n)
+		dw_errlist_add(&sp->warnings,
+			       "queue: damaged: %s: %zu waiting record%s gone: seq %s%s", why, n,
+			       n == 1 ? "" : "s", list, n > 20 ? ", ..." : "");
+	sp->damaged += n;
+	return n;
+}
+
+/* Which records lose_records takes: by seq, by segment (from an offset on),
+ * or all. */
+struct lose_sel {
+	enum { LOSE_SEQ, LOSE_SEG, LOSE_ALL } by;
+	uint64_t seq, seg, from_off;
+};
+
+static bool lose_match(const struct ent *e, const struct lose_sel *w)
+{
+	switch (w->by) {
+	case LOSE_SEQ:
+		return e->seq == w->seq;
+	case LOSE_SEG:
+		return e->seg == w->seg && e->off + e->len > w->from_off;
+	case LOSE_ALL:
+		return true;
+	}
+	return false;
+}
+
+/* A record whose frame cannot be read back any more. */
+static void ent_damaged(struct spool *sp, struct ent *e, const char *why)
+{
+	char w[300];
+	struct lose_sel sel = {.by = LOSE_SEQ, .seq = e->seq};
+
+	snprintf(w, sizeof(w), "seg-%016" PRIx64 ".log offset %" PRIu64 ": the record's frame %s",
+		 e->seg, e->off, why);
+	(void)lose_records(sp, &sel, w);
+}
+
+/*
+ * What the bad bytes p[0..n) were, as far as a header that survived tells:
+ * the record (and its key, when the index or the payload still knows it).
+ */
+static void describe_corrupt(struct spool *sp, const unsigned char *p, size_t n, char *out,
+			     size_t outlen)
+{
+	int type = n >= SF_HDR_LEN ? p[12] : 0;
+	struct ent *e;
+
+	if (n < SF_HDR_LEN || sf_get32(p) != SF_MAGIC || type < SF_RECORD_JSON ||
+	    type > SF_TYPE_MAX || type == SF_ROTATE) {
+		snprintf(out, outlen, "no frame header survived; the seqs there are unknown");
+		return;
+	}
+	uint64_t seq = sf_frame_seq(p);
+	if (type == SF_STATE || type == SF_STATE_JSON) {
+		char d[600];
+		if ((e = ent_find(sp, seq))) {
+			describe_ent(e, d, sizeof(d));
+			snprintf(out, outlen, "a state change of record %s", d);
+		} else {
+			snprintf(out, outlen, "a state change of record %" PRIu64, seq);
+		}
+		return;
+	}
+	struct sf_head h;
+	size_t plen = sf_get32(p + 4);
+	if (plen <= n - SF_HDR_LEN && sf_decode_head(type, p + SF_HDR_LEN, plen, &h) == 0) {
+		snprintf(out, outlen, "record %" PRIu64 ", key %s/%s (checksum does not match)", seq,
+			 h.upstream, h.key ? h.key : "-");
+		sf_head_clear(&h);
+	} else {
+		snprintf(out, outlen, "record %" PRIu64 ", key unknown", seq);
+	}
+}
+
+/* Records first..last (none when last < first) are missing from the log:
+ * their keys went with their frames. */
+static void report_missing(struct spool *sp, const char *why, uint64_t first, uint64_t last,
+			   bool reuse)
+{
+	if (last >= first) {
+		dw_errlist_add(&sp->warnings,
+			       "queue: damaged: %s: records %" PRIu64 "..%" PRIu64
+			       " (%" PRIu64 ") are missing; their keys went with them",
+			       why, first, last, last - first + 1);
+		sp->damaged += last - first + 1;
+	} else {
+		dw_errlist_add(&sp->warnings,
+			       "queue: damaged: %s: no record is missing, but state changes "
+			       "written after record %" PRIu64 " may be",
+			       why, sp->last_rec_seq);
+		sp->damaged++;
+	}
+	if (!reuse && last + 1 > sp->next_seq)
+		sp->next_seq = last + 1; /* never hand a missing seq out again */
+}
+
+/* The high-water mark (lib/SPOOL-FORMAT.md): rewritten after appends. */
+#define MARK_MAGIC 0x314d5744u /* "DWM1" */
+#define MARK_LEN 32
+struct mark {
+	uint64_t tail_id, tail_end, next_seq;
+};
+
+static void put64le(unsigned char *p, uint64_t v)
+{
+	sf_put32(p, (uint32_t)v);
+	sf_put32(p + 4, (uint32_t)(v >> 32));
+}
+
+static void mark_write(struct spool *sp)
+{
+	unsigned char b[MARK_LEN];
+
+	sp->mark_dirty = false;
+	if (sp->mark_fd < 0 || sp->tail_fd < 0)
+		return;
+	sf_put32(b, MARK_MAGIC);
+	put64le(b + 4, sp->tail_id);
+	put64le(b + 12, sp->tail_off);
+	put64le(b + 20, sp->next_seq);
+	sf_put32(b + 28, sf_crc32c(0xffffffffu, b, 28) ^ 0xffffffffu);
+	if (pwrite(sp->mark_fd, b, MARK_LEN, 0) != MARK_LEN)
+		dw_errlist_add(&sp->warnings, "queue %s: MARK: %s", sp->dir,
+			       strerror(errno ? errno : EIO));
+}
+
+static bool mark_read(struct spool *sp, struct mark *m)
+{
+	unsigned char b[MARK_LEN];
+	char path[PATH_MAX];
+	int fd = sp->mark_fd;
+
+	if (fd < 0) {
+		snprintf(path, sizeof(path), "%s/MARK", sp->dir);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			return false;
+	}
+	ssize_t r = pread(fd, b, MARK_LEN, 0);
+	if (fd != sp->mark_fd)
+		close(fd);
+	if (r != MARK_LEN || sf_get32(b) != MARK_MAGIC ||
+	    sf_get32(b + 28) != (sf_crc32c(0xffffffffu, b, 28) ^ 0xffffffffu))
+		return false;
+	m->tail_id = sf_get64(b + 4);
+	m->tail_end = sf_get64(b + 12);
+	m->next_seq = sf_get64(b + 20);
+	return true;
+}
+
+static int open_mark(struct spool *sp, struct dw_err *err)
+{
+	char path[PATH_MAX];
+
+	snprintf(path, sizeof(path), "%s/MARK", sp->dir);
+	if (sp->mark_fd >= 0)
+		close(sp->mark_fd);
+	sp->mark_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+	if (sp->mark_fd < 0) {
+		dw_err_set(err, "queue %s: MARK: %s", sp->dir, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/* After folding the whole log: does it end where the last writer left it?
+ * A tail cut short - even at a frame boundary - or removed says no. */
+static void check_mark(struct spool *sp)
+{
+	struct mark m;
+	char why[400];
+
+	if (!mark_read(sp, &m))
+		return;
+	if (m.tail_id > sp->tail_id || (m.tail_id == sp->tail_id && m.tail_end > sp->tail_off)) {
+		snprintf(why, sizeof(why),
+			 "the log ends in seg-%016" PRIx64 ".log at %" PRIu64
+			 " bytes, but was last written up to seg-%016" PRIx64 ".log at %" PRIu64
+			 " bytes (cut short or removed)",
+			 sp->tail_id, sp->tail_off, m.tail_id, m.tail_end);
+		/* After a torn tail was cut, its seqs may be handed out again:
+		 * nobody saw them. */
+		report_missing(sp, why, sp->last_rec_seq + 1, m.next_seq ? m.next_seq - 1 : 0,
+			       sp->torn_cut);
+		sp->mark_dirty = true;
+	}
 }
 
 /* Fold one verified frame found at off of segment seg. */
@@ -621,6 +866,47 @@ static unsigned char *read_range(int fd, uint64_t off, size_t n, struct dw_err *
 }
 
 /*
+ * The tail is shorter than what we folded of it: someone cut it under us.
+ * The live records from the cut on are gone (named, with their keys); the
+ * file is cut back to its last whole frame so appends go on cleanly.
+ */
+static int tail_cut_under_us(struct spool *sp, uint64_t size, struct dw_err *err)
+{
+	unsigned char *b = size ? read_range(sp->tail_fd, 0, (size_t)size, err) : NULL;
+	size_t pos = 0, flen;
+	char why[300];
+	struct lose_sel sel = {.by = LOSE_SEG, .seg = sp->tail_id};
+
+	if (size && !b)
+		return -1;
+	while (pos < size && sf_check(b + pos, (size_t)size - pos, &flen) == SF_OK)
+		pos += flen;
+	free(b);
+	sel.from_off = pos;
+	snprintf(why, sizeof(why),
+		 "seg-%016" PRIx64 ".log was cut from %" PRIu64 " to %" PRIu64
+		 " bytes under the running process",
+		 sp->tail_id, sp->tail_off, size);
+	if (lose_records(sp, &sel, why) == 0) {
+		dw_errlist_add(&sp->warnings,
+			       "queue: damaged: %s: no waiting record was in the cut part, but "
+			       "state changes were",
+			       why);
+		sp->damaged++;
+	}
+	if (pos < size && ftruncate(sp->tail_fd, (off_t)pos) < 0) {
+		dw_err_set(err, "queue %s: seg-%016" PRIx64 ".log: cutting to %zu: %s", sp->dir,
+			   sp->tail_id, pos, strerror(errno));
+		return -1;
+	}
+	sp->total_bytes -= sp->tail_off - pos;
+	sp->tail_off = pos;
+	seg_find(sp, sp->tail_id)->size = pos;
+	sp->mark_dirty = true;
+	return 0;
+}
+
+/*
  * Fold everything appended to the tail since tail_off, following ROTATE
  * frames into later segments. can_fix: we hold LOCK exclusively and may cut a
  * torn tail and create a segment a crashed rotation announced.
@@ -637,6 +923,9 @@ static int refresh_fold(struct spool *sp, bool can_fix, struct dw_err *err)
 			dw_err_set(err, "queue %s: fstat: %s", sp->dir, strerror(errno));
 			return -1;
 		}
+		if ((uint64_t)st.st_size < sp->tail_off && can_fix &&
+		    tail_cut_under_us(sp, (uint64_t)st.st_size, err) < 0)
+			return -1;
 		if ((uint64_t)st.st_size > sp->tail_off) {
 			size_t n = (size_t)((uint64_t)st.st_size - sp->tail_off), pos = 0;
 			unsigned char *b = read_range(sp->tail_fd, sp->tail_off, n, err);
@@ -658,22 +947,28 @@ static int refresh_fold(struct spool *sp, bool can_fix, struct dw_err *err)
 					if (b[q] == 'D' && sf_check(b + q, n - q, &flen) == SF_OK)
 						break;
 				if (q < n) {
+					char what[700];
+					describe_corrupt(sp, b + pos, q - pos, what, sizeof(what));
 					dw_errlist_add(&sp->warnings,
 						       "queue: seg-%016" PRIx64
 						       ".log: corrupt data of %zu bytes at offset %" PRIu64
-						       " skipped",
-						       sp->tail_id, q - pos, sp->tail_off + pos);
+						       " skipped (damaged: %s)",
+						       sp->tail_id, q - pos, sp->tail_off + pos, what);
+					sp->damaged++;
 					pos = q;
 					continue;
 				}
 				/* Nothing valid follows: a tail that never completed. */
 				bool last = !sp->tail_next && !listed_after(sp, sp->tail_id);
 				if (!last) {
+					char what[700];
+					describe_corrupt(sp, b + pos, n - pos, what, sizeof(what));
 					dw_errlist_add(&sp->warnings,
 						       "queue: seg-%016" PRIx64
 						       ".log: corrupt data of %zu bytes at offset %" PRIu64
-						       " skipped",
-						       sp->tail_id, n - pos, sp->tail_off + pos);
+						       " skipped (damaged: %s)",
+						       sp->tail_id, n - pos, sp->tail_off + pos, what);
+					sp->damaged++;
 					pos = n;
 				} else if (can_fix) {
 					if (ftruncate(sp->tail_fd, (off_t)(sp->tail_off + pos)) < 0) {
@@ -689,6 +984,10 @@ static int refresh_fold(struct spool *sp, bool can_fix, struct dw_err *err)
 						       ".log: torn tail of %zu bytes at offset %" PRIu64
 						       " cut off",
 						       sp->tail_id, n - pos, sp->tail_off + pos);
+					/* A write that never completed: the mark was
+					 * not moved past it, unless it did complete
+					 * and was cut since - which the mark shows. */
+					sp->torn_cut = true;
 				} else {
 					if (sp->warned_off != sp->tail_off + pos + 1)
 						dw_errlist_add(&sp->warnings,
@@ -708,6 +1007,15 @@ static int refresh_fold(struct spool *sp, bool can_fix, struct dw_err *err)
 		next = sp->tail_next ? sp->tail_next : listed_after(sp, sp->tail_id);
 		if (!next)
 			return 0;
+		if (!sp->tail_next) { /* a later segment, but no ROTATE to it */
+			char why[300];
+			snprintf(why, sizeof(why),
+				 "seg-%016" PRIx64 ".log ends at %" PRIu64
+				 " bytes without the ROTATE frame to seg-%016" PRIx64
+				 ".log (cut short)",
+				 sp->tail_id, sp->tail_off, next);
+			report_missing(sp, why, sp->last_rec_seq + 1, next - 1, false);
+		}
 		int fd = open_seg(sp, next, false);
 		if (fd < 0 && errno == ENOENT) {
 			/* Deleted by another process, or announced by a rotation that
@@ -770,6 +1078,8 @@ static int lock_log(struct spool *sp, struct dw_err *err)
 
 static void unlock_log(struct spool *sp)
 {
+	if (sp->mark_dirty)
+		mark_write(sp);
 	if (sp->lock_fd >= 0)
 		(void)flock(sp->lock_fd, LOCK_UN);
 }
@@ -799,6 +1109,7 @@ static int write_tail(struct spool *sp, const unsigned char *p, size_t n, struct
 	sp->total_bytes += n;
 	seg_find(sp, sp->tail_id)->size = sp->tail_off;
 	sp->dirty = true;
+	sp->mark_dirty = true;
 	return 0;
 }
 
@@ -901,21 +1212,6 @@ static bool head_worth_compacting(const struct spool *sp, const struct seg *h)
 {
 	return h->live && (h->live_bytes * 2 <= h->size ||
 			   sp->total_bytes > 2 * sp->waiting_bytes + 2 * sp->o.segment_bytes);
-}
-
-/* A record whose frame cannot be read back any more: say which, count it,
- * and drop it from the index (its bytes are gone). */
-static void ent_damaged(struct spool *sp, struct ent *e, const char *why)
-{
-	const char *up = e->kn ? e->kn->s : NULL;
-
-	dw_errlist_add(&sp->warnings,
-		       "queue: damaged: record %" PRIu64 "%s%s%s%s (%s) in seg-%016" PRIx64
-		       ".log at offset %" PRIu64 " %s; it is lost",
-		       e->seq, up ? " key " : "", up ? up : "", up ? "/" : "",
-		       up ? up + strlen(up) + 1 : "", spool_state_name(e->state), e->seg, e->off, why);
-	sp->damaged++;
-	ent_set_state(sp, e, SPOOL_PURGED);
 }
 
 /*
@@ -1153,7 +1449,7 @@ struct spool *spool_open(const char *dir, const struct spool_opts *opts, struct 
 		if (sp->o.segment_bytes < 256ull << 10)
 			sp->o.segment_bytes = 256ull << 10;
 	}
-	sp->lock_fd = sp->owner_fd = sp->consumer_fd = sp->tail_fd = -1;
+	sp->lock_fd = sp->owner_fd = sp->consumer_fd = sp->tail_fd = sp->mark_fd = -1;
 	sp->next_seq = 1;
 
 	if (sp->o.readonly && sp->o.owner) {
@@ -1172,6 +1468,10 @@ struct spool *spool_open(const char *dir, const struct spool_opts *opts, struct 
 		dw_err_set(err, "queue %s: not a directory", dir);
 		goto fail;
 	}
+	sp->dir_dev = st.st_dev;
+	sp->dir_ino = st.st_ino;
+	if (!sp->o.readonly && open_mark(sp, err) < 0)
+		goto fail;
 	snprintf(path, sizeof(path), "%s/LOCK", dir);
 	sp->lock_fd = open(path, sp->o.readonly ? O_RDONLY | O_CLOEXEC
 					       : O_RDWR | O_CREAT | O_CLOEXEC, 0640);
@@ -1199,6 +1499,7 @@ struct spool *spool_open(const char *dir, const struct spool_opts *opts, struct 
 	}
 	if (refresh_locked(sp, !sp->o.readonly, err) < 0)
 		goto fail;
+	check_mark(sp);
 	if (sp->o.owner && recover_pending(sp, err) < 0)
 		goto fail;
 	unlock_log(sp);
@@ -1238,6 +1539,8 @@ void spool_close(struct spool *sp)
 	}
 	if (sp->lock_fd >= 0)
 		close(sp->lock_fd);
+	if (sp->mark_fd >= 0)
+		close(sp->mark_fd);
 	if (sp->owner_fd >= 0)
 		close(sp->owner_fd);
 	if (sp->consumer_fd >= 0)
@@ -1246,6 +1549,7 @@ void spool_close(struct spool *sp)
 		errs_put(&sp->errs, sp->ents[i].last_error);
 	errs_free(&sp->errs);
 	free(sp->ents);
+	free(sp->late);
 	free(sp->segs);
 	free(sp->listed);
 	keymap_free(&sp->keys);
@@ -1461,6 +1765,123 @@ int spool_sync(struct spool *sp, struct dw_err *err)
 	return r;
 }
 
+/*
+ * The directory we opened is gone or replaced (removed under the running
+ * daemon): every waiting record in it is lost - say which, drop them (so
+ * nothing calls them queued), and make the directory again, with its lock
+ * files and a fresh tail, so that new writes are journaled again.
+ */
+static int check_dir(struct spool *sp, struct dw_err *err)
+{
+	struct stat st;
+	char why[PATH_MAX + 100], path[PATH_MAX];
+	struct lose_sel all = {.by = LOSE_ALL};
+
+	if (stat(sp->dir, &st) == 0 && st.st_dev == sp->dir_dev && st.st_ino == sp->dir_ino)
+		return 0;
+	snprintf(why, sizeof(why), "the queue directory %s was removed or replaced under the "
+				   "running process", sp->dir);
+	if (lose_records(sp, &all, why) == 0) {
+		dw_errlist_add(&sp->warnings, "queue: damaged: %s (no record was waiting)", why);
+		sp->damaged++;
+	}
+	if (mkdir_p(sp->dir) < 0 || stat(sp->dir, &st) < 0) {
+		dw_err_set(err, "queue %s: making it again: %s", sp->dir, strerror(errno));
+		return -1;
+	}
+	sp->dir_dev = st.st_dev;
+	sp->dir_ino = st.st_ino;
+	snprintf(path, sizeof(path), "%s/LOCK", sp->dir);
+	if (sp->lock_fd >= 0)
+		close(sp->lock_fd);
+	sp->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+	if (sp->lock_fd < 0) {
+		dw_err_set(err, "queue %s: LOCK: %s", sp->dir, strerror(errno));
+		return -1;
+	}
+	if (open_mark(sp, err) < 0)
+		return -1;
+	if (sp->owner_fd >= 0) {
+		close(sp->owner_fd);
+		sp->owner_fd = -1;
+		if (take_owner(sp, err) < 0)
+			return -1;
+	}
+	if (sp->consumer_fd >= 0) {
+		close(sp->consumer_fd);
+		sp->consumer_fd = -1;
+	}
+	if (sp->tail_fd >= 0)
+		close(sp->tail_fd);
+	sp->tail_fd = -1;
+	sp->nsegs = 0;
+	sp->total_bytes = 0;
+	if (lock_log(sp, err) < 0)
+		return -1;
+	int r = create_tail(sp, sp->next_seq > sp->tail_id ? sp->next_seq : sp->tail_id + 1, err);
+	sp->mark_dirty = true;
+	unlock_log(sp);
+	if (r == 0)
+		dw_errlist_add(&sp->warnings, "queue %s: made again; new writes are journaled there",
+			       sp->dir);
+	return r;
+}
+
+/* The tail segment was removed under us (we hold it open, so only its name
+ * went): its waiting records are lost; a new tail takes over. LOCK held. */
+static int check_tail_linked(struct spool *sp, struct dw_err *err)
+{
+	struct stat st;
+	char why[200];
+	struct lose_sel sel = {.by = LOSE_SEG, .seg = sp->tail_id};
+	uint64_t old = sp->tail_id;
+
+	if (sp->tail_fd < 0 || fstat(sp->tail_fd, &st) < 0 || st.st_nlink > 0)
+		return 0;
+	snprintf(why, sizeof(why), "seg-%016" PRIx64 ".log was removed under the running process",
+		 old);
+	if (lose_records(sp, &sel, why) == 0) {
+		dw_errlist_add(&sp->warnings, "queue: damaged: %s (no record was waiting in it)", why);
+		sp->damaged++;
+	}
+	for (size_t i = 0; i < sp->nsegs; i++)
+		if (sp->segs[i].id == old) {
+			sp->total_bytes -= sp->segs[i].size;
+			memmove(sp->segs + i, sp->segs + i + 1, (sp->nsegs - i - 1) * sizeof(*sp->segs));
+			sp->nsegs--;
+			break;
+		}
+	close(sp->tail_fd);
+	sp->tail_fd = -1;
+	return create_tail(sp, sp->next_seq > old ? sp->next_seq : old + 1, err);
+}
+
+/* Segments before the tail that still hold waiting records must still be
+ * there (after a refresh, so another process's compaction is folded). */
+static void check_segments_exist(struct spool *sp)
+{
+	for (size_t i = 0; i < sp->nsegs; i++) {
+		struct seg *g = &sp->segs[i];
+		struct stat st;
+		char why[200];
+
+		if (g->id == sp->tail_id || !g->live)
+			continue;
+		char *path = seg_path(sp, g->id);
+		int gone = stat(path, &st) < 0 && errno == ENOENT;
+		free(path);
+		if (!gone)
+			continue;
+		struct lose_sel sel = {.by = LOSE_SEG, .seg = g->id};
+		snprintf(why, sizeof(why), "seg-%016" PRIx64 ".log was removed", g->id);
+		(void)lose_records(sp, &sel, why);
+		sp->total_bytes -= g->size;
+		memmove(sp->segs + i, sp->segs + i + 1, (sp->nsegs - i - 1) * sizeof(*sp->segs));
+		sp->nsegs--;
+		i--;
+	}
+}
+
 int spool_refresh(struct spool *sp, struct dw_err *err)
 {
 	int r = -1;
@@ -1481,10 +1902,17 @@ int spool_refresh(struct spool *sp, struct dw_err *err)
 				set_tail(sp, fd, sp->listed[0]);
 		}
 	}
+	if (!sp->o.readonly && check_dir(sp, err) < 0)
+		goto out_mu;
 	if (lock_log(sp, err) < 0)
 		goto out_mu;
+	/* Fold first: a tail or segment another process rotated past and
+	 * deleted is not damage; one we are caught up with that went is. */
 	r = refresh_locked(sp, !sp->o.readonly, err);
+	if (r == 0 && !sp->o.readonly)
+		r = check_tail_linked(sp, err);
 	if (r == 0 && !sp->o.readonly) {
+		check_segments_exist(sp);
 		collect_segments(sp, true);
 		ents_compact(sp);
 	}

@@ -1167,6 +1167,196 @@ static void test_compaction_two_handles(void **state)
 	spool_close(d);
 }
 
+/* The end offset of the k-th frame (1-based) of a segment file. */
+static off_t frame_end(const char *path, int k)
+{
+	FILE *f = fopen(path, "rb");
+	unsigned char h[21];
+	off_t off = 0;
+
+	assert_non_null(f);
+	for (int i = 0; i < k; i++) {
+		assert_int_equal(fseeko(f, off, SEEK_SET), 0);
+		assert_int_equal(fread(h, 1, 21, f), 21);
+		off += 21 + (off_t)(h[4] | h[5] << 8 | h[6] << 16 | (uint32_t)h[7] << 24);
+	}
+	fclose(f);
+	return off;
+}
+
+static uint64_t damaged_of(struct spool *sp)
+{
+	struct spool_stats st;
+
+	spool_stats(sp, &st);
+	return st.damaged;
+}
+
+/* Cut exactly at a frame boundary while stopped: the log looks clean, the
+ * high-water mark says otherwise, and the missing seqs are named. */
+static void test_damage_cut_at_frame_boundary(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, true, 0, 0);
+
+	for (int i = 0; i < 5; i++)
+		add(sp, SPOOL_QUEUED, "k", "/x");
+	spool_close(sp);
+	char *seg = seg_file(dir, 0);
+	assert_int_equal(truncate(seg, frame_end(seg, 3)), 0);
+
+	sp = open_sp(dir, true, 0, 0);
+	assert_int_equal(warnings_matching(sp, "damaged: the log ends in seg-"), 0 + 1);
+	assert_int_equal(damaged_of(sp), 2);
+	assert_int_equal(spool_list(sp, 0, NULL, 0), 3);
+	assert_int_equal(add(sp, SPOOL_QUEUED, "k", "/y"), 6); /* 4 and 5 are not reused */
+	spool_close(sp);
+	sp = open_sp(dir, true, 0, 0);
+	assert_int_equal(warnings_matching(sp, ""), 0); /* reported once */
+	spool_close(sp);
+
+	/* The message names them. */
+	sp = open_sp(dir, true, 0, 0);
+	spool_close(sp);
+	assert_int_equal(truncate(seg, frame_end(seg, 2)), 0);
+	sp = open_sp(dir, true, 0, 0);
+	assert_int_equal(warnings_matching(sp, "records 3..6 (4) are missing"), 1);
+	spool_close(sp);
+	free(seg);
+}
+
+/* A segment before the tail cut at a frame boundary loses its ROTATE. */
+static void test_damage_cut_segment_before_tail(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, true, 600, 0);
+
+	for (int i = 0; i < 12; i++)
+		add(sp, SPOOL_QUEUED, "k", "/x");
+	spool_close(sp);
+	assert_true(count_segs(dir) >= 3);
+	char *seg = seg_file(dir, 0);
+	assert_int_equal(truncate(seg, frame_end(seg, 2)), 0); /* records 1, 2 stay */
+
+	sp = open_sp(dir, true, 600, 0);
+	assert_int_equal(warnings_matching(sp, "without the ROTATE frame"), 1);
+	assert_true(damaged_of(sp) >= 1);
+	spool_close(sp);
+	free(seg);
+}
+
+/* A corrupt frame is named by its record and key, not only by bytes. */
+static void test_damage_corrupt_frame_named(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, false, 0, 0);
+
+	add(sp, SPOOL_QUEUED, "a", "/1");
+	add(sp, SPOOL_QUEUED, "b", "/2");
+	add(sp, SPOOL_QUEUED, "c", "/3");
+	spool_close(sp);
+	char *seg = seg_file(dir, 0);
+	off_t at = frame_end(seg, 1) + 21 + 10; /* inside record 2's payload */
+	int fd = open(seg, O_RDWR);
+	unsigned char c;
+	assert_int_equal(pread(fd, &c, 1, at), 1);
+	c ^= 0x01;
+	assert_int_equal(pwrite(fd, &c, 1, at), 1);
+	close(fd);
+
+	sp = open_sp(dir, false, 0, 0);
+	struct dw_errlist w = {0};
+	spool_take_warnings(sp, &w);
+	assert_int_equal(w.n, 1);
+	assert_non_null(strstr(w.msgs[0], "corrupt data of"));
+	assert_non_null(strstr(w.msgs[0], "record 2, key gear_ops/b"));
+	dw_errlist_free(&w);
+	assert_int_equal(damaged_of(sp), 1);
+	spool_close(sp);
+	free(seg);
+}
+
+/* Removed under a running handle: a segment, the tail, the directory. Each
+ * is found by the next refresh (the daemon's tick), its records named with
+ * their keys and no longer counted as waiting, and writes go on. */
+static void test_damage_removed_while_running(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, true, 600, 0);
+	struct spool_stats st;
+	struct dw_err err = {{0}};
+
+	for (int i = 0; i < 12; i++)
+		add(sp, SPOOL_QUEUED, i < 4 ? "early" : "late", "/x");
+	char *first = seg_file(dir, 0);
+	assert_int_equal(unlink(first), 0);
+	refresh(sp);
+	struct dw_errlist w = {0};
+	spool_take_warnings(sp, &w);
+	assert_int_equal(w.n, 1);
+	assert_non_null(strstr(w.msgs[0], "seg-0000000000000001.log was removed: "));
+	assert_non_null(strstr(w.msgs[0], "waiting records gone: seq 1 (queued, key gear_ops/early), "
+					  "2 (queued, key gear_ops/early)"));
+	dw_errlist_free(&w);
+	spool_stats(sp, &st);
+	assert_true(st.damaged >= 4);
+	assert_int_equal(st.queued, 12 - st.damaged);
+	free(first);
+
+	/* The tail. */
+	char *tail = seg_file(dir, count_segs(dir) - 1);
+	assert_int_equal(unlink(tail), 0);
+	refresh(sp);
+	assert_int_equal(warnings_matching(sp, "removed under the running process"), 1);
+	spool_stats(sp, &st);
+	assert_true(st.queued < 8 && st.damaged > 5);
+	uint64_t s = add(sp, SPOOL_QUEUED, "new", "/after-tail");
+	assert_int_equal(state_of(sp, s), SPOOL_QUEUED);
+	free(tail);
+
+	/* The directory. */
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+	refresh(sp);
+	assert_int_equal(warnings_matching(sp, "was removed or replaced"), 1);
+	spool_stats(sp, &st);
+	assert_int_equal(st.queued + st.pending + st.dead, 0);
+	s = add(sp, SPOOL_QUEUED, "new", "/after-dir");
+	assert_int_equal(state_of(sp, s), SPOOL_QUEUED);
+	assert_int_equal(spool_sync(sp, &err), 0);
+	spool_close(sp);
+	sp = open_sp(dir, true, 600, 0);
+	assert_int_equal(warnings_matching(sp, ""), 0);
+	assert_int_equal(spool_list(sp, 0, NULL, 0), 1);
+	assert_int_equal(state_of(sp, s), SPOOL_QUEUED);
+	spool_close(sp);
+}
+
+/* The tail cut under a running handle (at a frame boundary). */
+static void test_damage_tail_cut_while_running(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, true, 0, 0);
+
+	for (int i = 0; i < 5; i++)
+		add(sp, SPOOL_QUEUED, i == 4 ? "last" : "k", "/x");
+	char *seg = seg_file(dir, 0);
+	assert_int_equal(truncate(seg, frame_end(seg, 3)), 0);
+	refresh(sp);
+	assert_int_equal(warnings_matching(sp, "2 waiting records gone: seq 4 (queued, key "
+					       "gear_ops/k), 5 (queued, key gear_ops/last)"),
+			 1);
+	assert_int_equal(spool_list(sp, 0, NULL, 0), 3);
+	assert_int_equal(add(sp, SPOOL_QUEUED, "k", "/y"), 6);
+	spool_close(sp);
+	sp = open_sp(dir, true, 0, 0);
+	assert_int_equal(warnings_matching(sp, ""), 0);
+	assert_int_equal(spool_list(sp, 0, NULL, 0), 4);
+	spool_close(sp);
+	free(seg);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1192,6 +1382,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_reclaim_past_dead_letters, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_compaction_crash, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_compaction_two_handles, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_damage_cut_at_frame_boundary, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_damage_cut_segment_before_tail, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_damage_corrupt_frame_named, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_damage_removed_while_running, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_damage_tail_cut_while_running, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
