@@ -205,9 +205,15 @@ static void log_flush_cb(evutil_socket_t fd, short what, void *arg)
 void server_queue_refresh(struct server *srv, struct spool_stats *st)
 {
 	struct dw_err err = {""};
+	struct dw_errlist warns = {0};
 
 	if (spool_refresh(srv->spool, &err) < 0)
 		log_warn("queue: %s", err.msg);
+	/* What the refresh found (damage among it) is logged at once, from
+	 * whichever caller made it: the tick or an admin request. */
+	spool_take_warnings(srv->spool, &warns);
+	print_errors("queue: ", &warns);
+	dw_errlist_free(&warns);
 	spool_stats(srv->spool, st);
 	metric_set(srv->m_queue_depth, (int64_t)(st->queued + st->pending));
 	metric_set(srv->m_queue_dead, (int64_t)st->dead);
@@ -222,15 +228,11 @@ static void queue_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *srv = arg;
 	struct spool_stats st;
-	struct dw_errlist warns = {0};
 
 	(void)fd;
 	(void)what;
 	server_queue_refresh(srv, &st);
 	spool_reap(srv->spool);
-	spool_take_warnings(srv->spool, &warns);
-	print_errors("queue: ", &warns);
-	dw_errlist_free(&warns);
 }
 
 /* ------------------------------------------------------------ start-up */
