@@ -115,6 +115,8 @@ struct spool {
 	ino_t dir_ino;		/* replaced one is damage (check_identity) */
 	int mark_fd;		/* DIR/MARK, the high-water mark; -1: none */
 	bool mark_dirty;	/* appended since the mark was last written */
+	bool mark_force;	/* write it at the next unlock, however recent */
+	int64_t mark_us;	/* when it was last written (dw_now_us) */
 	bool torn_cut;		/* a torn tail was cut while opening */
 	struct keymap keys;
 	struct errs errs;
@@ -607,7 +609,8 @@ static void mark_write(struct spool *sp)
 {
 	unsigned char b[MARK_LEN];
 
-	sp->mark_dirty = false;
+	sp->mark_dirty = sp->mark_force = false;
+	sp->mark_us = dw_now_us();
 	if (sp->mark_fd < 0 || sp->tail_fd < 0)
 		return;
 	sf_put32(b, MARK_MAGIC);
@@ -678,7 +681,7 @@ static void check_mark(struct spool *sp)
 		 * nobody saw them. */
 		report_missing(sp, why, sp->last_rec_seq + 1, m.next_seq ? m.next_seq - 1 : 0,
 			       sp->torn_cut);
-		sp->mark_dirty = true;
+		sp->mark_dirty = sp->mark_force = true;
 	}
 }
 
@@ -902,7 +905,7 @@ static int tail_cut_under_us(struct spool *sp, uint64_t size, struct dw_err *err
 	sp->total_bytes -= sp->tail_off - pos;
 	sp->tail_off = pos;
 	seg_find(sp, sp->tail_id)->size = pos;
-	sp->mark_dirty = true;
+	sp->mark_dirty = sp->mark_force = true;
 	return 0;
 }
 
@@ -1076,9 +1079,18 @@ static int lock_log(struct spool *sp, struct dw_err *err)
 	return 0;
 }
 
+/*
+ * The mark is rewritten at most every MARK_EVERY_US while appending (a
+ * pwrite per append cost the outage path a third of its rate), and always
+ * on a refresh (the daemon's 1 s tick), on close and after damage. So after
+ * a crash it may lag the log by that much, never run ahead of it: a cut
+ * deeper than the last millisecond of appends is still seen.
+ */
+#define MARK_EVERY_US 1000
+
 static void unlock_log(struct spool *sp)
 {
-	if (sp->mark_dirty)
+	if (sp->mark_dirty && (sp->mark_force || dw_now_us() - sp->mark_us >= MARK_EVERY_US))
 		mark_write(sp);
 	if (sp->lock_fd >= 0)
 		(void)flock(sp->lock_fd, LOCK_UN);
@@ -1529,9 +1541,17 @@ void spool_reap(struct spool *sp)
 
 void spool_close(struct spool *sp)
 {
+	struct dw_err err;
+
 	if (!sp)
 		return;
 	spool_reap(sp);
+	if (sp->mark_dirty && lock_log(sp, &err) == 0) { /* the exact end, for the next open */
+		if (refresh_locked(sp, !sp->o.readonly, &err) < 0)
+			sp->mark_dirty = false; /* do not write a mark we are unsure of */
+		sp->mark_force = true;
+		unlock_log(sp);
+	}
 	if (sp->tail_fd >= 0) {
 		if (sp->dirty && sp->o.fsync)
 			(void)fdatasync(sp->tail_fd);
@@ -1819,7 +1839,7 @@ static int check_dir(struct spool *sp, struct dw_err *err)
 	if (lock_log(sp, err) < 0)
 		return -1;
 	int r = create_tail(sp, sp->next_seq > sp->tail_id ? sp->next_seq : sp->tail_id + 1, err);
-	sp->mark_dirty = true;
+	sp->mark_dirty = sp->mark_force = true;
 	unlock_log(sp);
 	if (r == 0)
 		dw_errlist_add(&sp->warnings, "queue %s: made again; new writes are journaled there",
@@ -1916,6 +1936,7 @@ int spool_refresh(struct spool *sp, struct dw_err *err)
 		collect_segments(sp, true);
 		ents_compact(sp);
 	}
+	sp->mark_force = true;
 	unlock_log(sp);
 out_mu:
 	pthread_mutex_unlock(&sp->mu);
