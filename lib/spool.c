@@ -38,10 +38,10 @@
  * increasing even after every old segment has been deleted.
  */
 #include "spool.h"
+#include "spool_files.h"
 #include "spool_frame.h"
 #include "spool_index.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -592,59 +592,16 @@ static void report_missing(struct spool *sp, const char *why, uint64_t first, ui
 		sp->next_seq = last + 1; /* never hand a missing seq out again */
 }
 
-/* The high-water mark (lib/SPOOL-FORMAT.md): rewritten after appends. */
-#define MARK_MAGIC 0x314d5744u /* "DWM1" */
-#define MARK_LEN 32
-struct mark {
-	uint64_t tail_id, tail_end, next_seq;
-};
-
-static void put64le(unsigned char *p, uint64_t v)
-{
-	sf_put32(p, (uint32_t)v);
-	sf_put32(p + 4, (uint32_t)(v >> 32));
-}
-
 static void mark_write(struct spool *sp)
 {
-	unsigned char b[MARK_LEN];
+	struct sfile_mark m = {sp->tail_id, sp->tail_off, sp->next_seq};
 
 	sp->mark_dirty = sp->mark_force = false;
 	sp->mark_us = dw_now_us();
 	if (sp->mark_fd < 0 || sp->tail_fd < 0)
 		return;
-	sf_put32(b, MARK_MAGIC);
-	put64le(b + 4, sp->tail_id);
-	put64le(b + 12, sp->tail_off);
-	put64le(b + 20, sp->next_seq);
-	sf_put32(b + 28, sf_crc32c(0xffffffffu, b, 28) ^ 0xffffffffu);
-	if (pwrite(sp->mark_fd, b, MARK_LEN, 0) != MARK_LEN)
-		dw_errlist_add(&sp->warnings, "queue %s: MARK: %s", sp->dir,
-			       strerror(errno ? errno : EIO));
-}
-
-static bool mark_read(struct spool *sp, struct mark *m)
-{
-	unsigned char b[MARK_LEN];
-	char path[PATH_MAX];
-	int fd = sp->mark_fd;
-
-	if (fd < 0) {
-		snprintf(path, sizeof(path), "%s/MARK", sp->dir);
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			return false;
-	}
-	ssize_t r = pread(fd, b, MARK_LEN, 0);
-	if (fd != sp->mark_fd)
-		close(fd);
-	if (r != MARK_LEN || sf_get32(b) != MARK_MAGIC ||
-	    sf_get32(b + 28) != (sf_crc32c(0xffffffffu, b, 28) ^ 0xffffffffu))
-		return false;
-	m->tail_id = sf_get64(b + 4);
-	m->tail_end = sf_get64(b + 12);
-	m->next_seq = sf_get64(b + 20);
-	return true;
+	if (sfile_mark_store(sp->mark_fd, &m) < 0)
+		dw_errlist_add(&sp->warnings, "queue %s: MARK: %s", sp->dir, strerror(errno));
 }
 
 static int open_mark(struct spool *sp, struct dw_err *err)
@@ -666,10 +623,10 @@ static int open_mark(struct spool *sp, struct dw_err *err)
  * A tail cut short - even at a frame boundary - or removed says no. */
 static void check_mark(struct spool *sp)
 {
-	struct mark m;
+	struct sfile_mark m;
 	char why[400];
 
-	if (!mark_read(sp, &m))
+	if (!sfile_mark_load(sp->mark_fd, sp->dir, &m))
 		return;
 	if (m.tail_id > sp->tail_id || (m.tail_id == sp->tail_id && m.tail_end > sp->tail_off)) {
 		snprintf(why, sizeof(why),
@@ -717,51 +674,13 @@ static void fold_frame(struct spool *sp, const unsigned char *p, size_t flen, ui
 
 static char *seg_path(const struct spool *sp, uint64_t id)
 {
-	char *s;
-
-	if (asprintf(&s, "%s/seg-%016" PRIx64 ".log", sp->dir, id) < 0)
-		abort();
-	return s;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? -1 : x > y;
+	return sfile_seg_path(sp->dir, id);
 }
 
 /* List seg-*.log ids into sp->listed, ascending. */
 static int list_segments(struct spool *sp, struct dw_err *err)
 {
-	DIR *d = opendir(sp->dir);
-	struct dirent *de;
-	size_t cap = 0;
-
-	if (!d) {
-		dw_err_set(err, "queue %s: %s", sp->dir, strerror(errno));
-		return -1;
-	}
-	sp->nlisted = 0;
-	while ((de = readdir(d))) {
-		char *end;
-		uint64_t id;
-		if (strncmp(de->d_name, "seg-", 4) != 0 || strlen(de->d_name) != 24 ||
-		    strcmp(de->d_name + 20, ".log") != 0)
-			continue;
-		errno = 0;
-		id = strtoull(de->d_name + 4, &end, 16);
-		if (errno || end != de->d_name + 20 || id == 0)
-			continue;
-		if (sp->nlisted == cap) {
-			cap = cap ? cap * 2 : 16;
-			sp->listed = dw_realloc(sp->listed, cap * sizeof(*sp->listed));
-		}
-		sp->listed[sp->nlisted++] = id;
-	}
-	closedir(d);
-	if (sp->nlisted)
-		qsort(sp->listed, sp->nlisted, sizeof(*sp->listed), cmp_u64);
-	return 0;
+	return sfile_list_segs(sp->dir, &sp->listed, &sp->nlisted, err);
 }
 
 static uint64_t listed_after(const struct spool *sp, uint64_t id)
@@ -774,25 +693,7 @@ static uint64_t listed_after(const struct spool *sp, uint64_t id)
 
 static int open_seg(struct spool *sp, uint64_t id, bool create)
 {
-	char *path = seg_path(sp, id);
-	int flags = sp->o.readonly ? O_RDONLY : O_RDWR | O_APPEND;
-	int fd;
-
-	if (create)
-		flags |= O_CREAT | O_EXCL;
-	fd = open(path, flags | O_CLOEXEC, 0640);
-	free(path);
-	return fd;
-}
-
-static void fsync_dir(struct spool *sp)
-{
-	int fd = open(sp->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-	if (fd >= 0) {
-		(void)fsync(fd);
-		close(fd);
-	}
+	return sfile_open_seg(sp->dir, id, sp->o.readonly, create);
 }
 
 /* Make segment id the tail (its frames are folded from offset 0). */
@@ -848,26 +749,6 @@ static void forget_before(struct spool *sp, uint64_t id)
 	sp->nsegs = j;
 }
 
-/* Read the whole file range [off, end) into a new buffer. */
-static unsigned char *read_range(int fd, uint64_t off, size_t n, struct dw_err *err)
-{
-	unsigned char *b = dw_malloc(n ? n : 1);
-	size_t got = 0;
-
-	while (got < n) {
-		ssize_t r = pread(fd, b + got, n - got, (off_t)(off + got));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0) {
-			dw_err_set(err, "read: %s", r < 0 ? strerror(errno) : "unexpected end of file");
-			free(b);
-			return NULL;
-		}
-		got += (size_t)r;
-	}
-	return b;
-}
-
 /*
  * The tail is shorter than what we folded of it: someone cut it under us.
  * The live records from the cut on are gone (named, with their keys); the
@@ -875,7 +756,7 @@ static unsigned char *read_range(int fd, uint64_t off, size_t n, struct dw_err *
  */
 static int tail_cut_under_us(struct spool *sp, uint64_t size, struct dw_err *err)
 {
-	unsigned char *b = size ? read_range(sp->tail_fd, 0, (size_t)size, err) : NULL;
+	unsigned char *b = size ? sfile_read(sp->tail_fd, 0, (size_t)size, err) : NULL;
 	size_t pos = 0, flen;
 	char why[300];
 	struct lose_sel sel = {.by = LOSE_SEG, .seg = sp->tail_id};
@@ -931,7 +812,7 @@ static int refresh_fold(struct spool *sp, bool can_fix, struct dw_err *err)
 			return -1;
 		if ((uint64_t)st.st_size > sp->tail_off) {
 			size_t n = (size_t)((uint64_t)st.st_size - sp->tail_off), pos = 0;
-			unsigned char *b = read_range(sp->tail_fd, sp->tail_off, n, err);
+			unsigned char *b = sfile_read(sp->tail_fd, sp->tail_off, n, err);
 			if (!b) {
 				dw_err_prefix(err, "queue %s: seg-%016" PRIx64 ".log", sp->dir,
 					      sp->tail_id);
@@ -1033,7 +914,7 @@ static int refresh_fold(struct spool *sp, bool can_fix, struct dw_err *err)
 			} else if (can_fix) {
 				fd = open_seg(sp, next, true);
 				if (fd >= 0 && sp->o.fsync)
-					fsync_dir(sp);
+					sfile_fsync_dir(sp->dir);
 			} else {
 				return 0;
 			}
@@ -1057,22 +938,13 @@ static int refresh_locked(struct spool *sp, bool can_fix, struct dw_err *err)
 
 /* ---- locking and writing ---- */
 
-static int flock_retry(int fd, int op)
-{
-	int r;
-
-	while ((r = flock(fd, op)) < 0 && errno == EINTR)
-		;
-	return r;
-}
-
 /* Exclusive for writers (they may cut a torn tail), shared for read-only
  * handles when a LOCK file exists (so they never see half a frame). */
 static int lock_log(struct spool *sp, struct dw_err *err)
 {
 	if (sp->lock_fd < 0)
 		return 0;
-	if (flock_retry(sp->lock_fd, sp->o.readonly ? LOCK_SH : LOCK_EX) < 0) {
+	if (sfile_flock(sp->lock_fd, sp->o.readonly ? LOCK_SH : LOCK_EX) < 0) {
 		dw_err_set(err, "queue %s: LOCK: %s", sp->dir, strerror(errno));
 		return -1;
 	}
@@ -1137,7 +1009,7 @@ static int create_tail(struct spool *sp, uint64_t id, struct dw_err *err)
 			return -1;
 		}
 		if (sp->o.fsync)
-			fsync_dir(sp);
+			sfile_fsync_dir(sp->dir);
 	}
 	set_tail(sp, fd, id);
 	return 0;
@@ -1263,7 +1135,7 @@ static int compact_head(struct spool *sp, size_t *budget, struct dw_err *err)
 
 		if (e->seg != head || state_terminal(e->state))
 			continue;
-		f = read_range(fd, e->off, e->len, &rerr);
+		f = sfile_read(fd, e->off, e->len, &rerr);
 		if (!f || sf_check(f, e->len, &flen) != SF_OK || flen != e->len ||
 		    sf_frame_seq(f) != e->seq ||
 		    sf_decode_record(sf_frame_type(f), f + SF_HDR_LEN, flen - SF_HDR_LEN, e->seq,
@@ -1420,27 +1292,6 @@ static int recover_pending(struct spool *sp, struct dw_err *err)
 	return r;
 }
 
-static int mkdir_p(const char *dir)
-{
-	char *p = dw_strdup(dir);
-	int r = 0;
-
-	for (char *s = p + 1; *s; s++) {
-		if (*s != '/')
-			continue;
-		*s = '\0';
-		if (mkdir(p, 0750) < 0 && errno != EEXIST) {
-			r = -1;
-			break;
-		}
-		*s = '/';
-	}
-	if (r == 0 && mkdir(p, 0750) < 0 && errno != EEXIST)
-		r = -1;
-	free(p);
-	return r;
-}
-
 struct spool *spool_open(const char *dir, const struct spool_opts *opts, struct dw_err *err)
 {
 	struct spool *sp = dw_calloc(1, sizeof(*sp));
@@ -1468,7 +1319,7 @@ struct spool *spool_open(const char *dir, const struct spool_opts *opts, struct 
 		dw_err_set(err, "queue %s: a read-only handle cannot own the queue", dir);
 		goto fail;
 	}
-	if (!sp->o.readonly && mkdir_p(dir) < 0) {
+	if (!sp->o.readonly && sfile_mkdir_p(dir) < 0) {
 		dw_err_set(err, "queue %s: %s", dir, strerror(errno));
 		goto fail;
 	}
@@ -1805,7 +1656,7 @@ static int check_dir(struct spool *sp, struct dw_err *err)
 		dw_errlist_add(&sp->warnings, "queue: damaged: %s (no record was waiting)", why);
 		sp->damaged++;
 	}
-	if (mkdir_p(sp->dir) < 0 || stat(sp->dir, &st) < 0) {
+	if (sfile_mkdir_p(sp->dir) < 0 || stat(sp->dir, &st) < 0) {
 		dw_err_set(err, "queue %s: making it again: %s", sp->dir, strerror(errno));
 		return -1;
 	}
@@ -1997,7 +1848,7 @@ int spool_read(struct spool *sp, uint64_t seq, struct spool_record *out, struct 
 		goto out;
 	}
 	flen = SF_HDR_LEN + (size_t)(sf_get32(hdr + 4) > SF_MAX_PAYLOAD ? 0 : sf_get32(hdr + 4));
-	frame = read_range(fd, e->off, flen, err);
+	frame = sfile_read(fd, e->off, flen, err);
 	if (!frame) {
 		dw_err_prefix(err, "queue %s: record %" PRIu64, sp->dir, seq);
 		goto out;
@@ -2102,7 +1953,7 @@ int spool_lock_consumer(struct spool *sp, bool wait, struct dw_err *err)
 		dw_err_set(err, "queue %s: REPLAY: %s", sp->dir, strerror(errno));
 		goto out;
 	}
-	if (flock_retry(sp->consumer_fd, wait ? LOCK_EX : LOCK_EX | LOCK_NB) < 0) {
+	if (sfile_flock(sp->consumer_fd, wait ? LOCK_EX : LOCK_EX | LOCK_NB) < 0) {
 		if (errno == EWOULDBLOCK)
 			dw_err_set(err, "another replay is running on %s", sp->dir);
 		else
