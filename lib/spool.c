@@ -118,6 +118,7 @@ struct spool {
 	bool mark_force;	/* write it at the next unlock, however recent */
 	int64_t mark_us;	/* when it was last written (dw_now_us) */
 	bool torn_cut;		/* a torn tail was cut while opening */
+	bool dir_lost;		/* the directory went; not made again yet */
 	struct keymap keys;
 	struct errs errs;
 	uint64_t npending, nqueued, ndead;
@@ -1474,6 +1475,11 @@ static size_t batch_write(struct spool *sp, struct spool_record *recs, size_t n,
 		return 0;
 	ends = dw_malloc((n ? n : 1) * sizeof(*ends));
 	pthread_mutex_lock(&sp->mu);
+	if (sp->dir_lost) { /* it would go into unlinked files: refuse, loudly */
+		dw_err_set(err, "queue %s: the directory was removed and cannot be made again yet",
+			   sp->dir);
+		goto out_mu;
+	}
 	if (lock_log(sp, err) < 0)
 		goto out_mu;
 	if (refresh_locked(sp, true, err) < 0 || prepare_tail(sp, err) < 0)
@@ -1648,13 +1654,19 @@ static int check_dir(struct spool *sp, struct dw_err *err)
 	char why[PATH_MAX + 100], path[PATH_MAX];
 	struct lose_sel all = {.by = LOSE_ALL};
 
-	if (stat(sp->dir, &st) == 0 && st.st_dev == sp->dir_dev && st.st_ino == sp->dir_ino)
+	if (!sp->dir_lost && stat(sp->dir, &st) == 0 && st.st_dev == sp->dir_dev &&
+	    st.st_ino == sp->dir_ino)
 		return 0;
-	snprintf(why, sizeof(why), "the queue directory %s was removed or replaced under the "
-				   "running process", sp->dir);
-	if (lose_records(sp, &all, why) == 0) {
-		dw_errlist_add(&sp->warnings, "queue: damaged: %s (no record was waiting)", why);
-		sp->damaged++;
+	if (!sp->dir_lost) { /* reported once; making it again is retried each call */
+		snprintf(why, sizeof(why),
+			 "the queue directory %s was removed or replaced under the running process",
+			 sp->dir);
+		if (lose_records(sp, &all, why) == 0) {
+			dw_errlist_add(&sp->warnings, "queue: damaged: %s (no record was waiting)",
+				       why);
+			sp->damaged++;
+		}
+		sp->dir_lost = true;
 	}
 	if (sfile_mkdir_p(sp->dir) < 0 || stat(sp->dir, &st) < 0) {
 		dw_err_set(err, "queue %s: making it again: %s", sp->dir, strerror(errno));
@@ -1692,9 +1704,13 @@ static int check_dir(struct spool *sp, struct dw_err *err)
 	int r = create_tail(sp, sp->next_seq > sp->tail_id ? sp->next_seq : sp->tail_id + 1, err);
 	sp->mark_dirty = sp->mark_force = true;
 	unlock_log(sp);
-	if (r == 0)
+	if (r == 0) {
+		sp->dir_lost = false;
+		/* Anything still indexed went into the old, unlinked files. */
+		(void)lose_records(sp, &all, "written while the queue directory was gone");
 		dw_errlist_add(&sp->warnings, "queue %s: made again; new writes are journaled there",
 			       sp->dir);
+	}
 	return r;
 }
 
