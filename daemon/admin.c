@@ -67,6 +67,8 @@ static void status_cb(struct evhttp_request *req, struct server *srv)
 	json_object_set_new(queue, "pending", json_integer((json_int_t)st.pending));
 	json_object_set_new(queue, "dead", json_integer((json_int_t)st.dead));
 	json_object_set_new(queue, "bytes", json_integer((json_int_t)st.bytes));
+	json_object_set_new(queue, "waiting_bytes", json_integer((json_int_t)st.waiting_bytes));
+	json_object_set_new(queue, "damaged", json_integer((json_int_t)st.damaged));
 	json_object_set_new(queue, "oldest_age_s",
 			    json_integer(st.oldest_waiting_us
 					     ? (dw_wall_us() - st.oldest_waiting_us) / 1000000

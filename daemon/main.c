@@ -208,13 +208,21 @@ static void log_flush_cb(evutil_socket_t fd, short what, void *arg)
 void server_queue_refresh(struct server *srv, struct spool_stats *st)
 {
 	struct dw_err err = {""};
+	struct dw_errlist warns = {0};
 
 	if (spool_refresh(srv->spool, &err) < 0)
 		log_warn("queue: %s", err.msg);
+	/* What the refresh found (damage among it) is logged at once, from
+	 * whichever caller made it: the tick or an admin request. */
+	spool_take_warnings(srv->spool, &warns);
+	print_errors("queue: ", &warns);
+	dw_errlist_free(&warns);
 	spool_stats(srv->spool, st);
 	metric_set(srv->m_queue_depth, (int64_t)(st->queued + st->pending));
 	metric_set(srv->m_queue_dead, (int64_t)st->dead);
 	metric_set(srv->m_queue_bytes, (int64_t)st->bytes);
+	/* The spool's own count only grows (it lives as long as the daemon). */
+	metric_set(srv->m_queue_damaged, (int64_t)st->damaged);
 	metric_set(srv->m_queue_oldest,
 		   st->oldest_waiting_us ? (dw_wall_us() - st->oldest_waiting_us) / 1000000 : 0);
 }
@@ -223,15 +231,11 @@ static void queue_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *srv = arg;
 	struct spool_stats st;
-	struct dw_errlist warns = {0};
 
 	(void)fd;
 	(void)what;
 	server_queue_refresh(srv, &st);
 	spool_reap(srv->spool);
-	spool_take_warnings(srv->spool, &warns);
-	print_errors("queue: ", &warns);
-	dw_errlist_free(&warns);
 }
 
 /* ------------------------------------------------------------ start-up */
@@ -264,6 +268,11 @@ static void server_metrics(struct server *srv)
 	srv->m_queue_syncs = metrics_counter(
 	    m, "dualwrite_queue_syncs_total",
 	    "Queue fdatasyncs made before releasing answers (durability \"fsync\").", NULL);
+	srv->m_queue_damaged = metrics_counter(
+	    m, "dualwrite_queue_damaged_total",
+	    "Queue records (or damaged regions, where the records are unknown) found lost to "
+	    "damage: corrupt frames, cut or removed segments, a removed queue directory.",
+	    NULL);
 }
 
 int main(int argc, char **argv)
@@ -363,6 +372,7 @@ int main(int argc, char **argv)
 	print_errors("queue: ", &errs);
 	dw_errlist_free(&errs);
 	spool_stats(srv.spool, &st);
+	metric_set(srv.m_queue_damaged, (int64_t)st.damaged); /* what opening found */
 	if (st.queued)
 		log_warn("queue %s holds %" PRIu64 " writes for replay (from earlier runs or "
 			 "failures): run `dualwrite replay`",

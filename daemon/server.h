@@ -88,6 +88,7 @@ struct server {
 	struct metric *m_reload_ok, *m_reload_failed;
 	struct metric *m_queue_depth, *m_queue_dead, *m_queue_bytes, *m_queue_oldest;
 	struct metric *m_queue_syncs; /* fdatasyncs of the journal (journal_sync) */
+	struct metric *m_queue_damaged; /* counter: records found lost to queue damage */
 };
 
 /* ---- cross-thread wake-ups (wake.c) ---- */

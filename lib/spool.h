@@ -25,9 +25,21 @@
  *
  * Directory layout: seg-<16 hex>.log segments of frames, LOCK (flock held
  * around every append and refresh), OWNER (flock held by the daemon for its
- * life), REPLAY (flock held by a replay consumer). Frame format is documented
- * in spool.c and the README. A torn or corrupt tail found while reading is
- * cut off and reported through spool_warnings; never a crash.
+ * life), REPLAY (flock held by a replay consumer), MARK (the high-water
+ * mark). Format: lib/SPOOL-FORMAT.md. A torn or corrupt tail found while
+ * reading is cut off and reported through spool_take_warnings; never a crash.
+ *
+ * Space: delivered (and purged, forwarded) records' space is reclaimed even
+ * when older records still wait: spool_refresh compacts (copies the few
+ * live records of a mostly spent oldest segment forward, then deletes it).
+ * max_bytes bounds only what waits.
+ *
+ * Damage (a corrupt frame, a segment cut short - even at a frame boundary -
+ * or removed, the directory removed under a running process) is found on
+ * open and by each spool_refresh (the daemon calls it every second); it is
+ * reported through spool_take_warnings with the seqs and keys that can be
+ * known, counted in spool_stats.damaged, and the lost records leave the
+ * index (they are no longer counted as waiting).
  *
  * Thread-safe: one internal mutex serialises all calls on a struct spool.
  */
@@ -73,8 +85,11 @@ struct spool_record {
 void spool_record_clear(struct spool_record *r);
 
 struct spool_opts {
-	uint64_t max_bytes;	/* appends beyond this fail ("queue full"); 0: 1 GiB */
-	uint64_t segment_bytes; /* rotate after this; 0: 64 MiB */
+	uint64_t max_bytes;	/* new records that would make the waiting (pending,
+				 * queued, dead) records' bytes pass this fail
+				 * ("queue full"); delivered ones do not count; 0: 1 GiB */
+	uint64_t segment_bytes; /* rotate after this; 0: max_bytes / 4 within
+				 * [256 KiB, 64 MiB] */
 	bool fsync;		/* spool_sync() fdatasyncs */
 	bool owner;		/* the daemon: take OWNER; recover PENDING as QUEUED */
 	bool readonly;		/* inspect only: no lock files created, no truncation */
@@ -131,7 +146,8 @@ size_t spool_append_batch(struct spool *sp, struct spool_record *recs, size_t n,
 /* With opts.fsync, make every frame appended so far durable (one fdatasync
  * for all of them: the caller's group commit). Otherwise a no-op. */
 int spool_sync(struct spool *sp, struct dw_err *err) DW_MUSTCHECK;
-/* Read frames appended by other processes since the last call. */
+/* Read frames appended by other processes since the last call; then (not
+ * read-only) check for damage and reclaim space (see above). */
 int spool_refresh(struct spool *sp, struct dw_err *err) DW_MUSTCHECK;
 
 /* Whether a key of an upstream has records waiting for replay (QUEUED, or
@@ -160,6 +176,9 @@ bool spool_owner_alive(struct spool *sp);
 struct spool_stats {
 	uint64_t pending, queued, dead; /* live records by state */
 	uint64_t bytes;			/* segment bytes on disk */
+	uint64_t waiting_bytes;		/* bytes of pending, queued and dead records:
+					 * what max_bytes bounds */
+	uint64_t damaged;		/* records found lost to damage since open */
 	uint64_t segments;
 	int64_t oldest_waiting_us;	/* created_us of the oldest QUEUED/PENDING; 0: none */
 	uint64_t next_seq;

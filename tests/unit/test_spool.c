@@ -122,7 +122,8 @@ static char *seg_file(const char *dir, int idx)
 	char *out = NULL;
 
 	for (int i = 0; i < n; i++) {
-		if (!strncmp(names[i]->d_name, "seg-", 4) && k++ == idx && !out) {
+		if (!strncmp(names[i]->d_name, "seg-", 4) && strlen(names[i]->d_name) == 24 &&
+		    k++ == idx && !out) {
 			if (asprintf(&out, "%s/%s", dir, names[i]->d_name) < 0)
 				out = NULL;
 		}
@@ -919,6 +920,443 @@ static void test_append_batch_with_states(void **state)
 	spool_close(sp);
 }
 
+static void file_copy(const char *from, const char *to)
+{
+	FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+	char buf[8192];
+	size_t n;
+
+	assert_non_null(in);
+	assert_non_null(out);
+	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+		assert_int_equal(fwrite(buf, 1, n, out), n);
+	fclose(in);
+	fclose(out);
+}
+
+/* Copy every segment of dir aside (NAME.saved); returns how many. */
+static int save_segs(const char *dir, char **saved, int max)
+{
+	int n = 0;
+	char *p;
+
+	while (n < max && (p = seg_file(dir, n))) {
+		saved[n] = p;
+		char to[600];
+		snprintf(to, sizeof(to), "%s.saved", p);
+		file_copy(p, to);
+		n++;
+	}
+	return n;
+}
+
+/* Put back the saved segments that are gone. */
+static void restore_segs(char **saved, int n)
+{
+	for (int i = 0; i < n; i++) {
+		char from[600];
+		snprintf(from, sizeof(from), "%s.saved", saved[i]);
+		if (access(saved[i], F_OK) != 0)
+			file_copy(from, saved[i]);
+	}
+}
+
+static void refresh(struct spool *sp)
+{
+	struct dw_err err = {{0}};
+
+	if (spool_refresh(sp, &err) < 0)
+		fail_msg("spool_refresh: %s", err.msg);
+}
+
+/* The records waiting in sp, each exactly once, in the states expected. */
+static void expect_waiting(struct spool *sp, uint64_t dead, uint64_t queued, uint64_t pending)
+{
+	struct spool_stats st;
+	uint64_t seqs[16];
+
+	assert_int_equal(spool_list(sp, SPOOL_DEAD, seqs, 16), 1);
+	assert_int_equal(seqs[0], dead);
+	assert_int_equal(spool_list(sp, SPOOL_QUEUED, seqs, 16), 1);
+	assert_int_equal(seqs[0], queued);
+	assert_int_equal(spool_list(sp, SPOOL_PENDING, seqs, 16), 1);
+	assert_int_equal(seqs[0], pending);
+	assert_int_equal(spool_list(sp, 0, seqs, 16), 3);
+	spool_stats(sp, &st);
+	assert_int_equal(st.dead, 1);
+	assert_int_equal(st.queued, 1);
+	assert_int_equal(st.pending, 1);
+	/* The queued one; the pending one too when no daemon owns it. */
+	assert_int_equal(spool_ready(sp, seqs, 16), spool_owner_alive(sp) ? 1 : 2);
+	assert_int_equal(seqs[0], queued);
+	struct spool_record r;
+	struct dw_err err;
+	assert_int_equal(spool_read(sp, dead, &r, &err), 0);
+	assert_string_equal(r.path, "/dead");
+	assert_string_equal(r.last_error, "bad tenant");
+	assert_int_equal(r.state, SPOOL_DEAD);
+	spool_record_clear(&r);
+	assert_int_equal(spool_read(sp, queued, &r, &err), 0);
+	assert_string_equal(r.path, "/held");
+	assert_string_equal(r.key, "held");
+	spool_record_clear(&r);
+}
+
+/*
+ * A dead letter, a queued record and a pending one among thousands of
+ * delivered records: the delivered ones' space comes back (compaction
+ * copies the three forward), max_bytes counts only what waits, and the
+ * three stay exactly once, with their states, across reopens.
+ */
+static void test_reclaim_past_dead_letters(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, true, 4096, 16384);
+	struct dw_err err = {{0}};
+	uint64_t dead, queued, pending, seq;
+	struct spool_stats st;
+	uint64_t appended = 0;
+
+	add(sp, SPOOL_QUEUED, "a", "/first");
+	set(sp, 1, SPOOL_DELIVERED);
+	dead = add(sp, SPOOL_QUEUED, "d", "/dead");
+	assert_int_equal(spool_set_state(sp, dead, SPOOL_DEAD, 1, 0, "bad tenant", &err), 0);
+	queued = add(sp, SPOOL_QUEUED, "held", "/held");
+	pending = add(sp, SPOOL_PENDING, "inflight", "/inflight");
+	for (int i = 0; i < 3000; i++) {
+		char key[32];
+		snprintf(key, sizeof(key), "k%d", i);
+		seq = add(sp, SPOOL_PENDING, key, "/healthy"); /* fails when full */
+		set(sp, seq, SPOOL_DELIVERED);
+		appended += 160;
+		if (i % 50 == 0)
+			refresh(sp); /* the daemon's tick */
+	}
+	refresh(sp);
+	assert_true(appended > 20 * 16384);
+	spool_stats(sp, &st);
+	assert_true(st.waiting_bytes > 0 && st.waiting_bytes < 1024); /* three records */
+	assert_true(st.bytes <= 4 * 4096 + 2 * 16384);
+	assert_true(count_segs(dir) <= 8);
+	expect_waiting(sp, dead, queued, pending);
+	spool_close(sp);
+
+	/* Reopened (not as the owner: the pending one stays pending). */
+	sp = open_sp(dir, false, 4096, 16384);
+	assert_int_equal(warnings_matching(sp, ""), 0);
+	expect_waiting(sp, dead, queued, pending);
+	seq = add(sp, SPOOL_QUEUED, "x", "/after");
+	assert_true(seq > pending);
+	spool_close(sp);
+}
+
+/*
+ * A crash at each step of compaction: (1) after the MOVED copies were
+ * written but before the old head was deleted, (2) with the copies torn
+ * half-way (the tail is cut on open). Each record must be there exactly
+ * once, with its state, and a later compaction must finish the job.
+ */
+static void test_compaction_crash(void **state)
+{
+	const char *dir = *state;
+	char *saved[16], *head;
+	int nsaved;
+	struct spool *sp = open_sp(dir, true, 4096, 0);
+	struct dw_err err = {{0}};
+	uint64_t dead, queued, pending, seq;
+
+	dead = add(sp, SPOOL_QUEUED, "d", "/dead");
+	assert_int_equal(spool_set_state(sp, dead, SPOOL_DEAD, 1, 0, "bad tenant", &err), 0);
+	queued = add(sp, SPOOL_QUEUED, "held", "/held");
+	pending = add(sp, SPOOL_PENDING, "inflight", "/inflight");
+	for (int i = 0; i < 60; i++) {
+		seq = add(sp, SPOOL_PENDING, "k", "/healthy");
+		set(sp, seq, SPOOL_DELIVERED);
+	}
+	head = seg_file(dir, 0);
+	assert_non_null(head);
+	nsaved = save_segs(dir, saved, 16);
+	char *tail = seg_file(dir, count_segs(dir) - 1);
+	off_t moved_at = file_size(tail); /* where the copies go */
+	refresh(sp); /* compacts: copies the three forward, deletes the head */
+	char *tail2 = seg_file(dir, count_segs(dir) - 1);
+	if (strcmp(tail, tail2) != 0) { /* rotated first */
+		free(tail);
+		tail = tail2;
+		moved_at = 0;
+	} else {
+		free(tail2);
+	}
+	assert_int_not_equal(access(head, F_OK), 0);
+	expect_waiting(sp, dead, queued, pending);
+	spool_close(sp);
+
+	/* (1) The segments back as if the unlinks never happened. */
+	restore_segs(saved, nsaved);
+	struct spool_opts ro = {.readonly = true};
+	sp = spool_open(dir, &ro, &err);
+	assert_non_null(sp);
+	assert_int_equal(warnings_matching(sp, ""), 0);
+	spool_close(sp);
+	sp = open_sp(dir, false, 4096, 0);
+	assert_int_equal(warnings_matching(sp, ""), 0);
+	expect_waiting(sp, dead, queued, pending);
+	refresh(sp); /* deletes the head again */
+	assert_int_not_equal(access(head, F_OK), 0);
+	expect_waiting(sp, dead, queued, pending);
+	/* The state changes after the copy win over the original frames. */
+	set(sp, queued, SPOOL_DELIVERED);
+	spool_close(sp);
+	restore_segs(saved, nsaved);
+	sp = open_sp(dir, false, 4096, 0);
+	assert_int_equal(spool_list(sp, SPOOL_QUEUED, NULL, 0), 0);
+	assert_int_equal(spool_list(sp, 0, NULL, 0), 2);
+	spool_close(sp);
+
+	/* (2) The copies torn: cut the log inside the MOVED frames. */
+	restore_segs(saved, nsaved);
+	int fd = open(tail, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, moved_at + 40), 0); /* inside the first copy */
+	close(fd);
+	sp = open_sp(dir, false, 4096, 0);
+	assert_int_equal(warnings_matching(sp, "torn tail"), 1);
+	/* The head's originals are all that is left: queued again, once each. */
+	assert_int_equal(spool_list(sp, SPOOL_DEAD, NULL, 0), 1);
+	assert_int_equal(spool_list(sp, 0, NULL, 0), 3);
+	refresh(sp);
+	assert_int_equal(spool_list(sp, 0, NULL, 0), 3);
+	spool_close(sp);
+	free(tail);
+	free(head);
+	for (int i = 0; i < nsaved; i++)
+		free(saved[i]);
+}
+
+/* A second handle (replay) keeps up while the first compacts under it, and
+ * reads a record whose segment is gone from its new place. */
+static void test_compaction_two_handles(void **state)
+{
+	const char *dir = *state;
+	struct spool *d = open_sp(dir, true, 4096, 0);
+	struct spool *c = open_sp(dir, false, 4096, 0);
+	struct spool_record r;
+	struct dw_err err = {{0}};
+	uint64_t held = add(d, SPOOL_QUEUED, "held", "/held"), seq, seqs[4];
+
+	refresh(c);
+	assert_int_equal(spool_ready(c, seqs, 4), 1);
+	for (int i = 0; i < 80; i++) {
+		seq = add(d, SPOOL_PENDING, "k", "/healthy");
+		set(d, seq, SPOOL_DELIVERED);
+	}
+	refresh(d); /* compacts */
+	assert_true(count_segs(dir) <= 2); /* held no longer pins the segments */
+	assert_int_equal(spool_read(c, held, &r, &err), 0); /* c never refreshed */
+	assert_string_equal(r.path, "/held");
+	spool_record_clear(&r);
+	refresh(c);
+	assert_int_equal(spool_list(c, 0, seqs, 4), 1);
+	assert_int_equal(seqs[0], held);
+	set(c, held, SPOOL_DELIVERED);
+	refresh(d);
+	assert_int_equal(spool_list(d, 0, seqs, 4), 0);
+	assert_int_equal(warnings_matching(d, ""), 0);
+	assert_int_equal(warnings_matching(c, ""), 0);
+	spool_close(c);
+	spool_close(d);
+}
+
+/* The end offset of the k-th frame (1-based) of a segment file. */
+static off_t frame_end(const char *path, int k)
+{
+	FILE *f = fopen(path, "rb");
+	unsigned char h[21];
+	off_t off = 0;
+
+	assert_non_null(f);
+	for (int i = 0; i < k; i++) {
+		assert_int_equal(fseeko(f, off, SEEK_SET), 0);
+		assert_int_equal(fread(h, 1, 21, f), 21);
+		off += 21 + (off_t)(h[4] | h[5] << 8 | h[6] << 16 | (uint32_t)h[7] << 24);
+	}
+	fclose(f);
+	return off;
+}
+
+static uint64_t damaged_of(struct spool *sp)
+{
+	struct spool_stats st;
+
+	spool_stats(sp, &st);
+	return st.damaged;
+}
+
+/* Cut exactly at a frame boundary while stopped: the log looks clean, the
+ * high-water mark says otherwise, and the missing seqs are named. */
+static void test_damage_cut_at_frame_boundary(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, true, 0, 0);
+
+	for (int i = 0; i < 5; i++)
+		add(sp, SPOOL_QUEUED, "k", "/x");
+	spool_close(sp);
+	char *seg = seg_file(dir, 0);
+	assert_int_equal(truncate(seg, frame_end(seg, 3)), 0);
+
+	sp = open_sp(dir, true, 0, 0);
+	assert_int_equal(warnings_matching(sp, "damaged: the log ends in seg-"), 0 + 1);
+	assert_int_equal(damaged_of(sp), 2);
+	assert_int_equal(spool_list(sp, 0, NULL, 0), 3);
+	assert_int_equal(add(sp, SPOOL_QUEUED, "k", "/y"), 6); /* 4 and 5 are not reused */
+	spool_close(sp);
+	sp = open_sp(dir, true, 0, 0);
+	assert_int_equal(warnings_matching(sp, ""), 0); /* reported once */
+	spool_close(sp);
+
+	/* The message names them. */
+	sp = open_sp(dir, true, 0, 0);
+	spool_close(sp);
+	assert_int_equal(truncate(seg, frame_end(seg, 2)), 0);
+	sp = open_sp(dir, true, 0, 0);
+	assert_int_equal(warnings_matching(sp, "records 3..6 (4) are missing"), 1);
+	spool_close(sp);
+	free(seg);
+}
+
+/* A segment before the tail cut at a frame boundary loses its ROTATE. */
+static void test_damage_cut_segment_before_tail(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, true, 600, 0);
+
+	for (int i = 0; i < 12; i++)
+		add(sp, SPOOL_QUEUED, "k", "/x");
+	spool_close(sp);
+	assert_true(count_segs(dir) >= 3);
+	char *seg = seg_file(dir, 0);
+	assert_int_equal(truncate(seg, frame_end(seg, 2)), 0); /* records 1, 2 stay */
+
+	sp = open_sp(dir, true, 600, 0);
+	assert_int_equal(warnings_matching(sp, "without the ROTATE frame"), 1);
+	assert_true(damaged_of(sp) >= 1);
+	spool_close(sp);
+	free(seg);
+}
+
+/* A corrupt frame is named by its record and key, not only by bytes. */
+static void test_damage_corrupt_frame_named(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, false, 0, 0);
+
+	add(sp, SPOOL_QUEUED, "a", "/1");
+	add(sp, SPOOL_QUEUED, "b", "/2");
+	add(sp, SPOOL_QUEUED, "c", "/3");
+	spool_close(sp);
+	char *seg = seg_file(dir, 0);
+	off_t at = frame_end(seg, 1) + 21 + 10; /* inside record 2's payload */
+	int fd = open(seg, O_RDWR);
+	unsigned char c;
+	assert_int_equal(pread(fd, &c, 1, at), 1);
+	c ^= 0x01;
+	assert_int_equal(pwrite(fd, &c, 1, at), 1);
+	close(fd);
+
+	sp = open_sp(dir, false, 0, 0);
+	struct dw_errlist w = {0};
+	spool_take_warnings(sp, &w);
+	assert_int_equal(w.n, 1);
+	assert_non_null(strstr(w.msgs[0], "corrupt data of"));
+	assert_non_null(strstr(w.msgs[0], "record 2, key gear_ops/b"));
+	dw_errlist_free(&w);
+	assert_int_equal(damaged_of(sp), 1);
+	spool_close(sp);
+	free(seg);
+}
+
+/* Removed under a running handle: a segment, the tail, the directory. Each
+ * is found by the next refresh (the daemon's tick), its records named with
+ * their keys and no longer counted as waiting, and writes go on. */
+static void test_damage_removed_while_running(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, true, 600, 0);
+	struct spool_stats st;
+	struct dw_err err = {{0}};
+
+	for (int i = 0; i < 12; i++)
+		add(sp, SPOOL_QUEUED, i < 4 ? "early" : "late", "/x");
+	char *first = seg_file(dir, 0);
+	assert_int_equal(unlink(first), 0);
+	refresh(sp);
+	struct dw_errlist w = {0};
+	spool_take_warnings(sp, &w);
+	assert_int_equal(w.n, 1);
+	assert_non_null(strstr(w.msgs[0], "seg-0000000000000001.log was removed: "));
+	assert_non_null(strstr(w.msgs[0], "waiting records gone: seq 1 (queued, key gear_ops/early), "
+					  "2 (queued, key gear_ops/early)"));
+	dw_errlist_free(&w);
+	spool_stats(sp, &st);
+	assert_true(st.damaged >= 4);
+	assert_int_equal(st.queued, 12 - st.damaged);
+	free(first);
+
+	/* The tail. */
+	char *tail = seg_file(dir, count_segs(dir) - 1);
+	assert_int_equal(unlink(tail), 0);
+	refresh(sp);
+	assert_int_equal(warnings_matching(sp, "removed under the running process"), 1);
+	spool_stats(sp, &st);
+	assert_true(st.queued < 8 && st.damaged > 5);
+	uint64_t s = add(sp, SPOOL_QUEUED, "new", "/after-tail");
+	assert_int_equal(state_of(sp, s), SPOOL_QUEUED);
+	free(tail);
+
+	/* The directory. */
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+	refresh(sp);
+	assert_int_equal(warnings_matching(sp, "was removed or replaced"), 1);
+	spool_stats(sp, &st);
+	assert_int_equal(st.queued + st.pending + st.dead, 0);
+	s = add(sp, SPOOL_QUEUED, "new", "/after-dir");
+	assert_int_equal(state_of(sp, s), SPOOL_QUEUED);
+	assert_int_equal(spool_sync(sp, &err), 0);
+	spool_close(sp);
+	sp = open_sp(dir, true, 600, 0);
+	assert_int_equal(warnings_matching(sp, ""), 0);
+	assert_int_equal(spool_list(sp, 0, NULL, 0), 1);
+	assert_int_equal(state_of(sp, s), SPOOL_QUEUED);
+	spool_close(sp);
+}
+
+/* The tail cut under a running handle (at a frame boundary). */
+static void test_damage_tail_cut_while_running(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, true, 0, 0);
+
+	for (int i = 0; i < 5; i++)
+		add(sp, SPOOL_QUEUED, i == 4 ? "last" : "k", "/x");
+	char *seg = seg_file(dir, 0);
+	assert_int_equal(truncate(seg, frame_end(seg, 3)), 0);
+	refresh(sp);
+	assert_int_equal(warnings_matching(sp, "2 waiting records gone: seq 4 (queued, key "
+					       "gear_ops/k), 5 (queued, key gear_ops/last)"),
+			 1);
+	assert_int_equal(spool_list(sp, 0, NULL, 0), 3);
+	assert_int_equal(add(sp, SPOOL_QUEUED, "k", "/y"), 6);
+	spool_close(sp);
+	sp = open_sp(dir, true, 0, 0);
+	assert_int_equal(warnings_matching(sp, ""), 0);
+	assert_int_equal(spool_list(sp, 0, NULL, 0), 4);
+	spool_close(sp);
+	free(seg);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -941,6 +1379,14 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_reads_010_json_journal, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_append_batch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_append_batch_with_states, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reclaim_past_dead_letters, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_compaction_crash, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_compaction_two_handles, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_damage_cut_at_frame_boundary, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_damage_cut_segment_before_tail, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_damage_corrupt_frame_named, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_damage_removed_while_running, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_damage_tail_cut_while_running, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
