@@ -73,6 +73,13 @@ static void register_route_series(struct server *srv, const struct dw_config *cf
 
 /* ------------------------------------------------------------ reload */
 
+/* At every load: what is valid but probably not meant. */
+static void log_config_warnings(const struct dw_config *cfg)
+{
+	for (size_t i = 0; i < cfg->warnings.n; i++)
+		log_warn("%s", cfg->warnings.msgs[i]);
+}
+
 static void warn_nonreloadable(void *arg, const char *key)
 {
 	(void)arg;
@@ -93,8 +100,9 @@ static void do_reload(struct server *srv)
 		dw_errlist_free(&errs);
 		goto failed;
 	}
+	log_config_warnings(neu);
 	old = server_config(srv);
-	if (listen_probe(neu, old, &err) < 0) {
+	if (listen_bind(srv, neu, &err) < 0) {
 		log_error("reload rejected, keeping the running configuration: %s", err.msg);
 		config_unref(old);
 		config_unref(neu);
@@ -110,6 +118,7 @@ static void do_reload(struct server *srv)
 	config_unref(old); /* freed when the last request on it finishes */
 	for (size_t i = 0; i < srv->nworkers; i++)
 		worker_post_reload(srv->workers[i]);
+	listen_prune(srv, neu);
 	metric_inc(srv->m_reload_ok);
 	log_info("reload: configuration applied (%zu routes)", neu->nroutes);
 	sd_notifyf("READY=1\nSTATUS=serving, configuration reloaded");
@@ -160,6 +169,7 @@ static void begin_stop(struct server *srv, const char *why)
 	sd_notifyf("STOPPING=1\nSTATUS=draining");
 	log_info("%s: no new connections; draining in-flight requests and mirrors", why);
 	admin_stop(srv);
+	listen_prune(srv, NULL); /* the sockets close as the workers let go */
 	for (size_t i = 0; i < srv->nworkers; i++)
 		worker_post_stop(srv->workers[i]);
 	srv->stop_tick = event_new(srv->base, -1, EV_PERSIST, stop_tick_cb, srv);
@@ -320,16 +330,20 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (test) {
+		for (size_t i = 0; i < srv.cfg->warnings.n; i++)
+			fprintf(stderr, "warning: %s\n", srv.cfg->warnings.msgs[i]);
 		printf("configuration ok\n");
 		config_unref(srv.cfg);
 		return 0;
 	}
 	dw_log_set_level(debug ? DW_LOG_DEBUG : srv.cfg->log_level);
+	log_config_warnings(srv.cfg);
 	signal(SIGPIPE, SIG_IGN);
 	/* No evthread_use_pthreads(): each loop is touched by its own thread
 	 * only (cross-thread requests go through wake.c), so event_add takes no
 	 * lock. */
 	pthread_mutex_init(&srv.cfg_lock, NULL);
+	pthread_mutex_init(&srv.listen_lock, NULL);
 	srv.conf_path = dw_strdup(path);
 	srv.metrics = metrics_new();
 	srv.started_wall_us = dw_wall_us();
@@ -367,6 +381,10 @@ int main(int argc, char **argv)
 	srv.base = event_base_new();
 	if (!srv.base) {
 		log_error("cannot create the main event loop");
+		goto out;
+	}
+	if (listen_bind(&srv, srv.cfg, &err) < 0) {
+		log_error("%s", err.msg);
 		goto out;
 	}
 	srv.workers = dw_calloc((size_t)srv.cfg->workers, sizeof(struct worker *));
@@ -447,6 +465,8 @@ out:
 	free(srv.mirrors);
 	pgforward_stop(srv.pgfwd); /* pgforward wiring */
 	admin_stop(&srv);
+	listen_prune(&srv, NULL);
+	free(srv.lsocks);
 	spool_close(srv.spool);
 	if (srv.base)
 		event_base_free(srv.base);
@@ -454,5 +474,6 @@ out:
 	metrics_free(srv.metrics);
 	free(srv.conf_path);
 	pthread_mutex_destroy(&srv.cfg_lock);
+	pthread_mutex_destroy(&srv.listen_lock);
 	return rc;
 }

@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <libconfig.h>
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,25 @@ static void lerr(struct loader *L, int line, const char *where, const char *fmt,
 static int sline(const config_setting_t *s)
 {
 	return s ? (int)config_setting_source_line(s) : 0;
+}
+
+/* Whether a listen host can only be reached from this machine: "localhost",
+ * 127.0.0.0/8, ::1 (also v4-mapped). "" (every address) and any other name
+ * are not. */
+static bool host_is_loopback(const char *host)
+{
+	unsigned char a[16];
+
+	if (strcasecmp(host, "localhost") == 0)
+		return true;
+	if (inet_pton(AF_INET, host, a) == 1)
+		return a[0] == 127;
+	if (inet_pton(AF_INET6, host, a) == 1) {
+		static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+		static const unsigned char one[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+		return memcmp(a, one, 16) == 0 || (memcmp(a, v4mapped, 12) == 0 && a[12] == 127);
+	}
+	return false;
 }
 
 /* snprintf for where-strings: truncation of a very long name is acceptable. */
@@ -429,6 +449,7 @@ static void config_free(struct dw_config *c)
 		free(c->listen[i]);
 	free(c->listen);
 	free(c->admin_listen);
+	dw_errlist_free(&c->warnings);
 	for (size_t i = 0; i < c->nupstreams; i++) {
 		struct dw_upstream *u = &c->upstreams[i];
 		free(u->name);
@@ -578,6 +599,13 @@ static void load_scalars(struct loader *L, const config_setting_t *root)
 				     "admin.listen", "%s", err.msg);
 			else
 				c->admin_listen = dw_strdup(s);
+			if (c->admin_listen && !host_is_loopback(host))
+				dw_errlist_add(&c->warnings,
+					       "%s:%d: admin.listen: \"%s\" is not a loopback "
+					       "address: /metrics and /status are open to the "
+					       "network (use 127.0.0.1:PORT unless that is meant)",
+					       L->file, sline(config_setting_get_member(g, "listen")),
+					       s);
 		}
 	}
 

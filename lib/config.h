@@ -126,6 +126,11 @@ struct dw_config {
 
 	struct dw_table_map *tables;
 	size_t ntables;
+
+	/* What is valid but probably not meant ("file:line: where: what"), for
+	 * the loader's caller to show: dualwrited logs them at every load, -t
+	 * prints them to stderr. */
+	struct dw_errlist warnings;
 };
 
 /*
