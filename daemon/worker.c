@@ -1,10 +1,11 @@
 /*
- * worker.c — a worker thread: its event loop, listeners (one SO_REUSEPORT
- * socket per address per worker, so the kernel spreads connections), its
+ * worker.c — a worker thread: its event loop, listeners (a dup per worker of
+ * the one socket the main thread bound for each address: see listen_bind), its
  * upstream pools, and the messages the main thread sends it (reload, stop,
  * abort). Requests themselves live in proxy.c.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <event2/listener.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -59,53 +60,127 @@ static int resolve_listen(const char *addr, struct sockaddr_storage *ss, socklen
 	return 0;
 }
 
-static struct evconnlistener *listen_on(struct event_base *base, const char *addr,
-					evconnlistener_cb cb, void *arg, struct dw_err *err)
+/* Bind addr exclusively: SO_REUSEADDR (a restart binds through TIME_WAIT),
+ * never SO_REUSEPORT, so no other socket can join it. */
+static int bind_exclusive(const char *addr, struct dw_err *err)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
-	struct evconnlistener *lev;
+	int fd, one = 1;
 
 	if (resolve_listen(addr, &ss, &len, err) < 0)
-		return NULL;
-	lev = evconnlistener_new_bind(base, cb, arg,
-				      LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
-					  LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT,
-				      1024, (struct sockaddr *)&ss, (int)len);
-	if (!lev)
+		return -1;
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0) {
 		dw_err_set(err, "listen %s: %s", addr, strerror(errno));
-	return lev;
+		return -1;
+	}
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 1024) < 0) {
+		int e = errno;
+		dw_err_set(err, "listen %s: %s%s", addr, strerror(e),
+			   e == EADDRINUSE ? " (another process, perhaps another dualwrited, holds it)"
+					   : "");
+		close(fd);
+		return -1;
+	}
+	return fd;
 }
 
-int listen_probe(const struct dw_config *cfg, const struct dw_config *old, struct dw_err *err)
+static bool cfg_lists(const struct dw_config *cfg, const char *addr)
 {
-	for (size_t i = 0; i < cfg->nlisten; i++) {
-		struct sockaddr_storage ss;
-		socklen_t len;
-		bool known = false;
-		int fd, one = 1;
+	for (size_t i = 0; i < cfg->nlisten; i++)
+		if (strcmp(cfg->listen[i], addr) == 0)
+			return true;
+	return false;
+}
 
-		for (size_t j = 0; old && j < old->nlisten; j++)
-			known |= strcmp(old->listen[j], cfg->listen[i]) == 0;
-		if (known)
+int listen_bind(struct server *srv, const struct dw_config *cfg, struct dw_err *err)
+{
+	size_t n0;
+	int rc = 0;
+
+	pthread_mutex_lock(&srv->listen_lock);
+	n0 = srv->nlsocks;
+	srv->lsocks = dw_realloc(srv->lsocks, (n0 + cfg->nlisten + 1) * sizeof(*srv->lsocks));
+	for (size_t i = 0; i < cfg->nlisten; i++) {
+		bool have = false;
+		int fd;
+
+		for (size_t j = 0; j < srv->nlsocks; j++)
+			have |= strcmp(srv->lsocks[j].addr, cfg->listen[i]) == 0;
+		if (have)
 			continue;
-		if (resolve_listen(cfg->listen[i], &ss, &len, err) < 0)
-			return -1;
-		fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		fd = bind_exclusive(cfg->listen[i], err);
 		if (fd < 0) {
-			dw_err_set(err, "listen %s: %s", cfg->listen[i], strerror(errno));
-			return -1;
+			rc = -1;
+			break;
 		}
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-		if (bind(fd, (struct sockaddr *)&ss, len) < 0) {
-			dw_err_set(err, "listen %s: %s", cfg->listen[i], strerror(errno));
-			close(fd);
-			return -1;
+		srv->lsocks[srv->nlsocks++] = (struct listen_sock){dw_strdup(cfg->listen[i]), fd};
+	}
+	if (rc < 0) {
+		while (srv->nlsocks > n0) {
+			struct listen_sock *l = &srv->lsocks[--srv->nlsocks];
+			close(l->fd);
+			free(l->addr);
 		}
+	}
+	pthread_mutex_unlock(&srv->listen_lock);
+	return rc;
+}
+
+void listen_prune(struct server *srv, const struct dw_config *cfg)
+{
+	size_t k = 0;
+
+	pthread_mutex_lock(&srv->listen_lock);
+	for (size_t i = 0; i < srv->nlsocks; i++) {
+		if (cfg && cfg_lists(cfg, srv->lsocks[i].addr)) {
+			srv->lsocks[k++] = srv->lsocks[i];
+			continue;
+		}
+		close(srv->lsocks[i].fd);
+		free(srv->lsocks[i].addr);
+	}
+	srv->nlsocks = k;
+	pthread_mutex_unlock(&srv->listen_lock);
+}
+
+int listen_dup(struct server *srv, const char *addr, struct dw_err *err)
+{
+	int fd = -1;
+
+	pthread_mutex_lock(&srv->listen_lock);
+	for (size_t i = 0; i < srv->nlsocks; i++) {
+		if (strcmp(srv->lsocks[i].addr, addr) != 0)
+			continue;
+		fd = fcntl(srv->lsocks[i].fd, F_DUPFD_CLOEXEC, 0);
+		if (fd < 0)
+			dw_err_set(err, "listen %s: dup: %s", addr, strerror(errno));
+		break;
+	}
+	pthread_mutex_unlock(&srv->listen_lock);
+	if (fd < 0 && !err->msg[0])
+		dw_err_set(err, "listen %s: not bound", addr);
+	return fd;
+}
+
+/* A worker's listener on its own dup of the shared socket. */
+static struct evconnlistener *listen_on(struct worker *w, const char *addr, struct dw_err *err)
+{
+	struct evconnlistener *lev;
+	int fd = listen_dup(w->srv, addr, err);
+
+	if (fd < 0)
+		return NULL;
+	/* backlog 0: already listening */
+	lev = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+				 0, fd);
+	if (!lev) {
+		dw_err_set(err, "listen %s: %s", addr, strerror(errno));
 		close(fd);
 	}
-	return 0;
+	return lev;
 }
 
 /* Make the listener set match w->cfg->listen; keeps the ones that stay. */
@@ -135,7 +210,7 @@ static int listeners_sync(struct worker *w, struct dw_err *err)
 			have |= strcmp(l->addr, w->cfg->listen[i]) == 0;
 		if (have)
 			continue;
-		struct evconnlistener *lev = listen_on(w->base, w->cfg->listen[i], accept_cb, w, err);
+		struct evconnlistener *lev = listen_on(w, w->cfg->listen[i], err);
 		if (!lev) {
 			rc = -1;
 			continue;
@@ -299,7 +374,7 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 		    metrics_counter(srv->metrics, "dualwrite_upstream_errors_total",
 				    "Failed upstream exchanges of proxied requests, by kind.", labels);
 	}
-	/* Bind in the caller's thread so a bad address fails start-up loudly. */
+	/* The main thread bound the sockets (listen_bind); these are dups. */
 	if (listeners_sync(w, err) < 0) {
 		worker_free(w);
 		return NULL;

@@ -169,6 +169,63 @@ def test_listen_address_in_use_exits_1(dw, backend):
         taken.close()
 
 
+def _second_daemon_must_fail(dw, backend, first, **over):
+    """A second dualwrited with its own queue and the given addresses of the
+    first: it must exit (1: a runtime failure, SPEC 2) naming the address,
+    and the first must keep serving."""
+    d2 = dw({"legacy": backend.url}, start=False, name="second")
+    for k, v in over.items():
+        setattr(d2, k, v)
+    d2.write_config()
+    d2.start(wait=False)
+    rc = d2.wait_exit(10)
+    if rc is None:
+        raise AssertionError("a second daemon started on an address the first holds; log:\n%s"
+                             % d2.log_text())
+    d2.stopped_by_test = True
+    assert rc == 1, "exit %r, want 1 (runtime failure); log:\n%s" % (rc, d2.log_text())
+    port = over.get("port", over.get("admin_port"))
+    assert "127.0.0.1:%d" % port in d2.log_text(), d2.log_text()
+    assert "in use" in d2.log_text(), d2.log_text()
+    assert d2.queue_dir != first.queue_dir
+    backend.reply(200, b"first")
+    assert request(first.port, "GET", "/still").body == b"first"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_second_daemon_on_the_same_listen_address_fails(dw, backend, workers):
+    # SO_REUSEPORT let a second daemon (another queue) join the first's
+    # address silently: traffic split between two queues, per-key order gone.
+    first = dw({"legacy": backend.url}, extra={"workers": workers})
+    _second_daemon_must_fail(dw, backend, first, port=first.port)
+
+
+def test_second_daemon_on_the_same_admin_address_fails(dw, backend):
+    first = dw({"legacy": backend.url})
+    _second_daemon_must_fail(dw, backend, first, admin_port=first.admin_port)
+
+
+def test_admin_on_a_non_loopback_address_warns(tmp_path, dw, backend):
+    # Valid, but /metrics and /status open to the network: -t says so on
+    # stderr, and the daemon logs it at every load.
+    text = good_config(tmp_path).replace('admin = { listen = "127.0.0.1:',
+                                         'admin = { listen = "0.0.0.0:')
+    p = write(tmp_path, "open.conf", text)
+    r = run("-t", "-c", p)
+    assert r.returncode == 0, r
+    assert re.search(r"warning: .*open\.conf:2: admin\.listen: .*not a loopback", r.stderr), r
+    r = run("-t", "-c", write(tmp_path, "good.conf", good_config(tmp_path)))
+    assert r.returncode == 0 and "warning" not in r.stderr, r
+
+    d = dw({"legacy": backend.url}, extra={"admin": {"listen": "0.0.0.0:%d" % free_port()}},
+           start=False)
+    d.admin_port = int(d.settings()["admin"]["listen"].rsplit(":", 1)[1])
+    d.start()
+    assert d.log_text().count("is not a loopback address") == 1, d.log_text()
+    d.reload(d.config_text())
+    assert d.log_text().count("is not a loopback address") == 2, d.log_text()
+
+
 # ---------------------------------------------------------------- admin
 
 
