@@ -620,6 +620,51 @@ def test_malformed_tenant_is_served_and_dead_lettered(dw, make_backend):
     assert json.loads(m.body)["tenantId"] == "tenant-b", m
 
 
+def test_requeue_refuses_dead_letters_whose_mirror_was_never_built(dw, make_backend):
+    # A malformed tenant or a body that is not JSON leaves nothing to send:
+    # requeue used to replay such a dead letter as a bodiless POST and count
+    # it delivered. A dead letter that was built (the target said 422) is
+    # requeued and replayed as before.
+    legacy = json_backend(make_backend, "legacy", 201, {"id": "dev-9"})
+    target = json_backend(make_backend, "target", 422, {"error": "not yet"})
+    d = ml.mirror_daemon(dw, legacy.url, target.url, ml.iot_routes(), target="v2",
+                         tenant={"header": "X-Tenant-ID", "default": "default_tenant_id"})
+    sends = [
+        dict(doc={"name": "Built", "type": "sensor"}, headers=[("X-Tenant-ID", "tenant-b")]),
+        dict(doc={"name": "Boiler", "type": "sensor"}, headers=[("X-Tenant-ID", "bad tenant!")]),
+        dict(body=b"this is not json", headers=[("Content-Type", "text/plain")]),
+    ]
+    for i, kw in enumerate(sends):
+        assert ml.send_json(d.port, "POST", "/devices", **kw).status == 201
+        ml.wait_outcomes(d, lambda o: o["result"] == "dead", i + 1, 5, "%d dead" % (i + 1))
+    assert len(target.wait_requests(1)) == 1
+    dead = ml.queue_list(d.conf_path, dead=True)
+    assert len(dead) == 3, dead
+    tenant_seq = next(x["seq"] for x in dead if "tenant" in x["line"].lower())
+    json_seq = next(x["seq"] for x in dead if "json" in x["line"].lower())
+    assert "never built" in ml.queue_show(d.conf_path, tenant_seq)
+
+    out = ml.cli(d.conf_path, "queue", "requeue", tenant_seq)
+    assert out.returncode == 1, (out.returncode, out.stdout, out.stderr)
+    assert ("nothing to send: the mirror was never built (reason: malformed tenant in "
+            "X-Tenant-ID header)") in out.stderr, out.stderr
+    assert "dead" in ml.queue_show(d.conf_path, tenant_seq).split("\n")[1]
+
+    target.reply(201, b'{"ok": true}', [("Content-Type", "application/json")])
+    out = ml.cli(d.conf_path, "queue", "requeue", "--all-dead")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert "requeued 1 dead record\n" in out.stderr, out.stderr
+    assert "skipped 2 dead records whose mirror was never built" in out.stderr, out.stderr
+    out = ml.cli(d.conf_path, "replay", "--once")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    reqs = target.wait_requests(2)
+    assert len(reqs) == 2, reqs
+    assert json.loads(reqs[1].body)["name"] == "Built", reqs[1]
+    assert sorted(x["seq"] for x in ml.queue_list(d.conf_path, dead=True)) == \
+        sorted([tenant_seq, json_seq])
+    assert ml.queue_stats(d.conf_path)["queued"] == 0
+
+
 def test_permanent_4xx_from_target_is_dead_with_status_and_excerpt(svc, dw, make_backend):
     target = json_backend(make_backend, "target", 422,
                           {"error": "unprocessable: category kayak not allowed"})
