@@ -8,6 +8,7 @@
  * (timestamptz 'epoch' + n microseconds), exact both ways.
  */
 #include "pgq.h"
+#include "pgdsn.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -235,7 +236,12 @@ struct pgq *pgq_open(const char *dsn, const char *table, struct dw_err *err)
 
 	q->c = PQconnectdbParams(keys, vals, 1);
 	if (!q->c || PQstatus(q->c) != CONNECTION_OK) {
+		char *m;
 		pg_err(err, q->c, NULL, "connect");
+		/* the daemon logs this: never a secret libpq quoted (SPEC §6) */
+		m = pgdsn_scrub(err->msg, dsn);
+		dw_err_set(err, "%s", m);
+		free(m);
 		goto fail;
 	}
 	PQsetNoticeProcessor(q->c, quiet_notice, NULL);
