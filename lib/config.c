@@ -1253,6 +1253,21 @@ bool config_table_compares(const struct dw_table_map *t, const char *column)
 
 /* ---------------------------------------------------------------- entry points */
 
+int config_read_path(struct config_t *lc, const char *path)
+{
+	/* @include "x.conf" is relative to the including file, not the cwd */
+	char *dir = dw_strdup(path), *slash = strrchr(dir, '/');
+	int rc;
+
+	if (slash) {
+		*slash = '\0';
+		config_set_include_dir(lc, *dir ? dir : "/");
+	}
+	rc = config_read_file(lc, path);
+	free(dir);
+	return rc;
+}
+
 struct dw_config *config_load(const char *path, struct dw_errlist *errs)
 {
 	static const char *const top_keys[] = { "listen",   "workers",		"admin",
@@ -1275,14 +1290,7 @@ struct dw_config *config_load(const char *path, struct dw_errlist *errs)
 	fclose(f);
 
 	config_init(&cfg);
-	/* @include "x.conf" is relative to the including file, not the cwd */
-	char *dir = dw_strdup(path), *slash = strrchr(dir, '/');
-	if (slash) {
-		*slash = '\0';
-		config_set_include_dir(&cfg, *dir ? dir : "/");
-	}
-	int rc = config_read_file(&cfg, path);
-	free(dir);
+	int rc = config_read_path(&cfg, path);
 	if (rc != CONFIG_TRUE) {
 		const char *ef = config_error_file(&cfg);
 		if (config_error_type(&cfg) == CONFIG_ERR_FILE_IO)

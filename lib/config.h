@@ -139,6 +139,11 @@ struct dw_config {
  * for file-level errors such as "cannot open").
  */
 struct dw_config *config_load(const char *path, struct dw_errlist *errs);
+/* Read path into an initialised libconfig handle as config_load does, with
+ * @include relative to the including file (not the cwd): for a caller that
+ * needs the raw settings again. Returns libconfig's CONFIG_TRUE/FALSE. */
+struct config_t;
+int config_read_path(struct config_t *lc, const char *path);
 /* Take and release a reference (thread-safe). The last unref frees. */
 struct dw_config *config_ref(struct dw_config *c);
 void config_unref(struct dw_config *c);
