@@ -165,7 +165,7 @@ static void begin_stop(struct server *srv, const char *why)
 		log_warn("%s again: exiting without draining", why);
 		_exit(0);
 	}
-	srv->stopping = true;
+	__atomic_store_n(&srv->stopping, true, __ATOMIC_RELEASE);
 	sd_notifyf("STOPPING=1\nSTATUS=draining");
 	log_info("%s: no new connections; draining in-flight requests and mirrors", why);
 	admin_stop(srv);
@@ -191,11 +191,42 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 	}
 }
 
+/* WATCHDOG=1 only while every worker's loop turns: the main loop alone
+ * going on says nothing about a worker stuck in a callback, and systemd's
+ * restart is the way out of that. Said once per change of state, in the
+ * log and in systemd's STATUS. */
 static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
 {
+	struct server *srv = arg;
+	int64_t now = dw_now_us(), worst = 0;
+	size_t who = 0;
+
 	(void)fd;
 	(void)what;
-	(void)arg;
+	for (size_t i = 0; i < srv->nworkers; i++) {
+		int64_t beat = worker_heartbeat(srv->workers[i]);
+		if (beat != INT64_MAX && now - beat > worst) {
+			worst = now - beat;
+			who = i;
+		}
+	}
+	if (worst > srv->wd_stale_us) {
+		if (!srv->wd_withheld) {
+			log_error("watchdog: worker %zu has not turned its event loop for %" PRId64
+				  " ms: WATCHDOG=1 withheld, so systemd restarts the daemon "
+				  "when WatchdogSec passes",
+				  who, worst / 1000);
+			sd_notifyf("STATUS=worker %zu stalled for %" PRId64 " ms; watchdog withheld",
+				   who, worst / 1000);
+		}
+		srv->wd_withheld = true;
+		return;
+	}
+	if (srv->wd_withheld) {
+		log_warn("watchdog: every worker turns its loop again");
+		sd_notifyf("STATUS=serving");
+		srv->wd_withheld = false;
+	}
 	sd_notifyf("WATCHDOG=1");
 }
 
@@ -387,6 +418,24 @@ int main(int argc, char **argv)
 		log_error("%s", err.msg);
 		goto out;
 	}
+	/* systemd's watchdog: main checks (and notifies) every WATCHDOG_USEC/2,
+	 * workers stamp every WATCHDOG_USEC/4, and a stamp older than
+	 * WATCHDOG_USEC/2 is a stalled worker. */
+	const char *wdu = getenv("WATCHDOG_USEC");
+	if (wdu && atoll(wdu) > 0) {
+		srv.wd_stale_us = atoll(wdu) / 2;
+		srv.heartbeat_us = srv.wd_stale_us / 2 > 1000 ? srv.wd_stale_us / 2 : 1000;
+	}
+	/* Test seam, documented in the README: wedge the last worker's loop this
+	 * many ms after start (until the daemon is stopped), to show the
+	 * watchdog noticing. Unset in production; read once, here. */
+	const char *wedge = getenv("DW_TEST_WEDGE_WORKER_AFTER_MS");
+	if (wedge && atoll(wedge) > 0) {
+		srv.wedge_after_ms = atoll(wedge);
+		log_warn("test seam DW_TEST_WEDGE_WORKER_AFTER_MS=%" PRId64
+			 ": worker %d will be wedged on purpose",
+			 srv.wedge_after_ms, srv.cfg->workers - 1);
+	}
 	srv.workers = dw_calloc((size_t)srv.cfg->workers, sizeof(struct worker *));
 	srv.mirrors = dw_calloc((size_t)srv.cfg->workers, sizeof(struct mirror *));
 	for (int i = 0; i < srv.cfg->workers; i++) {
@@ -414,11 +463,10 @@ int main(int argc, char **argv)
 		sigs[i] = evsignal_new(srv.base, signos[i], signal_cb, &srv);
 		event_add(sigs[i], NULL);
 	}
-	const char *wdu = getenv("WATCHDOG_USEC");
-	if (wdu && atoll(wdu) > 0) {
-		long long half = atoll(wdu) / 2;
+	if (srv.heartbeat_us > 0) {
+		int64_t half = srv.wd_stale_us;
 		struct timeval tv = {(time_t)(half / 1000000), (suseconds_t)(half % 1000000)};
-		wd = event_new(srv.base, -1, EV_PERSIST, watchdog_cb, NULL);
+		wd = event_new(srv.base, -1, EV_PERSIST, watchdog_cb, &srv);
 		event_add(wd, &tv);
 	}
 	struct timeval one = {1, 0};

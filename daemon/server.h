@@ -55,7 +55,14 @@ struct server {
 	int active_conns;	 /* atomic, across workers */
 	int workers_done;	 /* atomic */
 	bool ready;
-	bool stopping;
+	bool stopping; /* atomic: a wedged worker (test seam) polls it */
+
+	/* systemd watchdog: every worker stamps its loop every heartbeat_us (0:
+	 * no watchdog); main notifies WATCHDOG=1 only while every stamp is
+	 * younger than wd_stale_us. */
+	int64_t heartbeat_us, wd_stale_us;
+	bool wd_withheld;    /* main thread: WATCHDOG=1 withheld at the last check */
+	int64_t wedge_after_ms; /* test seam (see main.c); 0: off */
 	struct event *stop_tick, *stop_deadline; /* the drain, once stopping */
 
 	/* The bound listening sockets (see listen_bind); the main thread changes
@@ -141,6 +148,9 @@ void worker_join(struct worker *w);
 /* Queue what its mirror shard did not finish, free everything. */
 void worker_free(struct worker *w);
 int worker_connections(struct worker *w);
+/* Any thread: when w's loop last turned (dw_now_us), INT64_MAX once its loop
+ * has ended for good (drained or aborted: nothing left to watch). */
+int64_t worker_heartbeat(struct worker *w);
 
 /* ---- upstream connection pools (pool.c), one set per event loop ---- */
 struct upconn;

@@ -327,6 +327,39 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 	proxy_deadlines(arg);
 }
 
+/* Every srv->heartbeat_us: this loop turns (the main thread's watchdog
+ * check reads the stamp). */
+static void beat_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	(void)fd;
+	(void)what;
+	__atomic_store_n(&w->heartbeat, dw_now_us(), __ATOMIC_RELAXED);
+}
+
+/* Test seam (DW_TEST_WEDGE_WORKER_AFTER_MS, see main.c): block this loop, as
+ * a callback that never returns would, until the daemon is told to stop. */
+static void wedge_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	(void)fd;
+	(void)what;
+	log_warn("worker %d: wedged on purpose (test seam DW_TEST_WEDGE_WORKER_AFTER_MS) "
+		 "until the daemon is stopped",
+		 w->id);
+	while (!__atomic_load_n(&w->srv->stopping, __ATOMIC_ACQUIRE))
+		usleep(10000);
+}
+
+int64_t worker_heartbeat(struct worker *w)
+{
+	if (__atomic_load_n(&w->loop_done, __ATOMIC_ACQUIRE))
+		return INT64_MAX;
+	return __atomic_load_n(&w->heartbeat, __ATOMIC_RELAXED);
+}
+
 struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 {
 	struct worker *w = dw_calloc(1, sizeof(*w));
@@ -374,6 +407,20 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 		    metrics_counter(srv->metrics, "dualwrite_upstream_errors_total",
 				    "Failed upstream exchanges of proxied requests, by kind.", labels);
 	}
+	if (srv->heartbeat_us > 0) {
+		struct timeval tv = {(time_t)(srv->heartbeat_us / 1000000),
+				     (suseconds_t)(srv->heartbeat_us % 1000000)};
+		w->beat_ev = event_new(w->base, -1, EV_PERSIST, beat_cb, w);
+		event_add(w->beat_ev, &tv);
+	}
+	/* The last worker: the others and the main loop go on, as when one
+	 * request's callback spins. */
+	if (srv->wedge_after_ms > 0 && id == srv->cfg->workers - 1) {
+		struct timeval tv = {(time_t)(srv->wedge_after_ms / 1000),
+				     (suseconds_t)(srv->wedge_after_ms % 1000) * 1000};
+		w->wedge_ev = evtimer_new(w->base, wedge_cb, w);
+		evtimer_add(w->wedge_ev, &tv);
+	}
 	/* The main thread bound the sockets (listen_bind); these are dups. */
 	if (listeners_sync(w, err) < 0) {
 		worker_free(w);
@@ -386,15 +433,19 @@ static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
 
+	__atomic_store_n(&w->heartbeat, dw_now_us(), __ATOMIC_RELAXED);
 	event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+	__atomic_store_n(&w->loop_done, true, __ATOMIC_RELEASE);
 	__atomic_fetch_add(&w->srv->workers_done, 1, __ATOMIC_RELEASE);
 	return NULL;
 }
 
 int worker_start(struct worker *w, struct dw_err *err)
 {
-	int rc = pthread_create(&w->thread, NULL, worker_main, w);
+	int rc;
 
+	__atomic_store_n(&w->heartbeat, dw_now_us(), __ATOMIC_RELAXED);
+	rc = pthread_create(&w->thread, NULL, worker_main, w);
 	if (rc != 0) {
 		dw_err_set(err, "worker %d: pthread_create: %s", w->id, strerror(rc));
 		return -1;
@@ -450,6 +501,10 @@ void worker_free(struct worker *w)
 	event_free(w->flush_ev);
 	mirror_free(w->mirror);
 	event_free(w->deadline_ev);
+	if (w->beat_ev)
+		event_free(w->beat_ev);
+	if (w->wedge_ev)
+		event_free(w->wedge_ev);
 	pool_set_free(w->pools);
 	for (size_t i = 0; i < w->nseries; i++)
 		free(w->series[i].route);

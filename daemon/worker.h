@@ -62,6 +62,13 @@ struct worker {
 	struct exchange *xfree; /* proxy.c's cache of exchanges for reuse */
 	int nxfree;
 	struct metric *m_upstream_err[4]; /* connect, timeout, reset, protocol */
+
+	/* The watchdog (see worker_heartbeat): stamped by beat_ev every
+	 * srv->heartbeat_us, read by the main thread; atomics. */
+	int64_t heartbeat;
+	bool loop_done;
+	struct event *beat_ev;
+	struct event *wedge_ev; /* test seam: DW_TEST_WEDGE_WORKER_AFTER_MS */
 };
 
 /* proxy.c */

@@ -226,6 +226,75 @@ def test_admin_on_a_non_loopback_address_warns(tmp_path, dw, backend):
     assert d.log_text().count("is not a loopback address") == 2, d.log_text()
 
 
+class NotifySocket:
+    """A fake systemd: an abstract unix datagram socket collecting what the
+    daemon notifies, in order."""
+
+    def __init__(self):
+        self.name = "@dw-test-%d-%d" % (os.getpid(), free_port())
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + self.name[1:])
+        self.sock.settimeout(0.1)
+        self.msgs = []
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping:
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.msgs.extend(data.decode().split("\n"))
+
+    def lines(self):
+        with self.lock:
+            return list(self.msgs)
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(2)
+        self.sock.close()
+
+
+def test_watchdog_is_withheld_while_a_worker_is_wedged(dw, backend):
+    # WATCHDOG=1 came from the main loop alone, so a worker stuck in a
+    # callback was never noticed. With WATCHDOG_USEC = 1 s the daemon checks
+    # every 0.5 s; the test seam wedges worker 1 of 2 after 2 s, until SIGTERM.
+    ns = NotifySocket()
+    try:
+        d = dw({"legacy": backend.url}, extra={"workers": 2},
+               env={"NOTIFY_SOCKET": ns.name, "WATCHDOG_USEC": "1000000",
+                    "DW_TEST_WEDGE_WORKER_AFTER_MS": "2000"})
+        wait_for(lambda: ns.lines().count("WATCHDOG=1") >= 2, 10,
+                 "WATCHDOG=1 while every worker turns its loop")
+        stalled = wait_for(lambda: next((i for i, m in enumerate(ns.lines())
+                                         if m.startswith("STATUS=worker 1 stalled")), None), 10,
+                           "STATUS saying worker 1 stalled")
+        assert "READY=1" in ns.lines()[:stalled]
+        # Three check periods with the worker still wedged, then a marker that
+        # must arrive through the same socket: a reload's RELOADING=1 / READY=1.
+        time.sleep(1.5)
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: "RELOADING=1" in ns.lines()[stalled:] and
+                 "READY=1" in ns.lines()[ns.lines().index("RELOADING=1", stalled):], 10,
+                 "the reload marker")
+        after = ns.lines()[stalled:]
+        assert "WATCHDOG=1" not in after, after
+        assert "worker 1 has not turned its event loop" in d.log_text(), d.log_text()
+        # The main loop and worker 0 still serve (the listen socket is shared).
+        backend.reply(200, b"ok")
+        ok = sum(request(d.port, "GET", "/x").status == 200 for _ in range(3))
+        assert ok >= 1
+    finally:
+        ns.close()
+
+
 # ---------------------------------------------------------------- admin
 
 
