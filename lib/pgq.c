@@ -437,6 +437,14 @@ long pgq_forward_spool(struct pgq *q, struct spool *sp, bool orphans, size_t max
 		}
 		if ((r->state != SPOOL_QUEUED && !(orphans && r->state == SPOOL_PENDING)) ||
 		    !r->upstream || !r->idem_key || !r->method || !r->path) {
+			/* Waiting but never built (spool_record_unbuilt): nothing to
+			 * send anywhere, and left waiting it would hold its key. */
+			if ((r->state == SPOOL_QUEUED || (orphans && r->state == SPOOL_PENDING)) &&
+			    !r->method &&
+			    spool_set_state(sp, r->seq, SPOOL_DEAD, r->attempts, r->last_status,
+					    "nothing to send: the mirror was never built",
+					    &rerr) < 0)
+				dw_errlist_add(warns, "%s", rerr.msg);
 			spool_record_clear(r);
 			continue;
 		}

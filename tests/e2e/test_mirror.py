@@ -665,6 +665,56 @@ def test_requeue_refuses_dead_letters_whose_mirror_was_never_built(dw, make_back
     assert ml.queue_stats(d.conf_path)["queued"] == 0
 
 
+def _crc32c(data, crc=0xFFFFFFFF):
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc
+
+
+def append_state_frame(queue_dir, seq, state, error):
+    """Append a STATE frame (lib/spool.c's format) to the queue's last segment,
+    as another process would: here to leave a record waiting that no command
+    can make waiting any more."""
+    import glob
+    import struct
+    seg = sorted(glob.glob(os.path.join(queue_dir, "seg-*.log")))[-1]
+    e = error.encode()
+    payload = struct.pack("<BIIq", state, 0, 0, int(time.time() * 1e6)) + \
+        struct.pack("<I", len(e)) + e
+    typeseq = struct.pack("<BQ", 5, seq)
+    crc = _crc32c(payload, _crc32c(typeseq)) ^ 0xFFFFFFFF
+    frame = struct.pack("<III", 0x31515744, len(payload), crc) + typeseq + payload
+    with open(seg, "ab") as f:
+        f.write(frame)
+
+
+def test_replay_never_sends_a_mirror_that_was_never_built(dw, make_backend):
+    # Defence in depth: an unbuilt write left waiting (a daemon killed between
+    # journaling it and its dead letter, or an older version's requeue) is
+    # dead-lettered by replay, not sent as a bodiless request counted delivered.
+    legacy = json_backend(make_backend, "legacy", 201, {"id": "dev-9"})
+    target = json_backend(make_backend, "target", 201, {"ok": True})
+    d = ml.mirror_daemon(dw, legacy.url, target.url, ml.iot_routes(), target="v2",
+                         tenant={"header": "X-Tenant-ID", "default": "default_tenant_id"})
+    assert ml.send_json(d.port, "POST", "/devices", {"name": "Boiler", "type": "sensor"},
+                        headers=[("X-Tenant-ID", "bad tenant!")]).status == 201
+    ml.wait_outcomes(d, lambda o: o["result"] == "dead", 1, 5, "dead")
+    assert d.stop() == 0
+    seq = ml.queue_list(d.conf_path, dead=True)[0]["seq"]
+    append_state_frame(d.queue_dir, seq, 2, "left waiting")
+    assert [x["seq"] for x in ml.queue_list(d.conf_path)] == [seq]
+
+    out = ml.cli(d.conf_path, "replay", "--once")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert target.accepts == 0 and target.requests == [], target.requests
+    dead = ml.queue_list(d.conf_path, dead=True)
+    assert [x["seq"] for x in dead] == [seq], dead
+    assert "nothing to send: the mirror was never built" in dead[0]["line"], dead
+    assert ml.queue_stats(d.conf_path)["queued"] == 0
+
+
 def test_permanent_4xx_from_target_is_dead_with_status_and_excerpt(svc, dw, make_backend):
     target = json_backend(make_backend, "target", 422,
                           {"error": "unprocessable: category kayak not allowed"})
