@@ -6,7 +6,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <event2/listener.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,21 +16,84 @@
 
 #include "worker.h"
 
-static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
-		      int salen, void *arg)
+/* What a worker holds or is about to take in: the measure of balance. */
+static int worker_load(struct worker *w)
 {
-	(void)lev;
-	proxy_accept(arg, fd, sa, salen);
+	return worker_connections(w) + __atomic_load_n(&w->incoming, __ATOMIC_RELAXED);
 }
 
-static void accept_error_cb(struct evconnlistener *lev, void *arg)
-{
-	int e = EVUTIL_SOCKET_ERROR();
+enum { WAKE_RELOAD = 1, WAKE_STOP = 2, WAKE_ABORT = 4, WAKE_ACCEPT = 8 };
 
-	(void)lev;
-	(void)arg;
-	/* EMFILE and friends: log and keep the listener; libevent retries. */
-	log_error("accept: %s", strerror(e));
+/*
+ * Every worker's loop waits on the same listening socket (listen_bind), and
+ * whichever is running when connections arrive takes them: in a burst (wrk
+ * opening 50 keep-alive connections) one worker got them all while the
+ * other idled, since the kernel no longer spreads them as SO_REUSEPORT did.
+ * So a worker accepts one connection per wake-up, and hands it to the least
+ * loaded worker when that one holds at least two fewer.
+ */
+static void accept_cb(evutil_socket_t lfd, short what, void *arg)
+{
+	struct worker *w = arg, *to = w;
+	struct server *srv = w->srv;
+	struct handoff h;
+	int load;
+
+	(void)what;
+	h.len = sizeof(h.sa);
+	h.fd = accept4(lfd, (struct sockaddr *)&h.sa, &h.len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (h.fd < 0) {
+		/* Another worker was faster, or the client left: nothing to do.
+		 * EMFILE and friends: log and keep the listener. */
+		if (!errno_retriable(errno) && errno != ECONNABORTED)
+			log_error("accept: %s", strerror(errno));
+		return;
+	}
+	load = worker_load(w) - 1;
+	for (size_t i = 0; i < srv->nworkers; i++) {
+		struct worker *o = srv->workers[i];
+		int l = worker_load(o);
+		if (o != w && l < load && !__atomic_load_n(&o->loop_done, __ATOMIC_ACQUIRE)) {
+			to = o;
+			load = l;
+		}
+	}
+	if (to == w) {
+		proxy_accept(w, h.fd, (struct sockaddr *)&h.sa, (int)h.len);
+		return;
+	}
+	__atomic_add_fetch(&to->incoming, 1, __ATOMIC_RELAXED);
+	pthread_mutex_lock(&to->in_lock);
+	if (to->nin == to->capin) {
+		to->capin = to->capin ? to->capin * 2 : 16;
+		to->in = dw_realloc(to->in, to->capin * sizeof(*to->in));
+	}
+	to->in[to->nin++] = h;
+	pthread_mutex_unlock(&to->in_lock);
+	wake_post(&to->wake, WAKE_ACCEPT);
+}
+
+/* Take in the connections handed over (WAKE_ACCEPT); a draining worker
+ * closes them, as a closed listener would have refused them. */
+static void take_handoffs(struct worker *w)
+{
+	struct handoff *v;
+	size_t n;
+
+	pthread_mutex_lock(&w->in_lock);
+	v = w->in;
+	n = w->nin;
+	w->in = NULL;
+	w->nin = w->capin = 0;
+	pthread_mutex_unlock(&w->in_lock);
+	for (size_t i = 0; i < n; i++) {
+		__atomic_sub_fetch(&w->incoming, 1, __ATOMIC_RELAXED);
+		if (w->draining)
+			close(v[i].fd);
+		else
+			proxy_accept(w, v[i].fd, (struct sockaddr *)&v[i].sa, (int)v[i].len);
+	}
+	free(v);
 }
 
 /* Resolve "host:port" for a listener. */
@@ -165,22 +227,36 @@ int listen_dup(struct server *srv, const char *addr, struct dw_err *err)
 	return fd;
 }
 
-/* A worker's listener on its own dup of the shared socket. */
-static struct evconnlistener *listen_on(struct worker *w, const char *addr, struct dw_err *err)
+/* A worker's listener on its own dup of the shared socket (its fd closed
+ * by listener_free). */
+static struct listener *listen_on(struct worker *w, const char *addr, struct dw_err *err)
 {
-	struct evconnlistener *lev;
+	struct listener *l;
 	int fd = listen_dup(w->srv, addr, err);
 
 	if (fd < 0)
 		return NULL;
-	/* backlog 0: already listening */
-	lev = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
-				 0, fd);
-	if (!lev) {
-		dw_err_set(err, "listen %s: %s", addr, strerror(errno));
+	l = dw_calloc(1, sizeof(*l));
+	l->fd = fd;
+	l->ev = event_new(w->base, fd, EV_READ | EV_PERSIST, accept_cb, w);
+	if (!l->ev || event_add(l->ev, NULL) < 0) {
+		dw_err_set(err, "listen %s: cannot watch the socket", addr);
+		if (l->ev)
+			event_free(l->ev);
 		close(fd);
+		free(l);
+		return NULL;
 	}
-	return lev;
+	l->addr = dw_strdup(addr);
+	return l;
+}
+
+static void listener_free(struct listener *l)
+{
+	event_free(l->ev);
+	close(l->fd);
+	free(l->addr);
+	free(l);
 }
 
 /* Make the listener set match w->cfg->listen; keeps the ones that stay. */
@@ -200,9 +276,7 @@ static int listeners_sync(struct worker *w, struct dw_err *err)
 		*pp = l->next;
 		if (w->id == 0)
 			log_info("listener %s closed", l->addr);
-		evconnlistener_free(l->lev);
-		free(l->addr);
-		free(l);
+		listener_free(l);
 	}
 	for (size_t i = 0; i < w->cfg->nlisten; i++) {
 		bool have = false;
@@ -210,15 +284,11 @@ static int listeners_sync(struct worker *w, struct dw_err *err)
 			have |= strcmp(l->addr, w->cfg->listen[i]) == 0;
 		if (have)
 			continue;
-		struct evconnlistener *lev = listen_on(w, w->cfg->listen[i], err);
-		if (!lev) {
+		l = listen_on(w, w->cfg->listen[i], err);
+		if (!l) {
 			rc = -1;
 			continue;
 		}
-		evconnlistener_set_error_cb(lev, accept_error_cb);
-		l = dw_calloc(1, sizeof(*l));
-		l->addr = dw_strdup(w->cfg->listen[i]);
-		l->lev = lev;
 		l->next = w->listeners;
 		w->listeners = l;
 		if (w->id == 0)
@@ -233,13 +303,9 @@ static void listeners_free(struct worker *w)
 
 	while ((l = w->listeners)) {
 		w->listeners = l->next;
-		evconnlistener_free(l->lev);
-		free(l->addr);
-		free(l);
+		listener_free(l);
 	}
 }
-
-enum { WAKE_RELOAD = 1, WAKE_STOP = 2, WAKE_ABORT = 4 };
 
 static void do_reload(struct worker *w)
 {
@@ -298,6 +364,8 @@ static void wake_cb(void *arg, unsigned bits)
 {
 	struct worker *w = arg;
 
+	if (bits & WAKE_ACCEPT)
+		take_handoffs(w);
 	if (bits & WAKE_RELOAD)
 		do_reload(w);
 	if (bits & WAKE_STOP)
@@ -368,6 +436,7 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 
 	w->srv = srv;
 	w->id = id;
+	pthread_mutex_init(&w->in_lock, NULL);
 	w->base = event_base_new();
 	if (!w->base) {
 		dw_err_set(err, "worker %d: cannot create an event loop", id);
@@ -489,6 +558,9 @@ void worker_free(struct worker *w)
 	if (!w)
 		return;
 	worker_join(w);
+	for (size_t i = 0; i < w->nin; i++)
+		close(w->in[i].fd); /* handed over after its loop ended */
+	free(w->in);
 	proxy_abort_all(w);
 	/* Let reaps scheduled by the aborts run. */
 	event_base_loop(w->base, EVLOOP_NONBLOCK);
@@ -510,5 +582,6 @@ void worker_free(struct worker *w)
 		free(w->series[i].route);
 	config_unref(w->cfg);
 	event_base_free(w->base);
+	pthread_mutex_destroy(&w->in_lock);
 	free(w);
 }

@@ -200,6 +200,27 @@ def test_second_daemon_on_the_same_listen_address_fails(dw, backend, workers):
     _second_daemon_must_fail(dw, backend, first, port=first.port)
 
 
+def test_a_burst_of_connections_is_served_by_every_worker(dw, backend):
+    # The workers share one listening socket; a worker that accepts while it
+    # holds more than another hands the connection over (accept_cb). Every
+    # connection of a burst is served, on whichever worker it lands.
+    backend.reply(200, b"ok")
+    d = dw({"legacy": backend.url}, extra={"workers": 3})
+    conns = [Conn(d.port) for _ in range(30)]
+    try:
+        for i, c in enumerate(conns):
+            c.send(b"GET /c%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+        for c in conns:
+            r = c.read_response()
+            assert r.status == 200 and r.body == b"ok", r
+        for i, c in enumerate(conns):  # still open, still served (keep-alive)
+            assert c.request("GET", "/again%d" % i).status == 200
+    finally:
+        for c in conns:
+            c.close()
+    assert d.metric("dualwrite_connections_total") == 30
+
+
 def test_second_daemon_on_the_same_admin_address_fails(dw, backend):
     first = dw({"legacy": backend.url})
     _second_daemon_must_fail(dw, backend, first, admin_port=first.admin_port)
