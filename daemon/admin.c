@@ -4,6 +4,7 @@
  * `dualwrite status`, never for client traffic, so libevent's evhttp is good
  * enough here.
  */
+#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <jansson.h>
@@ -137,8 +138,15 @@ int admin_start(struct server *srv, struct dw_err *err)
 	evhttp_set_allowed_methods(srv->admin, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
 	evhttp_set_gencb(srv->admin, admin_cb, srv);
 	evhttp_set_timeout(srv->admin, 10);
+	/* libevent binds with SO_REUSEADDR only: a second daemon cannot share
+	 * the address. */
+	errno = 0;
 	if (!evhttp_bind_socket_with_handle(srv->admin, host, (ev_uint16_t)port)) {
-		dw_err_set(err, "admin listen %s: cannot bind", addr);
+		int e = errno;
+		dw_err_set(err, "admin listen %s: cannot bind: %s%s", addr,
+			   e ? strerror(e) : "unknown error",
+			   e == EADDRINUSE ? " (another process, perhaps another dualwrited, holds it)"
+					   : "");
 		evhttp_free(srv->admin);
 		srv->admin = NULL;
 		return -1;

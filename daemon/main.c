@@ -73,6 +73,13 @@ static void register_route_series(struct server *srv, const struct dw_config *cf
 
 /* ------------------------------------------------------------ reload */
 
+/* At every load: what is valid but probably not meant. */
+static void log_config_warnings(const struct dw_config *cfg)
+{
+	for (size_t i = 0; i < cfg->warnings.n; i++)
+		log_warn("%s", cfg->warnings.msgs[i]);
+}
+
 static void warn_nonreloadable(void *arg, const char *key)
 {
 	(void)arg;
@@ -93,8 +100,9 @@ static void do_reload(struct server *srv)
 		dw_errlist_free(&errs);
 		goto failed;
 	}
+	log_config_warnings(neu);
 	old = server_config(srv);
-	if (listen_probe(neu, old, &err) < 0) {
+	if (listen_bind(srv, neu, &err) < 0) {
 		log_error("reload rejected, keeping the running configuration: %s", err.msg);
 		config_unref(old);
 		config_unref(neu);
@@ -113,6 +121,7 @@ static void do_reload(struct server *srv)
 	config_unref(old); /* freed when the last request on it finishes */
 	for (size_t i = 0; i < srv->nworkers; i++)
 		worker_post_reload(srv->workers[i]);
+	listen_prune(srv, neu);
 	metric_inc(srv->m_reload_ok);
 	log_info("reload: configuration applied (%zu routes)", neu->nroutes);
 	sd_notifyf("READY=1\nSTATUS=serving, configuration reloaded");
@@ -159,10 +168,11 @@ static void begin_stop(struct server *srv, const char *why)
 		log_warn("%s again: exiting without draining", why);
 		_exit(0);
 	}
-	srv->stopping = true;
+	__atomic_store_n(&srv->stopping, true, __ATOMIC_RELEASE);
 	sd_notifyf("STOPPING=1\nSTATUS=draining");
 	log_info("%s: no new connections; draining in-flight requests and mirrors", why);
 	admin_stop(srv);
+	listen_prune(srv, NULL); /* the sockets close as the workers let go */
 	for (size_t i = 0; i < srv->nworkers; i++)
 		worker_post_stop(srv->workers[i]);
 	srv->stop_tick = event_new(srv->base, -1, EV_PERSIST, stop_tick_cb, srv);
@@ -184,11 +194,42 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 	}
 }
 
+/* WATCHDOG=1 only while every worker's loop turns: the main loop alone
+ * going on says nothing about a worker stuck in a callback, and systemd's
+ * restart is the way out of that. Said once per change of state, in the
+ * log and in systemd's STATUS. */
 static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
 {
+	struct server *srv = arg;
+	int64_t now = dw_now_us(), worst = 0;
+	size_t who = 0;
+
 	(void)fd;
 	(void)what;
-	(void)arg;
+	for (size_t i = 0; i < srv->nworkers; i++) {
+		int64_t beat = worker_heartbeat(srv->workers[i]);
+		if (beat != INT64_MAX && now - beat > worst) {
+			worst = now - beat;
+			who = i;
+		}
+	}
+	if (worst > srv->wd_stale_us) {
+		if (!srv->wd_withheld) {
+			log_error("watchdog: worker %zu has not turned its event loop for %" PRId64
+				  " ms: WATCHDOG=1 withheld, so systemd restarts the daemon "
+				  "when WatchdogSec passes",
+				  who, worst / 1000);
+			sd_notifyf("STATUS=worker %zu stalled for %" PRId64 " ms; watchdog withheld",
+				   who, worst / 1000);
+		}
+		srv->wd_withheld = true;
+		return;
+	}
+	if (srv->wd_withheld) {
+		log_warn("watchdog: every worker turns its loop again");
+		sd_notifyf("STATUS=serving");
+		srv->wd_withheld = false;
+	}
 	sd_notifyf("WATCHDOG=1");
 }
 
@@ -335,17 +376,21 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (test) {
+		for (size_t i = 0; i < srv.cfg->warnings.n; i++)
+			fprintf(stderr, "warning: %s\n", srv.cfg->warnings.msgs[i]);
 		printf("configuration ok\n");
 		config_unref(srv.cfg);
 		return 0;
 	}
 	srv.log_debug = debug;
 	dw_log_set_level(debug ? DW_LOG_DEBUG : srv.cfg->log_level);
+	log_config_warnings(srv.cfg);
 	signal(SIGPIPE, SIG_IGN);
 	/* No evthread_use_pthreads(): each loop is touched by its own thread
 	 * only (cross-thread requests go through wake.c), so event_add takes no
 	 * lock. */
 	pthread_mutex_init(&srv.cfg_lock, NULL);
+	pthread_mutex_init(&srv.listen_lock, NULL);
 	srv.conf_path = dw_strdup(path);
 	srv.metrics = metrics_new();
 	srv.started_wall_us = dw_wall_us();
@@ -388,6 +433,28 @@ int main(int argc, char **argv)
 		log_error("cannot create the main event loop");
 		goto out;
 	}
+	if (listen_bind(&srv, srv.cfg, &err) < 0) {
+		log_error("%s", err.msg);
+		goto out;
+	}
+	/* systemd's watchdog: main checks (and notifies) every WATCHDOG_USEC/2,
+	 * workers stamp every WATCHDOG_USEC/4, and a stamp older than
+	 * WATCHDOG_USEC/2 is a stalled worker. */
+	const char *wdu = getenv("WATCHDOG_USEC");
+	if (wdu && atoll(wdu) > 0) {
+		srv.wd_stale_us = atoll(wdu) / 2;
+		srv.heartbeat_us = srv.wd_stale_us / 2 > 1000 ? srv.wd_stale_us / 2 : 1000;
+	}
+	/* Test seam, documented in the README: wedge the last worker's loop this
+	 * many ms after start (until the daemon is stopped), to show the
+	 * watchdog noticing. Unset in production; read once, here. */
+	const char *wedge = getenv("DW_TEST_WEDGE_WORKER_AFTER_MS");
+	if (wedge && atoll(wedge) > 0) {
+		srv.wedge_after_ms = atoll(wedge);
+		log_warn("test seam DW_TEST_WEDGE_WORKER_AFTER_MS=%" PRId64
+			 ": worker %d will be wedged on purpose",
+			 srv.wedge_after_ms, srv.cfg->workers - 1);
+	}
 	srv.workers = dw_calloc((size_t)srv.cfg->workers, sizeof(struct worker *));
 	srv.mirrors = dw_calloc((size_t)srv.cfg->workers, sizeof(struct mirror *));
 	for (int i = 0; i < srv.cfg->workers; i++) {
@@ -415,11 +482,10 @@ int main(int argc, char **argv)
 		sigs[i] = evsignal_new(srv.base, signos[i], signal_cb, &srv);
 		event_add(sigs[i], NULL);
 	}
-	const char *wdu = getenv("WATCHDOG_USEC");
-	if (wdu && atoll(wdu) > 0) {
-		long long half = atoll(wdu) / 2;
+	if (srv.heartbeat_us > 0) {
+		int64_t half = srv.wd_stale_us;
 		struct timeval tv = {(time_t)(half / 1000000), (suseconds_t)(half % 1000000)};
-		wd = event_new(srv.base, -1, EV_PERSIST, watchdog_cb, NULL);
+		wd = event_new(srv.base, -1, EV_PERSIST, watchdog_cb, &srv);
 		event_add(wd, &tv);
 	}
 	struct timeval one = {1, 0};
@@ -466,6 +532,8 @@ out:
 	free(srv.mirrors);
 	pgforward_stop(srv.pgfwd); /* pgforward wiring */
 	admin_stop(&srv);
+	listen_prune(&srv, NULL);
+	free(srv.lsocks);
 	spool_close(srv.spool);
 	if (srv.base)
 		event_base_free(srv.base);
@@ -474,5 +542,6 @@ out:
 	metrics_free(srv.metrics);
 	free(srv.conf_path);
 	pthread_mutex_destroy(&srv.cfg_lock);
+	pthread_mutex_destroy(&srv.listen_lock);
 	return rc;
 }

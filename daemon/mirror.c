@@ -1501,7 +1501,8 @@ void mirror_commit(struct mirror *self)
 		r->upstream = job_upstream(j)->name;
 		r->key = j->key;
 		r->idem_key = j->idem;
-		r->method = j->method;
+		/* Never built: no method, so no replay can send it (spool.h). */
+		r->method = self->pend[i].dead ? NULL : j->method;
 		r->path = j->path;
 		r->content_type = j->body ? (char *)"application/json" : NULL;
 		r->body = j->body;

@@ -504,7 +504,11 @@ static void conn_finish_close(struct conn *c)
  * protocol errors and limits), the connection closes once flushed; otherwise
  * it goes on to the next request.
  */
-static void respond_error(struct conn *c, int status, const char *msg, bool close)
+/* Answer with the proxy's own error: the client's body says what (public),
+ * the log line says it with the detail (msg: names and addresses upstream,
+ * never shown to the client). public NULL: msg is fit for both. */
+static void respond_error2(struct conn *c, int status, const char *public, const char *msg,
+			   bool close)
 {
 	struct exchange *x = c->x;
 	const char *rid = x && x->reqid[0] ? x->reqid : NULL;
@@ -516,7 +520,7 @@ static void respond_error(struct conn *c, int status, const char *msg, bool clos
 	out = bufferevent_get_output(c->bev);
 	body = evbuffer_new();
 	evbuffer_add_printf(body, "{\"error\": \"");
-	json_escape_into(body, msg);
+	json_escape_into(body, public ? public : msg);
 	evbuffer_add_printf(body, "\"}\n");
 	if (!x || !x->keep_alive || c->w->draining)
 		close = true;
@@ -545,6 +549,28 @@ static void respond_error(struct conn *c, int status, const char *msg, bool clos
 		conn_next(c);
 }
 
+static void respond_error(struct conn *c, int status, const char *msg, bool close)
+{
+	respond_error2(c, status, NULL, msg, close);
+}
+
+/* What a client is told when the legacy fails: the kind only. The upstream's
+ * name, host and port are for the log (topology is not the client's
+ * business). */
+static const char *upstream_public(enum up_err kind)
+{
+	switch (kind) {
+	case UPERR_CONNECT:
+		return "upstream unreachable";
+	case UPERR_TIMEOUT:
+		return "upstream timed out";
+	case UPERR_RESET:
+		return "upstream closed the connection";
+	default:
+		return "invalid response from upstream";
+	}
+}
+
 static void upstream_failed(struct conn *c, enum up_err kind, int status, const char *msg)
 {
 	metric_inc(c->w->m_upstream_err[kind]);
@@ -554,7 +580,7 @@ static void upstream_failed(struct conn *c, enum up_err kind, int status, const 
 		conn_close(c, msg);
 		return;
 	}
-	respond_error(c, status, msg, false);
+	respond_error2(c, status, upstream_public(kind), msg, false);
 }
 
 /* ---------------------------------------------------------- accepting */

@@ -80,8 +80,24 @@ struct server {
 	int workers_done;	 /* atomic */
 	bool ready;
 	bool log_debug; /* -d: debug logging whatever log_level says */
-	bool stopping;
+	bool stopping; /* atomic: a wedged worker (test seam) polls it */
+
+	/* systemd watchdog: every worker stamps its loop every heartbeat_us (0:
+	 * no watchdog); main notifies WATCHDOG=1 only while every stamp is
+	 * younger than wd_stale_us. */
+	int64_t heartbeat_us, wd_stale_us;
+	bool wd_withheld;    /* main thread: WATCHDOG=1 withheld at the last check */
+	int64_t wedge_after_ms; /* test seam (see main.c); 0: off */
 	struct event *stop_tick, *stop_deadline; /* the drain, once stopping */
+
+	/* The bound listening sockets (see listen_bind); the main thread changes
+	 * the set, workers dup from it, under listen_lock. */
+	pthread_mutex_t listen_lock;
+	struct listen_sock {
+		char *addr; /* as configured */
+		int fd;
+	} *lsocks;
+	size_t nlsocks;
 
 	/* handles of fixed series */
 	struct metric *m_conns_active, *m_conns_total, *m_conns_rejected;
@@ -159,6 +175,9 @@ void worker_join(struct worker *w);
 /* Queue what its mirror shard did not finish, free everything. */
 void worker_free(struct worker *w);
 int worker_connections(struct worker *w);
+/* Any thread: when w's loop last turned (dw_now_us), INT64_MAX once its loop
+ * has ended for good (drained or aborted: nothing left to watch). */
+int64_t worker_heartbeat(struct worker *w);
 
 /* ---- upstream connection pools (pool.c), one set per event loop ---- */
 struct upconn;
@@ -267,8 +286,19 @@ void admin_stop(struct server *srv);
 /* ---- systemd notification (notify.c) ---- */
 void sd_notifyf(const char *fmt, ...) DW_PRINTF(1, 2);
 
-/* ---- listeners (worker.c) ---- */
-/* Try binding every address (then close): used to vet a reload. */
-int listen_probe(const struct dw_config *cfg, const struct dw_config *old, struct dw_err *err);
+/* ---- listeners (worker.c) ----
+ * Each address is bound once, by the main thread, without SO_REUSEPORT: a
+ * second process (another dualwrited with another queue) cannot bind it
+ * while we hold it, and fails to start (SPEC §5: one daemon per listen
+ * address). Every worker accepts on its own dup() of that one socket. */
+/* Main thread: bind what cfg lists and the set lacks. All or nothing: on a
+ * failure nothing new stays bound and err names the address. */
+int listen_bind(struct server *srv, const struct dw_config *cfg, struct dw_err *err) DW_MUSTCHECK;
+/* Main thread, after the workers were told of cfg: close the set's copy of
+ * addresses cfg no longer lists (a worker's dup lives until it lets go). */
+void listen_prune(struct server *srv, const struct dw_config *cfg);
+/* Any thread: a new descriptor for addr's socket (the caller owns it), or
+ * -1 with err. */
+int listen_dup(struct server *srv, const char *addr, struct dw_err *err);
 
 #endif

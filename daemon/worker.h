@@ -6,8 +6,9 @@
 #ifndef DW_WORKER_H
 #define DW_WORKER_H
 
-#include <event2/listener.h>
+#include <event2/event.h>
 #include <sys/queue.h>
+#include <sys/socket.h>
 
 #include "server.h"
 
@@ -22,7 +23,8 @@ TAILQ_HEAD(conn_queue, conn);
 struct listener {
 	struct listener *next;
 	char *addr; /* as configured */
-	struct evconnlistener *lev;
+	int fd;	    /* this worker's dup of the shared socket */
+	struct event *ev;
 };
 
 /* A cached metric handle for a (route, status) pair. */
@@ -62,6 +64,24 @@ struct worker {
 	struct exchange *xfree; /* proxy.c's cache of exchanges for reuse */
 	int nxfree;
 	struct metric *m_upstream_err[4]; /* connect, timeout, reset, protocol */
+
+	/* The watchdog (see worker_heartbeat): stamped by beat_ev every
+	 * srv->heartbeat_us, read by the main thread; atomics. */
+	int64_t heartbeat;
+	bool loop_done;
+	struct event *beat_ev;
+	struct event *wedge_ev; /* test seam: DW_TEST_WEDGE_WORKER_AFTER_MS */
+
+	/* Connections another worker accepted and handed to this one (see
+	 * accept_cb in worker.c): taken in by the WAKE_ACCEPT wake-up. */
+	pthread_mutex_t in_lock;
+	struct handoff {
+		int fd;
+		socklen_t len;
+		struct sockaddr_storage sa;
+	} *in;
+	size_t nin, capin;
+	int incoming; /* atomic: handed over, not yet taken in */
 };
 
 /* proxy.c */

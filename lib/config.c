@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <libconfig.h>
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +60,25 @@ static void lerr(struct loader *L, int line, const char *where, const char *fmt,
 static int sline(const config_setting_t *s)
 {
 	return s ? (int)config_setting_source_line(s) : 0;
+}
+
+/* Whether a listen host can only be reached from this machine: "localhost",
+ * 127.0.0.0/8, ::1 (also v4-mapped). "" (every address) and any other name
+ * are not. */
+static bool host_is_loopback(const char *host)
+{
+	unsigned char a[16];
+
+	if (strcasecmp(host, "localhost") == 0)
+		return true;
+	if (inet_pton(AF_INET, host, a) == 1)
+		return a[0] == 127;
+	if (inet_pton(AF_INET6, host, a) == 1) {
+		static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+		static const unsigned char one[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+		return memcmp(a, one, 16) == 0 || (memcmp(a, v4mapped, 12) == 0 && a[12] == 127);
+	}
+	return false;
 }
 
 /* snprintf for where-strings: truncation of a very long name is acceptable. */
@@ -431,6 +451,7 @@ static void config_free(struct dw_config *c)
 		free(c->listen[i]);
 	free(c->listen);
 	free(c->admin_listen);
+	dw_errlist_free(&c->warnings);
 	for (size_t i = 0; i < c->nupstreams; i++) {
 		struct dw_upstream *u = &c->upstreams[i];
 		free(u->name);
@@ -580,6 +601,13 @@ static void load_scalars(struct loader *L, const config_setting_t *root)
 				     "admin.listen", "%s", err.msg);
 			else
 				c->admin_listen = dw_strdup(s);
+			if (c->admin_listen && !host_is_loopback(host))
+				dw_errlist_add(&c->warnings,
+					       "%s:%d: admin.listen: \"%s\" is not a loopback "
+					       "address: /metrics and /status are open to the "
+					       "network (use 127.0.0.1:PORT unless that is meant)",
+					       L->file, sline(config_setting_get_member(g, "listen")),
+					       s);
 		}
 	}
 
@@ -1274,6 +1302,21 @@ static void report_parse_error(const config_t *cfg, const char *file, const char
 	free(buf);
 }
 
+int config_read_path(struct config_t *lc, const char *path)
+{
+	/* @include "x.conf" is relative to the including file, not the cwd */
+	char *dir = dw_strdup(path), *slash = strrchr(dir, '/');
+	int rc;
+
+	if (slash) {
+		*slash = '\0';
+		config_set_include_dir(lc, *dir ? dir : "/");
+	}
+	rc = config_read_file(lc, path);
+	free(dir);
+	return rc;
+}
+
 /* Checks a parsed libconfig tree and builds the snapshot; path names it in
  * errors. Destroys cfg either way. */
 static struct dw_config *config_from_tree(config_t *cfg, const char *path,
@@ -1354,14 +1397,7 @@ struct dw_config *config_load(const char *path, struct dw_errlist *errs)
 	fclose(f);
 
 	config_init(&cfg);
-	/* @include "x.conf" is relative to the including file, not the cwd */
-	char *dir = dw_strdup(path), *slash = strrchr(dir, '/');
-	if (slash) {
-		*slash = '\0';
-		config_set_include_dir(&cfg, *dir ? dir : "/");
-	}
-	rc = config_read_file(&cfg, path);
-	free(dir);
+	rc = config_read_path(&cfg, path);
 	if (rc != CONFIG_TRUE) {
 		read_failed(&cfg, path, NULL, errs);
 		return NULL;

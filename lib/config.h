@@ -126,6 +126,11 @@ struct dw_config {
 
 	struct dw_table_map *tables;
 	size_t ntables;
+
+	/* What is valid but probably not meant ("file:line: where: what"), for
+	 * the loader's caller to show: dualwrited logs them at every load, -t
+	 * prints them to stderr. */
+	struct dw_errlist warnings;
 };
 
 /*
@@ -139,6 +144,11 @@ struct dw_config *config_load(const char *path, struct dw_errlist *errs);
  * no directory to include from). For tests and the fuzzer. */
 struct dw_config *config_load_string(const char *text, const char *name,
 				     struct dw_errlist *errs);
+/* Read path into an initialised libconfig handle as config_load does, with
+ * @include relative to the including file (not the cwd): for a caller that
+ * needs the raw settings again. Returns libconfig's CONFIG_TRUE/FALSE. */
+struct config_t;
+int config_read_path(struct config_t *lc, const char *path);
 /* Take and release a reference (thread-safe). The last unref frees. */
 struct dw_config *config_ref(struct dw_config *c);
 void config_unref(struct dw_config *c);

@@ -8,6 +8,7 @@
  * (timestamptz 'epoch' + n microseconds), exact both ways.
  */
 #include "pgq.h"
+#include "pgdsn.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -235,7 +236,12 @@ struct pgq *pgq_open(const char *dsn, const char *table, struct dw_err *err)
 
 	q->c = PQconnectdbParams(keys, vals, 1);
 	if (!q->c || PQstatus(q->c) != CONNECTION_OK) {
+		char *m;
 		pg_err(err, q->c, NULL, "connect");
+		/* the daemon logs this: never a secret libpq quoted (SPEC §6) */
+		m = pgdsn_scrub(err->msg, dsn);
+		dw_err_set(err, "%s", m);
+		free(m);
 		goto fail;
 	}
 	PQsetNoticeProcessor(q->c, quiet_notice, NULL);
@@ -431,6 +437,14 @@ long pgq_forward_spool(struct pgq *q, struct spool *sp, bool orphans, size_t max
 		}
 		if ((r->state != SPOOL_QUEUED && !(orphans && r->state == SPOOL_PENDING)) ||
 		    !r->upstream || !r->idem_key || !r->method || !r->path) {
+			/* Waiting but never built (spool_record_unbuilt): nothing to
+			 * send anywhere, and left waiting it would hold its key. */
+			if ((r->state == SPOOL_QUEUED || (orphans && r->state == SPOOL_PENDING)) &&
+			    !r->method &&
+			    spool_set_state(sp, r->seq, SPOOL_DEAD, r->attempts, r->last_status,
+					    "nothing to send: the mirror was never built",
+					    &rerr) < 0)
+				dw_errlist_add(warns, "%s", rerr.msg);
 			spool_record_clear(r);
 			continue;
 		}

@@ -70,7 +70,7 @@ struct spool_record {
 	char *upstream;		/* mirror upstream name */
 	char *key;		/* ordering key; NULL: unordered */
 	char *idem_key;		/* Idempotency-Key, same on every attempt */
-	char *method;
+	char *method;		/* NULL: never built (see spool_record_unbuilt) */
 	char *path;		/* request target on the upstream, with query */
 	char *content_type;	/* NULL when no body */
 	char *body;		/* NULL when no body; not NUL-terminated necessarily */
@@ -83,6 +83,19 @@ struct spool_record {
 	int64_t updated_us;	/* wall clock of the last state change */
 };
 void spool_record_clear(struct spool_record *r);
+
+/* Whether rec's mirror request was never built — the write could not be
+ * mirrored (body not JSON, malformed tenant, ...), so there is nothing to
+ * send, and requeue and replay must refuse it. The daemon journals such a
+ * write with no method (the frame format is unchanged: the method string is
+ * written absent). Dead letters of older versions carry a method; theirs is
+ * told by no attempt and no status, which only the daemon's capture gives a
+ * dead letter (every other one was sent at least once). */
+static inline bool spool_record_unbuilt(const struct spool_record *rec)
+{
+	return !rec->method ||
+	       (rec->state == SPOOL_DEAD && rec->attempts == 0 && rec->last_status == 0);
+}
 
 struct spool_opts {
 	uint64_t max_bytes;	/* new records that would make the waiting (pending,

@@ -567,7 +567,7 @@ class Daemon:
         env.update(self.env)
         self.logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.logf,
-                                     stderr=self.logf, cwd=REPO_ROOT, close_fds=True)
+                                     stderr=self.logf, cwd=REPO_ROOT, close_fds=True, env=env)
         if wait:
             self.wait_ready()
         return self

@@ -465,3 +465,61 @@ def test_keys_waiting_in_the_replay_queue_are_pending_not_differences(pg, tmp_pa
     assert code == 1
     assert sorted(rep["pending"]) == ["10", "12"]
     assert diff_set(rep) == {("11", "missing", ())}
+
+
+# ---------------------------------------------------------------- issue 15, issue 10 #7
+
+
+def test_verify_and_backfill_read_an_include_from_any_cwd(pg, tmp_path):
+    # The table mapping lives in an @include'd file next to the main one;
+    # verify read the configuration a second time relative to the cwd and
+    # broke when run from another folder.
+    conf = gear(pg, tmp_path, rows=50)
+    text = conf.read_text()
+    start = text.index("tables = (")
+    (tmp_path / "tables.inc").write_text(text[start:])
+    conf.write_text(text[:start] + '@include "tables.inc"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def run(*args):
+        return subprocess.run([str(DW), *map(str, args)], env=pg, capture_output=True,
+                              text=True, timeout=120, cwd=str(elsewhere))
+
+    r = run("backfill", "-c", conf, "--table", "equipment")
+    assert r.returncode == 0, r.stderr
+    r = run("verify", "-c", conf, "--table", "equipment")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    sql(pg, TGT_DB, "UPDATE gear_items SET brand = 'other' WHERE id = 3")
+    r = run("verify", "-c", conf, "--table", "equipment")
+    assert r.returncode == 1 and re.search(r"^\s+changed\s+3\b", r.stdout, re.M), (r.stdout,
+                                                                                  r.stderr)
+
+
+@pytest.mark.parametrize("form", ["keyword", "uri"])
+def test_connection_errors_never_show_the_password(tmp_path, form):
+    # No cluster needed: a port nothing listens on. The whole DSN used to be
+    # printed, password and all (SPEC 6: no command prints a password).
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    secret = "Sup3rSecretPw"
+    try:
+        if form == "keyword":
+            dsn = (f"host=127.0.0.1 port={port} user=app password={secret} dbname=gear "
+                   f"connect_timeout=3")
+        else:
+            dsn = f"postgresql://app:{secret}@127.0.0.1:{port}/gear?connect_timeout=3"
+        conf = write_conf(tmp_path, "equipment", "old_equipment", "gear_items", GEAR_COLUMNS,
+                          src_dsn=dsn)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        for cmd in (["verify"], ["backfill"], ["backfill", "--dry-run"]):
+            r = dw(env, cmd[0], "-c", conf, "--table", "equipment", *cmd[1:])
+            assert r.returncode == 1, (cmd, r.returncode, r.stdout, r.stderr)
+            assert "cannot connect" in r.stderr, r.stderr
+            assert secret not in r.stdout + r.stderr, (cmd, r.stdout, r.stderr)
+            assert "password=***" in r.stderr and "user=app" in r.stderr, r.stderr
+            assert f"port={port}" in r.stderr, r.stderr
+    finally:
+        s.close()

@@ -169,6 +169,153 @@ def test_listen_address_in_use_exits_1(dw, backend):
         taken.close()
 
 
+def _second_daemon_must_fail(dw, backend, first, **over):
+    """A second dualwrited with its own queue and the given addresses of the
+    first: it must exit (1: a runtime failure, SPEC 2) naming the address,
+    and the first must keep serving."""
+    d2 = dw({"legacy": backend.url}, start=False, name="second")
+    for k, v in over.items():
+        setattr(d2, k, v)
+    d2.write_config()
+    d2.start(wait=False)
+    rc = d2.wait_exit(10)
+    if rc is None:
+        raise AssertionError("a second daemon started on an address the first holds; log:\n%s"
+                             % d2.log_text())
+    d2.stopped_by_test = True
+    assert rc == 1, "exit %r, want 1 (runtime failure); log:\n%s" % (rc, d2.log_text())
+    port = over.get("port", over.get("admin_port"))
+    assert "127.0.0.1:%d" % port in d2.log_text(), d2.log_text()
+    assert "in use" in d2.log_text(), d2.log_text()
+    assert d2.queue_dir != first.queue_dir
+    backend.reply(200, b"first")
+    assert request(first.port, "GET", "/still").body == b"first"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_second_daemon_on_the_same_listen_address_fails(dw, backend, workers):
+    # SO_REUSEPORT let a second daemon (another queue) join the first's
+    # address silently: traffic split between two queues, per-key order gone.
+    first = dw({"legacy": backend.url}, extra={"workers": workers})
+    _second_daemon_must_fail(dw, backend, first, port=first.port)
+
+
+def test_a_burst_of_connections_is_served_by_every_worker(dw, backend):
+    # The workers share one listening socket; a worker that accepts while it
+    # holds more than another hands the connection over (accept_cb). Every
+    # connection of a burst is served, on whichever worker it lands.
+    backend.reply(200, b"ok")
+    d = dw({"legacy": backend.url}, extra={"workers": 3})
+    conns = [Conn(d.port) for _ in range(30)]
+    try:
+        for i, c in enumerate(conns):
+            c.send(b"GET /c%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+        for c in conns:
+            r = c.read_response()
+            assert r.status == 200 and r.body == b"ok", r
+        for i, c in enumerate(conns):  # still open, still served (keep-alive)
+            assert c.request("GET", "/again%d" % i).status == 200
+    finally:
+        for c in conns:
+            c.close()
+    assert d.metric("dualwrite_connections_total") == 30
+
+
+def test_second_daemon_on_the_same_admin_address_fails(dw, backend):
+    first = dw({"legacy": backend.url})
+    _second_daemon_must_fail(dw, backend, first, admin_port=first.admin_port)
+
+
+def test_admin_on_a_non_loopback_address_warns(tmp_path, dw, backend):
+    # Valid, but /metrics and /status open to the network: -t says so on
+    # stderr, and the daemon logs it at every load.
+    text = good_config(tmp_path).replace('admin = { listen = "127.0.0.1:',
+                                         'admin = { listen = "0.0.0.0:')
+    p = write(tmp_path, "open.conf", text)
+    r = run("-t", "-c", p)
+    assert r.returncode == 0, r
+    assert re.search(r"warning: .*open\.conf:2: admin\.listen: .*not a loopback", r.stderr), r
+    r = run("-t", "-c", write(tmp_path, "good.conf", good_config(tmp_path)))
+    assert r.returncode == 0 and "warning" not in r.stderr, r
+
+    d = dw({"legacy": backend.url}, extra={"admin": {"listen": "0.0.0.0:%d" % free_port()}},
+           start=False)
+    d.admin_port = int(d.settings()["admin"]["listen"].rsplit(":", 1)[1])
+    d.start()
+    assert d.log_text().count("is not a loopback address") == 1, d.log_text()
+    d.reload(d.config_text())
+    assert d.log_text().count("is not a loopback address") == 2, d.log_text()
+
+
+class NotifySocket:
+    """A fake systemd: an abstract unix datagram socket collecting what the
+    daemon notifies, in order."""
+
+    def __init__(self):
+        self.name = "@dw-test-%d-%d" % (os.getpid(), free_port())
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + self.name[1:])
+        self.sock.settimeout(0.1)
+        self.msgs = []
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping:
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.msgs.extend(data.decode().split("\n"))
+
+    def lines(self):
+        with self.lock:
+            return list(self.msgs)
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(2)
+        self.sock.close()
+
+
+def test_watchdog_is_withheld_while_a_worker_is_wedged(dw, backend):
+    # WATCHDOG=1 came from the main loop alone, so a worker stuck in a
+    # callback was never noticed. With WATCHDOG_USEC = 1 s the daemon checks
+    # every 0.5 s; the test seam wedges worker 1 of 2 after 2 s, until SIGTERM.
+    ns = NotifySocket()
+    try:
+        d = dw({"legacy": backend.url}, extra={"workers": 2},
+               env={"NOTIFY_SOCKET": ns.name, "WATCHDOG_USEC": "1000000",
+                    "DW_TEST_WEDGE_WORKER_AFTER_MS": "2000"})
+        wait_for(lambda: ns.lines().count("WATCHDOG=1") >= 2, 10,
+                 "WATCHDOG=1 while every worker turns its loop")
+        stalled = wait_for(lambda: next((i for i, m in enumerate(ns.lines())
+                                         if m.startswith("STATUS=worker 1 stalled")), None), 10,
+                           "STATUS saying worker 1 stalled")
+        assert "READY=1" in ns.lines()[:stalled]
+        # Three check periods with the worker still wedged, then a marker that
+        # must arrive through the same socket: a reload's RELOADING=1 / READY=1.
+        time.sleep(1.5)
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: "RELOADING=1" in ns.lines()[stalled:] and
+                 "READY=1" in ns.lines()[ns.lines().index("RELOADING=1", stalled):], 10,
+                 "the reload marker")
+        after = ns.lines()[stalled:]
+        assert "WATCHDOG=1" not in after, after
+        assert "worker 1 has not turned its event loop" in d.log_text(), d.log_text()
+        # The main loop and worker 0 still serve (the listen socket is shared).
+        backend.reply(200, b"ok")
+        ok = sum(request(d.port, "GET", "/x").status == 200 for _ in range(3))
+        assert ok >= 1
+    finally:
+        ns.close()
+
+
 # ---------------------------------------------------------------- admin
 
 

@@ -630,6 +630,101 @@ def test_malformed_tenant_is_served_and_dead_lettered(dw, make_backend):
     assert len(target.requests) == 1 and target.accepts == 1, target.requests
 
 
+def test_requeue_refuses_dead_letters_whose_mirror_was_never_built(dw, make_backend):
+    # A malformed tenant or a body that is not JSON leaves nothing to send:
+    # requeue used to replay such a dead letter as a bodiless POST and count
+    # it delivered. A dead letter that was built (the target said 422) is
+    # requeued and replayed as before.
+    legacy = json_backend(make_backend, "legacy", 201, {"id": "dev-9"})
+    target = json_backend(make_backend, "target", 422, {"error": "not yet"})
+    d = ml.mirror_daemon(dw, legacy.url, target.url, ml.iot_routes(), target="v2",
+                         tenant={"header": "X-Tenant-ID", "default": "default_tenant_id"})
+    sends = [
+        dict(doc={"name": "Built", "type": "sensor"}, headers=[("X-Tenant-ID", "tenant-b")]),
+        dict(doc={"name": "Boiler", "type": "sensor"}, headers=[("X-Tenant-ID", "bad tenant!")]),
+        dict(body=b"this is not json", headers=[("Content-Type", "text/plain")]),
+    ]
+    for i, kw in enumerate(sends):
+        assert ml.send_json(d.port, "POST", "/devices", **kw).status == 201
+        ml.wait_outcomes(d, lambda o: o["result"] == "dead", i + 1, 5, "%d dead" % (i + 1))
+    assert len(target.wait_requests(1)) == 1
+    dead = ml.queue_list(d.conf_path, dead=True)
+    assert len(dead) == 3, dead
+    tenant_seq = next(x["seq"] for x in dead if "tenant" in x["line"].lower())
+    json_seq = next(x["seq"] for x in dead if "json" in x["line"].lower())
+    assert "never built" in ml.queue_show(d.conf_path, tenant_seq)
+
+    out = ml.cli(d.conf_path, "queue", "requeue", tenant_seq)
+    assert out.returncode == 1, (out.returncode, out.stdout, out.stderr)
+    assert ("nothing to send: the mirror was never built (reason: malformed tenant in "
+            "X-Tenant-ID header)") in out.stderr, out.stderr
+    assert "dead" in ml.queue_show(d.conf_path, tenant_seq).split("\n")[1]
+
+    target.reply(201, b'{"ok": true}', [("Content-Type", "application/json")])
+    out = ml.cli(d.conf_path, "queue", "requeue", "--all-dead")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert "requeued 1 dead record\n" in out.stderr, out.stderr
+    assert "skipped 2 dead records whose mirror was never built" in out.stderr, out.stderr
+    out = ml.cli(d.conf_path, "replay", "--once")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    reqs = target.wait_requests(2)
+    assert len(reqs) == 2, reqs
+    assert json.loads(reqs[1].body)["name"] == "Built", reqs[1]
+    assert sorted(x["seq"] for x in ml.queue_list(d.conf_path, dead=True)) == \
+        sorted([tenant_seq, json_seq])
+    assert ml.queue_stats(d.conf_path)["queued"] == 0
+
+
+def _crc32c(data, crc=0xFFFFFFFF):
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc
+
+
+def append_state_frame(queue_dir, seq, state, error):
+    """Append a STATE frame (lib/spool.c's format) to the queue's last segment,
+    as another process would: here to leave a record waiting that no command
+    can make waiting any more."""
+    import glob
+    import struct
+    seg = sorted(glob.glob(os.path.join(queue_dir, "seg-*.log")))[-1]
+    e = error.encode()
+    payload = struct.pack("<BIIq", state, 0, 0, int(time.time() * 1e6)) + \
+        struct.pack("<I", len(e)) + e
+    typeseq = struct.pack("<BQ", 5, seq)
+    crc = _crc32c(payload, _crc32c(typeseq)) ^ 0xFFFFFFFF
+    frame = struct.pack("<III", 0x31515744, len(payload), crc) + typeseq + payload
+    with open(seg, "ab") as f:
+        f.write(frame)
+
+
+def test_replay_never_sends_a_mirror_that_was_never_built(dw, make_backend):
+    # Defence in depth: an unbuilt write left waiting (a daemon killed between
+    # journaling it and its dead letter, or an older version's requeue) is
+    # dead-lettered by replay, not sent as a bodiless request counted delivered.
+    legacy = json_backend(make_backend, "legacy", 201, {"id": "dev-9"})
+    target = json_backend(make_backend, "target", 201, {"ok": True})
+    d = ml.mirror_daemon(dw, legacy.url, target.url, ml.iot_routes(), target="v2",
+                         tenant={"header": "X-Tenant-ID", "default": "default_tenant_id"})
+    assert ml.send_json(d.port, "POST", "/devices", {"name": "Boiler", "type": "sensor"},
+                        headers=[("X-Tenant-ID", "bad tenant!")]).status == 201
+    ml.wait_outcomes(d, lambda o: o["result"] == "dead", 1, 5, "dead")
+    assert d.stop() == 0
+    seq = ml.queue_list(d.conf_path, dead=True)[0]["seq"]
+    append_state_frame(d.queue_dir, seq, 2, "left waiting")
+    assert [x["seq"] for x in ml.queue_list(d.conf_path)] == [seq]
+
+    out = ml.cli(d.conf_path, "replay", "--once")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert target.accepts == 0 and target.requests == [], target.requests
+    dead = ml.queue_list(d.conf_path, dead=True)
+    assert [x["seq"] for x in dead] == [seq], dead
+    assert "nothing to send: the mirror was never built" in dead[0]["line"], dead
+    assert ml.queue_stats(d.conf_path)["queued"] == 0
+
+
 def test_permanent_4xx_from_target_is_dead_with_status_and_excerpt(svc, dw, make_backend):
     target = json_backend(make_backend, "target", 422,
                           {"error": "unprocessable: category kayak not allowed"})

@@ -423,6 +423,12 @@ def test_upstream_down_gives_502(dw, backend):
         assert time.monotonic() - t0 < 3 * SLOW
         r = request(d.port, "POST", "/down", body=b"{}")
         assert_json_error(r, 502)
+        # The client learns the kind of failure, not the topology behind us;
+        # the log keeps the upstream's name and address.
+        assert r.json() == {"error": "upstream unreachable"}, r.body
+        port = closed.url.rsplit(":", 1)[1]
+        assert "legacy" not in r.body.decode() and port not in r.body.decode(), r.body
+        assert "127.0.0.1:%s" % port in d.log_text(), d.log_text()
     finally:
         closed.close()
 
@@ -434,6 +440,8 @@ def test_upstream_silent_gives_504(dw, backend):
     r = request(d.port, "GET", "/silent")
     took = time.monotonic() - t0
     assert_json_error(r, 504)
+    assert r.json() == {"error": "upstream timed out"}, r.body
+    assert 'upstream "legacy" timed out after 500 ms' in d.log_text(), d.log_text()
     assert 0.4 <= took < 3 * SLOW, "504 after %.2fs with timeout_ms = 500" % took
     assert backend.targets() == ["/silent"]
 
@@ -442,6 +450,7 @@ def test_upstream_reset_gives_502(daemon, backend):
     backend.reply(action="reset")
     r = request(daemon.port, "GET", "/reset")
     assert_json_error(r, 502)
+    assert r.json() == {"error": "upstream closed the connection"}, r.body
     assert backend.requests, "the request never reached the backend"
 
 

@@ -15,6 +15,7 @@
 
 #include "expr.h"
 #include "jsonfast.h"
+#include "pgdsn.h"
 
 /* Type OIDs from pg_type.dat; stable across PostgreSQL versions. */
 #define OID_BOOL 16
@@ -134,15 +135,20 @@ PGconn *pgu_connect(const char *dsn, const char *side, struct dw_err *err)
 		return NULL;
 	}
 	if (PQstatus(c) != CONNECTION_OK) {
-		char what[128];
+		/* Never the password: the DSN in its display form, and libpq's
+		 * message with any secret it quotes masked (SPEC §6). */
+		char *shown = pgdsn_display(dsn);
+		char *m = pgdsn_scrub(PQerrorMessage(c), dsn);
+		char what[300];
 		snprintf(what, sizeof(what), "%s database (dsn \"%s\"): cannot connect: ", side,
-			 dsn && *dsn ? dsn : "PG* environment");
+			 shown);
 		/* libpq's message may span lines; keep the first one. */
-		const char *m = PQerrorMessage(c);
 		const char *nl = strchr(m, '\n');
 		char first[400];
 		snprintf(first, sizeof(first), "%.*s", nl ? (int)(nl - m) : (int)strlen(m), m);
 		chomp_err(err, what, first);
+		free(shown);
+		free(m);
 		PQfinish(c);
 		return NULL;
 	}
@@ -452,7 +458,7 @@ static int tr_setting(struct tr *t, const config_setting_t *s, bool nested, bool
 static const config_setting_t *raw_columns(config_t *lc, const struct dw_config *cfg,
 					   const char *table)
 {
-	if (!cfg->path || config_read_file(lc, cfg->path) != CONFIG_TRUE)
+	if (!cfg->path || config_read_path(lc, cfg->path) != CONFIG_TRUE)
 		return NULL;
 	const config_setting_t *tables = config_lookup(lc, "tables");
 	if (!tables)

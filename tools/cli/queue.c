@@ -32,7 +32,9 @@ static void queue_usage(FILE *f)
 		"  list             waiting records (pending, queued); --dead: dead letters\n"
 		"  show SEQ         every field of one record, with its body\n"
 		"  requeue SEQ      put a dead letter back in the queue (attempts reset);\n"
-		"                   --all-dead: every dead letter\n"
+		"                   --all-dead: every dead letter. One whose mirror was\n"
+		"                   never built (body not JSON, bad tenant) is refused:\n"
+		"                   there is nothing to send\n"
 		"  purge --dead     drop every dead letter for good\n"
 		"\n"
 		"With queue.postgres set, stats also counts the shared PostgreSQL queue by\n"
@@ -211,7 +213,10 @@ static int do_show(struct spool *sp, uint64_t seq)
 	printf("upstream     %s\n", r.upstream ? r.upstream : "-");
 	printf("key          %s\n", r.key ? r.key : "-");
 	printf("idempotency  %s\n", r.idem_key ? r.idem_key : "-");
-	printf("request      %s %s\n", r.method ? r.method : "-", r.path ? r.path : "-");
+	if (spool_record_unbuilt(&r))
+		printf("request      never built: nothing to send (see last error)\n");
+	else
+		printf("request      %s %s\n", r.method, r.path ? r.path : "-");
 	printf("request-id   %s\n", r.request_id ? r.request_id : "-");
 	printf("created      %s\n", t);
 	if (r.updated_us) {
@@ -237,8 +242,12 @@ static int do_show(struct spool *sp, uint64_t seq)
 	return 0;
 }
 
-/* Move one record from DEAD to st; prints what was done. */
-static int move_dead(struct spool *sp, uint64_t seq, enum spool_state st)
+enum { MOVE_FAILED = -1, MOVE_DONE = 0, MOVE_UNBUILT = 1 };
+
+/* Move one record from DEAD to st; prints what was done. A dead letter whose
+ * mirror was never built is not requeued: MOVE_UNBUILT (said on stderr when
+ * loud). */
+static int move_dead(struct spool *sp, uint64_t seq, enum spool_state st, bool loud)
 {
 	struct spool_record r;
 	struct dw_err err = {{0}};
@@ -254,6 +263,15 @@ static int move_dead(struct spool *sp, uint64_t seq, enum spool_state st)
 			spool_state_name(r.state));
 		spool_record_clear(&r);
 		return -1;
+	}
+	if (st == SPOOL_QUEUED && spool_record_unbuilt(&r)) {
+		if (loud)
+			fprintf(stderr,
+				"dualwrite queue: record %" PRIu64 " cannot be requeued: nothing to "
+				"send: the mirror was never built (reason: %s)\n",
+				seq, r.last_error ? r.last_error : "unknown");
+		spool_record_clear(&r);
+		return MOVE_UNBUILT;
 	}
 	if (st == SPOOL_QUEUED) {
 		snprintf(why, sizeof(why), "requeued by operator (was: %s)",
@@ -275,19 +293,27 @@ static int move_dead(struct spool *sp, uint64_t seq, enum spool_state st)
 
 static int move_all_dead(struct spool *sp, enum spool_state st)
 {
-	size_t n, ok = 0;
+	size_t n, ok = 0, unbuilt = 0;
 	uint64_t *seqs = all_seqs(sp, SPOOL_DEAD, &n);
-	int rc = 0;
+	int rc = 0, m;
 
 	for (size_t i = 0; i < n; i++) {
-		if (move_dead(sp, seqs[i], st) < 0)
+		m = move_dead(sp, seqs[i], st, false);
+		if (m == MOVE_FAILED)
 			rc = 1;
+		else if (m == MOVE_UNBUILT)
+			unbuilt++;
 		else
 			ok++;
 	}
 	free(seqs);
 	fprintf(stderr, "%s %zu dead record%s\n", st == SPOOL_QUEUED ? "requeued" : "purged", ok,
 		ok == 1 ? "" : "s");
+	if (unbuilt)
+		fprintf(stderr,
+			"skipped %zu dead record%s whose mirror was never built (nothing to send; "
+			"`queue list --dead` shows why, `queue purge --dead` drops them)\n",
+			unbuilt, unbuilt == 1 ? "" : "s");
 	return rc;
 }
 
@@ -388,7 +414,7 @@ int cmd_queue(int argc, char **argv)
 		rc = do_show(sp, seq);
 	else if (!strcmp(action, "requeue"))
 		rc = all_dead ? move_all_dead(sp, SPOOL_QUEUED)
-			      : (move_dead(sp, seq, SPOOL_QUEUED) < 0 ? 1 : 0);
+			      : (move_dead(sp, seq, SPOOL_QUEUED, true) != MOVE_DONE ? 1 : 0);
 	else
 		rc = move_all_dead(sp, SPOOL_PURGED);
 	if (write && spool_sync(sp, &err) < 0) {

@@ -248,7 +248,9 @@ struct result {
 	int64_t lat;
 };
 
-enum { DELIVER_SENT = 0, DELIVER_UNKNOWN_UPSTREAM = 1, DELIVER_DRY = 2 };
+enum { DELIVER_SENT = 0, DELIVER_UNKNOWN_UPSTREAM = 1, DELIVER_DRY = 2, DELIVER_UNBUILT = 3 };
+
+#define UNBUILT_REASON "nothing to send: the mirror was never built"
 
 /* Send rec once, with its Idempotency-Key, and classify the answer with the
  * route's table — the same for a local record and a PostgreSQL row. */
@@ -266,6 +268,19 @@ static int deliver(struct replay *r, const char *where, const struct spool_recor
 	size_t nh = 0;
 
 	memset(res, 0, sizeof(*res));
+	/* Never send what was never built (a bodiless default request would be
+	 * counted delivered): dead, whatever state it arrived in. */
+	if (!rec->method) {
+		res->k = MIRROR_PERMANENT;
+		snprintf(res->reason, sizeof(res->reason), UNBUILT_REASON " (was: %s)",
+			 rec->last_error ? rec->last_error : "unknown");
+		if (r->dry_run) {
+			printf("would dead-letter %s%" PRIu64 ": %s\n", where, rec->seq,
+			       res->reason);
+			return DELIVER_DRY;
+		}
+		return DELIVER_UNBUILT;
+	}
 	ui = config_upstream_index(r->cfg, rec->upstream);
 	if (ui < 0)
 		return DELIVER_UNKNOWN_UPSTREAM;
@@ -298,7 +313,7 @@ static int deliver(struct replay *r, const char *where, const struct spool_recor
 	req.port = up->port;
 	req.tls = up->tls;
 	req.host_header = up->host_header;
-	req.method = rec->method ? rec->method : "POST";
+	req.method = rec->method;
 	req.path = path;
 	req.headers = hdrs;
 	req.nheaders = nh;
@@ -391,6 +406,16 @@ static int send_one(struct replay *r, uint64_t seq)
 	}
 	if (d == DELIVER_DRY) {
 		rc = 0;
+		goto out;
+	}
+	if (d == DELIVER_UNBUILT) {
+		if (spool_set_state(r->sp, seq, SPOOL_DEAD, rec.attempts, rec.last_status, res.reason,
+				    &err) < 0)
+			goto spool_fail;
+		outcome(r, "seq=", &rec, "dead, not sent", 0, res.reason, 0);
+		r->dead++;
+		bo_forget(r, seq);
+		rc = 1;
 		goto out;
 	}
 	if (res.k == MIRROR_DELIVERED) {
@@ -524,9 +549,15 @@ static long pg_pass(struct replay *r)
 		struct spool_record *rec = &recs[i];
 		enum spool_state st;
 		const char *what;
-		if (deliver(r, "pg id=", rec, &res) != DELIVER_SENT)
+		int d = deliver(r, "pg id=", rec, &res);
+		if (d != DELIVER_SENT && d != DELIVER_UNBUILT)
 			continue; /* dry run (the claim filters unknown upstreams) */
-		if (res.k == MIRROR_DELIVERED) {
+		if (d == DELIVER_UNBUILT) {
+			st = SPOOL_DEAD;
+			what = "dead, not sent";
+			res.attempts = rec->attempts;
+			r->dead++;
+		} else if (res.k == MIRROR_DELIVERED) {
 			st = SPOOL_DELIVERED;
 			what = "delivered";
 			r->delivered++;
