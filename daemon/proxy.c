@@ -45,6 +45,7 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,6 +138,7 @@ struct conn {
 	TAILQ_ENTRY(conn) qlink; /* worker->stateq[state] when state_queued(state) */
 	struct worker *w;
 	struct bufferevent *bev; /* owns the socket; NULL while PARKED */
+	struct evbuffer *tls_out; /* TLS: what is written to the client (conn_out) */
 	struct exchange *x;	 /* NULL between requests */
 	int64_t since;		 /* entered its queued state (monotonic us) */
 	evutil_socket_t fd;	 /* owned here while bev is NULL */
@@ -146,7 +148,7 @@ struct conn {
 	bool rd_paused;	  /* rd_ev off: the input is at its bound (conn_read_resume) */
 	bool rd_done;	  /* rd_ev off for good: EOF, error, closing */
 	bool rd_big;	  /* the last read filled its reservation: reserve more */
-	bool tls;	  /* an OpenSSL bufferevent does the socket I/O (see proxy_accept) */
+	bool tls;	  /* an OpenSSL bufferevent does the socket I/O (conn_attach_tls) */
 	bool tls_ready;	  /* its handshake is done */
 	/* The client's address, formatted only when needed (conn_peer). */
 	unsigned char peer_af; /* AF_INET, AF_INET6 or 0: unknown */
@@ -155,6 +157,14 @@ struct conn {
 	TAILQ_ENTRY(conn) flink; /* worker->flushq while flush_queued */
 	unsigned char flush_queued; /* FLUSH_* to do at the end of the iteration */
 };
+/* Where the answer to the client is written: the bufferevent's output, or
+ * for TLS a buffer of our own that conn_flush_tls empties (writing to the
+ * OpenSSL bufferevent's output arms its write event at once). */
+static inline struct evbuffer *conn_out(const struct conn *c)
+{
+	return c->tls ? c->tls_out : bufferevent_get_output(c->bev);
+}
+
 #define FLUSH_CLIENT 1 /* the answer */
 #define FLUSH_UP 2     /* the request, to c->x->up */
 
@@ -372,6 +382,9 @@ static void conn_close(struct conn *c, const char *reason)
 		bufferevent_free(c->bev); /* closes the socket once released */
 	else
 		evutil_closesocket(c->fd);
+	if (c->tls_out)
+		evbuffer_free(c->tls_out);
+	c->tls_out = NULL;
 	TAILQ_REMOVE(&w->conns, c, link);
 	w->nconns--;
 	__atomic_fetch_sub(&w->srv->active_conns, 1, __ATOMIC_RELAXED);
@@ -425,7 +438,39 @@ static void json_escape_into(struct evbuffer *out, const char *s)
 
 static void conn_next(struct conn *c);
 
-/* Close once everything queued for the client is written. */
+/*
+ * conn_flush for TLS. An answer that fits one record (the usual case) is
+ * pulled up into one chain and written now with one SSL_write: one record,
+ * one send(2), and no write event armed and disarmed (two epoll_ctl and a
+ * loop iteration per answer), which is what handing it to the OpenSSL
+ * bufferevent costs. What is not written so (a bigger answer, a full
+ * socket, a handshake not yet done, an error) goes to the bufferevent's
+ * output behind anything still there: it writes it (a retried SSL_write
+ * sees the same bytes first, as OpenSSL requires) and reports errors
+ * through conn_event_cb; conn_write_cb disarms it once empty.
+ */
+static void conn_flush_tls(struct conn *c, struct evbuffer *out)
+{
+	struct evbuffer *bout = bufferevent_get_output(c->bev);
+	size_t len = evbuffer_get_length(out);
+
+	if (len <= TLS_RECORD_MAX && c->tls_ready && evbuffer_get_length(bout) == 0) {
+		unsigned char *p = evbuffer_pullup(out, -1);
+		int n;
+
+		ERR_clear_error();
+		n = SSL_write(bufferevent_openssl_get_ssl(c->bev), p, (int)len);
+		if (n > 0)
+			evbuffer_drain(out, (size_t)n);
+		else
+			ERR_clear_error(); /* the bufferevent's own retry reports it */
+		if (evbuffer_get_length(out) == 0)
+			return;
+	}
+	evbuffer_add_buffer(bout, out);
+	bufferevent_enable(c->bev, EV_WRITE);
+}
+
 /*
  * Write what is queued for the client now. The write event is armed only for
  * what the socket did not take, and disarmed again in conn_write_cb once the
@@ -437,7 +482,7 @@ static void conn_flush(struct conn *c)
 
 	if (c->state == CS_CLOSED)
 		return;
-	out = bufferevent_get_output(c->bev);
+	out = conn_out(c);
 	if (evbuffer_get_length(out) == 0)
 		return;
 	if (c->client_gone) {
@@ -445,12 +490,7 @@ static void conn_flush(struct conn *c)
 		return;
 	}
 	if (c->tls) {
-		/* The bufferevent encrypts and writes (conn_write_cb disarms it);
-		 * it writes a TLS record per chain of the output: in one chain, an
-		 * answer goes out as one record and one send(2). */
-		if (evbuffer_get_length(out) <= TLS_RECORD_MAX)
-			evbuffer_pullup(out, -1);
-		bufferevent_enable(c->bev, EV_WRITE);
+		conn_flush_tls(c, out);
 		return;
 	}
 	if (evbuffer_write_unfrozen(out, bufferevent_getfd(c->bev)) < 0 &&
@@ -529,7 +569,7 @@ static void respond_error(struct conn *c, int status, const char *msg, bool clos
 
 	if (c->state == CS_CLOSED)
 		return;
-	out = bufferevent_get_output(c->bev);
+	out = conn_out(c);
 	body = evbuffer_new();
 	evbuffer_add_printf(body, "{\"error\": \"");
 	json_escape_into(body, msg);
@@ -716,6 +756,9 @@ static int conn_attach_tls(struct conn *c, SSL_CTX *ctx)
 
 	if (!ssl)
 		return -1;
+	/* A write conn_flush_tls began and the socket did not take is retried
+	 * by the bufferevent from its own output (same bytes, moved chain). */
+	SSL_set_mode(ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	c->bev = bufferevent_openssl_socket_new(c->w->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
 						BEV_OPT_CLOSE_ON_FREE);
 	if (!c->bev) {
@@ -723,6 +766,9 @@ static int conn_attach_tls(struct conn *c, SSL_CTX *ctx)
 		return -1;
 	}
 	c->tls = true;
+	c->tls_out = evbuffer_new();
+	if (!c->tls_out)
+		dw_oom(0);
 	/* A client closing without close_notify is an EOF, as on plain TCP. */
 	bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
 	bufferevent_setcb(c->bev, conn_tls_read_cb, conn_write_cb, conn_event_cb, c);
@@ -792,7 +838,8 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 /* Is an answer still being written (more than the kernel took)? */
 static bool conn_writing(const struct conn *c)
 {
-	return c->bev && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0;
+	return c->bev && (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0 ||
+			  (c->tls && evbuffer_get_length(c->tls_out) > 0));
 }
 
 /* Close c between requests, but only once what it was answered is written:
@@ -994,7 +1041,7 @@ static void on_head(struct conn *c)
 	/* Expect: 100-continue is ours to answer; it is never forwarded. */
 	if (c->x->req.expect_continue && c->x->req.version_minor == 1 &&
 	    evbuffer_get_length(in) == 0) {
-		bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+		evbuffer_add(conn_out(c), "HTTP/1.1 100 Continue\r\n\r\n", 25);
 		conn_flush(c);
 		if (c->state == CS_CLOSED)
 			return;
@@ -1303,7 +1350,7 @@ static void dechunk_emit(void *arg, const char *p, size_t n)
 {
 	struct conn *c = arg;
 
-	evbuffer_add(c->x->hold ? c->x->held : bufferevent_get_output(c->bev), p, n);
+	evbuffer_add(c->x->hold ? c->x->held : conn_out(c), p, n);
 	capture_emit(c, p, n);
 }
 
@@ -1393,7 +1440,7 @@ static void start_response(struct conn *c)
 		}
 	}
 
-	out = c->x->hold ? c->x->held : bufferevent_get_output(c->bev);
+	out = c->x->hold ? c->x->held : conn_out(c);
 	head_begin(out, c->x->resp.raw_len + c->x->resp.nheaders + HEAD_EXTRA, &v, &t);
 	dw_text_lit(&t, "HTTP/1.1 ");
 	dw_text_u64(&t, (uint64_t)c->x->status);
@@ -1471,7 +1518,7 @@ static void release_hold(struct conn *c)
 	c->x->capture_overflow = true;
 	do_mirror(c); /* dead-letters: the reply is not available to map */
 	mirror_commit(c->w->mirror);
-	evbuffer_add_buffer(bufferevent_get_output(c->bev), c->x->held);
+	evbuffer_add_buffer(conn_out(c), c->x->held);
 	c->x->hold = false;
 }
 
@@ -1500,7 +1547,7 @@ static void body_pump(struct conn *c)
 {
 	struct bufferevent *ub = upconn_bev(c->x->up);
 	struct evbuffer *src = bufferevent_get_input(ub);
-	struct evbuffer *dst = c->x->hold ? c->x->held : bufferevent_get_output(c->bev);
+	struct evbuffer *dst = c->x->hold ? c->x->held : conn_out(c);
 	struct dw_err err = {""};
 	bool done = false;
 	size_t used, n;
@@ -1618,7 +1665,7 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
 		body_pump(c);
 		if (c->state == CS_CLOSED || !c->x)
 			return;
-		dst = c->x->hold ? c->x->held : bufferevent_get_output(c->bev);
+		dst = c->x->hold ? c->x->held : conn_out(c);
 		if (c->x->mode == OUT_ENCODE)
 			evbuffer_add(dst, "0\r\n\r\n", 5);
 		response_done(c, false);
@@ -1702,7 +1749,7 @@ void proxy_sync_done(struct worker *w)
 		log_error("queue: fsync failed, answers released without durability: %s", err.msg);
 	while ((c = TAILQ_FIRST(&w->stateq[CS_SYNC]))) {
 		conn_set_state(c, CS_RESPONSE); /* leaves the queue */
-		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->x->held);
+		evbuffer_add_buffer(conn_out(c), c->x->held);
 		response_complete(c);
 	}
 }

@@ -25,8 +25,10 @@ import time
 import pytest
 
 import helpers
+import hashlib
+
 import mirrorlib as ml
-from backends import Backend
+from backends import Reply, stream_sha256
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="needs the openssl CLI")
@@ -153,6 +155,30 @@ def test_tls_listener_serves_https_with_forwarded_proto(dw, backend, certs):
         assert by_target["/tls/%d" % i].header("X-Forwarded-Proto") == "https"
         assert by_target["/tls/%d" % i].header("X-Forwarded-For") == "127.0.0.1"
     assert by_target["/plain"].header("X-Forwarded-Proto") == "http"
+
+
+def test_tls_listener_streams_big_bodies_both_ways_with_keep_alive(dw, backend, certs):
+    size = 8 << 20  # beyond the output's high-water mark: back-pressure on the upstream
+    backend.handler = lambda req: (Reply(200, stream=size) if req.target == "/big"
+                                   else Reply(200, b"%d" % len(req.body)))
+    d = tls_daemon(dw, backend, certs, start=False)
+    d.limits["max_body_bytes"] = 4 << 20
+    d.start()
+    c = http.client.HTTPSConnection("localhost", d.tls_port, context=client_ctx(certs), timeout=20)
+    c.request("GET", "/big")
+    r = c.getresponse()
+    h = hashlib.sha256()
+    while True:
+        chunk = r.read(65536)
+        if not chunk:
+            break
+        h.update(chunk)
+    assert r.status == 200 and h.hexdigest() == stream_sha256(size)
+    body = os.urandom(3 << 20)
+    c.request("POST", "/up", body=body)
+    r = c.getresponse()
+    assert r.status == 200 and r.read() == b"%d" % len(body)  # same TLS connection
+    c.close()
 
 
 def test_tls_listener_resumes_sessions(dw, backend, certs):
