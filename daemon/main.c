@@ -18,6 +18,7 @@
 #include "pgforward.h" /* pgforward wiring */
 #include "jsonarena.h"
 #include "server.h"
+#include "tls.h"
 
 struct dw_config *server_config(struct server *srv)
 {
@@ -81,6 +82,23 @@ static void warn_unverified(const struct dw_config *cfg)
 				 cfg->upstreams[i].name, cfg->upstreams[i].url);
 }
 
+/* When each TLS listener's certificate expires, for an alert well before
+ * (set at every load: a reload with new certificates moves it). */
+static void register_tls_series(struct server *srv, const struct dw_config *cfg)
+{
+	char labels[320], esc[280];
+
+	for (size_t i = 0; i < cfg->nlisten; i++) {
+		if (!cfg->listen_tls[i])
+			continue;
+		snprintf(labels, sizeof(labels), "listen=\"%s\"",
+			 metrics_label_escape(cfg->listen[i], esc, sizeof(esc)));
+		metric_set(metrics_gauge(srv->metrics, "dualwrite_tls_certificate_expiry_timestamp_seconds",
+					 "When a TLS listener's certificate expires (Unix time).", labels),
+			   tls_ctx_not_after(cfg->listen_tls[i]));
+	}
+}
+
 /* ------------------------------------------------------------ reload */
 
 static void warn_nonreloadable(void *arg, const char *key)
@@ -114,6 +132,7 @@ static void do_reload(struct server *srv)
 	warn_unverified(neu);
 	config_unref(old);
 	register_route_series(srv, neu);
+	register_tls_series(srv, neu);
 	pthread_mutex_lock(&srv->cfg_lock);
 	old = srv->cfg;
 	srv->cfg = neu;
@@ -355,6 +374,7 @@ int main(int argc, char **argv)
 		snprintf(srv.instance + 2 * i, 3, "%02x", rnd[i]);
 	server_metrics(&srv);
 	register_route_series(&srv, srv.cfg);
+	register_tls_series(&srv, srv.cfg);
 
 	memset(&so, 0, sizeof(so));
 	so.max_bytes = srv.cfg->queue.max_bytes;

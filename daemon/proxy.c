@@ -1130,6 +1130,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 	if (c->tls && !c->tls_ready) {
 		char peer[INET6_ADDRSTRLEN], why[300];
 
+		metric_inc(c->w->m_tls_failed);
 		log_info("client %s: %s", conn_peer(c, peer, sizeof(peer)),
 			 tls_failure(bufferevent_openssl_get_ssl(bev),
 				     bufferevent_get_openssl_error(bev), why, sizeof(why)));

@@ -305,6 +305,10 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 		    metrics_counter(srv->metrics, "dualwrite_upstream_errors_total",
 				    "Failed upstream exchanges of proxied requests, by kind.", labels);
 	}
+	w->m_tls_failed = metrics_counter(srv->metrics, "dualwrite_tls_handshake_failures_total",
+					  "TLS handshakes with clients that failed (no or untrusted "
+					  "client certificate, protocol mismatch, ...).",
+					  NULL);
 	/* Bind in the caller's thread so a bad address fails start-up loudly. */
 	if (listeners_sync(w, err) < 0) {
 		worker_free(w);

@@ -62,6 +62,7 @@ struct worker {
 	struct exchange *xfree; /* proxy.c's cache of exchanges for reuse */
 	int nxfree;
 	struct metric *m_upstream_err[4]; /* connect, timeout, reset, protocol */
+	struct metric *m_tls_failed;	  /* client handshakes that failed */
 };
 
 /* proxy.c */

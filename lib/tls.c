@@ -9,6 +9,7 @@
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 /* Mozilla "intermediate" (v5.7) for TLS 1.2; TLS 1.3 keeps OpenSSL's suites. */
 #define CIPHERS_TLS12                                                                    \
@@ -191,6 +192,16 @@ SSL *tls_client_new(SSL_CTX *ctx, const char *host, const char *sni, struct dw_e
 		return NULL;
 	}
 	return ssl;
+}
+
+int64_t tls_ctx_not_after(SSL_CTX *ctx)
+{
+	X509 *x = SSL_CTX_get0_certificate(ctx);
+	struct tm tm;
+
+	if (!x || ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) != 1)
+		return -1;
+	return (int64_t)timegm(&tm);
 }
 
 static const char *verify_kind(long v)

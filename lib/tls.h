@@ -22,6 +22,7 @@
 #include <openssl/ssl.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "dw.h"
 
@@ -48,6 +49,9 @@ SSL_CTX *tls_client_ctx_new(const char *ca_file, bool verify, const char *cert, 
  * DNS name or an IP address). NULL with err.
  */
 SSL *tls_client_new(SSL_CTX *ctx, const char *host, const char *sni, struct dw_err *err);
+
+/* When ctx's certificate expires (Unix time), -1 when it has none. */
+int64_t tls_ctx_not_after(SSL_CTX *ctx);
 
 /*
  * Why a handshake on ssl failed, for logs and dead-letter reasons:

@@ -78,7 +78,7 @@ class Certs:
 def certs(tmp_path_factory):
     c = Certs(tmp_path_factory.mktemp("certs"))
     c.server = c.issue("server-1")
-    c.server2 = c.issue("server-2")
+    c.server2 = c.issue("server-2", days=60)
     c.expired = c.issue("expired", days=-1)
     c.wrong_name = c.issue("wrong-name", ext="subjectAltName=DNS:wrong.example")
     c.dns_only = c.issue("dns-only", ext="subjectAltName=DNS:localhost")
@@ -209,6 +209,7 @@ def test_mtls_accepts_a_client_certificate_and_refuses_none(dw, backend, certs):
     assert https_get(d.tls_port, client_ctx(certs, certs.client), "/marker")[0] == 200
     backend.wait_requests(2)
     assert backend.targets() == ["/with-cert", "/marker"]
+    assert d.metric("dualwrite_tls_handshake_failures_total") == 2
     refused = re.compile(r"client 127\.0\.0\.1: TLS (handshake|certificate verify) failed")
     helpers.wait_for(lambda: len(refused.findall(d.log_text())) >= 2, 5,
                      "the refused handshakes in the log")
@@ -250,6 +251,9 @@ def test_certificate_reload_under_load_drops_no_handshake(dw, backend, certs, tm
     live = (str(tmp_path / "live.pem"), str(tmp_path / "live.key"))
     install_cert(live, certs.server)
     d = tls_daemon(dw, backend, certs, cert=live)
+    expiry = lambda: d.metric("dualwrite_tls_certificate_expiry_timestamp_seconds",  # noqa: E731
+                              listen="127.0.0.1:%d" % d.tls_port)
+    assert abs(expiry() - (time.time() + 30 * 86400)) < 3600
     ctx = client_ctx(certs)
     total, bound_s = 2000, 45.0
     seen, failures = [], []
@@ -284,6 +288,7 @@ def test_certificate_reload_under_load_drops_no_handshake(dw, backend, certs, tm
     first_new = seen.index("server-2")
     assert set(seen[first_new:]) == {"server-2"}  # no new connection went back to the old one
     assert https_get(d.tls_port, ctx)[2] == "server-2"
+    assert abs(expiry() - (time.time() + 60 * 86400)) < 3600
 
 
 def test_bad_certificate_on_reload_is_refused_and_the_old_keeps_serving(dw, backend, certs,

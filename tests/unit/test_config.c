@@ -13,8 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "config.h"
+#include "tls.h"
 
 #define FIX "tests/unit/conf/"
 
@@ -466,6 +468,8 @@ static void test_tls(void **state)
 	assert_ptr_equal(config_listen_tls(c, "127.0.0.1:8443"), c->listen_tls[1]);
 	assert_null(config_listen_tls(c, "127.0.0.1:8080"));
 	assert_null(config_listen_tls(c, "127.0.0.1:9999"));
+	/* the fixture certificate is valid for 100 years from when it was made (2026) */
+	assert_true(tls_ctx_not_after(c->listen_tls[1]) > 4000000000LL);
 	/* defaults: system store, verified, SNI from the URL */
 	assert_true(legacy->tls && legacy->verify);
 	assert_non_null(legacy->tls_ctx);
