@@ -27,6 +27,7 @@
 
 struct loader {
 	const char *file;
+	unsigned flags; /* CONFIG_* */
 	struct dw_errlist *errs;
 	size_t nerrs;
 	struct dw_config *c;
@@ -523,6 +524,8 @@ static SSL_CTX *load_listen_tls(struct loader *L, const config_setting_t *t, con
 		lerr(L, sline(t), w, "missing %s (required: cert and key)", !cert ? "cert" : "key");
 		return NULL;
 	}
+	if (L->flags & CONFIG_NO_LISTEN_TLS)
+		return NULL;
 	ctx = tls_server_ctx_new(cert, key, ca, &err);
 	if (!ctx)
 		lerr(L, sline(t), w, "%s", err.msg);
@@ -1355,11 +1358,16 @@ bool config_table_compares(const struct dw_table_map *t, const char *column)
 
 struct dw_config *config_load(const char *path, struct dw_errlist *errs)
 {
+	return config_load_flags(path, 0, errs);
+}
+
+struct dw_config *config_load_flags(const char *path, unsigned flags, struct dw_errlist *errs)
+{
 	static const char *const top_keys[] = { "listen",   "workers",		"admin",
 						"limits",   "upstreams",	"default_upstream",
 						"queue",    "tenant",		"routes",
 						"tables",   "log_level",	NULL };
-	struct loader L = { .file = path, .errs = errs };
+	struct loader L = { .file = path, .flags = flags, .errs = errs };
 	struct dw_config *c = NULL;
 	const config_setting_t *root;
 	config_t cfg;

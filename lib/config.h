@@ -147,6 +147,12 @@ struct dw_config {
  * for file-level errors such as "cannot open").
  */
 struct dw_config *config_load(const char *path, struct dw_errlist *errs);
+/* The same, with CONFIG_NO_LISTEN_TLS: listeners' TLS settings are checked
+ * but their certificates and keys are not read (listen_tls stays NULL), for
+ * the CLI, which never listens and whose user may not read the daemon's
+ * private key. */
+#define CONFIG_NO_LISTEN_TLS 1u
+struct dw_config *config_load_flags(const char *path, unsigned flags, struct dw_errlist *errs);
 /* Take and release a reference (thread-safe). The last unref frees. */
 struct dw_config *config_ref(struct dw_config *c);
 void config_unref(struct dw_config *c);

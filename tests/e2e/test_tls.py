@@ -237,6 +237,18 @@ def test_config_check_loads_certificates_with_file_and_line(dw, backend, certs, 
     assert out.returncode == 0, out
 
 
+def test_cli_does_not_read_the_listeners_private_key(dw, backend, certs, tmp_path):
+    # the operator running `dualwrite queue ...` may not be able to read the daemon's key
+    d = tls_daemon(dw, backend, certs, cert=(certs.server[0], str(tmp_path / "unreadable.key")),
+                   start=False)
+    d.write_config()
+    out = ml.cli(d.conf_path, "queue", "stats")
+    assert out.returncode == 0, out
+    out = subprocess.run([helpers.daemon_binary(), "-t", "-c", d.conf_path], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 2 and "unreadable.key\": cannot open" in out.stderr, out
+
+
 # ---------------------------------------------------------------- reloads
 
 

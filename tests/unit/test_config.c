@@ -483,6 +483,18 @@ static void test_tls(void **state)
 	assert_string_equal(gear->ca_file, "tests/unit/conf/tls/cert.pem");
 	assert_string_equal(gear->key, "tests/unit/conf/tls/key.pem");
 	config_unref(c);
+	/* the CLI's load checks the keys but reads no listener certificate */
+	{
+		struct dw_errlist errs = { 0 };
+		c = config_load_flags(FIX "tls_listen_mismatch.conf", CONFIG_NO_LISTEN_TLS, &errs);
+		assert_non_null(c);
+		assert_int_equal(errs.n, 0);
+		assert_null(c->listen_tls[0]);
+		config_unref(c);
+		assert_null(config_load_flags(FIX "tls_listen_no_key.conf", CONFIG_NO_LISTEN_TLS, &errs));
+		assert_int_equal(errs.n, 1);
+		dw_errlist_free(&errs);
+	}
 }
 
 static void test_multiple_errors(void **state)
