@@ -86,8 +86,8 @@ enum out_mode {
 /* Idle this long, a keep-alive connection gives up its bufferevent (~1 KB):
  * long enough that a busy client never pays for re-creating it. */
 #define PARK_AFTER_MS 1000
-#define DEADLINE_SLACK_US 1000
-#define TLS_RECORD_MAX 16384 /* the most plaintext one TLS record carries */	/* what passes within this is due now */
+#define DEADLINE_SLACK_US 1000	/* what passes within this is due now */
+#define TLS_RECORD_MAX 16384	/* the most plaintext one TLS record carries */
 
 /*
  * Everything that belongs to one request in progress. Allocated when its
@@ -746,8 +746,8 @@ static void conn_park(struct conn *c)
  * TLS the crypto dominates, and reusing the bufferevent keeps one TLS code
  * path shared with the upstream side (pool.c). Reading stops at the same
  * input bound as rd_ev (a read high-water mark) and resumes once the input
- * is consumed. Writes stay batched: EV_WRITE is armed by conn_flush and
- * disarmed by conn_write_cb once the output is empty.
+ * is consumed. Answers are gathered in tls_out and written by
+ * conn_flush_tls at the end of the loop iteration, as plain ones are.
  */
 static int conn_attach_tls(struct conn *c, SSL_CTX *ctx)
 {
@@ -761,10 +761,8 @@ static int conn_attach_tls(struct conn *c, SSL_CTX *ctx)
 	SSL_set_mode(ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	c->bev = bufferevent_openssl_socket_new(c->w->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
 						BEV_OPT_CLOSE_ON_FREE);
-	if (!c->bev) {
-		SSL_free(ssl);
-		return -1;
-	}
+	if (!c->bev) /* only out of memory; who freed the SSL and the socket is unclear */
+		dw_oom(sizeof(struct conn));
 	c->tls = true;
 	c->tls_out = evbuffer_new();
 	if (!c->tls_out)
