@@ -39,7 +39,7 @@ def _alarm(signum, frame):
 
 # The alarm is for this suite's own modules; other files in tests/e2e keep
 # their own bounds.
-BOUNDED_MODULES = {"test_proxy", "test_limits", "test_smuggling", "test_lifecycle"}
+BOUNDED_MODULES = {"test_proxy", "test_limits", "test_smuggling", "test_lifecycle", "test_tls"}
 
 
 @pytest.fixture(autouse=True)
