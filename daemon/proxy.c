@@ -41,6 +41,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/bufferevent_struct.h> /* ev_read of a TLS connection (conn_tls_kick) */
 #include <event2/event_struct.h> /* struct event, embedded in struct conn */
 #include <inttypes.h>
 #include <netinet/in.h>
@@ -651,8 +652,14 @@ static void conn_read_stop(struct conn *c)
 }
 
 /* Reading paused at the input bound goes on once the input is below it. */
+static void conn_tls_kick(struct conn *c);
+
 static void conn_read_resume(struct conn *c)
 {
+	if (c->tls) {
+		conn_tls_kick(c);
+		return;
+	}
 	if (c->rd_paused && !c->rd_done && c->state != CS_CLOSED && c->bev &&
 	    evbuffer_get_length(bufferevent_get_input(c->bev)) < conn_in_high(c)) {
 		c->rd_paused = false;
@@ -706,14 +713,32 @@ static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
 	on_input(c);
 }
 
+/*
+ * Reading a TLS connection paused at the input bound reads at most up to
+ * it: the rest of a record stays decrypted inside OpenSSL, and the socket,
+ * already emptied, will not say "readable" again. Once the input is below
+ * the bound (the bufferevent has taken up reading again), a read is made
+ * to happen; else pipelined requests sent in one go would wait forever.
+ */
+static void conn_tls_kick(struct conn *c)
+{
+	if (c->state == CS_CLOSED || c->rd_done || !c->bev ||
+	    evbuffer_get_length(bufferevent_get_input(c->bev)) >= conn_in_high(c))
+		return;
+	if (SSL_has_pending(bufferevent_openssl_get_ssl(c->bev)))
+		event_active(&c->bev->ev_read, EV_READ, 1);
+}
+
 /* A TLS connection's bufferevent decrypted bytes into its input. */
 static void conn_tls_read_cb(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
 
 	(void)bev;
-	if (c->state != CS_CLOSED && !c->rd_done)
+	if (c->state != CS_CLOSED && !c->rd_done) {
 		on_input(c);
+		conn_tls_kick(c);
+	}
 }
 
 /*

@@ -181,6 +181,26 @@ def test_tls_listener_streams_big_bodies_both_ways_with_keep_alive(dw, backend, 
     c.close()
 
 
+def test_tls_listener_answers_pipelined_requests_beyond_the_input_bound(dw, backend, certs):
+    # ~200 KB of requests in one go: reading pauses at the input bound (max_header_bytes +
+    # 64 KiB) while the first one is upstream, and must go on when it drains, even when
+    # OpenSSL, not the socket, holds the rest
+    n = 400
+    d = tls_daemon(dw, backend, certs)
+    raw = socket.create_connection(("127.0.0.1", d.tls_port), timeout=10)
+    s = client_ctx(certs).wrap_socket(raw, server_hostname="localhost")
+    pad = "x" * 400
+    s.sendall(b"".join(("GET /p/%d HTTP/1.1\r\nHost: x\r\nX-Pad: %s\r\n\r\n" % (i, pad)).encode()
+                       for i in range(n)))
+    buf = b""
+    while buf.count(b"HTTP/1.1 200") < n:
+        chunk = s.recv(65536)
+        assert chunk, "closed after %d answers" % buf.count(b"HTTP/1.1 200")
+        buf += chunk
+    s.close()
+    assert backend.targets() == ["/p/%d" % i for i in range(n)]
+
+
 def test_tls_listener_resumes_sessions(dw, backend, certs):
     d = tls_daemon(dw, backend, certs)
     ctx = client_ctx(certs)
@@ -358,6 +378,26 @@ def test_https_upstreams_proxied_and_mirrored_with_ca_sni_and_client_cert(dw, ma
     got = target.wait_requests(1)[0]
     assert got.target == "/items" and b'"id": 7' in got.body or b'"id":7' in got.body
     ml.wait_outcomes(d, lambda o: o["result"] == "delivered", 1, 10, "delivered over TLS")
+
+
+def test_https_upstream_streams_a_big_answer_with_back_pressure(dw, make_backend, certs):
+    size = 8 << 20
+    legacy = make_backend(name="legacy", tls=server_ctx(certs.server))
+    legacy.reply(200, stream=size)
+    d = dw({"legacy": {"url": legacy.url, "ca_file": certs.ca}})
+    for _ in range(2):  # the second on the pooled TLS connection
+        with helpers.Conn(d.port, timeout=20) as c:
+            c.send(helpers.build_request("GET", "/big", [("Host", "x")]))
+            r = c.read_head()
+            assert r.status == 200
+            h = hashlib.sha256()
+            left = size
+            while left:
+                chunk = c.read_exact(min(left, 65536), time.monotonic() + 20, "body")
+                h.update(chunk)
+                left -= len(chunk)
+            assert h.hexdigest() == stream_sha256(size)
+    assert legacy.accepts == 1
 
 
 FAILURES = {
