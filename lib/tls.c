@@ -191,6 +191,7 @@ SSL *tls_client_new(SSL_CTX *ctx, const char *host, const char *sni, struct dw_e
 		SSL_free(ssl);
 		return NULL;
 	}
+	SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS); /* as curl: "*.x", never "a*.x" */
 	return ssl;
 }
 
