@@ -18,6 +18,7 @@
 #include "pgforward.h" /* pgforward wiring */
 #include "jsonarena.h"
 #include "server.h"
+#include "tls.h"
 
 struct dw_config *server_config(struct server *srv)
 {
@@ -71,6 +72,33 @@ static void register_route_series(struct server *srv, const struct dw_config *cf
 	}
 }
 
+/* verify = false is allowed, and said at every load (SPEC §8). */
+static void warn_unverified(const struct dw_config *cfg)
+{
+	for (size_t i = 0; i < cfg->nupstreams; i++)
+		if (cfg->upstreams[i].tls && !cfg->upstreams[i].verify)
+			log_warn("upstream \"%s\" (%s): verify = false: its TLS certificate is not "
+				 "checked; anyone on the path can impersonate it",
+				 cfg->upstreams[i].name, cfg->upstreams[i].url);
+}
+
+/* When each TLS listener's certificate expires, for an alert well before
+ * (set at every load: a reload with new certificates moves it). */
+static void register_tls_series(struct server *srv, const struct dw_config *cfg)
+{
+	char labels[320], esc[280];
+
+	for (size_t i = 0; i < cfg->nlisten; i++) {
+		if (!cfg->listen_tls[i])
+			continue;
+		snprintf(labels, sizeof(labels), "listen=\"%s\"",
+			 metrics_label_escape(cfg->listen[i], esc, sizeof(esc)));
+		metric_set(metrics_gauge(srv->metrics, "dualwrite_tls_certificate_expiry_timestamp_seconds",
+					 "When a TLS listener's certificate expires (Unix time).", labels),
+			   tls_ctx_not_after(cfg->listen_tls[i]));
+	}
+}
+
 /* ------------------------------------------------------------ reload */
 
 /* At every load: what is valid but probably not meant. */
@@ -110,8 +138,10 @@ static void do_reload(struct server *srv)
 	}
 	/* the new snapshot keeps the start-up values of what needs a restart */
 	config_keep_nonreloadable(neu, old, warn_nonreloadable, NULL);
+	warn_unverified(neu);
 	config_unref(old);
 	register_route_series(srv, neu);
+	register_tls_series(srv, neu);
 	if (!srv->log_debug)
 		dw_log_set_level(neu->log_level); /* reloadable, like the routes */
 	pthread_mutex_lock(&srv->cfg_lock);
@@ -378,6 +408,10 @@ int main(int argc, char **argv)
 	if (test) {
 		for (size_t i = 0; i < srv.cfg->warnings.n; i++)
 			fprintf(stderr, "warning: %s\n", srv.cfg->warnings.msgs[i]);
+		for (size_t i = 0; i < srv.cfg->nupstreams; i++)
+			if (srv.cfg->upstreams[i].tls && !srv.cfg->upstreams[i].verify)
+				fprintf(stderr, "%s:%d: upstream \"%s\": warning: verify = false\n",
+					path, srv.cfg->upstreams[i].line, srv.cfg->upstreams[i].name);
 		printf("configuration ok\n");
 		config_unref(srv.cfg);
 		return 0;
@@ -385,6 +419,7 @@ int main(int argc, char **argv)
 	srv.log_debug = debug;
 	dw_log_set_level(debug ? DW_LOG_DEBUG : srv.cfg->log_level);
 	log_config_warnings(srv.cfg);
+	warn_unverified(srv.cfg);
 	signal(SIGPIPE, SIG_IGN);
 	/* No evthread_use_pthreads(): each loop is touched by its own thread
 	 * only (cross-thread requests go through wake.c), so event_add takes no
@@ -401,6 +436,7 @@ int main(int argc, char **argv)
 	server_metrics(&srv);
 	journal_health_init(&srv);
 	register_route_series(&srv, srv.cfg);
+	register_tls_series(&srv, srv.cfg);
 
 	memset(&so, 0, sizeof(so));
 	so.max_bytes = srv.cfg->queue.max_bytes;

@@ -40,16 +40,20 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/bufferevent_struct.h> /* ev_read of a TLS connection (conn_tls_kick) */
 #include <event2/event_struct.h> /* struct event, embedded in struct conn */
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
 #include "http_parse.h"
+#include "tls.h"
 #include "worker.h"
 
 enum cstate {
@@ -84,6 +88,7 @@ enum out_mode {
  * long enough that a busy client never pays for re-creating it. */
 #define PARK_AFTER_MS 1000
 #define DEADLINE_SLACK_US 1000	/* what passes within this is due now */
+#define TLS_RECORD_MAX 16384	/* the most plaintext one TLS record carries */
 
 /*
  * Everything that belongs to one request in progress. Allocated when its
@@ -134,6 +139,7 @@ struct conn {
 	TAILQ_ENTRY(conn) qlink; /* worker->stateq[state] when state_queued(state) */
 	struct worker *w;
 	struct bufferevent *bev; /* owns the socket; NULL while PARKED */
+	struct evbuffer *tls_out; /* TLS: what is written to the client (conn_out) */
 	struct exchange *x;	 /* NULL between requests */
 	int64_t since;		 /* entered its queued state (monotonic us) */
 	evutil_socket_t fd;	 /* owned here while bev is NULL */
@@ -143,6 +149,8 @@ struct conn {
 	bool rd_paused;	  /* rd_ev off: the input is at its bound (conn_read_resume) */
 	bool rd_done;	  /* rd_ev off for good: EOF, error, closing */
 	bool rd_big;	  /* the last read filled its reservation: reserve more */
+	bool tls;	  /* an OpenSSL bufferevent does the socket I/O (conn_attach_tls) */
+	bool tls_ready;	  /* its handshake is done */
 	/* The client's address, formatted only when needed (conn_peer). */
 	unsigned char peer_af; /* AF_INET, AF_INET6 or 0: unknown */
 	unsigned char peer_addr[16];
@@ -150,10 +158,20 @@ struct conn {
 	TAILQ_ENTRY(conn) flink; /* worker->flushq while flush_queued */
 	unsigned char flush_queued; /* FLUSH_* to do at the end of the iteration */
 };
+/* Where the answer to the client is written: the bufferevent's output, or
+ * for TLS a buffer of our own that conn_flush_tls empties (writing to the
+ * OpenSSL bufferevent's output arms its write event at once). */
+static inline struct evbuffer *conn_out(const struct conn *c)
+{
+	return c->tls ? c->tls_out : bufferevent_get_output(c->bev);
+}
+
 #define FLUSH_CLIENT 1 /* the answer */
 #define FLUSH_UP 2     /* the request, to c->x->up */
 
 static void conn_write_cb(struct bufferevent *bev, void *arg);
+static void conn_tls_read_cb(struct bufferevent *bev, void *arg);
+static size_t conn_in_high(const struct conn *c);
 static void conn_read_stop(struct conn *c);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void up_read_cb(struct bufferevent *bev, void *arg);
@@ -365,6 +383,9 @@ static void conn_close(struct conn *c, const char *reason)
 		bufferevent_free(c->bev); /* closes the socket once released */
 	else
 		evutil_closesocket(c->fd);
+	if (c->tls_out)
+		evbuffer_free(c->tls_out);
+	c->tls_out = NULL;
 	TAILQ_REMOVE(&w->conns, c, link);
 	w->nconns--;
 	__atomic_fetch_sub(&w->srv->active_conns, 1, __ATOMIC_RELAXED);
@@ -418,7 +439,39 @@ static void json_escape_into(struct evbuffer *out, const char *s)
 
 static void conn_next(struct conn *c);
 
-/* Close once everything queued for the client is written. */
+/*
+ * conn_flush for TLS. An answer that fits one record (the usual case) is
+ * pulled up into one chain and written now with one SSL_write: one record,
+ * one send(2), and no write event armed and disarmed (two epoll_ctl and a
+ * loop iteration per answer), which is what handing it to the OpenSSL
+ * bufferevent costs. What is not written so (a bigger answer, a full
+ * socket, a handshake not yet done, an error) goes to the bufferevent's
+ * output behind anything still there: it writes it (a retried SSL_write
+ * sees the same bytes first, as OpenSSL requires) and reports errors
+ * through conn_event_cb; conn_write_cb disarms it once empty.
+ */
+static void conn_flush_tls(struct conn *c, struct evbuffer *out)
+{
+	struct evbuffer *bout = bufferevent_get_output(c->bev);
+	size_t len = evbuffer_get_length(out);
+
+	if (len <= TLS_RECORD_MAX && c->tls_ready && evbuffer_get_length(bout) == 0) {
+		unsigned char *p = evbuffer_pullup(out, -1);
+		int n;
+
+		ERR_clear_error();
+		n = SSL_write(bufferevent_openssl_get_ssl(c->bev), p, (int)len);
+		if (n > 0)
+			evbuffer_drain(out, (size_t)n);
+		else
+			ERR_clear_error(); /* the bufferevent's own retry reports it */
+		if (evbuffer_get_length(out) == 0)
+			return;
+	}
+	evbuffer_add_buffer(bout, out);
+	bufferevent_enable(c->bev, EV_WRITE);
+}
+
 /*
  * Write what is queued for the client now. The write event is armed only for
  * what the socket did not take, and disarmed again in conn_write_cb once the
@@ -430,11 +483,15 @@ static void conn_flush(struct conn *c)
 
 	if (c->state == CS_CLOSED)
 		return;
-	out = bufferevent_get_output(c->bev);
+	out = conn_out(c);
 	if (evbuffer_get_length(out) == 0)
 		return;
 	if (c->client_gone) {
 		evbuffer_drain(out, evbuffer_get_length(out));
+		return;
+	}
+	if (c->tls) {
+		conn_flush_tls(c, out);
 		return;
 	}
 	if (evbuffer_write_unfrozen(out, bufferevent_getfd(c->bev)) < 0 &&
@@ -517,7 +574,7 @@ static void respond_error2(struct conn *c, int status, const char *public, const
 
 	if (c->state == CS_CLOSED)
 		return;
-	out = bufferevent_get_output(c->bev);
+	out = conn_out(c);
 	body = evbuffer_new();
 	evbuffer_add_printf(body, "{\"error\": \"");
 	json_escape_into(body, public ? public : msg);
@@ -613,14 +670,22 @@ static size_t conn_in_high(const struct conn *c)
 
 static void conn_read_stop(struct conn *c)
 {
-	if (!c->rd_done && !c->rd_paused)
+	if (c->tls && c->bev)
+		bufferevent_disable(c->bev, EV_READ);
+	else if (!c->rd_done && !c->rd_paused)
 		event_del(&c->rd_ev);
 	c->rd_done = true;
 }
 
 /* Reading paused at the input bound goes on once the input is below it. */
+static void conn_tls_kick(struct conn *c);
+
 static void conn_read_resume(struct conn *c)
 {
+	if (c->tls) {
+		conn_tls_kick(c);
+		return;
+	}
 	if (c->rd_paused && !c->rd_done && c->state != CS_CLOSED && c->bev &&
 	    evbuffer_get_length(bufferevent_get_input(c->bev)) < conn_in_high(c)) {
 		c->rd_paused = false;
@@ -675,6 +740,34 @@ static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /*
+ * Reading a TLS connection paused at the input bound reads at most up to
+ * it: the rest of a record stays decrypted inside OpenSSL, and the socket,
+ * already emptied, will not say "readable" again. Once the input is below
+ * the bound (the bufferevent has taken up reading again), a read is made
+ * to happen; else pipelined requests sent in one go would wait forever.
+ */
+static void conn_tls_kick(struct conn *c)
+{
+	if (c->state == CS_CLOSED || c->rd_done || !c->bev ||
+	    evbuffer_get_length(bufferevent_get_input(c->bev)) >= conn_in_high(c))
+		return;
+	if (SSL_has_pending(bufferevent_openssl_get_ssl(c->bev)))
+		event_active(&c->bev->ev_read, EV_READ, 1);
+}
+
+/* A TLS connection's bufferevent decrypted bytes into its input. */
+static void conn_tls_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)bev;
+	if (c->state != CS_CLOSED && !c->rd_done) {
+		on_input(c);
+		conn_tls_kick(c);
+	}
+}
+
+/*
  * IDLE -> PARKED: the bufferevent and its buffers go; rd_ev keeps watching
  * the socket and gives the connection a new bufferevent when the client
  * sends bytes or closes (conn_readable_cb). IDLE's input is always empty (a
@@ -687,14 +780,57 @@ static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
 static void conn_park(struct conn *c)
 {
 	conn_set_state(c, CS_PARKED);
-	if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
+	/* A TLS connection's session lives in its bufferevent: it stays. */
+	if (c->tls || evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
 		return;
 	bufferevent_setfd(c->bev, -1);
 	bufferevent_free(c->bev);
 	c->bev = NULL;
 }
 
-void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen)
+/*
+ * A TLS client connection: libevent's OpenSSL bufferevent does its socket
+ * I/O (handshake, reads into the input, writes of the output), so rd_ev is
+ * never added and the connection never parks; everything above the buffers
+ * is the same as for plain HTTP. Its own reads and writes (sockio.c) save a
+ * plain connection the ioctl and epoll_ctl calls they were written for; with
+ * TLS the crypto dominates, and reusing the bufferevent keeps one TLS code
+ * path shared with the upstream side (pool.c). Reading stops at the same
+ * input bound as rd_ev (a read high-water mark) and resumes once the input
+ * is consumed. Answers are gathered in tls_out and written by
+ * conn_flush_tls at the end of the loop iteration, as plain ones are.
+ */
+static int conn_attach_tls(struct conn *c, SSL_CTX *ctx)
+{
+	static const struct timeval send_timeout = {SEND_TIMEOUT_MS / 1000, 0};
+	SSL *ssl = SSL_new(ctx);
+
+	if (!ssl)
+		return -1;
+	/* A write conn_flush_tls began and the socket did not take is retried
+	 * by the bufferevent from its own output (same bytes, moved chain). */
+	SSL_set_mode(ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	c->bev = bufferevent_openssl_socket_new(c->w->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+						BEV_OPT_CLOSE_ON_FREE);
+	if (!c->bev) /* only out of memory; who freed the SSL and the socket is unclear */
+		dw_oom(sizeof(struct conn));
+	c->tls = true;
+	c->tls_out = evbuffer_new();
+	if (!c->tls_out)
+		dw_oom(0);
+	/* A client closing without close_notify is an EOF, as on plain TCP. */
+	bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+	bufferevent_setcb(c->bev, conn_tls_read_cb, conn_write_cb, conn_event_cb, c);
+	bufferevent_setwatermark(c->bev, EV_READ, 0, conn_in_high(c));
+	bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
+	bufferevent_set_timeouts(c->bev, NULL, &send_timeout);
+	bufferevent_disable(c->bev, EV_WRITE);
+	bufferevent_enable(c->bev, EV_READ);
+	return 0;
+}
+
+void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen,
+		  SSL_CTX *tls)
 {
 	struct server *srv = w->srv;
 	struct conn *c;
@@ -709,7 +845,7 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 		    "{\"error\": \"too many connections\"}\r\n";
 		__atomic_fetch_sub(&srv->active_conns, 1, __ATOMIC_RELAXED);
 		metric_inc(srv->m_conns_rejected);
-		if (send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		if (!tls && send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
 			log_debug("reject: %s", strerror(errno));
 		evutil_closesocket(fd);
 		return;
@@ -718,15 +854,17 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 	c = dw_calloc(1, sizeof(*c));
 	c->w = w;
 	c->fd = fd;
-	if (conn_attach_bev(c) < 0) {
+	if (tls ? conn_attach_tls(c, tls) < 0 : conn_attach_bev(c) < 0) {
 		log_error("cannot allocate a bufferevent for a new connection");
 		__atomic_fetch_sub(&srv->active_conns, 1, __ATOMIC_RELAXED);
 		evutil_closesocket(fd);
 		free(c);
 		return;
 	}
+	/* Assigned either way, so conn_close's event_del is safe. */
 	event_assign(&c->rd_ev, w->base, fd, EV_READ | EV_PERSIST, conn_readable_cb, c);
-	event_add(&c->rd_ev, NULL);
+	if (!tls)
+		event_add(&c->rd_ev, NULL);
 	if (sa->sa_family == AF_INET) {
 		c->peer_af = AF_INET;
 		memcpy(c->peer_addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
@@ -749,7 +887,8 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 /* Is an answer still being written (more than the kernel took)? */
 static bool conn_writing(const struct conn *c)
 {
-	return c->bev && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0;
+	return c->bev && (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0 ||
+			  (c->tls && evbuffer_get_length(c->tls_out) > 0));
 }
 
 /* Close c between requests, but only once what it was answered is written:
@@ -952,7 +1091,7 @@ static void on_head(struct conn *c)
 	/* Expect: 100-continue is ours to answer; it is never forwarded. */
 	if (c->x->req.expect_continue && c->x->req.version_minor == 1 &&
 	    evbuffer_get_length(in) == 0) {
-		bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+		evbuffer_add(conn_out(c), "HTTP/1.1 100 Continue\r\n\r\n", 25);
 		conn_flush(c);
 		if (c->state == CS_CLOSED)
 			return;
@@ -1035,6 +1174,21 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 	struct conn *c = arg;
 	bool exchange = c->state == CS_UPSTREAM || c->state == CS_RESPONSE || c->state == CS_SYNC;
 
+	if (what & BEV_EVENT_CONNECTED) { /* a TLS handshake is done */
+		c->tls_ready = true;
+		return;
+	}
+	if (c->tls && !c->tls_ready) {
+		char peer[INET6_ADDRSTRLEN], why[300];
+
+		metric_inc(c->w->m_tls_failed);
+		log_info("client %s: %s", conn_peer(c, peer, sizeof(peer)),
+			 tls_failure(bufferevent_openssl_get_ssl(bev),
+				     bufferevent_get_openssl_error(bev), why, sizeof(why)));
+		conn_close(c, "TLS handshake failed");
+		return;
+	}
+
 	if ((what & BEV_EVENT_EOF) && exchange) {
 		/* A half-close after the request: answer it, then close. */
 		c->x->keep_alive = false;
@@ -1075,14 +1229,15 @@ static void up_ready(struct upconn *uc, int error, void *arg)
 {
 	struct conn *c = arg;
 	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->cfg->default_upstream];
-	char msg[256];
+	char msg[512];
 
 	if (error) {
+		const char *tls = upconn_failure(uc);
+		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): %s%s", up->name, up->host,
+			 up->port, tls ? "" : "connect: ",
+			 tls ? tls : error == ETIMEDOUT ? "timed out" : strerror(error));
 		upconn_release(uc, false);
 		c->x->up = NULL;
-		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): connect: %s", up->name,
-			 up->host, up->port,
-			 error == ETIMEDOUT ? "timed out" : strerror(error));
 		if (error == ETIMEDOUT)
 			upstream_failed(c, UPERR_TIMEOUT, 504, msg);
 		else
@@ -1197,7 +1352,10 @@ static void send_request(struct conn *c)
 		dw_text_lit(&t, ", ");
 	}
 	dw_text_addr(&t, c->peer_af, c->peer_addr);
-	dw_text_lit(&t, "\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+	if (c->tls)
+		dw_text_lit(&t, "\r\nX-Forwarded-Proto: https\r\nX-Request-Id: ");
+	else
+		dw_text_lit(&t, "\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
 	dw_text_str(&t, c->x->reqid);
 	dw_text_lit(&t, "\r\n");
 	if (blen > 0 || r->content_length >= 0 || r->chunked) {
@@ -1244,7 +1402,7 @@ static void dechunk_emit(void *arg, const char *p, size_t n)
 {
 	struct conn *c = arg;
 
-	evbuffer_add(c->x->hold ? c->x->held : bufferevent_get_output(c->bev), p, n);
+	evbuffer_add(c->x->hold ? c->x->held : conn_out(c), p, n);
 	capture_emit(c, p, n);
 }
 
@@ -1334,7 +1492,7 @@ static void start_response(struct conn *c)
 		}
 	}
 
-	out = c->x->hold ? c->x->held : bufferevent_get_output(c->bev);
+	out = c->x->hold ? c->x->held : conn_out(c);
 	head_begin(out, c->x->resp.raw_len + c->x->resp.nheaders + HEAD_EXTRA, &v, &t);
 	dw_text_lit(&t, "HTTP/1.1 ");
 	dw_text_u64(&t, (uint64_t)c->x->status);
@@ -1412,7 +1570,7 @@ static void release_hold(struct conn *c)
 	c->x->capture_overflow = true;
 	do_mirror(c); /* dead-letters: the reply is not available to map */
 	mirror_commit(c->w->mirror);
-	evbuffer_add_buffer(bufferevent_get_output(c->bev), c->x->held);
+	evbuffer_add_buffer(conn_out(c), c->x->held);
 	c->x->hold = false;
 }
 
@@ -1441,7 +1599,7 @@ static void body_pump(struct conn *c)
 {
 	struct bufferevent *ub = upconn_bev(c->x->up);
 	struct evbuffer *src = bufferevent_get_input(ub);
-	struct evbuffer *dst = c->x->hold ? c->x->held : bufferevent_get_output(c->bev);
+	struct evbuffer *dst = c->x->hold ? c->x->held : conn_out(c);
 	struct dw_err err = {""};
 	bool done = false;
 	size_t used, n;
@@ -1559,7 +1717,7 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
 		body_pump(c);
 		if (c->state == CS_CLOSED || !c->x)
 			return;
-		dst = c->x->hold ? c->x->held : bufferevent_get_output(c->bev);
+		dst = c->x->hold ? c->x->held : conn_out(c);
 		if (c->x->mode == OUT_ENCODE)
 			evbuffer_add(dst, "0\r\n\r\n", 5);
 		response_done(c, false);
@@ -1640,7 +1798,7 @@ void proxy_sync_done(struct worker *w)
 	mirror_commit(w->mirror); /* even when every waiter is gone */
 	while ((c = TAILQ_FIRST(&w->stateq[CS_SYNC]))) {
 		conn_set_state(c, CS_RESPONSE); /* leaves the queue */
-		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->x->held);
+		evbuffer_add_buffer(conn_out(c), c->x->held);
 		response_complete(c);
 	}
 }

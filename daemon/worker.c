@@ -14,6 +14,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/ssl.h>
+
 #include "worker.h"
 
 /* What a worker holds or is about to take in: the measure of balance. */
@@ -36,6 +38,7 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 {
 	struct worker *w = arg, *to = w;
 	struct server *srv = w->srv;
+	struct listener *ls;
 	struct handoff h;
 	int load;
 
@@ -49,6 +52,11 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 			log_error("accept: %s", strerror(errno));
 		return;
 	}
+	/* TLS or not, and with which certificate, is this worker's current
+	 * snapshot's word: a reload changes it for new connections only. */
+	for (ls = w->listeners; ls && ls->fd != lfd; ls = ls->next)
+		;
+	h.tls = ls ? config_listen_tls(w->cfg, ls->addr) : NULL;
 	load = worker_load(w) - 1;
 	for (size_t i = 0; i < srv->nworkers; i++) {
 		struct worker *o = srv->workers[i];
@@ -59,9 +67,12 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 		}
 	}
 	if (to == w) {
-		proxy_accept(w, h.fd, (struct sockaddr *)&h.sa, (int)h.len);
+		proxy_accept(w, h.fd, (struct sockaddr *)&h.sa, (int)h.len, h.tls);
 		return;
 	}
+	/* the snapshot that owns the context may go before `to` takes it in */
+	if (h.tls)
+		SSL_CTX_up_ref(h.tls);
 	__atomic_add_fetch(&to->incoming, 1, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&to->in_lock);
 	if (to->nin == to->capin) {
@@ -91,7 +102,9 @@ static void take_handoffs(struct worker *w)
 		if (w->draining)
 			close(v[i].fd);
 		else
-			proxy_accept(w, v[i].fd, (struct sockaddr *)&v[i].sa, (int)v[i].len);
+			proxy_accept(w, v[i].fd, (struct sockaddr *)&v[i].sa, (int)v[i].len,
+				     v[i].tls);
+		SSL_CTX_free(v[i].tls); /* proxy_accept's SSL holds its own; NULL is a no-op */
 	}
 	free(v);
 }
@@ -476,6 +489,10 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 		    metrics_counter(srv->metrics, "dualwrite_upstream_errors_total",
 				    "Failed upstream exchanges of proxied requests, by kind.", labels);
 	}
+	w->m_tls_failed = metrics_counter(srv->metrics, "dualwrite_tls_handshake_failures_total",
+					  "TLS handshakes with clients that failed (no or untrusted "
+					  "client certificate, protocol mismatch, ...).",
+					  NULL);
 	if (srv->heartbeat_us > 0) {
 		struct timeval tv = {(time_t)(srv->heartbeat_us / 1000000),
 				     (suseconds_t)(srv->heartbeat_us % 1000000)};

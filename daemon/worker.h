@@ -64,6 +64,7 @@ struct worker {
 	struct exchange *xfree; /* proxy.c's cache of exchanges for reuse */
 	int nxfree;
 	struct metric *m_upstream_err[4]; /* connect, timeout, reset, protocol */
+	struct metric *m_tls_failed;	  /* client handshakes that failed */
 
 	/* The watchdog (see worker_heartbeat): stamped by beat_ev every
 	 * srv->heartbeat_us, read by the main thread; atomics. */
@@ -79,13 +80,17 @@ struct worker {
 		int fd;
 		socklen_t len;
 		struct sockaddr_storage sa;
+		struct ssl_ctx_st *tls; /* a reference of its own (SSL_CTX_up_ref), or NULL */
 	} *in;
 	size_t nin, capin;
 	int incoming; /* atomic: handed over, not yet taken in */
 };
 
 /* proxy.c */
-void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen);
+/* tls: the listener's server context (the worker's current snapshot), NULL
+ * for plain HTTP. */
+void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen,
+		  struct ssl_ctx_st *tls);
 void proxy_drain_idle(struct worker *w);  /* close connections not mid-request */
 void proxy_abort_all(struct worker *w);	  /* close every connection */
 void proxy_sync_done(struct worker *w);	  /* release answers held for fsync */

@@ -6,6 +6,9 @@
 #   peers  dualwrited vs nginx / HAProxy / h2o through ../shared/bench/peers.sh (skipped, and
 #          said so, when that harness is absent): pass-through throughput and idle keep-alive
 #          memory, and the mirror scenarios fast / slow / down / hang against nginx `mirror`.
+#   tls    TLS termination at the listener vs nginx and HAProxy terminating TLS in the same
+#          run (tests/bench/tls.sh: keep-alive, one worker pinned; req/s and proxy CPU per
+#          request, paired against nginx); skipped, and said so, without nginx or haproxy.
 #   spool  replay-queue append rate (build/bench/bench_spool) in durability "process" and
 #          "fsync" with group commit of K = 1, 8, 50 writers, against PostgreSQL's commit rate
 #          (synchronous_commit = on, pgbench, one ~300-byte INSERT per transaction, -c K) on a
@@ -17,7 +20,7 @@
 #
 # usage: B=build tests/bench/bench.sh            (from anywhere; `make bench` does this)
 # env:   QUICK=1                 short runs (about 3 min in all) instead of the default (~15 min)
-#        PARTS=peers,spool,data  which parts to run
+#        PARTS=peers,tls,spool,data  which parts to run
 #        SHARED_BENCH=DIR        the peer harness directory (default ../shared/bench beside the repo)
 #        BASE_PORT=18000         loopback ports BASE_PORT+10..+95 for the peer harness
 #        DURATION REPS PASS_REPS WARMUP NOISY_RETRIES QUIET_WAIT MEM_CONNS MEM_HOLD  peer harness knobs
@@ -34,7 +37,7 @@ cd "$ROOT"
 B=${B:-build}
 [[ $B == /* ]] || B=$ROOT/$B
 QUICK=${QUICK:-0}
-PARTS=${PARTS:-peers,spool,data}
+PARTS=${PARTS:-peers,tls,spool,data}
 SHARED_BENCH=${SHARED_BENCH:-$ROOT/../shared/bench}
 HERE=$ROOT/tests/bench
 
@@ -349,6 +352,25 @@ run_data() {
 	kv verify_rows "$VERIFY_ROWS"
 }
 
+# ---------------------------------------------------------------- tls
+run_tls() {
+	local t rc=0 c
+	for c in nginx haproxy wrk; do
+		if ! PATH=$PATH:/usr/sbin command -v $c >/dev/null; then
+			note "tls: $c not installed; the TLS termination part is skipped"
+			return 0
+		fi
+	done
+	log "tls: dualwrited vs nginx and haproxy terminating TLS ..."
+	timed t env B="$B" DURATION="$DURATION" REPS="$REPS" WARMUP="$WARMUP" \
+		BASE_PORT=$((BASE_PORT + 600)) OUT_DIR="$RES/tls" "$HERE/tls.sh" >"$RES/tls.log" 2>&1 || rc=$?
+	kv tls_seconds "$t"
+	if ((rc != 0)); then
+		note "tls: exited $rc after ${t}s (log: $RES/tls.log)"
+		tail -5 "$RES/tls.log" >&2 || true
+	fi
+}
+
 # ---------------------------------------------------------------- main
 [[ -x $B/dualwrited && -x $B/dualwrite ]] || { log "build first: make all (B=$B)"; exit 2; }
 : >"$RES/data.tsv"
@@ -361,9 +383,13 @@ fi
 log "bench: parts $PARTS, quick=$QUICK, results in $RES"
 T0=$SECONDS
 part peers && run_peers
+part tls && run_tls
 part spool && run_spool
 part data && run_data
 kv total_seconds $((SECONDS - T0))
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RES/machine.txt"
 python3 "$HERE/report.py" "$RES" | tee "$RES/summary.txt"
+if [[ -f $RES/tls/summary.txt ]]; then
+	{ echo; cat "$RES/tls/summary.txt"; } | tee -a "$RES/summary.txt"
+fi
 log "results: $RES"

@@ -39,7 +39,7 @@ def _alarm(signum, frame):
 
 # The alarm is for this suite's own modules; other files in tests/e2e keep
 # their own bounds.
-BOUNDED_MODULES = {"test_proxy", "test_limits", "test_smuggling", "test_lifecycle"}
+BOUNDED_MODULES = {"test_proxy", "test_limits", "test_smuggling", "test_lifecycle", "test_tls"}
 
 
 @pytest.fixture(autouse=True)
@@ -68,8 +68,8 @@ def pytest_runtest_call(item):
 def make_backend():
     made = []
 
-    def make(handler=None, name="legacy"):
-        b = Backend(handler, name)
+    def make(handler=None, name="legacy", tls=None):
+        b = Backend(handler, name, tls=tls)
         made.append(b)
         return b
 

@@ -13,9 +13,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "config.h"
 #include "confsyntax.h"
+#include "tls.h"
 
 #define FIX "tests/unit/conf/"
 
@@ -459,6 +461,16 @@ static const struct broken broken[] = {
 	{ "bad_conversion.conf", ":15: route \"telemetry-batch\": mirror.body.value: bad expression \"$number('high')\": $number: \"high\" is not a number", 1 },
 	{ "each_not_list.conf", ":13: route \"telemetry-batch\": mirror.each: \"rows\" cannot be a list", 1 },
 	{ "does-not-exist.conf", ": cannot open: No such file or directory", 1 },
+	{ "tls_listen_no_addr.conf", ":2: listen[1]: missing addr", 1 },
+	{ "tls_listen_no_key.conf", ":3: listen[1].tls: missing key", 1 },
+	{ "tls_listen_mismatch.conf", ":2: listen.tls: key \"tests/unit/conf/tls/other-key.pem\" does not match cert \"tests/unit/conf/tls/cert.pem\"", 1 },
+	{ "tls_listen_missing_file.conf", ":2: listen[0].tls: cert \"tests/unit/conf/tls/missing.pem\": cannot open: No such file or directory", 1 },
+	{ "tls_listen_unknown_key.conf", ":3: listen[0].tls.client_cert: unknown key 'client_cert'", 1 },
+	{ "tls_listen_twice.conf", ":2: listen[1].addr: \"127.0.0.1:8443\" is listed twice", 1 },
+	{ "tls_upstream_on_http.conf", ":3: upstream \"legacy\": ca_file, verify, sni, cert and key apply to https:// upstreams only", 1 },
+	{ "tls_upstream_verify_type.conf", ":4: upstream \"legacy\": verify: expected true or false", 1 },
+	{ "tls_upstream_cert_no_key.conf", ":3: upstream \"legacy\": key: missing", 1 },
+	{ "tls_upstream_missing_ca.conf", ":3: upstream \"legacy\": ca_file \"tests/unit/conf/tls/nope.pem\": cannot open: No such file or directory", 1 },
 };
 
 static void test_broken(void **state)
@@ -480,6 +492,51 @@ static void test_broken(void **state)
 	if (strncmp(errs.msgs[0], want, strlen(want)) != 0)
 		fail_msg("got  \"%s\"\nwant \"%s...\"", errs.msgs[0], want);
 	dw_errlist_free(&errs);
+}
+
+/* SPEC §8: TLS listen entries and https upstreams carry their contexts. */
+static void test_tls(void **state)
+{
+	struct dw_config *c = load_ok(FIX "tls_ok.conf");
+	const struct dw_upstream *legacy = &c->upstreams[config_upstream_index(c, "legacy")];
+	const struct dw_upstream *gear = &c->upstreams[config_upstream_index(c, "gear_ops")];
+
+	(void)state;
+	assert_int_equal(c->nlisten, 2);
+	assert_string_equal(c->listen[0], "127.0.0.1:8080");
+	assert_string_equal(c->listen[1], "127.0.0.1:8443");
+	assert_null(c->listen_tls[0]);
+	assert_non_null(c->listen_tls[1]);
+	assert_ptr_equal(config_listen_tls(c, "127.0.0.1:8443"), c->listen_tls[1]);
+	assert_null(config_listen_tls(c, "127.0.0.1:8080"));
+	assert_null(config_listen_tls(c, "127.0.0.1:9999"));
+	/* the fixture certificate is valid for 100 years from when it was made (2026) */
+	assert_true(tls_ctx_not_after(c->listen_tls[1]) > 4000000000LL);
+	/* defaults: system store, verified, SNI from the URL */
+	assert_true(legacy->tls && legacy->verify);
+	assert_non_null(legacy->tls_ctx);
+	assert_null(legacy->ca_file);
+	assert_null(legacy->sni);
+	assert_null(legacy->cert);
+	assert_int_equal(legacy->port, 443);
+	assert_false(gear->verify);
+	assert_non_null(gear->tls_ctx);
+	assert_string_equal(gear->sni, "gear-ops.internal");
+	assert_string_equal(gear->ca_file, "tests/unit/conf/tls/cert.pem");
+	assert_string_equal(gear->key, "tests/unit/conf/tls/key.pem");
+	config_unref(c);
+	/* the CLI's load checks the keys but reads no listener certificate */
+	{
+		struct dw_errlist errs = { 0 };
+		c = config_load_flags(FIX "tls_listen_mismatch.conf", CONFIG_NO_LISTEN_TLS, &errs);
+		assert_non_null(c);
+		assert_int_equal(errs.n, 0);
+		assert_null(c->listen_tls[0]);
+		config_unref(c);
+		assert_null(config_load_flags(FIX "tls_listen_no_key.conf", CONFIG_NO_LISTEN_TLS, &errs));
+		assert_int_equal(errs.n, 1);
+		dw_errlist_free(&errs);
+	}
 }
 
 static void test_multiple_errors(void **state)
@@ -680,6 +737,7 @@ int main(void)
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_example_gear);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_example_iot);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_multiple_errors);
+	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_tls);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_diff_nonreloadable);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_load_string);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_split_hostport);

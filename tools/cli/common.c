@@ -11,7 +11,8 @@
 struct dw_config *cli_load_config(const char *path)
 {
 	struct dw_errlist errs = {0};
-	struct dw_config *cfg = config_load(path, &errs);
+	/* never listens: the daemon's own certificate and key are not read */
+	struct dw_config *cfg = config_load_flags(path, CONFIG_NO_LISTEN_TLS, &errs);
 
 	for (size_t i = 0; i < errs.n; i++)
 		fprintf(stderr, "%s\n", errs.msgs[i]);
