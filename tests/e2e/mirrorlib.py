@@ -170,6 +170,7 @@ routes = (
         created_at = "$response.created_at";
         updated_at = "$response.created_at";
       };
+      delivered = [ 409 ];
     };
   },
   {
@@ -181,13 +182,14 @@ routes = (
       path     = "/gear-items/{id}";
       key      = "$path.id";
       body = {
-        id         = "$path.id";
-        user_id    = "$request.user_id";
-        name       = "$request.name";
-        category   = "$request.type";
-        brand      = "$request.brand";
+        id         = "$response.id";
+        user_id    = "$response.user_id";
+        name       = "$response.name";
+        category   = "$response.type";
+        brand      = "$response.brand";
         status     = "active";
         role       = "personal";
+        created_at = "$response.created_at";
         updated_at = "$now";
       };
     };

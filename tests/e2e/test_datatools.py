@@ -523,3 +523,41 @@ def test_connection_errors_never_show_the_password(tmp_path, form):
             assert f"port={port}" in r.stderr, r.stderr
     finally:
         s.close()
+
+
+# ---------------------------------------------------------------- the Phase 1/2 race: deletes
+
+
+def test_rows_deleted_on_the_source_mid_batch_are_removed_by_the_recheck(pg, tmp_path):
+    """A run killed after committing a batch but before re-checking it (simulated through
+    the checkpoint) re-checks that batch's key range first, whether it resumes or is
+    complete: rows the source lost meanwhile go; rows outside the range are not scanned."""
+    conf = gear(pg, tmp_path, rows=1000)
+    r = dw(pg, "backfill", "-c", conf, "--table", "equipment", "--batch", "100")
+    assert r.returncode == 0, r.stderr
+    assert "deleted on the source" not in r.stdout
+    assert scalar(pg, TGT_DB, "SELECT recheck_pending FROM dualwrite_backfill_checkpoint") == "f"
+    # Deleted on the legacy while the last batch (900, 1000] was in flight; 10 long before
+    # (its mirrored DELETE would have removed it: not the backfill's business).
+    sql(pg, SRC_DB, "DELETE FROM old_equipment WHERE id IN (10, 950, 999)")
+    sql(pg, TGT_DB, "UPDATE dualwrite_backfill_checkpoint SET recheck_pending = true, "
+                    "recheck_after = '900'")
+    r = dw(pg, "backfill", "-c", conf, "--table", "equipment")
+    assert r.returncode == 0, r.stderr
+    assert "already complete (1000 rows)" in r.stdout
+    assert "2 rows deleted on the source meanwhile (removed again)" in r.stdout
+    assert scalar(pg, TGT_DB, "SELECT count(*) FROM gear_items WHERE id IN (950, 999)") == "0"
+    assert scalar(pg, TGT_DB, "SELECT recheck_pending FROM dualwrite_backfill_checkpoint") == "f"
+    code, rep = verify_json(pg, conf)
+    assert diff_set(rep) == {("10", "extra", ())}
+    # Killed mid-run: the batch (400, 500] committed, not re-checked, and the run resumes.
+    sql(pg, SRC_DB, "DELETE FROM old_equipment WHERE id IN (450, 451)")
+    sql(pg, TGT_DB, """DELETE FROM gear_items WHERE id > 500;
+        UPDATE dualwrite_backfill_checkpoint SET recheck_pending = true, recheck_after = '400',
+               last_key = '500', rows_copied = 500, finished_at = NULL""")
+    r = dw(pg, "backfill", "-c", conf, "--table", "equipment", "--batch", "100")
+    assert r.returncode == 0, r.stderr
+    assert "498 rows in" in r.stdout and "2 deleted on the source meanwhile" in r.stdout
+    code, rep = verify_json(pg, conf)
+    assert diff_set(rep) == {("10", "extra", ())}
+    assert rep["source_rows"] == 995 and rep["target_rows"] == 996

@@ -12,6 +12,19 @@
  * advanced in that same transaction. A kill at any instant therefore resumes
  * exactly where the last commit left off: no gap, no duplicate. The next
  * batch is fetched from the source while the current one is written.
+ *
+ * The Phase 1/2 race (README, Phase 2): a row the backfill read can be
+ * deleted on the legacy side before the batch commits; the mirrored DELETE
+ * then finds nothing on the new side (404, counted delivered) and the batch
+ * would resurrect the row. So, after each batch commits, its keys are read
+ * again from the source and the rows the source no longer has are deleted
+ * from the target (ids are never reused, so a key gone from the source is
+ * gone for good). After the commit, not before: a DELETE running while the
+ * batch is uncommitted does not see its rows. A kill between the commit and
+ * that re-check is covered by the checkpoint's recheck_after/recheck_pending:
+ * the next run re-checks that batch's key range first. Updates need no such
+ * step: ON CONFLICT DO NOTHING keeps whatever the mirror delivered, and an
+ * update mirrored before the row was copied is an upsert on the new side.
  */
 #include <getopt.h>
 #include <math.h>
@@ -216,6 +229,8 @@ static int dry_run(struct pgu_map *m, const struct opts *o, const struct ckpt *c
 	printf("  source SQL: %s\n", first);
 	printf("  source SQL (next batches): %s\n", next);
 	printf("  target SQL: COPY pg_temp.dw_stage FROM STDIN; %s\n", ins);
+	printf("  after each commit: the batch's keys are read again from the source, and the rows\n"
+	       "    it no longer has (deleted while the batch was in flight) are deleted from the target\n");
 	printf("  first 5 mapped rows:\n");
 	char *sql = select_sql(m, false, 5);
 	r = pgu_exec(m->src, sql, 0, NULL, PGRES_TUPLES_OK, err);
@@ -308,10 +323,179 @@ static void sleep_us(int64_t us)
 		;
 }
 
+/* ---- the Phase 1/2 race: rows deleted from the source while their batch was in flight ---- */
+
+static const char RECHECK_DDL[] =
+	"ALTER TABLE dualwrite_backfill_checkpoint ADD COLUMN IF NOT EXISTS recheck_after text, "
+	"ADD COLUMN IF NOT EXISTS recheck_pending boolean NOT NULL DEFAULT false";
+
+/* The batch just written covers keys (after, last]: re-check it after the commit. Inside the
+ * batch's transaction, so a kill before the re-check leaves it pending for the next run. */
+static int recheck_mark(struct pgu_map *m, const char *after, struct dw_err *err)
+{
+	const char *p[2] = {m->name, after};
+	PGresult *r = pgu_exec(m->tgt,
+			       "UPDATE dualwrite_backfill_checkpoint SET recheck_after = $2, "
+			       "recheck_pending = true WHERE table_name = $1",
+			       2, p, PGRES_COMMAND_OK, err);
+	PQclear(r);
+	return r ? 0 : -1;
+}
+
+/* A PostgreSQL array literal of column col of rows [0, n) of r. malloc'd. */
+static char *recheck_array(const PGresult *r, int col, int n)
+{
+	struct pgu_buf b = {0};
+	pgu_buf_puts(&b, "{");
+	for (int i = 0; i < n; i++) {
+		pgu_buf_puts(&b, i ? ",\"" : "\"");
+		for (const char *q = PQgetvalue(r, i, col); *q; q++) {
+			if (*q == '"' || *q == '\\')
+				pgu_buf_add(&b, "\\", 1);
+			pgu_buf_add(&b, q, 1);
+		}
+		pgu_buf_puts(&b, "\"");
+	}
+	pgu_buf_puts(&b, "}");
+	return b.p;
+}
+
+/* The re-check's source statement on its own session src: of the keys $1 (source key values,
+ * which the target key holds, as the checkpoint and verify assume), those the source no
+ * longer has. */
+static int recheck_prepare(struct pgu_map *m, PGconn *src, struct dw_err *err)
+{
+	struct pgu_buf q = {0};
+	pgu_buf_printf(&q, "SELECT u.k FROM unnest($1::%s[]) AS u(k) WHERE NOT EXISTS "
+			   "(SELECT 1 FROM %s s WHERE s.%s = u.k)",
+		       m->src_key_type, m->src_table, m->src_key);
+	PGresult *r = PQprepare(src, "dw_recheck", q.p, 1, NULL);
+	pgu_buf_free(&q);
+	int rc = 0;
+	if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+		const char *e = PQresultErrorMessage(r);
+		dw_err_set(err, "source: re-check: %.*s", (int)strcspn(e, "\n"), e);
+		rc = -1;
+	}
+	PQclear(r);
+	return rc;
+}
+
+/* Send the re-check of column 0 of the first n rows of keys without waiting: it runs on the
+ * source while the next batch is mapped. 1 when sent, 0 when there is nothing to check. */
+static int recheck_send(PGconn *src, const PGresult *keys, int n, struct dw_err *err)
+{
+	if (n == 0)
+		return 0;
+	char *arr = recheck_array(keys, 0, n);
+	const char *p[1] = {arr};
+	int ok = PQsendQueryPrepared(src, "dw_recheck", 1, p, NULL, NULL, 0);
+	free(arr);
+	if (!ok) {
+		dw_err_set(err, "source: re-check: %.*s", (int)strcspn(PQerrorMessage(src), "\n"),
+			   PQerrorMessage(src));
+		return -1;
+	}
+	return 1;
+}
+
+/* Collect a sent re-check and delete from the target the rows the source no longer has.
+ * Autocommit: a deletion is right whenever it happens, as a deleted id never comes back. It
+ * must happen before the next batch commits, which moves the pending re-check past it. */
+static int recheck_collect(struct pgu_map *m, PGconn *src, long long *removed,
+			   struct dw_err *err)
+{
+	PGresult *gone = take_result(src, err);
+	if (!gone) {
+		dw_err_prefix(err, "re-reading the batch's keys");
+		return -1;
+	}
+	int ng = PQntuples(gone);
+	if (ng == 0) {
+		PQclear(gone);
+		return 0;
+	}
+	char *arr = recheck_array(gone, 0, ng);
+	PQclear(gone);
+	const char *p[1] = {arr};
+	struct pgu_buf q = {0};
+	pgu_buf_printf(&q, "DELETE FROM %s WHERE %s = ANY($1::%s[])", m->tgt_table, m->tgt_key,
+		       m->tgt_key_type);
+	PGresult *r = pgu_exec(m->tgt, q.p, 1, p, PGRES_COMMAND_OK, err);
+	free(arr);
+	pgu_buf_free(&q);
+	if (!r) {
+		dw_err_prefix(err, "deleting rows the source no longer has");
+		return -1;
+	}
+	*removed += atoll(PQcmdTuples(r));
+	PQclear(r);
+	return 0;
+}
+
+/* Send and collect. */
+static int recheck_keys(struct pgu_map *m, PGconn *src, const PGresult *keys, int n,
+			long long *removed, struct dw_err *err)
+{
+	int sent = recheck_send(src, keys, n, err);
+	return sent <= 0 ? sent : recheck_collect(m, src, removed, err);
+}
+
+/* Nothing is pending: the last committed batch has been re-checked. */
+static int recheck_pending_clear(struct pgu_map *m, struct dw_err *err)
+{
+	const char *p[1] = {m->name};
+	PGresult *r = pgu_exec(m->tgt,
+			       "UPDATE dualwrite_backfill_checkpoint SET recheck_pending = false "
+			       "WHERE table_name = $1",
+			       1, p, PGRES_COMMAND_OK, err);
+	PQclear(r);
+	return r ? 0 : -1;
+}
+
+/* The pending re-check a killed run left (its last batch committed, not re-checked): the
+ * target's keys in (recheck_after, last_key] are re-checked against the source. The range is
+ * read on the target, in the target's key order (the same order as the source's for the
+ * integer keys of the seeds; text keys under differing collations may be re-checked only in
+ * part, which verify would report). Then the flag is cleared. No-op when nothing is pending. */
+static int recheck_pending(struct pgu_map *m, PGconn *src, long long *removed,
+			   struct dw_err *err)
+{
+	const char *p[2] = {m->name, NULL};
+	PGresult *r = pgu_exec(m->tgt,
+			       "SELECT to_jsonb(c)->>'recheck_after', c.last_key, "
+			       "coalesce((to_jsonb(c)->>'recheck_pending')::boolean, false) "
+			       "FROM dualwrite_backfill_checkpoint c WHERE c.table_name = $1",
+			       1, p, PGRES_TUPLES_OK, err);
+	if (!r)
+		return -1;
+	if (PQntuples(r) != 1 || PQgetvalue(r, 0, 2)[0] != 't' || PQgetisnull(r, 0, 1)) {
+		PQclear(r);
+		return 0;
+	}
+	char *after = PQgetisnull(r, 0, 0) ? NULL : dw_strdup(PQgetvalue(r, 0, 0));
+	char *last = dw_strdup(PQgetvalue(r, 0, 1));
+	PQclear(r);
+	struct pgu_buf q = {0};
+	pgu_buf_printf(&q, "SELECT t.%s::text FROM %s t WHERE t.%s <= $1::%s", m->tgt_key,
+		       m->tgt_table, m->tgt_key, m->tgt_key_type);
+	if (after)
+		pgu_buf_printf(&q, " AND t.%s > $2::%s", m->tgt_key, m->tgt_key_type);
+	const char *kp[2] = {last, after};
+	r = pgu_exec(m->tgt, q.p, after ? 2 : 1, kp, PGRES_TUPLES_OK, err);
+	pgu_buf_free(&q);
+	int rc = r && recheck_keys(m, src, r, PQntuples(r), removed, err) == 0 ?
+			 recheck_pending_clear(m, err) : -1;
+	PQclear(r);
+	free(after);
+	free(last);
+	return rc;
+}
+
 /* One batch: stage, insert, advance the checkpoint, commit — or nothing. */
 static int write_batch(struct pgu_map *m, const struct opts *o, const struct pgu_buf *copy,
-		       const char *last_key, long n, bool final, bool first, long *inserted,
-		       struct dw_err *err)
+		       const char *batch_after, const char *last_key, long n, bool final, bool first,
+		       long *inserted, struct dw_err *err)
 {
 	char nbuf[32];
 	snprintf(nbuf, sizeof(nbuf), "%ld", n);
@@ -321,7 +505,7 @@ static int write_batch(struct pgu_map *m, const struct opts *o, const struct pgu
 	if (pgu_cmd(m->tgt, "BEGIN", err) < 0)
 		return -1;
 	if (first) {
-		if (pgu_cmd(m->tgt, CKPT_DDL, err) < 0)
+		if (pgu_cmd(m->tgt, CKPT_DDL, err) < 0 || pgu_cmd(m->tgt, RECHECK_DDL, err) < 0)
 			goto fail;
 		if (o->restart) {
 			const char *q[1] = {m->name};
@@ -338,6 +522,8 @@ static int write_batch(struct pgu_map *m, const struct opts *o, const struct pgu
 	if (!r)
 		goto fail;
 	PQclear(r);
+	if (n > 0 && recheck_mark(m, batch_after, err) < 0)
+		goto fail;
 	if (pgu_cmd(m->tgt, "COMMIT", err) < 0)
 		goto fail;
 	return 0;
@@ -354,18 +540,23 @@ static int run(struct pgu_map *m, const struct opts *o, struct ckpt *ck, struct 
 	if (o->rate > 0 && (double)batch > o->rate / 10)
 		batch = o->rate / 10 >= 1 ? (long)(o->rate / 10) : 1;
 	char *last = o->restart ? NULL : (ck->last_key ? dw_strdup(ck->last_key) : NULL);
-	long long base = o->restart ? 0 : ck->rows, done = 0, skipped = 0;
+	long long base = o->restart ? 0 : ck->rows, done = 0, skipped = 0, removed = 0;
 	long long total = estimate_rows(m);
 	bool tty = cli_is_tty(), first = true;
 	struct pgu_buf copy = {0};
 	PGresult *r = NULL;
-	int rc = -1;
+	/* The re-checks' own source session: the main one is busy fetching the next batch. */
+	PGconn *rsrc = NULL;
+	int rc = -1, rechecking = 0;
 	int64_t t0 = dw_now_us();
 
 	/* Each batch commits with its checkpoint, so a commit lost to a server
 	 * crash rewinds both together: the resumed run redoes that batch. No
 	 * need to wait for the WAL flush of every batch. */
-	if (pgu_cmd(m->tgt, "SET synchronous_commit = off", err) < 0 || pgu_stage(m, err) < 0 ||
+	if (pgu_cmd(m->tgt, "SET synchronous_commit = off", err) < 0 ||
+	    !(rsrc = pgu_connect(m->tm->source.dsn, "source", err)) ||
+	    recheck_prepare(m, rsrc, err) < 0 ||
+	    (ck->exists && recheck_pending(m, rsrc, &removed, err) < 0) || pgu_stage(m, err) < 0 ||
 	    prepare_source(m, batch, err) < 0 ||
 	    send_fetch(m, last, err) < 0 || !(r = take_result(m->src, err)))
 		goto out;
@@ -385,8 +576,11 @@ static int run(struct pgu_map *m, const struct opts *o, struct ckpt *ck, struct 
 				goto out;
 			}
 		long ins = 0;
-		if (write_batch(m, o, &copy, next_last ? next_last : last, n, final, first, &ins,
-				err) < 0) {
+		/* The previous batch's re-check, then this batch, then its re-check is sent. */
+		if ((rechecking && recheck_collect(m, rsrc, &removed, err) < 0) ||
+		    write_batch(m, o, &copy, last, next_last ? next_last : last, n, final, first,
+				&ins, err) < 0 ||
+		    (rechecking = recheck_send(rsrc, r, (int)n, err)) < 0) {
 			free(next_last);
 			goto out;
 		}
@@ -409,11 +603,17 @@ static int run(struct pgu_map *m, const struct opts *o, struct ckpt *ck, struct 
 		if (!(r = take_result(m->src, err)))
 			goto out;
 	}
+	/* The last batch is re-checked: nothing is pending any more. */
+	if ((rechecking && recheck_collect(m, rsrc, &removed, err) < 0) ||
+	    recheck_pending_clear(m, err) < 0)
+		goto out;
 	double secs = (double)(dw_now_us() - t0) / 1e6;
 	if (tty)
 		fputc('\n', stderr);
 	printf("backfill %s: %lld rows in %.1f s (%.0f rows/s), %lld skipped (already present)",
 	       m->name, done, secs, secs > 0 ? (double)done / secs : 0.0, skipped);
+	if (removed)
+		printf(", %lld deleted on the source meanwhile (removed again)", removed);
 	if (base)
 		printf("; %lld rows in all with the earlier run", base + done);
 	printf("\n");
@@ -422,6 +622,7 @@ out:
 	if (rc != 0 && tty)
 		fputc('\n', stderr);
 	PQclear(r);
+	PQfinish(rsrc);
 	free(last);
 	pgu_buf_free(&copy);
 	return rc;
@@ -456,8 +657,18 @@ int cmd_backfill(int argc, char **argv)
 		goto out;
 	}
 	if (ck.finished && !o.restart) {
+		/* A run killed after its last commit has not re-checked that batch yet. */
+		long long removed = 0;
+		if (recheck_prepare(&m, m.src, &err) < 0 ||
+		    recheck_pending(&m, m.src, &removed, &err) < 0) {
+			dw_err_prefix(&err, "table %s", m.name);
+			goto out;
+		}
 		printf("backfill %s: already complete (%lld rows); --restart to run again\n", m.name,
 		       ck.rows);
+		if (removed)
+			printf("backfill %s: %lld rows deleted on the source meanwhile (removed again)\n",
+			       m.name, removed);
 		rc = 0;
 		goto out;
 	}

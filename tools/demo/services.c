@@ -220,14 +220,13 @@ static void go_list(struct svc *s, struct call *c, struct reply *r)
 		   "list gear items");
 }
 
-static void go_create(struct svc *s, struct call *c, struct reply *r)
+/* INSERT one gear item from the body (id from the body, or `id` when given); ON CONFLICT DO
+ * NOTHING when `upsert`, so that a row that appeared meanwhile yields no row instead of 409. */
+static PGresult *gear_insert(struct svc *s, struct call *c, const char *id, int upsert)
 {
-	static const char *const req[] = {"id", "user_id", "name"};
 	const char *p[9];
 
-	if (require(c, r, req, DW_ARRAY_LEN(req)) < 0)
-		return;
-	p[0] = call_text(c, "id");
+	p[0] = id ? id : call_text(c, "id");
 	p[1] = call_text(c, "user_id");
 	p[2] = call_text(c, "name");
 	p[3] = call_text(c, "category");
@@ -236,17 +235,31 @@ static void go_create(struct svc *s, struct call *c, struct reply *r)
 	p[6] = call_text(c, "role");
 	p[7] = call_text(c, "created_at");
 	p[8] = call_text(c, "updated_at");
-	reply_row(s, r,
-		  demo_query(s,
-			     "INSERT INTO gear_items (id, user_id, name, category, brand, status,"
-			     " role, created_at, updated_at)"
-			     " VALUES ($1::bigint, $2::bigint, $3, $4, $5, coalesce($6, 'active'),"
-			     " coalesce($7, 'personal'),"
-			     " coalesce($8::timestamptz, now()),"
-			     " coalesce($9::timestamptz, $8::timestamptz, now()))"
-			     " RETURNING " GEAR_JSON "::text",
-			     9, p),
-		  201, "create gear item", "");
+	return demo_query(s,
+			  upsert ? "INSERT INTO gear_items (id, user_id, name, category, brand, status,"
+				   " role, created_at, updated_at)"
+				   " VALUES ($1::bigint, $2::bigint, $3, $4, $5, coalesce($6, 'active'),"
+				   " coalesce($7, 'personal'),"
+				   " coalesce($8::timestamptz, now()),"
+				   " coalesce($9::timestamptz, $8::timestamptz, now()))"
+				   " ON CONFLICT (id) DO NOTHING RETURNING " GEAR_JSON "::text"
+				 : "INSERT INTO gear_items (id, user_id, name, category, brand, status,"
+				   " role, created_at, updated_at)"
+				   " VALUES ($1::bigint, $2::bigint, $3, $4, $5, coalesce($6, 'active'),"
+				   " coalesce($7, 'personal'),"
+				   " coalesce($8::timestamptz, now()),"
+				   " coalesce($9::timestamptz, $8::timestamptz, now()))"
+				   " RETURNING " GEAR_JSON "::text",
+			  9, p);
+}
+
+static void go_create(struct svc *s, struct call *c, struct reply *r)
+{
+	static const char *const req[] = {"id", "user_id", "name"};
+
+	if (require(c, r, req, DW_ARRAY_LEN(req)) < 0)
+		return;
+	reply_row(s, r, gear_insert(s, c, NULL, 0), 201, "create gear item", "");
 }
 
 static void go_get(struct svc *s, struct call *c, struct reply *r)
@@ -263,6 +276,11 @@ static void go_get(struct svc *s, struct call *c, struct reply *r)
 		  200, "gear item", c->arg);
 }
 
+/* PUT replaces the item's given fields, and creates the item when it does not exist yet and the
+ * body carries a whole row (user_id and name at least): PUT's own meaning (RFC 9110 §9.3.4).
+ * That is what makes a mirrored update of a history row the backfill has not copied yet an
+ * upsert instead of a 404 (README, Phase 2). A row inserted meanwhile by someone else (the
+ * backfill) is waited for by ON CONFLICT and then updated: the PUT, newer, wins. */
 static void go_update(struct svc *s, struct call *c, struct reply *r)
 {
 	static const struct demo_col cols[] = {
@@ -276,6 +294,7 @@ static void go_update(struct svc *s, struct call *c, struct reply *r)
 		{"updated_at", NULL, "updated_at", "timestamptz", 0},
 	};
 	struct sqlb b;
+	PGresult *res;
 
 	if (!int_id(c->arg)) {
 		reply_error(r, 404, "gear item %s not found", c->arg);
@@ -289,6 +308,20 @@ static void go_update(struct svc *s, struct call *c, struct reply *r)
 		sqlb_add(&b, ", updated_at = now()");
 	sqlb_add(&b, " WHERE id = $%d::bigint RETURNING " GEAR_JSON "::text",
 		 sqlb_param(&b, c->arg));
+	res = demo_query(s, b.sql, b.n, b.params);
+	if (!demo_res_ok(res) || PQntuples(res) > 0 || !call_text(c, "user_id") ||
+	    !call_text(c, "name")) {
+		reply_row(s, r, res, 200, "gear item", c->arg);
+		return;
+	}
+	PQclear(res);
+	res = gear_insert(s, c, c->arg, 1);
+	if (!demo_res_ok(res) || PQntuples(res) == 1) {
+		reply_row(s, r, res, 201, "gear item", c->arg);
+		return;
+	}
+	PQclear(res);
+	/* Inserted by someone else between the UPDATE and the INSERT: update it now. */
 	reply_row(s, r, demo_query(s, b.sql, b.n, b.params), 200, "gear item", c->arg);
 }
 
