@@ -94,7 +94,7 @@ static double measure(op_fn f, void *arg, long n, int rounds)
 	return best;
 }
 
-static char keys[4096][8]; /* user ids "10000".."14095" */
+static char keys[4096][12]; /* user ids "10000".."14095" (room for any int) */
 
 static void op_bucket(long i, void *arg)
 {
