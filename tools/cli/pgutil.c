@@ -512,6 +512,71 @@ static int attr_index(const PGresult *r, const char *name)
 int pgu_map_open(struct pgu_map *m, const struct dw_config *cfg, const char *table,
 		 struct dw_err *err)
 {
+	return pgu_map_open_as(m, cfg, table, NULL, err);
+}
+
+/* The key columns of both sides: quoted names, types, and where each target
+ * key column is among the mapped columns. Called once cols are known. */
+static int map_keys(struct pgu_map *m, const PGresult *sa, const PGresult *ta,
+		    struct dw_err *err)
+{
+	const struct dw_table_map *tm = m->tm;
+	struct pgu_buf b = {0};
+	m->nkey = tm->target.nkeys;
+	m->src_keys = dw_calloc(m->nkey, sizeof(char *));
+	m->tgt_keys = dw_calloc(m->nkey, sizeof(char *));
+	m->src_key_types = dw_calloc(m->nkey, sizeof(char *));
+	m->tgt_key_types = dw_calloc(m->nkey, sizeof(char *));
+	m->key_cols = dw_calloc(m->nkey, sizeof(int));
+	for (size_t k = 0; k < m->nkey; k++) {
+		int si = attr_index(sa, tm->source.keys[k]), ti = attr_index(ta, tm->target.keys[k]);
+		if (si < 0) {
+			dw_err_set(err, "source key column %s.%s does not exist", tm->source.table,
+				   tm->source.keys[k]);
+			return -1;
+		}
+		if (ti < 0) {
+			dw_err_set(err, "target key column %s.%s does not exist", tm->target.table,
+				   tm->target.keys[k]);
+			return -1;
+		}
+		m->src_keys[k] = pgu_ident(m->src, tm->source.keys[k]);
+		m->tgt_keys[k] = pgu_ident(m->tgt, tm->target.keys[k]);
+		m->src_key_types[k] = dw_strdup(PQgetvalue(sa, si, 1));
+		m->tgt_key_types[k] = dw_strdup(PQgetvalue(ta, ti, 1));
+		m->key_cols[k] = -1;
+		for (size_t i = 0; i < m->ncols; i++)
+			if (strcmp(m->cols[i].name, tm->target.keys[k]) == 0)
+				m->key_cols[k] = (int)i;
+		if (m->key_cols[k] < 0) {
+			dw_err_set(err, "target key column %s.%s is not mapped in columns",
+				   tm->target.table, tm->target.keys[k]);
+			return -1;
+		}
+		pgu_buf_printf(&b, "%s%s", k ? ", " : "", m->tgt_keys[k]);
+	}
+	m->tgt_key_list = b.p;
+	b = (struct pgu_buf){0};
+	for (size_t w = 0; w < tm->target.nwhere; w++) {
+		const char *col = tm->target.where_cols[w], *v = tm->target.where_vals[w];
+		if (attr_index(ta, col) < 0) {
+			dw_err_set(err, "target where column %s.%s does not exist", tm->target.table, col);
+			pgu_buf_free(&b);
+			return -1;
+		}
+		char *qc = pgu_ident(m->tgt, col);
+		char *qv = pgu_literal(m->tgt, strcmp(v, "$tenant") == 0 ? m->tenant : v);
+		pgu_buf_printf(&b, "%st.%s = %s", w ? " AND " : "", qc, qv);
+		free(qc);
+		free(qv);
+	}
+	m->tgt_where = b.p;
+	return 0;
+}
+
+int pgu_map_open_as(struct pgu_map *m, const struct dw_config *cfg, const char *table,
+		    const char *tenant, struct dw_err *err)
+{
 	int rc = PGU_RUNTIME;
 	PGresult *sa = NULL, *ta = NULL;
 	config_t lc;
@@ -533,7 +598,7 @@ int pgu_map_open(struct pgu_map *m, const struct dw_config *cfg, const char *tab
 	}
 	const struct dw_table_map *tm = m->tm;
 	m->name = tm->name;
-	m->tenant = cfg->tenant.def ? cfg->tenant.def : "default";
+	m->tenant = tenant ? tenant : cfg->tenant.def ? cfg->tenant.def : "default";
 
 	if (!(m->src = pgu_connect(tm->source.dsn, "source", err)) ||
 	    !(m->tgt = pgu_connect(tm->target.dsn, "target", err)))
@@ -571,7 +636,8 @@ int pgu_map_open(struct pgu_map *m, const struct dw_config *cfg, const char *tab
 		t.attrs[i].json = oid == OID_JSON || oid == OID_JSONB;
 		t.attrs[i].native = cat == 'N' || cat == 'B';
 	}
-	add_ref(&t, tm->source.key);
+	for (size_t k = 0; k < tm->source.nkeys; k++)
+		add_ref(&t, tm->source.keys[k]); /* the key first: see pgu_keyset_tail */
 
 	const config_setting_t *raw = raw_columns(&lc, cfg, table);
 	m->ncols = tm->ncolumns;
@@ -613,14 +679,13 @@ int pgu_map_open(struct pgu_map *m, const struct dw_config *cfg, const char *tab
 			fetch_all = true;
 		}
 	}
-	if (m->key_col < 0) {
-		dw_err_set(err, "target key column %s.%s is not mapped in columns",
-			   tm->target.table, tm->target.key);
+	if (map_keys(m, sa, ta, err) < 0)
 		goto out;
-	}
 	pgu_buf_reset(&sql);
 	if (fetch_all) {
-		pgu_buf_printf(&sql, "s.%s, s.*", m->src_key);
+		for (size_t k = 0; k < m->nkey; k++)
+			pgu_buf_printf(&sql, "s.%s, ", m->src_keys[k]);
+		pgu_buf_puts(&sql, "s.*");
 	} else {
 		for (size_t i = 0; i < t.nrefs; i++) {
 			char *q = PQescapeIdentifier(m->src, t.refs[i], strlen(t.refs[i]));
@@ -662,11 +727,80 @@ void pgu_map_close(struct pgu_map *m)
 	free(m->src_key_type);
 	free(m->tgt_key_type);
 	free(m->src_cols);
+	for (size_t k = 0; k < m->nkey; k++) {
+		free(m->src_keys[k]);
+		free(m->tgt_keys[k]);
+		free(m->src_key_types[k]);
+		free(m->tgt_key_types[k]);
+	}
+	free(m->src_keys);
+	free(m->tgt_keys);
+	free(m->src_key_types);
+	free(m->tgt_key_types);
+	free(m->key_cols);
+	free(m->tgt_key_list);
+	free(m->tgt_where);
 	if (m->src)
 		PQfinish(m->src);
 	if (m->tgt)
 		PQfinish(m->tgt);
 	memset(m, 0, sizeof(*m));
+}
+
+char *pgu_keyset_tail(const struct pgu_map *m, bool after, long limit)
+{
+	struct pgu_buf b = {0};
+	if (after) {
+		/* A row comparison: (a, b) > (x, y) uses an index on (a, b). */
+		pgu_buf_puts(&b, m->nkey > 1 ? "WHERE (" : "WHERE ");
+		for (size_t k = 0; k < m->nkey; k++)
+			pgu_buf_printf(&b, "%ss.%s", k ? ", " : "", m->src_keys[k]);
+		pgu_buf_puts(&b, m->nkey > 1 ? ") > (" : " > ");
+		for (size_t k = 0; k < m->nkey; k++)
+			pgu_buf_printf(&b, "%s$%zu::%s", k ? ", " : "", k + 1, m->src_key_types[k]);
+		pgu_buf_puts(&b, m->nkey > 1 ? ") " : " ");
+	}
+	pgu_buf_puts(&b, "ORDER BY ");
+	for (size_t k = 0; k < m->nkey; k++)
+		pgu_buf_printf(&b, "%ss.%s", k ? ", " : "", m->src_keys[k]);
+	pgu_buf_printf(&b, " LIMIT %ld", limit);
+	return b.p;
+}
+
+char *pgu_row_key(const struct pgu_map *m, const PGresult *r, int row)
+{
+	if (m->nkey == 1)
+		return dw_strdup(PQgetvalue(r, row, 0));
+	json_t *a = json_array();
+	for (size_t k = 0; k < m->nkey; k++)
+		json_array_append_new(a, json_stringn(PQgetvalue(r, row, (int)k),
+						      (size_t)PQgetlength(r, row, (int)k)));
+	char *s = json_dumps(a, JSON_COMPACT);
+	json_decref(a);
+	return s;
+}
+
+int pgu_key_split(const struct pgu_map *m, const char *key, char **vals, struct dw_err *err)
+{
+	if (m->nkey == 1) {
+		vals[0] = dw_strdup(key);
+		return 0;
+	}
+	json_error_t je;
+	json_t *a = json_loads(key, 0, &je);
+	bool ok = json_is_array(a) && json_array_size(a) == m->nkey;
+	for (size_t k = 0; ok && k < m->nkey; k++)
+		ok = json_is_string(json_array_get(a, k));
+	if (!ok) {
+		json_decref(a);
+		dw_err_set(err, "key %s is not a key of %zu columns (was the table map's key changed? "
+				"--restart starts over)", key, m->nkey);
+		return -1;
+	}
+	for (size_t k = 0; k < m->nkey; k++)
+		vals[k] = dw_strdup(json_string_value(json_array_get(a, k)));
+	json_decref(a);
+	return 0;
 }
 
 char *pgu_source_select(const struct pgu_map *m, const char *tail)
@@ -768,11 +902,14 @@ char *pgu_insert_sql(const struct pgu_map *m, bool update)
 	pgu_buf_puts(&b, ") SELECT ");
 	for (size_t i = 0; i < m->ncols; i++)
 		pgu_buf_printf(&b, "%sc%zu::%s", i ? ", " : "", i, m->cols[i].type);
-	pgu_buf_printf(&b, " FROM pg_temp.dw_stage ON CONFLICT (%s) DO ", m->tgt_key);
+	pgu_buf_printf(&b, " FROM pg_temp.dw_stage ON CONFLICT (%s) DO ", m->tgt_key_list);
 	bool any = false;
 	if (update) {
 		for (size_t i = 0; i < m->ncols; i++) {
-			if ((int)i == m->key_col)
+			bool key = false;
+			for (size_t k = 0; k < m->nkey; k++)
+				key |= (int)i == m->key_cols[k];
+			if (key)
 				continue;
 			pgu_buf_printf(&b, "%s%s = EXCLUDED.%s", any ? ", " : "UPDATE SET ",
 				       m->cols[i].qname, m->cols[i].qname);
