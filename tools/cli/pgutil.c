@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -310,10 +311,84 @@ static void lit(struct tr *t, struct pgu_buf *out, const char *s, bool nested)
 	free(q);
 }
 
+static int tr_string(struct tr *t, const char *s, bool nested, bool json_target,
+		     struct pgu_buf *out, struct dw_err *err);
+
+/* Offsets of the top-level "??" in s (outside 'quotes'); returns how many. */
+static size_t fallback_splits(const char *s, size_t *at, size_t max)
+{
+	size_t n = 0;
+	bool q = false;
+	for (size_t i = 0; s[i]; i++) {
+		if (s[i] == '\'')
+			q = !q; /* '' inside a quote toggles twice: still inside */
+		else if (!q && s[i] == '?' && s[i + 1] == '?' && n < max) {
+			at[n++] = i;
+			i++;
+		}
+	}
+	return n;
+}
+
+/* One operand of A ?? B: a reference, 'text', a number, true/false/null, {} or []. */
+static int tr_operand(struct tr *t, const char *s, size_t len, bool jsonish, bool json_target,
+		      struct pgu_buf *out, struct dw_err *err)
+{
+	while (len && (*s == ' ' || *s == '\t'))
+		s++, len--;
+	while (len && (s[len - 1] == ' ' || s[len - 1] == '\t'))
+		len--;
+	char *op = dw_strndup(s, len);
+	int rc = 0;
+	if (op[0] == '$') {
+		rc = tr_string(t, op, jsonish, json_target, out, err);
+	} else if (op[0] == '\'' && len >= 2 && op[len - 1] == '\'') {
+		struct pgu_buf v = {0};
+		for (size_t i = 1; i + 1 < len; i++) {
+			pgu_buf_add(&v, op + i, 1);
+			if (op[i] == '\'' && op[i + 1] == '\'')
+				i++;
+		}
+		lit(t, out, v.p ? v.p : "", jsonish);
+		pgu_buf_free(&v);
+	} else if (strcmp(op, "null") == 0) {
+		pgu_buf_puts(out, jsonish ? "NULL::jsonb" : "NULL");
+	} else if (strspn(op, "{}[]truefalsn0123456789.-+eE") == len && len) {
+		char *q = pgu_literal(t->m->src, op);
+		pgu_buf_printf(out, jsonish ? "%s::jsonb" : "%s", q);
+		free(q);
+	} else {
+		rc = 1;
+	}
+	free(op);
+	return rc;
+}
+
 /* Translate one string expression. 1: no SQL form; -1: error (unknown column). */
 static int tr_string(struct tr *t, const char *s, bool nested, bool json_target,
 		     struct pgu_buf *out, struct dw_err *err)
 {
+	size_t at[16];
+	size_t nsplit = s[0] == '$' && s[1] != '$' ? fallback_splits(s, at, DW_ARRAY_LEN(at)) : 0;
+	if (nsplit) {
+		/* A ?? B ?? C: the first present and not null. In jsonb, a JSON null
+		 * is a value to SQL: NULLIF makes it absent, as the engine sees it. */
+		bool jsonish = nested || json_target;
+		pgu_buf_puts(out, "coalesce(");
+		for (size_t i = 0; i <= nsplit; i++) {
+			size_t from = i ? at[i - 1] + 2 : 0, to = i < nsplit ? at[i] : strlen(s);
+			struct pgu_buf o = {0};
+			int rc = tr_operand(t, s + from, to - from, jsonish, json_target, &o, err);
+			if (rc == 0)
+				pgu_buf_printf(out, jsonish ? "%sNULLIF(%s, 'null'::jsonb)" : "%s%s",
+					       i ? ", " : "", o.p);
+			pgu_buf_free(&o);
+			if (rc)
+				return rc;
+		}
+		pgu_buf_puts(out, ")");
+		return 0;
+	}
 	if (s[0] != '$') {
 		lit(t, out, s, nested);
 		return 0;
@@ -812,6 +887,90 @@ char *pgu_source_select(const struct pgu_map *m, const char *tail)
 
 /* ---- mapping rows ---- */
 
+/* A real in the shortest form that reads back the same, keeping ".0" on an
+ * integral value as JSON text of a real does: 0.1 stays 0.1 (jansson's
+ * "%.17g" would write 0.10000000000000001, a different jsonb number). */
+static void real_text(double d, bool in_doc, struct pgu_buf *b)
+{
+	char tmp[40];
+	for (int prec = 15; prec <= 17; prec++) {
+		snprintf(tmp, sizeof(tmp), "%.*g", prec, d);
+		if (strtod(tmp, NULL) == d)
+			break;
+	}
+	pgu_buf_puts(b, tmp);
+	if (in_doc && !strpbrk(tmp, ".eEni"))
+		pgu_buf_puts(b, ".0");
+}
+
+static void json_text(const json_t *v, struct pgu_buf *b);
+
+static void string_text(const char *s, size_t n, struct pgu_buf *b)
+{
+	pgu_buf_add(b, "\"", 1);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '"' || c == '\\') {
+			char e[2] = {'\\', (char)c};
+			pgu_buf_add(b, e, 2);
+		} else if (c < 0x20) {
+			pgu_buf_printf(b, "\\u%04x", c);
+		} else {
+			pgu_buf_add(b, s + i, 1);
+		}
+	}
+	pgu_buf_add(b, "\"", 1);
+}
+
+/* Compact JSON text of v, reals as real_text writes them. */
+static void json_text(const json_t *v, struct pgu_buf *b)
+{
+	const char *k;
+	json_t *e;
+	size_t i;
+	bool first = true;
+	switch (json_typeof(v)) {
+	case JSON_OBJECT:
+		pgu_buf_add(b, "{", 1);
+		json_object_foreach((json_t *)(uintptr_t)v, k, e) {
+			if (!first)
+				pgu_buf_add(b, ",", 1);
+			first = false;
+			string_text(k, strlen(k), b);
+			pgu_buf_add(b, ":", 1);
+			json_text(e, b);
+		}
+		pgu_buf_add(b, "}", 1);
+		break;
+	case JSON_ARRAY:
+		pgu_buf_add(b, "[", 1);
+		json_array_foreach(v, i, e) {
+			if (i)
+				pgu_buf_add(b, ",", 1);
+			json_text(e, b);
+		}
+		pgu_buf_add(b, "]", 1);
+		break;
+	case JSON_STRING:
+		string_text(json_string_value(v), json_string_length(v), b);
+		break;
+	case JSON_INTEGER:
+		pgu_buf_printf(b, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+		break;
+	case JSON_REAL:
+		real_text(json_real_value(v), true, b);
+		break;
+	case JSON_TRUE:
+		pgu_buf_puts(b, "true");
+		break;
+	case JSON_FALSE:
+		pgu_buf_puts(b, "false");
+		break;
+	default:
+		pgu_buf_puts(b, "null");
+	}
+}
+
 /* One mapped value as text for COPY; NULL for null/missing. malloc'd. */
 static char *value_text(const json_t *v)
 {
@@ -822,17 +981,22 @@ static char *value_text(const json_t *v)
 	case JSON_INTEGER:
 		snprintf(tmp, sizeof(tmp), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
 		return dw_strdup(tmp);
-	case JSON_REAL:
-		snprintf(tmp, sizeof(tmp), "%.17g", json_real_value(v));
-		return dw_strdup(tmp);
 	case JSON_TRUE:
 		return dw_strdup("true");
 	case JSON_FALSE:
 		return dw_strdup("false");
 	case JSON_NULL:
 		return NULL;
-	default:
-		return jsonfast_dumps(v, NULL);
+	default: {
+		/* a real for a numeric column (no ".0": it may be an integer one),
+		 * or a document for a json one */
+		struct pgu_buf b = {0};
+		if (json_is_real(v))
+			real_text(json_real_value(v), false, &b);
+		else
+			json_text(v, &b);
+		return b.p;
+	}
 	}
 }
 
