@@ -411,7 +411,7 @@ run_telemetry() {
 		psqlq -d dw_tgt -c CHECKPOINT
 		psqlq -d dw_src -c CHECKPOINT
 		rc=0
-		record bash -c "psql -d dw_src -c '\\copy ($TEL_SELECT) TO STDOUT' | psql -d dw_tgt -c '\\copy telemetry ($TEL_COLS) FROM STDIN'"
+		record bash -c "psql -X -q -d dw_src -c $(printf %q "\\copy ($TEL_SELECT) TO STDOUT") | psql -X -q -d dw_tgt -c $(printf %q "\\copy telemetry ($TEL_COLS) FROM STDIN")"
 		t0=$EPOCHREALTIME
 		telemetry_copy_pipe 2>"$RES/tcopy-$n.err" || rc=$?
 		t=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.3f", b-a}')
