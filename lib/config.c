@@ -444,6 +444,8 @@ static void mirror_free(struct dw_mirror *m)
 	free(m);
 }
 
+static void table_side_free(struct dw_table_side *s);
+
 static void config_free(struct dw_config *c)
 {
 	if (!c)
@@ -487,12 +489,8 @@ static void config_free(struct dw_config *c)
 	for (size_t i = 0; i < c->ntables; i++) {
 		struct dw_table_map *t = &c->tables[i];
 		free(t->name);
-		free(t->source.dsn);
-		free(t->source.table);
-		free(t->source.key);
-		free(t->target.dsn);
-		free(t->target.table);
-		free(t->target.key);
+		table_side_free(&t->source);
+		table_side_free(&t->target);
 		for (size_t j = 0; j < t->ncolumns; j++) {
 			free(t->column_names[j]);
 			expr_free(t->columns[j]);
@@ -1192,10 +1190,138 @@ static void load_routes(struct loader *L, const config_setting_t *root)
 
 /* ---------------------------------------------------------------- tables */
 
+/* key = "id" or key = ["device_id", "timestamp"]: one or more distinct
+ * column names (a composite key pages and matches on all of them). */
+static void load_keys(struct loader *L, const config_setting_t *s, const char *prefix,
+		      struct dw_table_side *out)
+{
+	const config_setting_t *k = config_setting_get_member(s, "key");
+	char w[WHERE_MAX];
+	int n;
+
+	wjoin(w, sizeof(w), prefix, "key");
+	if (!k) {
+		lerr(L, sline(s), w, "missing (required: the key column, or a list of them)");
+		return;
+	}
+	if (config_setting_type(k) == CONFIG_TYPE_STRING) {
+		const char *v = config_setting_get_string(k);
+		if (!is_ident(v)) {
+			lerr(L, sline(k), w, "\"%s\": expected a column name", v);
+			return;
+		}
+		out->keys = dw_calloc(1, sizeof(*out->keys));
+		out->keys[out->nkeys++] = dw_strdup(v);
+		out->key = out->keys[0];
+		return;
+	}
+	if (!config_setting_is_array(k) && !config_setting_is_list(k)) {
+		lerr(L, sline(k), w, "expected a column name or a list of them [ \"a\", \"b\" ]");
+		return;
+	}
+	n = config_setting_length(k);
+	if (n == 0 || n > DW_TABLE_KEY_MAX) {
+		lerr(L, sline(k), w, "%d columns: a key has 1 to %d", n, DW_TABLE_KEY_MAX);
+		return;
+	}
+	out->keys = dw_calloc((size_t)n, sizeof(*out->keys));
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *e = config_setting_get_elem(k, (unsigned)i);
+		const char *v = config_setting_get_string(e);
+		char ew[WHERE_MAX];
+
+		wfmt(ew, sizeof(ew), "%s[%d]", w, i);
+		if (!v) {
+			lerr(L, sline(e), ew, "expected a column name (string)");
+			continue;
+		}
+		if (!is_ident(v)) {
+			lerr(L, sline(e), ew, "\"%s\": expected a column name", v);
+			continue;
+		}
+		bool dup = false;
+		for (size_t j = 0; j < out->nkeys; j++)
+			dup |= strcmp(out->keys[j], v) == 0;
+		if (dup) {
+			lerr(L, sline(e), ew, "\"%s\" is listed twice", v);
+			continue;
+		}
+		out->keys[out->nkeys++] = dw_strdup(v);
+	}
+	if (out->nkeys != (size_t)n) {
+		for (size_t j = 0; j < out->nkeys; j++)
+			free(out->keys[j]);
+		free(out->keys);
+		out->keys = NULL;
+		out->nkeys = 0;
+		return;
+	}
+	out->key = out->keys[0];
+}
+
+/* where = { column = "value"; ... } on the target side only. */
+static void load_where(struct loader *L, const config_setting_t *s, const char *prefix,
+		       const char *side, struct dw_table_side *out)
+{
+	const config_setting_t *g = config_setting_get_member(s, "where");
+	char w[WHERE_MAX];
+
+	if (!g)
+		return;
+	wjoin(w, sizeof(w), prefix, "where");
+	if (strcmp(side, "target") != 0) {
+		lerr(L, sline(g), w, "only the target side takes a where (the source is read whole)");
+		return;
+	}
+	if (!config_setting_is_group(g) || config_setting_length(g) == 0) {
+		lerr(L, sline(g), w, "expected a group { column = \"value\"; }");
+		return;
+	}
+	int n = config_setting_length(g);
+	out->where_cols = dw_calloc((size_t)n, sizeof(*out->where_cols));
+	out->where_vals = dw_calloc((size_t)n, sizeof(*out->where_vals));
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *e = config_setting_get_elem(g, (unsigned)i);
+		const char *cn = config_setting_name(e), *v = config_setting_get_string(e);
+		char ew[WHERE_MAX];
+
+		wjoin(ew, sizeof(ew), w, cn);
+		if (!is_ident(cn)) {
+			lerr(L, sline(e), ew, "\"%s\": not a valid column name", cn);
+			continue;
+		}
+		if (!v) {
+			lerr(L, sline(e), ew, "expected a string: \"$tenant\" or a literal value");
+			continue;
+		}
+		if (v[0] == '$' && strcmp(v, "$tenant") != 0 && v[1] != '$') {
+			lerr(L, sline(e), ew, "\"%s\": only \"$tenant\" is known here ($$ for a literal $)", v);
+			continue;
+		}
+		out->where_cols[out->nwhere] = dw_strdup(cn);
+		out->where_vals[out->nwhere++] = dw_strdup(v[0] == '$' && v[1] == '$' ? v + 1 : v);
+	}
+}
+
+static void table_side_free(struct dw_table_side *s)
+{
+	free(s->dsn);
+	free(s->table);
+	for (size_t j = 0; j < s->nkeys; j++)
+		free(s->keys[j]);
+	free(s->keys);
+	for (size_t j = 0; j < s->nwhere; j++) {
+		free(s->where_cols[j]);
+		free(s->where_vals[j]);
+	}
+	free(s->where_cols);
+	free(s->where_vals);
+}
+
 static void load_side(struct loader *L, const config_setting_t *g, const char *side,
 		      const char *tprefix, struct dw_table_side *out)
 {
-	static const char *const keys[] = { "dsn", "table", "key", NULL };
+	static const char *const keys[] = { "dsn", "table", "key", "where", NULL };
 	const config_setting_t *s = get_group(L, g, side, tprefix);
 	char prefix[WHERE_MAX], w[WHERE_MAX];
 	const char *v;
@@ -1227,21 +1353,8 @@ static void load_side(struct loader *L, const config_setting_t *g, const char *s
 	default:
 		break;
 	}
-	wjoin(w, sizeof(w), prefix, "key");
-	switch (get_str(L, s, "key", prefix, &v)) {
-	case 0:
-		lerr(L, sline(s), w, "missing (required: the key column)");
-		break;
-	case 1:
-		if (!is_ident(v))
-			lerr(L, sline(config_setting_get_member(s, "key")), w,
-			     "\"%s\": expected a column name", v);
-		else
-			out->key = dw_strdup(v);
-		break;
-	default:
-		break;
-	}
+	load_keys(L, s, prefix, out);
+	load_where(L, s, prefix, side, out);
 }
 
 /*
@@ -1280,7 +1393,10 @@ static void load_ignore(struct loader *L, const config_setting_t *g, const char 
 			lerr(L, sline(e), w, "\"%s\" is not a column in columns", cn);
 			continue;
 		}
-		if (t->target.key && strcmp(t->target.key, cn) == 0) {
+		bool is_key = false;
+		for (size_t j = 0; j < t->target.nkeys; j++)
+			is_key |= strcmp(t->target.keys[j], cn) == 0;
+		if (is_key) {
 			lerr(L, sline(e), w, "\"%s\" is the key; the key is always compared", cn);
 			continue;
 		}
@@ -1321,6 +1437,12 @@ static void load_tables(struct loader *L, const config_setting_t *root)
 		check_keys(L, g, prefix, keys);
 		load_side(L, g, "source", prefix, &t->source);
 		load_side(L, g, "target", prefix, &t->target);
+		if (t->source.nkeys && t->target.nkeys && t->source.nkeys != t->target.nkeys) {
+			wjoin(w, sizeof(w), prefix, "target.key");
+			lerr(L, sline(config_setting_get_member(config_setting_get_member(g, "target"), "key")),
+			     w, "%zu columns, but the source key has %zu (both name the same key, in order)",
+			     t->target.nkeys, t->source.nkeys);
+		}
 
 		wjoin(w, sizeof(w), prefix, "columns");
 		cols = get_group(L, g, "columns", prefix);

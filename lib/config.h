@@ -86,10 +86,20 @@ struct dw_route {
 	int line;
 };
 
+/* A source side has no where. The key is one column (key = "id") or a
+ * composite key (key = ["device_id", "timestamp"]); both sides name the same
+ * number of columns, in order. `key` is keys[0], not a separate allocation. */
+#define DW_TABLE_KEY_MAX 8
 struct dw_table_side {
 	char *dsn;   /* "" means libpq's PG* environment */
 	char *table; /* may be schema-qualified */
-	char *key;   /* key column */
+	char *key;   /* the first key column (== keys[0]) */
+	char **keys; /* every key column, in order */
+	size_t nkeys;
+	/* where = { tenant_id = "$tenant"; }: verify reads only the rows whose
+	 * columns equal these values ("$tenant" is the tenant, else a literal). */
+	char **where_cols, **where_vals;
+	size_t nwhere;
 };
 
 struct dw_table_map {

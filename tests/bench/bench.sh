@@ -17,15 +17,19 @@
 #   data   `dualwrite backfill` rows/s vs a `psql \copy` pipe of the same columns (Gear:
 #          old_equipment -> gear_items), peak RSS of backfill, and `dualwrite verify` of N equal
 #          rows vs plain full scans of both tables (count(*) and SELECT * to /dev/null).
+#   telemetry  the same for the IoT seed's telemetry (device_data -> telemetry, the demo
+#          schemas, conf/iot-v2.conf's table map: composite key (device_id, timestamp), jsonb
+#          metrics, the tenant injected): backfill rows/s and peak RSS vs a `psql \copy` pipe.
 #
 # usage: B=build tests/bench/bench.sh            (from anywhere; `make bench` does this)
 # env:   QUICK=1                 short runs (about 3 min in all) instead of the default (~15 min)
-#        PARTS=peers,tls,spool,data  which parts to run
+#        PARTS=peers,tls,spool,data,telemetry  which parts to run
 #        SHARED_BENCH=DIR        the peer harness directory (default ../shared/bench beside the repo)
 #        BASE_PORT=18000         loopback ports BASE_PORT+10..+95 for the peer harness
 #        DURATION REPS PASS_REPS WARMUP NOISY_RETRIES QUIET_WAIT MEM_CONNS MEM_HOLD  peer harness knobs
 #        SPOOL_SECONDS  SPOOL_K="1 8 50"  PG_SECONDS           spool part
 #        BACKFILL_ROWS="100000 1000000"  VERIFY_ROWS=1000000   data part
+#        TELEMETRY_ROWS=1000000                                telemetry part
 # Output: a table on stdout at the end; every raw file, log and the exact commands under
 # bench-results/bench-<stamp>/ (gitignored): commands.txt, summary.txt, summary.json.
 # All load is on 127.0.0.1 (the database on a unix socket); every process started here is
@@ -37,7 +41,7 @@ cd "$ROOT"
 B=${B:-build}
 [[ $B == /* ]] || B=$ROOT/$B
 QUICK=${QUICK:-0}
-PARTS=${PARTS:-peers,tls,spool,data}
+PARTS=${PARTS:-peers,tls,spool,data,telemetry}
 SHARED_BENCH=${SHARED_BENCH:-$ROOT/../shared/bench}
 HERE=$ROOT/tests/bench
 
@@ -45,14 +49,14 @@ if [[ $QUICK == 1 ]]; then
 	: "${DURATION:=3}" "${REPS:=1}" "${PASS_REPS:=1}" "${WARMUP:=1}" "${NOISY_RETRIES:=0}" "${QUIET_WAIT:=2}"
 	: "${MEM_CONNS:=1000}" "${MEM_HOLD:=3}"
 	: "${SPOOL_SECONDS:=2}" "${PG_SECONDS:=3}"
-	: "${BACKFILL_ROWS:=100000}" "${VERIFY_ROWS:=100000}"
+	: "${BACKFILL_ROWS:=100000}" "${VERIFY_ROWS:=100000}" "${TELEMETRY_ROWS:=100000}"
 	PEERS_TIMEOUT=${PEERS_TIMEOUT:-240}
 else
 	# pass-through differs from nginx by a few percent, within one repetition's noise: more reps
 	: "${DURATION:=8}" "${REPS:=2}" "${PASS_REPS:=4}" "${WARMUP:=2}" "${NOISY_RETRIES:=1}" "${QUIET_WAIT:=5}"
 	: "${MEM_CONNS:=1000 10000}" "${MEM_HOLD:=5}"
 	: "${SPOOL_SECONDS:=5}" "${PG_SECONDS:=10}"
-	: "${BACKFILL_ROWS:=100000 1000000}" "${VERIFY_ROWS:=1000000}"
+	: "${BACKFILL_ROWS:=100000 1000000}" "${VERIFY_ROWS:=1000000}" "${TELEMETRY_ROWS:=1000000}"
 	PEERS_TIMEOUT=${PEERS_TIMEOUT:-600}
 fi
 : "${SPOOL_K:=1 8 50}" "${BASE_PORT:=18000}"
@@ -371,6 +375,88 @@ run_tls() {
 	fi
 }
 
+# ---------------------------------------------------------------- telemetry backfill
+# The IoT seed's telemetry: V1 device_data -> V2 telemetry, schemas from the demo services
+# (tools/demo/schema/iot-v*.sql), the table map of conf/iot-v2.conf with the DSNs moved.
+TEL_COLS="tenant_id, device_id, timestamp, metrics, protocol, source, quality"
+TEL_SELECT="SELECT 'default_tenant_id', device_id, timestamp, data, protocol, coalesce(source, 'migrated'), 'GOOD' FROM device_data"
+
+telemetry_tables() {  # telemetry_tables ROWS: fresh schemas, ROWS readings of 1,000 devices
+	local demo=$B/dw-demo-backend
+	psqlq -d dw_src -c "DROP TABLE IF EXISTS device_data, users, devices CASCADE" \
+		-c "DROP SEQUENCE IF EXISTS devices_id_seq, users_id_seq"
+	psqlq -d dw_tgt -c "DROP TABLE IF EXISTS telemetry, users, devices, device_templates, tenants, idempotency_keys, dualwrite_backfill_checkpoint CASCADE"
+	"$demo" --print-schema iot-v1 | psqlq -d dw_src
+	"$demo" --print-schema iot-v2 | psqlq -d dw_tgt
+	psqlq -d dw_src -c "
+INSERT INTO device_data (device_id, timestamp, data, protocol, source)
+SELECT 'dev-' || (g % 1000 + 1), timestamptz '2024-03-01 00:00:00+00' + (g / 1000) * interval '1 second',
+	jsonb_build_object('temperature', 15 + (g % 40) / 2.0, 'humidity', g % 100, 'battery', 100 - g % 50),
+	CASE WHEN g % 3 = 0 THEN 'http' ELSE 'mqtt' END, CASE WHEN g % 4 = 0 THEN NULL ELSE 'gw-' || g % 10 END
+FROM generate_series(0, $1 - 1) g" -c "VACUUM ANALYZE device_data"
+}
+
+telemetry_conf() {
+	{
+		echo "# Written by tests/bench/bench.sh: conf/iot-v2.conf's telemetry table map, DSNs moved."
+		echo "listen = \"127.0.0.1:$((BASE_PORT + 99))\";"
+		echo "upstreams = { v1 = { url = \"http://127.0.0.1:$((BASE_PORT + 98))\"; };"
+		echo "	v2 = { url = \"http://127.0.0.1:$((BASE_PORT + 97))\"; }; };"
+		echo "default_upstream = \"v1\";"
+		echo "queue = { path = \"$RES/queue\"; };"
+		echo "tenant = { header = \"X-Tenant-ID\"; default = \"default_tenant_id\"; };"
+		echo "tables = ("
+		# the map itself, verbatim from the shipped file
+		awk '/^    name   = "telemetry";/ { p = 1; print "  {" } p { print } p && /^  }/ { exit }' \
+			conf/iot-v2.conf | sed -e 's/dbname=iot_v1/dbname=dw_src/' -e 's/dbname=iot_v2/dbname=dw_tgt/'
+		echo ");"
+	} >"$RES/iot.conf"
+	"$B/dualwrited" -c "$RES/iot.conf" -t >/dev/null
+}
+
+telemetry_rows() { psql -X -At -d dw_tgt -c "SELECT count(*) FROM telemetry"; }
+
+telemetry_copy_pipe() {  # the baseline: the same mapped columns through two psql \copy, one pipe
+	psql -X -q -d dw_src -c "\\copy ($TEL_SELECT) TO STDOUT" |
+		psql -X -q -v ON_ERROR_STOP=1 -d dw_tgt -c "\\copy telemetry ($TEL_COLS) FROM STDIN"
+}
+
+run_telemetry() {
+	local dw=$B/dualwrite
+	[[ -x $dw && -x $B/dw-demo-backend ]] || { note "telemetry: $dw or dw-demo-backend not built; skipped"; return 0; }
+	pg_up
+	telemetry_conf || { note "telemetry: the table map of conf/iot-v2.conf does not load"; return 0; }
+	local n t rc got out
+	for n in $TELEMETRY_ROWS; do
+		log "telemetry: $n source rows"
+		telemetry_tables "$n"
+		psqlq -d dw_tgt -c CHECKPOINT
+		psqlq -d dw_src -c CHECKPOINT
+		rc=0
+		record bash -c "psql -X -q -d dw_src -c $(printf %q "\\copy ($TEL_SELECT) TO STDOUT") | psql -X -q -d dw_tgt -c $(printf %q "\\copy telemetry ($TEL_COLS) FROM STDIN")"
+		t0=$EPOCHREALTIME
+		telemetry_copy_pipe 2>"$RES/tcopy-$n.err" || rc=$?
+		t=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.3f", b-a}')
+		got=$(telemetry_rows)
+		kv "tcopy_${n}_seconds" "$t"
+		kv "tcopy_${n}_rows" "$got"
+		((rc == 0 && got == n)) || note "telemetry: copy pipe of $n rows: rc $rc, $got rows: $(tail -1 "$RES/tcopy-$n.err")"
+		psqlq -d dw_tgt -c "TRUNCATE telemetry" -c CHECKPOINT
+
+		out=$RES/tbackfill-$n
+		rc=0
+		timed t /usr/bin/time -v -o "$out.time" "$dw" backfill -c "$RES/iot.conf" --table telemetry \
+			>"$out.out" 2>"$out.err" || rc=$?
+		got=$(telemetry_rows)
+		kv "tbackfill_${n}_seconds" "$t"
+		kv "tbackfill_${n}_rows" "$got"
+		kv "tbackfill_${n}_maxrss_kb" "$(maxrss_kb "$out.time")"
+		kv "tbackfill_${n}_reported" "$(grep -m1 '^backfill' "$out.out" || true)"
+		((rc == 0 && got == n)) ||
+			note "telemetry: backfill of $n rows: exit $rc, $got target rows; stderr tail: $(tail -c 300 "$out.err" | tr '\r\n' '  ')"
+	done
+}
+
 # ---------------------------------------------------------------- main
 [[ -x $B/dualwrited && -x $B/dualwrite ]] || { log "build first: make all (B=$B)"; exit 2; }
 : >"$RES/data.tsv"
@@ -386,6 +472,7 @@ part peers && run_peers
 part tls && run_tls
 part spool && run_spool
 part data && run_data
+part telemetry && run_telemetry
 kv total_seconds $((SECONDS - T0))
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RES/machine.txt"
 python3 "$HERE/report.py" "$RES" | tee "$RES/summary.txt"

@@ -247,29 +247,33 @@ def section_spool(d, out, js):
             for m, k, n, t in ro))
 
 
-def section_data(kv, out, js):
-    sizes = sorted({int(k.split("_")[1]) for k in kv if k.startswith(("backfill_", "copy_"))
+def section_data(kv, out, js, pre="", title=None):
+    """The backfill vs \\copy table (pre "t": telemetry), then verify (Gear only)."""
+    sizes = sorted({int(k.split("_")[1]) for k in kv if k.startswith((pre + "backfill_", pre + "copy_"))
                     and k.split("_")[1].isdigit()})
     if not sizes:
         return
     hdr = ["rows", "backfill s", "backfill rows/s", "\\copy pipe s", "\\copy rows/s",
            "backfill / \\copy", "backfill peak RSS MiB"]
     tab = []
-    js["backfill"] = []
+    name = pre + "backfill"
+    js[name] = []
     for n in sizes:
-        bs, cs = fnum(kv.get("backfill_%d_seconds" % n)), fnum(kv.get("copy_%d_seconds" % n))
-        ok_b = kv.get("backfill_%d_rows" % n) == str(n)
-        ok_c = kv.get("copy_%d_rows" % n) == str(n)
+        bs, cs = fnum(kv.get(pre + "backfill_%d_seconds" % n)), fnum(kv.get(pre + "copy_%d_seconds" % n))
+        ok_b = kv.get(pre + "backfill_%d_rows" % n) == str(n)
+        ok_c = kv.get(pre + "copy_%d_rows" % n) == str(n)
         br = n / bs if bs and ok_b else None
         cr = n / cs if cs and ok_c else None
-        rss = fnum(kv.get("backfill_%d_maxrss_kb" % n))
-        js["backfill"].append({"rows": n, "backfill_s": bs, "backfill_rows_per_s": br, "copy_s": cs,
+        rss = fnum(kv.get(pre + "backfill_%d_maxrss_kb" % n))
+        js[name].append({"rows": n, "backfill_s": bs, "backfill_rows_per_s": br, "copy_s": cs,
                                "copy_rows_per_s": cr, "ratio": ratio(br, cr), "maxrss_kb": rss,
-                               "reported": kv.get("backfill_%d_reported" % n)})
+                               "reported": kv.get(pre + "backfill_%d_reported" % n)})
         tab.append([str(n), fmt(bs, 2) + ("" if ok_b else " FAILED"), fmt(br), fmt(cs, 2) + ("" if ok_c else " FAILED"),
                     fmt(cr), ("%.2fx" % ratio(br, cr)) if ratio(br, cr) else "-",
                     fmt(rss / 1024, 1) if rss else "-"])
-    out.append(table(hdr, tab))
+    out.append((title + "\n" if title else "") + table(hdr, tab))
+    if pre:
+        return
     n = kv.get("verify_rows")
     vs = fnum(kv.get("verify_%s_seconds" % n))
     if vs is not None:
@@ -334,7 +338,7 @@ def problems(js):
     v = js.get("verify")
     if v and v["exit"] != "0":
         p.append("verify of %d equal rows exited %s" % (v["rows"], v["exit"]))
-    for b in js.get("backfill", []):
+    for b in js.get("backfill", []) + js.get("tbackfill", []):
         if b["backfill_rows_per_s"] is None:
             p.append("backfill of %d rows failed or copied a different count" % b["rows"])
     return p
@@ -368,6 +372,7 @@ def main():
     section_spool(d, out, js)
     section_json(d, out, js)
     section_data(kv, out, js)
+    section_data(kv, out, js, "t", "telemetry backfill (IoT: device_data -> telemetry, key (device_id, timestamp))")
     probs = problems(js)
     js["problems"] = probs
     if probs:

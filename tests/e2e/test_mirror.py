@@ -76,8 +76,8 @@ def services(pg, tmp_path_factory):
 RESET_SQL = {
     "user_core": "TRUNCATE old_equipment RESTART IDENTITY;",
     "gear_ops": "TRUNCATE gear_items, gear_inspections, gear_reminders, idempotency_keys;",
-    "iot_v1": "TRUNCATE devices;",
-    "iot_v2": "TRUNCATE devices, idempotency_keys; DELETE FROM device_templates; "
+    "iot_v1": "TRUNCATE devices, users, device_data;",
+    "iot_v2": "TRUNCATE devices, users, telemetry, idempotency_keys; DELETE FROM device_templates; "
               "DELETE FROM tenants WHERE id <> 'default_tenant_id';",
 }
 
@@ -961,6 +961,72 @@ def test_iot_create_and_patch_mirrored_with_tenant(svc, dw, pg):
     out = ml.wait_outcomes(d, lambda o: o["result"] == "delivered", 4, 5, "4 delivered")
     assert {o["route"] for o in out} == {"device-create", "device-update"}, out
     assert [o for o in ml.mirror_outcomes(d) if o["result"] != "delivered"] == []
+
+
+def shipped_iot_routes():
+    """The routes section of the shipped conf/iot-v2.conf, as is."""
+    with open(os.path.join(helpers.REPO_ROOT, "conf/iot-v2.conf")) as f:
+        text = f.read()
+    start = text.index("\nroutes = (")
+    return text[start:text.index("\n);\n", start) + 4]
+
+
+def test_iot_users_and_telemetry_batches_mirrored_with_tenant(svc, dw, pg):
+    """The shipped routes: users created, renamed and deleted, one reading V1 stamps, and a
+    1,000-reading batch for another tenant, mirrored as one write into V2's tables."""
+    pg.sql("iot_v2", "INSERT INTO tenants (id, name, slug, plan, status) "
+           "VALUES ('tenant-b', 'B', 'b', 'PRO', 'ACTIVE')")
+    d = ml.mirror_daemon(dw, svc["iot-v1"].url, svc["iot-v2"].url, shipped_iot_routes(),
+                         target="v2",
+                         tenant={"header": "X-Tenant-ID", "default": "default_tenant_id"})
+    r = ml.send_json(d.port, "POST", "/users", {"email": "a@x.test", "name": "A"})
+    assert r.status == 201, r
+    u1 = r.json()["id"]
+    r = ml.send_json(d.port, "POST", "/users", {"email": "b@x.test", "role": "ADMIN"},
+                     headers=[("X-Tenant-ID", "tenant-b")])
+    assert r.status == 201, r
+    u2 = r.json()["id"]
+    r = ml.send_json(d.port, "PATCH", "/users/%s" % u1, {"name": "A. Person"})
+    assert r.status == 200, r
+    r = ml.send_json(d.port, "POST", "/telemetry", {"deviceId": "dev-1", "data": {"t": 21.5},
+                                                   "protocol": "mqtt"})
+    assert r.status == 201, r
+    batch = [{"deviceId": "dev-%d" % (i % 5), "timestamp": "2025-01-01T00:%02d:%02d.%06dZ"
+              % (i // 60 % 60, i % 60, i), "data": {"t": i / 2}, "protocol": "http",
+              **({"source": "gw"} if i % 2 else {})} for i in range(1000)]
+    r = ml.send_json(d.port, "POST", "/telemetry/batch", batch,
+                     headers=[("X-Tenant-ID", "tenant-b")])
+    assert r.status == 201 and r.json() == {"count": 1000}, r
+    ml.wait_outcomes(d, lambda o: o["result"] == "delivered", 5, 10, "5 delivered")
+    r = ml.send_json(d.port, "DELETE", "/users/%s" % u2)
+    assert r.status == 204, r
+    out = ml.wait_outcomes(d, lambda o: o["result"] == "delivered", 6, 10, "6 delivered")
+    assert sorted(o["route"] for o in out) == sorted(
+        ["user-create", "user-create", "user-update", "user-delete", "telemetry-ingest",
+         "telemetry-batch"]), out
+    assert [o for o in ml.mirror_outcomes(d) if o["result"] != "delivered"] == []
+
+    users = {u["id"]: u for u in pg.rows_json("iot_v2", "SELECT * FROM users")}
+    assert set(users) == {u1}, users
+    v1u = pg.rows_json("iot_v1", "SELECT * FROM users")[0]
+    assert users[u1]["tenant_id"] == "default_tenant_id" and users[u1]["name"] == "A. Person"
+    assert (users[u1]["created_at"], users[u1]["updated_at"]) == \
+        (v1u["created_at"], v1u["updated_at"]), (users[u1], v1u)
+    # The single reading carries the timestamp V1 gave it.
+    one = pg.rows_json("iot_v2", "SELECT * FROM telemetry WHERE tenant_id = 'default_tenant_id'")
+    v1r = pg.rows_json("iot_v1", "SELECT * FROM device_data WHERE device_id = 'dev-1' "
+                       "AND data = '{\"t\": 21.5}'")
+    assert len(one) == 1 and one[0]["timestamp"] == v1r[0]["timestamp"], (one, v1r)
+    assert one[0]["source"] == "migrated" and one[0]["quality"] == "GOOD"
+    # Every row of the batch: the tenant, data -> metrics, source ?? 'migrated', GOOD.
+    got = pg.rows_json("iot_v2", "SELECT tenant_id, device_id, metrics, source, quality, "
+                       "to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+                       " AS ts FROM telemetry WHERE tenant_id = 'tenant-b' ORDER BY ts")
+    assert len(got) == 1000
+    for i, row in enumerate(got):
+        assert row == {"tenant_id": "tenant-b", "device_id": batch[i]["deviceId"],
+                       "metrics": batch[i]["data"], "source": "gw" if i % 2 else "migrated",
+                       "quality": "GOOD", "ts": batch[i]["timestamp"]}, (i, row)
 
 
 # ---------------------------------------------------------------- 12. SIGTERM with mirrors in flight

@@ -372,9 +372,13 @@ static void test_example_iot(void **state)
 	json_decref(out);
 	json_decref(req);
 	r = route_named(c, "telemetry-ingest");
-	req = parse("{\"deviceId\": \"d1\", \"timestamp\": \"t0\", \"data\": {}, \"protocol\": \"mqtt\"}");
+	/* V1 stamps a reading sent without a timestamp: the mirror takes V1's */
+	req = parse("{\"deviceId\": \"d1\", \"data\": {}, \"protocol\": \"mqtt\"}");
+	resp = parse("{\"deviceId\": \"d1\", \"timestamp\": \"t0\"}");
 	bctx.request = req;
+	bctx.response = resp;
 	assert_int_equal(expr_eval(r->mirror->body, &bctx, &out, &err), EXPR_OK);
+	json_decref(resp);
 	assert_json(out, "{\"tenantId\":\"acme\",\"deviceId\":\"d1\",\"timestamp\":\"t0\","
 			 "\"metrics\":{},\"protocol\":\"mqtt\",\"source\":\"migrated\","
 			 "\"quality\":\"GOOD\"}");
@@ -384,6 +388,24 @@ static void test_example_iot(void **state)
 	r = route_named(c, "device-update");
 	assert_int_equal(r->mirror->sources, EXPR_SRC_PATH | EXPR_SRC_REQUEST | EXPR_SRC_TENANT);
 	assert_null(route_named(c, "device-delete")->mirror->body);
+
+	assert_non_null(route_named(c, "user-create")->mirror);
+	assert_non_null(route_named(c, "user-update")->mirror);
+	assert_non_null(route_named(c, "user-delete")->mirror);
+	t = config_table(c, "users");
+	assert_non_null(t);
+	assert_int_equal(t->target.nwhere, 1);
+	assert_string_equal(t->target.where_cols[0], "tenant_id");
+	assert_string_equal(t->target.where_vals[0], "$tenant");
+	/* telemetry: a composite key, the same on both sides */
+	t = config_table(c, "telemetry");
+	assert_non_null(t);
+	assert_int_equal(t->source.nkeys, 2);
+	assert_int_equal(t->target.nkeys, 2);
+	assert_string_equal(t->source.keys[0], "device_id");
+	assert_string_equal(t->source.keys[1], "timestamp");
+	assert_string_equal(t->target.key, "device_id");
+	assert_ptr_equal(t->target.key, t->target.keys[0]);
 
 	t = config_table(c, "devices");
 	assert_non_null(t);
@@ -455,6 +477,10 @@ static const struct broken broken[] = {
 	{ "table_bad_expr.conf", ":14: table \"equipment\": columns.name: bad expression \"$request.name\": $request is not available here", 1 },
 	{ "table_dup.conf", ":15: table \"t\": name: duplicate table name (first defined at line 8)", 1 },
 	{ "table_ignore_bad.conf", ":13: table \"t\": ignore: \"colour\" is not a column in columns", 2 },
+	{ "table_key_mismatch.conf", ":10: table \"telemetry\": target.key: 1 columns, but the source key has 2", 1 },
+	{ "table_key_bad_elem.conf", ":10: table \"telemetry\": source.key[1]: \"device_id\" is listed twice", 2 },
+	{ "table_key_empty.conf", ":9: table \"telemetry\": source.key: 0 columns: a key has 1 to 8", 2 },
+	{ "table_where_bad.conf", ":10: table \"telemetry\": source.where: only the target side takes a where", 3 },
 	{ "item_outside_each.conf", ":14: route \"telemetry-batch\": mirror.body.deviceId: bad expression \"$item.deviceId\": $item is only available in the body of an \"each\" mapping", 1 },
 	{ "bad_operator.conf", ":16: route \"telemetry-batch\": mirror.body.value: bad expression \"$float($item.value)\": unknown operator \"$float(...)\"", 1 },
 	{ "bad_interpolation.conf", ":15: route \"telemetry-batch\": mirror.body.templateId: bad expression \"tpl-${$item.type\": unclosed \"${\"", 1 },
@@ -472,6 +498,22 @@ static const struct broken broken[] = {
 	{ "tls_upstream_cert_no_key.conf", ":3: upstream \"legacy\": key: missing", 1 },
 	{ "tls_upstream_missing_ca.conf", ":3: upstream \"legacy\": ca_file \"tests/unit/conf/tls/nope.pem\": cannot open: No such file or directory", 1 },
 };
+
+static void test_table_composite_key(void **state)
+{
+	(void)state;
+	struct dw_config *c = load_ok(FIX "table_composite_ok.conf");
+	const struct dw_table_map *t = config_table(c, "telemetry");
+
+	assert_non_null(t);
+	assert_int_equal(t->source.nkeys, 2);
+	assert_string_equal(t->target.keys[1], "timestamp");
+	assert_int_equal(t->source.nwhere, 0);
+	assert_int_equal(t->target.nwhere, 2);
+	assert_string_equal(t->target.where_cols[1], "region");
+	assert_string_equal(t->target.where_vals[1], "eu");
+	config_unref(c);
+}
 
 static void test_broken(void **state)
 {
@@ -736,6 +778,7 @@ int main(void)
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_defaults);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_example_gear);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_example_iot);
+	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_table_composite_key);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_multiple_errors);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_tls);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_diff_nonreloadable);

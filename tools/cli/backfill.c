@@ -185,15 +185,13 @@ static long long estimate_rows(struct pgu_map *m)
 	return n;
 }
 
+/* Keyset pagination, on a one-column or a composite key (see pgutil.h). */
 static char *select_sql(const struct pgu_map *m, bool after, long limit)
 {
-	char tail[512];
-	if (after)
-		snprintf(tail, sizeof(tail), "WHERE s.%s > $1::%s ORDER BY s.%s LIMIT %ld", m->src_key,
-			 m->src_key_type, m->src_key, limit);
-	else
-		snprintf(tail, sizeof(tail), "ORDER BY s.%s LIMIT %ld", m->src_key, limit);
-	return pgu_source_select(m, tail);
+	char *tail = pgu_keyset_tail(m, after, limit);
+	char *sql = pgu_source_select(m, tail);
+	free(tail);
+	return sql;
 }
 
 static int dry_run(struct pgu_map *m, const struct opts *o, const struct ckpt *ck,
@@ -205,10 +203,14 @@ static int dry_run(struct pgu_map *m, const struct opts *o, const struct ckpt *c
 	PGresult *r = NULL;
 
 	printf("backfill %s (dry run: nothing is written)\n", m->name);
-	printf("  source: %s (key %s %s) in database \"%s\"\n", m->tm->source.table,
-	       m->tm->source.key, m->src_key_type, PQdb(m->src));
-	printf("  target: %s (key %s %s) in database \"%s\"\n", m->tm->target.table,
-	       m->tm->target.key, m->tgt_key_type, PQdb(m->tgt));
+	for (int side = 0; side < 2; side++) {
+		const struct dw_table_side *ts = side ? &m->tm->target : &m->tm->source;
+		printf("  %s: %s (key", side ? "target" : "source", ts->table);
+		for (size_t k = 0; k < m->nkey; k++)
+			printf("%s %s %s", k ? "," : "", ts->keys[k],
+			       side ? m->tgt_key_types[k] : m->src_key_types[k]);
+		printf(") in database \"%s\"\n", PQdb(side ? m->tgt : m->src));
+	}
 	printf("  batch: %ld rows; on conflict: %s; rate: ", o->batch,
 	       o->update ? "update" : "nothing (existing target rows are kept)");
 	if (o->rate > 0)
@@ -275,9 +277,14 @@ static PGresult *take_result(PGconn *c, struct dw_err *err)
 
 static int send_fetch(struct pgu_map *m, const char *last, struct dw_err *err)
 {
-	const char *p[1] = {last};
-	int ok = last ? PQsendQueryPrepared(m->src, "dw_next", 1, p, NULL, NULL, 0)
+	char *p[DW_TABLE_KEY_MAX] = {NULL};
+	if (last && pgu_key_split(m, last, p, err) < 0)
+		return -1;
+	int ok = last ? PQsendQueryPrepared(m->src, "dw_next", (int)m->nkey,
+					    (const char *const *)p, NULL, NULL, 0)
 		      : PQsendQueryPrepared(m->src, "dw_first", 0, NULL, NULL, NULL, 0);
+	for (size_t k = 0; k < m->nkey; k++)
+		free(p[k]);
 	if (!ok) {
 		dw_err_set(err, "source: %.*s", (int)strcspn(PQerrorMessage(m->src), "\n"),
 			   PQerrorMessage(m->src));
@@ -290,7 +297,8 @@ static int prepare_source(struct pgu_map *m, long batch, struct dw_err *err)
 {
 	for (int after = 0; after < 2; after++) {
 		char *sql = select_sql(m, after, batch);
-		PGresult *r = PQprepare(m->src, after ? "dw_next" : "dw_first", sql, after, NULL);
+		PGresult *r = PQprepare(m->src, after ? "dw_next" : "dw_first", sql,
+					after ? (int)m->nkey : 0, NULL);
 		free(sql);
 		if (PQresultStatus(r) != PGRES_COMMAND_OK) {
 			const char *e = PQresultErrorMessage(r);
@@ -563,7 +571,7 @@ static int run(struct pgu_map *m, const struct opts *o, struct ckpt *ck, struct 
 	for (;;) {
 		long n = PQntuples(r);
 		bool final = n < batch;
-		char *next_last = n ? dw_strdup(PQgetvalue(r, (int)n - 1, 0)) : NULL;
+		char *next_last = n ? pgu_row_key(m, r, (int)n - 1) : NULL;
 		/* Overlap: the source reads the next batch while the target writes this one. */
 		if (!final && send_fetch(m, next_last, err) < 0) {
 			free(next_last);

@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,10 +317,84 @@ static void lit(struct tr *t, struct pgu_buf *out, const char *s, bool nested)
 	free(q);
 }
 
+static int tr_string(struct tr *t, const char *s, bool nested, bool json_target,
+		     struct pgu_buf *out, struct dw_err *err);
+
+/* Offsets of the top-level "??" in s (outside 'quotes'); returns how many. */
+static size_t fallback_splits(const char *s, size_t *at, size_t max)
+{
+	size_t n = 0;
+	bool q = false;
+	for (size_t i = 0; s[i]; i++) {
+		if (s[i] == '\'')
+			q = !q; /* '' inside a quote toggles twice: still inside */
+		else if (!q && s[i] == '?' && s[i + 1] == '?' && n < max) {
+			at[n++] = i;
+			i++;
+		}
+	}
+	return n;
+}
+
+/* One operand of A ?? B: a reference, 'text', a number, true/false/null, {} or []. */
+static int tr_operand(struct tr *t, const char *s, size_t len, bool jsonish, bool json_target,
+		      struct pgu_buf *out, struct dw_err *err)
+{
+	while (len && (*s == ' ' || *s == '\t'))
+		s++, len--;
+	while (len && (s[len - 1] == ' ' || s[len - 1] == '\t'))
+		len--;
+	char *op = dw_strndup(s, len);
+	int rc = 0;
+	if (op[0] == '$') {
+		rc = tr_string(t, op, jsonish, json_target, out, err);
+	} else if (op[0] == '\'' && len >= 2 && op[len - 1] == '\'') {
+		struct pgu_buf v = {0};
+		for (size_t i = 1; i + 1 < len; i++) {
+			pgu_buf_add(&v, op + i, 1);
+			if (op[i] == '\'' && op[i + 1] == '\'')
+				i++;
+		}
+		lit(t, out, v.p ? v.p : "", jsonish);
+		pgu_buf_free(&v);
+	} else if (strcmp(op, "null") == 0) {
+		pgu_buf_puts(out, jsonish ? "NULL::jsonb" : "NULL");
+	} else if (strspn(op, "{}[]truefalsn0123456789.-+eE") == len && len) {
+		char *q = pgu_literal(t->m->src, op);
+		pgu_buf_printf(out, jsonish ? "%s::jsonb" : "%s", q);
+		free(q);
+	} else {
+		rc = 1;
+	}
+	free(op);
+	return rc;
+}
+
 /* Translate one string expression. 1: no SQL form; -1: error (unknown column). */
 static int tr_string(struct tr *t, const char *s, bool nested, bool json_target,
 		     struct pgu_buf *out, struct dw_err *err)
 {
+	size_t at[16];
+	size_t nsplit = s[0] == '$' && s[1] != '$' ? fallback_splits(s, at, DW_ARRAY_LEN(at)) : 0;
+	if (nsplit) {
+		/* A ?? B ?? C: the first present and not null. In jsonb, a JSON null
+		 * is a value to SQL: NULLIF makes it absent, as the engine sees it. */
+		bool jsonish = nested || json_target;
+		pgu_buf_puts(out, "coalesce(");
+		for (size_t i = 0; i <= nsplit; i++) {
+			size_t from = i ? at[i - 1] + 2 : 0, to = i < nsplit ? at[i] : strlen(s);
+			struct pgu_buf o = {0};
+			int rc = tr_operand(t, s + from, to - from, jsonish, json_target, &o, err);
+			if (rc == 0)
+				pgu_buf_printf(out, jsonish ? "%sNULLIF(%s, 'null'::jsonb)" : "%s%s",
+					       i ? ", " : "", o.p);
+			pgu_buf_free(&o);
+			if (rc)
+				return rc;
+		}
+		pgu_buf_puts(out, ")");
+		return 0;
+	}
 	if (s[0] != '$') {
 		lit(t, out, s, nested);
 		return 0;
@@ -518,6 +593,71 @@ static int attr_index(const PGresult *r, const char *name)
 int pgu_map_open(struct pgu_map *m, const struct dw_config *cfg, const char *table,
 		 struct dw_err *err)
 {
+	return pgu_map_open_as(m, cfg, table, NULL, err);
+}
+
+/* The key columns of both sides: quoted names, types, and where each target
+ * key column is among the mapped columns. Called once cols are known. */
+static int map_keys(struct pgu_map *m, const PGresult *sa, const PGresult *ta,
+		    struct dw_err *err)
+{
+	const struct dw_table_map *tm = m->tm;
+	struct pgu_buf b = {0};
+	m->nkey = tm->target.nkeys;
+	m->src_keys = dw_calloc(m->nkey, sizeof(char *));
+	m->tgt_keys = dw_calloc(m->nkey, sizeof(char *));
+	m->src_key_types = dw_calloc(m->nkey, sizeof(char *));
+	m->tgt_key_types = dw_calloc(m->nkey, sizeof(char *));
+	m->key_cols = dw_calloc(m->nkey, sizeof(int));
+	for (size_t k = 0; k < m->nkey; k++) {
+		int si = attr_index(sa, tm->source.keys[k]), ti = attr_index(ta, tm->target.keys[k]);
+		if (si < 0) {
+			dw_err_set(err, "source key column %s.%s does not exist", tm->source.table,
+				   tm->source.keys[k]);
+			return -1;
+		}
+		if (ti < 0) {
+			dw_err_set(err, "target key column %s.%s does not exist", tm->target.table,
+				   tm->target.keys[k]);
+			return -1;
+		}
+		m->src_keys[k] = pgu_ident(m->src, tm->source.keys[k]);
+		m->tgt_keys[k] = pgu_ident(m->tgt, tm->target.keys[k]);
+		m->src_key_types[k] = dw_strdup(PQgetvalue(sa, si, 1));
+		m->tgt_key_types[k] = dw_strdup(PQgetvalue(ta, ti, 1));
+		m->key_cols[k] = -1;
+		for (size_t i = 0; i < m->ncols; i++)
+			if (strcmp(m->cols[i].name, tm->target.keys[k]) == 0)
+				m->key_cols[k] = (int)i;
+		if (m->key_cols[k] < 0) {
+			dw_err_set(err, "target key column %s.%s is not mapped in columns",
+				   tm->target.table, tm->target.keys[k]);
+			return -1;
+		}
+		pgu_buf_printf(&b, "%s%s", k ? ", " : "", m->tgt_keys[k]);
+	}
+	m->tgt_key_list = b.p;
+	b = (struct pgu_buf){0};
+	for (size_t w = 0; w < tm->target.nwhere; w++) {
+		const char *col = tm->target.where_cols[w], *v = tm->target.where_vals[w];
+		if (attr_index(ta, col) < 0) {
+			dw_err_set(err, "target where column %s.%s does not exist", tm->target.table, col);
+			pgu_buf_free(&b);
+			return -1;
+		}
+		char *qc = pgu_ident(m->tgt, col);
+		char *qv = pgu_literal(m->tgt, strcmp(v, "$tenant") == 0 ? m->tenant : v);
+		pgu_buf_printf(&b, "%st.%s = %s", w ? " AND " : "", qc, qv);
+		free(qc);
+		free(qv);
+	}
+	m->tgt_where = b.p;
+	return 0;
+}
+
+int pgu_map_open_as(struct pgu_map *m, const struct dw_config *cfg, const char *table,
+		    const char *tenant, struct dw_err *err)
+{
 	int rc = PGU_RUNTIME;
 	PGresult *sa = NULL, *ta = NULL;
 	config_t lc;
@@ -539,7 +679,7 @@ int pgu_map_open(struct pgu_map *m, const struct dw_config *cfg, const char *tab
 	}
 	const struct dw_table_map *tm = m->tm;
 	m->name = tm->name;
-	m->tenant = cfg->tenant.def ? cfg->tenant.def : "default";
+	m->tenant = tenant ? tenant : cfg->tenant.def ? cfg->tenant.def : "default";
 
 	if (!(m->src = pgu_connect(tm->source.dsn, "source", err)) ||
 	    !(m->tgt = pgu_connect(tm->target.dsn, "target", err)))
@@ -577,7 +717,8 @@ int pgu_map_open(struct pgu_map *m, const struct dw_config *cfg, const char *tab
 		t.attrs[i].json = oid == OID_JSON || oid == OID_JSONB;
 		t.attrs[i].native = cat == 'N' || cat == 'B';
 	}
-	add_ref(&t, tm->source.key);
+	for (size_t k = 0; k < tm->source.nkeys; k++)
+		add_ref(&t, tm->source.keys[k]); /* the key first: see pgu_keyset_tail */
 
 	const config_setting_t *raw = raw_columns(&lc, cfg, table);
 	m->ncols = tm->ncolumns;
@@ -619,14 +760,13 @@ int pgu_map_open(struct pgu_map *m, const struct dw_config *cfg, const char *tab
 			fetch_all = true;
 		}
 	}
-	if (m->key_col < 0) {
-		dw_err_set(err, "target key column %s.%s is not mapped in columns",
-			   tm->target.table, tm->target.key);
+	if (map_keys(m, sa, ta, err) < 0)
 		goto out;
-	}
 	pgu_buf_reset(&sql);
 	if (fetch_all) {
-		pgu_buf_printf(&sql, "s.%s, s.*", m->src_key);
+		for (size_t k = 0; k < m->nkey; k++)
+			pgu_buf_printf(&sql, "s.%s, ", m->src_keys[k]);
+		pgu_buf_puts(&sql, "s.*");
 	} else {
 		for (size_t i = 0; i < t.nrefs; i++) {
 			char *q = PQescapeIdentifier(m->src, t.refs[i], strlen(t.refs[i]));
@@ -668,11 +808,80 @@ void pgu_map_close(struct pgu_map *m)
 	free(m->src_key_type);
 	free(m->tgt_key_type);
 	free(m->src_cols);
+	for (size_t k = 0; k < m->nkey; k++) {
+		free(m->src_keys[k]);
+		free(m->tgt_keys[k]);
+		free(m->src_key_types[k]);
+		free(m->tgt_key_types[k]);
+	}
+	free(m->src_keys);
+	free(m->tgt_keys);
+	free(m->src_key_types);
+	free(m->tgt_key_types);
+	free(m->key_cols);
+	free(m->tgt_key_list);
+	free(m->tgt_where);
 	if (m->src)
 		PQfinish(m->src);
 	if (m->tgt)
 		PQfinish(m->tgt);
 	memset(m, 0, sizeof(*m));
+}
+
+char *pgu_keyset_tail(const struct pgu_map *m, bool after, long limit)
+{
+	struct pgu_buf b = {0};
+	if (after) {
+		/* A row comparison: (a, b) > (x, y) uses an index on (a, b). */
+		pgu_buf_puts(&b, m->nkey > 1 ? "WHERE (" : "WHERE ");
+		for (size_t k = 0; k < m->nkey; k++)
+			pgu_buf_printf(&b, "%ss.%s", k ? ", " : "", m->src_keys[k]);
+		pgu_buf_puts(&b, m->nkey > 1 ? ") > (" : " > ");
+		for (size_t k = 0; k < m->nkey; k++)
+			pgu_buf_printf(&b, "%s$%zu::%s", k ? ", " : "", k + 1, m->src_key_types[k]);
+		pgu_buf_puts(&b, m->nkey > 1 ? ") " : " ");
+	}
+	pgu_buf_puts(&b, "ORDER BY ");
+	for (size_t k = 0; k < m->nkey; k++)
+		pgu_buf_printf(&b, "%ss.%s", k ? ", " : "", m->src_keys[k]);
+	pgu_buf_printf(&b, " LIMIT %ld", limit);
+	return b.p;
+}
+
+char *pgu_row_key(const struct pgu_map *m, const PGresult *r, int row)
+{
+	if (m->nkey == 1)
+		return dw_strdup(PQgetvalue(r, row, 0));
+	json_t *a = json_array();
+	for (size_t k = 0; k < m->nkey; k++)
+		json_array_append_new(a, json_stringn(PQgetvalue(r, row, (int)k),
+						      (size_t)PQgetlength(r, row, (int)k)));
+	char *s = json_dumps(a, JSON_COMPACT);
+	json_decref(a);
+	return s;
+}
+
+int pgu_key_split(const struct pgu_map *m, const char *key, char **vals, struct dw_err *err)
+{
+	if (m->nkey == 1) {
+		vals[0] = dw_strdup(key);
+		return 0;
+	}
+	json_error_t je;
+	json_t *a = json_loads(key, 0, &je);
+	bool ok = json_is_array(a) && json_array_size(a) == m->nkey;
+	for (size_t k = 0; ok && k < m->nkey; k++)
+		ok = json_is_string(json_array_get(a, k));
+	if (!ok) {
+		json_decref(a);
+		dw_err_set(err, "key %s is not a key of %zu columns (was the table map's key changed? "
+				"--restart starts over)", key, m->nkey);
+		return -1;
+	}
+	for (size_t k = 0; k < m->nkey; k++)
+		vals[k] = dw_strdup(json_string_value(json_array_get(a, k)));
+	json_decref(a);
+	return 0;
 }
 
 char *pgu_source_select(const struct pgu_map *m, const char *tail)
@@ -684,6 +893,90 @@ char *pgu_source_select(const struct pgu_map *m, const char *tail)
 
 /* ---- mapping rows ---- */
 
+/* A real in the shortest form that reads back the same, keeping ".0" on an
+ * integral value as JSON text of a real does: 0.1 stays 0.1 (jansson's
+ * "%.17g" would write 0.10000000000000001, a different jsonb number). */
+static void real_text(double d, bool in_doc, struct pgu_buf *b)
+{
+	char tmp[40];
+	for (int prec = 15; prec <= 17; prec++) {
+		snprintf(tmp, sizeof(tmp), "%.*g", prec, d);
+		if (strtod(tmp, NULL) == d)
+			break;
+	}
+	pgu_buf_puts(b, tmp);
+	if (in_doc && !strpbrk(tmp, ".eEni"))
+		pgu_buf_puts(b, ".0");
+}
+
+static void json_text(const json_t *v, struct pgu_buf *b);
+
+static void string_text(const char *s, size_t n, struct pgu_buf *b)
+{
+	pgu_buf_add(b, "\"", 1);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '"' || c == '\\') {
+			char e[2] = {'\\', (char)c};
+			pgu_buf_add(b, e, 2);
+		} else if (c < 0x20) {
+			pgu_buf_printf(b, "\\u%04x", c);
+		} else {
+			pgu_buf_add(b, s + i, 1);
+		}
+	}
+	pgu_buf_add(b, "\"", 1);
+}
+
+/* Compact JSON text of v, reals as real_text writes them. */
+static void json_text(const json_t *v, struct pgu_buf *b)
+{
+	const char *k;
+	json_t *e;
+	size_t i;
+	bool first = true;
+	switch (json_typeof(v)) {
+	case JSON_OBJECT:
+		pgu_buf_add(b, "{", 1);
+		json_object_foreach((json_t *)(uintptr_t)v, k, e) {
+			if (!first)
+				pgu_buf_add(b, ",", 1);
+			first = false;
+			string_text(k, strlen(k), b);
+			pgu_buf_add(b, ":", 1);
+			json_text(e, b);
+		}
+		pgu_buf_add(b, "}", 1);
+		break;
+	case JSON_ARRAY:
+		pgu_buf_add(b, "[", 1);
+		json_array_foreach(v, i, e) {
+			if (i)
+				pgu_buf_add(b, ",", 1);
+			json_text(e, b);
+		}
+		pgu_buf_add(b, "]", 1);
+		break;
+	case JSON_STRING:
+		string_text(json_string_value(v), json_string_length(v), b);
+		break;
+	case JSON_INTEGER:
+		pgu_buf_printf(b, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+		break;
+	case JSON_REAL:
+		real_text(json_real_value(v), true, b);
+		break;
+	case JSON_TRUE:
+		pgu_buf_puts(b, "true");
+		break;
+	case JSON_FALSE:
+		pgu_buf_puts(b, "false");
+		break;
+	default:
+		pgu_buf_puts(b, "null");
+	}
+}
+
 /* One mapped value as text for COPY; NULL for null/missing. malloc'd. */
 static char *value_text(const json_t *v)
 {
@@ -694,17 +987,22 @@ static char *value_text(const json_t *v)
 	case JSON_INTEGER:
 		snprintf(tmp, sizeof(tmp), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
 		return dw_strdup(tmp);
-	case JSON_REAL:
-		snprintf(tmp, sizeof(tmp), "%.17g", json_real_value(v));
-		return dw_strdup(tmp);
 	case JSON_TRUE:
 		return dw_strdup("true");
 	case JSON_FALSE:
 		return dw_strdup("false");
 	case JSON_NULL:
 		return NULL;
-	default:
-		return jsonfast_dumps(v, NULL);
+	default: {
+		/* a real for a numeric column (no ".0": it may be an integer one),
+		 * or a document for a json one */
+		struct pgu_buf b = {0};
+		if (json_is_real(v))
+			real_text(json_real_value(v), false, &b);
+		else
+			json_text(v, &b);
+		return b.p;
+	}
 	}
 }
 
@@ -774,11 +1072,14 @@ char *pgu_insert_sql(const struct pgu_map *m, bool update)
 	pgu_buf_puts(&b, ") SELECT ");
 	for (size_t i = 0; i < m->ncols; i++)
 		pgu_buf_printf(&b, "%sc%zu::%s", i ? ", " : "", i, m->cols[i].type);
-	pgu_buf_printf(&b, " FROM pg_temp.dw_stage ON CONFLICT (%s) DO ", m->tgt_key);
+	pgu_buf_printf(&b, " FROM pg_temp.dw_stage ON CONFLICT (%s) DO ", m->tgt_key_list);
 	bool any = false;
 	if (update) {
 		for (size_t i = 0; i < m->ncols; i++) {
-			if ((int)i == m->key_col)
+			bool key = false;
+			for (size_t k = 0; k < m->nkey; k++)
+				key |= (int)i == m->key_cols[k];
+			if (key)
 				continue;
 			pgu_buf_printf(&b, "%s%s = EXCLUDED.%s", any ? ", " : "UPDATE SET ",
 				       m->cols[i].qname, m->cols[i].qname);

@@ -88,6 +88,14 @@ struct pgu_map {
 	struct pgu_col *cols;
 	size_t ncols;
 	int key_col;		     /* index of the target key in cols */
+	/* The whole key: src_key/tgt_key/key_col above are its first column.
+	 * A composite key (nkey > 1) pages, checkpoints and matches on all. */
+	size_t nkey;
+	char **src_keys, **tgt_keys;	       /* quoted */
+	char **src_key_types, **tgt_key_types;
+	int *key_cols;			       /* index in cols of each target key column */
+	char *tgt_key_list;		       /* quoted, comma-joined: the ON CONFLICT target */
+	char *tgt_where;		       /* "t.col = 'v' AND ..." from target.where, or NULL */
 	bool staged;		     /* temp table and insert statements prepared */
 	int copy_backoff;	     /* batches to go straight to the stage after a conflict */
 };
@@ -100,6 +108,23 @@ enum { PGU_OK = 0, PGU_RUNTIME = 1, PGU_CONFIG = 2 };
 int pgu_map_open(struct pgu_map *m, const struct dw_config *cfg, const char *table,
 		 struct dw_err *err) DW_MUSTCHECK;
 void pgu_map_close(struct pgu_map *m);
+
+/* As pgu_map_open, with $tenant set to tenant (NULL: the configured default). */
+int pgu_map_open_as(struct pgu_map *m, const struct dw_config *cfg, const char *table,
+		    const char *tenant, struct dw_err *err) DW_MUSTCHECK;
+
+/* Keyset pagination on the source key, single or composite: "[WHERE (s.a,
+ * s.b) > ($1::ta, $2::tb)] ORDER BY s.a, s.b LIMIT limit". The source select
+ * puts the key columns first, so a result row's key is its first nkey fields.
+ * malloc'd. */
+char *pgu_keyset_tail(const struct pgu_map *m, bool after, long limit);
+/* The key of row `row` as checkpoint text: the value itself for a one-column
+ * key, a JSON array of the values' text for a composite one. malloc'd. */
+char *pgu_row_key(const struct pgu_map *m, const PGresult *r, int row);
+/* Split checkpoint text back into m->nkey malloc'd values (the parameters of
+ * pgu_keyset_tail's WHERE). -1 with err when it is not a key of this map. */
+int pgu_key_split(const struct pgu_map *m, const char *key, char **vals,
+		  struct dw_err *err) DW_MUSTCHECK;
 
 /* SQL selecting the source rows to map, with a WHERE clause tail supplied by
  * the caller (e.g. "WHERE s.id > $1 ORDER BY s.id LIMIT 1000"). malloc'd. */

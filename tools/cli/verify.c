@@ -51,7 +51,7 @@ struct strset {
 };
 
 struct opts {
-	const char *config, *table;
+	const char *config, *table, *tenant;
 	long sample, chunk;
 	bool json, repair, delete_extra;
 };
@@ -59,13 +59,15 @@ struct opts {
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: dualwrite verify -c FILE --table NAME [--sample N] [--json] [--repair]\n"
-		   "                        [--delete-extra] [--chunk N]\n"
+		   "                        [--delete-extra] [--chunk N] [--tenant T]\n"
 		   "  Compare the target with the mapped source; exit 0 equal, 1 different.\n"
 		   "  --sample N      also compare N random rows field by field (default 100)\n"
 		   "  --json          print one JSON object\n"
 		   "  --repair        copy missing and changed rows again from the source\n"
 		   "  --delete-extra  with --repair, delete rows that exist only in the target\n"
-		   "  --chunk N       rows per checksum chunk (default 10000)\n");
+		   "  --chunk N       rows per checksum chunk (default 10000)\n"
+		   "  --tenant T      $tenant is T (default: tenant.default); with target.where\n"
+		   "                  only that tenant's target rows are compared\n");
 }
 
 static int parse(int argc, char **argv, struct opts *o)
@@ -75,6 +77,7 @@ static int parse(int argc, char **argv, struct opts *o)
 		{"sample", required_argument, NULL, 's'}, {"json", no_argument, NULL, 'j'},
 		{"repair", no_argument, NULL, 'r'},	  {"delete-extra", no_argument, NULL, 'd'},
 		{"chunk", required_argument, NULL, 'k'},  {"help", no_argument, NULL, 'h'},
+		{"tenant", required_argument, NULL, 'T'},
 		{NULL, 0, NULL, 0},
 	};
 	char *end;
@@ -102,6 +105,13 @@ static int parse(int argc, char **argv, struct opts *o)
 			}
 			break;
 		case 'j': o->json = true; break;
+		case 'T':
+			if (!*optarg) {
+				fprintf(stderr, "dualwrite verify: --tenant: want a tenant id\n");
+				return 2;
+			}
+			o->tenant = optarg;
+			break;
 		case 'r': o->repair = true; break;
 		case 'd': o->delete_extra = true; break;
 		case 'h': usage(stdout); return 0;
@@ -201,13 +211,77 @@ static char *array_lit(char *const *keys, size_t lo, size_t hi)
 
 /* ---- SQL for both sides ---- */
 
-/* The key, as target-key text, of a source (s) or target (t) row. */
+/* The key, as target-key text, of a source (s) or target (t) row. A
+ * composite key is the JSON array of its columns' text, so that a key is
+ * still one string to sort, merge and report. */
 static void key_expr(const struct pgu_map *m, bool source, struct pgu_buf *b)
 {
-	if (source)
-		pgu_buf_printf(b, "(%s)", m->cols[m->key_col].src_sql);
-	else
-		pgu_buf_printf(b, "t.%s", m->tgt_key);
+	if (m->nkey > 1)
+		pgu_buf_puts(b, "json_build_array(");
+	for (size_t k = 0; k < m->nkey; k++) {
+		if (k)
+			pgu_buf_puts(b, ", ");
+		if (source)
+			pgu_buf_printf(b, "(%s)", m->cols[m->key_cols[k]].src_sql);
+		else
+			pgu_buf_printf(b, "t.%s", m->tgt_keys[k]);
+		if (m->nkey > 1)
+			pgu_buf_puts(b, "::text");
+	}
+	if (m->nkey > 1)
+		pgu_buf_puts(b, ")");
+}
+
+/* "the row's key is one of $1[, $2...]": one array parameter per key column
+ * (see key_arrays), as target key types. */
+static void key_in(const struct pgu_map *m, bool source, struct pgu_buf *b)
+{
+	if (m->nkey == 1) {
+		key_expr(m, source, b);
+		pgu_buf_printf(b, " = ANY($1::%s[])", m->tgt_key_type);
+		return;
+	}
+	pgu_buf_puts(b, "(");
+	for (size_t k = 0; k < m->nkey; k++) {
+		if (source)
+			pgu_buf_printf(b, "%s(%s)", k ? ", " : "", m->cols[m->key_cols[k]].src_sql);
+		else
+			pgu_buf_printf(b, "%st.%s", k ? ", " : "", m->tgt_keys[k]);
+	}
+	pgu_buf_puts(b, ") IN (SELECT * FROM unnest(");
+	for (size_t k = 0; k < m->nkey; k++)
+		pgu_buf_printf(b, "%s$%zu::%s[]", k ? ", " : "", k + 1, m->tgt_key_types[k]);
+	pgu_buf_puts(b, "))");
+}
+
+/* The parameters of key_in for keys[lo, hi): m->nkey array literals. */
+static void key_arrays(const struct pgu_map *m, char *const *keys, size_t lo, size_t hi,
+		       char **out)
+{
+	if (m->nkey == 1) {
+		out[0] = array_lit(keys, lo, hi);
+		return;
+	}
+	size_t n = hi - lo;
+	char **col = dw_calloc(n ? n : 1, sizeof(*col));
+	for (size_t k = 0; k < m->nkey; k++) {
+		for (size_t i = 0; i < n; i++) {
+			json_t *a = json_loads(keys[lo + i], 0, NULL);
+			json_t *v = json_array_get(a, k);
+			col[i] = dw_strdup(json_is_string(v) ? json_string_value(v) : "");
+			json_decref(a);
+		}
+		out[k] = array_lit(col, 0, n);
+		for (size_t i = 0; i < n; i++)
+			free(col[i]);
+	}
+	free(col);
+}
+
+static void key_arrays_free(const struct pgu_map *m, char **p)
+{
+	for (size_t k = 0; k < m->nkey; k++)
+		free(p[k]);
 }
 
 /*
@@ -263,6 +337,8 @@ static char *hashed_rows(const struct pgu_map *m, bool source, bool typed, long 
 	row_hash(m, source, typed, &b);
 	pgu_buf_printf(&b, " AS h FROM %s %s", source ? m->src_table : m->tgt_table,
 		       source ? "s" : "t");
+	if (!source && m->tgt_where)
+		pgu_buf_printf(&b, " WHERE %s", m->tgt_where);
 	return b.p;
 }
 
@@ -283,8 +359,10 @@ static char *columns_sql(const struct pgu_map *m, bool source)
 	}
 	pgu_buf_printf(&b, " FROM %s %s WHERE ", source ? m->src_table : m->tgt_table,
 		       source ? "s" : "t");
-	key_expr(m, source, &b);
-	pgu_buf_printf(&b, " = ANY($1::%s[]) ORDER BY ", m->tgt_key_type);
+	key_in(m, source, &b);
+	if (!source && m->tgt_where)
+		pgu_buf_printf(&b, " AND %s", m->tgt_where);
+	pgu_buf_puts(&b, " ORDER BY ");
 	key_expr(m, source, &b);
 	pgu_buf_puts(&b, "::text COLLATE \"C\"");
 	return b.p;
@@ -379,11 +457,11 @@ static int compare_keys(struct pgu_map *m, char *const *keys, size_t n, const ch
 {
 	for (size_t lo = 0; lo < n; lo += 5000) {
 		size_t hi = lo + 5000 < n ? lo + 5000 : n;
-		char *arr = array_lit(keys, lo, hi);
-		const char *p[1] = {arr};
+		char *p[DW_TABLE_KEY_MAX];
+		key_arrays(m, keys, lo, hi, p);
 		PGresult *sr, *tr;
-		int rc = run2(m, ssql, tsql, 1, p, &sr, &tr, err);
-		free(arr);
+		int rc = run2(m, ssql, tsql, (int)m->nkey, (const char *const *)p, &sr, &tr, err);
+		key_arrays_free(m, p);
 		if (rc < 0)
 			return -1;
 		/* Both results are in byte order of the key, as keys are. */
@@ -541,7 +619,7 @@ static int sample_check(struct pgu_map *m, long n, long *rows, long *differ, str
 	struct pgu_buf b = {0}, copy = {0};
 	PGresult *keys = NULL, *src = NULL, *stg = NULL, *tgt = NULL;
 	char **kv = NULL;
-	char *arr = NULL;
+	char *karr[DW_TABLE_KEY_MAX] = {NULL};
 	int rc = -1;
 
 	*rows = *differ = 0;
@@ -560,21 +638,15 @@ static int sample_check(struct pgu_map *m, long n, long *rows, long *differ, str
 	kv = dw_calloc((size_t)nk, sizeof(*kv));
 	for (int i = 0; i < nk; i++)
 		kv[i] = PQgetvalue(keys, i, 0);
-	arr = array_lit(kv, 0, (size_t)nk);
-	const char *p[1] = {arr};
+	key_arrays(m, kv, 0, (size_t)nk, karr);
+	const char *const *p = (const char *const *)karr;
 
 	/* Source rows, mapped by the engine, staged as text in the target. */
 	pgu_buf_reset(&b);
-	key_expr(m, true, &b);
-	char *tail = NULL;
-	{
-		struct pgu_buf t = {0};
-		pgu_buf_printf(&t, "WHERE %s = ANY($1::%s[])", b.p, m->tgt_key_type);
-		tail = t.p;
-	}
-	char *sql = pgu_source_select(m, tail);
-	free(tail);
-	src = pgu_exec(m->src, sql, 1, p, PGRES_TUPLES_OK, err);
+	pgu_buf_puts(&b, "WHERE ");
+	key_in(m, true, &b);
+	char *sql = pgu_source_select(m, b.p);
+	src = pgu_exec(m->src, sql, (int)m->nkey, p, PGRES_TUPLES_OK, err);
 	free(sql);
 	if (!src)
 		goto out;
@@ -599,7 +671,12 @@ static int sample_check(struct pgu_map *m, long n, long *rows, long *differ, str
 		goto rollback;
 	}
 	pgu_buf_reset(&b);
-	pgu_buf_printf(&b, "SELECT (c%d::%s)::text", m->key_col, m->tgt_key_type);
+	pgu_buf_puts(&b, m->nkey > 1 ? "SELECT json_build_array(" : "SELECT ");
+	for (size_t k = 0; k < m->nkey; k++)
+		pgu_buf_printf(&b, "%s(c%d::%s)::text", k ? ", " : "", m->key_cols[k],
+			       m->tgt_key_types[k]);
+	if (m->nkey > 1)
+		pgu_buf_puts(&b, ")::text");
 	for (size_t i = 0; i < m->ncols; i++)
 		if (m->cols[i].comparable)
 			pgu_buf_printf(&b, ", (c%zu::%s)::text", i, m->cols[i].type);
@@ -608,7 +685,7 @@ static int sample_check(struct pgu_map *m, long n, long *rows, long *differ, str
 	if (!stg)
 		goto rollback;
 	sql = columns_sql(m, false);
-	tgt = pgu_exec(m->tgt, sql, 1, p, PGRES_TUPLES_OK, err);
+	tgt = pgu_exec(m->tgt, sql, (int)m->nkey, p, PGRES_TUPLES_OK, err);
 	free(sql);
 	if (!tgt)
 		goto rollback;
@@ -633,7 +710,8 @@ rollback:
 out:
 	if (rc < 0)
 		dw_err_prefix(err, "sample");
-	free(arr);
+	if (kv)
+		key_arrays_free(m, karr);
 	free(kv);
 	PQclear(keys);
 	PQclear(src);
@@ -673,21 +751,16 @@ static int repair(struct pgu_map *m, const struct difflist *d, bool delete_extra
 	}
 	if (pgu_stage(m, err) < 0 || pgu_cmd(m->tgt, "BEGIN", err) < 0)
 		goto out;
-	key_expr(m, true, &b);
-	char *tail;
-	{
-		struct pgu_buf t = {0};
-		pgu_buf_printf(&t, "WHERE %s = ANY($1::%s[])", b.p, m->tgt_key_type);
-		tail = t.p;
-	}
-	char *sel = pgu_source_select(m, tail);
-	free(tail);
+	pgu_buf_puts(&b, "WHERE ");
+	key_in(m, true, &b);
+	char *sel = pgu_source_select(m, b.p);
 	for (size_t lo = 0; lo < cp.n; lo += 5000) {
 		size_t hi = lo + 5000 < cp.n ? lo + 5000 : cp.n;
-		char *arr = array_lit(cp.v, lo, hi);
-		const char *p[1] = {arr};
-		PGresult *r = pgu_exec(m->src, sel, 1, p, PGRES_TUPLES_OK, err);
-		free(arr);
+		char *p[DW_TABLE_KEY_MAX];
+		key_arrays(m, cp.v, lo, hi, p);
+		PGresult *r = pgu_exec(m->src, sel, (int)m->nkey, (const char *const *)p,
+				       PGRES_TUPLES_OK, err);
+		key_arrays_free(m, p);
 		if (!r)
 			goto rollback_sel;
 		pgu_buf_reset(&copy);
@@ -701,13 +774,16 @@ static int repair(struct pgu_map *m, const struct difflist *d, bool delete_extra
 		rep->copied += (size_t)ins;
 	}
 	if (del.n) {
-		char *arr = array_lit(del.v, 0, del.n);
-		const char *p[1] = {arr};
+		char *p[DW_TABLE_KEY_MAX];
+		key_arrays(m, del.v, 0, del.n, p);
 		pgu_buf_reset(&b);
-		pgu_buf_printf(&b, "DELETE FROM %s WHERE %s = ANY($1::%s[])", m->tgt_table,
-			       m->tgt_key, m->tgt_key_type);
-		PGresult *r = pgu_exec(m->tgt, b.p, 1, p, PGRES_COMMAND_OK, err);
-		free(arr);
+		pgu_buf_printf(&b, "DELETE FROM %s t WHERE ", m->tgt_table);
+		key_in(m, false, &b);
+		if (m->tgt_where)
+			pgu_buf_printf(&b, " AND %s", m->tgt_where);
+		PGresult *r = pgu_exec(m->tgt, b.p, (int)m->nkey, (const char *const *)p,
+				       PGRES_COMMAND_OK, err);
+		key_arrays_free(m, p);
 		if (!r)
 			goto rollback_sel;
 		rep->deleted = (size_t)atol(PQcmdTuples(r));
@@ -747,6 +823,23 @@ out:
 }
 
 /* ---- reporting ---- */
+
+/* The target's rows counted by the first where column (the seed's
+ * count({ where: { tenantId } }), for every tenant at once): rows of
+ * (value, count), or NULL with err. */
+static PGresult *target_counts(struct pgu_map *m, struct dw_err *err)
+{
+	struct pgu_buf b = {0};
+	char *qc = pgu_ident(m->tgt, m->tm->target.where_cols[0]);
+	pgu_buf_printf(&b, "SELECT coalesce(%s::text, '(null)'), count(*) FROM %s GROUP BY 1 ORDER BY 1",
+		       qc, m->tgt_table);
+	PGresult *r = pgu_exec(m->tgt, b.p, 0, NULL, PGRES_TUPLES_OK, err);
+	if (!r)
+		dw_err_prefix(err, "target counts");
+	free(qc);
+	pgu_buf_free(&b);
+	return r;
+}
 
 static bool is_int(const char *s)
 {
@@ -823,18 +916,20 @@ int cmd_verify(int argc, char **argv)
 	long long src_rows = 0, tgt_rows = 0;
 	long srows = 0, sdiff = 0;
 	char *ssql = NULL, *tsql = NULL;
+	PGresult *by_tenant = NULL;
 	bool repaired = false;
 	int64_t t0 = dw_now_us();
 
-	rc = pgu_map_open(&m, cfg, o.table, &err);
+	rc = pgu_map_open_as(&m, cfg, o.table, o.tenant, &err);
 	if (rc != PGU_OK)
 		goto out;
 	rc = 2;
-	if (!m.cols[m.key_col].src_sql) {
-		dw_err_set(&err, "table %s: the key column %s has no SQL form for verify", m.name,
-			   m.tm->target.key);
-		goto out;
-	}
+	for (size_t k = 0; k < m.nkey; k++)
+		if (!m.cols[m.key_cols[k]].src_sql) {
+			dw_err_set(&err, "table %s: the key column %s has no SQL form for verify",
+				   m.name, m.tm->target.keys[k]);
+			goto out;
+		}
 	if (checksum(&m, o.chunk, &src_rows, &tgt_rows, &suspects, &err) < 0)
 		goto fail;
 	ssql = columns_sql(&m, true);
@@ -854,6 +949,8 @@ int cmd_verify(int argc, char **argv)
 	if (diffs.n)
 		qsort(diffs.v, diffs.n, sizeof(*diffs.v), cmp_diff);
 	if (sample_check(&m, o.sample, &srows, &sdiff, &err) < 0)
+		goto fail;
+	if (m.tgt_where && !(by_tenant = target_counts(&m, &err)))
 		goto fail;
 
 	if (o.repair && diffs.n) {
@@ -879,6 +976,14 @@ int cmd_verify(int argc, char **argv)
 		json_object_set_new(j, "equal", json_boolean(equal));
 		json_object_set_new(j, "source_rows", json_integer(src_rows));
 		json_object_set_new(j, "target_rows", json_integer(tgt_rows));
+		if (m.tgt_where) {
+			json_object_set_new(j, "target_where", json_string(m.tgt_where));
+			json_t *bt = json_object();
+			for (int i = 0; i < PQntuples(by_tenant); i++)
+				json_object_set_new(bt, PQgetvalue(by_tenant, i, 0),
+						    json_integer(atoll(PQgetvalue(by_tenant, i, 1))));
+			json_object_set_new(j, "target_rows_by", bt);
+		}
 		json_object_set_new(j, "differences", diffs_json(&diffs));
 		json_t *pa = json_array();
 		for (size_t i = 0; i < pend_hit.n; i++)
@@ -897,7 +1002,17 @@ int cmd_verify(int argc, char **argv)
 		json_decref(j);
 	} else {
 		printf("verify %s: %s -> %s\n", m.name, m.tm->source.table, m.tm->target.table);
-		printf("  source rows: %lld\n  target rows: %lld\n", src_rows, tgt_rows);
+		printf("  source rows: %lld\n  target rows: %lld", src_rows, tgt_rows);
+		if (m.tgt_where) {
+			printf(" (where %s)\n  target rows by %s:", m.tgt_where,
+			       m.tm->target.where_cols[0]);
+			for (int i = 0; i < PQntuples(by_tenant); i++)
+				printf("%s %s %s", i ? "," : "", PQgetvalue(by_tenant, i, 0),
+				       PQgetvalue(by_tenant, i, 1));
+			if (PQntuples(by_tenant) == 0)
+				printf(" (none)");
+		}
+		printf("\n");
 		print_diffs(&diffs, "  ");
 		for (size_t i = 0; i < pend_hit.n; i++)
 			printf("  pending  %s (waiting in the replay queue)\n", pend_hit.v[i]);
@@ -926,6 +1041,7 @@ out:
 		fprintf(stderr, "dualwrite verify: %s\n", err.msg);
 	free(ssql);
 	free(tsql);
+	PQclear(by_tenant);
 	set_free(&suspects);
 	set_free(&pending);
 	set_free(&pend_hit);

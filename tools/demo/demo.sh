@@ -6,9 +6,11 @@
 # equipment writes to the new gear-ops service (Phase 1, dual-write), keeps serving every client
 # while gear-ops is down and queues the mirrors, `dualwrite replay` drains them, `dualwrite
 # backfill` copies 100,000 historical rows (Phase 2), and `dualwrite verify` proves both tables
-# agree, finds rows changed behind the proxy's back and repairs them. IoT V1 -> V2 (shorter): the
-# tenant is injected into mirrored device writes, and a malformed tenant dead-letters the mirror
-# while V1 still takes the write.
+# agree, finds rows changed behind the proxy's back and repairs them. IoT V1 -> V2: the guide's
+# Phases 1-3 for users, devices and telemetry — the default tenant, V1 traffic (telemetry batches
+# included) mirrored with the tenant on every row, a malformed tenant dead-lettered while V1 still
+# takes the write, the history backfilled (telemetry on its composite key), verify per table and
+# the counts per tenant.
 #
 # Everything lives in one temp dir on free high ports; an EXIT trap stops every process this script
 # started (by PID) and the cluster, on success, failure or Ctrl-C. Every step is checked; the exit
@@ -25,6 +27,7 @@ B=${B:-build}
 case $B in /*) ;; *) B=$ROOT/$B ;; esac
 
 HISTORY_ROWS=100000
+IOT_USERS=200 IOT_DEVICES=100 IOT_READINGS=${IOT_READINGS:-100000} IOT_BATCHES=3 IOT_BATCH=1000
 T0=$SECONDS
 STEP="setup"
 W=""
@@ -518,72 +521,144 @@ delivered=$(awk '/^dualwrite_mirror_total\{.*result="delivered"/ { s += $2 } END
 show "$B/dualwrite" status -c "$GEAR" || fail "dualwrite status failed"
 ok "metrics and status agree: nothing waiting"
 
-section "IoT V1 -> V2 6/6 — the tenant injected into mirrored device writes"
+section "IoT V1 -> V2 6/6 — Phase 1: the V2 schema and the default tenant"
 start_backend iot-v1 iot-v1 P_V1 --init-schema
 start_backend iot-v2 iot-v2 P_V2 --init-schema
+say "V2's schema is deployed by --init-schema; the default tenant (the guide's 1.4) with it:"
+qshow iot_v2 "SELECT id, name, slug, plan, status FROM tenants"
+[ "$(q iot_v2 "SELECT count(*) FROM tenants WHERE id = 'default_tenant_id'")" = 1 ] ||
+	fail "the default tenant is missing in iot_v2"
+say "V1's history, written before dualwrited existed: $IOT_USERS users, $IOT_DEVICES devices,"
+say "$IOT_READINGS telemetry readings (device_data, keyed by device and instant) ..."
+q iot_v1 "
+INSERT INTO users (id, email, name, role, created_at, updated_at)
+SELECT 'usr-' || g, 'user' || g || '@farm.example', 'User ' || g,
+       CASE WHEN g % 20 = 0 THEN 'ADMIN' ELSE 'USER' END,
+       timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour',
+       timestamptz '2024-06-01 00:00:00+00' + g * interval '1 hour'
+FROM generate_series(1, $IOT_USERS) g;
+SELECT setval('users_id_seq', $IOT_USERS);
+INSERT INTO devices (id, name, type, config, status, created_at, updated_at)
+SELECT 'dev-' || g, 'Sensor ' || g, (ARRAY['thermostat','camera','gateway','door-sensor'])[g % 4 + 1],
+       CASE WHEN g % 5 = 0 THEN NULL ELSE jsonb_build_object('interval_s', 30 + g % 4 * 30) END,
+       'ACTIVE', timestamptz '2024-01-01 00:00:00+00' + g * interval '1 day', NULL
+FROM generate_series(1, $IOT_DEVICES) g;
+SELECT setval('devices_id_seq', $IOT_DEVICES);
+INSERT INTO device_data (device_id, timestamp, data, protocol, source)
+SELECT 'dev-' || (g % $IOT_DEVICES + 1),
+       timestamptz '2024-03-01 00:00:00+00' + (g / $IOT_DEVICES) * interval '1 minute',
+       jsonb_build_object('temperature', 15 + (g % 40) / 2.0, 'battery', 100 - g % 50),
+       CASE WHEN g % 3 = 0 THEN 'http' ELSE 'mqtt' END, CASE WHEN g % 4 = 0 THEN NULL ELSE 'gw-1' END
+FROM generate_series(0, $IOT_READINGS - 1) g;
+ANALYZE" >/dev/null || fail "could not insert the V1 history"
+say "One V2 template per V1 device type (the guide's getOrCreateDefaultTemplate):"
+q iot_v2 "INSERT INTO device_templates (id, tenant_id, name)
+	VALUES ('thermostat', 'default_tenant_id', 'thermostat'), ('camera', 'default_tenant_id', 'camera'),
+	       ('gateway', 'default_tenant_id', 'gateway'), ('door-sensor', 'default_tenant_id', 'door-sensor')
+	ON CONFLICT (id) DO NOTHING" >/dev/null || fail "could not create the templates"
+ok "V1: $IOT_USERS users, $IOT_DEVICES devices, $IOT_READINGS readings; V2: the default tenant, empty tables"
+
+section "IoT V1 -> V2 6/6 — Phase 2: dual-write of users, devices and telemetry"
 IOT=$W/iot-v2.conf
 start_dwd dwd-iot conf/iot-v2.conf "$IOT" 8081 9902 "8010 $P_V1" "8012 $P_V2"
 P_IW=$DW_PORT P_IA=$DW_ADMIN
 ok "iot-v1 on :$P_V1, iot-v2 on :$P_V2, dualwrited on :$P_IW (admin :$P_IA)"
 PI=http://127.0.0.1:$P_IW
-say "POST /devices without X-Tenant-ID, with X-Tenant-ID: default_tenant_id, and with 'bad tenant!':"
+say "Users: create two, rename one, delete one of the history (not in V2 yet: V2's 404 is 'already gone'):"
+req POST "$PI/users" '{"email": "ops@farm.example", "name": "Ops", "role": "ADMIN"}'
+[ "$CODE" = 201 ] || fail "POST /users -> $CODE $BODY"
+U1=$(json_field id)
+req POST "$PI/users" '{"email": "field@farm.example", "name": "Field tech"}'
+[ "$CODE" = 201 ] || fail "POST /users -> $CODE $BODY"
+U2=$(json_field id)
+req PATCH "$PI/users/$U2" '{"name": "Field technician"}'
+[ "$CODE" = 200 ] || fail "PATCH /users/$U2 -> $CODE $BODY"
+req DELETE "$PI/users/usr-7"
+[ "$CODE" = 204 ] || fail "DELETE /users/usr-7 -> $CODE $BODY"
+say "  POST $U1, POST $U2, PATCH $U2, DELETE usr-7 -> 201 201 200 204"
+say "Devices: without X-Tenant-ID, with X-Tenant-ID: default_tenant_id, and with 'bad tenant!':"
 req POST "$PI/devices" '{"name": "Greenhouse thermostat", "type": "thermostat", "config": {"unit": "C", "interval_s": 60}}'
 [ "$CODE" = 201 ] || fail "POST /devices -> $CODE $BODY"
 D1=$(json_field id)
-say "  (no header)            -> $CODE $D1"
 req POST "$PI/devices" '{"name": "Barn camera", "type": "camera", "config": {"resolution": "1080p"}, "status": "ACTIVE"}' 'X-Tenant-ID: default_tenant_id'
 [ "$CODE" = 201 ] || fail "POST /devices -> $CODE $BODY"
 D2=$(json_field id)
-say "  default_tenant_id      -> $CODE $D2"
-req POST "$PI/devices" '{"name": "Gate sensor", "type": "door-sensor", "config": {"battery": "CR2032"}}'
-[ "$CODE" = 201 ] || fail "POST /devices -> $CODE $BODY"
-D3=$(json_field id)
-say "  (no header)            -> $CODE $D3"
 req POST "$PI/devices" '{"name": "Mystery device", "type": "camera"}' 'X-Tenant-ID: bad tenant!'
 [ "$CODE" = 201 ] || fail "POST /devices with a malformed tenant -> $CODE $BODY; V1 must still take it"
 DBAD=$(json_field id)
-say "  'bad tenant!'          -> $CODE $DBAD (V1 took the write; its mirror cannot be built)"
 req PATCH "$PI/devices/$D1" '{"name": "Greenhouse thermostat (north)", "config": {"unit": "F", "interval_s": 30}}'
 [ "$CODE" = 200 ] || fail "PATCH /devices/$D1 -> $CODE $BODY"
-say "  PATCH /devices/$D1     -> $CODE"
-ok "V1 answered every client: 201 x4, 200"
+say "  $D1 201, $D2 201, $DBAD 201 (V1 took it; its mirror cannot be built), PATCH $D1 200"
+say "Telemetry: one reading, then $IOT_BATCHES batches of $IOT_BATCH readings (POST /telemetry/batch, a JSON array):"
+req POST "$PI/telemetry" '{"deviceId": "'"$D1"'", "data": {"temperature": 21.5}, "protocol": "mqtt"}'
+[ "$CODE" = 201 ] || fail "POST /telemetry -> $CODE $BODY"
+for ((b = 0; b < IOT_BATCHES; b++)); do
+	awk -v b="$b" -v n="$IOT_BATCH" -v nd="$IOT_DEVICES" 'BEGIN {
+		printf "["
+		for (i = 0; i < n; i++) {
+			k = b * n + i
+			printf "%s{\"deviceId\": \"dev-%d\", \"timestamp\": \"2025-06-01T%02d:%02d:%02d.%06dZ\", \"data\": {\"temperature\": %.1f}, \"protocol\": \"mqtt\"%s}", \
+				(i ? ", " : ""), k % nd + 1, int(k / 3600) % 24, int(k / 60) % 60, k % 60, b, 15 + (k % 30) / 2, \
+				(k % 2 ? ", \"source\": \"edge-gw\"" : "")
+		}
+		printf "]"
+	}' >"$W/batch.json"
+	req POST "$PI/telemetry/batch" "@$W/batch.json"
+	[ "$CODE" = 201 ] || fail "POST /telemetry/batch -> $CODE $BODY"
+	say "  batch $((b + 1)): $CODE $BODY"
+done
+ok "V1 answered every client"
+LIVE_READINGS=$((IOT_BATCHES * IOT_BATCH + 1))
 v2_caught_up() {
-	[ "$(q iot_v2 "SELECT count(*) FROM devices WHERE id IN ('$D1','$D2','$D3')
-		AND (id <> '$D1' OR name LIKE '%(north)')")" = 3 ]
+	[ "$(q iot_v2 "SELECT (SELECT count(*) FROM telemetry) = $LIVE_READINGS
+		AND (SELECT count(*) FROM users WHERE id IN ('$U1', '$U2') AND (id <> '$U2' OR name = 'Field technician')) = 2
+		AND (SELECT count(*) FROM devices WHERE id IN ('$D1','$D2') AND (id <> '$D1' OR name LIKE '%(north)')) = 2")" = t ]
 }
-wait_for "the V2 mirrors of $D1 $D2 $D3 (and the PATCH)" 10 v2_caught_up
+wait_for "the V2 mirrors of the users, devices and $LIVE_READINGS readings" 20 v2_caught_up
 dead_is_1() { [ "$(metric dualwrite_queue_dead "$P_IA")" = 1 ]; }
 wait_for "one dead letter" 10 dead_is_1
-show "$B/dualwrite" queue -c "$IOT" list --dead || fail "queue list --dead failed"
 "$B/dualwrite" queue -c "$IOT" list --dead 2>/dev/null | grep -q 'malformed tenant' ||
 	fail "the dead letter does not give the malformed tenant as its reason"
-ok "the malformed tenant's mirror is dead-lettered with its reason, not guessed"
-say "V1 (iot_v1.devices):"
-qshow iot_v1 "SELECT id, name, type, config, status FROM devices ORDER BY id"
-say "V2 (iot_v2.devices):"
-qshow iot_v2 "SELECT id, tenant_id, template_id, name, attributes, metadata FROM devices ORDER BY id"
-n=$(q iot_v2 "SELECT count(*) FROM devices d WHERE tenant_id = 'default_tenant_id'
-	AND metadata->>'migratedFrom' = 'v1' AND metadata->>'originalType' = template_id")
-if [ "$n" != 3 ]; then
-	explain_verify "$IOT" devices
-	fail "expected 3 V2 devices in default_tenant_id with metadata {migratedFrom: v1, originalType: <V1 type>}, got $n"
-fi
-n=$(q iot_v2 "SELECT count(*) FROM devices WHERE id = '$D1' AND attributes = '{\"unit\": \"F\", \"interval_s\": 30}'")
-[ "$n" = 1 ] || fail "the PATCH of $D1 did not reach V2's attributes"
-n=$(q iot_v2 "SELECT count(*) FROM devices WHERE id = '$DBAD'")
-[ "$n" = 0 ] || fail "the device with the malformed tenant reached V2"
-ok "V2 rows carry tenant_id, template_id, attributes and metadata {migratedFrom, originalType}"
-say "verify --table devices: everything V1 acknowledged is in V2, except the dead-lettered $DBAD"
-say "(no tenant is guessed for it; the operator decides — hence no --repair here):"
-rc=0
-show timeout 60 "$B/dualwrite" verify -c "$IOT" --table devices || rc=$?
-[ "$rc" -eq 1 ] || fail "verify --table devices exited $rc; expected 1 (the dead-lettered device)"
-rc=0
-timeout 60 "$B/dualwrite" verify -c "$IOT" --table devices --json >"$W/verify-iot.json" || rc=$?
-diffs=$(grep -o '{"key":"[^"]*","kind":"[a-z]*"' "$W/verify-iot.json" | tr '\n' ' ')
-[ "$diffs" = "{\"key\":\"$DBAD\",\"kind\":\"missing\" " ] ||
-	fail "verify --table devices found [$diffs], expected only $DBAD missing ($W/verify-iot.json)"
-ok "verify: the only difference is $DBAD, missing in V2 (its mirror is the dead letter)"
+ok "V2 has the mirrored users, devices and readings (tenant on every row of a batch); $DBAD's mirror is dead-lettered (malformed tenant)"
+say "A mirrored batch is one write: journaled once, delivered as one request:"
+curl -s --max-time 5 "http://127.0.0.1:$P_IA/metrics" |
+	grep -E '^dualwrite_mirror_total\{route="telemetry-batch"' | sed 's/^/  /' || true
+qshow iot_v2 "SELECT tenant_id, device_id, timestamp, metrics, protocol, source, quality
+	FROM telemetry ORDER BY timestamp, device_id LIMIT 3"
+
+section "IoT V1 -> V2 6/6 — Phase 2.3: backfill of the history (users, devices, telemetry)"
+say "Rows the mirror already delivered are newer than the history and are kept (ON CONFLICT DO NOTHING);"
+say "telemetry is paged on its composite key (device_id, timestamp):"
+for table in users devices telemetry; do
+	rc=0
+	show timeout 120 "$B/dualwrite" backfill -c "$IOT" --table "$table" --batch 5000 || rc=$?
+	[ "$rc" -eq 0 ] || fail "dualwrite backfill --table $table exited $rc"
+done
+ok "history copied"
+
+section "IoT V1 -> V2 6/6 — Phase 3: verify per table, counts per tenant"
+say "$DBAD's mirror was dead-lettered (a malformed tenant is not guessed); the backfill moved it, as"
+say "every V1 row, to the default tenant (the guide's migrate-v1-to-v2.js), so V2 is complete:"
+for table in users devices telemetry; do
+	rc=0
+	show timeout 120 "$B/dualwrite" verify -c "$IOT" --table "$table" || rc=$?
+	if [ "$rc" -ne 0 ]; then
+		explain_verify "$IOT" "$table"
+		fail "verify --table $table exited $rc; expected 0 (equal)"
+	fi
+done
+[ "$(q iot_v2 "SELECT tenant_id FROM devices WHERE id = '$DBAD'")" = default_tenant_id ] ||
+	fail "$DBAD is not in the default tenant after the backfill"
+ok "verify: users, devices and telemetry equal (V2's default tenant vs all of V1)"
+say "The guide's verify-migration.js, V1 count vs V2 count in the default tenant:"
+for pair in "Users users users" "Devices devices devices" "Telemetry device_data telemetry"; do
+	set -- $pair
+	n1=$(q iot_v1 "SELECT count(*) FROM $2")
+	n2=$(q iot_v2 "SELECT count(*) FROM $3 WHERE tenant_id = 'default_tenant_id'")
+	printf '  %-10s V1=%-8s V2=%s\n' "$1:" "$n1" "$n2"
+	[ "$n1" = "$n2" ] || fail "$1: V1=$n1 V2=$n2"
+done
+ok "Phase 3 done: counts agree per table in the default tenant"
 
 section "Shutdown — SIGTERM drains and exits 0"
 for name in dwd-iot dwd-gear; do

@@ -4,9 +4,10 @@
  *   user-core  the legacy Gear Operations equipment API (table old_equipment, ids assigned here)
  *   gear-ops   the new Gear Operations service (gear_items; takes the legacy's id; honours
  *              Idempotency-Key)
- *   iot-v1     the single-tenant IoT platform (devices; ids "dev-N" assigned here)
- *   iot-v2     the multi-tenant IoT platform (tenants, device_templates, devices; takes the V1
- *              id; tenantId required; honours Idempotency-Key)
+ *   iot-v1     the single-tenant IoT platform (devices, users, device_data; ids "dev-N" and
+ *              "usr-N" assigned here; telemetry one reading or a JSON array of them)
+ *   iot-v2     the multi-tenant IoT platform (tenants, device_templates, devices, users,
+ *              telemetry; takes the V1 ids; tenantId required; honours Idempotency-Key)
  *
  * PostgreSQL builds every JSON answer (json_build_object), so a value is rendered the same way
  * whichever route returns it; timestamps are RFC 3339 UTC with microseconds, the full precision
@@ -40,6 +41,23 @@
 	" 'templateId', template_id, 'attributes', attributes, 'metadata', metadata,"           \
 	" 'status', status, 'createdAt', " TS("created_at") ", 'updatedAt', "                   \
 	TS("updated_at") ")"
+
+#define V1_USER_JSON                                                                            \
+	"json_build_object('id', id, 'email', email, 'name', name, 'role', role,"              \
+	" 'created_at', " TS("created_at") ", 'updated_at', " TS("updated_at") ")"
+
+#define V2_USER_JSON                                                                            \
+	"json_build_object('id', id, 'tenantId', tenant_id, 'email', email, 'name', name,"     \
+	" 'role', role, 'createdAt', " TS("created_at") ", 'updatedAt', " TS("updated_at") ")"
+
+#define V1_READING_JSON                                                                         \
+	"json_build_object('deviceId', device_id, 'timestamp', " TS("timestamp") ","           \
+	" 'data', data, 'protocol', protocol, 'source', source)"
+
+#define V2_READING_JSON                                                                         \
+	"json_build_object('tenantId', tenant_id, 'deviceId', device_id, 'timestamp', "        \
+	TS("timestamp") ", 'metrics', metrics, 'protocol', protocol, 'source', source,"         \
+	" 'quality', quality)"
 
 /* ---- shared helpers ------------------------------------------------------------------------ */
 
@@ -417,12 +435,182 @@ static void v1_delete(struct svc *s, struct call *c, struct reply *r)
 		      "device", c->arg);
 }
 
+/* Users (the guide's migrateUsers): ids "usr-N" assigned here. */
+static void v1_user_create(struct svc *s, struct call *c, struct reply *r)
+{
+	static const char *const req[] = {"email"};
+	const char *p[3];
+
+	if (require(c, r, req, DW_ARRAY_LEN(req)) < 0)
+		return;
+	p[0] = call_text(c, "email");
+	p[1] = call_text(c, "name");
+	p[2] = call_text(c, "role");
+	reply_row(s, r,
+		  demo_query(s,
+			     "INSERT INTO users (id, email, name, role, created_at, updated_at)"
+			     " VALUES ('usr-' || nextval('users_id_seq'), $1, $2,"
+			     " coalesce($3, 'USER'), now(), now()) RETURNING " V1_USER_JSON "::text",
+			     3, p),
+		  201, "create user", "");
+}
+
+static void v1_user_get(struct svc *s, struct call *c, struct reply *r)
+{
+	const char *p[1] = {c->arg};
+
+	reply_row(s, r,
+		  demo_query(s, "SELECT " V1_USER_JSON "::text FROM users WHERE id = $1", 1, p),
+		  200, "user", c->arg);
+}
+
+static void v1_user_update(struct svc *s, struct call *c, struct reply *r)
+{
+	static const struct demo_col cols[] = {
+		{"email", NULL, "email", "text", 1},
+		{"name", NULL, "name", "text", 0},
+		{"role", NULL, "role", "text", 1},
+	};
+	struct sqlb b;
+
+	sqlb_init(&b);
+	sqlb_add(&b, "UPDATE users SET updated_at = now()");
+	if (sqlb_set_cols(&b, c, cols, DW_ARRAY_LEN(cols), r) < 0)
+		return;
+	sqlb_add(&b, " WHERE id = $%d RETURNING " V1_USER_JSON "::text", sqlb_param(&b, c->arg));
+	reply_row(s, r, demo_query(s, b.sql, b.n, b.params), 200, "user", c->arg);
+}
+
+static void v1_user_delete(struct svc *s, struct call *c, struct reply *r)
+{
+	const char *p[1] = {c->arg};
+
+	reply_deleted(s, r, demo_query(s, "DELETE FROM users WHERE id = $1 RETURNING 1", 1, p),
+		      "user", c->arg);
+}
+
+/* One reading; the timestamp defaults to now() and is in the answer. */
+static void v1_reading(struct svc *s, struct call *c, struct reply *r)
+{
+	static const char *const req[] = {"deviceId"};
+	const char *p[5];
+
+	if (require(c, r, req, DW_ARRAY_LEN(req)) < 0)
+		return;
+	p[0] = call_text(c, "deviceId");
+	p[1] = call_text(c, "timestamp");
+	p[2] = call_json(c, "data");
+	p[3] = call_text(c, "protocol");
+	p[4] = call_text(c, "source");
+	reply_row(s, r,
+		  demo_query(s,
+			     "INSERT INTO device_data (device_id, timestamp, data, protocol, source)"
+			     " VALUES ($1, coalesce($2::timestamptz, now()), $3::jsonb, $4, $5)"
+			     " RETURNING " V1_READING_JSON "::text",
+			     5, p),
+		  201, "store reading", "");
+}
+
+/*
+ * A batch of readings (the guide's createMany): a JSON array of objects, each with deviceId
+ * and timestamp, stored by one multi-row INSERT ... SELECT from jsonb_to_recordset. Readings
+ * are matched by name; another field of an element is ignored. Returns the number in "count".
+ * vtwo selects the V2 columns (tenantId, metrics, quality) and ON CONFLICT DO NOTHING.
+ */
+static void reading_batch(struct svc *s, struct call *c, struct reply *r, int vtwo)
+{
+	json_error_t jerr;
+	json_t *a = json_loadb(c->body, c->body_len, 0, &jerr);
+	char n[32];
+	size_t i;
+	json_t *e;
+
+	if (!a) {
+		reply_error(r, 400, "invalid JSON: %s", jerr.text);
+		return;
+	}
+	if (!json_is_array(a)) {
+		json_decref(a);
+		reply_error(r, 400, "the body must be a JSON array of readings");
+		return;
+	}
+	json_array_foreach(a, i, e) {
+		const char *bad = !json_is_object(e) ? "is not an object"
+				  : !json_is_string(json_object_get(e, "deviceId")) ? "has no deviceId"
+				  : !json_is_string(json_object_get(e, "timestamp")) ? "has no timestamp"
+				  : vtwo && !json_is_string(json_object_get(e, "tenantId")) ? "has no tenantId"
+				  : NULL;
+		if (bad) {
+			json_decref(a);
+			reply_error(r, 400, "reading [%zu] %s", i, bad);
+			return;
+		}
+	}
+	json_decref(a);
+	const char *p[1] = {c->body};
+	PGresult *res;
+	if (vtwo) {
+		res = demo_query(s,
+				 "SELECT x.t FROM (SELECT DISTINCT e->>'tenantId' AS t"
+				 " FROM jsonb_array_elements($1::jsonb) e) x"
+				 " WHERE NOT EXISTS (SELECT 1 FROM tenants WHERE id = x.t) LIMIT 1",
+				 1, p);
+		if (!demo_res_ok(res)) {
+			reply_db_error(r, s, res, "tenant lookup");
+			PQclear(res);
+			return;
+		}
+		if (PQntuples(res)) {
+			reply_error(r, 422, "unknown tenant %s", PQgetvalue(res, 0, 0));
+			PQclear(res);
+			return;
+		}
+		PQclear(res);
+		res = demo_query(s,
+				 "INSERT INTO telemetry (tenant_id, device_id, timestamp, metrics,"
+				 " protocol, source, quality) SELECT \"tenantId\", \"deviceId\","
+				 " timestamp, metrics, protocol, source, quality"
+				 " FROM jsonb_to_recordset($1::jsonb) AS x(\"tenantId\" text,"
+				 " \"deviceId\" text, timestamp timestamptz, metrics jsonb,"
+				 " protocol text, source text, quality text)"
+				 " ON CONFLICT (device_id, timestamp) DO NOTHING",
+				 1, p);
+	} else {
+		res = demo_query(s,
+				 "INSERT INTO device_data (device_id, timestamp, data, protocol, source)"
+				 " SELECT \"deviceId\", timestamp, data, protocol, source"
+				 " FROM jsonb_to_recordset($1::jsonb) AS x(\"deviceId\" text,"
+				 " timestamp timestamptz, data jsonb, protocol text, source text)",
+				 1, p);
+	}
+	if (!demo_res_ok(res)) {
+		reply_db_error(r, s, res, "store readings");
+	} else {
+		char body[64];
+		snprintf(n, sizeof(n), "%s", PQcmdTuples(res));
+		snprintf(body, sizeof(body), "{\"count\": %s}", n[0] ? n : "0");
+		reply_json(r, 201, body);
+	}
+	PQclear(res);
+}
+
+static void v1_reading_batch(struct svc *s, struct call *c, struct reply *r)
+{
+	reading_batch(s, c, r, 0);
+}
+
 static const struct demo_route iot_v1_routes[] = {
 	{"GET", "/devices", v1_list, 0},
 	{"POST", "/devices", v1_create, ROUTE_WRITE | ROUTE_BODY},
 	{"GET", "/devices/{}", v1_get, 0},
 	{"PATCH", "/devices/{}", v1_update, ROUTE_WRITE | ROUTE_BODY},
 	{"DELETE", "/devices/{}", v1_delete, ROUTE_WRITE},
+	{"POST", "/users", v1_user_create, ROUTE_WRITE | ROUTE_BODY},
+	{"GET", "/users/{}", v1_user_get, 0},
+	{"PATCH", "/users/{}", v1_user_update, ROUTE_WRITE | ROUTE_BODY},
+	{"DELETE", "/users/{}", v1_user_delete, ROUTE_WRITE},
+	{"POST", "/telemetry", v1_reading, ROUTE_WRITE | ROUTE_BODY},
+	{"POST", "/telemetry/batch", v1_reading_batch, ROUTE_WRITE},
 };
 
 /* ---- iot-v2: the multi-tenant IoT platform --------------------------------------------------- */
@@ -566,12 +754,134 @@ static void v2_delete(struct svc *s, struct call *c, struct reply *r)
 		      "device", c->arg);
 }
 
+/* Users: the V1 id, tenantId required; the timestamps may be given (backfilled history). */
+static void v2_user_create(struct svc *s, struct call *c, struct reply *r)
+{
+	static const char *const req[] = {"id", "email"};
+	const char *p[7];
+
+	p[1] = call_text2(c, "tenantId", "tenant_id");
+	if (!p[1] || !*p[1]) {
+		reply_error(r, 400, "tenantId is required");
+		return;
+	}
+	if (require(c, r, req, DW_ARRAY_LEN(req)) < 0 || v2_tenant_known(s, r, p[1]) < 0)
+		return;
+	p[0] = call_text(c, "id");
+	p[2] = call_text(c, "email");
+	p[3] = call_text(c, "name");
+	p[4] = call_text(c, "role");
+	p[5] = call_text2(c, "createdAt", "created_at");
+	p[6] = call_text2(c, "updatedAt", "updated_at");
+	reply_row(s, r,
+		  demo_query(s,
+			     "INSERT INTO users (id, tenant_id, email, name, role, created_at,"
+			     " updated_at) VALUES ($1, $2, $3, $4, $5,"
+			     " coalesce($6::timestamptz, now()),"
+			     " coalesce($7::timestamptz, $6::timestamptz, now()))"
+			     " RETURNING " V2_USER_JSON "::text",
+			     7, p),
+		  201, "create user", "");
+}
+
+static void v2_user_get(struct svc *s, struct call *c, struct reply *r)
+{
+	const char *p[1] = {c->arg};
+
+	reply_row(s, r,
+		  demo_query(s, "SELECT " V2_USER_JSON "::text FROM users WHERE id = $1", 1, p),
+		  200, "user", c->arg);
+}
+
+static void v2_user_update(struct svc *s, struct call *c, struct reply *r)
+{
+	static const struct demo_col cols[] = {
+		{"email", NULL, "email", "text", 1},
+		{"name", NULL, "name", "text", 0},
+		{"role", NULL, "role", "text", 0},
+		{"createdAt", "created_at", "created_at", "timestamptz", 0},
+		{"updatedAt", "updated_at", "updated_at", "timestamptz", 0},
+	};
+	const char *tenant = call_text2(c, "tenantId", "tenant_id");
+	struct sqlb b;
+
+	if (tenant && v2_tenant_known(s, r, tenant) < 0)
+		return;
+	sqlb_init(&b);
+	sqlb_add(&b, "UPDATE users SET id = id");
+	if (sqlb_set_cols(&b, c, cols, DW_ARRAY_LEN(cols), r) < 0)
+		return;
+	if (!call_has(c, "updatedAt") && !call_has(c, "updated_at"))
+		sqlb_add(&b, ", updated_at = now()");
+	sqlb_add(&b, " WHERE id = $%d", sqlb_param(&b, c->arg));
+	if (tenant)
+		sqlb_add(&b, " AND tenant_id = $%d", sqlb_param(&b, tenant));
+	sqlb_add(&b, " RETURNING " V2_USER_JSON "::text");
+	reply_row(s, r, demo_query(s, b.sql, b.n, b.params), 200, "user", c->arg);
+}
+
+static void v2_user_delete(struct svc *s, struct call *c, struct reply *r)
+{
+	const char *p[1] = {c->arg};
+
+	reply_deleted(s, r, demo_query(s, "DELETE FROM users WHERE id = $1 RETURNING 1", 1, p),
+		      "user", c->arg);
+}
+
+/* One reading; the same reading stored twice is one row (201 either way). */
+static void v2_reading(struct svc *s, struct call *c, struct reply *r)
+{
+	static const char *const req[] = {"deviceId", "timestamp"};
+	const char *p[7];
+
+	p[0] = call_text2(c, "tenantId", "tenant_id");
+	if (!p[0] || !*p[0]) {
+		reply_error(r, 400, "tenantId is required");
+		return;
+	}
+	if (require(c, r, req, DW_ARRAY_LEN(req)) < 0 || v2_tenant_known(s, r, p[0]) < 0)
+		return;
+	p[1] = call_text(c, "deviceId");
+	p[2] = call_text(c, "timestamp");
+	p[3] = call_json(c, "metrics");
+	p[4] = call_text(c, "protocol");
+	p[5] = call_text(c, "source");
+	p[6] = call_text(c, "quality");
+	PGresult *res = demo_query(s,
+				   "INSERT INTO telemetry (tenant_id, device_id, timestamp, metrics,"
+				   " protocol, source, quality) VALUES ($1, $2, $3::timestamptz,"
+				   " $4::jsonb, $5, $6, $7) ON CONFLICT (device_id, timestamp) DO NOTHING",
+				   7, p);
+	if (!demo_res_ok(res)) {
+		reply_db_error(r, s, res, "store reading");
+		PQclear(res);
+		return;
+	}
+	PQclear(res);
+	const char *q[2] = {p[1], p[2]};
+	reply_row(s, r,
+		  demo_query(s, "SELECT " V2_READING_JSON "::text FROM telemetry"
+				" WHERE device_id = $1 AND timestamp = $2::timestamptz", 2, q),
+		  201, "reading", p[1]);
+}
+
+static void v2_reading_batch(struct svc *s, struct call *c, struct reply *r)
+{
+	reading_batch(s, c, r, 1);
+}
+
 static const struct demo_route iot_v2_routes[] = {
 	{"GET", "/devices", v2_list, 0},
 	{"POST", "/devices", v2_create, ROUTE_WRITE | ROUTE_BODY},
 	{"GET", "/devices/{}", v2_get, 0},
 	{"PATCH", "/devices/{}", v2_update, ROUTE_WRITE | ROUTE_BODY},
 	{"DELETE", "/devices/{}", v2_delete, ROUTE_WRITE},
+	{"POST", "/users", v2_user_create, ROUTE_WRITE | ROUTE_BODY},
+	{"GET", "/users/{}", v2_user_get, 0},
+	{"PATCH", "/users/{}", v2_user_update, ROUTE_WRITE | ROUTE_BODY},
+	{"DELETE", "/users/{}", v2_user_delete, ROUTE_WRITE},
+	{"POST", "/telemetry", v2_reading, ROUTE_WRITE | ROUTE_BODY},
+	{"POST", "/telemetry/batch", v2_reading_batch, ROUTE_WRITE},
 };
 
 /* ---- the registry ---------------------------------------------------------------------------- */

@@ -32,6 +32,28 @@ CREATE TABLE IF NOT EXISTS devices (
 	updated_at  timestamptz
 );
 CREATE INDEX IF NOT EXISTS devices_tenant_id_idx ON devices (tenant_id);
+CREATE TABLE IF NOT EXISTS users (
+	id          text PRIMARY KEY,
+	tenant_id   text NOT NULL REFERENCES tenants (id),
+	email       text NOT NULL,
+	name        text,
+	role        text,
+	created_at  timestamptz,
+	updated_at  timestamptz,
+	UNIQUE (tenant_id, email)
+);
+-- Telemetry: keyed by (device_id, timestamp) as in V1; a reading stored twice is
+-- the same reading (ON CONFLICT DO NOTHING). No foreign keys: bulk ingestion.
+CREATE TABLE IF NOT EXISTS telemetry (
+	tenant_id   text NOT NULL,
+	device_id   text NOT NULL,
+	timestamp   timestamptz NOT NULL,
+	metrics     jsonb,
+	protocol    text,
+	source      text,
+	quality     text,
+	PRIMARY KEY (device_id, timestamp)
+);
 -- Idempotency-Key -> the answer given, stored in the same transaction as the write.
 CREATE TABLE IF NOT EXISTS idempotency_keys (
 	key        text PRIMARY KEY,
