@@ -664,6 +664,19 @@ class Daemon:
         except OSError:
             return ""
 
+    def wait_log(self, text, count=1, timeout=10):
+        """The log's text once `text` occurs in it `count` times: a line written
+        just after an answer went out may land a moment after the client read it."""
+        deadline = time.monotonic() + timeout * SLOW
+        while True:
+            log = self.log_text()
+            if log.count(text) >= count:
+                return log
+            if time.monotonic() >= deadline:
+                raise AssertionError("%r did not appear %d time(s) in the log within %.0fs:\n%s"
+                                     % (text, count, timeout * SLOW, log))
+            time.sleep(0.02)
+
     def rss_kib(self):
         with open("/proc/%d/status" % self.pid) as f:
             for ln in f:

@@ -441,7 +441,7 @@ def test_upstream_silent_gives_504(dw, backend):
     took = time.monotonic() - t0
     assert_json_error(r, 504)
     assert r.json() == {"error": "upstream timed out"}, r.body
-    assert 'upstream "legacy" timed out after 500 ms' in d.log_text(), d.log_text()
+    d.wait_log('upstream "legacy" timed out after 500 ms')
     assert 0.4 <= took < 3 * SLOW, "504 after %.2fs with timeout_ms = 500" % took
     assert backend.targets() == ["/silent"]
 
