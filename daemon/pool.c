@@ -4,9 +4,18 @@
  * A pool is keyed by scheme, host and port, so it survives reloads that keep
  * an upstream's address and is simply unused when the address changes. An
  * idle connection keeps reading, so a close by the upstream removes it from
- * the pool at once instead of failing the next request. Host names are
- * resolved once, when the pool is created (a blocking getaddrinfo, normally
- * answered from /etc/hosts or a numeric address).
+ * the pool at once instead of failing the next request.
+ *
+ * Addresses: a numeric host is parsed once, when the pool is made, and
+ * never looked at again. A host name is resolved by the resolver thread
+ * (resolver.c), never here: a new connection first compares the name's
+ * generation with the one the pool copied (one atomic load) and copies the
+ * addresses again when it moved. While a name has no address yet, pool_get
+ * fails at once (pool_failure says why); a failed re-resolve keeps the last
+ * good addresses. A connect failure moves the pool to the name's next
+ * address and asks the resolver for a fresh answer. When the addresses
+ * change, idle connections made to the old ones are retired (one per get,
+ * as those of a replaced TLS context).
  *
  * A plain connection is read by an event of its own (rd_ev), pending from the
  * first read to the close, through requests and idle times alike (no
@@ -20,7 +29,6 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/buffer.h>
 #include <event2/event_struct.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
@@ -31,6 +39,7 @@
 #include <sys/queue.h>
 #include <sys/socket.h>
 
+#include "addrset.h"
 #include "server.h"
 #include "tls.h"
 
@@ -49,6 +58,7 @@ struct upconn {
 	struct timeval rd_tv; /* rd_ev's timeout; tv_sec < 0: none */
 	bool rd_assigned, rd_on, rd_big;
 	char *fail; /* why a TLS connect failed (upconn_failure) */
+	unsigned epoch; /* pool->epoch when it was connected */
 };
 
 struct pool {
@@ -58,9 +68,12 @@ struct pool {
 	char *sni;  /* NULL: host */
 	int port;
 	bool tls;
-	struct sockaddr_storage addr;
-	socklen_t addrlen;
-	int resolve_err; /* getaddrinfo failure: every connect fails */
+	struct dns_name *dns;	 /* NULL: a numeric host, addrs fixed */
+	unsigned dns_gen;	 /* dns's generation when addrs and why were copied */
+	struct dw_addrset addrs; /* with the port; none: connects fail at once */
+	size_t next_addr;	 /* the address the next connect tries */
+	unsigned epoch;		 /* bumped when addrs change */
+	char why[200];		 /* why dns does not resolve, "" when it does */
 	TAILQ_HEAD(, upconn) idle;
 	int nidle;
 	int max_idle;
@@ -71,15 +84,51 @@ struct pool_set {
 	struct event_base *base;
 	struct metrics *metrics;
 	struct pool *pools;
+	struct resolver *res;
+	char fail[300]; /* pool_failure */
 };
 
-struct pool_set *pool_set_new(struct event_base *base, struct metrics *m)
+struct pool_set *pool_set_new(struct event_base *base, struct metrics *m, struct resolver *res)
 {
 	struct pool_set *ps = dw_calloc(1, sizeof(*ps));
 
 	ps->base = base;
 	ps->metrics = m;
+	ps->res = res;
 	return ps;
+}
+
+const char *pool_failure(const struct pool_set *ps)
+{
+	return ps->fail[0] ? ps->fail : NULL;
+}
+
+/* The name's answer moved: copy it (ports set), new epoch if it changed. */
+static void pool_refresh(struct pool *p)
+{
+	struct dw_addrset got;
+
+	p->dns_gen = dns_name_read(p->ps->res, p->dns, &got, p->why, sizeof(p->why));
+	for (size_t i = 0; i < got.n; i++) {
+		if (got.a[i].ss_family == AF_INET)
+			((struct sockaddr_in *)&got.a[i])->sin_port = htons((uint16_t)p->port);
+		else
+			((struct sockaddr_in6 *)&got.a[i])->sin6_port = htons((uint16_t)p->port);
+	}
+	if (got.n && !dw_addrset_equal(&got, &p->addrs)) {
+		p->addrs = got;
+		p->next_addr = 0;
+		p->epoch++;
+	}
+}
+
+/* A connect failed: try the next address next time, and ask for a fresh
+ * answer (rate-limited by the resolver). */
+static void pool_connect_failed(struct pool *p)
+{
+	p->next_addr++;
+	if (p->dns)
+		resolver_kick(p->ps->res, p->dns);
 }
 
 static void rd_stop(struct upconn *uc)
@@ -200,8 +249,7 @@ void pool_set_free(struct pool_set *ps)
 
 static struct pool *pool_find(struct pool_set *ps, const struct dw_upstream *up)
 {
-	char port[8], labels[600];
-	struct addrinfo hints, *res = NULL;
+	char labels[600];
 	struct pool *p;
 
 	/* runs for every request: compare fields, build nothing */
@@ -219,17 +267,10 @@ static struct pool *pool_find(struct pool_set *ps, const struct dw_upstream *up)
 	p->tls = up->tls;
 	p->max_idle = up->pool_size;
 	TAILQ_INIT(&p->idle);
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	snprintf(port, sizeof(port), "%d", up->port);
-	p->resolve_err = getaddrinfo(up->host, port, &hints, &res);
-	if (p->resolve_err == 0 && res) {
-		memcpy(&p->addr, res->ai_addr, res->ai_addrlen);
-		p->addrlen = res->ai_addrlen;
+	if (!dw_addr_numeric(up->host, up->port, &p->addrs)) {
+		p->dns = resolver_name(ps->res, up->host);
+		pool_refresh(p);
 	}
-	if (res)
-		freeaddrinfo(res);
 	snprintf(labels, sizeof(labels), "upstream=\"%s\"", up->name);
 	p->m_connects = metrics_counter(ps->metrics, "dualwrite_upstream_connects_total",
 					"New connections opened to an upstream.", labels);
@@ -293,6 +334,8 @@ static void connect_event_cb(struct bufferevent *bev, short what, void *arg)
 			}
 		}
 	}
+	if (err && err != EPROTO) /* EPROTO: a certificate, not the address */
+		pool_connect_failed(uc->pool);
 	bufferevent_setcb(uc->bev, NULL, NULL, NULL, NULL);
 	uc->ready(uc, err, uc->arg);
 }
@@ -304,14 +347,21 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 	struct upconn *uc;
 	struct timeval tv;
 	evutil_socket_t fd;
+	size_t ai;
 	int one = 1;
 
 	*connected = false;
 	*err_out = 0;
+	ps->fail[0] = '\0';
+	if (p->dns && dns_name_gen(p->dns) != p->dns_gen)
+		pool_refresh(p);
 	uc = TAILQ_FIRST(&p->idle);
-	if (uc && p->tls && SSL_get_SSL_CTX(bufferevent_openssl_get_ssl(uc->bev)) != up->tls_ctx) {
-		/* Made with a context a reload replaced: retired (one per get),
-		 * so new connections use the new certificates. */
+	if (uc && (uc->epoch != p->epoch ||
+		   (p->tls &&
+		    SSL_get_SSL_CTX(bufferevent_openssl_get_ssl(uc->bev)) != up->tls_ctx))) {
+		/* Made with a context a reload replaced, or to an address the
+		 * name no longer has: retired (one per get), so new connections
+		 * use the new certificates and addresses. */
 		idle_remove(uc);
 		upconn_free(uc);
 		uc = NULL;
@@ -328,11 +378,14 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 		*connected = true;
 		return uc;
 	}
-	if (p->resolve_err) {
+	if (p->addrs.n == 0) {
+		snprintf(ps->fail, sizeof(ps->fail), "cannot resolve %s: %s", p->host,
+			 p->why[0] ? p->why : "no address");
 		*err_out = EHOSTUNREACH;
 		return NULL;
 	}
-	fd = socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	ai = p->next_addr % p->addrs.n;
+	fd = socket(p->addrs.a[ai].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		*err_out = errno;
 		return NULL;
@@ -340,6 +393,7 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	uc = dw_calloc(1, sizeof(*uc));
 	uc->pool = p;
+	uc->epoch = p->epoch;
 	uc->ready = ready;
 	uc->arg = arg;
 	if (p->tls) {
@@ -370,9 +424,11 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 	bufferevent_set_timeouts(uc->bev, NULL, &tv);
 	bufferevent_setcb(uc->bev, NULL, NULL, connect_event_cb, uc);
 	metric_inc(p->m_connects);
-	if (bufferevent_socket_connect(uc->bev, (struct sockaddr *)&p->addr, (int)p->addrlen) < 0) {
+	if (bufferevent_socket_connect(uc->bev, (struct sockaddr *)&p->addrs.a[ai],
+				       (int)p->addrs.len[ai]) < 0) {
 		*err_out = EVUTIL_SOCKET_ERROR() ? EVUTIL_SOCKET_ERROR() : ECONNREFUSED;
 		upconn_free(uc);
+		pool_connect_failed(p);
 		return NULL;
 	}
 	return uc;
