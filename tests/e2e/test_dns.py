@@ -14,7 +14,8 @@ are answered by the LD_PRELOAD seam build/tests/libgaishim.so
 3. a reload looks names up again (and retires idle connections to the old
    address); 4. so does the resolve_interval_s timer;
 5. the real resolver: localhost works, nonexistent.invalid fails fast with a
-   502 "upstream unreachable" and the log line "cannot resolve HOST: ...".
+   502 "upstream unreachable" and the log line "cannot resolve HOST: ...";
+6. a refused connect looks the name up again (no reload, no timer).
 """
 
 import os
@@ -197,3 +198,23 @@ def test_real_resolver_localhost_and_invalid(dw, make_backend):
     assert r.json()["error"] == "upstream unreachable"
     assert "cannot resolve nonexistent.invalid: " in d2.log_text()
     assert legacy.targets() == ["/x"]
+
+
+def test_connect_failure_resolves_again(dw, make_backend, tmp_path):
+    legacy = make_backend(name="legacy")
+    hosts = str(tmp_path / "hosts")
+    # First the name points where nothing listens (127.0.0.2, the backend's port).
+    write_hosts(hosts, "127.0.0.2 moved.dw.invalid\n")
+    d = dw({"legacy": "http://moved.dw.invalid:%d" % legacy.port}, start=False,
+           env=shim_env(hosts))
+    d.start()
+    r = get(d, "/refused")
+    helpers.assert_json_error(r, 502)
+    assert legacy.accepts == 0
+    write_hosts(hosts, "127.0.0.1 moved.dw.invalid\n")
+    # No reload, the 60 s interval far away: refused connects ask for a new
+    # answer (at most one lookup a second), so requests soon get through.
+    helpers.wait_for(lambda: get(d, "/probe").status == 200, 5.0 * helpers.SLOW,
+                     "a request through after the name moved")
+    assert "moved.dw.invalid now resolves to 127.0.0.1 (was 127.0.0.2)" in d.log_text()
+    assert legacy.targets() == ["/probe"]
