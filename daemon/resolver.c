@@ -372,3 +372,20 @@ unsigned dns_name_read(struct resolver *r, const struct dns_name *n, struct dw_a
 	pthread_mutex_unlock(&r->lock);
 	return gen;
 }
+
+bool resolver_describe(struct resolver *r, const char *host, char *addrs, size_t addrslen,
+		       char *why, size_t whylen)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&r->lock);
+	for (struct dns_name *n = r->names; n && !found; n = n->next)
+		if (strcmp(n->host, host) == 0) {
+			found = true;
+			dw_addrset_text(&n->addrs, addrs, addrslen);
+			snprintf(why, whylen, "%s",
+				 n->err[0] ? n->err : n->looked_up ? "" : "lookup in progress");
+		}
+	pthread_mutex_unlock(&r->lock);
+	return found;
+}

@@ -206,6 +206,11 @@ unsigned dns_name_gen(const struct dns_name *n);
  * why it does not resolve ("" when it does); returns the generation read. */
 unsigned dns_name_read(struct resolver *r, const struct dns_name *n, struct dw_addrset *addrs,
 		       char *why, size_t whylen);
+/* Any thread (/status): host's last good addresses as text ("" when none)
+ * and why it does not resolve (""); false when host is not a looked-up name
+ * (numeric, or unknown). */
+bool resolver_describe(struct resolver *r, const char *host, char *addrs, size_t addrslen,
+		       char *why, size_t whylen);
 
 /* ---- upstream connection pools (pool.c), one set per event loop ---- */
 struct upconn;

@@ -10,7 +10,8 @@ are answered by the LD_PRELOAD seam build/tests/libgaishim.so
 
 1. a slow lookup never holds a worker's loop: pass-through requests on the same
    (single) worker are answered at once while a mirror target's name takes 3 s;
-2. a name that failed at start becomes reachable without a restart;
+2. a name that failed at start becomes reachable without a restart (and
+   /status shows its addresses, or why it does not resolve);
 3. a reload looks names up again (and retires idle connections to the old
    address); 4. so does the resolve_interval_s timer;
 5. the real resolver: localhost works, nonexistent.invalid fails fast with a
@@ -112,10 +113,15 @@ def test_name_failing_at_start_recovers_without_restart(dw, make_backend, tmp_pa
     log = d.log_text()
     assert "cannot resolve legacy.dw.invalid: Name or service not known" in log, log
     assert legacy.accepts == 0
+    # /status says it too (the operator's view)
+    up = d.admin("/status").json()["upstreams"]["legacy"]
+    assert up["addresses"] == "" and up["resolve_error"] == "Name or service not known", up
     write_hosts(hosts, "127.0.0.1 legacy.dw.invalid\n")
     wait_log(d, "resolves again legacy.dw.invalid: 127.0.0.1", 15.0)
     r = get(d, "/later")
     assert r.status == 200, r
+    up = d.admin("/status").json()["upstreams"]["legacy"]
+    assert up["addresses"] == "127.0.0.1" and "resolve_error" not in up, up
     assert legacy.targets() == ["/later"]
     # the resolver's line, once for all its retries
     assert d.log_text().count("cannot resolve legacy.dw.invalid: Name or service not known "
