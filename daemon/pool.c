@@ -13,7 +13,9 @@
  * addresses again when it moved. While a name has no address yet, pool_get
  * fails at once (pool_failure says why); a failed re-resolve keeps the last
  * good addresses. A connect failure moves the pool to the name's next
- * address and asks the resolver for a fresh answer. When the addresses
+ * address and asks the resolver for a fresh answer; when it was refused at
+ * once (nothing listens on ::1, say, but on 127.0.0.1), the same connect
+ * goes on with the next address, each address tried once. When the addresses
  * change, idle connections made to the old ones are retired (one per get,
  * as those of a replaced TLS context).
  *
@@ -59,6 +61,8 @@ struct upconn {
 	bool rd_assigned, rd_on, rd_big;
 	char *fail; /* why a TLS connect failed (upconn_failure) */
 	unsigned epoch; /* pool->epoch when it was connected */
+	const struct dw_upstream *up; /* while connecting (the caller's snapshot) */
+	size_t tries;		      /* addresses tried for this connect */
 };
 
 struct pool {
@@ -306,6 +310,72 @@ static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
 	idle_read_cb(bev, arg);
 }
 
+static void connect_event_cb(struct bufferevent *bev, short what, void *arg);
+
+/* Open a socket to the pool's next address and start connecting uc on it
+ * (uc->bev). Returns 0, or -1 with *err_out and no bufferevent left. */
+static int upconn_start(struct upconn *uc, int *err_out)
+{
+	struct pool *p = uc->pool;
+	const struct dw_upstream *up = uc->up;
+	size_t ai = p->next_addr % p->addrs.n;
+	struct timeval tv;
+	evutil_socket_t fd;
+	int one = 1;
+
+	uc->tries++;
+	fd = socket(p->addrs.a[ai].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		*err_out = errno;
+		return -1;
+	}
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (p->tls) {
+		struct dw_err terr = {""};
+		SSL *ssl = up->tls_ctx ? tls_client_new(up->tls_ctx, p->host, p->sni, &terr) : NULL;
+		if (!ssl) {
+			log_error("upstream \"%s\": %s", up->name,
+				  terr.msg[0] ? terr.msg : "no TLS context");
+			evutil_closesocket(fd);
+			*err_out = EPROTO;
+			return -1;
+		}
+		uc->bev = bufferevent_openssl_socket_new(p->ps->base, fd, ssl,
+							 BUFFEREVENT_SSL_CONNECTING,
+							 BEV_OPT_CLOSE_ON_FREE);
+	} else {
+		uc->bev = bufferevent_socket_new(p->ps->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	}
+	if (!uc->bev) {
+		evutil_closesocket(fd);
+		*err_out = ENOMEM;
+		return -1;
+	}
+	tv.tv_sec = up->connect_timeout_ms / 1000;
+	tv.tv_usec = (suseconds_t)(up->connect_timeout_ms % 1000) * 1000;
+	bufferevent_set_timeouts(uc->bev, NULL, &tv);
+	bufferevent_setcb(uc->bev, NULL, NULL, connect_event_cb, uc);
+	metric_inc(p->m_connects);
+	if (bufferevent_socket_connect(uc->bev, (struct sockaddr *)&p->addrs.a[ai],
+				       (int)p->addrs.len[ai]) < 0) {
+		*err_out = EVUTIL_SOCKET_ERROR() ? EVUTIL_SOCKET_ERROR() : ECONNREFUSED;
+		bufferevent_free(uc->bev);
+		uc->bev = NULL;
+		pool_connect_failed(p);
+		return -1;
+	}
+	return 0;
+}
+
+/* A connect that failed at once (nothing listens there, no route): worth
+ * trying the name's next address for the same request. A timeout is not:
+ * it spent the connect budget already. */
+static bool quick_refusal(int err)
+{
+	return err == ECONNREFUSED || err == ENETUNREACH || err == EHOSTUNREACH ||
+	       err == EADDRNOTAVAIL || err == EAFNOSUPPORT;
+}
+
 static void connect_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct upconn *uc = arg;
@@ -334,9 +404,22 @@ static void connect_event_cb(struct bufferevent *bev, short what, void *arg)
 			}
 		}
 	}
-	if (err && err != EPROTO) /* EPROTO: a certificate, not the address */
-		pool_connect_failed(uc->pool);
-	bufferevent_setcb(uc->bev, NULL, NULL, NULL, NULL);
+	if (err && err != EPROTO) { /* EPROTO: a certificate, not the address */
+		struct pool *p = uc->pool;
+
+		pool_connect_failed(p);
+		if (quick_refusal(err) && uc->tries < p->addrs.n) {
+			/* the name has more addresses: the next one, same request */
+			bufferevent_free(uc->bev);
+			uc->bev = NULL;
+			free(uc->fail);
+			uc->fail = NULL;
+			if (upconn_start(uc, &err) == 0)
+				return; /* this callback runs again for it */
+		}
+	}
+	if (uc->bev)
+		bufferevent_setcb(uc->bev, NULL, NULL, NULL, NULL);
 	uc->ready(uc, err, uc->arg);
 }
 
@@ -345,10 +428,6 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 {
 	struct pool *p = pool_find(ps, up);
 	struct upconn *uc;
-	struct timeval tv;
-	evutil_socket_t fd;
-	size_t ai;
-	int one = 1;
 
 	*connected = false;
 	*err_out = 0;
@@ -384,51 +463,14 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 		*err_out = EHOSTUNREACH;
 		return NULL;
 	}
-	ai = p->next_addr % p->addrs.n;
-	fd = socket(p->addrs.a[ai].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		*err_out = errno;
-		return NULL;
-	}
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	uc = dw_calloc(1, sizeof(*uc));
 	uc->pool = p;
 	uc->epoch = p->epoch;
 	uc->ready = ready;
 	uc->arg = arg;
-	if (p->tls) {
-		struct dw_err terr = {""};
-		SSL *ssl = up->tls_ctx ? tls_client_new(up->tls_ctx, p->host, p->sni, &terr) : NULL;
-		if (!ssl) {
-			log_error("upstream \"%s\": %s", up->name,
-				  terr.msg[0] ? terr.msg : "no TLS context");
-			evutil_closesocket(fd);
-			free(uc);
-			*err_out = EPROTO;
-			return NULL;
-		}
-		uc->bev = bufferevent_openssl_socket_new(ps->base, fd, ssl,
-							 BUFFEREVENT_SSL_CONNECTING,
-							 BEV_OPT_CLOSE_ON_FREE);
-	} else {
-		uc->bev = bufferevent_socket_new(ps->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	}
-	if (!uc->bev) {
-		evutil_closesocket(fd);
+	uc->up = up;
+	if (upconn_start(uc, err_out) < 0) {
 		free(uc);
-		*err_out = ENOMEM;
-		return NULL;
-	}
-	tv.tv_sec = up->connect_timeout_ms / 1000;
-	tv.tv_usec = (suseconds_t)(up->connect_timeout_ms % 1000) * 1000;
-	bufferevent_set_timeouts(uc->bev, NULL, &tv);
-	bufferevent_setcb(uc->bev, NULL, NULL, connect_event_cb, uc);
-	metric_inc(p->m_connects);
-	if (bufferevent_socket_connect(uc->bev, (struct sockaddr *)&p->addrs.a[ai],
-				       (int)p->addrs.len[ai]) < 0) {
-		*err_out = EVUTIL_SOCKET_ERROR() ? EVUTIL_SOCKET_ERROR() : ECONNREFUSED;
-		upconn_free(uc);
-		pool_connect_failed(p);
 		return NULL;
 	}
 	return uc;

@@ -16,7 +16,8 @@ are answered by the LD_PRELOAD seam build/tests/libgaishim.so
    address); 4. so does the resolve_interval_s timer;
 5. the real resolver: localhost works, nonexistent.invalid fails fast with a
    502 "upstream unreachable" and the log line "cannot resolve HOST: ...";
-6. a refused connect looks the name up again (no reload, no timer).
+6. a refused connect looks the name up again (no reload, no timer), and
+   7. goes on with the next address of the name for the same request.
 """
 
 import os
@@ -224,3 +225,19 @@ def test_connect_failure_resolves_again(dw, make_backend, tmp_path):
                      "a request through after the name moved")
     assert "moved.dw.invalid now resolves to 127.0.0.1 (was 127.0.0.2)" in d.log_text()
     assert legacy.targets() == ["/probe"]
+
+
+def test_refused_address_falls_through_to_the_next(dw, make_backend, tmp_path):
+    """A name with two addresses, the first refusing (as localhost's ::1 when the
+    upstream listens on 127.0.0.1 only): the same request goes on with the next."""
+    legacy = make_backend(name="legacy")
+    hosts = str(tmp_path / "hosts")
+    write_hosts(hosts, "127.0.0.2 both.dw.invalid\n127.0.0.1 both.dw.invalid\n")
+    d = dw({"legacy": "http://both.dw.invalid:%d" % legacy.port}, start=False,
+           env=shim_env(hosts))
+    d.start()
+    assert "resolved both.dw.invalid: 127.0.0.2, 127.0.0.1" in d.log_text()
+    for i in range(3):
+        r = get(d, "/n%d" % i)
+        assert r.status == 200, r
+    assert legacy.targets() == ["/n0", "/n1", "/n2"]

@@ -5,8 +5,9 @@
  *
  * getaddrinfo for a name under .invalid (RFC 6761: such names never resolve,
  * so nothing real is shadowed) is answered from the hosts file named by
- * DW_TEST_HOSTS_FILE ("ADDRESS NAME..." lines, '#' comments, read at every
- * call so a test can rewrite it), after DW_TEST_RESOLVE_DELAY_MS ms when
+ * DW_TEST_HOSTS_FILE ("ADDRESS NAME..." lines, '#' comments, every line
+ * naming it adds an address in file order; read at every call so a test can
+ * rewrite it), after DW_TEST_RESOLVE_DELAY_MS ms when
  * set (a slow resolver); a name the file lacks fails with EAI_NONAME. Every
  * other call goes to the real getaddrinfo untouched. This lets a test change
  * what a name resolves to without touching /etc/hosts (shared by the whole
@@ -30,11 +31,14 @@ static int from_file(const char *path, const char *node, const char *service,
 {
 	FILE *f = fopen(path, "r");
 	char line[1024];
+	struct addrinfo *last = NULL;
 	int rc = EAI_NONAME;
 
+	*res = NULL;
 	if (!f)
 		return EAI_NONAME;
-	while (rc == EAI_NONAME && fgets(line, sizeof(line), f)) {
+	/* every line naming node adds its address, in file order */
+	while (fgets(line, sizeof(line), f)) {
 		char *save = NULL, *addr, *name;
 
 		line[strcspn(line, "#\r\n")] = '\0';
@@ -44,12 +48,22 @@ static int from_file(const char *path, const char *node, const char *service,
 		while ((name = strtok_r(NULL, " \t", &save)))
 			if (strcasecmp(name, node) == 0) {
 				struct addrinfo h;
+				struct addrinfo *got = NULL;
 
 				memset(&h, 0, sizeof(h));
 				if (hints)
 					h = *hints;
 				h.ai_flags |= AI_NUMERICHOST;
-				rc = real(addr, service, &h, res);
+				if (real(addr, service, &h, &got) == 0 && got) {
+					/* glibc's freeaddrinfo frees a chain entry by entry */
+					if (last)
+						last->ai_next = got;
+					else
+						*res = got;
+					for (last = got; last->ai_next; last = last->ai_next)
+						;
+					rc = 0;
+				}
 				break;
 			}
 	}
