@@ -50,9 +50,10 @@ FUZZ_REPLAY:= $(FUZZ_SRC:tests/fuzz/%.c=$(B)/tests/%-replay)
 BENCH_BIN  := $(BENCH_SRC:tests/bench/%.c=$(B)/bench/%)
 
 BINS := $(B)/dualwrited $(B)/dualwrite $(B)/dw-demo-backend
+SHIMS := $(B)/tests/libgaishim.so
 
 .PHONY: all deps check unit e2e fuzz-replay demo bench install deb clean lint format fuzz
-all: $(BINS) $(UNIT_BIN) $(FUZZ_REPLAY) $(BENCH_BIN)
+all: $(BINS) $(UNIT_BIN) $(FUZZ_REPLAY) $(BENCH_BIN) $(SHIMS)
 
 deps:
 	@tools/deps.sh
@@ -73,6 +74,12 @@ $(B)/dualwrite: $(CLI_OBJ) $(B)/libdw.a
 
 $(B)/dw-demo-backend: $(DEMO_OBJ) $(B)/libdw.a
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# LD_PRELOAD test seam of tests/e2e/test_dns.py (tests/shim/gai_shim.c): built
+# without sanitizers, it only forwards to the real getaddrinfo.
+$(B)/tests/libgaishim.so: tests/shim/gai_shim.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 $(CFLAGS) $(WARN) -D_GNU_SOURCE -fPIC -shared -o $@ $< -ldl
 
 $(B)/tests/test_%: tests/unit/test_%.c $(B)/libdw.a
 	@mkdir -p $(dir $@)

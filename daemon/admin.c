@@ -47,10 +47,20 @@ static void status_cb(struct evhttp_request *req, struct server *srv)
 	json_object_set_new(doc, "ready", json_boolean(srv->ready && !srv->stopping));
 	json_object_set_new(doc, "default_upstream",
 			    json_string(cfg->upstreams[cfg->default_upstream].name));
-	for (size_t i = 0; i < cfg->nupstreams; i++)
-		json_object_set_new(ups, cfg->upstreams[i].name,
-				    json_pack("{s:s, s:i}", "url", cfg->upstreams[i].url,
-					      "timeout_ms", cfg->upstreams[i].timeout_ms));
+	for (size_t i = 0; i < cfg->nupstreams; i++) {
+		const struct dw_upstream *u = &cfg->upstreams[i];
+		json_t *o = json_pack("{s:s, s:i}", "url", u->url, "timeout_ms", u->timeout_ms);
+		char addrs[400], why[200];
+
+		/* a host name: what it resolves to now, and why not if it does not */
+		if (resolver_describe(srv->resolver, u->host, addrs, sizeof(addrs), why,
+				      sizeof(why))) {
+			json_object_set_new(o, "addresses", json_string(addrs));
+			if (why[0])
+				json_object_set_new(o, "resolve_error", json_string(why));
+		}
+		json_object_set_new(ups, u->name, o);
+	}
 	json_object_set_new(doc, "upstreams", ups);
 	for (size_t i = 0; i < cfg->nroutes; i++) {
 		const struct dw_route *r = &cfg->routes[i];

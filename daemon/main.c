@@ -99,6 +99,9 @@ static void register_tls_series(struct server *srv, const struct dw_config *cfg)
 	}
 }
 
+/* How long start-up waits for the first answers of upstream host names. */
+#define RESOLVE_START_WAIT_MS 2000
+
 /* ------------------------------------------------------------ reload */
 
 /* At every load: what is valid but probably not meant. */
@@ -149,6 +152,7 @@ static void do_reload(struct server *srv)
 	srv->cfg = neu;
 	pthread_mutex_unlock(&srv->cfg_lock);
 	config_unref(old); /* freed when the last request on it finishes */
+	resolver_configure(srv->resolver, neu); /* before a worker can use a new name */
 	for (size_t i = 0; i < srv->nworkers; i++)
 		worker_post_reload(srv->workers[i]);
 	listen_prune(srv, neu);
@@ -491,6 +495,18 @@ int main(int argc, char **argv)
 			 ": worker %d will be wedged on purpose",
 			 srv.wedge_after_ms, srv.cfg->workers - 1);
 	}
+	/* Upstream host names: looked up by their own thread, never on a loop.
+	 * Start-up waits a little for the first answers (names in /etc/hosts
+	 * take microseconds), so the first requests do not fail for a lookup
+	 * still in flight; a slow or failing DNS only delays the start by this
+	 * bound: those names are retried in the background. */
+	srv.resolver = resolver_new(&err);
+	if (!srv.resolver) {
+		log_error("%s", err.msg);
+		goto out;
+	}
+	resolver_configure(srv.resolver, srv.cfg);
+	(void)resolver_wait_ready(srv.resolver, RESOLVE_START_WAIT_MS);
 	srv.workers = dw_calloc((size_t)srv.cfg->workers, sizeof(struct worker *));
 	srv.mirrors = dw_calloc((size_t)srv.cfg->workers, sizeof(struct mirror *));
 	for (int i = 0; i < srv.cfg->workers; i++) {
@@ -567,6 +583,7 @@ out:
 	free(srv.workers);
 	free(srv.mirrors);
 	pgforward_stop(srv.pgfwd); /* pgforward wiring */
+	resolver_free(srv.resolver); /* the pools that read it are gone */
 	admin_stop(&srv);
 	listen_prune(&srv, NULL);
 	free(srv.lsocks);

@@ -1304,7 +1304,13 @@ static void send_start(struct mirror *mi, struct target *t, struct mirror_job *j
 	TAILQ_INSERT_TAIL(&mi->sends, s, link);
 	l = lane_pick(mi, t, j, &e);
 	if (!l) {
-		snprintf(msg, sizeof(msg), "upstream \"%s\": connect: %s", up->name, strerror(e));
+		const char *why = pool_failure(mi->pools);
+
+		if (why)
+			snprintf(msg, sizeof(msg), "upstream \"%s\": %s", up->name, why);
+		else
+			snprintf(msg, sizeof(msg), "upstream \"%s\": connect: %s", up->name,
+				 strerror(e));
 		send_done(s, 0, msg);
 		return;
 	}
@@ -1576,7 +1582,7 @@ struct mirror *mirror_new(struct server *srv, struct event_base *base, struct dw
 
 	mi->srv = srv;
 	mi->base = base;
-	mi->pools = pool_set_new(mi->base, srv->metrics);
+	mi->pools = pool_set_new(mi->base, srv->metrics, srv->resolver);
 	pthread_mutex_init(&mi->lock, NULL);
 	TAILQ_INIT(&mi->inbox);
 	TAILQ_INIT(&mi->sends);

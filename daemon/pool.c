@@ -4,9 +4,20 @@
  * A pool is keyed by scheme, host and port, so it survives reloads that keep
  * an upstream's address and is simply unused when the address changes. An
  * idle connection keeps reading, so a close by the upstream removes it from
- * the pool at once instead of failing the next request. Host names are
- * resolved once, when the pool is created (a blocking getaddrinfo, normally
- * answered from /etc/hosts or a numeric address).
+ * the pool at once instead of failing the next request.
+ *
+ * Addresses: a numeric host is parsed once, when the pool is made, and
+ * never looked at again. A host name is resolved by the resolver thread
+ * (resolver.c), never here: a new connection first compares the name's
+ * generation with the one the pool copied (one atomic load) and copies the
+ * addresses again when it moved. While a name has no address yet, pool_get
+ * fails at once (pool_failure says why); a failed re-resolve keeps the last
+ * good addresses. A connect failure moves the pool to the name's next
+ * address and asks the resolver for a fresh answer; when it was refused at
+ * once (nothing listens on ::1, say, but on 127.0.0.1), the same connect
+ * goes on with the next address, each address tried once. When the addresses
+ * change, idle connections made to the old ones are retired (one per get,
+ * as those of a replaced TLS context).
  *
  * A plain connection is read by an event of its own (rd_ev), pending from the
  * first read to the close, through requests and idle times alike (no
@@ -20,7 +31,6 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/buffer.h>
 #include <event2/event_struct.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
@@ -31,6 +41,7 @@
 #include <sys/queue.h>
 #include <sys/socket.h>
 
+#include "addrset.h"
 #include "server.h"
 #include "tls.h"
 
@@ -49,6 +60,9 @@ struct upconn {
 	struct timeval rd_tv; /* rd_ev's timeout; tv_sec < 0: none */
 	bool rd_assigned, rd_on, rd_big;
 	char *fail; /* why a TLS connect failed (upconn_failure) */
+	unsigned epoch; /* pool->epoch when it was connected */
+	const struct dw_upstream *up; /* while connecting (the caller's snapshot) */
+	size_t tries;		      /* addresses tried for this connect */
 };
 
 struct pool {
@@ -58,9 +72,12 @@ struct pool {
 	char *sni;  /* NULL: host */
 	int port;
 	bool tls;
-	struct sockaddr_storage addr;
-	socklen_t addrlen;
-	int resolve_err; /* getaddrinfo failure: every connect fails */
+	struct dns_name *dns;	 /* NULL: a numeric host, addrs fixed */
+	unsigned dns_gen;	 /* dns's generation when addrs and why were copied */
+	struct dw_addrset addrs; /* with the port; none: connects fail at once */
+	size_t next_addr;	 /* the address the next connect tries */
+	unsigned epoch;		 /* bumped when addrs change */
+	char why[200];		 /* why dns does not resolve, "" when it does */
 	TAILQ_HEAD(, upconn) idle;
 	int nidle;
 	int max_idle;
@@ -71,15 +88,51 @@ struct pool_set {
 	struct event_base *base;
 	struct metrics *metrics;
 	struct pool *pools;
+	struct resolver *res;
+	char fail[300]; /* pool_failure */
 };
 
-struct pool_set *pool_set_new(struct event_base *base, struct metrics *m)
+struct pool_set *pool_set_new(struct event_base *base, struct metrics *m, struct resolver *res)
 {
 	struct pool_set *ps = dw_calloc(1, sizeof(*ps));
 
 	ps->base = base;
 	ps->metrics = m;
+	ps->res = res;
 	return ps;
+}
+
+const char *pool_failure(const struct pool_set *ps)
+{
+	return ps->fail[0] ? ps->fail : NULL;
+}
+
+/* The name's answer moved: copy it (ports set), new epoch if it changed. */
+static void pool_refresh(struct pool *p)
+{
+	struct dw_addrset got;
+
+	p->dns_gen = dns_name_read(p->ps->res, p->dns, &got, p->why, sizeof(p->why));
+	for (size_t i = 0; i < got.n; i++) {
+		if (got.a[i].ss_family == AF_INET)
+			((struct sockaddr_in *)&got.a[i])->sin_port = htons((uint16_t)p->port);
+		else
+			((struct sockaddr_in6 *)&got.a[i])->sin6_port = htons((uint16_t)p->port);
+	}
+	if (got.n && !dw_addrset_equal(&got, &p->addrs)) {
+		p->addrs = got;
+		p->next_addr = 0;
+		p->epoch++;
+	}
+}
+
+/* A connect failed: try the next address next time, and ask for a fresh
+ * answer (rate-limited by the resolver). */
+static void pool_connect_failed(struct pool *p)
+{
+	p->next_addr++;
+	if (p->dns)
+		resolver_kick(p->ps->res, p->dns);
 }
 
 static void rd_stop(struct upconn *uc)
@@ -200,8 +253,7 @@ void pool_set_free(struct pool_set *ps)
 
 static struct pool *pool_find(struct pool_set *ps, const struct dw_upstream *up)
 {
-	char port[8], labels[600];
-	struct addrinfo hints, *res = NULL;
+	char labels[600];
 	struct pool *p;
 
 	/* runs for every request: compare fields, build nothing */
@@ -219,17 +271,10 @@ static struct pool *pool_find(struct pool_set *ps, const struct dw_upstream *up)
 	p->tls = up->tls;
 	p->max_idle = up->pool_size;
 	TAILQ_INIT(&p->idle);
-	memset(&hints, 0, sizeof(hints));
-	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
-	snprintf(port, sizeof(port), "%d", up->port);
-	p->resolve_err = getaddrinfo(up->host, port, &hints, &res);
-	if (p->resolve_err == 0 && res) {
-		memcpy(&p->addr, res->ai_addr, res->ai_addrlen);
-		p->addrlen = res->ai_addrlen;
+	if (!dw_addr_numeric(up->host, up->port, &p->addrs)) {
+		p->dns = resolver_name(ps->res, up->host);
+		pool_refresh(p);
 	}
-	if (res)
-		freeaddrinfo(res);
 	snprintf(labels, sizeof(labels), "upstream=\"%s\"", up->name);
 	p->m_connects = metrics_counter(ps->metrics, "dualwrite_upstream_connects_total",
 					"New connections opened to an upstream.", labels);
@@ -265,6 +310,72 @@ static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
 	idle_read_cb(bev, arg);
 }
 
+static void connect_event_cb(struct bufferevent *bev, short what, void *arg);
+
+/* Open a socket to the pool's next address and start connecting uc on it
+ * (uc->bev). Returns 0, or -1 with *err_out and no bufferevent left. */
+static int upconn_start(struct upconn *uc, int *err_out)
+{
+	struct pool *p = uc->pool;
+	const struct dw_upstream *up = uc->up;
+	size_t ai = p->next_addr % p->addrs.n;
+	struct timeval tv;
+	evutil_socket_t fd;
+	int one = 1;
+
+	uc->tries++;
+	fd = socket(p->addrs.a[ai].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		*err_out = errno;
+		return -1;
+	}
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (p->tls) {
+		struct dw_err terr = {""};
+		SSL *ssl = up->tls_ctx ? tls_client_new(up->tls_ctx, p->host, p->sni, &terr) : NULL;
+		if (!ssl) {
+			log_error("upstream \"%s\": %s", up->name,
+				  terr.msg[0] ? terr.msg : "no TLS context");
+			evutil_closesocket(fd);
+			*err_out = EPROTO;
+			return -1;
+		}
+		uc->bev = bufferevent_openssl_socket_new(p->ps->base, fd, ssl,
+							 BUFFEREVENT_SSL_CONNECTING,
+							 BEV_OPT_CLOSE_ON_FREE);
+	} else {
+		uc->bev = bufferevent_socket_new(p->ps->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	}
+	if (!uc->bev) {
+		evutil_closesocket(fd);
+		*err_out = ENOMEM;
+		return -1;
+	}
+	tv.tv_sec = up->connect_timeout_ms / 1000;
+	tv.tv_usec = (suseconds_t)(up->connect_timeout_ms % 1000) * 1000;
+	bufferevent_set_timeouts(uc->bev, NULL, &tv);
+	bufferevent_setcb(uc->bev, NULL, NULL, connect_event_cb, uc);
+	metric_inc(p->m_connects);
+	if (bufferevent_socket_connect(uc->bev, (struct sockaddr *)&p->addrs.a[ai],
+				       (int)p->addrs.len[ai]) < 0) {
+		*err_out = EVUTIL_SOCKET_ERROR() ? EVUTIL_SOCKET_ERROR() : ECONNREFUSED;
+		bufferevent_free(uc->bev);
+		uc->bev = NULL;
+		pool_connect_failed(p);
+		return -1;
+	}
+	return 0;
+}
+
+/* A connect that failed at once (nothing listens there, no route): worth
+ * trying the name's next address for the same request. A timeout is not:
+ * it spent the connect budget already. */
+static bool quick_refusal(int err)
+{
+	return err == ECONNREFUSED || err == ENETUNREACH || err == EHOSTUNREACH ||
+	       err == EADDRNOTAVAIL || err == EAFNOSUPPORT;
+}
+
 static void connect_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct upconn *uc = arg;
@@ -293,7 +404,22 @@ static void connect_event_cb(struct bufferevent *bev, short what, void *arg)
 			}
 		}
 	}
-	bufferevent_setcb(uc->bev, NULL, NULL, NULL, NULL);
+	if (err && err != EPROTO) { /* EPROTO: a certificate, not the address */
+		struct pool *p = uc->pool;
+
+		pool_connect_failed(p);
+		if (quick_refusal(err) && uc->tries < p->addrs.n) {
+			/* the name has more addresses: the next one, same request */
+			bufferevent_free(uc->bev);
+			uc->bev = NULL;
+			free(uc->fail);
+			uc->fail = NULL;
+			if (upconn_start(uc, &err) == 0)
+				return; /* this callback runs again for it */
+		}
+	}
+	if (uc->bev)
+		bufferevent_setcb(uc->bev, NULL, NULL, NULL, NULL);
 	uc->ready(uc, err, uc->arg);
 }
 
@@ -302,16 +428,19 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 {
 	struct pool *p = pool_find(ps, up);
 	struct upconn *uc;
-	struct timeval tv;
-	evutil_socket_t fd;
-	int one = 1;
 
 	*connected = false;
 	*err_out = 0;
+	ps->fail[0] = '\0';
+	if (p->dns && dns_name_gen(p->dns) != p->dns_gen)
+		pool_refresh(p);
 	uc = TAILQ_FIRST(&p->idle);
-	if (uc && p->tls && SSL_get_SSL_CTX(bufferevent_openssl_get_ssl(uc->bev)) != up->tls_ctx) {
-		/* Made with a context a reload replaced: retired (one per get),
-		 * so new connections use the new certificates. */
+	if (uc && (uc->epoch != p->epoch ||
+		   (p->tls &&
+		    SSL_get_SSL_CTX(bufferevent_openssl_get_ssl(uc->bev)) != up->tls_ctx))) {
+		/* Made with a context a reload replaced, or to an address the
+		 * name no longer has: retired (one per get), so new connections
+		 * use the new certificates and addresses. */
 		idle_remove(uc);
 		upconn_free(uc);
 		uc = NULL;
@@ -328,51 +457,20 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 		*connected = true;
 		return uc;
 	}
-	if (p->resolve_err) {
+	if (p->addrs.n == 0) {
+		snprintf(ps->fail, sizeof(ps->fail), "cannot resolve %s: %s", p->host,
+			 p->why[0] ? p->why : "no address");
 		*err_out = EHOSTUNREACH;
 		return NULL;
 	}
-	fd = socket(p->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		*err_out = errno;
-		return NULL;
-	}
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	uc = dw_calloc(1, sizeof(*uc));
 	uc->pool = p;
+	uc->epoch = p->epoch;
 	uc->ready = ready;
 	uc->arg = arg;
-	if (p->tls) {
-		struct dw_err terr = {""};
-		SSL *ssl = up->tls_ctx ? tls_client_new(up->tls_ctx, p->host, p->sni, &terr) : NULL;
-		if (!ssl) {
-			log_error("upstream \"%s\": %s", up->name,
-				  terr.msg[0] ? terr.msg : "no TLS context");
-			evutil_closesocket(fd);
-			free(uc);
-			*err_out = EPROTO;
-			return NULL;
-		}
-		uc->bev = bufferevent_openssl_socket_new(ps->base, fd, ssl,
-							 BUFFEREVENT_SSL_CONNECTING,
-							 BEV_OPT_CLOSE_ON_FREE);
-	} else {
-		uc->bev = bufferevent_socket_new(ps->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	}
-	if (!uc->bev) {
-		evutil_closesocket(fd);
+	uc->up = up;
+	if (upconn_start(uc, err_out) < 0) {
 		free(uc);
-		*err_out = ENOMEM;
-		return NULL;
-	}
-	tv.tv_sec = up->connect_timeout_ms / 1000;
-	tv.tv_usec = (suseconds_t)(up->connect_timeout_ms % 1000) * 1000;
-	bufferevent_set_timeouts(uc->bev, NULL, &tv);
-	bufferevent_setcb(uc->bev, NULL, NULL, connect_event_cb, uc);
-	metric_inc(p->m_connects);
-	if (bufferevent_socket_connect(uc->bev, (struct sockaddr *)&p->addr, (int)p->addrlen) < 0) {
-		*err_out = EVUTIL_SOCKET_ERROR() ? EVUTIL_SOCKET_ERROR() : ECONNREFUSED;
-		upconn_free(uc);
 		return NULL;
 	}
 	return uc;

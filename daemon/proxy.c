@@ -1256,8 +1256,13 @@ static void dispatch(struct conn *c)
 
 	c->x->up = pool_get(c->w->pools, up, up_ready, c, &connected, &e);
 	if (!c->x->up) {
-		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): connect: %s", up->name,
-			 up->host, up->port, strerror(e));
+		const char *why = pool_failure(c->w->pools);
+
+		if (why)
+			snprintf(msg, sizeof(msg), "upstream \"%s\": %s", up->name, why);
+		else
+			snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): connect: %s", up->name,
+				 up->host, up->port, strerror(e));
 		upstream_failed(c, UPERR_CONNECT, 502, msg);
 		return;
 	}

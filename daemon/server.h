@@ -33,6 +33,9 @@ struct worker;
 struct mirror;
 struct pool_set;
 struct evhttp;
+struct resolver;
+struct dns_name;
+struct dw_addrset;
 
 #define DW_VERSION "0.1.0"
 
@@ -70,6 +73,7 @@ struct server {
 	size_t nmirrors;
 	uint64_t idem_counter;	 /* atomic: workers draw idempotency keys */
 	struct pgforward *pgfwd; /* pgforward wiring: NULL unless queue.postgres */
+	struct resolver *resolver; /* upstream host names (resolver.c) */
 	struct worker **workers;
 	size_t nworkers;
 	struct event_base *base; /* main thread */
@@ -179,10 +183,40 @@ int worker_connections(struct worker *w);
  * has ended for good (drained or aborted: nothing left to watch). */
 int64_t worker_heartbeat(struct worker *w);
 
+/* ---- upstream host names, resolved off the loops (resolver.c) ---- */
+/* Main thread: start the resolver thread, and stop it (after the workers). */
+struct resolver *resolver_new(struct dw_err *err);
+void resolver_free(struct resolver *r);
+/* Main thread, at start and at every reload before the workers see cfg:
+ * look up every host name cfg lists now, then every resolve_interval_s. */
+void resolver_configure(struct resolver *r, const struct dw_config *cfg);
+/* Main thread, at start: wait up to timeout_ms for the first answer (or
+ * failure) of every name; false (and a warning per name) when some are
+ * still being looked up. */
+bool resolver_wait_ready(struct resolver *r, int timeout_ms);
+/* Any thread: the name's handle (made and looked up at once if new), valid
+ * until resolver_free. */
+struct dns_name *resolver_name(struct resolver *r, const char *host);
+/* Any thread: a connect to one of n's addresses failed; look it up again
+ * (at most once a second; a failing name keeps its backoff). */
+void resolver_kick(struct resolver *r, struct dns_name *n);
+/* Any thread: changes whenever n's addresses or failure do (atomic load). */
+unsigned dns_name_gen(const struct dns_name *n);
+/* Any thread: copy n's last good addresses (ports 0; none yet: n == 0) and
+ * why it does not resolve ("" when it does); returns the generation read. */
+unsigned dns_name_read(struct resolver *r, const struct dns_name *n, struct dw_addrset *addrs,
+		       char *why, size_t whylen);
+/* Any thread (/status): host's last good addresses as text ("" when none)
+ * and why it does not resolve (""); false when host is not a looked-up name
+ * (numeric, or unknown). */
+bool resolver_describe(struct resolver *r, const char *host, char *addrs, size_t addrslen,
+		       char *why, size_t whylen);
+
 /* ---- upstream connection pools (pool.c), one set per event loop ---- */
 struct upconn;
 typedef void (*upconn_ready_fn)(struct upconn *uc, int error, void *arg);
-struct pool_set *pool_set_new(struct event_base *base, struct metrics *m);
+/* res: where host names are looked up (numeric addresses never are). */
+struct pool_set *pool_set_new(struct event_base *base, struct metrics *m, struct resolver *res);
 void pool_set_free(struct pool_set *ps);
 /*
  * Get a connection to an upstream. An idle pooled one is returned with
@@ -190,10 +224,13 @@ void pool_set_free(struct pool_set *ps);
  * started, *connected = false, and ready(uc, 0, arg) runs from the loop once
  * it is up, or ready(uc, err, arg) with err = ETIMEDOUT / ECONNREFUSED / ...
  * on failure (the caller then releases it with keep=false). Returns NULL
- * with *err_out set when no connection can even be started.
+ * with *err_out set when no connection can even be started; when that is
+ * because the host has no known address, *err_out = EHOSTUNREACH and
+ * pool_failure(ps) says "cannot resolve HOST: why" (else it is NULL).
  */
 struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upconn_ready_fn ready,
 			void *arg, bool *connected, int *err_out);
+const char *pool_failure(const struct pool_set *ps);
 struct bufferevent *upconn_bev(struct upconn *uc);
 /* After ready(uc, EPROTO, ...): why the TLS handshake failed ("TLS
  * certificate verify failed: expired (...)"), NULL when not known. Valid

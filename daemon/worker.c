@@ -457,7 +457,7 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 		return NULL;
 	}
 	w->cfg = server_config(srv);
-	w->pools = pool_set_new(w->base, srv->metrics);
+	w->pools = pool_set_new(w->base, srv->metrics, srv->resolver);
 	TAILQ_INIT(&w->conns);
 	for (size_t i = 0; i < DW_ARRAY_LEN(w->stateq); i++)
 		TAILQ_INIT(&w->stateq[i]);

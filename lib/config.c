@@ -818,7 +818,8 @@ static void load_upstreams(struct loader *L, const config_setting_t *root)
 	static const char *const keys[] = { "url",	      "timeout_ms",   "connect_timeout_ms",
 					    "pool_size",      "max_inflight", "pipeline_depth",
 					    "ca_file",	      "verify",	      "sni",
-					    "cert",	      "key",	      NULL };
+					    "cert",	      "key",	      "resolve_interval_s",
+					    NULL };
 	const config_setting_t *g = get_group(L, root, "upstreams", "");
 	struct dw_config *c = L->c;
 	const char *s;
@@ -854,6 +855,7 @@ static void load_upstreams(struct loader *L, const config_setting_t *root)
 		u->pool_size = 64;
 		u->max_inflight = 64;
 		u->pipeline_depth = 16;
+		u->resolve_interval_s = 60;
 		c->nupstreams++;
 		wjoin(w, sizeof(w), prefix, "url");
 		switch (get_str(L, us, "url", prefix, &s)) {
@@ -875,6 +877,7 @@ static void load_upstreams(struct loader *L, const config_setting_t *root)
 		if (get_int(L, us, "max_inflight", prefix, 1, 100000, &v) == 1)
 			u->max_inflight = (int)v;
 		set_int(L, us, "pipeline_depth", prefix, 1, 256, &u->pipeline_depth);
+		set_int(L, us, "resolve_interval_s", prefix, 1, 86400, &u->resolve_interval_s);
 		load_upstream_tls(L, us, prefix, u);
 	}
 

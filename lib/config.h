@@ -42,6 +42,7 @@ struct dw_upstream {
 	int pool_size;	  /* idle keep-alive connections kept per worker; default 64 */
 	int max_inflight; /* mirror concurrency per worker towards it; default 64 */
 	int pipeline_depth; /* mirror requests per connection to a fast target; 1: none; default 16 */
+	int resolve_interval_s; /* a host name is looked up again this often; default 60 */
 	/* https:// only (SPEC §8) */
 	char *ca_file;	  /* NULL: the system trust store */
 	bool verify;	  /* default true; false: any certificate (warned at every load) */

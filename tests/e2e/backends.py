@@ -134,8 +134,9 @@ class _BadRequest(Exception):
 
 
 class Backend:
-    def __init__(self, handler=None, name="legacy", tls=None):
-        """tls: an ssl.SSLContext (server side): the origin speaks HTTPS."""
+    def __init__(self, handler=None, name="legacy", tls=None, host="127.0.0.1", port=0):
+        """tls: an ssl.SSLContext (server side): the origin speaks HTTPS; host and
+        port: where to listen (another loopback address, a port given)."""
         self.name = name
         self.tls = tls
         self.handler = handler or default_handler
@@ -148,11 +149,11 @@ class Backend:
         self.threads = []
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.bind((host, port))
         self.lsock.listen(128)
         self.lsock.settimeout(0.1)
         self.port = self.lsock.getsockname()[1]
-        self.url = "%s://127.0.0.1:%d" % ("https" if tls else "http", self.port)
+        self.url = "%s://%s:%d" % ("https" if tls else "http", host, self.port)
         t = threading.Thread(target=self._accept_loop, name="backend-accept-%s" % name,
                              daemon=True)
         t.start()

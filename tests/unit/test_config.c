@@ -100,6 +100,7 @@ static void test_spec_example(void **state)
 	assert_int_equal(u->pool_size, 64);
 	assert_int_equal(u->max_inflight, 64);
 	assert_int_equal(u->pipeline_depth, 16);
+	assert_int_equal(u->resolve_interval_s, 60);
 	assert_int_equal(u->line, 15);
 	u = &c->upstreams[config_upstream_index(c, "gear_ops")];
 	assert_int_equal(u->timeout_ms, 2000);
@@ -237,6 +238,7 @@ static void test_defaults(void **state)
 	assert_int_equal(u->connect_timeout_ms, 1000);
 	assert_int_equal(u->pool_size, 0);
 	assert_int_equal(u->pipeline_depth, 1);
+	assert_int_equal(u->resolve_interval_s, 5);
 
 	r = route_named(c, "thing-update");
 	assert_int_equal(r->mirror->klass[409], MIRROR_RETRY);
@@ -468,6 +470,7 @@ static const struct broken broken[] = {
 	{ "status_twice.conf", ":14: route \"equipment-create\": mirror.permanent[0]: status 409 is also listed in retry (line 13)", 1 },
 	{ "bad_workers.conf", ":7: workers: 0 is out of range (1..64)", 1 },
 	{ "bad_pipeline_depth.conf", ":4: upstream \"gear_ops\": pipeline_depth: 0 is out of range (1..256)", 1 },
+	{ "bad_resolve_interval.conf", ":4: upstream \"gear_ops\": resolve_interval_s: 0 is out of range (1..86400)", 1 },
 	{ "bad_default_upstream.conf", ":6: default_upstream: unknown upstream \"legacyy\"", 1 },
 	{ "bad_match.conf", ":10: route \"equipment-create\": match: \"POST equipment\"", 1 },
 	{ "row_in_mirror.conf", ":13: route \"equipment-create\": mirror.body.id: bad expression \"$row.id\": $row is not available here", 1 },
