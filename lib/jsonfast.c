@@ -897,20 +897,19 @@ static const u128 pow10_u128[23] = {
 };
 
 /*
- * The 17 significant decimal digits of a > 0, correctly rounded (ties to
- * even, as glibc's printf in the default rounding mode), and the decimal
- * exponent X of the first digit: a ~ 0.d1d2...d17 * 10^(X+1). Exact integer
- * arithmetic: a = m * 2^e, scaled by 10^(16-X) with |16-X| <= 22 so that
- * everything fits in 128 bits; that covers about 1e-6 <= a < 1.7e38, where
- * nearly every real a request carries lies. Returns false outside that range
- * (the caller then asks snprintf).
+ * The first 17 significant decimal digits of a > 0, truncated, with where the
+ * rest lies: a = 0.d1d2...d17|rest * 10^(X+1), *frac = 0 when the rest is
+ * zero, 1 below half a unit of the 17th digit, 2 exactly half, 3 above.
+ * Exact integer arithmetic: a = m * 2^e, scaled by 10^(16-X) with
+ * |16-X| <= 22 so that everything fits in 128 bits; that covers about
+ * 1e-6 <= a < 1.7e38, where nearly every real a request carries lies.
+ * Returns false outside that range (the caller then asks snprintf).
  */
-static bool real17(double a, char dig[17], int *x_out)
+static bool real17(double a, uint64_t *q_out, int *frac, int *x_out)
 {
 	int e2, x, k;
 	uint64_t m, q;
 	u128 num, rem, half, div;
-	bool round_up;
 
 	m = (uint64_t)ldexp(frexp(a, &e2), 53); /* a = m * 2^(e2 - 53), exactly */
 	x = (int)floor((e2 - 1) * 0.30102999566398120); /* floor(log10 a) or one less */
@@ -926,7 +925,7 @@ static bool real17(double a, char dig[17], int *x_out)
 			num = (u128)m * pow10_u128[k];
 			if (e >= 0) { /* a < 1e17 here, so no overflow */
 				q = (uint64_t)(num << e);
-				round_up = false;
+				*frac = 0;
 			} else {
 				int sh = -e;
 
@@ -935,7 +934,7 @@ static bool real17(double a, char dig[17], int *x_out)
 				q = (uint64_t)(num >> sh);
 				rem = num & (((u128)1 << sh) - 1);
 				half = (u128)1 << (sh - 1);
-				round_up = rem > half || (rem == half && (q & 1));
+				*frac = rem == 0 ? 0 : rem < half ? 1 : rem == half ? 2 : 3;
 			}
 		} else {
 			if (e < 0 || e > 74) /* a >= 1e17 has e >= 0; m << e must fit */
@@ -944,7 +943,7 @@ static bool real17(double a, char dig[17], int *x_out)
 			div = pow10_u128[-k];
 			q = (uint64_t)(num / div);
 			rem = num % div;
-			round_up = 2 * rem > div || (2 * rem == div && (q & 1));
+			*frac = rem == 0 ? 0 : 2 * rem < div ? 1 : 2 * rem == div ? 2 : 3;
 		}
 		/* the truncated value must have exactly 17 digits, else x was off */
 		if (q >= 100000000000000000ULL) {
@@ -957,46 +956,92 @@ static bool real17(double a, char dig[17], int *x_out)
 		}
 		break;
 	}
-	if (round_up && ++q == 100000000000000000ULL) {
-		q = 10000000000000000ULL;
-		x++;
-	}
-	for (int i = 16; i >= 0; i--) {
-		dig[i] = (char)('0' + q % 10);
-		q /= 10;
-	}
+	*q_out = q;
 	*x_out = x;
 	return true;
 }
 
-/* %.17g of a finite d, already in jansson's form (see dump_real), or -1. */
-static int real_fast(double d, char *b)
+/*
+ * The shortest of "%.15g", "%.16g", "%.17g" of a > 0 that reads back as a,
+ * as digits: a ~ 0.dig[0..n) * 10^(X+1), P the precision that won. Each
+ * candidate is a correctly rounded (ties to even, as glibc's printf) from
+ * real17's exact digits; whether it reads back is decided exactly by
+ * Clinger's fast path (a mantissa <= 2^53 times an exact power of ten is
+ * one correctly rounded operation, i.e. what strtod returns). Returns false
+ * where that cannot decide (the caller then asks snprintf and strtod);
+ * 17 digits always read back.
+ */
+static bool real_shortest(double a, char dig[17], int *n_out, int *x_out, int *p_out)
 {
-	char dig[17], *p = b;
-	int x, n = 17;
+	uint64_t q17, q = 0;
+	int frac, x17, x = 0, p, n;
 
-	if (signbit(d))
-		*p++ = '-';
-	if (d == 0) {
-		*p++ = '0';
-		*p++ = '.';
-		*p++ = '0';
-		return (int)(p - b);
+	if (!real17(a, &q17, &frac, &x17))
+		return false;
+	for (p = 15; p <= 17; p++) {
+		uint64_t div = (uint64_t)pow10_u128[17 - p], lo = q17 % div, halfd = div / 2;
+		bool up;
+
+		q = q17 / div;
+		x = x17;
+		if (p == 17)
+			up = frac == 3 || (frac == 2 && (q & 1));
+		else
+			up = lo > halfd || (lo == halfd && (frac != 0 || (q & 1)));
+		if (up && ++q == (uint64_t)pow10_u128[p]) {
+			q = (uint64_t)pow10_u128[p - 1];
+			x++;
+		}
+		if (p == 17)
+			break;
+#if FLT_EVAL_METHOD == 0 /* doubles are rounded once per operation (SSE, not x87) */
+		{
+			int t = x - (p - 1); /* is a == q * 10^t as strtod reads it? */
+			double v;
+
+			if (q > (UINT64_C(1) << 53) || t < -22 || t > 22)
+				return false;
+			v = (double)q;
+			v = t < 0 ? v / pow10_exact[-t] : v * pow10_exact[t];
+			if (v == a)
+				break;
+		}
+#else
+		return false;
+#endif
 	}
-	if (!real17(fabs(d), dig, &x))
-		return -1;
-	while (n > 1 && dig[n - 1] == '0')
-		n--; /* %g drops trailing zeros */
-	if (x >= -4 && x < 17) { /* %g picks fixed notation */
+	for (int i = p - 1; i >= 0; i--) {
+		dig[i] = (char)('0' + q % 10);
+		q /= 10;
+	}
+	n = p;
+	while (n > 1 && dig[n - 1] == '0') /* %g drops trailing zeros */
+		n--;
+	*n_out = n;
+	*x_out = x;
+	*p_out = p;
+	return true;
+}
+
+/* "%.<prec>g" of a finite d (digits from real_shortest), '.' as the decimal
+ * point, in JSON's form (see jsonfast.h) when json, else printf's. */
+static int real_format(bool neg, const char *dig, int n, int x, int prec, bool json, char *b)
+{
+	char *p = b;
+
+	if (neg)
+		*p++ = '-';
+	if (x >= -4 && x < prec) { /* %g picks fixed notation */
 		if (x >= 0) {
 			for (int i = 0; i <= x; i++)
 				*p++ = i < n ? dig[i] : '0';
-			*p++ = '.';
 			if (n > x + 1) {
+				*p++ = '.';
 				memcpy(p, dig + x + 1, (size_t)(n - x - 1));
 				p += n - x - 1;
-			} else {
-				*p++ = '0'; /* jansson's ".0" */
+			} else if (json) {
+				*p++ = '.'; /* jansson's ".0": it reads back as a real */
+				*p++ = '0';
 			}
 		} else {
 			*p++ = '0';
@@ -1006,7 +1051,7 @@ static int real_fast(double d, char *b)
 			memcpy(p, dig, (size_t)n);
 			p += n;
 		}
-	} else { /* exponent: jansson drops '+' and leading zeros */
+	} else { /* exponent: jansson drops '+' and leading zeros, printf has 2+ digits */
 		*p++ = dig[0];
 		if (n > 1) {
 			*p++ = '.';
@@ -1017,46 +1062,66 @@ static int real_fast(double d, char *b)
 		if (x < 0) {
 			*p++ = '-';
 			x = -x;
+		} else if (!json) {
+			*p++ = '+';
 		}
-		if (x >= 10)
-			*p++ = (char)('0' + x / 10);
+		if (x >= 100)
+			*p++ = (char)('0' + x / 100);
+		if (x >= 10 || !json)
+			*p++ = (char)('0' + x / 10 % 10);
 		*p++ = (char)('0' + x % 10);
 	}
+	*p = '\0';
 	return (int)(p - b);
 }
+
+static int real_fast(double d, bool json, char *b)
+{
+	char dig[17];
+	int n, x, prec;
+
+	if (d == 0) {
+		n = snprintf(b, JSONFAST_REAL_MAX, "%s%s", signbit(d) ? "-" : "", json ? "0.0" : "0");
+		return n;
+	}
+	if (!real_shortest(fabs(d), dig, &n, &x, &prec))
+		return -1;
+	return real_format(signbit(d) != 0, dig, n, x, prec, json, b);
+}
 #else
-static int real_fast(double d, char *b)
+static int real_fast(double d, bool json, char *b)
 {
 	(void)d;
+	(void)json;
 	(void)b;
 	return -1;
 }
 #endif
 
-/* jansson's jsonp_dtostr with precision 17: "%.17g", the locale's decimal
- * point turned back into '.', ".0" appended when the text would read back as
- * an integer, and the exponent without '+' and leading zeros. real_fast()
- * produces the same text without snprintf for the usual magnitudes. */
-static int dump_real(struct out *o, double d)
+/* The same text the slow way: snprintf at 15, 16, 17 digits, the first that
+ * strtod reads back (both in the locale's decimal point, turned into '.').
+ * A subnormal has fewer significant bits, so it starts from 1 digit there
+ * (5e-324, not 4.94065645841247e-324). */
+static int real_slow(double d, bool json, char *b)
 {
-	char b[48], *start, *end;
-	int n;
+	char *start, *end, point = localeconv()->decimal_point[0];
+	int n = -1;
 	size_t len;
 
-	if (!isfinite(d)) /* json_real() refuses them; never valid JSON */
-		return -1;
-	n = real_fast(d, b);
-	if (n > 0) {
-		out_put(o, b, (size_t)n);
-		return 0;
+	/* below 15 digits "%.15g" is already the shortest, but for subnormals */
+	for (int prec = fabs(d) < DBL_MIN ? 1 : 15; prec <= 17; prec++) {
+		n = snprintf(b, JSONFAST_REAL_MAX, "%.*g", prec, d);
+		if (n < 0 || n >= JSONFAST_REAL_MAX - 3)
+			return -1;
+		if (strtod(b, NULL) == d)
+			break;
 	}
-	n = snprintf(b, sizeof(b), "%.17g", d);
-	if (n < 0 || (size_t)n >= sizeof(b) - 3)
-		return -1;
 	len = (size_t)n;
 	for (size_t i = 0; i < len; i++)
-		if (!IS_DIGIT(b[i]) && b[i] != '-' && b[i] != '+' && b[i] != 'e')
+		if (b[i] == point || (!IS_DIGIT(b[i]) && b[i] != '-' && b[i] != '+' && b[i] != 'e'))
 			b[i] = '.'; /* whatever the locale's decimal point is */
+	if (!json)
+		return n;
 	if (!memchr(b, '.', len) && !memchr(b, 'e', len)) {
 		memcpy(b + len, ".0", 3);
 		len += 2;
@@ -1070,11 +1135,31 @@ static int dump_real(struct out *o, double d)
 		while (*end == '0')
 			end++;
 		if (end != start) {
-			memmove(start, end, len - (size_t)(end - b));
+			memmove(start, end, len + 1 - (size_t)(end - b));
 			len -= (size_t)(end - start);
 		}
 	}
-	out_put(o, b, len);
+	return (int)len;
+}
+
+int jsonfast_real(double d, bool json, char *buf)
+{
+	int n;
+
+	if (!isfinite(d)) /* json_real() refuses them; never valid JSON */
+		return -1;
+	n = real_fast(d, json, buf);
+	return n > 0 ? n : real_slow(d, json, buf);
+}
+
+static int dump_real(struct out *o, double d)
+{
+	char b[JSONFAST_REAL_MAX];
+	int n = jsonfast_real(d, true, b);
+
+	if (n < 0)
+		return -1;
+	out_put(o, b, (size_t)n);
 	return 0;
 }
 
