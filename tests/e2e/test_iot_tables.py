@@ -301,3 +301,15 @@ def test_readings_deleted_on_the_source_mid_batch_are_removed_by_the_recheck(pg,
     assert [(json.loads(d["key"]), d["kind"]) for d in rep["differences"]] == \
         [(keys[5], "extra")], rep
     assert rep["source_rows"] == 695 and rep["target_rows"] == 696, rep
+
+
+def test_dry_run_shows_readings_decimals_as_stored(pg, tmp_path):
+    """The dry run's mapped rows write a reading's reals as the backfill copies them: 0.7,
+    not 0.69999999999999996."""
+    conf = fresh(pg, tmp_path, telemetry=20)
+    r = dw(pg, "backfill", "-c", conf, "--table", "telemetry", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("  {")]
+    assert [row["metrics"]["t"] for row in rows] == [0.0, 0.7, 1.4, 0.1, 0.8], r.stdout
+    assert '"t":0.7,' in r.stdout or '"t":0.7}' in r.stdout, r.stdout
+    assert "0.69999999999999996" not in r.stdout

@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "jsonfast.h"
 #include "pgutil.h"
 
 static const char CKPT_DDL[] =
@@ -243,8 +244,9 @@ static int dry_run(struct pgu_map *m, const struct opts *o, const struct ckpt *c
 		json_t *j = pgu_map_row_json(m, r, i, err);
 		if (!j)
 			goto out;
-		char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
-		printf("  %s\n", s);
+		/* reals as the backfill writes them (21.3, not jansson's 21.300000000000001) */
+		char *s = jsonfast_dumps(j, NULL);
+		printf("  %s\n", s ? s : "(not writable as JSON)");
 		free(s);
 		json_decref(j);
 	}
