@@ -11,10 +11,15 @@
  * otherwise strtod() like jansson.
  *
  * Writer: one growing buffer instead of jansson's per-token callback;
- * strings are copied in spans between the bytes that need escaping.
+ * strings are copied in spans between the bytes that need escaping. Reals
+ * are written in their shortest round-tripping form (jsonfast.h), with exact
+ * 128-bit integer arithmetic instead of snprintf/strtod for the usual
+ * magnitudes (real_exact, reads_back).
  *
  * Where jansson 2.14 has a quirk, the quirk is reproduced (and marked "jansson
- * quirk"), because the whole point is that callers cannot tell the two apart.
+ * quirk"), because the whole point is that callers cannot tell the two apart
+ * — except for the text of reals, where jansson's "%.17g" changes the number
+ * for readers that keep decimals.
  */
 #include "jsonfast.h"
 
@@ -897,19 +902,29 @@ static const u128 pow10_u128[23] = {
 };
 
 /*
- * The first 17 significant decimal digits of a > 0, truncated, with where the
- * rest lies: a = 0.d1d2...d17|rest * 10^(X+1), *frac = 0 when the rest is
- * zero, 1 below half a unit of the 17th digit, 2 exactly half, 3 above.
- * Exact integer arithmetic: a = m * 2^e, scaled by 10^(16-X) with
- * |16-X| <= 22 so that everything fits in 128 bits; that covers about
+ * A double a > 0 in exact integer arithmetic, at the scale of its 17th
+ * significant digit: a = m * 2^e, and a * 10^k = num / den exactly, with
+ * k = 16 - X for X = floor(log10 a), so that q = floor(num / den) has 17
+ * digits. den is 2^sh (k >= 0, e < 0), 10^-k (k < 0) or 1 (k >= 0, e >= 0).
+ * a's neighbours are 2^e away (half that below a power of two); ulp is that
+ * distance in the units of num: 10^k, 2^e and 10^k * 2^e respectively.
+ * |16 - X| <= 22 keeps everything within 128 bits; that covers about
  * 1e-6 <= a < 1.7e38, where nearly every real a request carries lies.
- * Returns false outside that range (the caller then asks snprintf).
  */
-static bool real17(double a, uint64_t *q_out, int *frac, int *x_out)
+struct exact {
+	uint64_t m, q;	/* q: the first 17 digits, truncated */
+	int x;		/* X */
+	int sh;		/* den = 2^sh, or -1 */
+	u128 num, den, ulp;
+};
+
+/* Fills *ex for a > 0; false outside the range above (the caller then asks
+ * snprintf). */
+static bool real_exact(double a, struct exact *ex)
 {
-	int e2, x, k;
+	int e2, x, k, sh;
 	uint64_t m, q;
-	u128 num, rem, half, div;
+	u128 num, den, ulp;
 
 	m = (uint64_t)ldexp(frexp(a, &e2), 53); /* a = m * 2^(e2 - 53), exactly */
 	x = (int)floor((e2 - 1) * 0.30102999566398120); /* floor(log10 a) or one less */
@@ -922,29 +937,28 @@ static bool real17(double a, uint64_t *q_out, int *frac, int *x_out)
 		if (k > 22 || k < -22)
 			return false;
 		if (k >= 0) {
-			num = (u128)m * pow10_u128[k];
 			if (e >= 0) { /* a < 1e17 here, so no overflow */
-				q = (uint64_t)(num << e);
-				*frac = 0;
+				num = ((u128)m * pow10_u128[k]) << e;
+				den = 1;
+				sh = 0;
+				ulp = pow10_u128[k] << e;
 			} else {
-				int sh = -e;
-
-				if (sh > 127)
+				if (-e > 125)
 					return false;
-				q = (uint64_t)(num >> sh);
-				rem = num & (((u128)1 << sh) - 1);
-				half = (u128)1 << (sh - 1);
-				*frac = rem == 0 ? 0 : rem < half ? 1 : rem == half ? 2 : 3;
+				num = (u128)m * pow10_u128[k];
+				sh = -e;
+				den = (u128)1 << sh;
+				ulp = pow10_u128[k];
 			}
 		} else {
-			if (e < 0 || e > 74) /* a >= 1e17 has e >= 0; m << e must fit */
+			if (e < 0 || e > 72) /* a >= 1e17 has e >= 0; m << e must fit */
 				return false;
 			num = (u128)m << e;
-			div = pow10_u128[-k];
-			q = (uint64_t)(num / div);
-			rem = num % div;
-			*frac = rem == 0 ? 0 : 2 * rem < div ? 1 : 2 * rem == div ? 2 : 3;
+			den = pow10_u128[-k];
+			sh = -1;
+			ulp = (u128)1 << e;
 		}
+		q = (uint64_t)(sh >= 0 ? num >> sh : num / den); /* a shift is much cheaper */
 		/* the truncated value must have exactly 17 digits, else x was off */
 		if (q >= 100000000000000000ULL) {
 			x++;
@@ -956,59 +970,62 @@ static bool real17(double a, uint64_t *q_out, int *frac, int *x_out)
 		}
 		break;
 	}
-	*q_out = q;
-	*x_out = x;
+	ex->m = m;
+	ex->q = q;
+	ex->x = x;
+	ex->num = num;
+	ex->den = den;
+	ex->sh = sh;
+	ex->ulp = ulp;
 	return true;
+}
+
+/* Does the decimal c * 10^(X-16) read back as a (strtod rounds to nearest,
+ * ties to even)? Exactly: it must lie within half a gap of a's neighbours. */
+static bool reads_back(const struct exact *ex, uint64_t c)
+{
+	u128 cv = ex->sh >= 0 ? (u128)c << ex->sh : (u128)c * ex->den, twice;
+
+	if (cv >= ex->num) {
+		twice = 2 * (cv - ex->num);
+		return twice < ex->ulp || (twice == ex->ulp && !(ex->m & 1));
+	}
+	twice = 2 * (ex->num - cv);
+	if (ex->m == (UINT64_C(1) << 52)) /* a power of two: the gap below is half */
+		twice *= 2;
+	return twice < ex->ulp || (twice == ex->ulp && !(ex->m & 1));
 }
 
 /*
  * The shortest of "%.15g", "%.16g", "%.17g" of a > 0 that reads back as a,
  * as digits: a ~ 0.dig[0..n) * 10^(X+1), P the precision that won. Each
- * candidate is a correctly rounded (ties to even, as glibc's printf) from
- * real17's exact digits; whether it reads back is decided exactly by
- * Clinger's fast path (a mantissa <= 2^53 times an exact power of ten is
- * one correctly rounded operation, i.e. what strtod returns). Returns false
- * where that cannot decide (the caller then asks snprintf and strtod);
- * 17 digits always read back.
+ * candidate is a correctly rounded to P digits (ties to even, as glibc's
+ * printf), and whether it reads back is decided exactly (reads_back); 17
+ * digits always do. Returns false outside real_exact's range.
  */
 static bool real_shortest(double a, char dig[17], int *n_out, int *x_out, int *p_out)
 {
-	uint64_t q17, q = 0;
-	int frac, x17, x = 0, p, n;
+	struct exact ex;
+	uint64_t q = 0;
+	int x = 0, p, n;
 
-	if (!real17(a, &q17, &frac, &x17))
+	if (!real_exact(a, &ex))
 		return false;
 	for (p = 15; p <= 17; p++) {
-		uint64_t div = (uint64_t)pow10_u128[17 - p], lo = q17 % div, halfd = div / 2;
-		bool up;
+		uint64_t div = (uint64_t)pow10_u128[17 - p], t = ex.q / div, c;
+		u128 unit = (u128)div * ex.den; /* one unit of digit p, in num's units */
+		u128 rest = ex.num - t * unit;	/* a's part below digit p */
+		bool up = 2 * rest > unit || (2 * rest == unit && (t & 1));
 
-		q = q17 / div;
-		x = x17;
-		if (p == 17)
-			up = frac == 3 || (frac == 2 && (q & 1));
-		else
-			up = lo > halfd || (lo == halfd && (frac != 0 || (q & 1)));
-		if (up && ++q == (uint64_t)pow10_u128[p]) {
+		q = t + up;
+		c = q * div;
+		x = ex.x;
+		if (q == (uint64_t)pow10_u128[p]) { /* 9.99... rounded up to 10.0 */
 			q = (uint64_t)pow10_u128[p - 1];
 			x++;
 		}
-		if (p == 17)
+		if (p == 17 || reads_back(&ex, c))
 			break;
-#if FLT_EVAL_METHOD == 0 /* doubles are rounded once per operation (SSE, not x87) */
-		{
-			int t = x - (p - 1); /* is a == q * 10^t as strtod reads it? */
-			double v;
-
-			if (q > (UINT64_C(1) << 53) || t < -22 || t > 22)
-				return false;
-			v = (double)q;
-			v = t < 0 ? v / pow10_exact[-t] : v * pow10_exact[t];
-			if (v == a)
-				break;
-		}
-#else
-		return false;
-#endif
 	}
 	for (int i = p - 1; i >= 0; i--) {
 		dig[i] = (char)('0' + q % 10);
