@@ -16,8 +16,10 @@
  */
 #include "expr.h"
 #include "http_parse.h"
+#include "jsonfast.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -906,15 +908,14 @@ int expr_compile_mapping(const config_setting_t *g, struct expr_opts *o, struct 
 
 /* ---------------------------------------------------------------- evaluating */
 
+/* A real's text for $string and ordering keys: the shortest that reads back
+ * the same, printf's form (1.0 -> "1", 1e-7 -> "1e-07"); see jsonfast.h. */
 static char *real_string(double d)
 {
-	char buf[64];
+	char buf[JSONFAST_REAL_MAX];
 
-	for (int prec = 1; prec <= 17; prec++) {
-		snprintf(buf, sizeof(buf), "%.*g", prec, d);
-		if (strtod(buf, NULL) == d)
-			break;
-	}
+	if (jsonfast_real(d, false, buf) < 0)
+		return dw_strdup(isnan(d) ? "nan" : d < 0 ? "-inf" : "inf"); /* json_real() refuses them */
 	return dw_strdup(buf);
 }
 
@@ -1205,10 +1206,10 @@ static int eval_func(const struct expr *e, const struct expr_ctx *ctx, json_t **
 		}
 		break;
 	case F_JSON: {
-		size_t n = json_dumpb(v, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
-		text = dw_malloc(n + 1);
-		if (n == 0 || json_dumpb(v, text, n, JSON_COMPACT | JSON_ENCODE_ANY) != n) {
-			free(text);
+		/* the mirror body's writer, so a real reads the same in both */
+		size_t n = 0;
+		text = jsonfast_dumps(v, &n);
+		if (!text) {
 			dw_err_set(err, "$json: the value cannot be written as JSON");
 			rc = EXPR_ERROR;
 			break;

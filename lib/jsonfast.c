@@ -11,10 +11,15 @@
  * otherwise strtod() like jansson.
  *
  * Writer: one growing buffer instead of jansson's per-token callback;
- * strings are copied in spans between the bytes that need escaping.
+ * strings are copied in spans between the bytes that need escaping. Reals
+ * are written in their shortest round-tripping form (jsonfast.h), with exact
+ * 128-bit integer arithmetic instead of snprintf/strtod for the usual
+ * magnitudes (real_exact, reads_back).
  *
  * Where jansson 2.14 has a quirk, the quirk is reproduced (and marked "jansson
- * quirk"), because the whole point is that callers cannot tell the two apart.
+ * quirk"), because the whole point is that callers cannot tell the two apart
+ * — except for the text of reals, where jansson's "%.17g" changes the number
+ * for readers that keep decimals.
  */
 #include "jsonfast.h"
 
@@ -897,20 +902,29 @@ static const u128 pow10_u128[23] = {
 };
 
 /*
- * The 17 significant decimal digits of a > 0, correctly rounded (ties to
- * even, as glibc's printf in the default rounding mode), and the decimal
- * exponent X of the first digit: a ~ 0.d1d2...d17 * 10^(X+1). Exact integer
- * arithmetic: a = m * 2^e, scaled by 10^(16-X) with |16-X| <= 22 so that
- * everything fits in 128 bits; that covers about 1e-6 <= a < 1.7e38, where
- * nearly every real a request carries lies. Returns false outside that range
- * (the caller then asks snprintf).
+ * A double a > 0 in exact integer arithmetic, at the scale of its 17th
+ * significant digit: a = m * 2^e, and a * 10^k = num / den exactly, with
+ * k = 16 - X for X = floor(log10 a), so that q = floor(num / den) has 17
+ * digits. den is 2^sh (k >= 0, e < 0), 10^-k (k < 0) or 1 (k >= 0, e >= 0).
+ * a's neighbours are 2^e away (half that below a power of two); ulp is that
+ * distance in the units of num: 10^k, 2^e and 10^k * 2^e respectively.
+ * |16 - X| <= 22 keeps everything within 128 bits; that covers about
+ * 1e-6 <= a < 1.7e38, where nearly every real a request carries lies.
  */
-static bool real17(double a, char dig[17], int *x_out)
+struct exact {
+	uint64_t m, q;	/* q: the first 17 digits, truncated */
+	int x;		/* X */
+	int sh;		/* den = 2^sh, or -1 */
+	u128 num, den, ulp;
+};
+
+/* Fills *ex for a > 0; false outside the range above (the caller then asks
+ * snprintf). */
+static bool real_exact(double a, struct exact *ex)
 {
-	int e2, x, k;
+	int e2, x, k, sh;
 	uint64_t m, q;
-	u128 num, rem, half, div;
-	bool round_up;
+	u128 num, den, ulp;
 
 	m = (uint64_t)ldexp(frexp(a, &e2), 53); /* a = m * 2^(e2 - 53), exactly */
 	x = (int)floor((e2 - 1) * 0.30102999566398120); /* floor(log10 a) or one less */
@@ -923,29 +937,28 @@ static bool real17(double a, char dig[17], int *x_out)
 		if (k > 22 || k < -22)
 			return false;
 		if (k >= 0) {
-			num = (u128)m * pow10_u128[k];
 			if (e >= 0) { /* a < 1e17 here, so no overflow */
-				q = (uint64_t)(num << e);
-				round_up = false;
+				num = ((u128)m * pow10_u128[k]) << e;
+				den = 1;
+				sh = 0;
+				ulp = pow10_u128[k] << e;
 			} else {
-				int sh = -e;
-
-				if (sh > 127)
+				if (-e > 125)
 					return false;
-				q = (uint64_t)(num >> sh);
-				rem = num & (((u128)1 << sh) - 1);
-				half = (u128)1 << (sh - 1);
-				round_up = rem > half || (rem == half && (q & 1));
+				num = (u128)m * pow10_u128[k];
+				sh = -e;
+				den = (u128)1 << sh;
+				ulp = pow10_u128[k];
 			}
 		} else {
-			if (e < 0 || e > 74) /* a >= 1e17 has e >= 0; m << e must fit */
+			if (e < 0 || e > 72) /* a >= 1e17 has e >= 0; m << e must fit */
 				return false;
 			num = (u128)m << e;
-			div = pow10_u128[-k];
-			q = (uint64_t)(num / div);
-			rem = num % div;
-			round_up = 2 * rem > div || (2 * rem == div && (q & 1));
+			den = pow10_u128[-k];
+			sh = -1;
+			ulp = (u128)1 << e;
 		}
+		q = (uint64_t)(sh >= 0 ? num >> sh : num / den); /* a shift is much cheaper */
 		/* the truncated value must have exactly 17 digits, else x was off */
 		if (q >= 100000000000000000ULL) {
 			x++;
@@ -957,46 +970,95 @@ static bool real17(double a, char dig[17], int *x_out)
 		}
 		break;
 	}
-	if (round_up && ++q == 100000000000000000ULL) {
-		q = 10000000000000000ULL;
-		x++;
-	}
-	for (int i = 16; i >= 0; i--) {
-		dig[i] = (char)('0' + q % 10);
-		q /= 10;
-	}
-	*x_out = x;
+	ex->m = m;
+	ex->q = q;
+	ex->x = x;
+	ex->num = num;
+	ex->den = den;
+	ex->sh = sh;
+	ex->ulp = ulp;
 	return true;
 }
 
-/* %.17g of a finite d, already in jansson's form (see dump_real), or -1. */
-static int real_fast(double d, char *b)
+/* Does the decimal c * 10^(X-16) read back as a (strtod rounds to nearest,
+ * ties to even)? Exactly: it must lie within half a gap of a's neighbours. */
+static bool reads_back(const struct exact *ex, uint64_t c)
 {
-	char dig[17], *p = b;
-	int x, n = 17;
+	u128 cv = ex->sh >= 0 ? (u128)c << ex->sh : (u128)c * ex->den, twice;
 
-	if (signbit(d))
-		*p++ = '-';
-	if (d == 0) {
-		*p++ = '0';
-		*p++ = '.';
-		*p++ = '0';
-		return (int)(p - b);
+	if (cv >= ex->num) {
+		twice = 2 * (cv - ex->num);
+		return twice < ex->ulp || (twice == ex->ulp && !(ex->m & 1));
 	}
-	if (!real17(fabs(d), dig, &x))
-		return -1;
-	while (n > 1 && dig[n - 1] == '0')
-		n--; /* %g drops trailing zeros */
-	if (x >= -4 && x < 17) { /* %g picks fixed notation */
+	twice = 2 * (ex->num - cv);
+	if (ex->m == (UINT64_C(1) << 52)) /* a power of two: the gap below is half */
+		twice *= 2;
+	return twice < ex->ulp || (twice == ex->ulp && !(ex->m & 1));
+}
+
+/*
+ * The shortest of "%.15g", "%.16g", "%.17g" of a > 0 that reads back as a,
+ * as digits: a ~ 0.dig[0..n) * 10^(X+1), P the precision that won. Each
+ * candidate is a correctly rounded to P digits (ties to even, as glibc's
+ * printf), and whether it reads back is decided exactly (reads_back); 17
+ * digits always do. Returns false outside real_exact's range.
+ */
+static bool real_shortest(double a, char dig[17], int *n_out, int *x_out, int *p_out)
+{
+	struct exact ex;
+	uint64_t q = 0;
+	int x = 0, p, n;
+
+	if (!real_exact(a, &ex))
+		return false;
+	for (p = 15; p <= 17; p++) {
+		uint64_t div = (uint64_t)pow10_u128[17 - p], t = ex.q / div, c;
+		u128 unit = (u128)div * ex.den; /* one unit of digit p, in num's units */
+		u128 rest = ex.num - t * unit;	/* a's part below digit p */
+		bool up = 2 * rest > unit || (2 * rest == unit && (t & 1));
+
+		q = t + up;
+		c = q * div;
+		x = ex.x;
+		if (q == (uint64_t)pow10_u128[p]) { /* 9.99... rounded up to 10.0 */
+			q = (uint64_t)pow10_u128[p - 1];
+			x++;
+		}
+		if (p == 17 || reads_back(&ex, c))
+			break;
+	}
+	for (int i = p - 1; i >= 0; i--) {
+		dig[i] = (char)('0' + q % 10);
+		q /= 10;
+	}
+	n = p;
+	while (n > 1 && dig[n - 1] == '0') /* %g drops trailing zeros */
+		n--;
+	*n_out = n;
+	*x_out = x;
+	*p_out = p;
+	return true;
+}
+
+/* "%.<prec>g" of a finite d (digits from real_shortest), '.' as the decimal
+ * point, in JSON's form (see jsonfast.h) when json, else printf's. */
+static int real_format(bool neg, const char *dig, int n, int x, int prec, bool json, char *b)
+{
+	char *p = b;
+
+	if (neg)
+		*p++ = '-';
+	if (x >= -4 && x < prec) { /* %g picks fixed notation */
 		if (x >= 0) {
 			for (int i = 0; i <= x; i++)
 				*p++ = i < n ? dig[i] : '0';
-			*p++ = '.';
 			if (n > x + 1) {
+				*p++ = '.';
 				memcpy(p, dig + x + 1, (size_t)(n - x - 1));
 				p += n - x - 1;
-			} else {
-				*p++ = '0'; /* jansson's ".0" */
+			} else if (json) {
+				*p++ = '.'; /* jansson's ".0": it reads back as a real */
+				*p++ = '0';
 			}
 		} else {
 			*p++ = '0';
@@ -1006,7 +1068,7 @@ static int real_fast(double d, char *b)
 			memcpy(p, dig, (size_t)n);
 			p += n;
 		}
-	} else { /* exponent: jansson drops '+' and leading zeros */
+	} else { /* exponent: jansson drops '+' and leading zeros, printf has 2+ digits */
 		*p++ = dig[0];
 		if (n > 1) {
 			*p++ = '.';
@@ -1017,46 +1079,66 @@ static int real_fast(double d, char *b)
 		if (x < 0) {
 			*p++ = '-';
 			x = -x;
+		} else if (!json) {
+			*p++ = '+';
 		}
-		if (x >= 10)
-			*p++ = (char)('0' + x / 10);
+		if (x >= 100)
+			*p++ = (char)('0' + x / 100);
+		if (x >= 10 || !json)
+			*p++ = (char)('0' + x / 10 % 10);
 		*p++ = (char)('0' + x % 10);
 	}
+	*p = '\0';
 	return (int)(p - b);
 }
+
+static int real_fast(double d, bool json, char *b)
+{
+	char dig[17];
+	int n, x, prec;
+
+	if (d == 0) {
+		n = snprintf(b, JSONFAST_REAL_MAX, "%s%s", signbit(d) ? "-" : "", json ? "0.0" : "0");
+		return n;
+	}
+	if (!real_shortest(fabs(d), dig, &n, &x, &prec))
+		return -1;
+	return real_format(signbit(d) != 0, dig, n, x, prec, json, b);
+}
 #else
-static int real_fast(double d, char *b)
+static int real_fast(double d, bool json, char *b)
 {
 	(void)d;
+	(void)json;
 	(void)b;
 	return -1;
 }
 #endif
 
-/* jansson's jsonp_dtostr with precision 17: "%.17g", the locale's decimal
- * point turned back into '.', ".0" appended when the text would read back as
- * an integer, and the exponent without '+' and leading zeros. real_fast()
- * produces the same text without snprintf for the usual magnitudes. */
-static int dump_real(struct out *o, double d)
+/* The same text the slow way: snprintf at 15, 16, 17 digits, the first that
+ * strtod reads back (both in the locale's decimal point, turned into '.').
+ * A subnormal has fewer significant bits, so it starts from 1 digit there
+ * (5e-324, not 4.94065645841247e-324). */
+static int real_slow(double d, bool json, char *b)
 {
-	char b[48], *start, *end;
-	int n;
+	char *start, *end, point = localeconv()->decimal_point[0];
+	int n = -1;
 	size_t len;
 
-	if (!isfinite(d)) /* json_real() refuses them; never valid JSON */
-		return -1;
-	n = real_fast(d, b);
-	if (n > 0) {
-		out_put(o, b, (size_t)n);
-		return 0;
+	/* below 15 digits "%.15g" is already the shortest, but for subnormals */
+	for (int prec = fabs(d) < DBL_MIN ? 1 : 15; prec <= 17; prec++) {
+		n = snprintf(b, JSONFAST_REAL_MAX, "%.*g", prec, d);
+		if (n < 0 || n >= JSONFAST_REAL_MAX - 3)
+			return -1;
+		if (strtod(b, NULL) == d)
+			break;
 	}
-	n = snprintf(b, sizeof(b), "%.17g", d);
-	if (n < 0 || (size_t)n >= sizeof(b) - 3)
-		return -1;
 	len = (size_t)n;
 	for (size_t i = 0; i < len; i++)
-		if (!IS_DIGIT(b[i]) && b[i] != '-' && b[i] != '+' && b[i] != 'e')
+		if (b[i] == point || (!IS_DIGIT(b[i]) && b[i] != '-' && b[i] != '+' && b[i] != 'e'))
 			b[i] = '.'; /* whatever the locale's decimal point is */
+	if (!json)
+		return n;
 	if (!memchr(b, '.', len) && !memchr(b, 'e', len)) {
 		memcpy(b + len, ".0", 3);
 		len += 2;
@@ -1070,11 +1152,31 @@ static int dump_real(struct out *o, double d)
 		while (*end == '0')
 			end++;
 		if (end != start) {
-			memmove(start, end, len - (size_t)(end - b));
+			memmove(start, end, len + 1 - (size_t)(end - b));
 			len -= (size_t)(end - start);
 		}
 	}
-	out_put(o, b, len);
+	return (int)len;
+}
+
+int jsonfast_real(double d, bool json, char *buf)
+{
+	int n;
+
+	if (!isfinite(d)) /* json_real() refuses them; never valid JSON */
+		return -1;
+	n = real_fast(d, json, buf);
+	return n > 0 ? n : real_slow(d, json, buf);
+}
+
+static int dump_real(struct out *o, double d)
+{
+	char b[JSONFAST_REAL_MAX];
+	int n = jsonfast_real(d, true, b);
+
+	if (n < 0)
+		return -1;
+	out_put(o, b, (size_t)n);
 	return 0;
 }
 

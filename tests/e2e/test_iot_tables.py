@@ -246,3 +246,70 @@ def test_a_checkpoint_of_another_key_shape_is_a_clear_error(pg, tmp_path):
     assert scalar(pg, V2, "SELECT count(*) FROM telemetry") == "0"
     out = backfill(pg, conf, "telemetry", "--restart")
     assert "backfill telemetry: 100 rows" in out
+
+
+def test_readings_deleted_on_the_source_mid_batch_are_removed_by_the_recheck(pg, tmp_path):
+    """The Phase 1/2 race on the composite key (device_id, timestamp): a run killed after
+    committing a batch but before re-checking it (simulated through the checkpoint) re-checks
+    that batch's key range first, on both key columns, whether it resumes or is complete:
+    readings the source lost meanwhile go (a device that still has other readings must not
+    keep them alive); readings outside the range are not scanned."""
+    conf = fresh(pg, tmp_path, telemetry=700)
+    out = backfill(pg, conf, "telemetry", "--batch", "100")
+    assert "deleted on the source" not in out
+    keys = sql(pg, V1, "SELECT device_id, timestamp::text FROM device_data "
+                       "ORDER BY device_id, timestamp")
+    assert len(keys) == 700
+    ck = sql(pg, V2, """SELECT last_key, recheck_pending FROM dualwrite_backfill_checkpoint
+        WHERE table_name = 'telemetry'""")
+    assert json.loads(ck[0][0]) == keys[-1] and ck[0][1] == "f", ck
+
+    def delete_on_source(*idx):
+        sql(pg, V1, "DELETE FROM device_data WHERE (device_id, timestamp) IN (%s)" % ", ".join(
+            "('%s', '%s'::timestamptz)" % tuple(keys[i]) for i in idx))
+
+    def target_has(i):
+        return scalar(pg, V2, "SELECT count(*) FROM telemetry WHERE device_id = '%s' "
+                              "AND timestamp = '%s'::timestamptz" % tuple(keys[i]))
+
+    # Deleted on the legacy while the last batch (keys[599], keys[699]] was in flight; keys[5]
+    # long before (its mirrored DELETE would have removed it: not the backfill's business).
+    # keys[650] and keys[699] share their device with readings that stay.
+    delete_on_source(5, 650, 699)
+    sql(pg, V2, "UPDATE dualwrite_backfill_checkpoint SET recheck_pending = true, "
+                "recheck_after = '%s'" % json.dumps(keys[599]))
+    out = backfill(pg, conf, "telemetry")
+    assert "already complete (700 rows)" in out, out
+    assert "2 rows deleted on the source meanwhile (removed again)" in out, out
+    assert (target_has(650), target_has(699), target_has(5)) == ("0", "0", "1")
+    assert scalar(pg, V2, "SELECT recheck_pending FROM dualwrite_backfill_checkpoint") == "f"
+    code, rep = verify(pg, conf, "telemetry")
+    assert [(json.loads(d["key"]), d["kind"]) for d in rep["differences"]] == \
+        [(keys[5], "extra")], rep
+
+    # Killed mid-run: the batch (keys[299], keys[399]] committed, not re-checked; the run
+    # resumes from keys[399].
+    delete_on_source(350, 351)
+    sql(pg, V2, """DELETE FROM telemetry WHERE (device_id, timestamp) > ('%s', '%s'::timestamptz);
+        UPDATE dualwrite_backfill_checkpoint SET recheck_pending = true, recheck_after = '%s',
+               last_key = '%s', rows_copied = 400, finished_at = NULL""" % (
+        keys[399][0], keys[399][1], json.dumps(keys[299]), json.dumps(keys[399])))
+    out = backfill(pg, conf, "telemetry", "--batch", "100")
+    assert "298 rows in" in out and "2 deleted on the source meanwhile" in out, out
+    assert (target_has(350), target_has(351)) == ("0", "0")
+    code, rep = verify(pg, conf, "telemetry")
+    assert [(json.loads(d["key"]), d["kind"]) for d in rep["differences"]] == \
+        [(keys[5], "extra")], rep
+    assert rep["source_rows"] == 695 and rep["target_rows"] == 696, rep
+
+
+def test_dry_run_shows_readings_decimals_as_stored(pg, tmp_path):
+    """The dry run's mapped rows write a reading's reals as the backfill copies them: 0.7,
+    not 0.69999999999999996."""
+    conf = fresh(pg, tmp_path, telemetry=20)
+    r = dw(pg, "backfill", "-c", conf, "--table", "telemetry", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("  {")]
+    assert [row["metrics"]["t"] for row in rows] == [0.0, 0.7, 1.4, 0.1, 0.8], r.stdout
+    assert '"t":0.7,' in r.stdout or '"t":0.7}' in r.stdout, r.stdout
+    assert "0.69999999999999996" not in r.stdout

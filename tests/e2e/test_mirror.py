@@ -16,6 +16,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -1027,6 +1028,49 @@ def test_iot_users_and_telemetry_batches_mirrored_with_tenant(svc, dw, pg):
         assert row == {"tenant_id": "tenant-b", "device_id": batch[i]["deviceId"],
                        "metrics": batch[i]["data"], "source": "gw" if i % 2 else "migrated",
                        "quality": "GOOD", "ts": batch[i]["timestamp"]}, (i, row)
+
+
+def shipped_iot_tables():
+    """The tables section of the shipped conf/iot-v2.conf, as is (DSNs by dbname: the PG*
+    environment of the cluster points the CLI at it)."""
+    with open(os.path.join(helpers.REPO_ROOT, "conf/iot-v2.conf")) as f:
+        text = f.read()
+    start = text.index("\ntables = (")
+    return text[start:text.index("\n);\n", start) + 4]
+
+
+def test_iot_reading_decimals_reach_v2_unchanged_and_verify_equal(svc, dw, pg):
+    """Readings with decimals (21.3, 0.1: jansson writes 21.300000000000001) mirrored through
+    the shipped routes, one alone and a batch: V2 stores the numbers V1 stored, and `dualwrite
+    verify --table telemetry` finds the tables equal."""
+    d = ml.mirror_daemon(dw, svc["iot-v1"].url, svc["iot-v2"].url,
+                         shipped_iot_routes() + shipped_iot_tables(), target="v2",
+                         tenant={"header": "X-Tenant-ID", "default": "default_tenant_id"})
+    data = {"temperature": 21.3, "humidity": 0.1, "pressure": 1013.25, "n": 3, "ratio": 1.0}
+    r = ml.send_json(d.port, "POST", "/telemetry", {"deviceId": "dev-1", "data": data,
+                                                   "protocol": "mqtt"})
+    assert r.status == 201, r
+    batch = [{"deviceId": "dev-2", "timestamp": "2025-01-01T00:00:0%dZ" % i,
+              "data": {"temperature": 20 + i / 10, "v": 0.1 * i}, "protocol": "http"}
+             for i in range(1, 6)]
+    r = ml.send_json(d.port, "POST", "/telemetry/batch", batch)
+    assert r.status == 201 and r.json() == {"count": 5}, r
+    out = ml.wait_outcomes(d, lambda o: o["result"] == "delivered", 2, 10, "2 delivered")
+    assert sorted(o["route"] for o in out) == ["telemetry-batch", "telemetry-ingest"], out
+
+    r = subprocess.run([ml.cli_binary(), "verify", "-c", d.conf_path, "--table", "telemetry",
+                        "--json"], env=ml._tool_env(pg.env), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode in (0, 1), r.stderr
+    rep = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rep["equal"] is True and rep["source_rows"] == 6 and rep["target_rows"] == 6, rep
+    assert r.returncode == 0
+    q = "SELECT device_id, %s::text FROM %s ORDER BY device_id, timestamp"
+    v1 = pg.sql("iot_v1", q % ("data", "device_data"))
+    v2 = pg.sql("iot_v2", q % ("metrics", "telemetry"))
+    assert v1[0][1] == '{"n": 3, "ratio": 1.0, "humidity": 0.1, "pressure": 1013.25, ' \
+        '"temperature": 21.3}', v1
+    assert v2 == v1
 
 
 # ---------------------------------------------------------------- 12. SIGTERM with mirrors in flight

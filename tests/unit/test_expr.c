@@ -754,7 +754,8 @@ static void test_conversions(void **state)
 	json_t *req = parse("{\"id\": 42, \"big\": 9007199254740993, \"r\": 1.0, \"r2\": 2.5,"
 			    " \"tiny\": 1e-7, \"s\": \"17\", \"sr\": \"-0.5e1\", \"bad\": \"12a\","
 			    " \"ws\": \" 1\", \"b\": false, \"nul\": null, \"o\": {\"k\": [1, \"x\"]},"
-			    " \"huge\": \"1e999\", \"hex\": \"0x10\", \"empty\": \"\"}");
+			    " \"huge\": \"1e999\", \"hex\": \"0x10\", \"empty\": \"\","
+			    " \"t\": 21.3, \"hundred\": 100.0, \"sub\": 5e-324}");
 	struct expr_ctx ctx = { .request = req };
 
 	/* $string */
@@ -763,6 +764,9 @@ static void test_conversions(void **state)
 	check_ctx("\"$string($request.r)\"", &ctx, "\"1\"");
 	check_ctx("\"$string($request.r2)\"", &ctx, "\"2.5\"");
 	check_ctx("\"$string($request.tiny)\"", &ctx, "\"1e-07\"");
+	check_ctx("\"$string($request.t)\"", &ctx, "\"21.3\"");
+	check_ctx("\"$string($request.hundred)\"", &ctx, "\"100\""); /* not "1e+02" */
+	check_ctx("\"$string($request.sub)\"", &ctx, "\"5e-324\"");
 	check_ctx("\"$string($request.s)\"", &ctx, "\"17\"");
 	check_ctx("\"$string($request.b)\"", &ctx, "\"false\"");
 	check_ctx("\"$string($request.nul)\"", &ctx, "null");
@@ -787,6 +791,8 @@ static void test_conversions(void **state)
 	check_ctx("\"$json($request.s)\"", &ctx, "\"\\\"17\\\"\"");
 	check_ctx("\"$json($request.nul)\"", &ctx, "\"null\"");
 	check_ctx("\"$json($request.r)\"", &ctx, "\"1.0\"");
+	/* the mirror body's writer: shortest, not jansson's 21.300000000000001 */
+	check_ctx("\"$json($request.t)\"", &ctx, "\"21.3\"");
 	check_ctx("\"$json($request.none)\"", &ctx, NULL);
 	/* composed with ?? and with each other */
 	check_ctx("\"$number($request.none ?? '3')\"", &ctx, "3");

@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "jsonfast.h"
 #include "pgutil.h"
 
 static const char CKPT_DDL[] =
@@ -243,8 +244,9 @@ static int dry_run(struct pgu_map *m, const struct opts *o, const struct ckpt *c
 		json_t *j = pgu_map_row_json(m, r, i, err);
 		if (!j)
 			goto out;
-		char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
-		printf("  %s\n", s);
+		/* reals as the backfill writes them (21.3, not jansson's 21.300000000000001) */
+		char *s = jsonfast_dumps(j, NULL);
+		printf("  %s\n", s ? s : "(not writable as JSON)");
 		free(s);
 		json_decref(j);
 	}
@@ -368,16 +370,42 @@ static char *recheck_array(const PGresult *r, int col, int n)
 	return b.p;
 }
 
-/* The re-check's source statement on its own session src: of the keys $1 (source key values,
- * which the target key holds, as the checkpoint and verify assume), those the source no
- * longer has. */
+/* "u.k1, u.k2" / "unnest($1::t1[], $2::t2[]) AS u(k1, k2)" / "x.a = u.k1 AND x.b = u.k2":
+ * the pieces of a statement on a set of keys, one array parameter per key column (a
+ * composite key is matched on all its columns). */
+static void keys_unnest(const struct pgu_map *m, char *const *types, struct pgu_buf *b)
+{
+	pgu_buf_puts(b, "unnest(");
+	for (size_t k = 0; k < m->nkey; k++)
+		pgu_buf_printf(b, "%s$%zu::%s[]", k ? ", " : "", k + 1, types[k]);
+	pgu_buf_puts(b, ") AS u(");
+	for (size_t k = 0; k < m->nkey; k++)
+		pgu_buf_printf(b, "%sk%zu", k ? ", " : "", k + 1);
+	pgu_buf_puts(b, ")");
+}
+
+static void keys_match(const struct pgu_map *m, const char *alias, char *const *cols,
+		       struct pgu_buf *b)
+{
+	for (size_t k = 0; k < m->nkey; k++)
+		pgu_buf_printf(b, "%s%s.%s = u.k%zu", k ? " AND " : "", alias, cols[k], k + 1);
+}
+
+/* The re-check's source statement on its own session src: of the keys $1..$nkey (source key
+ * values, which the target key holds, as the checkpoint and verify assume), those the source
+ * no longer has. */
 static int recheck_prepare(struct pgu_map *m, PGconn *src, struct dw_err *err)
 {
 	struct pgu_buf q = {0};
-	pgu_buf_printf(&q, "SELECT u.k FROM unnest($1::%s[]) AS u(k) WHERE NOT EXISTS "
-			   "(SELECT 1 FROM %s s WHERE s.%s = u.k)",
-		       m->src_key_type, m->src_table, m->src_key);
-	PGresult *r = PQprepare(src, "dw_recheck", q.p, 1, NULL);
+	pgu_buf_puts(&q, "SELECT ");
+	for (size_t k = 0; k < m->nkey; k++)
+		pgu_buf_printf(&q, "%su.k%zu", k ? ", " : "", k + 1);
+	pgu_buf_puts(&q, " FROM ");
+	keys_unnest(m, m->src_key_types, &q);
+	pgu_buf_printf(&q, " WHERE NOT EXISTS (SELECT 1 FROM %s s WHERE ", m->src_table);
+	keys_match(m, "s", m->src_keys, &q);
+	pgu_buf_puts(&q, ")");
+	PGresult *r = PQprepare(src, "dw_recheck", q.p, (int)m->nkey, NULL);
 	pgu_buf_free(&q);
 	int rc = 0;
 	if (PQresultStatus(r) != PGRES_COMMAND_OK) {
@@ -389,16 +417,34 @@ static int recheck_prepare(struct pgu_map *m, PGconn *src, struct dw_err *err)
 	return rc;
 }
 
-/* Send the re-check of column 0 of the first n rows of keys without waiting: it runs on the
- * source while the next batch is mapped. 1 when sent, 0 when there is nothing to check. */
-static int recheck_send(PGconn *src, const PGresult *keys, int n, struct dw_err *err)
+/* One array literal per key column: columns [0, nkey) of the first n rows of keys. */
+static char **recheck_arrays(const struct pgu_map *m, const PGresult *keys, int n)
+{
+	char **arr = dw_malloc(m->nkey * sizeof(*arr));
+	for (size_t k = 0; k < m->nkey; k++)
+		arr[k] = recheck_array(keys, (int)k, n);
+	return arr;
+}
+
+static void recheck_arrays_free(const struct pgu_map *m, char **arr)
+{
+	for (size_t k = 0; k < m->nkey; k++)
+		free(arr[k]);
+	free(arr);
+}
+
+/* Send the re-check of the key (columns [0, nkey)) of the first n rows of keys without
+ * waiting: it runs on the source while the next batch is mapped. 1 when sent, 0 when there
+ * is nothing to check. */
+static int recheck_send(struct pgu_map *m, PGconn *src, const PGresult *keys, int n,
+			struct dw_err *err)
 {
 	if (n == 0)
 		return 0;
-	char *arr = recheck_array(keys, 0, n);
-	const char *p[1] = {arr};
-	int ok = PQsendQueryPrepared(src, "dw_recheck", 1, p, NULL, NULL, 0);
-	free(arr);
+	char **arr = recheck_arrays(m, keys, n);
+	int ok = PQsendQueryPrepared(src, "dw_recheck", (int)m->nkey, (const char *const *)arr,
+				     NULL, NULL, 0);
+	recheck_arrays_free(m, arr);
 	if (!ok) {
 		dw_err_set(err, "source: re-check: %.*s", (int)strcspn(PQerrorMessage(src), "\n"),
 			   PQerrorMessage(src));
@@ -423,14 +469,16 @@ static int recheck_collect(struct pgu_map *m, PGconn *src, long long *removed,
 		PQclear(gone);
 		return 0;
 	}
-	char *arr = recheck_array(gone, 0, ng);
+	char **arr = recheck_arrays(m, gone, ng);
 	PQclear(gone);
-	const char *p[1] = {arr};
 	struct pgu_buf q = {0};
-	pgu_buf_printf(&q, "DELETE FROM %s WHERE %s = ANY($1::%s[])", m->tgt_table, m->tgt_key,
-		       m->tgt_key_type);
-	PGresult *r = pgu_exec(m->tgt, q.p, 1, p, PGRES_COMMAND_OK, err);
-	free(arr);
+	pgu_buf_printf(&q, "DELETE FROM %s t USING ", m->tgt_table);
+	keys_unnest(m, m->tgt_key_types, &q);
+	pgu_buf_puts(&q, " WHERE ");
+	keys_match(m, "t", m->tgt_keys, &q);
+	PGresult *r = pgu_exec(m->tgt, q.p, (int)m->nkey, (const char *const *)arr,
+			       PGRES_COMMAND_OK, err);
+	recheck_arrays_free(m, arr);
 	pgu_buf_free(&q);
 	if (!r) {
 		dw_err_prefix(err, "deleting rows the source no longer has");
@@ -445,7 +493,7 @@ static int recheck_collect(struct pgu_map *m, PGconn *src, long long *removed,
 static int recheck_keys(struct pgu_map *m, PGconn *src, const PGresult *keys, int n,
 			long long *removed, struct dw_err *err)
 {
-	int sent = recheck_send(src, keys, n, err);
+	int sent = recheck_send(m, src, keys, n, err);
 	return sent <= 0 ? sent : recheck_collect(m, src, removed, err);
 }
 
@@ -462,7 +510,8 @@ static int recheck_pending_clear(struct pgu_map *m, struct dw_err *err)
 }
 
 /* The pending re-check a killed run left (its last batch committed, not re-checked): the
- * target's keys in (recheck_after, last_key] are re-checked against the source. The range is
+ * target's keys in (recheck_after, last_key] are re-checked against the source, all columns of
+ * a composite key (row comparison, the order the keyset pagination reads). The range is
  * read on the target, in the target's key order (the same order as the source's for the
  * integer keys of the seeds; text keys under differing collations may be re-checked only in
  * part, which verify would report). Then the flag is cleared. No-op when nothing is pending. */
@@ -484,17 +533,45 @@ static int recheck_pending(struct pgu_map *m, PGconn *src, long long *removed,
 	char *after = PQgetisnull(r, 0, 0) ? NULL : dw_strdup(PQgetvalue(r, 0, 0));
 	char *last = dw_strdup(PQgetvalue(r, 0, 1));
 	PQclear(r);
-	struct pgu_buf q = {0};
-	pgu_buf_printf(&q, "SELECT t.%s::text FROM %s t WHERE t.%s <= $1::%s", m->tgt_key,
-		       m->tgt_table, m->tgt_key, m->tgt_key_type);
-	if (after)
-		pgu_buf_printf(&q, " AND t.%s > $2::%s", m->tgt_key, m->tgt_key_type);
-	const char *kp[2] = {last, after};
-	r = pgu_exec(m->tgt, q.p, after ? 2 : 1, kp, PGRES_TUPLES_OK, err);
+	r = NULL;
+	/* The checkpoints' values, split per key column (a composite key's are a JSON array):
+	 * params [0, nkey) for last_key, [nkey, 2 nkey) for recheck_after. */
+	char **kp = dw_calloc(2 * m->nkey, sizeof(*kp));
+	int rc = -1;
+	if (pgu_key_split(m, last, kp, err) < 0 ||
+	    (after && pgu_key_split(m, after, kp + m->nkey, err) < 0)) {
+		dw_err_prefix(err, "the pending re-check's range");
+		goto out;
+	}
+	/* Row comparisons: (t.a, t.b) <= (x, y) orders as the keyset pagination does. */
+	struct pgu_buf cols = {0}, q = {0};
+	for (size_t k = 0; k < m->nkey; k++)
+		pgu_buf_printf(&cols, "%st.%s", k ? ", " : "", m->tgt_keys[k]);
+	pgu_buf_puts(&q, "SELECT ");
+	for (size_t k = 0; k < m->nkey; k++)
+		pgu_buf_printf(&q, "%st.%s::text", k ? ", " : "", m->tgt_keys[k]);
+	pgu_buf_printf(&q, " FROM %s t WHERE (%s) <= (", m->tgt_table, cols.p);
+	for (size_t k = 0; k < m->nkey; k++)
+		pgu_buf_printf(&q, "%s$%zu::%s", k ? ", " : "", k + 1, m->tgt_key_types[k]);
+	pgu_buf_puts(&q, ")");
+	if (after) {
+		pgu_buf_printf(&q, " AND (%s) > (", cols.p);
+		for (size_t k = 0; k < m->nkey; k++)
+			pgu_buf_printf(&q, "%s$%zu::%s", k ? ", " : "", m->nkey + k + 1,
+				       m->tgt_key_types[k]);
+		pgu_buf_puts(&q, ")");
+	}
+	r = pgu_exec(m->tgt, q.p, (int)(after ? 2 * m->nkey : m->nkey), (const char *const *)kp,
+		     PGRES_TUPLES_OK, err);
+	pgu_buf_free(&cols);
 	pgu_buf_free(&q);
-	int rc = r && recheck_keys(m, src, r, PQntuples(r), removed, err) == 0 ?
-			 recheck_pending_clear(m, err) : -1;
+	rc = r && recheck_keys(m, src, r, PQntuples(r), removed, err) == 0 ?
+		     recheck_pending_clear(m, err) : -1;
+out:
 	PQclear(r);
+	for (size_t k = 0; k < 2 * m->nkey; k++)
+		free(kp[k]);
+	free(kp);
 	free(after);
 	free(last);
 	return rc;
@@ -588,7 +665,7 @@ static int run(struct pgu_map *m, const struct opts *o, struct ckpt *ck, struct 
 		if ((rechecking && recheck_collect(m, rsrc, &removed, err) < 0) ||
 		    write_batch(m, o, &copy, last, next_last ? next_last : last, n, final, first,
 				&ins, err) < 0 ||
-		    (rechecking = recheck_send(rsrc, r, (int)n, err)) < 0) {
+		    (rechecking = recheck_send(m, rsrc, r, (int)n, err)) < 0) {
 			free(next_last);
 			goto out;
 		}

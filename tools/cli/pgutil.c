@@ -469,8 +469,9 @@ static int tr_setting(struct tr *t, const config_setting_t *s, bool nested, bool
 	case CONFIG_TYPE_INT64:
 		snprintf(num, sizeof(num), "%lld", config_setting_get_int64(s));
 		break;
-	case CONFIG_TYPE_FLOAT:
-		snprintf(num, sizeof(num), "%.17g", config_setting_get_float(s));
+	case CONFIG_TYPE_FLOAT: /* as the mirror's engine writes the literal */
+		if (jsonfast_real(config_setting_get_float(s), nested, num) < 0)
+			snprintf(num, sizeof(num), "%s", "null");
 		break;
 	case CONFIG_TYPE_BOOL:
 		snprintf(num, sizeof(num), "%s", config_setting_get_bool(s) ? "true" : "false");
@@ -893,20 +894,16 @@ char *pgu_source_select(const struct pgu_map *m, const char *tail)
 
 /* ---- mapping rows ---- */
 
-/* A real in the shortest form that reads back the same, keeping ".0" on an
- * integral value as JSON text of a real does: 0.1 stays 0.1 (jansson's
- * "%.17g" would write 0.10000000000000001, a different jsonb number). */
+/* A real in the shortest form that reads back the same, as the mirror writes
+ * it (jsonfast_real): 0.1 stays 0.1 (jansson's "%.17g" would write
+ * 0.10000000000000001, a different jsonb number); in a document with ".0" on
+ * an integral value as JSON text of a real has. */
 static void real_text(double d, bool in_doc, struct pgu_buf *b)
 {
-	char tmp[40];
-	for (int prec = 15; prec <= 17; prec++) {
-		snprintf(tmp, sizeof(tmp), "%.*g", prec, d);
-		if (strtod(tmp, NULL) == d)
-			break;
-	}
+	char tmp[JSONFAST_REAL_MAX];
+	if (jsonfast_real(d, in_doc, tmp) < 0)
+		snprintf(tmp, sizeof(tmp), "%s", "null"); /* json_real() refuses inf and nan */
 	pgu_buf_puts(b, tmp);
-	if (in_doc && !strpbrk(tmp, ".eEni"))
-		pgu_buf_puts(b, ".0");
 }
 
 static void json_text(const json_t *v, struct pgu_buf *b);

@@ -22,6 +22,12 @@
 
 #define TS(c) "to_char(" c " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 
+/* A reading's JSON member (data, metrics) as PostgreSQL reads it from the request body BODY,
+ * null when absent or null: its numbers are stored as they were sent (21.3 stays 21.3, as a
+ * service that hands the body to jsonb keeps it), like a batch's (jsonb_to_recordset), not
+ * as jansson would write them back (21.300000000000001). */
+#define READING_DATA(body, member) "NULLIF((" body "::jsonb) -> '" member "', 'null'::jsonb)"
+
 #define EQUIPMENT_JSON                                                                          \
 	"json_build_object('id', id, 'user_id', user_id, 'name', name, 'type', type,"           \
 	" 'brand', brand, 'created_at', " TS("created_at") ")"
@@ -499,13 +505,14 @@ static void v1_reading(struct svc *s, struct call *c, struct reply *r)
 		return;
 	p[0] = call_text(c, "deviceId");
 	p[1] = call_text(c, "timestamp");
-	p[2] = call_json(c, "data");
+	p[2] = c->body; /* data: READING_DATA */
 	p[3] = call_text(c, "protocol");
 	p[4] = call_text(c, "source");
 	reply_row(s, r,
 		  demo_query(s,
 			     "INSERT INTO device_data (device_id, timestamp, data, protocol, source)"
-			     " VALUES ($1, coalesce($2::timestamptz, now()), $3::jsonb, $4, $5)"
+			     " VALUES ($1, coalesce($2::timestamptz, now()), " READING_DATA("$3", "data")
+			     ", $4, $5)"
 			     " RETURNING " V1_READING_JSON "::text",
 			     5, p),
 		  201, "store reading", "");
@@ -843,14 +850,15 @@ static void v2_reading(struct svc *s, struct call *c, struct reply *r)
 		return;
 	p[1] = call_text(c, "deviceId");
 	p[2] = call_text(c, "timestamp");
-	p[3] = call_json(c, "metrics");
+	p[3] = c->body; /* metrics: READING_DATA */
 	p[4] = call_text(c, "protocol");
 	p[5] = call_text(c, "source");
 	p[6] = call_text(c, "quality");
 	PGresult *res = demo_query(s,
 				   "INSERT INTO telemetry (tenant_id, device_id, timestamp, metrics,"
-				   " protocol, source, quality) VALUES ($1, $2, $3::timestamptz,"
-				   " $4::jsonb, $5, $6, $7) ON CONFLICT (device_id, timestamp) DO NOTHING",
+				   " protocol, source, quality) VALUES ($1, $2, $3::timestamptz, "
+				   READING_DATA("$4", "metrics") ", $5, $6, $7)"
+				   " ON CONFLICT (device_id, timestamp) DO NOTHING",
 				   7, p);
 	if (!demo_res_ok(res)) {
 		reply_db_error(r, s, res, "store reading");
