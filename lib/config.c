@@ -807,16 +807,16 @@ static const char *match_path(const char *match)
 static void load_mirror(struct loader *L, struct dw_route *r, const config_setting_t *ms,
 			const char *rprefix)
 {
-	static const char *const keys[] = { "upstream", "method",  "path",	"key",
-					    "body",	"base",	   "drop",	"delivered",
-					    "retry",	"permanent", NULL };
+	static const char *const keys[] = { "upstream", "method", "path",      "key",
+					    "each",     "body",   "base",      "drop",
+					    "delivered", "retry", "permanent", NULL };
 	struct dw_config *c = L->c;
 	struct dw_mirror *m;
 	char prefix[WHERE_MAX], w[WHERE_MAX];
 	const char *names[ROUTE_MAX_PARAMS];
 	struct expr_opts o = { .allowed = EXPR_SRC_HTTP, .check_path = true, .path_names = names };
 	struct dw_err err = { { 0 } };
-	const config_setting_t *base, *drop, *body, *key;
+	const config_setting_t *key;
 	const char *s;
 
 	wfmt(prefix, sizeof(prefix), "%s: mirror", rprefix);
@@ -897,24 +897,9 @@ static void load_mirror(struct loader *L, struct dw_route *r, const config_setti
 		}
 	}
 
-	base = config_setting_get_member(ms, "base");
-	drop = config_setting_get_member(ms, "drop");
-	body = config_setting_get_member(ms, "body");
-	if (drop && !base) {
-		lerr(L, sline(drop), (wjoin(w, sizeof(w), prefix, "drop"), w),
-		     "\"drop\" needs a \"base\" to drop from");
-	} else if (base) {
-		m->body = expr_compile_document_opts(base, drop, body, &o, &err);
-		if (!m->body)
-			lerr(L, o.line ? o.line : sline(ms), rprefix, "mirror.%s", err.msg);
-	} else if (body) {
-		if (config_setting_is_group(body))
-			m->body = expr_compile_document_opts(NULL, NULL, body, &o, &err);
-		else
-			m->body = expr_compile_opts(body, &o, &err);
-		if (!m->body)
-			lerr(L, o.line ? o.line : sline(body), rprefix, "mirror.%s", err.msg);
-	}
+	/* each/base/drop/body: the mirrored document (none: no body) */
+	if (expr_compile_mapping(ms, &o, &m->body, &err) < 0)
+		lerr(L, o.line ? o.line : sline(ms), rprefix, "mirror.%s", err.msg);
 
 	load_classes(L, ms, prefix, m);
 	m->sources = expr_sources(m->key) | expr_sources(m->body) | tmpl_sources(m->path);

@@ -22,9 +22,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum node_kind { N_LIT, N_REF, N_OBJ, N_ARR, N_DOC };
+/*
+ * N_COALESCE: items, the first present and not null; N_FUNC: a conversion
+ * (fn) of items[0]; N_CAT: an interpolated string, items are string literals
+ * and expressions; N_EACH: base is the list, body the element's mapping.
+ */
+enum node_kind { N_LIT, N_REF, N_OBJ, N_ARR, N_DOC, N_COALESCE, N_FUNC, N_CAT, N_EACH };
 
-enum ref_src { R_REQUEST, R_RESPONSE, R_PATH, R_QUERY, R_HEADER, R_TENANT, R_NOW, R_ROW };
+enum ref_src { R_REQUEST, R_RESPONSE, R_PATH, R_QUERY, R_HEADER, R_TENANT, R_NOW, R_ROW, R_ITEM };
+
+enum func { F_STRING, F_NUMBER, F_JSON };
+
+static const char *const func_names[] = { "string", "number", "json" };
 
 static const struct {
 	const char *name;
@@ -35,6 +44,7 @@ static const struct {
 	{ "path", R_PATH, EXPR_SRC_PATH },	    { "query", R_QUERY, EXPR_SRC_QUERY },
 	{ "header", R_HEADER, EXPR_SRC_HEADER },    { "tenant", R_TENANT, EXPR_SRC_TENANT },
 	{ "now", R_NOW, EXPR_SRC_NOW },		    { "row", R_ROW, EXPR_SRC_ROW },
+	{ "item", R_ITEM, EXPR_SRC_ITEM },
 };
 
 struct expr {
@@ -45,6 +55,7 @@ struct expr {
 	/* N_REF: the source and, for documents, the path into it; for
 	 * $path/$query/$header the single name is comp[0]. */
 	enum ref_src src;
+	enum func fn; /* N_FUNC */
 	char *text; /* as written, for messages */
 	char **comp;
 	size_t ncomp;
@@ -167,9 +178,16 @@ static struct expr *compile_ref(const char *s, const struct expr_opts *o, struct
 	if (k == DW_ARRAY_LEN(ref_sources)) {
 		dw_err_set(err,
 			   "bad expression \"%s\": unknown source \"$%.*s\" (known: $request, "
-			   "$response, $path, $query, $header, $tenant, $now, $row; \"$$\" for a "
-			   "literal \"$\")",
+			   "$response, $path, $query, $header, $tenant, $now, $row, $item; \"$$\" "
+			   "for a literal \"$\")",
 			   s, (int)nlen, name);
+		return NULL;
+	}
+	if (ref_sources[k].src == R_ITEM && !(o->allowed & EXPR_SRC_ITEM)) {
+		dw_err_set(err,
+			   "bad expression \"%s\": $item is only available in the body of an "
+			   "\"each\" mapping",
+			   s);
 		return NULL;
 	}
 	if (!(o->allowed & ref_sources[k].bit)) {
@@ -185,6 +203,7 @@ static struct expr *compile_ref(const char *s, const struct expr_opts *o, struct
 	case R_REQUEST:
 	case R_RESPONSE:
 	case R_ROW:
+	case R_ITEM:
 		while (dot) {
 			const char *c = dot + 1, *next = strchr(c, '.');
 			size_t clen = next ? (size_t)(next - c) : strlen(c);
@@ -245,18 +264,392 @@ fail:
 	return NULL;
 }
 
-static struct expr *compile_string(const char *s, const struct expr_opts *o, struct dw_err *err)
+/*
+ * The operator grammar, inside a string that starts with "$" (and inside
+ * "${...}" in any other string):
+ *
+ *   expr    := operand ( "??" operand )*
+ *   operand := "$" source[.field...]         a reference (compile_ref)
+ *            | "$" name "(" expr ")"          a conversion: string, number, json
+ *            | "'" text "'"                   quoted text; '' is one quote
+ *            | number | true | false | null   JSON literals
+ *            | {} | []                        an empty object, an empty list
+ *
+ * A reference ends at white space or at one of , ( ) { } ' and "??". The
+ * parser never backtracks; every error names the whole string.
+ */
+struct parser {
+	const char *whole; /* the string, for messages */
+	const char *p;
+	struct expr_opts *o;
+	struct dw_err *err;
+};
+
+static bool ref_end(const char *p)
+{
+	return !*p || strchr(" \t\r\n,(){}'", *p) || (p[0] == '?' && p[1] == '?');
+}
+
+static void skip_ws(struct parser *ps)
+{
+	while (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\r' || *ps->p == '\n')
+		ps->p++;
+}
+
+static void *parse_fail(struct parser *ps, const char *why)
+{
+	size_t at = (size_t)(ps->p - ps->whole);
+
+	dw_err_set(ps->err, "bad expression \"%s\": %s at offset %zu", ps->whole, why, at);
+	return NULL;
+}
+
+static struct expr *parse_expr(struct parser *ps, int depth);
+
+static struct expr *parse_quoted(struct parser *ps)
+{
+	char *buf = dw_malloc(strlen(ps->p) + 1), *q = buf;
+	json_t *v;
+
+	ps->p++;
+	for (;;) {
+		if (!*ps->p) {
+			free(buf);
+			return parse_fail(ps, "unterminated 'quoted text'");
+		}
+		if (*ps->p == '\'') {
+			if (ps->p[1] != '\'')
+				break;
+			ps->p++;
+		}
+		*q++ = *ps->p++;
+	}
+	ps->p++;
+	v = json_stringn(buf, (size_t)(q - buf));
+	free(buf);
+	if (!v)
+		return parse_fail(ps, "quoted text is not valid UTF-8");
+	return lit_new(v);
+}
+
+/* A JSON number, strictly: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? ;
+ * integers that do not fit are reals. Returns NULL on anything else. */
+static json_t *number_value(const char *s, size_t len)
+{
+	size_t i = 0;
+	bool integer = true;
+	char buf[64];
+	double d;
+
+	if (len == 0 || len >= sizeof(buf))
+		return NULL;
+	if (s[i] == '-')
+		i++;
+	if (i == len || s[i] < '0' || s[i] > '9')
+		return NULL;
+	if (s[i] == '0')
+		i++;
+	else
+		while (i < len && s[i] >= '0' && s[i] <= '9')
+			i++;
+	if (i < len && s[i] == '.') {
+		integer = false;
+		if (++i == len || s[i] < '0' || s[i] > '9')
+			return NULL;
+		while (i < len && s[i] >= '0' && s[i] <= '9')
+			i++;
+	}
+	if (i < len && (s[i] == 'e' || s[i] == 'E')) {
+		integer = false;
+		if (++i < len && (s[i] == '+' || s[i] == '-'))
+			i++;
+		if (i == len || s[i] < '0' || s[i] > '9')
+			return NULL;
+		while (i < len && s[i] >= '0' && s[i] <= '9')
+			i++;
+	}
+	if (i != len)
+		return NULL;
+	memcpy(buf, s, len);
+	buf[len] = '\0';
+	errno = 0;
+	if (integer) {
+		long long ll = strtoll(buf, NULL, 10);
+		if (errno == 0)
+			return json_integer(ll);
+		errno = 0;
+	}
+	d = strtod(buf, NULL);
+	if (errno == ERANGE && (d > 1 || d < -1))
+		return NULL; /* out of range: not a finite number */
+	return json_real(d);
+}
+
+static struct expr *parse_func(struct parser *ps, const char *name, size_t nlen, int depth)
+{
+	struct expr *e, *arg;
+	size_t k;
+
+	for (k = 0; k < DW_ARRAY_LEN(func_names); k++)
+		if (strlen(func_names[k]) == nlen && memcmp(func_names[k], name, nlen) == 0)
+			break;
+	if (k == DW_ARRAY_LEN(func_names)) {
+		dw_err_set(ps->err,
+			   "bad expression \"%s\": unknown operator \"$%.*s(...)\" (known: "
+			   "$string, $number, $json)",
+			   ps->whole, (int)nlen, name);
+		return NULL;
+	}
+	ps->p++; /* '(' */
+	arg = parse_expr(ps, depth + 1);
+	if (!arg)
+		return NULL;
+	skip_ws(ps);
+	if (*ps->p != ')') {
+		expr_free(arg);
+		return parse_fail(ps, *ps->p == ',' ? "an operator takes one value"
+						    : "expected ')'");
+	}
+	ps->p++;
+	e = node_new(N_FUNC);
+	e->fn = (enum func)k;
+	e->text = dw_strndup(name, nlen);
+	e->n = 1;
+	e->items = dw_calloc(1, sizeof(struct expr *));
+	e->items[0] = arg;
+	e->sources = arg->sources;
+	return e;
+}
+
+static struct expr *parse_operand(struct parser *ps, int depth)
+{
+	const char *start;
+	size_t len;
+
+	skip_ws(ps);
+	start = ps->p;
+	if (*ps->p == '\'')
+		return parse_quoted(ps);
+	if (ps->p[0] == '{' && ps->p[1] == '}') {
+		ps->p += 2;
+		return lit_new(json_object());
+	}
+	if (ps->p[0] == '[' && ps->p[1] == ']') {
+		ps->p += 2;
+		return lit_new(json_array());
+	}
+	if (*ps->p == '$') {
+		struct expr *e;
+		char *tok;
+		size_t nlen = 0;
+		while (ps->p[1 + nlen] == '_' || (ps->p[1 + nlen] >= 'a' && ps->p[1 + nlen] <= 'z') ||
+		       (ps->p[1 + nlen] >= 'A' && ps->p[1 + nlen] <= 'Z') ||
+		       (nlen > 0 && ps->p[1 + nlen] >= '0' && ps->p[1 + nlen] <= '9'))
+			nlen++;
+		if (ps->p[1 + nlen] == '(') {
+			ps->p += 1 + nlen;
+			return parse_func(ps, start + 1, nlen, depth);
+		}
+		while (!ref_end(ps->p))
+			ps->p++;
+		tok = dw_strndup(start, (size_t)(ps->p - start));
+		e = compile_ref(tok, ps->o, ps->err);
+		free(tok);
+		return e;
+	}
+	while (!ref_end(ps->p))
+		ps->p++;
+	len = (size_t)(ps->p - start);
+	if (len == 4 && memcmp(start, "true", 4) == 0)
+		return lit_new(json_true());
+	if (len == 5 && memcmp(start, "false", 5) == 0)
+		return lit_new(json_false());
+	if (len == 4 && memcmp(start, "null", 4) == 0)
+		return lit_new(json_null());
+	if (len > 0) {
+		json_t *v = number_value(start, len);
+		if (v)
+			return lit_new(v);
+	}
+	ps->p = start;
+	return parse_fail(ps, "expected a $reference, $operator(...), 'quoted text', a number, "
+			      "true, false, null, {} or []");
+}
+
+static struct expr *parse_expr(struct parser *ps, int depth)
+{
+	struct expr *first, *c;
+
+	if (depth > 32)
+		return parse_fail(ps, "nested too deeply");
+	first = parse_operand(ps, depth);
+	if (!first)
+		return NULL;
+	skip_ws(ps);
+	if (!(ps->p[0] == '?' && ps->p[1] == '?'))
+		return first;
+	c = node_new(N_COALESCE);
+	c->items = dw_calloc(1, sizeof(struct expr *));
+	c->items[c->n++] = first;
+	c->sources = first->sources;
+	while (ps->p[0] == '?' && ps->p[1] == '?') {
+		struct expr *next;
+		ps->p += 2;
+		next = parse_operand(ps, depth);
+		if (!next) {
+			expr_free(c);
+			return NULL;
+		}
+		c->items = dw_realloc(c->items, (c->n + 1) * sizeof(struct expr *));
+		c->items[c->n++] = next;
+		c->sources |= next->sources;
+		skip_ws(ps);
+	}
+	return c;
+}
+
+static int eval_node(const struct expr *e, const struct expr_ctx *ctx, json_t **out,
+		     struct dw_err *err);
+
+/* Conversions whose operand is a literal are done once, here: a bad one
+ * ($number('abc')) is then a configuration error. */
+static struct expr *fold_constants(struct expr *e, struct parser *ps)
+{
+	static const struct expr_ctx none;
+	json_t *v = NULL;
+
+	if (e->kind == N_FUNC) {
+		e->items[0] = fold_constants(e->items[0], ps);
+		if (!e->items[0]) {
+			expr_free(e);
+			return NULL;
+		}
+		if (e->items[0]->kind != N_LIT)
+			return e;
+		if (eval_node(e, &none, &v, ps->err) != EXPR_OK) {
+			dw_err_prefix(ps->err, "bad expression \"%s\"", ps->whole);
+			expr_free(e);
+			return NULL;
+		}
+		expr_free(e);
+		return lit_new(v);
+	}
+	for (size_t i = 0; e->kind == N_COALESCE && i < e->n; i++) {
+		e->items[i] = fold_constants(e->items[i], ps);
+		if (!e->items[i]) {
+			expr_free(e);
+			return NULL;
+		}
+	}
+	return e;
+}
+
+static struct expr *parse_whole(const char *s, struct expr_opts *o, struct dw_err *err)
+{
+	struct parser ps = { .whole = s, .p = s, .o = o, .err = err };
+	struct expr *e = parse_expr(&ps, 0);
+
+	if (!e)
+		return NULL;
+	skip_ws(&ps);
+	if (*ps.p) {
+		expr_free(e);
+		return parse_fail(&ps, ps.p[0] == '?' ? "expected \"??\"" : "unexpected text");
+	}
+	if (e->kind == N_FUNC || e->kind == N_COALESCE)
+		e = fold_constants(e, &ps);
+	return e;
+}
+
+static void cat_add(struct expr *c, struct expr *part)
+{
+	c->items = dw_realloc(c->items, (c->n + 1) * sizeof(struct expr *));
+	c->items[c->n++] = part;
+	c->sources |= part->sources;
+}
+
+/* Literal text in an interpolated string, as a string literal node. */
+static bool cat_lit(struct expr *c, const char *s, size_t len, struct dw_err *err)
 {
 	json_t *v;
 
-	if (s[0] == '$' && s[1] != '$')
-		return compile_ref(s, o, err);
-	v = json_string(s[0] == '$' ? s + 1 : s);
+	if (len == 0)
+		return true;
+	v = json_stringn(s, len);
 	if (!v) {
 		dw_err_set(err, "not valid UTF-8");
-		return NULL;
+		return false;
 	}
-	return lit_new(v);
+	cat_add(c, lit_new(v));
+	return true;
+}
+
+/* A string that is not an expression: literal text, "${expr}" placeholders
+ * and "$${" for a literal "${". s is whole, or whole + 2 after a leading
+ * "$$" (a literal "$"). */
+static struct expr *compile_text(const char *whole, const char *s, struct expr_opts *o,
+				 struct dw_err *err)
+{
+	struct expr *c;
+	const char *p = s, *lit = s;
+
+	if (!strstr(s, "${")) {
+		json_t *v = json_string(s != whole ? whole + 1 : whole);
+		if (!v) {
+			dw_err_set(err, "not valid UTF-8");
+			return NULL;
+		}
+		return lit_new(v);
+	}
+	c = node_new(N_CAT);
+	c->items = dw_calloc(1, sizeof(struct expr *));
+	if (s != whole && !cat_lit(c, "$", 1, err))
+		goto fail;
+	while ((p = strstr(p, "${"))) {
+		if (p > s && p[-1] == '$' && p - 1 >= lit) {
+			/* "$${": a literal "${" */
+			if (!cat_lit(c, lit, (size_t)(p - 1 - lit), err) || !cat_lit(c, "${", 2, err))
+				goto fail;
+			lit = p = p + 2;
+			continue;
+		}
+		if (!cat_lit(c, lit, (size_t)(p - lit), err))
+			goto fail;
+		struct parser ps = { .whole = whole, .p = p + 2, .o = o, .err = err };
+		skip_ws(&ps);
+		if (*ps.p == '}') {
+			dw_err_set(err, "bad expression \"%s\": empty \"${}\"", whole);
+			goto fail;
+		}
+		struct expr *e = parse_expr(&ps, 0);
+		if (!e)
+			goto fail;
+		skip_ws(&ps);
+		if (*ps.p != '}') {
+			expr_free(e);
+			parse_fail(&ps, *ps.p ? "expected '}'" : "unclosed \"${\"");
+			goto fail;
+		}
+		if (e->kind == N_FUNC || e->kind == N_COALESCE)
+			e = fold_constants(e, &ps);
+		if (!e)
+			goto fail;
+		cat_add(c, e);
+		lit = p = ps.p + 1;
+	}
+	if (!cat_lit(c, lit, strlen(lit), err))
+		goto fail;
+	return c;
+fail:
+	expr_free(c);
+	return NULL;
+}
+
+static struct expr *compile_string(const char *s, struct expr_opts *o, struct dw_err *err)
+{
+	if (s[0] == '$' && s[1] != '$' && s[1] != '{')
+		return parse_whole(s, o, err);
+	return compile_text(s, s[0] == '$' && s[1] == '$' ? s + 2 : s, o, err);
 }
 
 /* where: this setting's path relative to the compiled root, for messages. */
@@ -372,11 +765,11 @@ struct expr *expr_compile_document_opts(const config_setting_t *base,
 			}
 			if (d->base->kind != N_REF ||
 			    !(d->base->src == R_REQUEST || d->base->src == R_RESPONSE ||
-			      d->base->src == R_ROW)) {
+			      d->base->src == R_ROW || d->base->src == R_ITEM)) {
 				o->line = config_setting_source_line(base);
 				dw_err_set(err,
-					   "base: \"%s\" is not a document (use $request, $response "
-					   "or a group)",
+					   "base: \"%s\" is not a document (use $request, $response, "
+					   "$item or a group)",
 					   b);
 				goto fail;
 			}
@@ -439,7 +832,92 @@ struct expr *expr_compile_document(const config_setting_t *base, const config_se
 	return e;
 }
 
+
+/* The element (or the whole) document of a mapping from base/drop/body. */
+static struct expr *compile_body(const config_setting_t *base, const config_setting_t *drop,
+				 const config_setting_t *body, struct expr_opts *o,
+				 struct dw_err *err)
+{
+	if (base || drop || (body && config_setting_is_group(body)))
+		return expr_compile_document_opts(base, drop, body, o, err);
+	return expr_compile_opts(body, o, err);
+}
+
+int expr_compile_mapping(const config_setting_t *g, struct expr_opts *o, struct expr **out,
+			 struct dw_err *err)
+{
+	const config_setting_t *each = config_setting_get_member(g, "each");
+	const config_setting_t *base = config_setting_get_member(g, "base");
+	const config_setting_t *drop = config_setting_get_member(g, "drop");
+	const config_setting_t *body = config_setting_get_member(g, "body");
+	unsigned allowed = o->allowed;
+	struct expr *src, *elem, *e;
+
+	*out = NULL;
+	o->line = 0;
+	if (!each) {
+		if (!base && !drop && !body)
+			return 0;
+		*out = compile_body(base, drop, body, o, err);
+		return *out ? 0 : -1;
+	}
+	o->line = config_setting_source_line(each);
+	if (config_setting_type(each) != CONFIG_TYPE_STRING) {
+		dw_err_set(err, "each: must be an expression giving a list, e.g. \"$request.items\"");
+		return -1;
+	}
+	o->allowed &= ~(unsigned)EXPR_SRC_ITEM; /* no nested each: $item is one element */
+	src = compile_string(config_setting_get_string(each), o, err);
+	o->allowed = allowed;
+	if (!src) {
+		o->line = config_setting_source_line(each);
+		dw_err_prefix(err, "each");
+		return -1;
+	}
+	if (src->kind == N_LIT || src->kind == N_CAT || src->kind == N_FUNC) {
+		expr_free(src);
+		o->line = config_setting_source_line(each);
+		dw_err_set(err, "each: \"%s\" cannot be a list (use a reference, e.g. "
+				"\"$request.items\")",
+			   config_setting_get_string(each));
+		return -1;
+	}
+	if (!base && !drop && !body) {
+		expr_free(src);
+		o->line = config_setting_source_line(each);
+		dw_err_set(err, "each: needs a body (or a base) to map each element with");
+		return -1;
+	}
+	o->allowed = allowed | EXPR_SRC_ITEM;
+	elem = compile_body(base, drop, body, o, err);
+	o->allowed = allowed;
+	if (!elem) {
+		expr_free(src);
+		return -1;
+	}
+	e = node_new(N_EACH);
+	e->text = dw_strdup(config_setting_get_string(each));
+	e->base = src;
+	e->body = elem;
+	e->sources = (src->sources | elem->sources) & ~(unsigned)EXPR_SRC_ITEM;
+	*out = e;
+	return 0;
+}
+
 /* ---------------------------------------------------------------- evaluating */
+
+static char *real_string(double d)
+{
+	char buf[64];
+
+	for (int prec = 1; prec <= 17; prec++) {
+		snprintf(buf, sizeof(buf), "%.*g", prec, d);
+		if (strtod(buf, NULL) == d)
+			break;
+	}
+	return dw_strdup(buf);
+}
+
 
 static int hexval(unsigned char c)
 {
@@ -548,6 +1026,9 @@ static int eval_ref(const struct expr *e, const struct expr_ctx *ctx, json_t **o
 	case R_ROW:
 		doc = ctx->row;
 		break;
+	case R_ITEM:
+		doc = ctx->item;
+		break;
 	case R_PATH:
 		for (size_t i = 0; i < ctx->npath; i++)
 			if (ctx->path_names[i] && strcmp(ctx->path_names[i], e->comp[0]) == 0)
@@ -627,6 +1108,232 @@ static int merge_into(json_t *obj, const struct expr *body, const struct expr_ct
 	return EXPR_OK;
 }
 
+static const char *type_name(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT:
+		return "an object";
+	case JSON_ARRAY:
+		return "a list";
+	case JSON_STRING:
+		return "a string";
+	case JSON_INTEGER:
+	case JSON_REAL:
+		return "a number";
+	case JSON_TRUE:
+	case JSON_FALSE:
+		return "a boolean";
+	default:
+		return "null";
+	}
+}
+
+/* A scalar's text: strings as they are, integers in decimal, reals in the
+ * shortest form that reads back the same (1.0 -> "1", 0.1 -> "0.1"),
+ * booleans as true/false. NULL for null, objects and lists. */
+static char *scalar_text(const json_t *v, size_t *len)
+{
+	char buf[32], *out;
+
+	switch (json_typeof(v)) {
+	case JSON_STRING:
+		*len = json_string_length(v);
+		out = dw_malloc(*len + 1);
+		memcpy(out, json_string_value(v), *len + 1);
+		return out;
+	case JSON_INTEGER:
+		snprintf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+		out = dw_strdup(buf);
+		break;
+	case JSON_REAL:
+		out = real_string(json_real_value(v));
+		break;
+	case JSON_TRUE:
+		out = dw_strdup("true");
+		break;
+	case JSON_FALSE:
+		out = dw_strdup("false");
+		break;
+	default:
+		return NULL;
+	}
+	*len = strlen(out);
+	return out;
+}
+
+static int eval_func(const struct expr *e, const struct expr_ctx *ctx, json_t **out,
+		     struct dw_err *err)
+{
+	json_t *v = NULL;
+	int rc = eval_node(e->items[0], ctx, &v, err);
+	char *text;
+	size_t len = 0;
+
+	if (rc != EXPR_OK)
+		return rc;
+	if (json_is_null(v) && e->fn != F_JSON) {
+		*out = v; /* null stays null: "no value" is not the text "null" */
+		return EXPR_OK;
+	}
+	switch (e->fn) {
+	case F_STRING:
+		text = scalar_text(v, &len);
+		if (!text) {
+			dw_err_set(err, "$string: the value is %s (use $json for JSON text)",
+				   type_name(v));
+			rc = EXPR_ERROR;
+			break;
+		}
+		*out = json_stringn_nocheck(text, len);
+		free(text);
+		break;
+	case F_NUMBER:
+		if (json_is_number(v)) {
+			*out = json_incref(v);
+		} else if (json_is_string(v) &&
+			   (*out = number_value(json_string_value(v), json_string_length(v)))) {
+			break;
+		} else {
+			if (json_is_string(v))
+				dw_err_set(err, "$number: \"%.60s\" is not a number",
+					   json_string_value(v));
+			else
+				dw_err_set(err, "$number: the value is %s, not a number or a numeric "
+						"string",
+					   type_name(v));
+			rc = EXPR_ERROR;
+		}
+		break;
+	case F_JSON: {
+		size_t n = json_dumpb(v, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
+		text = dw_malloc(n + 1);
+		if (n == 0 || json_dumpb(v, text, n, JSON_COMPACT | JSON_ENCODE_ANY) != n) {
+			free(text);
+			dw_err_set(err, "$json: the value cannot be written as JSON");
+			rc = EXPR_ERROR;
+			break;
+		}
+		*out = json_stringn(text, n);
+		free(text);
+		if (!*out) {
+			dw_err_set(err, "$json: the value is not valid UTF-8");
+			rc = EXPR_ERROR;
+		}
+		break;
+	}
+	}
+	json_decref(v);
+	return rc;
+}
+
+static int eval_coalesce(const struct expr *e, const struct expr_ctx *ctx, json_t **out,
+			 struct dw_err *err)
+{
+	int rc = EXPR_MISSING;
+
+	for (size_t i = 0; i < e->n; i++) {
+		json_decref(*out);
+		*out = NULL;
+		rc = eval_node(e->items[i], ctx, out, err);
+		if (rc == EXPR_ERROR || (rc == EXPR_OK && !json_is_null(*out)))
+			return rc;
+	}
+	return rc; /* the last operand's: missing, or null */
+}
+
+/* An interpolated string; a part that is missing or null makes the whole
+ * string missing (`??` inside the placeholder gives a default). */
+static int eval_cat(const struct expr *e, const struct expr_ctx *ctx, json_t **out,
+		    struct dw_err *err)
+{
+	size_t len = 0, cap = 64;
+	char *buf = dw_malloc(cap);
+	int rc = EXPR_OK;
+
+	for (size_t i = 0; i < e->n && rc == EXPR_OK; i++) {
+		json_t *v = NULL;
+		char *text;
+		size_t tlen = 0;
+
+		rc = eval_node(e->items[i], ctx, &v, err);
+		if (rc != EXPR_OK)
+			break;
+		if (json_is_null(v)) {
+			json_decref(v);
+			rc = EXPR_MISSING;
+			break;
+		}
+		text = scalar_text(v, &tlen);
+		if (!text) {
+			buf[len] = '\0';
+			dw_err_set(err, "${...} after \"%.40s\": the value is %s (use $json(...))",
+				   buf, type_name(v));
+			json_decref(v);
+			rc = EXPR_ERROR;
+			break;
+		}
+		json_decref(v);
+		if (len + tlen + 1 > cap) {
+			cap = (len + tlen + 1) * 2;
+			buf = dw_realloc(buf, cap);
+		}
+		memcpy(buf + len, text, tlen);
+		len += tlen;
+		buf[len] = '\0';
+		free(text);
+	}
+	if (rc == EXPR_OK)
+		*out = json_stringn_nocheck(buf, len);
+	free(buf);
+	return rc;
+}
+
+static int eval_each(const struct expr *e, const struct expr_ctx *ctx, json_t **out,
+		     struct dw_err *err)
+{
+	json_t *list = NULL, *acc;
+	struct expr_ctx ic = *ctx;
+	int rc = eval_node(e->base, ctx, &list, err);
+
+	if (rc == EXPR_ERROR) {
+		dw_err_prefix(err, "each");
+		return rc;
+	}
+	if (rc == EXPR_MISSING || !json_is_array(list)) {
+		dw_err_set(err, "each: \"%s\" is %s, not a list", e->text,
+			   rc == EXPR_MISSING ? "missing" : type_name(list));
+		json_decref(list);
+		return EXPR_ERROR;
+	}
+	acc = json_array();
+	for (size_t i = 0; i < json_array_size(list); i++) {
+		json_t *v = NULL;
+		ic.item = json_array_get(list, i);
+		if (e->body->kind == N_DOC && !json_is_object(ic.item)) {
+			/* a row of a batch that is not a row: never sent half-mapped */
+			dw_err_set(err, "each: element %zu is %s, not an object", i,
+				   type_name(ic.item));
+			json_decref(acc);
+			json_decref(list);
+			return EXPR_ERROR;
+		}
+		rc = eval_node(e->body, &ic, &v, err);
+		if (rc == EXPR_MISSING)
+			dw_err_set(err, "each: element %zu maps to nothing", i);
+		else if (rc == EXPR_ERROR)
+			dw_err_prefix(err, "each: element %zu", i);
+		if (rc != EXPR_OK) {
+			json_decref(acc);
+			json_decref(list);
+			return EXPR_ERROR;
+		}
+		json_array_append_new(acc, v);
+	}
+	json_decref(list);
+	*out = acc;
+	return EXPR_OK;
+}
+
 static int eval_node(const struct expr *e, const struct expr_ctx *ctx, json_t **out,
 		     struct dw_err *err)
 {
@@ -683,6 +1390,14 @@ static int eval_node(const struct expr *e, const struct expr_ctx *ctx, json_t **
 		}
 		*out = acc;
 		return EXPR_OK;
+	case N_COALESCE:
+		return eval_coalesce(e, ctx, out, err);
+	case N_FUNC:
+		return eval_func(e, ctx, out, err);
+	case N_CAT:
+		return eval_cat(e, ctx, out, err);
+	case N_EACH:
+		return eval_each(e, ctx, out, err);
 	}
 	return EXPR_ERROR;
 }
@@ -697,18 +1412,6 @@ int expr_eval(const struct expr *e, const struct expr_ctx *ctx, json_t **out, st
 		*out = NULL;
 	}
 	return rc;
-}
-
-static char *real_string(double d)
-{
-	char buf[64];
-
-	for (int prec = 1; prec <= 17; prec++) {
-		snprintf(buf, sizeof(buf), "%.*g", prec, d);
-		if (strtod(buf, NULL) == d)
-			break;
-	}
-	return dw_strdup(buf);
 }
 
 int expr_eval_string(const struct expr *e, const struct expr_ctx *ctx, char **out,

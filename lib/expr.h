@@ -9,10 +9,20 @@
  *
  * Forms: "$request.a.b", "$response.a.b", "$path.name", "$query.name",
  * "$header.Name", "$tenant", "$now", "$row.column", "$request"/"$response"
- * (the whole document); any other string, number or boolean is a literal;
- * "$$..." is a literal starting with "$"; a group is a JSON object whose
- * members are expressions; a list is a JSON array. Any other "$word" is a
- * compile error. A missing source field leaves an object member out.
+ * (the whole document), "$item.a" (the element, only in an `each` body);
+ * any other string, number or boolean is a literal; "$$..." is a literal
+ * starting with "$"; a group is a JSON object whose members are
+ * expressions; a list is a JSON array. Any other "$word" is a compile error.
+ * A missing source field leaves an object member out.
+ *
+ * Operators (conf/MAPPING.md is the reference), inside a string that starts
+ * with "$":  A ?? B ?? 'text'  (the first operand present and not null),
+ * $string(A), $number(A), $json(A) (conversions); operands are references,
+ * operator calls, 'quoted text' ('' is a quote), numbers, true, false, null,
+ * {} and [].
+ * In any other string, "${A}" interpolates an expression ("tpl-${$request.type}")
+ * and "$${" is a literal "${". Mappings (expr_compile_mapping) add
+ * element-wise mapping of lists: each/base/drop/body.
  *
  * It does not parse JSON from bytes or know about HTTP: the caller hands it
  * decoded documents and accessors.
@@ -37,6 +47,7 @@ enum expr_source {
 	EXPR_SRC_TENANT = 1 << 5,
 	EXPR_SRC_NOW = 1 << 6,
 	EXPR_SRC_ROW = 1 << 7,
+	EXPR_SRC_ITEM = 1 << 8, /* $item: set by expr_compile_mapping for an each body */
 };
 #define EXPR_SRC_HTTP                                                                    \
 	(EXPR_SRC_REQUEST | EXPR_SRC_RESPONSE | EXPR_SRC_PATH | EXPR_SRC_QUERY |         \
@@ -62,6 +73,7 @@ struct expr_ctx {
 	 * expression using $tenant fails with EXPR_ERROR ("bad tenant"). */
 	const char *tenant;
 	const char *now; /* RFC 3339 UTC; NULL: evaluated from the clock */
+	const json_t *item; /* $item: set by the engine while mapping an each list */
 };
 
 enum expr_rc { EXPR_OK = 0, EXPR_MISSING = 1, EXPR_ERROR = -1 };
@@ -147,6 +159,33 @@ struct expr *expr_compile_document_opts(const config_setting_t *base,
 					const config_setting_t *body, struct expr_opts *o,
 					struct dw_err *err);
 struct tmpl *tmpl_compile_opts(const char *s, struct expr_opts *o, struct dw_err *err);
+
+/*
+ * A mapping: the document a mirror sends, or (SPEC §7.1) the answer a read
+ * route gives back, from the members of group g that say how to build it
+ * (other members are the caller's):
+ *
+ *   each = "$request.items";  optional: an expression giving a list; the
+ *                             result is a list, one element per element of
+ *                             it, built by base/drop/body with $item = the
+ *                             element (only here is $item legal)
+ *   base = "$request";        optional: start from this document ($request,
+ *                             $response, $row, $item or a group)
+ *   drop = [ "type" ];        optional, needs base: top-level names removed
+ *   body = { ... };           members set over it (or, without base, any
+ *                             expression: the value itself)
+ *
+ * On success returns 0 and *out is the compiled mapping (NULL when g has
+ * none of each/base/body: no document, e.g. a DELETE's mirror) to evaluate
+ * with expr_eval. On error returns -1, err is "member...: why" and o->line
+ * the line. Evaluating a mapping whose each-source is missing or not a list,
+ * or one of whose elements maps to nothing (or to an error) is EXPR_ERROR
+ * with the reason: a batch is never sent with elements silently left out.
+ * When the element mapping is a document (a group body or a base), every
+ * element must be a JSON object.
+ */
+int expr_compile_mapping(const config_setting_t *g, struct expr_opts *o, struct expr **out,
+			 struct dw_err *err);
 
 /* Call cb once per $path.NAME reference (templates: per {NAME}), in order. */
 void expr_path_refs(const struct expr *e, void (*cb)(void *arg, const char *name), void *arg);

@@ -47,12 +47,24 @@ static bool owns(const struct json_arena *a, const void *p)
 	return false;
 }
 
+/*
+ * Each new block is twice the one before (up to BLOCK_SIZE << BLOCK_GROWTH):
+ * a free() asks owns(), which walks the list, and a 1,000-row telemetry batch
+ * in 64 KiB blocks made that walk a fifth of the proxy's CPU.
+ */
+#define BLOCK_GROWTH 8
+
 static void *block_new(struct json_arena *a, size_t need)
 {
-	size_t size = need + sizeof(struct json_arena_block) + ALIGN > BLOCK_SIZE
-			      ? need + sizeof(struct json_arena_block) + ALIGN
-			      : BLOCK_SIZE;
-	struct json_arena_block *b = malloc(size);
+	size_t nblocks = 0, size;
+	struct json_arena_block *b;
+
+	for (b = a->blocks; b && nblocks < BLOCK_GROWTH; b = b->next)
+		nblocks++;
+	size = (size_t)BLOCK_SIZE << nblocks;
+	if (need + sizeof(struct json_arena_block) + ALIGN > size)
+		size = need + sizeof(struct json_arena_block) + ALIGN;
+	b = malloc(size);
 	uintptr_t start;
 
 	if (!b)

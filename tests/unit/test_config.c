@@ -351,6 +351,33 @@ static void test_example_iot(void **state)
 	json_decref(req);
 	json_decref(resp);
 
+	/* the guide's migrateTelemetry row mapping, on every row of a batch */
+	r = route_named(c, "telemetry-batch");
+	assert_null(r->mirror->key);
+	req = parse("[{\"deviceId\": \"d1\", \"timestamp\": \"2024-01-01T00:00:00Z\","
+		    " \"data\": {\"t\": 21.5}, \"protocol\": \"mqtt\", \"source\": \"gw\"},"
+		    " {\"deviceId\": \"d2\", \"timestamp\": \"2024-01-01T00:00:01Z\","
+		    " \"data\": {\"t\": 1}, \"protocol\": \"http\", \"source\": null}]");
+	struct expr_ctx bctx = { .request = req, .tenant = "acme" };
+	assert_int_equal(expr_eval(r->mirror->body, &bctx, &out, &err), EXPR_OK);
+	assert_json(out, "[{\"tenantId\":\"acme\",\"deviceId\":\"d1\","
+			 "\"timestamp\":\"2024-01-01T00:00:00Z\",\"metrics\":{\"t\":21.5},"
+			 "\"protocol\":\"mqtt\",\"source\":\"gw\",\"quality\":\"GOOD\"},"
+			 "{\"tenantId\":\"acme\",\"deviceId\":\"d2\","
+			 "\"timestamp\":\"2024-01-01T00:00:01Z\",\"metrics\":{\"t\":1},"
+			 "\"protocol\":\"http\",\"source\":\"migrated\",\"quality\":\"GOOD\"}]");
+	json_decref(out);
+	json_decref(req);
+	r = route_named(c, "telemetry-ingest");
+	req = parse("{\"deviceId\": \"d1\", \"timestamp\": \"t0\", \"data\": {}, \"protocol\": \"mqtt\"}");
+	bctx.request = req;
+	assert_int_equal(expr_eval(r->mirror->body, &bctx, &out, &err), EXPR_OK);
+	assert_json(out, "{\"tenantId\":\"acme\",\"deviceId\":\"d1\",\"timestamp\":\"t0\","
+			 "\"metrics\":{},\"protocol\":\"mqtt\",\"source\":\"migrated\","
+			 "\"quality\":\"GOOD\"}");
+	json_decref(out);
+	json_decref(req);
+
 	r = route_named(c, "device-update");
 	assert_int_equal(r->mirror->sources, EXPR_SRC_PATH | EXPR_SRC_REQUEST | EXPR_SRC_TENANT);
 	assert_null(route_named(c, "device-delete")->mirror->body);
@@ -416,6 +443,11 @@ static const struct broken broken[] = {
 	{ "table_bad_expr.conf", ":14: table \"equipment\": columns.name: bad expression \"$request.name\": $request is not available here", 1 },
 	{ "table_dup.conf", ":15: table \"t\": name: duplicate table name (first defined at line 8)", 1 },
 	{ "table_ignore_bad.conf", ":13: table \"t\": ignore: \"colour\" is not a column in columns", 2 },
+	{ "item_outside_each.conf", ":14: route \"telemetry-batch\": mirror.body.deviceId: bad expression \"$item.deviceId\": $item is only available in the body of an \"each\" mapping", 1 },
+	{ "bad_operator.conf", ":16: route \"telemetry-batch\": mirror.body.value: bad expression \"$float($item.value)\": unknown operator \"$float(...)\"", 1 },
+	{ "bad_interpolation.conf", ":15: route \"telemetry-batch\": mirror.body.templateId: bad expression \"tpl-${$item.type\": unclosed \"${\"", 1 },
+	{ "bad_conversion.conf", ":15: route \"telemetry-batch\": mirror.body.value: bad expression \"$number('high')\": $number: \"high\" is not a number", 1 },
+	{ "each_not_list.conf", ":13: route \"telemetry-batch\": mirror.each: \"rows\" cannot be a list", 1 },
 	{ "does-not-exist.conf", ": cannot open: No such file or directory", 1 },
 };
 

@@ -340,7 +340,8 @@ static void test_compile_errors(void **state)
 		{ "\"$path.1x\"", EXPR_SRC_HTTP, "capture name" },
 		{ "\"$query\"", EXPR_SRC_HTTP, "needs a name" },
 		{ "\"$header\"", EXPR_SRC_HTTP, "needs a name" },
-		{ "\"$header.Bad Name\"", EXPR_SRC_HTTP, "header name" },
+		{ "\"$header.Bad Name\"", EXPR_SRC_HTTP, "unexpected text" },
+		{ "\"$header.Bad@Name\"", EXPR_SRC_HTTP, "header name" },
 		{ "\"$tenant.x\"", EXPR_SRC_HTTP, "takes no field" },
 		{ "\"$now.x\"", EXPR_SRC_HTTP, "takes no field" },
 		{ "\"$row.id\"", EXPR_SRC_HTTP, "not available" },
@@ -652,6 +653,387 @@ static void test_document(void **state)
 	json_decref(req);
 }
 
+/* ---------------------------------------------------------------- operators */
+
+static void check_ctx(const char *text, const struct expr_ctx *ctx, const char *want)
+{
+	struct expr *e = compile(text, EXPR_SRC_HTTP);
+	check_eval(e, ctx, want);
+	expr_free(e);
+}
+
+/* Evaluation fails with EXPR_ERROR and a reason containing needle. */
+static void check_eval_error(const char *text, const struct expr_ctx *ctx, const char *needle)
+{
+	struct dw_err err = { { 0 } };
+	struct expr *e = compile(text, EXPR_SRC_HTTP);
+	json_t *out = (json_t *)0x1;
+
+	assert_int_equal(expr_eval(e, ctx, &out, &err), EXPR_ERROR);
+	assert_null(out);
+	if (!strstr(err.msg, needle))
+		fail_msg("%s: error \"%s\" lacks \"%s\"", text, err.msg, needle);
+	expr_free(e);
+}
+
+static void test_fallback(void **state)
+{
+	(void)state;
+	json_t *req = parse("{\"source\": \"sensor\", \"n\": null, \"zero\": 0, \"empty\": \"\","
+			    " \"f\": false, \"o\": {\"a\": 1}}");
+	struct expr_ctx ctx = { .request = req, .tenant = "t1" };
+
+	/* present: the value; missing or null: the next operand */
+	check_ctx("\"$request.source ?? 'migrated'\"", &ctx, "\"sensor\"");
+	check_ctx("\"$request.none ?? 'migrated'\"", &ctx, "\"migrated\"");
+	check_ctx("\"$request.n ?? 'migrated'\"", &ctx, "\"migrated\"");
+	/* 0, "", false and objects are values, not absences */
+	check_ctx("\"$request.zero ?? 1\"", &ctx, "0");
+	check_ctx("\"$request.empty ?? 'x'\"", &ctx, "\"\"");
+	check_ctx("\"$request.f ?? true\"", &ctx, "false");
+	check_ctx("\"$request.o ?? 1\"", &ctx, "{\"a\":1}");
+	/* chains, spacing, literal types */
+	check_ctx("\"$request.none??$request.n??$request.source\"", &ctx, "\"sensor\"");
+	check_ctx("\"$request.none ?? $tenant\"", &ctx, "\"t1\"");
+	check_ctx("\"$request.none ?? 42\"", &ctx, "42");
+	check_ctx("\"$request.none ?? -1.5e2\"", &ctx, "-150.0");
+	check_ctx("\"$request.none ?? null\"", &ctx, "null");
+	check_ctx("\"$request.none ?? {}\"", &ctx, "{}");
+	check_ctx("\"$request.n ?? []\"", &ctx, "[]");
+	check_ctx("\"$request.none ?? 'it''s'\"", &ctx, "\"it's\"");
+	check_ctx("\"$request.none ?? ''\"", &ctx, "\"\"");
+	check_ctx("\"$request.none ?? '$$ {} ?? ,'\"", &ctx, "\"$$ {} ?? ,\"");
+	/* all absent: the last operand's outcome (missing leaves the member out) */
+	check_ctx("\"$request.none ?? $request.other\"", &ctx, NULL);
+	check_ctx("\"$request.none ?? $request.n\"", &ctx, "null");
+	check_ctx("{ s = \"$request.none ?? $request.other\"; k = 1; }", &ctx, "{\"k\":1}");
+	/* an error is not an absence: a bad tenant still fails the write */
+	ctx.tenant = NULL;
+	check_eval_error("\"$tenant ?? 'default'\"", &ctx, "bad tenant");
+	json_decref(req);
+}
+
+static void test_interpolation(void **state)
+{
+	(void)state;
+	json_t *req = parse("{\"type\": \"sensor\", \"n\": 7, \"r\": 1.0, \"h\": 0.1, \"b\": true,"
+			    " \"nul\": null, \"o\": {\"a\": 1}, \"l\": [1], \"u\": \"\\u00e9\\u0000x\"}");
+	struct expr_ctx ctx = { .request = req, .tenant = "t1" };
+
+	check_ctx("\"tpl-${$request.type}\"", &ctx, "\"tpl-sensor\"");
+	check_ctx("\"${$request.type}\"", &ctx, "\"sensor\"");
+	check_ctx("\"${ $tenant }/${$request.type}-v${$request.n}\"", &ctx, "\"t1/sensor-v7\"");
+	/* numbers in their shortest form; booleans as words */
+	check_ctx("\"r=${$request.r} h=${$request.h} b=${$request.b}\"", &ctx, "\"r=1 h=0.1 b=true\"");
+	/* a default inside the placeholder */
+	check_ctx("\"tpl-${$request.none ?? 'generic'}\"", &ctx, "\"tpl-generic\"");
+	check_ctx("\"tpl-${$request.nul ?? 'generic'}\"", &ctx, "\"tpl-generic\"");
+	/* missing or null: the whole string is missing */
+	check_ctx("\"tpl-${$request.none}\"", &ctx, NULL);
+	check_ctx("\"tpl-${$request.nul}\"", &ctx, NULL);
+	check_ctx("{ t = \"tpl-${$request.none}\"; }", &ctx, "{}");
+	/* NUL and non-ASCII survive */
+	check_ctx("\"<${$request.u}>\"", &ctx, "\"<\\u00e9\\u0000x>\"");
+	/* escaping: "$${" is a literal "${"; other dollars are text */
+	check_ctx("\"cost $${x} and $5 ${$request.n}$\"", &ctx, "\"cost ${x} and $5 7$\"");
+	check_ctx("\"$${$request.type}\"", &ctx, "\"${$request.type}\"");
+	check_ctx("\"$$${$request.n}\"", &ctx, "\"$7\"");
+	check_ctx("\"a $${b\"", &ctx, "\"a ${b\"");
+	check_ctx("\"{not a placeholder} $request\"", &ctx, "\"{not a placeholder} $request\"");
+	check_ctx("\"${'}'}\"", &ctx, "\"}\"");
+	/* objects and lists need $json */
+	check_eval_error("\"x${$request.o}\"", &ctx, "an object (use $json");
+	check_eval_error("\"x${$request.l}\"", &ctx, "a list");
+	check_ctx("\"x${$json($request.o)}\"", &ctx, "\"x{\\\"a\\\":1}\"");
+	json_decref(req);
+}
+
+static void test_conversions(void **state)
+{
+	(void)state;
+	json_t *req = parse("{\"id\": 42, \"big\": 9007199254740993, \"r\": 1.0, \"r2\": 2.5,"
+			    " \"tiny\": 1e-7, \"s\": \"17\", \"sr\": \"-0.5e1\", \"bad\": \"12a\","
+			    " \"ws\": \" 1\", \"b\": false, \"nul\": null, \"o\": {\"k\": [1, \"x\"]},"
+			    " \"huge\": \"1e999\", \"hex\": \"0x10\", \"empty\": \"\"}");
+	struct expr_ctx ctx = { .request = req };
+
+	/* $string */
+	check_ctx("\"$string($request.id)\"", &ctx, "\"42\"");
+	check_ctx("\"$string($request.big)\"", &ctx, "\"9007199254740993\"");
+	check_ctx("\"$string($request.r)\"", &ctx, "\"1\"");
+	check_ctx("\"$string($request.r2)\"", &ctx, "\"2.5\"");
+	check_ctx("\"$string($request.tiny)\"", &ctx, "\"1e-07\"");
+	check_ctx("\"$string($request.s)\"", &ctx, "\"17\"");
+	check_ctx("\"$string($request.b)\"", &ctx, "\"false\"");
+	check_ctx("\"$string($request.nul)\"", &ctx, "null");
+	check_ctx("\"$string($request.none)\"", &ctx, NULL);
+	check_eval_error("\"$string($request.o)\"", &ctx, "$string: the value is an object");
+	/* $number */
+	check_ctx("\"$number($request.s)\"", &ctx, "17");
+	check_ctx("\"$number($request.sr)\"", &ctx, "-5.0");
+	check_ctx("\"$number($request.id)\"", &ctx, "42");
+	check_ctx("\"$number($request.r)\"", &ctx, "1.0");
+	check_ctx("\"$number($request.nul)\"", &ctx, "null");
+	check_ctx("\"$number($request.none)\"", &ctx, NULL);
+	check_eval_error("\"$number($request.bad)\"", &ctx, "\"12a\" is not a number");
+	check_eval_error("\"$number($request.ws)\"", &ctx, "not a number");
+	check_eval_error("\"$number($request.hex)\"", &ctx, "not a number");
+	check_eval_error("\"$number($request.empty)\"", &ctx, "not a number");
+	check_eval_error("\"$number($request.huge)\"", &ctx, "not a number");
+	check_eval_error("\"$number($request.b)\"", &ctx, "a boolean");
+	check_eval_error("\"$number($request.o)\"", &ctx, "an object");
+	/* $json: any value as JSON text */
+	check_ctx("\"$json($request.o)\"", &ctx, "\"{\\\"k\\\":[1,\\\"x\\\"]}\"");
+	check_ctx("\"$json($request.s)\"", &ctx, "\"\\\"17\\\"\"");
+	check_ctx("\"$json($request.nul)\"", &ctx, "\"null\"");
+	check_ctx("\"$json($request.r)\"", &ctx, "\"1.0\"");
+	check_ctx("\"$json($request.none)\"", &ctx, NULL);
+	/* composed with ?? and with each other */
+	check_ctx("\"$number($request.none ?? '3')\"", &ctx, "3");
+	check_ctx("\"$string($number($request.s))\"", &ctx, "\"17\"");
+	check_ctx("\"$number($request.none) ?? 0\"", &ctx, "0");
+	/* a bad value is an error, not an absence: ?? does not hide it */
+	check_eval_error("\"$number($request.bad) ?? 0\"", &ctx, "not a number");
+	/* literal operands are converted once, at compile time */
+	check_ctx("\"$number('12')\"", NULL, "12");
+	check_ctx("\"$string(1.50)\"", NULL, "\"1.5\"");
+	check_ctx("\"$json('x') ?? 1\"", NULL, "\"\\\"x\\\"\"");
+	check_ctx("\"$string($number('12'))\"", NULL, "\"12\"");
+	check_ctx("\"$json($string($number('1.0')) ?? 2)\"", NULL, "\"\\\"1\\\"\"");
+	check_ctx("\"${$string($number('7' ?? 1))}\"", NULL, "\"7\"");
+	json_decref(req);
+}
+
+static void test_operator_errors(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *text;
+		const char *needle;
+	} bad[] = {
+		{ "\"$int($request.id)\"", "unknown operator \"$int(...)\"" },
+		{ "\"$strings($request.id)\"", "unknown operator" },
+		{ "\"$request(x)\"", "unknown operator" },
+		{ "\"$string($request.id\"", "expected ')'" },
+		{ "\"$string($request.a, $request.b)\"", "takes one value" },
+		{ "\"$string()\"", "expected a $reference" },
+		{ "\"$number('abc')\"", "\"abc\" is not a number" },
+		{ "\"$string($number('abc'))\"", "\"abc\" is not a number" },
+		{ "\"$string({})\"", "$string: the value is an object" },
+		{ "\"$request.a ?? [ ]\"", "expected a $reference" },
+		{ "\"$request.a ?? {x}\"", "expected a $reference" },
+		{ "\"$request.a ??\"", "expected a $reference" },
+		{ "\"$request.a ?? 'x\"", "unterminated" },
+		{ "\"$request.a 'x'\"", "unexpected text" },
+		{ "\"$request.a ? 'x'\"", "expected \"??\"" },
+		{ "\"$request.a ?? nope\"", "expected a $reference" },
+		{ "\"$request.a ?? 1.\"", "expected a $reference" },
+		{ "\"$request.a ?? 01\"", "expected a $reference" },
+		{ "\"$request.a ?? $foo\"", "unknown source" },
+		{ "\"$item.id\"", "$item is only available in the body of an \"each\"" },
+		{ "\"$request.a ?? $item\"", "$item is only available" },
+		{ "\"tpl-${$item.type}\"", "$item is only available" },
+		{ "\"tpl-${request.type}\"", "expected a $reference" },
+		{ "\"tpl-${}\"", "empty \"${}\"" },
+		{ "\"tpl-${ }\"", "empty \"${}\"" },
+		{ "\"tpl-${$request.type\"", "unclosed \"${\"" },
+		{ "\"tpl-${$request.type $tenant}\"", "expected '}'" },
+		{ "\"tpl-${$bogus}\"", "unknown source" },
+		{ "\"tpl-${$number('z')}\"", "is not a number" },
+		{ "\"$string($string($string($string($string($string($string($string($string("
+		  "$string($string($string($string($string($string($string($string($string("
+		  "$string($string($string($string($string($string($string($string($string("
+		  "$string($string($string($string($string($string($string(1))))))))))))))))"
+		  ")))))))))))))))))\"",
+		  "nested too deeply" },
+		{ "{ a = ( 1, { b = \"x${$request.y\"; } ); }", "v.a[1].b: bad expression" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct dw_err err = { { 0 } };
+		struct expr *e = expr_compile(setting(bad[i].text), EXPR_SRC_HTTP, &err);
+		if (e)
+			fail_msg("%s compiled but should not", bad[i].text);
+		if (!strstr(err.msg, bad[i].needle))
+			fail_msg("%s: error \"%s\" lacks \"%s\"", bad[i].text, err.msg, bad[i].needle);
+		assert_non_null(strstr(err.msg, "line 1"));
+	}
+	/* $item outside a mapping is rejected even where everything else goes */
+	struct dw_err err = { { 0 } };
+	assert_null(expr_compile_str("$item", ~0u & ~(unsigned)EXPR_SRC_ITEM, &err));
+	assert_non_null(strstr(err.msg, "only available"));
+	/* path templates cannot use $item either */
+	assert_null(tmpl_compile("/x/{item.id}", EXPR_SRC_HTTP, &err));
+}
+
+/* Compile the mapping in group text ("{ each = ...; body = ...; }"). */
+static struct expr *mapping(const char *text, struct dw_err *err, int *line)
+{
+	struct expr_opts o = { .allowed = EXPR_SRC_HTTP };
+	struct expr *e = (struct expr *)0x1;
+	int rc = expr_compile_mapping(setting(text), &o, &e, err);
+
+	if (line)
+		*line = o.line;
+	if (rc < 0) {
+		assert_null(e);
+		return NULL;
+	}
+	return e;
+}
+
+static void check_mapping(const char *text, const struct expr_ctx *ctx, const char *want)
+{
+	struct dw_err err = { { 0 } };
+	struct expr *e = mapping(text, &err, NULL);
+
+	if (!e)
+		fail_msg("mapping %s: %s", text, err.msg);
+	check_eval(e, ctx, want);
+	expr_free(e);
+}
+
+static void check_mapping_error(const char *text, const struct expr_ctx *ctx, const char *needle)
+{
+	struct dw_err err = { { 0 } };
+	struct expr *e = mapping(text, &err, NULL);
+	json_t *out = (json_t *)0x1;
+
+	if (!e)
+		fail_msg("mapping %s: %s", text, err.msg);
+	assert_int_equal(expr_eval(e, ctx, &out, &err), EXPR_ERROR);
+	assert_null(out);
+	if (!strstr(err.msg, needle))
+		fail_msg("%s: error \"%s\" lacks \"%s\"", text, err.msg, needle);
+	expr_free(e);
+}
+
+static void test_each(void **state)
+{
+	(void)state;
+	json_t *batch = parse("[{\"deviceId\": \"d1\", \"value\": 1.5, \"source\": \"s\"},"
+			      " {\"deviceId\": \"d2\", \"value\": 2, \"source\": null},"
+			      " {\"deviceId\": 3, \"value\": 3}]");
+	json_t *wrapped = parse("{\"items\": [{\"id\": 1}, {\"id\": 2}], \"obj\": {\"a\": 1},"
+				" \"empty\": [], \"nul\": null, \"s\": \"x\"}");
+	struct expr_ctx ctx = { .request = batch, .tenant = "t1" };
+	struct expr_ctx wctx = { .request = wrapped, .tenant = "t1" };
+
+	/* the request body is the list; a body group per element */
+	check_mapping("{ each = \"$request\"; body = { deviceId = \"$string($item.deviceId)\";"
+		      " value = \"$item.value\"; tenantId = \"$tenant\";"
+		      " source = \"$item.source ?? 'migrated'\"; quality = \"GOOD\"; }; }",
+		      &ctx,
+		      "[{\"deviceId\":\"d1\",\"value\":1.5,\"tenantId\":\"t1\",\"source\":\"s\","
+		      "\"quality\":\"GOOD\"},"
+		      "{\"deviceId\":\"d2\",\"value\":2,\"tenantId\":\"t1\",\"source\":\"migrated\","
+		      "\"quality\":\"GOOD\"},"
+		      "{\"deviceId\":\"3\",\"value\":3,\"tenantId\":\"t1\",\"source\":\"migrated\","
+		      "\"quality\":\"GOOD\"}]");
+	/* base/drop per element: the element itself, minus a field, plus the tenant */
+	check_mapping("{ each = \"$request\"; base = \"$item\"; drop = [ \"source\" ];"
+		      " body = { tenantId = \"$tenant\"; }; }",
+		      &ctx,
+		      "[{\"deviceId\":\"d1\",\"value\":1.5,\"tenantId\":\"t1\"},"
+		      "{\"deviceId\":\"d2\",\"value\":2,\"tenantId\":\"t1\"},"
+		      "{\"deviceId\":3,\"value\":3,\"tenantId\":\"t1\"}]");
+	/* a non-group body: a list of values */
+	check_mapping("{ each = \"$request\"; body = \"$item.deviceId\"; }", &ctx,
+		      "[\"d1\",\"d2\",3]");
+	/* a field of the request; other sources stay usable in the body */
+	check_mapping("{ each = \"$request.items\"; body = { id = \"$item.id\"; s = \"$request.s\";"
+		      " whole = \"$item\"; }; }",
+		      &wctx, "[{\"id\":1,\"s\":\"x\",\"whole\":{\"id\":1}},"
+			     "{\"id\":2,\"s\":\"x\",\"whole\":{\"id\":2}}]");
+	check_mapping("{ each = \"$request.empty\"; body = { id = \"$item.id\"; }; }", &wctx, "[]");
+	check_mapping("{ each = \"$request.none ?? $request.items\"; body = \"$item.id\"; }", &wctx,
+		      "[1,2]");
+	/* the source list is not changed by the mapping */
+	json_t *before = json_deep_copy(batch);
+	check_mapping("{ each = \"$request\"; base = \"$item\"; body = { x = 1; }; }", &ctx,
+		      "[{\"deviceId\":\"d1\",\"value\":1.5,\"source\":\"s\",\"x\":1},"
+		      "{\"deviceId\":\"d2\",\"value\":2,\"source\":null,\"x\":1},"
+		      "{\"deviceId\":3,\"value\":3,\"x\":1}]");
+	assert_true(json_equal(before, batch));
+	json_decref(before);
+
+	/* a source that is not a list, or elements that cannot be mapped, fail
+	 * the whole batch with the reason (never a partial batch) */
+	check_mapping_error("{ each = \"$request.obj\"; body = { a = \"$item.a\"; }; }", &wctx,
+			    "each: \"$request.obj\" is an object, not a list");
+	check_mapping_error("{ each = \"$request.nul\"; body = { a = 1; }; }", &wctx, "is null");
+	check_mapping_error("{ each = \"$request.none\"; body = { a = 1; }; }", &wctx,
+			    "is missing, not a list");
+	check_mapping_error("{ each = \"$request.s\"; body = { a = 1; }; }", &wctx, "a string");
+	check_mapping_error("{ each = \"$request\"; body = { a = 1; }; }", &wctx, "an object");
+	check_mapping_error("{ each = \"$request\"; body = \"$item.source\"; }", &ctx,
+			    "each: element 2 maps to nothing");
+	json_t *mixed = parse("[{\"id\": 1}, 5]");
+	struct expr_ctx mctx = { .request = mixed };
+	/* a document per element needs object elements; a value per element does not */
+	check_mapping_error("{ each = \"$request\"; body = { id = \"$item.id\"; }; }", &mctx,
+			    "each: element 1 is a number, not an object");
+	check_mapping_error("{ each = \"$request\"; base = \"$item\"; }", &mctx,
+			    "each: element 1 is a number, not an object");
+	check_mapping("{ each = \"$request\"; body = \"$item\"; }", &mctx, "[{\"id\":1},5]");
+	json_decref(mixed);
+	check_mapping_error("{ each = \"$request\"; body = { v = \"$number($item.deviceId)\"; }; }",
+			    &ctx, "each: element 0: $number: \"d1\" is not a number");
+	struct expr_ctx bad_tenant = { .request = batch };
+	check_mapping_error("{ each = \"$request\"; body = { t = \"$tenant\"; }; }", &bad_tenant,
+			    "bad tenant");
+
+	/* without each: the classic forms, and nothing at all */
+	check_mapping("{ body = { a = \"$request.s\"; }; }", &wctx, "{\"a\":\"x\"}");
+	check_mapping("{ body = \"$request.items\"; }", &wctx, "[{\"id\":1},{\"id\":2}]");
+	check_mapping("{ base = \"$request\"; drop = [ \"items\", \"obj\", \"empty\", \"nul\" ]; }",
+		      &wctx, "{\"s\":\"x\"}");
+	struct dw_err err = { { 0 } };
+	assert_null(mapping("{ upstream = \"x\"; }", &err, NULL));
+	assert_string_equal(err.msg, "");
+
+	/* sources: $item is internal, the each source and the body count */
+	struct expr *e = mapping("{ each = \"$request\"; body = { t = \"$tenant\"; i = \"$item\"; }; }",
+				 &err, NULL);
+	assert_non_null(e);
+	assert_int_equal(expr_sources(e), EXPR_SRC_REQUEST | EXPR_SRC_TENANT);
+	expr_free(e);
+	json_decref(batch);
+	json_decref(wrapped);
+}
+
+static void test_each_errors(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *text;
+		const char *needle;
+		int line;
+	} bad[] = {
+		{ "{ each = 1; body = { a = 1; }; }", "each: must be an expression giving a list", 1 },
+		{ "{ each = \"items\"; body = { a = 1; }; }", "each: \"items\" cannot be a list", 1 },
+		{ "{ each = \"x${$request.a}\"; body = { a = 1; }; }", "cannot be a list", 1 },
+		{ "{ each = \"$request\"; }", "each: needs a body", 1 },
+		{ "{ each = \"$item\"; body = { a = 1; }; }", "each: bad expression \"$item\": $item is only", 1 },
+		{ "{ each = \"$requst\"; body = { a = 1; }; }", "each: bad expression \"$requst\"", 1 },
+		{ "{ each = \"$request\";\n body = {\n a = \"$item.x ?? $oops\"; }; }", "body.a: bad expression", 3 },
+		{ "{ each = \"$request\";\n base = \"$tenant\"; }", "base: \"$tenant\" is not a document", 2 },
+		{ "{ each = \"$request\";\n drop = [ \"x\" ]; }", "drop: \"drop\" needs a \"base\"", 2 },
+		{ "{ each = \"$request\"; base = \"$item\";\n body = 1; }", "body: must be a group", 2 },
+		{ "{ body = {\n x = \"$item.id\"; }; }", "body.x: bad expression \"$item.id\": $item is only available", 2 },
+		{ "{ base = \"$item\"; }", "$item is only available", 1 },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct dw_err err = { { 0 } };
+		int line = -1;
+		if (mapping(bad[i].text, &err, &line))
+			fail_msg("%s compiled but should not", bad[i].text);
+		if (!strstr(err.msg, bad[i].needle))
+			fail_msg("%s: error \"%s\" lacks \"%s\"", bad[i].text, err.msg, bad[i].needle);
+		if (line != bad[i].line)
+			fail_msg("%s: line %d, want %d", bad[i].text, line, bad[i].line);
+	}
+}
+
 /* ---------------------------------------------------------------- path refs */
 
 static void collect(void *arg, const char *name)
@@ -787,6 +1169,12 @@ int main(void)
 		cmocka_unit_test_teardown(test_path_refs, teardown_cfgs),
 		cmocka_unit_test_teardown(test_templates, teardown_cfgs),
 		cmocka_unit_test_teardown(test_query_decode, teardown_cfgs),
+		cmocka_unit_test_teardown(test_fallback, teardown_cfgs),
+		cmocka_unit_test_teardown(test_interpolation, teardown_cfgs),
+		cmocka_unit_test_teardown(test_conversions, teardown_cfgs),
+		cmocka_unit_test_teardown(test_operator_errors, teardown_cfgs),
+		cmocka_unit_test_teardown(test_each, teardown_cfgs),
+		cmocka_unit_test_teardown(test_each_errors, teardown_cfgs),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
