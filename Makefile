@@ -87,15 +87,19 @@ $(B)/tests/fuzz_%-replay: tests/fuzz/fuzz_%.c tests/fuzz/replay_main.c $(B)/libd
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< tests/fuzz/replay_main.c $(B)/libdw.a $(LDLIBS)
 
-# libFuzzer builds (clang only): make fuzz FUZZ_TIME=60
+# libFuzzer builds (clang only): make fuzz FUZZ_TIME=60 [FUZZ_TARGETS="http config"]
 FUZZ_TIME ?= 30
+FUZZ_TARGETS ?= $(FUZZ_SRC:tests/fuzz/fuzz_%.c=%)
 fuzz:
 	@mkdir -p build-fuzz
-	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
+	@for t in $(FUZZ_TARGETS); do f=tests/fuzz/fuzz_$$t.c; n=fuzz_$$t; \
 	  clang -std=gnu11 -g -O1 -D_GNU_SOURCE -Ilib $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined \
-	    -o build-fuzz/$$n $$f $(LIB_SRC) $(PKG_LIBS) -lpthread -lm || exit 1; \
+	    -fno-sanitize-recover=undefined -o build-fuzz/$$n $$f $(LIB_SRC) $(PKG_LIBS) -lpthread -lm || exit 1; \
 	  mkdir -p build-fuzz/$$n-corpus; \
-	  build-fuzz/$$n -max_total_time=$(FUZZ_TIME) build-fuzz/$$n-corpus tests/fuzz/corpus/$${n#fuzz_} || exit 1; \
+	  d=; [ -f tests/fuzz/$$t.dict ] && d=-dict=tests/fuzz/$$t.dict; \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/fuzz/lsan.supp \
+	  build-fuzz/$$n -max_total_time=$(FUZZ_TIME) -artifact_prefix=build-fuzz/$$n- $$d \
+	    build-fuzz/$$n-corpus tests/fuzz/corpus/$$t || exit 1; \
 	done
 
 check: deps

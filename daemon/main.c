@@ -100,7 +100,8 @@ static void do_reload(struct server *srv)
 		config_unref(neu);
 		goto failed;
 	}
-	config_diff_nonreloadable(old, neu, warn_nonreloadable, NULL);
+	/* the new snapshot keeps the start-up values of what needs a restart */
+	config_keep_nonreloadable(neu, old, warn_nonreloadable, NULL);
 	config_unref(old);
 	register_route_series(srv, neu);
 	pthread_mutex_lock(&srv->cfg_lock);
@@ -258,6 +259,9 @@ static void server_metrics(struct server *srv)
 	srv->m_queue_oldest =
 	    metrics_gauge(m, "dualwrite_queue_oldest_age_seconds",
 			  "Age of the oldest write waiting in the queue.", NULL);
+	srv->m_queue_syncs = metrics_counter(
+	    m, "dualwrite_queue_syncs_total",
+	    "Queue fdatasyncs made before releasing answers (durability \"fsync\").", NULL);
 }
 
 int main(int argc, char **argv)

@@ -910,6 +910,7 @@ static void on_head(struct conn *c)
 	if (c->x->req.chunked) {
 		c->x->body_chunked = true;
 		http_chunked_init(&c->x->chunk, lim->max_header_bytes);
+		http_chunked_limit(&c->x->chunk, lim->max_body_bytes);
 	} else if (c->x->req.content_length > 0) {
 		if ((uint64_t)c->x->req.content_length > lim->max_body_bytes) {
 			respond_error(c, 413, "request body larger than max_body_bytes", true);
@@ -944,7 +945,8 @@ static void on_body(struct conn *c)
 		int rc = chunked_run(&c->x->chunk, in, &used, emit_body, c->x->body, &err);
 
 		evbuffer_drain(in, used);
-		if (evbuffer_get_length(c->x->body) > max) {
+		if (evbuffer_get_length(c->x->body) > max ||
+		    (rc == HTTP_ERROR && c->x->chunk.too_large)) {
 			c->x->keep_alive = false;
 			respond_error(c, 413, "request body larger than max_body_bytes", true);
 			return;
@@ -1613,6 +1615,8 @@ void proxy_sync_done(struct worker *w)
 	/* One fdatasync for every answer held in this loop iteration. */
 	if (spool_sync(w->srv->spool, &err) < 0)
 		log_error("queue: fsync failed, answers released without durability: %s", err.msg);
+	else
+		metric_inc(w->srv->m_queue_syncs);
 	while ((c = TAILQ_FIRST(&w->stateq[CS_SYNC]))) {
 		conn_set_state(c, CS_RESPONSE); /* leaves the queue */
 		evbuffer_add_buffer(bufferevent_get_output(c->bev), c->x->held);

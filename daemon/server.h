@@ -62,6 +62,7 @@ struct server {
 	struct metric *m_conns_active, *m_conns_total, *m_conns_rejected;
 	struct metric *m_reload_ok, *m_reload_failed;
 	struct metric *m_queue_depth, *m_queue_dead, *m_queue_bytes, *m_queue_oldest;
+	struct metric *m_queue_syncs; /* fdatasyncs that released held answers */
 };
 
 /* ---- cross-thread wake-ups (wake.c) ---- */

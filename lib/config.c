@@ -16,6 +16,7 @@
 #include "http_parse.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <libconfig.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1210,7 +1211,10 @@ bool config_table_compares(const struct dw_table_map *t, const char *column)
 
 /* ---------------------------------------------------------------- entry points */
 
-struct dw_config *config_load(const char *path, struct dw_errlist *errs)
+/* Checks a parsed libconfig tree and builds the snapshot; path names it in
+ * errors. Destroys cfg either way. */
+static struct dw_config *config_from_tree(config_t *cfg, const char *path,
+					  struct dw_errlist *errs)
 {
 	static const char *const top_keys[] = { "listen",   "workers",		"admin",
 						"limits",   "upstreams",	"default_upstream",
@@ -1219,39 +1223,8 @@ struct dw_config *config_load(const char *path, struct dw_errlist *errs)
 	struct loader L = { .file = path, .errs = errs };
 	struct dw_config *c = NULL;
 	const config_setting_t *root;
-	config_t cfg;
-	FILE *f;
 
-	/* libconfig reports an unreadable file without errno; open it first
-	 * to say why. */
-	f = fopen(path, "r");
-	if (!f) {
-		dw_errlist_add(errs, "%s: cannot open: %s", path, strerror(errno));
-		return NULL;
-	}
-	fclose(f);
-
-	config_init(&cfg);
-	/* @include "x.conf" is relative to the including file, not the cwd */
-	char *dir = dw_strdup(path), *slash = strrchr(dir, '/');
-	if (slash) {
-		*slash = '\0';
-		config_set_include_dir(&cfg, *dir ? dir : "/");
-	}
-	int rc = config_read_file(&cfg, path);
-	free(dir);
-	if (rc != CONFIG_TRUE) {
-		const char *ef = config_error_file(&cfg);
-		if (config_error_type(&cfg) == CONFIG_ERR_FILE_IO)
-			dw_errlist_add(errs, "%s: cannot read: %s", ef ? ef : path,
-				       config_error_text(&cfg));
-		else
-			dw_errlist_add(errs, "%s:%d: syntax error: %s", ef ? ef : path,
-				       config_error_line(&cfg), config_error_text(&cfg));
-		config_destroy(&cfg);
-		return NULL;
-	}
-	root = config_root_setting(&cfg);
+	root = config_root_setting(cfg);
 
 	c = dw_calloc(1, sizeof(*c));
 	L.c = c;
@@ -1280,12 +1253,75 @@ struct dw_config *config_load(const char *path, struct dw_errlist *errs)
 	load_routes(&L, root);
 	load_tables(&L, root);
 
-	config_destroy(&cfg);
+	config_destroy(cfg);
 	if (L.nerrs > 0) {
 		config_free(c);
 		return NULL;
 	}
 	return c;
+}
+
+/* Reports why libconfig could not read; destroys cfg. */
+static void read_failed(config_t *cfg, const char *path, struct dw_errlist *errs)
+{
+	const char *ef = config_error_file(cfg);
+
+	if (config_error_type(cfg) == CONFIG_ERR_FILE_IO)
+		dw_errlist_add(errs, "%s: cannot read: %s", ef ? ef : path, config_error_text(cfg));
+	else
+		dw_errlist_add(errs, "%s:%d: syntax error: %s", ef ? ef : path,
+			       config_error_line(cfg), config_error_text(cfg));
+	config_destroy(cfg);
+}
+
+struct dw_config *config_load(const char *path, struct dw_errlist *errs)
+{
+	config_t cfg;
+	FILE *f;
+	int rc;
+
+	/* libconfig reports an unreadable file without errno; open it first
+	 * to say why. */
+	f = fopen(path, "r");
+	if (!f) {
+		dw_errlist_add(errs, "%s: cannot open: %s", path, strerror(errno));
+		return NULL;
+	}
+	fclose(f);
+
+	config_init(&cfg);
+	/* @include "x.conf" is relative to the including file, not the cwd */
+	char *dir = dw_strdup(path), *slash = strrchr(dir, '/');
+	if (slash) {
+		*slash = '\0';
+		config_set_include_dir(&cfg, *dir ? dir : "/");
+	}
+	rc = config_read_file(&cfg, path);
+	free(dir);
+	if (rc != CONFIG_TRUE) {
+		read_failed(&cfg, path, errs);
+		return NULL;
+	}
+	return config_from_tree(&cfg, path, errs);
+}
+
+struct dw_config *config_load_string(const char *text, const char *name,
+				     struct dw_errlist *errs)
+{
+	config_t cfg;
+
+	/* text has no directory to include from, and reading files is not
+	 * what loading a string should do */
+	if (strstr(text, "@include")) {
+		dw_errlist_add(errs, "%s: @include is not supported here", name);
+		return NULL;
+	}
+	config_init(&cfg);
+	if (config_read_string(&cfg, text) != CONFIG_TRUE) {
+		read_failed(&cfg, name, errs);
+		return NULL;
+	}
+	return config_from_tree(&cfg, name, errs);
 }
 
 int config_upstream_index(const struct dw_config *c, const char *name)
@@ -1322,19 +1358,77 @@ static bool str_differs(const char *a, const char *b)
 	return strcmp(a, b) != 0;
 }
 
+/*
+ * The keys a reload cannot apply, declaratively: the spool, its durability and
+ * the PostgreSQL queue are opened once, the workers and the admin listener
+ * started once. A reload keeps the running values of these (config_keep_
+ * nonreloadable) so that no reader anywhere can see a value the process does
+ * not actually run with. Every other key is reloadable.
+ */
+enum nr_type { NR_INT, NR_U64, NR_STR };
+static const struct {
+	const char *key;
+	enum nr_type type;
+	size_t off;
+} nonreloadable[] = {
+	{"workers", NR_INT, offsetof(struct dw_config, workers)},
+	{"admin.listen", NR_STR, offsetof(struct dw_config, admin_listen)},
+	{"queue.path", NR_STR, offsetof(struct dw_config, queue.path)},
+	{"queue.durability", NR_INT, offsetof(struct dw_config, queue.durability)},
+	{"queue.max_bytes", NR_U64, offsetof(struct dw_config, queue.max_bytes)},
+	{"queue.postgres", NR_STR, offsetof(struct dw_config, queue.postgres)},
+	{"queue.table", NR_STR, offsetof(struct dw_config, queue.table)},
+};
+_Static_assert(sizeof(enum queue_durability) == sizeof(int), "queue.durability is read as an int");
+
+#define NR_FIELD(cfg, i, T) ((T *)(void *)((char *)(cfg) + nonreloadable[i].off))
+#define NR_CFIELD(cfg, i, T) ((const T *)(const void *)((const char *)(cfg) + nonreloadable[i].off))
+#define NR_CSTR(cfg, i) (*(const char *const *)(const void *)((const char *)(cfg) + nonreloadable[i].off))
+
+static bool nr_differs(const struct dw_config *a, const struct dw_config *b, size_t i)
+{
+	switch (nonreloadable[i].type) {
+	case NR_INT:
+		return *NR_CFIELD(a, i, int) != *NR_CFIELD(b, i, int);
+	case NR_U64:
+		return *NR_CFIELD(a, i, uint64_t) != *NR_CFIELD(b, i, uint64_t);
+	case NR_STR:
+		return str_differs(NR_CSTR(a, i), NR_CSTR(b, i));
+	}
+	return false;
+}
+
 void config_diff_nonreloadable(const struct dw_config *old, const struct dw_config *new_,
 			       void (*warn)(void *arg, const char *key), void *arg)
 {
-	if (old->workers != new_->workers)
-		warn(arg, "workers");
-	if (str_differs(old->admin_listen, new_->admin_listen))
-		warn(arg, "admin.listen");
-	if (str_differs(old->queue.path, new_->queue.path))
-		warn(arg, "queue.path");
-	if (old->queue.durability != new_->queue.durability)
-		warn(arg, "queue.durability");
-	if (str_differs(old->queue.postgres, new_->queue.postgres))
-		warn(arg, "queue.postgres");
-	if (str_differs(old->queue.table, new_->queue.table))
-		warn(arg, "queue.table");
+	for (size_t i = 0; i < DW_ARRAY_LEN(nonreloadable); i++)
+		if (nr_differs(old, new_, i))
+			warn(arg, nonreloadable[i].key);
+}
+
+void config_keep_nonreloadable(struct dw_config *neu, const struct dw_config *running,
+			       void (*warn)(void *arg, const char *key), void *arg)
+{
+	for (size_t i = 0; i < DW_ARRAY_LEN(nonreloadable); i++) {
+		if (!nr_differs(running, neu, i))
+			continue;
+		if (warn)
+			warn(arg, nonreloadable[i].key);
+		switch (nonreloadable[i].type) {
+		case NR_INT:
+			*NR_FIELD(neu, i, int) = *NR_CFIELD(running, i, int);
+			break;
+		case NR_U64:
+			*NR_FIELD(neu, i, uint64_t) = *NR_CFIELD(running, i, uint64_t);
+			break;
+		case NR_STR: {
+			char **dst = NR_FIELD(neu, i, char *);
+			const char *src = NR_CSTR(running, i);
+
+			free(*dst);
+			*dst = src ? dw_strdup(src) : NULL;
+			break;
+		}
+		}
+	}
 }

@@ -134,6 +134,11 @@ struct dw_config {
  * for file-level errors such as "cannot open").
  */
 struct dw_config *config_load(const char *path, struct dw_errlist *errs);
+/* The same checks on libconfig text held in memory (NUL-terminated); name
+ * stands for the file in errors and in ->path. @include is refused (there is
+ * no directory to include from). For tests and the fuzzer. */
+struct dw_config *config_load_string(const char *text, const char *name,
+				     struct dw_errlist *errs);
 /* Take and release a reference (thread-safe). The last unref frees. */
 struct dw_config *config_ref(struct dw_config *c);
 void config_unref(struct dw_config *c);
@@ -148,9 +153,17 @@ const struct dw_route *config_route_match(const struct dw_config *c, const char 
 					  size_t method_len, const char *path, size_t path_len,
 					  struct route_params *rp);
 
-/* Keys whose change a reload cannot apply (workers, admin.listen, queue.*):
- * describes each differing one via warn(arg, "key"). */
+/* Keys whose change a reload cannot apply (workers, admin.listen, queue.*;
+ * one table in config.c says which): describes each differing one via
+ * warn(arg, "key"). */
 void config_diff_nonreloadable(const struct dw_config *old, const struct dw_config *new_,
+			       void (*warn)(void *arg, const char *key), void *arg);
+/* The reload's step: the same diff (warn may be NULL), and then neu takes the
+ * running snapshot's value of every such key, so that the snapshot the daemon
+ * publishes only ever holds the values it started with for them — a reader of
+ * any snapshot cannot act on a change that needs a restart. neu must not be
+ * shared yet (refcnt 1, not published). */
+void config_keep_nonreloadable(struct dw_config *neu, const struct dw_config *running,
 			       void (*warn)(void *arg, const char *key), void *arg);
 
 /* Split "host:port" / "[v6]:port" into parts. Returns 0 or -1 with err. */

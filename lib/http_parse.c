@@ -93,6 +93,28 @@ static bool ci_eq(const char *s, size_t n, const char *lit, size_t litlen)
 }
 #define CI_EQ(s, n, lit) ci_eq((s), (n), lit, sizeof(lit) - 1)
 
+/* Whether s[0..n) holds a '_' and equals the lowercase literal once every
+ * '_' reads as '-': "Transfer_Encoding" for "transfer-encoding". */
+static bool underscore_lookalike(const char *s, size_t n, const char *lit, size_t litlen)
+{
+	bool underscore = false;
+
+	if (n != litlen)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = lower((unsigned char)s[i]);
+
+		if (c == '_') {
+			underscore = true;
+			c = '-';
+		}
+		if (c != (unsigned char)lit[i])
+			return false;
+	}
+	return underscore;
+}
+#define LOOKALIKE(s, n, lit) underscore_lookalike((s), (n), lit, sizeof(lit) - 1)
+
 static bool ci_eq2(const char *a, size_t an, const char *b, size_t bn)
 {
 	if (an != bn)
@@ -490,11 +512,11 @@ static void te_add(struct te_info *te, const char *v, size_t n)
 				te->bad = true;
 			continue;
 		}
+		/* Any other coding (gzip included) is one this proxy does not
+		 * decode: a request carrying it is refused with 501 (RFC 9112
+		 * §6.1); a response is read until close (§6.3). */
 		te->last_chunked = false;
-		if (params || !(CI_EQ(el, t, "gzip") || CI_EQ(el, t, "x-gzip") ||
-				CI_EQ(el, t, "deflate") || CI_EQ(el, t, "compress") ||
-				CI_EQ(el, t, "x-compress")))
-			te->unknown = true;
+		te->unknown = true;
 	}
 }
 
@@ -646,8 +668,8 @@ static int parse_head(struct http_head *h, const char *buf, size_t len, bool is_
 		} else if (h->method == HTTP_M_CONNECT) {
 			if (!valid_host(h->target, h->target_len, true))
 				FAIL(400, "invalid authority-form target");
-			h->path = h->target; /* no path: an empty, non-NULL one */
-			h->path_len = 0;
+			/* a tunnel has no framing this proxy could check or mirror */
+			FAIL(501, "CONNECT is not supported");
 		} else if (!parse_absolute(h)) {
 			FAIL(400, "invalid request-target");
 		}
@@ -761,11 +783,15 @@ static int parse_head(struct http_head *h, const char *buf, size_t len, bool is_
 				if (h->content_length >= 0 && h->content_length != cl)
 					FAIL(400, "conflicting Content-Length headers");
 				h->content_length = cl;
+			} else if (is_request && LOOKALIKE(name, nlen, "content-length")) {
+				FAIL(400, "header %.*s looks like Content-Length", (int)nlen, name);
 			}
 			break;
 		case 17:
 			if (CI_EQ(name, nlen, "transfer-encoding"))
 				te_add(&te, val, vlen);
+			else if (is_request && LOOKALIKE(name, nlen, "transfer-encoding"))
+				FAIL(400, "header %.*s looks like Transfer-Encoding", (int)nlen, name);
 			break;
 		}
 	}
@@ -913,6 +939,11 @@ void http_chunked_init(struct http_chunked *c, size_t max_trailer_bytes)
 	c->max_trailer_bytes = max_trailer_bytes;
 }
 
+void http_chunked_limit(struct http_chunked *c, uint64_t max_total)
+{
+	c->max_total = max_total;
+}
+
 static int hexval(unsigned char ch)
 {
 	if (IS_DIG(ch))
@@ -971,6 +1002,12 @@ int http_chunked_decode(struct http_chunked *c, const char *in, size_t len, size
 				}
 				c->remaining = (c->remaining << 4) | (uint64_t)hexval(ch);
 				st = CH_SIZE;
+				/* refused as soon as the size says so, not after the bytes */
+				if (c->max_total && c->total + c->remaining > c->max_total) {
+					c->too_large = true;
+					why = "chunked body larger than the limit";
+					goto fail;
+				}
 				break;
 			}
 			if (st == CH_SIZE0) {

@@ -10,6 +10,12 @@
  * error, never a guess — both Content-Length and Transfer-Encoding, differing
  * or malformed Content-Length, invalid chunk sizes, bare CR or LF, obs-fold,
  * control bytes in names or values, a missing or duplicate Host on HTTP/1.1.
+ * In requests also: any transfer coding but chunked (501: we do not decode
+ * gzip & co.), CONNECT (501: a tunnel has no framing to check), and a header
+ * name with '_' that reads as Transfer-Encoding or Content-Length once '_' is
+ * '-' (400: "Transfer_Encoding", the lookalike a front-end folding '_' to '-'
+ * would honour while we did not — as nginx's underscores_in_headers off and
+ * HAProxy refuse it). Other underscore names are ordinary headers.
  * Errors come with the HTTP status the proxy should answer with (400, 431,
  * 501, 505) and a short reason.
  */
@@ -162,7 +168,9 @@ const char *http_reason(int status);
  * that belonged to the body), HTTP_INCOMPLETE when all input was consumed and
  * more is needed, HTTP_ERROR on malformed input (chunk-size not hex, too
  * large, bad extension, bare CR/LF, missing CRLF after data, trailer too long).
- * max_trailer_bytes bounds the trailer section.
+ * max_trailer_bytes bounds the trailer section. With http_chunked_limit set,
+ * a chunk-size that takes the payload past max_total fails as soon as its
+ * digits say so (too_large set: the proxy answers 413), before any data.
  */
 struct http_chunked {
 	int state;	     /* private */
@@ -172,9 +180,13 @@ struct http_chunked {
 	size_t max_trailer_bytes;
 	int digits;	     /* hex digits in the current size */
 	uint64_t total;	     /* payload bytes decoded so far */
+	uint64_t max_total;   /* payload limit, 0 = none (http_chunked_limit) */
+	bool too_large;	     /* the failure was max_total */
 };
 typedef void (*http_emit_fn)(void *arg, const char *p, size_t n);
 void http_chunked_init(struct http_chunked *c, size_t max_trailer_bytes);
+/* Refuse payloads over max_total bytes (call after init; 0 = no limit). */
+void http_chunked_limit(struct http_chunked *c, uint64_t max_total);
 int http_chunked_decode(struct http_chunked *c, const char *in, size_t len, size_t *consumed,
 			http_emit_fn emit, void *arg, struct dw_err *err) DW_MUSTCHECK;
 

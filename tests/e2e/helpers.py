@@ -12,6 +12,7 @@ Every socket operation and every wait is bounded: a hung daemon makes a test
 fail with a message, never hang the suite. Only 127.0.0.1 is used.
 """
 
+import itertools
 import json
 import os
 import re
@@ -375,6 +376,30 @@ def assert_json_error(resp, status):
     assert isinstance(doc, dict) and isinstance(doc.get("error"), str) and doc["error"], \
         "error body lacks a non-empty \"error\" string: %r" % doc
     return doc
+
+
+_MARKERS = itertools.count(1)
+
+
+def assert_forwarded_exactly(port, backend, targets, accepts=None):
+    """Nothing but `targets` reached the backend, checked after an event, not
+    a sleep: a marker request sent on a fresh connection after the test's own
+    traffic must arrive, and by then the backend must have recorded exactly
+    `targets` followed by the marker. Anything the proxy had wrongly
+    forwarded before answering the client would already be there. With
+    `accepts`, the backend must also have accepted exactly that many
+    connections, the marker's included."""
+    marker = "/__marker-%d" % next(_MARKERS)
+    resp = request(port, "GET", marker)
+    assert resp.status == 200, "marker request failed: %r" % resp
+    got = backend.wait_requests(len(targets) + 1)
+    seen = [r.target for r in got]
+    assert seen == list(targets) + [marker], "backend saw %r, expected %r then the marker" % (
+        seen, list(targets))
+    if accepts is not None:
+        assert backend.accepts == accepts, "the proxy opened %d upstream connection(s), " \
+            "expected %d" % (backend.accepts, accepts)
+    return got
 
 
 def wait_for(pred, timeout, what, interval=0.02):

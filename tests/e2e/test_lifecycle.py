@@ -503,3 +503,54 @@ def test_drain_is_bounded(dw, backend):
         assert closed, "client connection left open by an exited daemon"
     finally:
         c.close()
+
+
+# ---------------------------------------------------------------- keys that need a restart
+
+def test_reload_cannot_switch_off_fsync_or_move_the_queue(dw, make_backend, tmp_path):
+    # queue.durability and queue.path need a restart: after a reload that
+    # changes them the log says so, and the daemon keeps running with the
+    # start-up values — it still fdatasyncs before answering mirrored writes,
+    # and /status names the spool it really uses.
+    legacy = make_backend(name="legacy")
+    gear = make_backend(name="gear")
+    legacy.reply(201, b'{"id": 42}', [("Content-Type", "application/json")])
+    gear.reply(201, b'{}', [("Content-Type", "application/json")])
+    ups = {"legacy": {"url": legacy.url, "timeout_ms": 5000},
+           "gear": {"url": gear.url, "timeout_ms": 2000}}
+    # a mirror that needs nothing of the legacy's answer: only durability
+    # "fsync" makes the proxy hold the answer for an fdatasync
+    route = [{"name": "equipment-create", "match": "POST /equipment",
+              "mirror": {"upstream": "gear", "path": "/gear-items", "key": "$request.name",
+                         "body": {"name": "$request.name"}}}]
+    d = dw(ups, start=False)
+    boot_queue = {"path": d.queue_dir, "durability": "fsync"}
+    d.extra = {"routes": route, "queue": boot_queue}
+    d.start()
+
+    def write(n):
+        r = request(d.port, "POST", "/equipment", [("Content-Type", "application/json")],
+                    b'{"name": "rope %d"}' % n)
+        assert r.status == 201 and r.body == b'{"id": 42}', r
+
+    syncs0 = d.metric("dualwrite_queue_syncs_total")
+    write(1)
+    syncs1 = d.metric("dualwrite_queue_syncs_total")
+    assert syncs1 > syncs0, "durability fsync made no fdatasync before the answer"
+
+    elsewhere = str(tmp_path / "elsewhere-queue")
+    os.makedirs(elsewhere)
+    d.reload(d.config_text(queue={"path": elsewhere, "durability": "process"}))
+    log = d.log_text()
+    for key in ("queue.durability", "queue.path"):
+        assert re.search(r"'%s' changed; it takes effect only after a restart" % re.escape(key),
+                         log), "no restart warning for %s:\n%s" % (key, log)
+
+    for n in range(2, 5):
+        write(n)
+    assert d.metric("dualwrite_queue_syncs_total") >= syncs1 + 3, \
+        "a reload to durability \"process\" stopped the fdatasyncs"
+    st = d.admin("/status")
+    assert st.status == 200, st
+    assert st.json()["queue"]["path"] == d.queue_dir, st.json()["queue"]
+    assert os.listdir(elsewhere) == [], "the reloaded queue.path was used"

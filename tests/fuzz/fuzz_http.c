@@ -6,12 +6,23 @@
  * the invariants callers rely on: the answers do not depend on how the bytes
  * were split, consumed never exceeds the input, parsed pointers stay inside
  * the owned copy, and errors carry the documented statuses.
+ *
+ * Differential mode: a second, deliberately naive reader written apart from
+ * lib/http_parse (ref_* below: memmem for CRLF, split at the first SP and
+ * ':', no state machine) re-reads every input the real parser accepts. The
+ * request framing — where the head ends, method, target, version, Host,
+ * number of fields, Content-Length, chunked — and, for every chunked body the
+ * real decoder accepts, where the body ends and its payload, must agree, or
+ * the run aborts. The reference is lenient by design: it only has to agree
+ * on what the strict parser lets through.
  * Seeds: tests/fuzz/corpus/http. Without libFuzzer, replay_main.c drives it.
  */
+#include <ctype.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "http_parse.h"
 
@@ -89,6 +100,182 @@ static void check_head(const struct http_head *h, bool request)
 	}
 }
 
+/* ---- the reference reader (differential mode) -------------------------- */
+
+static const char *ref_crlf(const char *p, const char *e)
+{
+	return memmem(p, (size_t)(e - p), "\r\n", 2);
+}
+
+static bool ref_ieq(const char *s, size_t n, const char *lit)
+{
+	return n == strlen(lit) && strncasecmp(s, lit, n) == 0;
+}
+
+static void ref_trim(const char **p, size_t *n)
+{
+	while (*n && (**p == ' ' || **p == '\t')) {
+		(*p)++;
+		(*n)--;
+	}
+	while (*n && ((*p)[*n - 1] == ' ' || (*p)[*n - 1] == '\t'))
+		(*n)--;
+}
+
+/* A chunked body from in[0..len): the end offset and the payload digest, or
+ * -1 when it does not end there. Sizes are hex before any ';' or blank. */
+static long ref_chunked(const char *in, size_t len, struct digest *d)
+{
+	const char *p = in, *e = in + len, *eol;
+
+	memset(d, 0, sizeof(*d));
+	for (;;) {
+		uint64_t size = 0;
+		const char *q;
+
+		if (!(eol = ref_crlf(p, e)))
+			return -1;
+		for (q = p; q < eol && isxdigit((unsigned char)*q); q++) {
+			if (q - p >= 15)
+				return -1;
+			size = size * 16 + (uint64_t)(isdigit((unsigned char)*q)
+							  ? *q - '0'
+							  : (tolower((unsigned char)*q) - 'a' + 10));
+		}
+		if (q == p)
+			return -1;
+		p = eol + 2;
+		if (size == 0)
+			break;
+		if ((uint64_t)(e - p) < size + 2 || memcmp(p + size, "\r\n", 2) != 0)
+			return -1;
+		digest_emit(d, p, (size_t)size);
+		p += size + 2;
+	}
+	/* trailer lines up to an empty one */
+	for (;;) {
+		if (!(eol = ref_crlf(p, e)))
+			return -1;
+		if (eol == p)
+			return (long)(eol + 2 - in);
+		p = eol + 2;
+	}
+}
+
+struct ref_req {
+	size_t head_end; /* offset just after the empty line, from the input start */
+	const char *method, *target, *host;
+	size_t method_len, target_len, host_len;
+	int minor;
+	size_t nfields;
+	int64_t content_length; /* -1: none */
+	bool chunked;
+};
+
+/* A request head from buf[0..len): false when the reader cannot make one. */
+static bool ref_request(const char *buf, size_t len, struct ref_req *r)
+{
+	const char *p = buf, *e = buf + len, *eol, *sp1, *sp2;
+
+	memset(r, 0, sizeof(*r));
+	r->content_length = -1;
+	while (e - p >= 2 && p[0] == '\r' && p[1] == '\n')
+		p += 2;
+	if (!(eol = ref_crlf(p, e)))
+		return false;
+	sp1 = memchr(p, ' ', (size_t)(eol - p));
+	if (!sp1)
+		return false;
+	sp2 = memchr(sp1 + 1, ' ', (size_t)(eol - sp1 - 1));
+	if (!sp2 || eol - sp2 != 9)
+		return false;
+	r->method = p;
+	r->method_len = (size_t)(sp1 - p);
+	r->target = sp1 + 1;
+	r->target_len = (size_t)(sp2 - sp1 - 1);
+	r->minor = sp2[8] - '0';
+	for (p = eol + 2;; p = eol + 2) {
+		const char *colon, *v;
+		size_t vn;
+
+		if (!(eol = ref_crlf(p, e)))
+			return false;
+		if (eol == p)
+			break;
+		colon = memchr(p, ':', (size_t)(eol - p));
+		if (!colon)
+			return false;
+		v = colon + 1;
+		vn = (size_t)(eol - v);
+		ref_trim(&v, &vn);
+		r->nfields++;
+		if (ref_ieq(p, (size_t)(colon - p), "host")) {
+			r->host = v;
+			r->host_len = vn;
+		} else if (ref_ieq(p, (size_t)(colon - p), "content-length")) {
+			/* "n" or "n, n, ...": every element the same */
+			const char *el = v, *end = v + vn;
+
+			while (el <= end) {
+				const char *comma = memchr(el, ',', (size_t)(end - el));
+				const char *t = el;
+				size_t tn = (size_t)((comma ? comma : end) - el);
+				int64_t n = 0;
+
+				ref_trim(&t, &tn);
+				if (tn == 0)
+					return false;
+				for (size_t i = 0; i < tn; i++) {
+					if (!isdigit((unsigned char)t[i]) || n > (INT64_MAX - 9) / 10)
+						return false;
+					n = n * 10 + (t[i] - '0');
+				}
+				if (r->content_length >= 0 && r->content_length != n)
+					return false;
+				r->content_length = n;
+				if (!comma)
+					break;
+				el = comma + 1;
+			}
+		} else if (ref_ieq(p, (size_t)(colon - p), "transfer-encoding")) {
+			/* chunked when the last listed coding is */
+			const char *last = memrchr(v, ',', vn);
+			const char *t = last ? last + 1 : v;
+			size_t tn = (size_t)(v + vn - t);
+
+			ref_trim(&t, &tn);
+			r->chunked = ref_ieq(t, tn, "chunked");
+		}
+	}
+	r->head_end = (size_t)(eol + 2 - buf);
+	return true;
+}
+
+static bool same(const char *a, size_t an, const char *b, size_t bn)
+{
+	return an == bn && (an == 0 || memcmp(a, b, an) == 0);
+}
+
+/* The real parser accepted head h at buf[skip..skip+hl): the reference must
+ * read the same request, and the same end of a chunked body behind it. */
+static void differential(const char *buf, size_t size, size_t skip, size_t hl,
+			 const struct http_head *h)
+{
+	struct ref_req r;
+
+	CHECK(ref_request(buf, size, &r));
+	CHECK(r.head_end == skip + hl);
+	CHECK(same(r.method, r.method_len, h->method_str, h->method_len));
+	CHECK(same(r.target, r.target_len, h->target, h->target_len));
+	CHECK(r.minor == h->version_minor);
+	CHECK(r.nfields == h->nheaders);
+	CHECK((r.host == NULL) == (h->host == NULL));
+	if (r.host)
+		CHECK(same(r.host, r.host_len, h->host, h->host_len));
+	CHECK(r.content_length == h->content_length);
+	CHECK(r.chunked == h->chunked);
+}
+
 /* Decode `in` with the given split points; returns rc, *used, digest. */
 static int decode(const char *in, size_t len, size_t cut, bool bytewise, size_t *used,
 		  struct digest *d)
@@ -129,8 +316,13 @@ static void fuzz_chunked(const char *in, size_t len, size_t cut)
 
 	CHECK(r1 == r2);
 	if (r1 == HTTP_OK) {
+		struct digest dr;
+
 		CHECK(u1 == u2 && d1.h == d2.h && d1.n == d2.n);
 		CHECK(u1 >= 5); /* "0\r\n\r\n" at least */
+		/* differential: the reference ends the body at the same byte */
+		CHECK(ref_chunked(in, len, &dr) == (long)u1);
+		CHECK(dr.h == d1.h && dr.n == d1.n);
 	}
 	if (len <= 4096) {
 		CHECK(r1 == r3);
@@ -173,6 +365,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 		if (http_parse_request(&h, buf + skip1, hl1, &status, &err) == HTTP_OK) {
 			check_head(&h, true);
+			differential(buf, size, skip1, hl1, &h);
 		} else {
 			CHECK(status == 400 || status == 431 || status == 501 || status == 505);
 			CHECK(h.raw == NULL);

@@ -521,11 +521,72 @@ static void test_diff_nonreloadable(void **state)
 	b->queue.path = strdup("/elsewhere");
 	b->queue.durability = QUEUE_DURABILITY_FSYNC;
 	b->queue.postgres = strdup("dbname=q");
+	b->queue.max_bytes = 4096;
 	b->limits.max_body_bytes = 5; /* reloadable: not reported */
 	config_diff_nonreloadable(a, b, note_key, buf);
-	assert_string_equal(buf, "workers,admin.listen,queue.path,queue.durability,queue.postgres,");
+	assert_string_equal(buf, "workers,admin.listen,queue.path,queue.durability,queue.max_bytes,"
+				 "queue.postgres,");
+
+	/* a reload keeps the running values of exactly those keys */
+	buf[0] = '\0';
+	config_keep_nonreloadable(b, a, note_key, buf);
+	assert_string_equal(buf, "workers,admin.listen,queue.path,queue.durability,queue.max_bytes,"
+				 "queue.postgres,");
+	assert_int_equal(b->workers, a->workers);
+	assert_string_equal(b->admin_listen, a->admin_listen);
+	assert_string_equal(b->queue.path, a->queue.path);
+	assert_int_equal(b->queue.durability, a->queue.durability);
+	assert_true(b->queue.max_bytes == a->queue.max_bytes);
+	assert_null(b->queue.postgres);
+	assert_int_equal(b->limits.max_body_bytes, 5);
+	buf[0] = '\0';
+	config_diff_nonreloadable(a, b, note_key, buf);
+	assert_string_equal(buf, "");
 	config_unref(a);
 	config_unref(b);
+}
+
+static void test_load_string(void **state)
+{
+	(void)state;
+	struct dw_config *a = load_ok(FIX "valid.conf");
+	struct dw_errlist errs = {0};
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = fopen(FIX "valid.conf", "r");
+	struct dw_config *b;
+	char buf[256] = "";
+
+	assert_non_null(f);
+	assert_int_equal(getdelim(&text, &len, '\0', f) > 0, 1);
+	fclose(f);
+	b = config_load_string(text, "mem.conf", &errs);
+	assert_non_null(b);
+	assert_int_equal(errs.n, 0);
+	assert_string_equal(b->path, "mem.conf");
+	assert_int_equal(b->nroutes, a->nroutes);
+	assert_int_equal(b->nupstreams, a->nupstreams);
+	config_diff_nonreloadable(a, b, note_key, buf);
+	assert_string_equal(buf, "");
+	config_unref(b);
+	config_unref(a);
+	free(text);
+
+	/* errors name the given name and line */
+	b = config_load_string("listen = \"127.0.0.1:8080\";\nworkers = 0;\n", "mem.conf", &errs);
+	assert_null(b);
+	assert_true(errs.n >= 1);
+	assert_non_null(strstr(errs.msgs[0], "mem.conf:2"));
+	dw_errlist_free(&errs);
+	b = config_load_string("listen = ", "mem.conf", &errs);
+	assert_null(b);
+	assert_non_null(strstr(errs.msgs[0], "syntax error"));
+	dw_errlist_free(&errs);
+	/* no files are read on behalf of a string */
+	b = config_load_string("@include \"/etc/passwd\"\n", "mem.conf", &errs);
+	assert_null(b);
+	assert_non_null(strstr(errs.msgs[0], "@include"));
+	dw_errlist_free(&errs);
 }
 
 /* ---------------------------------------------------------------- host:port */
@@ -575,6 +636,7 @@ int main(void)
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_example_iot);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_multiple_errors);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_diff_nonreloadable);
+	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_load_string);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_split_hostport);
 	for (size_t i = 0; i < sizeof(broken) / sizeof(broken[0]); i++) {
 		tests[n] = (struct CMUnitTest)cmocka_unit_test_prestate(test_broken, (void *)(uintptr_t)&broken[i]);
