@@ -71,6 +71,16 @@ static void register_route_series(struct server *srv, const struct dw_config *cf
 	}
 }
 
+/* verify = false is allowed, and said at every load (SPEC §8). */
+static void warn_unverified(const struct dw_config *cfg)
+{
+	for (size_t i = 0; i < cfg->nupstreams; i++)
+		if (cfg->upstreams[i].tls && !cfg->upstreams[i].verify)
+			log_warn("upstream \"%s\" (%s): verify = false: its TLS certificate is not "
+				 "checked; anyone on the path can impersonate it",
+				 cfg->upstreams[i].name, cfg->upstreams[i].url);
+}
+
 /* ------------------------------------------------------------ reload */
 
 static void warn_nonreloadable(void *arg, const char *key)
@@ -102,6 +112,7 @@ static void do_reload(struct server *srv)
 	}
 	/* the new snapshot keeps the start-up values of what needs a restart */
 	config_keep_nonreloadable(neu, old, warn_nonreloadable, NULL);
+	warn_unverified(neu);
 	config_unref(old);
 	register_route_series(srv, neu);
 	pthread_mutex_lock(&srv->cfg_lock);
@@ -324,11 +335,16 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (test) {
+		for (size_t i = 0; i < srv.cfg->nupstreams; i++)
+			if (srv.cfg->upstreams[i].tls && !srv.cfg->upstreams[i].verify)
+				fprintf(stderr, "%s:%d: upstream \"%s\": warning: verify = false\n",
+					path, srv.cfg->upstreams[i].line, srv.cfg->upstreams[i].name);
 		printf("configuration ok\n");
 		config_unref(srv.cfg);
 		return 0;
 	}
 	dw_log_set_level(debug ? DW_LOG_DEBUG : srv.cfg->log_level);
+	warn_unverified(srv.cfg);
 	signal(SIGPIPE, SIG_IGN);
 	/* No evthread_use_pthreads(): each loop is touched by its own thread
 	 * only (cross-thread requests go through wake.c), so event_add takes no

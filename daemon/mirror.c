@@ -961,13 +961,13 @@ static void lane_start(struct lane *l)
 static void lane_ready_cb(struct upconn *uc, int error, void *arg)
 {
 	struct lane *l = arg;
-	char msg[300];
+	char msg[512];
 
-	(void)uc;
 	if (error) {
-		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): connect: %s", l->up->name,
-			 l->up->host, l->up->port,
-			 error == ETIMEDOUT ? "timed out" : strerror(error));
+		const char *tls = upconn_failure(uc);
+		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): %s%s", l->up->name,
+			 l->up->host, l->up->port, tls ? "" : "connect: ",
+			 tls ? tls : error == ETIMEDOUT ? "timed out" : strerror(error));
 		lane_break(l, msg, LANE_CONNECT_FAILED);
 		return;
 	}

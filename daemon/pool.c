@@ -32,6 +32,7 @@
 #include <sys/socket.h>
 
 #include "server.h"
+#include "tls.h"
 
 struct upconn {
 	struct pool *pool;
@@ -47,12 +48,14 @@ struct upconn {
 	struct event rd_ev;
 	struct timeval rd_tv; /* rd_ev's timeout; tv_sec < 0: none */
 	bool rd_assigned, rd_on, rd_big;
+	char *fail; /* why a TLS connect failed (upconn_failure) */
 };
 
 struct pool {
 	struct pool *next;
 	struct pool_set *ps;
-	char *host; /* for SNI and verification; with tls and port, the pool's identity */
+	char *host; /* with port, tls and sni, the pool's identity */
+	char *sni;  /* NULL: host */
 	int port;
 	bool tls;
 	struct sockaddr_storage addr;
@@ -68,7 +71,6 @@ struct pool_set {
 	struct event_base *base;
 	struct metrics *metrics;
 	struct pool *pools;
-	SSL_CTX *ssl_ctx; /* created on first https upstream */
 };
 
 struct pool_set *pool_set_new(struct event_base *base, struct metrics *m)
@@ -92,6 +94,7 @@ static void upconn_free(struct upconn *uc)
 	rd_stop(uc); /* before the socket closes */
 	if (uc->bev)
 		bufferevent_free(uc->bev);
+	free(uc->fail);
 	free(uc);
 }
 
@@ -189,10 +192,9 @@ void pool_set_free(struct pool_set *ps)
 			upconn_free(uc);
 		}
 		free(p->host);
+		free(p->sni);
 		free(p);
 	}
-	if (ps->ssl_ctx)
-		SSL_CTX_free(ps->ssl_ctx);
 	free(ps);
 }
 
@@ -204,13 +206,15 @@ static struct pool *pool_find(struct pool_set *ps, const struct dw_upstream *up)
 
 	/* runs for every request: compare fields, build nothing */
 	for (p = ps->pools; p; p = p->next)
-		if (p->port == up->port && p->tls == up->tls && strcmp(p->host, up->host) == 0) {
+		if (p->port == up->port && p->tls == up->tls && strcmp(p->host, up->host) == 0 &&
+		    (!p->tls || !p->sni == !up->sni) && (!p->sni || strcmp(p->sni, up->sni) == 0)) {
 			p->max_idle = up->pool_size;
 			return p;
 		}
 	p = dw_calloc(1, sizeof(*p));
 	p->ps = ps;
 	p->host = dw_strdup(up->host);
+	p->sni = up->tls && up->sni ? dw_strdup(up->sni) : NULL;
 	p->port = up->port;
 	p->tls = up->tls;
 	p->max_idle = up->pool_size;
@@ -276,34 +280,21 @@ static void connect_event_cb(struct bufferevent *bev, short what, void *arg)
 		if (err == 0)
 			err = ECONNRESET;
 		if (uc->pool->tls) {
+			/* Say what failed (expired, hostname mismatch, unknown CA,
+			 * ...), not "Protocol error". */
 			unsigned long e = bufferevent_get_openssl_error(uc->bev);
-			if (e)
+			SSL *ssl = bufferevent_openssl_get_ssl(uc->bev);
+			char why[300];
+
+			if (e || (ssl && SSL_get_verify_result(ssl) != X509_V_OK)) {
 				err = EPROTO;
+				free(uc->fail);
+				uc->fail = dw_strdup(tls_failure(ssl, e, why, sizeof(why)));
+			}
 		}
 	}
 	bufferevent_setcb(uc->bev, NULL, NULL, NULL, NULL);
 	uc->ready(uc, err, uc->arg);
-}
-
-static SSL *tls_new(struct pool *p)
-{
-	struct pool_set *ps = p->ps;
-	SSL *ssl;
-
-	if (!ps->ssl_ctx) {
-		ps->ssl_ctx = SSL_CTX_new(TLS_client_method());
-		if (!ps->ssl_ctx)
-			return NULL;
-		SSL_CTX_set_default_verify_paths(ps->ssl_ctx);
-		SSL_CTX_set_verify(ps->ssl_ctx, SSL_VERIFY_PEER, NULL);
-		SSL_CTX_set_min_proto_version(ps->ssl_ctx, TLS1_2_VERSION);
-	}
-	ssl = SSL_new(ps->ssl_ctx);
-	if (!ssl)
-		return NULL;
-	SSL_set_tlsext_host_name(ssl, p->host);
-	SSL_set1_host(ssl, p->host);
-	return ssl;
 }
 
 struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upconn_ready_fn ready,
@@ -317,7 +308,15 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 
 	*connected = false;
 	*err_out = 0;
-	if ((uc = TAILQ_FIRST(&p->idle))) {
+	uc = TAILQ_FIRST(&p->idle);
+	if (uc && p->tls && SSL_get_SSL_CTX(bufferevent_openssl_get_ssl(uc->bev)) != up->tls_ctx) {
+		/* Made with a context a reload replaced: retired (one per get),
+		 * so new connections use the new certificates. */
+		idle_remove(uc);
+		upconn_free(uc);
+		uc = NULL;
+	}
+	if (uc) {
 		idle_remove(uc);
 		uc->reused = true;
 		uc->ready = ready;
@@ -344,8 +343,11 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 	uc->ready = ready;
 	uc->arg = arg;
 	if (p->tls) {
-		SSL *ssl = tls_new(p);
+		struct dw_err terr = {""};
+		SSL *ssl = up->tls_ctx ? tls_client_new(up->tls_ctx, p->host, p->sni, &terr) : NULL;
 		if (!ssl) {
+			log_error("upstream \"%s\": %s", up->name,
+				  terr.msg[0] ? terr.msg : "no TLS context");
 			evutil_closesocket(fd);
 			free(uc);
 			*err_out = EPROTO;
@@ -374,6 +376,11 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 		return NULL;
 	}
 	return uc;
+}
+
+const char *upconn_failure(const struct upconn *uc)
+{
+	return uc->fail;
 }
 
 struct bufferevent *upconn_bev(struct upconn *uc)

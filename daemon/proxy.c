@@ -40,6 +40,7 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event_struct.h> /* struct event, embedded in struct conn */
 #include <inttypes.h>
 #include <netinet/in.h>
@@ -50,6 +51,7 @@
 #include <sys/socket.h>
 
 #include "http_parse.h"
+#include "tls.h"
 #include "worker.h"
 
 enum cstate {
@@ -83,7 +85,8 @@ enum out_mode {
 /* Idle this long, a keep-alive connection gives up its bufferevent (~1 KB):
  * long enough that a busy client never pays for re-creating it. */
 #define PARK_AFTER_MS 1000
-#define DEADLINE_SLACK_US 1000	/* what passes within this is due now */
+#define DEADLINE_SLACK_US 1000
+#define TLS_RECORD_MAX 16384 /* the most plaintext one TLS record carries */	/* what passes within this is due now */
 
 /*
  * Everything that belongs to one request in progress. Allocated when its
@@ -143,6 +146,8 @@ struct conn {
 	bool rd_paused;	  /* rd_ev off: the input is at its bound (conn_read_resume) */
 	bool rd_done;	  /* rd_ev off for good: EOF, error, closing */
 	bool rd_big;	  /* the last read filled its reservation: reserve more */
+	bool tls;	  /* an OpenSSL bufferevent does the socket I/O (see proxy_accept) */
+	bool tls_ready;	  /* its handshake is done */
 	/* The client's address, formatted only when needed (conn_peer). */
 	unsigned char peer_af; /* AF_INET, AF_INET6 or 0: unknown */
 	unsigned char peer_addr[16];
@@ -154,6 +159,8 @@ struct conn {
 #define FLUSH_UP 2     /* the request, to c->x->up */
 
 static void conn_write_cb(struct bufferevent *bev, void *arg);
+static void conn_tls_read_cb(struct bufferevent *bev, void *arg);
+static size_t conn_in_high(const struct conn *c);
 static void conn_read_stop(struct conn *c);
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void up_read_cb(struct bufferevent *bev, void *arg);
@@ -437,6 +444,15 @@ static void conn_flush(struct conn *c)
 		evbuffer_drain(out, evbuffer_get_length(out));
 		return;
 	}
+	if (c->tls) {
+		/* The bufferevent encrypts and writes (conn_write_cb disarms it);
+		 * it writes a TLS record per chain of the output: in one chain, an
+		 * answer goes out as one record and one send(2). */
+		if (evbuffer_get_length(out) <= TLS_RECORD_MAX)
+			evbuffer_pullup(out, -1);
+		bufferevent_enable(c->bev, EV_WRITE);
+		return;
+	}
 	if (evbuffer_write_unfrozen(out, bufferevent_getfd(c->bev)) < 0 &&
 	    !errno_retriable(EVUTIL_SOCKET_ERROR())) {
 		/* The bufferevent reports the error through conn_event_cb. */
@@ -587,7 +603,9 @@ static size_t conn_in_high(const struct conn *c)
 
 static void conn_read_stop(struct conn *c)
 {
-	if (!c->rd_done && !c->rd_paused)
+	if (c->tls && c->bev)
+		bufferevent_disable(c->bev, EV_READ);
+	else if (!c->rd_done && !c->rd_paused)
 		event_del(&c->rd_ev);
 	c->rd_done = true;
 }
@@ -648,6 +666,16 @@ static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
 	on_input(c);
 }
 
+/* A TLS connection's bufferevent decrypted bytes into its input. */
+static void conn_tls_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)bev;
+	if (c->state != CS_CLOSED && !c->rd_done)
+		on_input(c);
+}
+
 /*
  * IDLE -> PARKED: the bufferevent and its buffers go; rd_ev keeps watching
  * the socket and gives the connection a new bufferevent when the client
@@ -661,14 +689,53 @@ static void conn_readable_cb(evutil_socket_t fd, short what, void *arg)
 static void conn_park(struct conn *c)
 {
 	conn_set_state(c, CS_PARKED);
-	if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
+	/* A TLS connection's session lives in its bufferevent: it stays. */
+	if (c->tls || evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
 		return;
 	bufferevent_setfd(c->bev, -1);
 	bufferevent_free(c->bev);
 	c->bev = NULL;
 }
 
-void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen)
+/*
+ * A TLS client connection: libevent's OpenSSL bufferevent does its socket
+ * I/O (handshake, reads into the input, writes of the output), so rd_ev is
+ * never added and the connection never parks; everything above the buffers
+ * is the same as for plain HTTP. Its own reads and writes (sockio.c) save a
+ * plain connection the ioctl and epoll_ctl calls they were written for; with
+ * TLS the crypto dominates, and reusing the bufferevent keeps one TLS code
+ * path shared with the upstream side (pool.c). Reading stops at the same
+ * input bound as rd_ev (a read high-water mark) and resumes once the input
+ * is consumed. Writes stay batched: EV_WRITE is armed by conn_flush and
+ * disarmed by conn_write_cb once the output is empty.
+ */
+static int conn_attach_tls(struct conn *c, SSL_CTX *ctx)
+{
+	static const struct timeval send_timeout = {SEND_TIMEOUT_MS / 1000, 0};
+	SSL *ssl = SSL_new(ctx);
+
+	if (!ssl)
+		return -1;
+	c->bev = bufferevent_openssl_socket_new(c->w->base, c->fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+						BEV_OPT_CLOSE_ON_FREE);
+	if (!c->bev) {
+		SSL_free(ssl);
+		return -1;
+	}
+	c->tls = true;
+	/* A client closing without close_notify is an EOF, as on plain TCP. */
+	bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+	bufferevent_setcb(c->bev, conn_tls_read_cb, conn_write_cb, conn_event_cb, c);
+	bufferevent_setwatermark(c->bev, EV_READ, 0, conn_in_high(c));
+	bufferevent_setwatermark(c->bev, EV_WRITE, OUT_LOW_WATER, 0);
+	bufferevent_set_timeouts(c->bev, NULL, &send_timeout);
+	bufferevent_disable(c->bev, EV_WRITE);
+	bufferevent_enable(c->bev, EV_READ);
+	return 0;
+}
+
+void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen,
+		  SSL_CTX *tls)
 {
 	struct server *srv = w->srv;
 	struct conn *c;
@@ -683,7 +750,7 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 		    "{\"error\": \"too many connections\"}\r\n";
 		__atomic_fetch_sub(&srv->active_conns, 1, __ATOMIC_RELAXED);
 		metric_inc(srv->m_conns_rejected);
-		if (send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		if (!tls && send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
 			log_debug("reject: %s", strerror(errno));
 		evutil_closesocket(fd);
 		return;
@@ -692,15 +759,17 @@ void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *s
 	c = dw_calloc(1, sizeof(*c));
 	c->w = w;
 	c->fd = fd;
-	if (conn_attach_bev(c) < 0) {
+	if (tls ? conn_attach_tls(c, tls) < 0 : conn_attach_bev(c) < 0) {
 		log_error("cannot allocate a bufferevent for a new connection");
 		__atomic_fetch_sub(&srv->active_conns, 1, __ATOMIC_RELAXED);
 		evutil_closesocket(fd);
 		free(c);
 		return;
 	}
+	/* Assigned either way, so conn_close's event_del is safe. */
 	event_assign(&c->rd_ev, w->base, fd, EV_READ | EV_PERSIST, conn_readable_cb, c);
-	event_add(&c->rd_ev, NULL);
+	if (!tls)
+		event_add(&c->rd_ev, NULL);
 	if (sa->sa_family == AF_INET) {
 		c->peer_af = AF_INET;
 		memcpy(c->peer_addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
@@ -1009,6 +1078,20 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 	struct conn *c = arg;
 	bool exchange = c->state == CS_UPSTREAM || c->state == CS_RESPONSE || c->state == CS_SYNC;
 
+	if (what & BEV_EVENT_CONNECTED) { /* a TLS handshake is done */
+		c->tls_ready = true;
+		return;
+	}
+	if (c->tls && !c->tls_ready) {
+		char peer[INET6_ADDRSTRLEN], why[300];
+
+		log_info("client %s: %s", conn_peer(c, peer, sizeof(peer)),
+			 tls_failure(bufferevent_openssl_get_ssl(bev),
+				     bufferevent_get_openssl_error(bev), why, sizeof(why)));
+		conn_close(c, "TLS handshake failed");
+		return;
+	}
+
 	if ((what & BEV_EVENT_EOF) && exchange) {
 		/* A half-close after the request: answer it, then close. */
 		c->x->keep_alive = false;
@@ -1049,14 +1132,15 @@ static void up_ready(struct upconn *uc, int error, void *arg)
 {
 	struct conn *c = arg;
 	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->cfg->default_upstream];
-	char msg[256];
+	char msg[512];
 
 	if (error) {
+		const char *tls = upconn_failure(uc);
+		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): %s%s", up->name, up->host,
+			 up->port, tls ? "" : "connect: ",
+			 tls ? tls : error == ETIMEDOUT ? "timed out" : strerror(error));
 		upconn_release(uc, false);
 		c->x->up = NULL;
-		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): connect: %s", up->name,
-			 up->host, up->port,
-			 error == ETIMEDOUT ? "timed out" : strerror(error));
 		if (error == ETIMEDOUT)
 			upstream_failed(c, UPERR_TIMEOUT, 504, msg);
 		else
@@ -1171,7 +1255,10 @@ static void send_request(struct conn *c)
 		dw_text_lit(&t, ", ");
 	}
 	dw_text_addr(&t, c->peer_af, c->peer_addr);
-	dw_text_lit(&t, "\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
+	if (c->tls)
+		dw_text_lit(&t, "\r\nX-Forwarded-Proto: https\r\nX-Request-Id: ");
+	else
+		dw_text_lit(&t, "\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
 	dw_text_str(&t, c->x->reqid);
 	dw_text_lit(&t, "\r\n");
 	if (blen > 0 || r->content_length >= 0 || r->chunked) {

@@ -150,6 +150,10 @@ void pool_set_free(struct pool_set *ps);
 struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upconn_ready_fn ready,
 			void *arg, bool *connected, int *err_out);
 struct bufferevent *upconn_bev(struct upconn *uc);
+/* After ready(uc, EPROTO, ...): why the TLS handshake failed ("TLS
+ * certificate verify failed: expired (...)"), NULL when not known. Valid
+ * until the release. */
+const char *upconn_failure(const struct upconn *uc);
 bool upconn_reused(const struct upconn *uc);
 /* Before writing a request into the connection's output: upconn_begin; after:
  * upconn_flush, which writes at once on plain sockets and arms the write

@@ -19,8 +19,14 @@
 static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
 		      int salen, void *arg)
 {
-	(void)lev;
-	proxy_accept(arg, fd, sa, salen);
+	struct worker *w = arg;
+	struct listener *l = w->listeners;
+
+	/* TLS or not, and with which certificate, is the current snapshot's
+	 * word: a reload changes it for new connections only. */
+	while (l && l->lev != lev)
+		l = l->next;
+	proxy_accept(w, fd, sa, salen, l ? config_listen_tls(w->cfg, l->addr) : NULL);
 }
 
 static void accept_error_cb(struct evconnlistener *lev, void *arg)

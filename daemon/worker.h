@@ -65,7 +65,10 @@ struct worker {
 };
 
 /* proxy.c */
-void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen);
+/* tls: the listener's server context (the worker's current snapshot), NULL
+ * for plain HTTP. */
+void proxy_accept(struct worker *w, evutil_socket_t fd, const struct sockaddr *sa, int salen,
+		  struct ssl_ctx_st *tls);
 void proxy_drain_idle(struct worker *w);  /* close connections not mid-request */
 void proxy_abort_all(struct worker *w);	  /* close every connection */
 void proxy_sync_done(struct worker *w);	  /* release answers held for fsync */

@@ -14,6 +14,7 @@
  */
 #include "config.h"
 #include "http_parse.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -426,9 +427,12 @@ static void config_free(struct dw_config *c)
 	if (!c)
 		return;
 	free(c->path);
-	for (size_t i = 0; i < c->nlisten; i++)
+	for (size_t i = 0; i < c->nlisten; i++) {
 		free(c->listen[i]);
+		SSL_CTX_free(c->listen_tls[i]);
+	}
 	free(c->listen);
+	free(c->listen_tls);
 	free(c->admin_listen);
 	for (size_t i = 0; i < c->nupstreams; i++) {
 		struct dw_upstream *u = &c->upstreams[i];
@@ -437,6 +441,11 @@ static void config_free(struct dw_config *c)
 		free(u->host);
 		free(u->host_header);
 		free(u->base_path);
+		free(u->ca_file);
+		free(u->sni);
+		free(u->cert);
+		free(u->key);
+		SSL_CTX_free(u->tls_ctx);
 	}
 	free(c->upstreams);
 	free(c->queue.path);
@@ -490,20 +499,54 @@ void config_unref(struct dw_config *c)
 
 /* ---------------------------------------------------------------- pass 1: scalars */
 
+/* A listen entry's tls = { cert; key; client_ca; }: its server context. */
+static SSL_CTX *load_listen_tls(struct loader *L, const config_setting_t *t, const char *where)
+{
+	static const char *const keys[] = { "cert", "key", "client_ca", NULL };
+	const char *cert = NULL, *key = NULL, *ca = NULL;
+	char w[WHERE_MAX];
+	struct dw_err err = { { 0 } };
+	SSL_CTX *ctx;
+	int bad = 0;
+
+	wjoin(w, sizeof(w), where, "tls");
+	if (!config_setting_is_group(t)) {
+		lerr(L, sline(t), w, "expected a group { cert = \"...\"; key = \"...\"; }");
+		return NULL;
+	}
+	check_keys(L, t, w, keys);
+	bad |= get_str(L, t, "cert", w, &cert) < 0;
+	bad |= get_str(L, t, "key", w, &key) < 0;
+	bad |= get_str(L, t, "client_ca", w, &ca) < 0;
+	if (bad)
+		return NULL;
+	if (!cert || !key) {
+		lerr(L, sline(t), w, "missing %s (required: cert and key)", !cert ? "cert" : "key");
+		return NULL;
+	}
+	ctx = tls_server_ctx_new(cert, key, ca, &err);
+	if (!ctx)
+		lerr(L, sline(t), w, "%s", err.msg);
+	return ctx;
+}
+
 static void load_listen(struct loader *L, const config_setting_t *root)
 {
+	static const char *const keys[] = { "addr", "tls", NULL };
 	const config_setting_t *s = config_setting_get_member(root, "listen");
 	struct dw_config *c = L->c;
-	char host[256], w[64];
+	char host[256], w[96], wa[96];
 	struct dw_err err = { { 0 } };
 	int port, n;
+	bool single = false;
 
 	if (!s) {
 		lerr(L, 0, "listen", "missing (required: an address or a list of addresses)");
 		return;
 	}
-	if (config_setting_type(s) == CONFIG_TYPE_STRING) {
+	if (config_setting_type(s) == CONFIG_TYPE_STRING || config_setting_is_group(s)) {
 		n = 1;
+		single = true;
 	} else if (config_setting_is_list(s) || config_setting_is_array(s)) {
 		n = config_setting_length(s);
 		if (n == 0) {
@@ -511,30 +554,59 @@ static void load_listen(struct loader *L, const config_setting_t *root)
 			return;
 		}
 	} else {
-		lerr(L, sline(s), "listen", "expected a string or a list of strings");
+		lerr(L, sline(s), "listen", "expected an address, a { addr; tls; } group or a list of them");
 		return;
 	}
 	c->listen = dw_calloc((size_t)n, sizeof(*c->listen));
+	/* an array of SSL_CTX pointers */
+	c->listen_tls = dw_calloc((size_t)n, sizeof(*c->listen_tls)); // NOLINT(bugprone-sizeof-expression)
 	for (int i = 0; i < n; i++) {
-		const config_setting_t *e =
-			config_setting_type(s) == CONFIG_TYPE_STRING
-				? s
-				: config_setting_get_elem(s, (unsigned)i);
-		if (config_setting_type(s) == CONFIG_TYPE_STRING)
+		const config_setting_t *e = single ? s : config_setting_get_elem(s, (unsigned)i);
+		const config_setting_t *a = e, *t = NULL;
+		const char *addr;
+
+		if (single)
 			wfmt(w, sizeof(w), "listen");
 		else
 			wfmt(w, sizeof(w), "listen[%d]", i);
-		if (config_setting_type(e) != CONFIG_TYPE_STRING) {
-			lerr(L, sline(e), w, "expected a string");
+		if (config_setting_is_group(e)) {
+			check_keys(L, e, w, keys);
+			a = config_setting_get_member(e, "addr");
+			t = config_setting_get_member(e, "tls");
+			if (!a) {
+				lerr(L, sline(e), w, "missing addr (required: \"host:port\")");
+				continue;
+			}
+			wjoin(wa, sizeof(wa), w, "addr");
+			wfmt(w, sizeof(w), "%s", wa);
+		}
+		if (config_setting_type(a) != CONFIG_TYPE_STRING) {
+			lerr(L, sline(a), w, "expected a string \"host:port\"");
 			continue;
 		}
-		if (config_split_hostport(config_setting_get_string(e), host, sizeof(host), &port,
-					  &err) < 0) {
-			lerr(L, sline(e), w, "%s", err.msg);
+		addr = config_setting_get_string(a);
+		if (config_split_hostport(addr, host, sizeof(host), &port, &err) < 0) {
+			lerr(L, sline(a), w, "%s", err.msg);
 			continue;
 		}
-		c->listen[c->nlisten++] = dw_strdup(config_setting_get_string(e));
+		for (size_t j = 0; j < c->nlisten; j++)
+			if (strcmp(c->listen[j], addr) == 0)
+				lerr(L, sline(a), w, "\"%s\" is listed twice", addr);
+		if (single)
+			wfmt(w, sizeof(w), "listen");
+		else
+			wfmt(w, sizeof(w), "listen[%d]", i);
+		c->listen_tls[c->nlisten] = t ? load_listen_tls(L, t, w) : NULL;
+		c->listen[c->nlisten++] = dw_strdup(addr);
 	}
+}
+
+SSL_CTX *config_listen_tls(const struct dw_config *c, const char *addr)
+{
+	for (size_t i = 0; i < c->nlisten; i++)
+		if (strcmp(c->listen[i], addr) == 0)
+			return c->listen_tls[i];
+	return NULL;
 }
 
 static void load_scalars(struct loader *L, const config_setting_t *root)
@@ -658,10 +730,65 @@ static void load_scalars(struct loader *L, const config_setting_t *root)
 	}
 }
 
+/* ca_file, verify, sni, cert, key of an https:// upstream, and its context. */
+static void load_upstream_tls(struct loader *L, const config_setting_t *us, const char *prefix,
+			      struct dw_upstream *u)
+{
+	static const char *const tls_keys[] = { "ca_file", "sni", "cert", "key" };
+	char **dst[] = { &u->ca_file, &u->sni, &u->cert, &u->key };
+	const config_setting_t *v = config_setting_get_member(us, "verify");
+	struct dw_err err = { { 0 } };
+	char w[WHERE_MAX];
+	bool bad = false, any = v != NULL;
+
+	u->verify = true;
+	for (size_t k = 0; k < DW_ARRAY_LEN(tls_keys); k++) {
+		const char *s;
+		switch (get_str(L, us, tls_keys[k], prefix, &s)) {
+		case 1:
+			*dst[k] = dw_strdup(s);
+			any = true;
+			break;
+		case -1:
+			bad = true;
+			break;
+		default:
+			break;
+		}
+	}
+	if (v) {
+		if (config_setting_type(v) != CONFIG_TYPE_BOOL) {
+			wjoin(w, sizeof(w), prefix, "verify");
+			lerr(L, sline(v), w, "expected true or false");
+			bad = true;
+		} else {
+			u->verify = config_setting_get_bool(v) != 0;
+		}
+	}
+	if (!u->url || bad)
+		return;
+	if (!u->tls) {
+		if (any)
+			lerr(L, sline(us), prefix,
+			     "ca_file, verify, sni, cert and key apply to https:// upstreams only");
+		return;
+	}
+	if (!u->cert != !u->key) {
+		wjoin(w, sizeof(w), prefix, u->cert ? "key" : "cert");
+		lerr(L, sline(us), w, "missing (a client certificate needs both cert and key)");
+		return;
+	}
+	u->tls_ctx = tls_client_ctx_new(u->ca_file, u->verify, u->cert, u->key, &err);
+	if (!u->tls_ctx)
+		lerr(L, sline(us), prefix, "%s", err.msg);
+}
+
 static void load_upstreams(struct loader *L, const config_setting_t *root)
 {
-	static const char *const keys[] = { "url",	 "timeout_ms",	 "connect_timeout_ms",
-					    "pool_size", "max_inflight", "pipeline_depth", NULL };
+	static const char *const keys[] = { "url",	      "timeout_ms",   "connect_timeout_ms",
+					    "pool_size",      "max_inflight", "pipeline_depth",
+					    "ca_file",	      "verify",	      "sni",
+					    "cert",	      "key",	      NULL };
 	const config_setting_t *g = get_group(L, root, "upstreams", "");
 	struct dw_config *c = L->c;
 	const char *s;
@@ -718,6 +845,7 @@ static void load_upstreams(struct loader *L, const config_setting_t *root)
 		if (get_int(L, us, "max_inflight", prefix, 1, 100000, &v) == 1)
 			u->max_inflight = (int)v;
 		set_int(L, us, "pipeline_depth", prefix, 1, 256, &u->pipeline_depth);
+		load_upstream_tls(L, us, prefix, u);
 	}
 
 	c->default_upstream = -1;

@@ -10,7 +10,11 @@
  * reload run exactly this function.
  *
  * Keys (SPEC §3): listen, workers, admin.listen, limits.*, upstreams.*,
- * default_upstream, queue.*, tenant.*, routes, tables, log_level.
+ * default_upstream, queue.*, tenant.*, routes, tables, log_level. TLS (SPEC
+ * §8): a listen entry may be { addr; tls = { cert; key; client_ca; }; } and
+ * an https:// upstream takes ca_file, verify, sni, cert and key; their
+ * OpenSSL contexts are built here (tls.h), so a bad certificate or key is a
+ * configuration error like any other, and the snapshot owns the contexts.
  */
 #ifndef DW_CONFIG_H
 #define DW_CONFIG_H
@@ -22,6 +26,8 @@
 #include "dw.h"
 #include "expr.h"
 #include "route.h"
+
+struct ssl_ctx_st; /* SSL_CTX of <openssl/ssl.h> */
 
 struct dw_upstream {
 	char *name;
@@ -36,6 +42,12 @@ struct dw_upstream {
 	int pool_size;	  /* idle keep-alive connections kept per worker; default 64 */
 	int max_inflight; /* mirror concurrency per worker towards it; default 64 */
 	int pipeline_depth; /* mirror requests per connection to a fast target; 1: none; default 16 */
+	/* https:// only (SPEC §8) */
+	char *ca_file;	  /* NULL: the system trust store */
+	bool verify;	  /* default true; false: any certificate (warned at every load) */
+	char *sni;	  /* NULL: the URL's host; also the name the certificate must carry */
+	char *cert, *key; /* client certificate, NULL: none */
+	struct ssl_ctx_st *tls_ctx; /* built at load (tls.h); NULL for http:// */
 	int line;
 };
 
@@ -99,6 +111,7 @@ struct dw_config {
 	enum dw_log_level log_level;
 
 	char **listen; /* "host:port" strings; IPv6 as "[::1]:8080" */
+	struct ssl_ctx_st **listen_tls; /* per listen entry: its server context, NULL: plain HTTP */
 	size_t nlisten;
 	int workers;	  /* default 1 */
 	char *admin_listen; /* NULL: no admin listener */
@@ -145,6 +158,9 @@ void config_unref(struct dw_config *c);
 
 /* Lookups; NULL / -1 when absent. */
 int config_upstream_index(const struct dw_config *c, const char *name);
+/* The server context of the listen entry addr: NULL for plain HTTP (or an
+ * address not in c). */
+struct ssl_ctx_st *config_listen_tls(const struct dw_config *c, const char *addr);
 const struct dw_table_map *config_table(const struct dw_config *c, const char *name);
 /* Whether verify compares this target column of a table map. */
 bool config_table_compares(const struct dw_table_map *t, const char *column);

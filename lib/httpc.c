@@ -5,6 +5,7 @@
  * (SSL_ERROR_WANT_READ/WRITE map to POLLIN/POLLOUT).
  */
 #include "httpc.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <arpa/inet.h>
@@ -26,7 +27,7 @@
 #define MAX_HEAD 65536
 
 struct conn {
-	char *key; /* "tls|host|port" */
+	char *key; /* "tls|host|port|sni|context" */
 	int fd;
 	SSL *ssl;
 };
@@ -286,54 +287,32 @@ static int tcp_connect(const struct httpc_request *req, int64_t deadline, int ms
 	return fd;
 }
 
-static bool is_ip_literal(const char *h)
-{
-	struct in6_addr a6;
-	struct in_addr a4;
-
-	return inet_pton(AF_INET, h, &a4) == 1 || inet_pton(AF_INET6, h, &a6) == 1;
-}
-
 static int tls_start(struct httpc *c, struct conn *k, const struct httpc_request *req,
 		     int64_t deadline, int ms, struct dw_err *err)
 {
-	char what[300];
+	char what[300], why[300];
 	bool timeout = false;
+	SSL_CTX *ctx = req->tls_ctx;
 
-	if (!c->ctx) {
-		c->ctx = SSL_CTX_new(TLS_client_method());
-		if (!c->ctx) {
-			tls_err(err, "tls");
+	if (!ctx) {
+		if (!c->ctx && !(c->ctx = tls_client_ctx_new(NULL, true, NULL, NULL, err)))
 			return -1;
-		}
-		SSL_CTX_set_min_proto_version(c->ctx, TLS1_2_VERSION);
-		SSL_CTX_set_default_verify_paths(c->ctx);
-		SSL_CTX_set_verify(c->ctx, SSL_VERIFY_PEER, NULL);
+		ctx = c->ctx;
 	}
-	k->ssl = SSL_new(c->ctx);
-	if (!k->ssl || SSL_set_fd(k->ssl, k->fd) != 1) {
-		tls_err(err, "tls");
+	k->ssl = tls_client_new(ctx, req->host, req->sni, err);
+	if (!k->ssl)
 		return -1;
-	}
-	if (!is_ip_literal(req->host)) {
-		/* The macro casts away const; OpenSSL copies the name. */
-		char *sni = dw_strdup(req->host);
-		SSL_set_tlsext_host_name(k->ssl, sni);
-		free(sni);
-	}
-	if (SSL_set1_host(k->ssl, req->host) != 1) {
+	if (SSL_set_fd(k->ssl, k->fd) != 1) {
 		tls_err(err, "tls");
 		return -1;
 	}
 	snprintf(what, sizeof(what), "tls %s:%d", req->host, req->port);
 	errno = 0;
 	if (ssl_drive(k, ssl_connect_fn, NULL, 0, deadline, err, what, &timeout) <= 0) {
-		long v = SSL_get_verify_result(k->ssl);
 		if (timeout)
 			dw_err_set(err, "%s: timeout after %d ms", what, ms);
-		else if (v != X509_V_OK)
-			dw_err_set(err, "%s: certificate verification failed: %s", what,
-				   X509_verify_cert_error_string(v));
+		else if (SSL_get_verify_result(k->ssl) != X509_V_OK)
+			dw_err_set(err, "%s: %s", what, tls_failure(k->ssl, 0, why, sizeof(why)));
 		return -1;
 	}
 	return 0;
@@ -343,7 +322,8 @@ static char *conn_key(const struct httpc_request *req)
 {
 	char *s;
 
-	if (asprintf(&s, "%d|%s|%d", req->tls, req->host, req->port) < 0)
+	if (asprintf(&s, "%d|%s|%d|%s|%p", req->tls, req->host, req->port,
+		     req->sni ? req->sni : "", (void *)req->tls_ctx) < 0)
 		abort();
 	return s;
 }

@@ -3,8 +3,9 @@
  *
  * One request at a time, with deadlines: a connect timeout (non-blocking
  * connect + poll) and an overall timeout covering sending the request and
- * reading the whole response. Optional TLS (OpenSSL: system trust store,
- * peer verification, SNI, host name check). Responses are parsed with the
+ * reading the whole response. Optional TLS through tls.h, as the daemon
+ * makes it (the upstream's context or the system trust store, SNI, host
+ * name check; a verification failure names its cause). Responses are parsed with the
  * strict http_parse module; bodies by Content-Length, chunked or until close.
  * One idle keep-alive connection per target (host, port, tls) is kept for
  * the next request when the server allows it; a reused connection that turns
@@ -21,6 +22,8 @@
 #include "dw.h"
 #include "http_parse.h"
 
+struct ssl_ctx_st; /* SSL_CTX */
+
 struct httpc_header {
 	const char *name;
 	const char *value;
@@ -30,6 +33,8 @@ struct httpc_request {
 	const char *host; /* name or address, no brackets */
 	int port;
 	bool tls;
+	struct ssl_ctx_st *tls_ctx; /* https: the upstream's context (config.h); NULL: system store */
+	const char *sni;	     /* https: SNI and the name to verify; NULL: host */
 	const char *host_header;      /* Host value; NULL: host[:port] */
 	const char *method;	      /* "GET", "POST", ... */
 	const char *path;	      /* origin-form target, with query */

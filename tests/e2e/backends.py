@@ -134,8 +134,10 @@ class _BadRequest(Exception):
 
 
 class Backend:
-    def __init__(self, handler=None, name="legacy"):
+    def __init__(self, handler=None, name="legacy", tls=None):
+        """tls: an ssl.SSLContext (server side): the origin speaks HTTPS."""
         self.name = name
+        self.tls = tls
         self.handler = handler or default_handler
         self.requests = []
         self.accepts = 0
@@ -150,7 +152,7 @@ class Backend:
         self.lsock.listen(128)
         self.lsock.settimeout(0.1)
         self.port = self.lsock.getsockname()[1]
-        self.url = "http://127.0.0.1:%d" % self.port
+        self.url = "%s://127.0.0.1:%d" % ("https" if tls else "http", self.port)
         t = threading.Thread(target=self._accept_loop, name="backend-accept-%s" % name,
                              daemon=True)
         t.start()
@@ -313,6 +315,8 @@ class Backend:
         c.settimeout(SOCK_TIMEOUT)
         buf = bytearray()
         try:
+            if self.tls:
+                c = self.tls.wrap_socket(c, server_side=True)  # ssl.SSLError is an OSError
             while not self.stopping.is_set():
                 try:
                     req = self._read_request(c, buf, no)

@@ -68,8 +68,8 @@ def pytest_runtest_call(item):
 def make_backend():
     made = []
 
-    def make(handler=None, name="legacy"):
-        b = Backend(handler, name)
+    def make(handler=None, name="legacy", tls=None):
+        b = Backend(handler, name, tls=tls)
         made.append(b)
         return b
 

@@ -297,6 +297,8 @@ static int deliver(struct replay *r, const char *where, const struct spool_recor
 	req.host = up->host;
 	req.port = up->port;
 	req.tls = up->tls;
+	req.tls_ctx = up->tls_ctx;
+	req.sni = up->sni;
 	req.host_header = up->host_header;
 	req.method = rec->method ? rec->method : "POST";
 	req.path = path;
