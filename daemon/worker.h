@@ -9,6 +9,7 @@
 #include <event2/listener.h>
 #include <sys/queue.h>
 
+#include "bucket.h"
 #include "server.h"
 
 struct conn;
@@ -56,6 +57,7 @@ struct worker {
 	bool draining;
 	uint64_t reqid_counter;
 	uint32_t reqid_seed;
+	struct bucket_rng rng; /* draws for reads without a sticky value */
 	struct status_series series[128];
 	size_t nseries;
 	struct histogram *h_duration;

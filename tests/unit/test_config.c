@@ -288,7 +288,34 @@ static void test_example_gear(void **state)
 	route_named(c, "equipment-update");
 	r = route_named(c, "equipment-delete");
 	assert_null(r->mirror->body);
-	assert_null(route_named(c, "equipment-list")->mirror);
+	r = route_named(c, "equipment-list");
+	assert_null(r->mirror);
+	assert_non_null(r->read);
+	assert_int_equal(r->read->weight, 0); /* Phase 3 starts at 0 */
+	assert_int_equal(r->read->upstream, config_upstream_index(c, "gear_ops"));
+	assert_true(r->read->fallback);
+	{
+		/* gear_ops's list (a JSON array) back in user_core's shape */
+		const char *names[] = { "id" }, *values[] = { "7" };
+		struct expr_ctx ctx = { .path_names = names, .path_values = values, .npath = 1 };
+		struct dw_err err = { { 0 } };
+		json_t *resp = parse("[{\"id\":3,\"user_id\":7,\"name\":\"n\",\"category\":\"bike\","
+				     "\"brand\":\"b\",\"status\":\"active\",\"role\":\"personal\","
+				     "\"created_at\":\"t\",\"updated_at\":\"u\"}]");
+		json_t *out = NULL;
+		char *path = NULL;
+
+		ctx.response = resp;
+		assert_int_equal(expr_eval(r->read->response, &ctx, &out, &err), EXPR_OK);
+		assert_json(out, "[{\"id\":3,\"user_id\":7,\"name\":\"n\",\"type\":\"bike\","
+				 "\"brand\":\"b\",\"created_at\":\"t\"}]");
+		json_decref(out);
+		json_decref(resp);
+		assert_int_equal(tmpl_render(r->read->path, &ctx, &path, &err), EXPR_OK);
+		assert_string_equal(path, "/gear-items?user_id=7");
+		free(path);
+	}
+	assert_non_null(route_named(c, "equipment-get")->read);
 
 	t = config_table(c, "equipment");
 	assert_non_null(t);
