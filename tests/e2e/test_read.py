@@ -374,3 +374,69 @@ def test_config_errors_name_file_and_line(dw, make_backend, tmp_path):
     assert side_of(get(d.port, "/user/1/equipment")) == "new"
     assert d.metric("dualwrite_read_weight", route="equipment-list") == 100
     d.finish()
+
+
+# ---------------------------------------------------------------- the shipped Gear Ops configuration
+
+
+def gear_conf_routes(weight):
+    """The `routes = ( ... );` section of the shipped conf/gear-ops.conf, with the list
+    route's weight set."""
+    with open(os.path.join(helpers.REPO_ROOT, "conf", "gear-ops.conf")) as f:
+        text = f.read()
+    start_at = text.index("\nroutes = (")
+    end = text.index("\n);", start_at) + 3
+    routes_text = text[start_at:end] + "\n"
+    shipped = '      path     = "/gear-items?user_id={id}";   # gear_ops answers a JSON array\n' \
+              '      weight   = 0;\n'
+    assert shipped in routes_text  # Phase 3 starts at 0
+    return routes_text.replace(shipped, shipped.replace("= 0;", "= %s;" % weight))
+
+
+def test_shipped_gear_ops_read_route_over_the_demo_services(dw, tmp_path):
+    import mirrorlib as ml
+    for b in (helpers.daemon_binary(), ml.demo_binary()):
+        assert os.access(b, os.X_OK), "%s is not built" % b
+    (tmp_path / "pg").mkdir()
+    pg = ml.PgCluster(tmp_path / "pg")
+    started = []
+    try:
+        uc = ml.DemoService("user-core", pg, tmp_path)
+        started.append(uc)
+        go = ml.DemoService("gear-ops", pg, tmp_path)
+        started.append(go)
+        d = dw({"user_core": {"url": uc.url}, "gear_ops": {"url": go.url}},
+               default_upstream="user_core", start=False)
+        d.extra["log_level"] = "info"
+        d.write_config(d.config_text() + gear_conf_routes(0))
+        d.start()
+        for n in range(3):
+            r = ml.send_json(d.port, "POST", "/equipment",
+                             {"user_id": 42, "name": "item %d" % n, "type": "tent",
+                              "brand": "MSR"})
+            assert r.status == 201, r
+        helpers.wait_for(lambda: len(pg.sql("gear_ops", "SELECT id FROM gear_items")) == 3,
+                         20, "3 mirrored gear items")
+        legacy_answer = get(d.port, "/user/42/equipment")
+        assert legacy_answer.status == 200
+        want = json.loads(legacy_answer.body)
+        assert [x["type"] for x in want] == ["tent"] * 3
+        assert read_total(d, "legacy", "bucket") == 1
+
+        d.reload(d.config_text() + gear_conf_routes(100))
+        r = get(d.port, "/user/42/equipment")
+        assert r.status == 200, r
+        assert json.loads(r.body) == want  # gear_ops's rows, in user_core's shape
+        assert int(r.header("Content-Length")) == len(r.body)
+        assert read_total(d, "new", "bucket") == 1
+
+        go.fault("down503")
+        r = get(d.port, "/user/42/equipment")
+        assert r.status == 200 and json.loads(r.body) == want
+        assert read_total(d, "legacy", "fallback") == 1
+        go.fault("ok")
+        d.finish()
+    finally:
+        for s in started:
+            s.stop()
+        pg.stop()
