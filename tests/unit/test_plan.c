@@ -61,7 +61,7 @@ static void test_extremes(void **state)
 
 	bucket_rng_seed(&rng, 1);
 	for (int i = 0; i < 200; i++) {
-		char k[16];
+		char k[32];
 		snprintf(k, sizeof(k), "%d", i);
 		p = plan_key(c0, k, &rng);
 		assert_int_equal(p.side, READ_LEGACY);
@@ -86,7 +86,7 @@ static void test_share_and_sticky(void **state)
 
 	bucket_rng_seed(&rng, 2);
 	for (int i = 0; i < 10000; i++) {
-		char k[16];
+		char k[32];
 		snprintf(k, sizeof(k), "user-%d", i);
 		struct read_plan a = plan_key(c, k, &rng), b = plan_key(c, k, &rng);
 		assert_int_equal(a.side, b.side);
@@ -144,7 +144,7 @@ static void test_ramp_by_rebind(void **state)
 		s = c->routes[0].read->state;
 		assert_int_equal(readstate_effective(s), (uint32_t)atoi(steps[st]) * 100);
 		for (int i = 0; i < 2000; i++) {
-			char k[16];
+			char k[32];
 			snprintf(k, sizeof(k), "%d", i);
 			bool now_new = plan_key(c, k, &rng).side == READ_NEW;
 			if (!lowering && was_new[i])
