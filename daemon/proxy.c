@@ -51,6 +51,8 @@
 #include <sys/socket.h>
 
 #include "http_parse.h"
+#include "jsonarena.h"
+#include "jsonfast.h"
 #include "plan.h"
 #include "tls.h"
 #include "worker.h"
@@ -333,6 +335,7 @@ static void exchange_end(struct conn *c)
 
 void proxy_worker_free(struct worker *w)
 {
+	json_arena_free(&w->jarena);
 	struct exchange *x;
 
 	while ((x = w->xfree)) {
@@ -1564,8 +1567,12 @@ static void read_finish_mapped(struct conn *c)
 		read_unmappable(c, "no read route");
 		return;
 	}
-	doc = json_loadb((const char *)evbuffer_pullup(x->capture, -1), n, JSON_DECODE_ANY, &je);
+	/* Every jansson value of the mapping lives in the worker's arena and is
+	 * gone before its end; only the malloc'd text outlives it. */
+	json_arena_begin(&c->w->jarena);
+	doc = jsonfast_loadb((const char *)evbuffer_pullup(x->capture, -1), n, &je);
 	if (!doc) {
+		json_arena_end(&c->w->jarena);
 		snprintf(why, sizeof(why), "not JSON: %s", je.text);
 		read_unmappable(c, why);
 		return;
@@ -1574,12 +1581,13 @@ static void read_finish_mapped(struct conn *c)
 	ctx.response = doc;
 	rc = expr_eval(x->route->read->response, &ctx, &mapped, &err);
 	json_decref(doc);
+	body = rc == EXPR_OK ? jsonfast_dumps(mapped, NULL) : NULL;
+	json_decref(mapped);
+	json_arena_end(&c->w->jarena);
 	if (rc != EXPR_OK) {
 		read_unmappable(c, rc == EXPR_MISSING ? "the mapping found nothing" : err.msg);
 		return;
 	}
-	body = json_dumps(mapped, JSON_COMPACT | JSON_ENCODE_ANY);
-	json_decref(mapped);
 	if (!body) {
 		read_unmappable(c, "cannot encode the mapped answer");
 		return;
