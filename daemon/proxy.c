@@ -4,6 +4,14 @@
  * stream the answer back with back-pressure, hand a legacy-acknowledged write
  * to the mirror, and go round again for the next (possibly pipelined) request.
  *
+ * A read route (SPEC §7.1) asks the plan (plan.h) who answers before the
+ * request goes out: the legacy, or the route's new system, whose request
+ * takes the route's path. Its non-2xx, a failure before the client saw a
+ * byte, or (with `response`) an answer that does not map sends the same
+ * request to the legacy when the route falls back (read_new_failed). A
+ * mapped answer is read whole into the capture (collect) and sent as one
+ * JSON body with its own Content-Length; an unmapped one streams as any.
+ *
  * One function changes state (conn_set_state) and asserts the transition is
  * legal. One function closes (conn_close); it releases everything but the
  * struct itself, which is freed after the current loop iteration, so a
@@ -335,9 +343,9 @@ static void exchange_end(struct conn *c)
 
 void proxy_worker_free(struct worker *w)
 {
-	json_arena_free(&w->jarena);
 	struct exchange *x;
 
+	json_arena_free(&w->jarena);
 	while ((x = w->xfree)) {
 		w->xfree = x->next_free;
 		evbuffer_free(x->body);
