@@ -268,6 +268,14 @@ def test_fallback_when_the_new_system_is_down(dw, make_backend):
     assert read_total(d, "legacy", "fallback") == 3
     assert read_total(d, "new", "bucket") == 0
     assert len(legacy.requests) == 3
+    # pipelined: each falls back in turn, answered in order
+    with helpers.Conn(d.port) as c:
+        c.send(b"".join(helpers.build_request("GET", "/user/p%d/equipment" % i, [("Host", "t")])
+                        for i in range(3)))
+        for i in range(3):
+            r = c.read_response()
+            assert side_of(r) == "legacy" and json.loads(r.body)[0]["user_id"] == "p%d" % i
+    assert read_total(d, "legacy", "fallback") == 6
     d.finish()
 
 
@@ -306,6 +314,18 @@ def test_a_slow_chunked_answer_within_the_timeout_is_mapped(dw, make_backend):
     assert side_of(r) == "new" and len(json.loads(r.body)) == 50
     assert int(r.header("Content-Length")) == len(r.body)
     assert r.header("Transfer-Encoding") is None
+    d.finish()
+
+
+def test_a_close_delimited_answer_is_mapped_and_a_10_client_gets_it_whole(dw, make_backend):
+    new = failing_new(make_backend, Reply(200, json.dumps(new_items("x", 3)), JSON,
+                                          framing="close"))
+    d, legacy, _ = start(dw, make_backend, 100, new=new)
+    r = get(d.port, "/user/x/equipment")
+    assert side_of(r) == "new" and len(json.loads(r.body)) == 3
+    assert int(r.header("Content-Length")) == len(r.body)
+    r = helpers.request(d.port, "GET", "/user/x/equipment", [("Host", "t")], version="HTTP/1.0")
+    assert side_of(r) == "new" and int(r.header("Content-Length")) == len(r.body)
     d.finish()
 
 
