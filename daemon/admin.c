@@ -64,8 +64,23 @@ static void status_cb(struct evhttp_request *req, struct server *srv)
 	json_object_set_new(doc, "upstreams", ups);
 	for (size_t i = 0; i < cfg->nroutes; i++) {
 		const struct dw_route *r = &cfg->routes[i];
-		json_t *o = json_pack("{s:s, s:s, s:i}", "name", r->name, "match", r->match,
-				      "read_weight", 0);
+		json_t *o = json_pack("{s:s, s:s}", "name", r->name, "match", r->match);
+		uint32_t conf = 0, eff = 0;
+
+		if (r->read) {
+			const struct read_state *rs = r->read->state;
+			conf = rs ? readstate_configured(rs) : r->read->weight;
+			eff = rs ? readstate_effective(rs) : r->read->weight;
+			json_object_set_new(
+			    o, "read",
+			    json_pack("{s:s, s:f, s:f, s:b, s:s}", "upstream",
+				      cfg->upstreams[r->read->upstream].name, "weight", conf / 100.0,
+				      "effective_weight", eff / 100.0, "fallback", r->read->fallback,
+				      "guard", rs && readstate_held(rs) ? "tripped" : "ok"));
+		}
+		/* percent of reads the new system serves: effective, and as configured */
+		json_object_set_new(o, "read_weight", json_real(eff / 100.0));
+		json_object_set_new(o, "read_weight_configured", json_real(conf / 100.0));
 		if (r->mirror)
 			json_object_set_new(o, "mirror",
 					    json_string(cfg->upstreams[r->mirror->upstream].name));

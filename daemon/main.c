@@ -147,6 +147,9 @@ static void do_reload(struct server *srv)
 	register_tls_series(srv, neu);
 	if (!srv->log_debug)
 		dw_log_set_level(neu->log_level); /* reloadable, like the routes */
+	/* From here every read that starts uses the new weights, even on a
+	 * worker that has not taken the new snapshot yet. */
+	readstate_bind(srv->reads, neu);
 	pthread_mutex_lock(&srv->cfg_lock);
 	old = srv->cfg;
 	srv->cfg = neu;
@@ -432,6 +435,8 @@ int main(int argc, char **argv)
 	pthread_mutex_init(&srv.listen_lock, NULL);
 	srv.conf_path = dw_strdup(path);
 	srv.metrics = metrics_new();
+	srv.reads = readstate_new(srv.metrics);
+	readstate_bind(srv.reads, srv.cfg);
 	srv.started_wall_us = dw_wall_us();
 	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd))
 		memcpy(rnd, &srv.started_wall_us, sizeof(rnd));
@@ -592,6 +597,7 @@ out:
 		event_base_free(srv.base);
 	config_unref(srv.cfg);
 	journal_health_free(&srv);
+	readstate_free(srv.reads);
 	metrics_free(srv.metrics);
 	free(srv.conf_path);
 	pthread_mutex_destroy(&srv.cfg_lock);

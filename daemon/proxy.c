@@ -4,6 +4,14 @@
  * stream the answer back with back-pressure, hand a legacy-acknowledged write
  * to the mirror, and go round again for the next (possibly pipelined) request.
  *
+ * A read route (SPEC §7.1) asks the plan (plan.h) who answers before the
+ * request goes out: the legacy, or the route's new system, whose request
+ * takes the route's path. Its non-2xx, a failure before the client saw a
+ * byte, or (with `response`) an answer that does not map sends the same
+ * request to the legacy when the route falls back (read_new_failed). A
+ * mapped answer is read whole into the capture (collect) and sent as one
+ * JSON body with its own Content-Length; an unmapped one streams as any.
+ *
  * One function changes state (conn_set_state) and asserts the transition is
  * legal. One function closes (conn_close); it releases everything but the
  * struct itself, which is freed after the current loop iteration, so a
@@ -53,6 +61,9 @@
 #include <sys/socket.h>
 
 #include "http_parse.h"
+#include "jsonarena.h"
+#include "jsonfast.h"
+#include "plan.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -112,6 +123,9 @@ struct exchange {
 	const struct dw_route *route;
 	struct route_params params;
 	struct upconn *up;
+	int upi;		  /* who answers: index into cfg->upstreams */
+	struct read_plan plan;	  /* a read route's decision (planned) */
+	char *new_target;	  /* the new system's path and query, rendered */
 	enum http_body_kind rkind;
 	enum out_mode mode;
 	int status;
@@ -125,6 +139,10 @@ struct exchange {
 	bool close_after;
 	bool hold;	     /* answer held until the mirror is journaled */
 	bool capture_overflow;
+	bool planned;	     /* a read route's plan is made (once per request) */
+	bool on_new;	     /* the current attempt is the new system's */
+	bool collect;	     /* the new system's 2xx is read whole, to be mapped */
+	bool read_counted;   /* dualwrite_read_total has this read */
 	/* Last: 3 KiB each, reset by http_head_clear rather than memset. */
 	struct http_head req;
 	struct http_head resp;
@@ -178,6 +196,8 @@ static void up_read_cb(struct bufferevent *bev, void *arg);
 static void up_event_cb(struct bufferevent *bev, short what, void *arg);
 static void on_input(struct conn *c);
 static void dispatch(struct conn *c);
+static void read_plan_request(struct conn *c);
+static bool read_new_failed(struct conn *c, const char *why);
 
 /* ---------------------------------------------------------------- state */
 
@@ -318,6 +338,7 @@ static void exchange_end(struct conn *c)
 		evbuffer_free(x->held);
 	if (x->capture)
 		evbuffer_free(x->capture);
+	free(x->new_target);
 	if (x->cfg)
 		config_unref(x->cfg);
 	if (c->w->nxfree < XFREE_MAX) {
@@ -335,6 +356,7 @@ void proxy_worker_free(struct worker *w)
 {
 	struct exchange *x;
 
+	json_arena_free(&w->jarena);
 	while ((x = w->xfree)) {
 		w->xfree = x->next_free;
 		evbuffer_free(x->body);
@@ -631,7 +653,9 @@ static const char *upstream_public(enum up_err kind)
 static void upstream_failed(struct conn *c, enum up_err kind, int status, const char *msg)
 {
 	metric_inc(c->w->m_upstream_err[kind]);
-	if (c->x->resp_head_done && !c->x->hold) {
+	if (c->x->on_new && read_new_failed(c, msg))
+		return; /* the legacy answers instead */
+	if (c->x->resp_head_done && !c->x->hold && !c->x->collect) {
 		/* The client already has part of an answer: all we can do is cut it. */
 		dw_log(DW_LOG_WARN, c->x->reqid, "upstream failed mid-response: %s", msg);
 		conn_close(c, msg);
@@ -1059,6 +1083,7 @@ static void on_head(struct conn *c)
 	}
 	/* This request runs on the configuration current when its head arrived. */
 	c->x->cfg = config_ref(w->cfg);
+	c->x->upi = c->x->cfg->default_upstream;
 	c->x->t_start = dw_now_us();
 	rc = http_parse_request(&c->x->req, p + skip, head_len, &status, &err);
 	evbuffer_drain(in, skip + head_len);
@@ -1217,7 +1242,8 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 /* ------------------------------------------------------- the upstream */
 
 static void send_request(struct conn *c);
-static void body_pump(struct conn *c);
+static bool body_pump(struct conn *c);
+static void response_complete(struct conn *c);
 
 static bool method_idempotent(enum http_method m)
 {
@@ -1228,7 +1254,7 @@ static bool method_idempotent(enum http_method m)
 static void up_ready(struct upconn *uc, int error, void *arg)
 {
 	struct conn *c = arg;
-	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->cfg->default_upstream];
+	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->upi];
 	char msg[512];
 
 	if (error) {
@@ -1249,11 +1275,14 @@ static void up_ready(struct upconn *uc, int error, void *arg)
 
 static void dispatch(struct conn *c)
 {
-	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->cfg->default_upstream];
+	const struct dw_upstream *up;
 	bool connected = false;
 	int e = 0;
 	char msg[256];
 
+	if (c->x->route && c->x->route->read && !c->x->planned)
+		read_plan_request(c);
+	up = &c->x->cfg->upstreams[c->x->upi];
 	c->x->up = pool_get(c->w->pools, up, up_ready, c, &connected, &e);
 	if (!c->x->up) {
 		const char *why = pool_failure(c->w->pools);
@@ -1315,27 +1344,32 @@ static bool name_is(const struct http_header *h, const char *name)
 
 static void send_request(struct conn *c)
 {
-	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->cfg->default_upstream];
+	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->upi];
 	struct bufferevent *ub = upconn_bev(c->x->up);
 	struct evbuffer *out = bufferevent_get_output(ub);
 	const struct http_head *r = &c->x->req;
 	const struct http_header *xff = NULL;
 	size_t blen = evbuffer_get_length(c->x->body);
 	size_t base_len = strlen(up->base_path);
+	size_t new_len = c->x->new_target ? strlen(c->x->new_target) : 0;
 	struct evbuffer_iovec v;
 	struct dw_text t;
 
 	upconn_begin(c->x->up);
 	/* the body goes into the same region: a copy, not a move (it is needed
 	 * for a retry and for the mirror) */
-	head_begin(out, r->raw_len + r->nheaders + base_len + HEAD_EXTRA + blen, &v, &t);
+	head_begin(out, r->raw_len + r->nheaders + base_len + new_len + HEAD_EXTRA + blen, &v, &t);
 	dw_text_put(&t, r->method_str, r->method_len);
 	dw_text_lit(&t, " ");
 	dw_text_put(&t, up->base_path, base_len);
-	dw_text_put(&t, r->path, r->path_len);
-	if (r->query) {
-		dw_text_lit(&t, "?");
-		dw_text_put(&t, r->query, r->query_len);
+	if (c->x->new_target) { /* a read served by the new system: the route's path */
+		dw_text_put(&t, c->x->new_target, new_len);
+	} else {
+		dw_text_put(&t, r->path, r->path_len);
+		if (r->query) {
+			dw_text_lit(&t, "?");
+			dw_text_put(&t, r->query, r->query_len);
+		}
 	}
 	dw_text_lit(&t, " HTTP/1.1\r\n");
 	for (size_t i = 0; i < r->nheaders; i++) {
@@ -1456,7 +1490,264 @@ static void do_mirror(struct conn *c)
 	mirror_capture(c->w->srv, c->w->mirror, &in);
 }
 
-static void start_response(struct conn *c)
+/* ------------------------------------------------------------ read routes */
+
+/* $tenant of SPEC §3 for a read's expressions: the header when well-formed,
+ * the default when absent, NULL (an error for $tenant) when malformed. */
+static const char *read_tenant(const struct exchange *x, char *buf, size_t len)
+{
+	const struct http_header *h = http_head_get(&x->req, x->cfg->tenant.header);
+
+	if (!h)
+		return x->cfg->tenant.def;
+	if (h->value_len >= len || !expr_tenant_valid(h->value, h->value_len))
+		return NULL;
+	memcpy(buf, h->value, h->value_len);
+	buf[h->value_len] = '\0';
+	return buf;
+}
+
+static void read_ctx(struct exchange *x, struct expr_ctx *ctx, char *tenant, size_t tlen)
+{
+	memset(ctx, 0, sizeof(*ctx));
+	ctx->path_names = x->params.names;
+	ctx->path_values = (const char *const *)x->params.values;
+	ctx->npath = x->params.n;
+	ctx->query = x->req.query;
+	ctx->query_len = x->req.query ? x->req.query_len : 0;
+	ctx->header = req_header;
+	ctx->header_arg = &x->req;
+	ctx->tenant = read_tenant(x, tenant, tlen);
+}
+
+/* Count the read once, for the side that served it. */
+static void read_count(struct exchange *x, enum read_side side, enum read_reason why)
+{
+	struct read_state *st = x->route->read->state;
+
+	if (x->read_counted || !st)
+		return;
+	x->read_counted = true;
+	readstate_count(st, side, why);
+}
+
+/* Ask the plan who answers this read (once; dispatch's retry on a new
+ * connection keeps the decision). */
+static void read_plan_request(struct conn *c)
+{
+	struct exchange *x = c->x;
+	const struct dw_read *rd = x->route->read;
+	struct dw_err err = {""};
+	struct expr_ctx ctx;
+	char tenant[72];
+
+	x->planned = true;
+	read_ctx(x, &ctx, tenant, sizeof(tenant));
+	plan_read(x->cfg, x->route, &ctx, &c->w->rng, &x->plan);
+	if (x->plan.side == READ_NEW && rd->path &&
+	    tmpl_render(rd->path, &ctx, &x->new_target, &err) != EXPR_OK) {
+		/* no request to a half-built path: the legacy serves it */
+		dw_log(DW_LOG_DEBUG, x->reqid, "read %s: new system's path: %s; the legacy answers",
+		       x->route->name, err.msg);
+		plan_fallback(x->cfg, &x->plan);
+	}
+	x->upi = x->plan.upstream;
+	x->on_new = x->plan.side == READ_NEW;
+	if (!x->on_new)
+		read_count(x, READ_LEGACY, x->plan.reason);
+}
+
+/*
+ * The new system's attempt failed before the client saw any of it (why):
+ * with fallback, start over on the legacy within the same client request
+ * and return true; without, return false and let the caller answer as for
+ * any upstream (502/504, or the new system's own answer).
+ */
+static bool read_new_failed(struct conn *c, const char *why)
+{
+	struct exchange *x = c->x;
+
+	if (!x->route || !x->route->read) /* on_new implies both */
+		return false;
+	if (!x->route->read->fallback || (x->resp_head_done && !x->collect)) {
+		read_count(x, READ_NEW, READ_BUCKET);
+		return false;
+	}
+	/* Debug: a failing new system would log every read; the counter
+	 * (reason="fallback") and, later, the guards say it once. */
+	if (dw_log_enabled(DW_LOG_DEBUG))
+		dw_log(DW_LOG_DEBUG, x->reqid, "read %s: new system failed (%s); the legacy answers",
+		       x->route->name, why);
+	plan_fallback(x->cfg, &x->plan);
+	read_count(x, READ_LEGACY, READ_FALLBACK);
+	if (x->up) {
+		upconn_release(x->up, false);
+		x->up = NULL;
+	}
+	x->upi = x->plan.upstream;
+	x->on_new = false;
+	x->collect = false;
+	free(x->new_target);
+	x->new_target = NULL;
+	http_head_clear(&x->resp);
+	http_scanner_init(&x->rscan);
+	x->resp_head_done = false;
+	x->up_retried = false;
+	x->up_paused = false;
+	x->status = 0;
+	x->rleft = 0;
+	if (x->capture) {
+		evbuffer_free(x->capture);
+		x->capture = NULL;
+	}
+	x->capture_overflow = false;
+	if (x->held) {
+		evbuffer_free(x->held);
+		x->held = NULL;
+	}
+	dispatch(c);
+	return true;
+}
+
+/* The new system's 2xx could not become the client's answer. */
+static void read_unmappable(struct conn *c, const char *why)
+{
+	char msg[400];
+
+	snprintf(msg, sizeof(msg), "upstream \"%s\": answer not mappable: %s",
+		 c->x->cfg->upstreams[c->x->upi].name, why);
+	if (read_new_failed(c, msg))
+		return;
+	respond_error(c, 502, msg, false);
+}
+
+/* The mapped answer: the new system's status and headers, but the body,
+ * Content-Type and Content-Length of the mapped JSON. */
+static void read_answer_mapped(struct conn *c, const char *body, size_t blen)
+{
+	struct exchange *x = c->x;
+	bool client11 = x->req.version_minor == 1;
+	struct evbuffer *out = conn_out(c);
+	struct evbuffer_iovec v;
+	struct dw_text t;
+
+	head_begin(out, x->resp.raw_len + x->resp.nheaders + HEAD_EXTRA + 64, &v, &t);
+	dw_text_lit(&t, "HTTP/1.1 ");
+	dw_text_u64(&t, (uint64_t)x->status);
+	dw_text_lit(&t, " ");
+	if (x->resp.reason_len)
+		dw_text_put(&t, x->resp.reason, x->resp.reason_len);
+	else
+		dw_text_str(&t, http_reason(x->status));
+	dw_text_lit(&t, "\r\n");
+	for (size_t i = 0; i < x->resp.nheaders; i++) {
+		const struct http_header *h = &x->resp.headers[i];
+
+		if (!http_is_hop_by_hop(&x->resp, h->name, h->name_len) &&
+		    !name_is(h, "Content-Length") && !name_is(h, "Content-Type") &&
+		    !name_is(h, "Transfer-Encoding"))
+			text_header(&t, h);
+	}
+	dw_text_lit(&t, "Content-Type: application/json\r\nContent-Length: ");
+	dw_text_u64(&t, blen);
+	dw_text_lit(&t, "\r\n");
+	if (x->close_after)
+		dw_text_lit(&t, "Connection: close\r\n");
+	else if (!client11)
+		dw_text_lit(&t, "Connection: keep-alive\r\n");
+	dw_text_lit(&t, "\r\n");
+	head_commit(out, &v, &t);
+	evbuffer_add(out, body, blen);
+}
+
+/* The new system's 2xx is read whole: map it by the route's response. */
+static void read_finish_mapped(struct conn *c)
+{
+	struct exchange *x = c->x;
+	size_t n = evbuffer_get_length(x->capture);
+	struct dw_err err = {""};
+	struct expr_ctx ctx;
+	json_error_t je;
+	json_t *doc, *mapped = NULL;
+	char tenant[72], why[300];
+	char *body;
+	int rc;
+
+	if (!x->route || !x->route->read) { /* collect implies both */
+		read_unmappable(c, "no read route");
+		return;
+	}
+	/* Every jansson value of the mapping lives in the worker's arena and is
+	 * gone before its end; only the malloc'd text outlives it. */
+	json_arena_begin(&c->w->jarena);
+	doc = jsonfast_loadb((const char *)evbuffer_pullup(x->capture, -1), n, &je);
+	if (!doc) {
+		json_arena_end(&c->w->jarena);
+		snprintf(why, sizeof(why), "not JSON: %s", je.text);
+		read_unmappable(c, why);
+		return;
+	}
+	read_ctx(x, &ctx, tenant, sizeof(tenant));
+	ctx.response = doc;
+	rc = expr_eval(x->route->read->response, &ctx, &mapped, &err);
+	json_decref(doc);
+	body = rc == EXPR_OK ? jsonfast_dumps(mapped, NULL) : NULL;
+	json_decref(mapped);
+	json_arena_end(&c->w->jarena);
+	if (rc != EXPR_OK) {
+		read_unmappable(c, rc == EXPR_MISSING ? "the mapping found nothing" : err.msg);
+		return;
+	}
+	if (!body) {
+		read_unmappable(c, "cannot encode the mapped answer");
+		return;
+	}
+	x->collect = false;
+	read_count(x, READ_NEW, READ_BUCKET);
+	read_answer_mapped(c, body, strlen(body));
+	free(body);
+	x->resp_head_done = true;
+	count_status(c, x->status);
+	conn_set_state(c, CS_RESPONSE);
+	response_complete(c);
+}
+
+/*
+ * The new system's answer head arrived (start_response): decide what
+ * becomes of it. Returns false when the attempt was abandoned (the legacy
+ * now answers), true to go on: streamed unchanged, or (collect) read whole
+ * for the mapping.
+ */
+static bool read_new_head(struct conn *c)
+{
+	struct exchange *x = c->x;
+	char msg[128];
+
+	if (x->status < 200 || x->status > 299) {
+		snprintf(msg, sizeof(msg), "upstream \"%s\" answered %d",
+			 x->cfg->upstreams[x->upi].name, x->status);
+		if (read_new_failed(c, msg))
+			return false;
+		return true; /* fallback = false: its own answer */
+	}
+	if (!x->route->read->response) {
+		read_count(x, READ_NEW, READ_BUCKET);
+		return true;
+	}
+	/* Read whole (to max_body_bytes) into capture; the raw bytes go to a
+	 * sink, never to the client. */
+	x->collect = true;
+	x->capture = evbuffer_new();
+	x->held = evbuffer_new();
+	if (x->mode == OUT_DECHUNK)
+		x->mode = OUT_CHUNKED_PASS; /* decoded into capture all the same */
+	x->resp_head_done = true;
+	return true;
+}
+
+/* Returns false when the caller must stop: the connection closed, or a read
+ * moved to the legacy. */
+static bool start_response(struct conn *c)
 {
 	struct worker *w = c->w;
 	const struct dw_route *rt = c->x->route;
@@ -1477,6 +1768,12 @@ static void start_response(struct conn *c)
 	} else if (c->x->rkind == HTTP_BODY_UNTIL_CLOSE) {
 		c->x->mode = client11 ? OUT_ENCODE : OUT_RAW;
 		c->x->close_after |= !client11;
+	}
+	if (c->x->on_new) {
+		if (!read_new_head(c))
+			return false;
+		if (c->x->collect)
+			return true; /* no head to the client before the mapping */
 	}
 
 	/* G1: only a legacy 2xx is mirrored. The write is journaled before the
@@ -1526,6 +1823,7 @@ static void start_response(struct conn *c)
 	conn_set_state(c, CS_RESPONSE);
 	if (c->client_gone && !c->x->hold) /* the mirror, if any, is journaled */
 		conn_close(c, "client gone");
+	return c->state != CS_CLOSED;
 }
 
 static void response_complete(struct conn *c)
@@ -1558,6 +1856,10 @@ static void response_done(struct conn *c, bool reusable)
 		       (int)c->x->req.method_len, c->x->req.method_str, (int)c->x->req.target_len,
 		       c->x->req.target, c->x->status, (double)(dw_now_us() - c->x->t_start) / 1e3,
 		       c->x->route ? c->x->route->name : "default");
+	if (c->x->collect) {
+		read_finish_mapped(c);
+		return;
+	}
 	if (c->x->hold) {
 		/* Journaled with the other writes of this loop iteration, in one
 		 * write (and one fdatasync in fsync mode); answered after that. */
@@ -1600,11 +1902,19 @@ static void body_move(struct evbuffer *src, struct evbuffer *dst, size_t n)
 	evbuffer_remove_buffer(src, dst, n);
 }
 
-static void body_pump(struct conn *c)
+/* Where the response body goes: the client, the held answer, or (a read
+ * being mapped) the sink beside the capture. */
+static struct evbuffer *resp_dst(struct conn *c)
+{
+	return c->x->hold || c->x->collect ? c->x->held : conn_out(c);
+}
+
+/* Returns false when the exchange ended or moved on (the caller stops). */
+static bool body_pump(struct conn *c)
 {
 	struct bufferevent *ub = upconn_bev(c->x->up);
 	struct evbuffer *src = bufferevent_get_input(ub);
-	struct evbuffer *dst = c->x->hold ? c->x->held : conn_out(c);
+	struct evbuffer *dst = resp_dst(c);
 	struct dw_err err = {""};
 	bool done = false;
 	size_t used, n;
@@ -1634,7 +1944,7 @@ static void body_pump(struct conn *c)
 		}
 		if (rc == HTTP_ERROR) {
 			upstream_failed(c, UPERR_PROTOCOL, 502, err.msg);
-			return;
+			return false;
 		}
 		done = rc == HTTP_OK;
 		break;
@@ -1650,21 +1960,29 @@ static void body_pump(struct conn *c)
 			evbuffer_add(dst, "\r\n", 2);
 		break;
 	}
+	if (c->x->collect) {
+		evbuffer_drain(c->x->held, evbuffer_get_length(c->x->held));
+		if (c->x->capture_overflow) {
+			read_unmappable(c, "larger than max_body_bytes");
+			return false;
+		}
+	}
 	if (done) {
 		response_done(c, c->x->rkind != HTTP_BODY_UNTIL_CLOSE);
-		return;
+		return false;
 	}
 	if (c->x->hold && evbuffer_get_length(c->x->held) > c->x->cfg->limits.max_body_bytes + 65536)
 		release_hold(c);
-	if (!c->x->hold) {
+	if (!c->x->hold && !c->x->collect) {
 		conn_flush(c);
 		if (c->state == CS_CLOSED)
-			return;
+			return false;
 		if (evbuffer_get_length(bufferevent_get_output(c->bev)) > OUT_HIGH_WATER) {
 			upconn_read_pause(c->x->up);
 			c->x->up_paused = true;
 		}
 	}
+	return true;
 }
 
 static void up_read_cb(struct bufferevent *bev, void *arg)
@@ -1703,8 +2021,7 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
 			http_head_clear(&c->x->resp);
 			continue;
 		}
-		start_response(c);
-		if (c->state == CS_CLOSED)
+		if (!start_response(c))
 			return;
 	}
 	body_pump(c);
@@ -1713,18 +2030,14 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
 static void up_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct conn *c = arg;
-	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->cfg->default_upstream];
+	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->upi];
 	char msg[300];
 
 	if ((what & BEV_EVENT_EOF) && c->x->resp_head_done && c->x->rkind == HTTP_BODY_UNTIL_CLOSE) {
-		struct evbuffer *dst;
-
-		body_pump(c);
-		if (c->state == CS_CLOSED || !c->x)
+		if (!body_pump(c))
 			return;
-		dst = c->x->hold ? c->x->held : conn_out(c);
 		if (c->x->mode == OUT_ENCODE)
-			evbuffer_add(dst, "0\r\n\r\n", 5);
+			evbuffer_add(resp_dst(c), "0\r\n\r\n", 5);
 		response_done(c, false);
 		return;
 	}

@@ -27,6 +27,7 @@
 
 #include "config.h"
 #include "metrics.h"
+#include "readstate.h"
 #include "spool.h"
 
 struct worker;
@@ -65,6 +66,9 @@ struct server {
 	char *conf_path;
 	pthread_mutex_t cfg_lock; /* guards cfg (the pointer, not the snapshot) */
 	struct dw_config *cfg;
+	/* Runtime state of read routes by name (effective weights), bound to
+	 * each snapshot before it is published; outlives every snapshot. */
+	struct read_table *reads;
 	struct metrics *metrics;
 	struct spool *spool; /* shared by the workers */
 	bool fsync;	     /* durability "fsync": the spool was opened with fsync */

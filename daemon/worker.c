@@ -480,6 +480,8 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 	srv->mirrors[id] = w->mirror;
 	if (getrandom(&w->reqid_seed, sizeof(w->reqid_seed), 0) != sizeof(w->reqid_seed))
 		w->reqid_seed = (uint32_t)dw_wall_us() ^ (uint32_t)getpid();
+	bucket_rng_seed(&w->rng, ((uint64_t)w->reqid_seed << 32) ^ (uint64_t)dw_wall_us() ^
+				     (uint64_t)id);
 	w->h_duration = metrics_histogram(srv->metrics, "dualwrite_request_duration_seconds",
 					  "Time from request head to the end of the answer.", NULL,
 					  metrics_latency_bounds, metrics_latency_nbounds);

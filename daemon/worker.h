@@ -10,6 +10,8 @@
 #include <sys/queue.h>
 #include <sys/socket.h>
 
+#include "bucket.h"
+#include "jsonarena.h"
 #include "server.h"
 
 struct conn;
@@ -58,6 +60,8 @@ struct worker {
 	bool draining;
 	uint64_t reqid_counter;
 	uint32_t reqid_seed;
+	struct bucket_rng rng; /* draws for reads without a sticky value */
+	struct json_arena jarena; /* proxy.c: jansson values of one read's mapping */
 	struct status_series series[128];
 	size_t nseries;
 	struct histogram *h_duration;

@@ -14,6 +14,7 @@
  */
 #include "config.h"
 #include "confsyntax.h"
+#include "bucket.h"
 #include "http_parse.h"
 #include "tls.h"
 
@@ -445,6 +446,19 @@ static void mirror_free(struct dw_mirror *m)
 }
 
 static void table_side_free(struct dw_table_side *s);
+static void read_free(struct dw_read *rd)
+{
+	if (!rd)
+		return;
+	tmpl_free(rd->path);
+	expr_free(rd->sticky);
+	expr_free(rd->key);
+	expr_free(rd->response);
+	for (size_t i = 0; i < rd->ncompare_ignore; i++)
+		free(rd->compare_ignore[i]);
+	free(rd->compare_ignore);
+	free(rd);
+}
 
 static void config_free(struct dw_config *c)
 {
@@ -484,6 +498,7 @@ static void config_free(struct dw_config *c)
 		free(r->match);
 		route_pattern_free(r->pattern);
 		mirror_free(r->mirror);
+		read_free(r->read);
 	}
 	free(c->routes);
 	for (size_t i = 0; i < c->ntables; i++) {
@@ -1068,6 +1083,221 @@ static void load_mirror(struct loader *L, struct dw_route *r, const config_setti
 	r->mirror = m;
 }
 
+/* A percentage of 0-100 with at most two decimals, as hundredths. Returns 1
+ * when present and valid, 0 when absent, -1 after reporting. */
+static int get_percent(struct loader *L, const config_setting_t *grp, const char *key,
+		       const char *prefix, uint32_t *out)
+{
+	const config_setting_t *s = config_setting_get_member(grp, key);
+	char w[WHERE_MAX];
+	double v;
+
+	if (!s)
+		return 0;
+	wjoin(w, sizeof(w), prefix, key);
+	switch (config_setting_type(s)) {
+	case CONFIG_TYPE_INT:
+	case CONFIG_TYPE_INT64:
+		v = (double)config_setting_get_int64(s);
+		break;
+	case CONFIG_TYPE_FLOAT:
+		v = config_setting_get_float(s);
+		break;
+	default:
+		lerr(L, sline(s), w, "expected a percentage (a number 0-100, e.g. 30 or 12.5)");
+		return -1;
+	}
+	if (bucket_weight_from_percent(v, out) < 0) {
+		lerr(L, sline(s), w, "%g is not a percentage 0-100 with at most two decimals", v);
+		return -1;
+	}
+	return 1;
+}
+
+static void get_bool(struct loader *L, const config_setting_t *grp, const char *key,
+		     const char *prefix, bool *out)
+{
+	const config_setting_t *s = config_setting_get_member(grp, key);
+	char w[WHERE_MAX];
+
+	if (!s)
+		return;
+	if (config_setting_type(s) != CONFIG_TYPE_BOOL) {
+		wjoin(w, sizeof(w), prefix, key);
+		lerr(L, sline(s), w, "expected true or false");
+		return;
+	}
+	*out = config_setting_get_bool(s) != 0;
+}
+
+/* sticky / key: one request-time value. */
+static struct expr *load_read_value(struct loader *L, const config_setting_t *rs, const char *key,
+				    const char *rprefix, struct expr_opts *o)
+{
+	const config_setting_t *s = config_setting_get_member(rs, key);
+	struct dw_err err = { { 0 } };
+	char w[WHERE_MAX];
+	struct expr *e;
+
+	if (!s)
+		return NULL;
+	if (config_setting_is_aggregate(s)) {
+		wfmt(w, sizeof(w), "%s: read.%s", rprefix, key);
+		lerr(L, sline(s), w, "must be a single value, e.g. \"$path.user_id\"");
+		return NULL;
+	}
+	o->line = 0;
+	e = expr_compile_opts(s, o, &err);
+	if (!e)
+		lerr(L, o->line ? o->line : sline(s), rprefix, "read.%s", err.msg);
+	return e;
+}
+
+/* compare = { ignore = [ ... ]; unordered = true; } (parsed; acted on with shadow). */
+static void load_compare(struct loader *L, const config_setting_t *rs, const char *prefix,
+			 struct dw_read *rd)
+{
+	static const char *const keys[] = { "ignore", "unordered", NULL };
+	const config_setting_t *cs = get_group(L, rs, "compare", prefix);
+	const config_setting_t *ig;
+	char cprefix[WHERE_MAX], w[WHERE_MAX];
+	int n;
+
+	if (!cs)
+		return;
+	wjoin(cprefix, sizeof(cprefix), prefix, "compare");
+	check_keys(L, cs, cprefix, keys);
+	get_bool(L, cs, "unordered", cprefix, &rd->compare_unordered);
+	if (!(ig = config_setting_get_member(cs, "ignore")))
+		return;
+	wjoin(w, sizeof(w), cprefix, "ignore");
+	if (!config_setting_is_list(ig) && !config_setting_is_array(ig)) {
+		lerr(L, sline(ig), w, "expected a list of field names, e.g. [ \"updated_at\" ]");
+		return;
+	}
+	n = config_setting_length(ig);
+	rd->compare_ignore = dw_calloc((size_t)n + 1, sizeof(char *));
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *e = config_setting_get_elem(ig, (unsigned)i);
+		const char *v = config_setting_get_string(e);
+
+		if (!v || !*v) {
+			char we[WHERE_MAX];
+			wfmt(we, sizeof(we), "%s[%d]", w, i);
+			lerr(L, sline(e), we, "expected a field name (a non-empty string)");
+			continue;
+		}
+		rd->compare_ignore[rd->ncompare_ignore++] = dw_strdup(v);
+	}
+}
+
+/*
+ * read = { upstream; path; weight; sticky; key; fallback; response; shadow;
+ * compare; } (SPEC §7.1). A read route serves GETs: the fallback repeats
+ * the request on the legacy, which only a read may be.
+ */
+static void load_read(struct loader *L, struct dw_route *r, const config_setting_t *rs,
+		      const char *rprefix)
+{
+	static const char *const keys[] = { "upstream", "path",	    "weight", "sticky",
+					    "key",	"fallback", "response", "shadow",
+					    "compare",	NULL };
+	static const char *const rkeys[] = { "each", "base", "drop", "body", NULL };
+	struct dw_config *c = L->c;
+	struct dw_read *rd;
+	char prefix[WHERE_MAX], w[WHERE_MAX];
+	const char *names[ROUTE_MAX_PARAMS];
+	/* Request-time values: what the client's request holds. */
+	struct expr_opts o = { .allowed = EXPR_SRC_PATH | EXPR_SRC_QUERY | EXPR_SRC_HEADER |
+					  EXPR_SRC_TENANT,
+			       .check_path = true,
+			       .path_names = names };
+	struct expr_opts mo;
+	struct dw_err err = { { 0 } };
+	const config_setting_t *ps;
+	const char *s;
+
+	wfmt(prefix, sizeof(prefix), "%s: read", rprefix);
+	if (!config_setting_is_group(rs)) {
+		lerr(L, sline(rs), prefix, "expected a group { upstream = \"...\"; weight = 0; ... }");
+		return;
+	}
+	check_keys(L, rs, prefix, keys);
+	if (r->pattern) {
+		o.npath = route_pattern_nparams(r->pattern);
+		for (size_t i = 0; i < o.npath; i++)
+			names[i] = route_pattern_param(r->pattern, i);
+		if (strcmp(route_pattern_method(r->pattern), "GET") != 0)
+			lerr(L, sline(rs), prefix,
+			     "a read route must match GET (\"%s\"): a failed read is repeated on "
+			     "the legacy, which only a read may be",
+			     r->match);
+	} else {
+		o.check_path = false; /* the match is broken; do not pile on */
+	}
+	if (r->mirror)
+		lerr(L, sline(rs), prefix,
+		     "a route either mirrors writes or shifts reads, not both");
+	rd = dw_calloc(1, sizeof(*rd));
+	rd->upstream = -1;
+	rd->fallback = true;
+	rd->line = sline(rs);
+	r->read = rd;
+
+	wjoin(w, sizeof(w), prefix, "upstream");
+	switch (get_str(L, rs, "upstream", prefix, &s)) {
+	case 0:
+		lerr(L, sline(rs), w, "missing (required: the new system's upstream)");
+		break;
+	case 1:
+		rd->upstream = config_upstream_index(c, s);
+		if (rd->upstream < 0)
+			lerr(L, sline(config_setting_get_member(rs, "upstream")), w,
+			     "unknown upstream \"%s\"", s);
+		else if (rd->upstream == c->default_upstream)
+			lerr(L, sline(config_setting_get_member(rs, "upstream")), w,
+			     "\"%s\" is the default upstream: reads already go there", s);
+		break;
+	default:
+		break;
+	}
+
+	wjoin(w, sizeof(w), prefix, "path");
+	if (get_str(L, rs, "path", prefix, &s) == 1) {
+		ps = config_setting_get_member(rs, "path");
+		if (s[0] != '/') {
+			lerr(L, sline(ps), w, "\"%s\": must start with '/'", s);
+		} else {
+			rd->path = tmpl_compile_opts(s, &o, &err);
+			if (!rd->path)
+				lerr(L, sline(ps), w, "%s", err.msg);
+		}
+	}
+
+	get_percent(L, rs, "weight", prefix, &rd->weight);
+	get_percent(L, rs, "shadow", prefix, &rd->shadow);
+	get_bool(L, rs, "fallback", prefix, &rd->fallback);
+	rd->sticky = load_read_value(L, rs, "sticky", rprefix, &o);
+	rd->key = load_read_value(L, rs, "key", rprefix, &o);
+
+	/* response = { each; base; drop; body; }: $response is the new system's answer */
+	if ((ps = get_group(L, rs, "response", prefix))) {
+		char rp[WHERE_MAX];
+
+		wjoin(rp, sizeof(rp), prefix, "response");
+		check_keys(L, ps, rp, rkeys);
+		mo = o;
+		mo.allowed |= EXPR_SRC_RESPONSE | EXPR_SRC_NOW;
+		mo.line = 0;
+		if (expr_compile_mapping(ps, &mo, &rd->response, &err) < 0)
+			lerr(L, mo.line ? mo.line : sline(ps), rprefix, "read.response.%s", err.msg);
+		else if (!rd->response)
+			lerr(L, sline(ps), rp,
+			     "says nothing: give body (and each for a list), or leave response out");
+	}
+	load_compare(L, rs, prefix, rd);
+}
+
 /*
  * The name of item n of a list (a route, a table): required, non-empty and
  * unique among items 0..n-1, whose names and lines name_at gives. Returns a
@@ -1121,7 +1351,7 @@ static const char *table_name_at(const struct dw_config *c, size_t j, int *line)
 
 static void load_routes(struct loader *L, const config_setting_t *root)
 {
-	static const char *const keys[] = { "name", "match", "mirror", NULL };
+	static const char *const keys[] = { "name", "match", "mirror", "read", NULL };
 	const config_setting_t *rs = config_setting_get_member(root, "routes");
 	struct dw_config *c = L->c;
 	int n;
@@ -1188,6 +1418,8 @@ static void load_routes(struct loader *L, const config_setting_t *root)
 
 		if ((ms = config_setting_get_member(g, "mirror")))
 			load_mirror(L, r, ms, prefix);
+		if ((ms = config_setting_get_member(g, "read")))
+			load_read(L, r, ms, prefix);
 	}
 }
 

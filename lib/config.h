@@ -10,7 +10,8 @@
  * reload run exactly this function.
  *
  * Keys (SPEC §3): listen, workers, admin.listen, limits.*, upstreams.*,
- * default_upstream, queue.*, tenant.*, routes, tables, log_level. TLS (SPEC
+ * default_upstream, queue.*, tenant.*, routes (with mirror and, SPEC §7.1,
+ * read), tables, log_level. TLS (SPEC
  * §8): a listen entry may be { addr; tls = { cert; key; client_ca; }; } and
  * an https:// upstream takes ca_file, verify, sni, cert and key; their
  * OpenSSL contexts are built here (tls.h), so a bad certificate or key is a
@@ -79,11 +80,37 @@ struct dw_mirror {
 	uint8_t klass[600];    /* enum mirror_class by status code 100..599 */
 };
 
+struct read_state; /* runtime state of a read route, outliving reloads (readstate.h) */
+
+/*
+ * A read route (SPEC §7.1): which share of a route's reads the new system
+ * serves, and how its answer is mapped back to the legacy's shape.
+ */
+struct dw_read {
+	int upstream;		/* index into dw_config.upstreams; never the default */
+	struct tmpl *path;	/* NULL: the client's path and query unchanged */
+	uint32_t weight;	/* configured share, hundredths of a percent (0..10000) */
+	struct expr *sticky;	/* bucket key; NULL: every read draws anew */
+	struct expr *key;	/* read-your-writes key; NULL: sticky (not acted on yet) */
+	bool fallback;		/* default true: the legacy answers when the new system fails */
+	struct expr *response;	/* mapping of the new system's 2xx JSON; NULL: unchanged */
+	/* Parsed and checked; not acted on yet (shadow comparison, SPEC §7.3). */
+	uint32_t shadow;	/* hundredths of a percent */
+	char **compare_ignore;
+	size_t ncompare_ignore;
+	bool compare_unordered;
+	/* Runtime: bound by the daemon before the snapshot is published
+	 * (readstate_bind); NULL in a snapshot no daemon runs (-t, tools). */
+	struct read_state *state;
+	int line;
+};
+
 struct dw_route {
 	char *name;
 	char *match;			/* as configured */
 	struct route_pattern *pattern;
 	struct dw_mirror *mirror;	/* NULL: pass-through only */
+	struct dw_read *read;		/* NULL: every read goes to the legacy */
 	int line;
 };
 

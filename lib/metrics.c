@@ -37,6 +37,7 @@ struct family {
 	struct family *next;
 	char *name, *help;
 	enum family_type type;
+	int centi; /* gauges set in hundredths, rendered with two decimals */
 	double *bounds;
 	size_t nbounds;
 	struct metric *metrics, **mtail;
@@ -141,6 +142,17 @@ struct metric *metrics_gauge(struct metrics *m, const char *name, const char *he
 	return series_get(m, name, help, labels, FAM_GAUGE);
 }
 
+struct metric *metrics_gauge_centi(struct metrics *m, const char *name, const char *help,
+				   const char *labels)
+{
+	struct metric *x = series_get(m, name, help, labels, FAM_GAUGE);
+
+	pthread_mutex_lock(&m->lock);
+	family_get(m, name, help, FAM_GAUGE)->centi = 1;
+	pthread_mutex_unlock(&m->lock);
+	return x;
+}
+
 struct histogram *metrics_histogram(struct metrics *m, const char *name, const char *help,
 				    const char *labels, const double *bounds, size_t nbounds)
 {
@@ -223,7 +235,13 @@ void metrics_render(struct metrics *m, struct evbuffer *out)
 		for (struct metric *x = f->metrics; x; x = x->next) {
 			evbuffer_add_printf(out, "%s", f->name);
 			render_labels(out, x->labels, NULL);
-			evbuffer_add_printf(out, " %lld\n", (long long)metric_value(x));
+			if (f->centi) {
+				long long v = (long long)metric_value(x);
+				evbuffer_add_printf(out, " %s%lld.%02lld\n", v < 0 ? "-" : "",
+						    llabs(v) / 100, llabs(v) % 100);
+			} else {
+				evbuffer_add_printf(out, " %lld\n", (long long)metric_value(x));
+			}
 		}
 		for (struct histogram *h = f->hists; h; h = h->next) {
 			uint64_t cum = 0;

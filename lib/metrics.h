@@ -28,6 +28,11 @@ struct metric *metrics_counter(struct metrics *m, const char *name, const char *
 			       const char *labels);
 struct metric *metrics_gauge(struct metrics *m, const char *name, const char *help,
 			     const char *labels);
+/* A gauge whose value is set in hundredths and rendered as a decimal with two
+ * places (a read weight of 1250 renders as 12.50). The first call for a name
+ * fixes it. */
+struct metric *metrics_gauge_centi(struct metrics *m, const char *name, const char *help,
+				   const char *labels);
 /* bounds: ascending upper bounds (seconds, bytes...), +Inf implied. The first
  * call for a name fixes its bounds. */
 struct histogram *metrics_histogram(struct metrics *m, const char *name, const char *help,

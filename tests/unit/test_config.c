@@ -293,7 +293,34 @@ static void test_example_gear(void **state)
 	route_named(c, "equipment-update");
 	r = route_named(c, "equipment-delete");
 	assert_null(r->mirror->body);
-	assert_null(route_named(c, "equipment-list")->mirror);
+	r = route_named(c, "equipment-list");
+	assert_null(r->mirror);
+	assert_non_null(r->read);
+	assert_int_equal(r->read->weight, 0); /* Phase 3 starts at 0 */
+	assert_int_equal(r->read->upstream, config_upstream_index(c, "gear_ops"));
+	assert_true(r->read->fallback);
+	{
+		/* gear_ops's list (a JSON array) back in user_core's shape */
+		const char *names[] = { "id" }, *values[] = { "7" };
+		struct expr_ctx ctx = { .path_names = names, .path_values = values, .npath = 1 };
+		struct dw_err err = { { 0 } };
+		json_t *resp = parse("[{\"id\":3,\"user_id\":7,\"name\":\"n\",\"category\":\"bike\","
+				     "\"brand\":\"b\",\"status\":\"active\",\"role\":\"personal\","
+				     "\"created_at\":\"t\",\"updated_at\":\"u\"}]");
+		json_t *out = NULL;
+		char *path = NULL;
+
+		ctx.response = resp;
+		assert_int_equal(expr_eval(r->read->response, &ctx, &out, &err), EXPR_OK);
+		assert_json(out, "[{\"id\":3,\"user_id\":7,\"name\":\"n\",\"type\":\"bike\","
+				 "\"brand\":\"b\",\"created_at\":\"t\"}]");
+		json_decref(out);
+		json_decref(resp);
+		assert_int_equal(tmpl_render(r->read->path, &ctx, &path, &err), EXPR_OK);
+		assert_string_equal(path, "/gear-items?user_id=7");
+		free(path);
+	}
+	assert_non_null(route_named(c, "equipment-get")->read);
 
 	t = config_table(c, "equipment");
 	assert_non_null(t);
@@ -428,6 +455,62 @@ static void test_example_iot(void **state)
 	config_unref(c);
 }
 
+/* ---------------------------------------------------------------- read routes */
+
+static void test_read_routes(void **state)
+{
+	(void)state;
+	struct dw_config *c = load_ok(FIX "read_ok.conf");
+	const struct dw_route *r = route_named(c, "equipment-list");
+	const struct dw_read *rd = r->read;
+	const char *names[] = { "user_id" }, *values[] = { "u 7" };
+	struct expr_ctx ctx = { .path_names = names, .path_values = values, .npath = 1 };
+	struct dw_err err = { { 0 } };
+	json_t *resp, *out = NULL;
+	char *path = NULL;
+
+	assert_non_null(rd);
+	assert_null(r->mirror);
+	assert_int_equal(rd->upstream, config_upstream_index(c, "gear_ops"));
+	assert_int_equal(rd->weight, 1250);
+	assert_int_equal(rd->shadow, 500);
+	assert_false(rd->fallback);
+	assert_non_null(rd->sticky);
+	assert_non_null(rd->key);
+	assert_int_equal(rd->ncompare_ignore, 2);
+	assert_string_equal(rd->compare_ignore[1], "etag");
+	assert_true(rd->compare_unordered);
+	assert_null(rd->state);
+	assert_int_equal(tmpl_render(rd->path, &ctx, &path, &err), EXPR_OK);
+	assert_string_equal(path, "/gear-items?user_id=u%207");
+	free(path);
+
+	/* the list case: each element mapped, category -> type */
+	resp = parse("{\"items\":[{\"id\":1,\"user_id\":\"7\",\"name\":\"a\",\"category\":\"bike\","
+		     "\"brand\":\"b\",\"created_at\":\"t\",\"status\":\"active\"}]}");
+	ctx.response = resp;
+	assert_int_equal(expr_eval(rd->response, &ctx, &out, &err), EXPR_OK);
+	assert_json(out, "[{\"id\":1,\"user_id\":\"7\",\"name\":\"a\",\"type\":\"bike\","
+			 "\"brand\":\"b\",\"created_at\":\"t\"}]");
+	json_decref(out);
+	json_decref(resp);
+	/* a list that is not there: an error, never a partial answer */
+	resp = parse("{\"error\":\"x\"}");
+	ctx.response = resp;
+	assert_int_equal(expr_eval(rd->response, &ctx, &out, &err), EXPR_ERROR);
+	json_decref(resp);
+
+	/* defaults: fallback on, weight 0, the client's path, no sticky */
+	rd = route_named(c, "equipment-other")->read;
+	assert_true(rd->fallback);
+	assert_int_equal(rd->weight, 0);
+	assert_null(rd->path);
+	assert_null(rd->sticky);
+	assert_null(rd->response);
+	assert_int_equal(route_named(c, "equipment-one")->read->weight, 10000);
+	config_unref(c);
+}
+
 /* ---------------------------------------------------------------- broken files */
 
 struct broken {
@@ -489,6 +572,16 @@ static const struct broken broken[] = {
 	{ "bad_interpolation.conf", ":15: route \"telemetry-batch\": mirror.body.templateId: bad expression \"tpl-${$item.type\": unclosed \"${\"", 1 },
 	{ "bad_conversion.conf", ":15: route \"telemetry-batch\": mirror.body.value: bad expression \"$number('high')\": $number: \"high\" is not a number", 1 },
 	{ "each_not_list.conf", ":13: route \"telemetry-batch\": mirror.each: \"rows\" cannot be a list", 1 },
+	{ "read_default_upstream.conf", ":12: route \"eq\": read.upstream: \"legacy\" is the default upstream", 1 },
+	{ "read_unknown_upstream.conf", ":12: route \"eq\": read.upstream: unknown upstream \"gear\"", 1 },
+	{ "read_weight_decimals.conf", ":13: route \"eq\": read.weight: 33.333 is not a percentage 0-100 with at most two decimals", 1 },
+	{ "read_weight_range.conf", ":13: route \"eq\": read.weight: 150 is not a percentage", 1 },
+	{ "read_item_outside_each.conf", ":14: route \"eq\": read.response.body.type: bad expression \"$item.category\": $item is only available in the body of an \"each\" mapping", 1 },
+	{ "read_not_get.conf", ":11: route \"eq\": read: a read route must match GET", 1 },
+	{ "read_sticky_response.conf", ":13: route \"eq\": read.sticky: bad expression \"$response.user_id\": $response is not available here", 1 },
+	{ "read_unknown_key.conf", ":13: route \"eq\": read.wieght: unknown key 'wieght' (did you mean 'weight'?)", 1 },
+	{ "read_path_not_captured.conf", ":13: route \"eq\": read.path: template \"/gear-items?user_id={uid}\"", 1 },
+	{ "read_compare_bad.conf", ":14: route \"eq\": read.compare.ignore: expected a list", 1 },
 	{ "does-not-exist.conf", ": cannot open: No such file or directory", 1 },
 	{ "tls_listen_no_addr.conf", ":2: listen[1]: missing addr", 1 },
 	{ "tls_listen_no_key.conf", ":3: listen[1].tls: missing key", 1 },
@@ -788,6 +881,7 @@ int main(void)
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_load_string);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_split_hostport);
 	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_confsyntax_agrees);
+	tests[n++] = (struct CMUnitTest)cmocka_unit_test(test_read_routes);
 	for (size_t i = 0; i < sizeof(broken) / sizeof(broken[0]); i++) {
 		tests[n] = (struct CMUnitTest)cmocka_unit_test_prestate(test_broken, (void *)(uintptr_t)&broken[i]);
 		tests[n].name = broken[i].file;
