@@ -80,6 +80,8 @@ void window_free(struct window *w); /* NULL is a no-op */
 void window_record(struct window *w, int64_t now_ms, int failed, int64_t latency_us);
 /* n events, failures of them failed, at now_ms (no latency). */
 void window_add(struct window *w, int64_t now_ms, uint32_t n, uint32_t failures);
+/* Forget everything counted so far (a guard reset starts afresh). */
+void window_clear(struct window *w);
 
 /* The sum of one or more windows of the same shape at one instant. */
 struct window_sum {
