@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "guard.h"
 #include "server.h"
@@ -223,6 +224,10 @@ void guards_tick(struct server *srv)
 
 	/* an operator's reset (or any edit) of the file first */
 	file_sig(dir, &sig);
+	/* A file gone with its directory is damage (the queue's to report),
+	 * not an operator's reset of every guard. */
+	if (!sig.exists && access(dir, F_OK) < 0)
+		sig = srv->guards_sig;
 	if (!sig_equal(&sig, &srv->guards_sig)) {
 		struct guard_file f = {0};
 		struct dw_err err = {""};

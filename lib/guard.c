@@ -41,8 +41,8 @@ static struct guard_wins *wins_new(int64_t window_ms, unsigned nslots, struct gu
 	w->prev = prev;
 	w->window_ms = window_ms;
 	w->nslots = nslots;
-	w->reads = dw_calloc(nslots, sizeof(*w->reads));
-	w->mirrors = dw_calloc(nslots, sizeof(*w->mirrors));
+	w->reads = dw_calloc(nslots, sizeof(struct window *));
+	w->mirrors = dw_calloc(nslots, sizeof(struct window *));
 	for (unsigned i = 0; i < nslots; i++) {
 		w->reads[i] = window_new(window_ms, (unsigned)ring, 1);
 		w->mirrors[i] = window_new(window_ms, (unsigned)ring, 0);
@@ -609,9 +609,7 @@ int guard_file_write(const char *dir, const struct guard_file *f, struct dw_err 
 		goto fail;
 	}
 	close(fd);
-	fd = -1;
 	free(text);
-	text = NULL;
 	if (rename(tmp, path) < 0) {
 		dw_err_set(err, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
 		unlink(tmp);
