@@ -141,6 +141,23 @@ static bool is_dualwrited(long pid)
 	return strncmp(comm, "dualwrited", 10) == 0;
 }
 
+/* The daemon's configuration file as an absolute path: a relative one is
+ * relative to the daemon's working directory. out: PATH_MAX bytes. */
+static bool daemon_path(long pid, const char *path, char *out)
+{
+	char link[64], cwd[PATH_MAX], joined[2 * PATH_MAX + 2];
+	ssize_t n;
+
+	if (path[0] == '/')
+		return realpath(path, out) != NULL;
+	snprintf(link, sizeof(link), "/proc/%ld/cwd", pid);
+	if ((n = readlink(link, cwd, sizeof(cwd) - 1)) < 0)
+		return false;
+	cwd[n] = '\0';
+	snprintf(joined, sizeof(joined), "%s/%s", cwd, path);
+	return realpath(joined, out) != NULL;
+}
+
 static void reload_usage(FILE *f)
 {
 	fprintf(f,
@@ -208,7 +225,7 @@ int cmd_reload(int argc, char **argv)
 		goto out;
 	}
 	/* It reloads its own file: make sure that is the one checked. */
-	if (!realpath(cfgpath, mine) || !realpath(str_at(before, "config", ""), theirs) ||
+	if (!realpath(cfgpath, mine) || !daemon_path((long)pid, str_at(before, "config", ""), theirs) ||
 	    strcmp(mine, theirs) != 0) {
 		fprintf(stderr, "reload: the daemon (pid %lld) runs %s, not %s; it would reload its own\n",
 			(long long)pid, str_at(before, "config", "?"), cfgpath);
