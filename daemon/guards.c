@@ -9,7 +9,9 @@
  * guard reset` (which edits it under its lock): the daemon writes it at
  * every latch or clear of its own, and when it finds it changed by someone
  * else (the tick compares its identity: inode, size, mtime) it adopts what
- * the file says — an upstream missing from it is reset. Everything here
+ * the file says — an upstream missing from it is reset. With
+ * queue.postgres every latch and reset also goes to the fleet's table
+ * (guardfleet.c), and the tick follows what that table says. Everything here
  * runs on the main thread, but guards_note_shadow_mismatch (any thread).
  */
 #include <inttypes.h>
@@ -136,10 +138,13 @@ static bool adopt(struct server *srv, const struct guard_file *f, const char *wh
 			log_warn("guard: upstream \"%s\" reset (%s): its configured read weights "
 				 "apply again",
 				 g->name, why);
+			guard_fleet_put(srv->gfleet, g->name, NULL);
 			changed = true;
 		} else if (l && (l->state != g->latch.state || l->since_ms != g->latch.since_ms)) {
 			guard_latch_set(g, l);
 			log_latched(" (latch file)", g);
+			if (strcmp(l->reason, GUARD_REASON_UNREADABLE) != 0) /* this host's own */
+				guard_fleet_put(srv->gfleet, g->name, l);
 			changed = true;
 		}
 		set_state_gauge(srv, g);
@@ -156,6 +161,11 @@ int guards_start(struct server *srv, struct dw_err *err)
 
 	srv->guards = guard_table_new((unsigned)srv->cfg->workers);
 	guard_table_bind(srv->guards, srv->cfg);
+	/* With the PostgreSQL queue the fleet shares its guards; the latches
+	 * restored below are written there too (the safe side: a trip made
+	 * while PostgreSQL was down is not lost by a restart). */
+	if (srv->cfg->queue.postgres && !(srv->gfleet = guard_fleet_start(srv, err)))
+		return -1;
 	if ((lk = guard_file_lock(dir, err)) < 0)
 		return -1;
 	rc = guard_file_read(dir, &f, &ferr);
@@ -191,6 +201,8 @@ int guards_start(struct server *srv, struct dw_err *err)
 
 void guards_free(struct server *srv)
 {
+	guard_fleet_stop(srv->gfleet); /* writes what it still holds, while it can */
+	srv->gfleet = NULL;
 	guard_table_free(srv->guards);
 	srv->guards = NULL;
 }
@@ -213,7 +225,37 @@ static void on_latched(void *arg, struct guard_up *g, const struct guard_verdict
 				   "Guard trips (rollbacks) and pauses, by upstream and reason.",
 				   labels));
 	set_state_gauge(t->srv, g);
+	guard_fleet_put(t->srv->gfleet, g->name, &g->latch);
 	t->n++;
+}
+
+/* Adopt the fleet's table: a row latches here; a latch whose row this
+ * sidecar had seen and is now gone was reset elsewhere. */
+static bool adopt_fleet(struct server *srv, const struct guard_file *f)
+{
+	bool changed = false;
+
+	for (struct guard_up *g = guard_table_first(srv->guards); g; g = g->next) {
+		const struct guard_latch *l = guard_file_find(f, g->name);
+
+		if (l) {
+			if (l->state > g->latch.state) {
+				guard_latch_set(g, l);
+				log_latched(" (fleet)", g);
+				set_state_gauge(srv, g);
+				changed = true;
+			}
+			g->fleet_seen = g->latch.state != GUARD_OK;
+		} else if (g->fleet_seen && g->latch.state != GUARD_OK) {
+			guard_clear(g);
+			log_warn("guard: upstream \"%s\" reset in the fleet: its configured read "
+				 "weights apply again",
+				 g->name);
+			set_state_gauge(srv, g);
+			changed = true;
+		}
+	}
+	return changed;
 }
 
 void guards_tick(struct server *srv)
@@ -247,6 +289,16 @@ void guards_tick(struct server *srv)
 		}
 		guard_file_free(&f);
 	}
+	/* then what the fleet latched or reset */
+	if (srv->gfleet) {
+		struct guard_file f = {0};
+
+		if (guard_fleet_take(srv->gfleet, &srv->gfleet_gen, &f) && adopt_fleet(srv, &f)) {
+			apply_holds(srv);
+			persist(srv);
+		}
+		guard_file_free(&f);
+	}
 	guard_table_tick(srv->guards, dw_now_us() / 1000, dw_wall_us() / 1000, on_latched, &t);
 	if (t.n) {
 		apply_holds(srv); /* the effective weights drop now */
@@ -273,6 +325,7 @@ static void on_cleared(void *arg, struct guard_up *g, const char *route)
 		return; /* cleared by an earlier route of the same upstream */
 	guard_clear(g);
 	set_state_gauge(c->srv, g);
+	guard_fleet_put(c->srv->gfleet, g->name, NULL);
 	log_warn("guard: upstream \"%s\" cleared: the reload changed the read weight of route "
 		 "\"%s\"",
 		 g->name, route);

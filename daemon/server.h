@@ -81,6 +81,8 @@ struct server {
 	 * snapshot before the read table; outlives every snapshot. */
 	struct guard_table *guards;
 	struct guards_file_sig guards_sig;
+	struct guard_fleet *gfleet; /* queue.postgres: the fleet's guards (guardfleet.c) */
+	uint64_t gfleet_gen;	    /* the last fleet snapshot taken */
 	uint64_t generation;	     /* configurations applied: 1 at start, +1 per reload */
 	char last_reload_error[600]; /* why the last reload failed; "" after a good one */
 	struct metrics *metrics;
@@ -366,6 +368,20 @@ void guards_note_shadow_mismatch(const struct dw_upstream *up);
  * for an upstream also what its windows measure now. */
 void guards_latch_json(const struct guard_up *g, void *json_obj);
 void guards_upstream_json(struct server *srv, struct guard_up *g, void *json_obj);
+
+/* ---- the fleet's guards in PostgreSQL (guardfleet.c) ----
+ * Started by guards_start when queue.postgres is set; the main thread
+ * queues this sidecar's latches and resets, and takes the table's rows
+ * (only a read made after everything it queued). */
+struct guard_fleet;
+struct guard_latch;
+struct guard_file;
+struct guard_fleet *guard_fleet_start(struct server *srv, struct dw_err *err);
+void guard_fleet_stop(struct guard_fleet *f); /* NULL is a no-op */
+/* l NULL or ok: delete name's row (a reset). f NULL: nothing. */
+void guard_fleet_put(struct guard_fleet *f, const char *name, const struct guard_latch *l);
+/* A newer snapshot than *gen (updated) into out (to free): true. */
+bool guard_fleet_take(struct guard_fleet *f, uint64_t *gen, struct guard_file *out);
 
 /* ---- admin endpoint (admin.c) ---- */
 int admin_start(struct server *srv, struct dw_err *err) DW_MUSTCHECK;

@@ -209,6 +209,7 @@ void guard_clear(struct guard_up *g)
 	window_clear(g->mismatches);
 	memset(&g->latch, 0, sizeof(g->latch));
 	g->latch.state = GUARD_OK;
+	g->fleet_seen = false;
 	__atomic_store_n(&g->state, (unsigned)GUARD_OK, __ATOMIC_RELAXED);
 }
 

@@ -46,6 +46,10 @@
  * serves every read until an operator resets them — because a trip it can
  * no longer see must not turn into reads on a failing system.
  *
+ * With the PostgreSQL fleet queue the latches are also rows there
+ * (pgguard.h, daemon/guardfleet.c); fleet_seen marks a latch this sidecar
+ * has seen in that table, whose later absence is a reset made elsewhere.
+ *
  * Threads: guard_note_* and guard_up_state from any thread; everything else
  * on one thread (the daemon's main thread), or in a tool.
  */
@@ -84,6 +88,7 @@ struct guard_up {
 	struct guard_wins *wins;  /* atomic pointer: the current windows */
 	struct window *mismatches; /* one hour, whatever window_s says */
 	bool bound;		  /* in the last bound snapshot */
+	bool fleet_seen;	  /* daemon: this latch was seen in the fleet's table */
 };
 
 struct guard_table;

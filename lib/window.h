@@ -47,12 +47,10 @@
  * pause the first time guard_check() reports it, sets the effective weights
  * (atomic store), logs at error level with guard_verdict_format(), counts
  * dualwrite_guard_trips_total{upstream,reason}, and persists the latch beside
- * the queue — one small file per upstream in the spool directory
- * (guard-UPSTREAM.json: state, reason, measured, limit, since), written to
- * a temporary file, fsync'ed and renamed — which start-up reads before the
- * first read is served, and `dualwrite guard reset UPSTREAM` (through the
- * admin endpoint) removes. With the PostgreSQL fleet queue the latch is also
- * a row there, so every sidecar of that upstream follows one trip.
+ * the queue. Built as: guard.h (table, latch, latch file), daemon/guards.c
+ * (tick, reload, status) and, with the PostgreSQL fleet queue, pgguard.h
+ * and daemon/guardfleet.c (one row per latched upstream, shared by every
+ * sidecar).
  */
 #ifndef DW_WINDOW_H
 #define DW_WINDOW_H
