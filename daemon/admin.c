@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "guard.h"
 #include "server.h"
 
 static void reply_json(struct evhttp_request *req, int code, json_t *doc)
@@ -41,6 +42,8 @@ static void status_cb(struct evhttp_request *req, struct server *srv)
 	json_object_set_new(doc, "uptime_s",
 			    json_integer((dw_wall_us() - srv->started_wall_us) / 1000000));
 	json_object_set_new(doc, "config", json_string(cfg->path));
+	/* `dualwrite reload` waits for this to move (or reloads.failed to) */
+	json_object_set_new(doc, "generation", json_integer((json_int_t)srv->generation));
 	json_object_set_new(doc, "workers", json_integer((json_int_t)srv->nworkers));
 	json_object_set_new(doc, "connections",
 			    json_integer(__atomic_load_n(&srv->active_conns, __ATOMIC_RELAXED)));
@@ -59,6 +62,12 @@ static void status_cb(struct evhttp_request *req, struct server *srv)
 			if (why[0])
 				json_object_set_new(o, "resolve_error", json_string(why));
 		}
+		if ((int)i != cfg->default_upstream && u->guard) {
+			json_t *guard = json_object();
+
+			guards_upstream_json(srv, u->guard, guard);
+			json_object_set_new(o, "guard", guard);
+		}
 		json_object_set_new(ups, u->name, o);
 	}
 	json_object_set_new(doc, "upstreams", ups);
@@ -71,12 +80,19 @@ static void status_cb(struct evhttp_request *req, struct server *srv)
 			const struct read_state *rs = r->read->state;
 			conf = rs ? readstate_configured(rs) : r->read->weight;
 			eff = rs ? readstate_effective(rs) : r->read->weight;
-			json_object_set_new(
-			    o, "read",
-			    json_pack("{s:s, s:f, s:f, s:b, s:s}", "upstream",
-				      cfg->upstreams[r->read->upstream].name, "weight", conf / 100.0,
-				      "effective_weight", eff / 100.0, "fallback", r->read->fallback,
-				      "guard", rs && readstate_held(rs) ? "tripped" : "ok"));
+			json_t *rd = json_pack("{s:s, s:f, s:f, s:b}", "upstream",
+					       cfg->upstreams[r->read->upstream].name, "weight",
+					       conf / 100.0, "effective_weight", eff / 100.0,
+					       "fallback", r->read->fallback);
+			json_t *guard = json_object();
+			const struct guard_up *g = cfg->upstreams[r->read->upstream].guard;
+
+			if (g)
+				guards_latch_json(g, guard); /* its upstream's */
+			else
+				json_object_set_new(guard, "state", json_string("ok"));
+			json_object_set_new(rd, "guard", guard);
+			json_object_set_new(o, "read", rd);
 		}
 		/* percent of reads the new system serves: effective, and as configured */
 		json_object_set_new(o, "read_weight", json_real(eff / 100.0));
@@ -106,9 +122,12 @@ static void status_cb(struct evhttp_request *req, struct server *srv)
 	if (srv->nmirrors)
 		mirror_status_json(srv->mirrors[0], mirror); /* gauges shared by the shards */
 	json_object_set_new(doc, "mirror", mirror);
-	json_object_set_new(doc, "reloads",
-			    json_pack("{s:I, s:I}", "ok", (json_int_t)metric_value(srv->m_reload_ok),
-				      "failed", (json_int_t)metric_value(srv->m_reload_failed)));
+	json_t *reloads =
+	    json_pack("{s:I, s:I}", "ok", (json_int_t)metric_value(srv->m_reload_ok), "failed",
+		      (json_int_t)metric_value(srv->m_reload_failed));
+	if (srv->last_reload_error[0])
+		json_object_set_new(reloads, "last_error", json_string(srv->last_reload_error));
+	json_object_set_new(doc, "reloads", reloads);
 	reply_json(req, 200, doc);
 	json_decref(doc);
 	config_unref(cfg);

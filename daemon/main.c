@@ -128,13 +128,17 @@ static void do_reload(struct server *srv)
 	neu = config_load(srv->conf_path, &errs);
 	if (!neu) {
 		print_errors("reload rejected, keeping the running configuration: ", &errs);
+		snprintf(srv->last_reload_error, sizeof(srv->last_reload_error), "%s",
+			 errs.n ? errs.msgs[0] : "the configuration cannot be loaded");
 		dw_errlist_free(&errs);
 		goto failed;
 	}
 	log_config_warnings(neu);
 	old = server_config(srv);
-	if (listen_bind(srv, neu, &err) < 0) {
+	/* A paused upstream's weights may not rise (SPEC §7.3). */
+	if (guards_reload_check(srv, old, neu, &err) < 0 || listen_bind(srv, neu, &err) < 0) {
 		log_error("reload rejected, keeping the running configuration: %s", err.msg);
+		snprintf(srv->last_reload_error, sizeof(srv->last_reload_error), "%s", err.msg);
 		config_unref(old);
 		config_unref(neu);
 		goto failed;
@@ -142,6 +146,9 @@ static void do_reload(struct server *srv)
 	/* the new snapshot keeps the start-up values of what needs a restart */
 	config_keep_nonreloadable(neu, old, warn_nonreloadable, NULL);
 	warn_unverified(neu);
+	/* trips cleared by a changed weight, and neu's upstreams bound to
+	 * their guards before the read table reads them */
+	guards_reload_bind(srv, old, neu);
 	config_unref(old);
 	register_route_series(srv, neu);
 	register_tls_series(srv, neu);
@@ -160,6 +167,8 @@ static void do_reload(struct server *srv)
 		worker_post_reload(srv->workers[i]);
 	listen_prune(srv, neu);
 	metric_inc(srv->m_reload_ok);
+	srv->generation++;
+	srv->last_reload_error[0] = '\0';
 	log_info("reload: configuration applied (%zu routes)", neu->nroutes);
 	sd_notifyf("READY=1\nSTATUS=serving, configuration reloaded");
 	return;
@@ -305,6 +314,13 @@ void server_queue_refresh(struct server *srv, struct spool_stats *st)
 		   st->oldest_waiting_us ? (dw_wall_us() - st->oldest_waiting_us) / 1000000 : 0);
 }
 
+static void guard_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	guards_tick(arg);
+}
+
 static void queue_tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *srv = arg;
@@ -365,7 +381,7 @@ int main(int argc, char **argv)
 	struct dw_err err = {""};
 	struct spool_opts so;
 	struct spool_stats st;
-	struct event *sigs[3], *wd = NULL, *qtick, *lflush;
+	struct event *sigs[3], *wd = NULL, *qtick, *gtick, *lflush;
 	const char *path = NULL;
 	bool test = false, debug = false;
 	int opt, rc = 1;
@@ -435,8 +451,7 @@ int main(int argc, char **argv)
 	pthread_mutex_init(&srv.listen_lock, NULL);
 	srv.conf_path = dw_strdup(path);
 	srv.metrics = metrics_new();
-	srv.reads = readstate_new(srv.metrics);
-	readstate_bind(srv.reads, srv.cfg);
+	srv.generation = 1;
 	srv.started_wall_us = dw_wall_us();
 	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd))
 		memcpy(rnd, &srv.started_wall_us, sizeof(rnd));
@@ -463,6 +478,14 @@ int main(int argc, char **argv)
 	dw_errlist_free(&errs);
 	spool_stats(srv.spool, &st);
 	metric_set(srv.m_queue_damaged, (int64_t)st.damaged); /* what opening found */
+	/* The guards' latches (kept beside the queue) before the first read
+	 * route is bound: a trip survives the restart. */
+	if (guards_start(&srv, &err) < 0) {
+		log_error("guard: %s", err.msg);
+		goto out;
+	}
+	srv.reads = readstate_new(srv.metrics);
+	readstate_bind(srv.reads, srv.cfg);
 	if (st.queued)
 		log_warn("queue %s holds %" PRIu64 " writes for replay (from earlier runs or "
 			 "failures): run `dualwrite replay`",
@@ -548,6 +571,9 @@ int main(int argc, char **argv)
 	struct timeval one = {1, 0};
 	qtick = event_new(srv.base, -1, EV_PERSIST, queue_tick_cb, &srv);
 	event_add(qtick, &one);
+	struct timeval gevery = {0, (suseconds_t)GUARD_TICK_MS * 1000};
+	gtick = event_new(srv.base, -1, EV_PERSIST, guard_tick_cb, &srv);
+	event_add(gtick, &gevery);
 	struct timeval flush_every = {0, (suseconds_t)LOG_FLUSH_MS * 1000};
 	lflush = event_new(srv.base, -1, EV_PERSIST, log_flush_cb, NULL);
 	event_add(lflush, &flush_every);
@@ -572,6 +598,7 @@ int main(int argc, char **argv)
 	if (wd)
 		event_free(wd);
 	event_free(qtick);
+	event_free(gtick);
 	event_free(lflush);
 	if (srv.stop_tick)
 		event_free(srv.stop_tick);
@@ -598,6 +625,7 @@ out:
 	config_unref(srv.cfg);
 	journal_health_free(&srv);
 	readstate_free(srv.reads);
+	guards_free(&srv);
 	metrics_free(srv.metrics);
 	free(srv.conf_path);
 	pthread_mutex_destroy(&srv.cfg_lock);

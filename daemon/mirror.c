@@ -51,6 +51,7 @@
 #include <string.h>
 #include <sys/queue.h>
 
+#include "guard.h"
 #include "http_parse.h"
 #include "jsonarena.h"
 #include "jsonfast.h"
@@ -193,6 +194,7 @@ struct send {
 
 struct mirror {
 	struct server *srv;
+	unsigned slot; /* the owning worker's id: its guard windows */
 	struct event_base *base; /* the owning worker's loop (borrowed) */
 	struct pool_set *pools;
 
@@ -749,6 +751,11 @@ static void job_finish(struct mirror *mi, struct mirror_job *j, enum spool_state
 	double ms = (double)(dw_now_us() - j->t_ack) / 1e3;
 	char lwhy[800];
 
+	/* Queued without an attempt (an open breaker, behind a failed write of
+	 * its key): not delivered at its first chance, for the guard. */
+	if (j->attempts == 0 && st == SPOOL_QUEUED)
+		guard_note_mirror(job_upstream(j)->guard, mi->slot, dw_now_us() / 1000, true);
+
 	if (lost) {
 		snprintf(lwhy, sizeof(lwhy), "%s; not %s: %s", why ? why : "not delivered",
 			 j->seq ? "durably journaled" : "journaled", j->nojournal);
@@ -929,6 +936,10 @@ static void send_done(struct send *s, int status, const char *neterr)
 
 	memcpy(excerpt, s->excerpt, sizeof(excerpt)); /* s is freed below */
 	send_free(s);
+	if (j->attempts == 1) /* the guard counts first attempts (SPEC §7.3) */
+		guard_note_mirror(job_upstream(j)->guard, mi->slot, dw_now_us() / 1000,
+				  neterr != NULL || status < 100 || status > 599 ||
+				      j->route->mirror->klass[status] != MIRROR_DELIVERED);
 	breaker_note(t, neterr != NULL || (status >= 100 && status < 600 &&
 					  j->route->mirror->klass[status] == MIRROR_RETRY),
 		     neterr ? neterr : excerpt);
@@ -1576,11 +1587,13 @@ static void wake_cb(void *arg, unsigned bits)
 		inbox_cb(arg);
 }
 
-struct mirror *mirror_new(struct server *srv, struct event_base *base, struct dw_err *err)
+struct mirror *mirror_new(struct server *srv, int id, struct event_base *base,
+			  struct dw_err *err)
 {
 	struct mirror *mi = dw_calloc(1, sizeof(*mi));
 
 	mi->srv = srv;
+	mi->slot = (unsigned)id;
 	mi->base = base;
 	mi->pools = pool_set_new(mi->base, srv->metrics, srv->resolver);
 	pthread_mutex_init(&mi->lock, NULL);

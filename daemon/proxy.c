@@ -63,6 +63,7 @@
 #include "http_parse.h"
 #include "jsonarena.h"
 #include "jsonfast.h"
+#include "guard.h"
 #include "plan.h"
 #include "tls.h"
 #include "worker.h"
@@ -143,6 +144,8 @@ struct exchange {
 	bool on_new;	     /* the current attempt is the new system's */
 	bool collect;	     /* the new system's 2xx is read whole, to be mapped */
 	bool read_counted;   /* dualwrite_read_total has this read */
+	bool guard_noted;    /* the guard's window has this read's outcome */
+	int64_t t_new;	     /* monotonic us: the new system's attempt began */
 	/* Last: 3 KiB each, reset by http_head_clear rather than memset. */
 	struct http_head req;
 	struct http_head resp;
@@ -198,6 +201,7 @@ static void on_input(struct conn *c);
 static void dispatch(struct conn *c);
 static void read_plan_request(struct conn *c);
 static bool read_new_failed(struct conn *c, const char *why);
+static void read_guard_note(struct conn *c, bool failed);
 
 /* ---------------------------------------------------------------- state */
 
@@ -653,6 +657,7 @@ static const char *upstream_public(enum up_err kind)
 static void upstream_failed(struct conn *c, enum up_err kind, int status, const char *msg)
 {
 	metric_inc(c->w->m_upstream_err[kind]);
+	read_guard_note(c, true);
 	if (c->x->on_new && read_new_failed(c, msg))
 		return; /* the legacy answers instead */
 	if (c->x->resp_head_done && !c->x->hold && !c->x->collect) {
@@ -1555,6 +1560,25 @@ static void read_plan_request(struct conn *c)
 	x->on_new = x->plan.side == READ_NEW;
 	if (!x->on_new)
 		read_count(x, READ_LEGACY, x->plan.reason);
+	else
+		x->t_new = dw_now_us();
+}
+
+/* The guard's view of a new-system read (SPEC §7.3), once, at its outcome:
+ * failed = 5xx, timeout, connect or other upstream failure, or an answer
+ * that does not map; latency from the attempt's start. Called while upi
+ * is still the new system's. */
+static void read_guard_note(struct conn *c, bool failed)
+{
+	struct exchange *x = c->x;
+	int64_t now;
+
+	if (!x->on_new || x->guard_noted)
+		return;
+	x->guard_noted = true;
+	now = dw_now_us();
+	guard_note_read(x->cfg->upstreams[x->upi].guard, (unsigned)c->w->id, now / 1000, failed,
+			now - x->t_new);
 }
 
 /*
@@ -1616,6 +1640,7 @@ static void read_unmappable(struct conn *c, const char *why)
 
 	snprintf(msg, sizeof(msg), "upstream \"%s\": answer not mappable: %s",
 		 c->x->cfg->upstreams[c->x->upi].name, why);
+	read_guard_note(c, true);
 	if (read_new_failed(c, msg))
 		return;
 	respond_error(c, 502, msg, false);
@@ -1703,6 +1728,7 @@ static void read_finish_mapped(struct conn *c)
 		return;
 	}
 	x->collect = false;
+	read_guard_note(c, false);
 	read_count(x, READ_NEW, READ_BUCKET);
 	read_answer_mapped(c, body, strlen(body));
 	free(body);
@@ -1726,11 +1752,13 @@ static bool read_new_head(struct conn *c)
 	if (x->status < 200 || x->status > 299) {
 		snprintf(msg, sizeof(msg), "upstream \"%s\" answered %d",
 			 x->cfg->upstreams[x->upi].name, x->status);
+		read_guard_note(c, x->status >= 500); /* a 4xx is an answer, not a failure */
 		if (read_new_failed(c, msg))
 			return false;
 		return true; /* fallback = false: its own answer */
 	}
 	if (!x->route->read->response) {
+		read_guard_note(c, false);
 		read_count(x, READ_NEW, READ_BUCKET);
 		return true;
 	}

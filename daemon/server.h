@@ -62,6 +62,14 @@ struct journal_health {
 	struct metric *m_writable;
 };
 
+/* The identity of the guard latch file (guards.c): a change by someone else
+ * (`dualwrite guard reset`) is noticed by the tick. */
+struct guards_file_sig {
+	bool exists;
+	uint64_t ino;
+	int64_t size, mtime_ns;
+};
+
 struct server {
 	char *conf_path;
 	pthread_mutex_t cfg_lock; /* guards cfg (the pointer, not the snapshot) */
@@ -69,6 +77,14 @@ struct server {
 	/* Runtime state of read routes by name (effective weights), bound to
 	 * each snapshot before it is published; outlives every snapshot. */
 	struct read_table *reads;
+	/* The rollback guards by upstream name (guards.c), bound to each
+	 * snapshot before the read table; outlives every snapshot. */
+	struct guard_table *guards;
+	struct guards_file_sig guards_sig;
+	struct guard_fleet *gfleet; /* queue.postgres: the fleet's guards (guardfleet.c) */
+	uint64_t gfleet_gen;	    /* the last fleet snapshot taken */
+	uint64_t generation;	     /* configurations applied: 1 at start, +1 per reload */
+	char last_reload_error[600]; /* why the last reload failed; "" after a good one */
 	struct metrics *metrics;
 	struct spool *spool; /* shared by the workers */
 	bool fsync;	     /* durability "fsync": the spool was opened with fsync */
@@ -261,8 +277,9 @@ void upconn_release(struct upconn *uc, bool keep);
 
 /* ---- mirroring (mirror.c) ---- */
 struct mirror_job;
-/* A shard living in base (a worker's loop). */
-struct mirror *mirror_new(struct server *srv, struct event_base *base, struct dw_err *err);
+/* A shard living in base (worker id's loop). */
+struct mirror *mirror_new(struct server *srv, int id, struct event_base *base,
+			  struct dw_err *err);
 /* Hand job to shard mi; from is the calling worker's own shard (the job is
  * taken at once when mi == from, else through mi's inbox). Takes ownership. */
 void mirror_submit(struct mirror *mi, struct mirror *from, struct mirror_job *job);
@@ -323,6 +340,48 @@ void journal_health_json(struct server *srv, void *json_obj);
 
 /* Refresh the journal view and the queue gauges; fills st (main.c). */
 void server_queue_refresh(struct server *srv, struct spool_stats *st);
+
+/* ---- rollback guards (guards.c), main thread unless said ---- */
+struct guard_up;
+/* After the queue directory is open and before the read table is bound:
+ * the guard table, its latches restored from the file beside the queue
+ * (an unreadable file trips every new-system upstream, see guard.h). */
+int guards_start(struct server *srv, struct dw_err *err) DW_MUSTCHECK;
+void guards_free(struct server *srv);
+/* Every GUARD_TICK_MS: an operator's reset first, then the windows; a
+ * latch holds the upstream's read routes at weight 0 at once. */
+#define GUARD_TICK_MS 500
+void guards_tick(struct server *srv);
+/* The reload's gate (-1 with err: refused, the running configuration
+ * stays), then, once it is accepted and before readstate_bind: clear the
+ * trips whose route weights it changes, and bind neu. */
+int guards_reload_check(struct server *srv, const struct dw_config *running,
+			const struct dw_config *neu, struct dw_err *err) DW_MUSTCHECK;
+void guards_reload_bind(struct server *srv, const struct dw_config *running,
+			struct dw_config *neu);
+/* Any thread: the shadow comparison of a read route found the new system's
+ * mapped answer different from the legacy's; up is the route's read
+ * upstream in the request's snapshot. Counts toward
+ * guards.shadow_mismatches_per_hour (-> pause). */
+void guards_note_shadow_mismatch(const struct dw_upstream *up);
+/* /status: the latch (state, reason, since...) of g into a JSON object, and
+ * for an upstream also what its windows measure now. */
+void guards_latch_json(const struct guard_up *g, void *json_obj);
+void guards_upstream_json(struct server *srv, struct guard_up *g, void *json_obj);
+
+/* ---- the fleet's guards in PostgreSQL (guardfleet.c) ----
+ * Started by guards_start when queue.postgres is set; the main thread
+ * queues this sidecar's latches and resets, and takes the table's rows
+ * (only a read made after everything it queued). */
+struct guard_fleet;
+struct guard_latch;
+struct guard_file;
+struct guard_fleet *guard_fleet_start(struct server *srv, struct dw_err *err);
+void guard_fleet_stop(struct guard_fleet *f); /* NULL is a no-op */
+/* l NULL or ok: delete name's row (a reset). f NULL: nothing. */
+void guard_fleet_put(struct guard_fleet *f, const char *name, const struct guard_latch *l);
+/* A newer snapshot than *gen (updated) into out (to free): true. */
+bool guard_fleet_take(struct guard_fleet *f, uint64_t *gen, struct guard_file *out);
 
 /* ---- admin endpoint (admin.c) ---- */
 int admin_start(struct server *srv, struct dw_err *err) DW_MUSTCHECK;

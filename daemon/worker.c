@@ -472,7 +472,7 @@ struct worker *worker_new(struct server *srv, int id, struct dw_err *err)
 	w->flush_ev = event_new(w->base, -1, 0, flush_cb, w);
 	TAILQ_INIT(&w->flushq);
 	w->deadline_ev = event_new(w->base, -1, 0, deadline_cb, w);
-	w->mirror = mirror_new(srv, w->base, err);
+	w->mirror = mirror_new(srv, id, w->base, err);
 	if (!w->mirror) {
 		worker_free(w);
 		return NULL;

@@ -1130,6 +1130,66 @@ static void get_bool(struct loader *L, const config_setting_t *grp, const char *
 	*out = config_setting_get_bool(s) != 0;
 }
 
+/* A number (integer or real) in [lo, hi], or any negative one when
+ * neg_off (a guard turned off). Returns 1 and sets *out when present and
+ * valid, 0 when absent, -1 after reporting an error. */
+static int get_number(struct loader *L, const config_setting_t *grp, const char *key,
+		      const char *prefix, double lo, double hi, bool neg_off, double *out)
+{
+	const config_setting_t *s = config_setting_get_member(grp, key);
+	char w[WHERE_MAX];
+	double v;
+
+	if (!s)
+		return 0;
+	wjoin(w, sizeof(w), prefix, key);
+	switch (config_setting_type(s)) {
+	case CONFIG_TYPE_INT:
+	case CONFIG_TYPE_INT64:
+		v = (double)config_setting_get_int64(s);
+		break;
+	case CONFIG_TYPE_FLOAT:
+		v = config_setting_get_float(s);
+		break;
+	default:
+		lerr(L, sline(s), w, "expected a number");
+		return -1;
+	}
+	if (neg_off && v < 0)
+		v = -1;
+	else if (!(v >= lo && v <= hi)) {
+		lerr(L, sline(s), w, "%g is out of range (%g..%g%s)", v, lo, hi,
+		     neg_off ? ", or negative: off" : "");
+		return -1;
+	}
+	*out = v;
+	return 1;
+}
+
+/* guards = { window_s; min_requests; read_error_rate; read_p99_ms;
+ * mirror_failure_rate; shadow_mismatches_per_hour; } (SPEC §7.3) */
+static void load_guards(struct loader *L, const config_setting_t *root)
+{
+	static const char *const keys[] = { "window_s",		   "min_requests",
+					    "read_error_rate",	   "read_p99_ms",
+					    "mirror_failure_rate", "shadow_mismatches_per_hour",
+					    NULL };
+	struct dw_guards *g = &L->c->guards;
+	const config_setting_t *gs = get_group(L, root, "guards", "");
+
+	if (!gs)
+		return;
+	check_keys(L, gs, "guards", keys);
+	set_int(L, gs, "window_s", "guards", 1, 3600, &g->window_s);
+	set_int(L, gs, "min_requests", "guards", 1, 100000000, &g->min_requests);
+	(void)get_number(L, gs, "read_error_rate", "guards", 0, 100, true, &g->read_error_rate);
+	(void)get_number(L, gs, "read_p99_ms", "guards", 0, 3600000, true, &g->read_p99_ms);
+	(void)get_number(L, gs, "mirror_failure_rate", "guards", 0, 100, true,
+			 &g->mirror_failure_rate);
+	(void)get_number(L, gs, "shadow_mismatches_per_hour", "guards", 0, 1e9, true,
+			 &g->shadow_mismatches_per_hour);
+}
+
 /* sticky / key: one request-time value. */
 static struct expr *load_read_value(struct loader *L, const config_setting_t *rs, const char *key,
 				    const char *rprefix, struct expr_opts *o)
@@ -1813,7 +1873,8 @@ static struct dw_config *config_from_tree(config_t *cfg, const char *path, unsig
 	static const char *const top_keys[] = { "listen",   "workers",		"admin",
 						"limits",   "upstreams",	"default_upstream",
 						"queue",    "tenant",		"routes",
-						"tables",   "log_level",	NULL };
+						"tables",   "log_level",	"guards",
+						NULL };
 	struct loader L = { .file = path, .flags = flags, .errs = errs };
 	struct dw_config *c = NULL;
 	const config_setting_t *root;
@@ -1840,9 +1901,16 @@ static struct dw_config *config_from_tree(config_t *cfg, const char *path, unsig
 	c->queue.table = dw_strdup("dualwrite_queue");
 	c->tenant.header = dw_strdup("X-Tenant-ID");
 	c->tenant.def = dw_strdup("default");
+	c->guards = (struct dw_guards){ .window_s = 60,
+					.min_requests = 50,
+					.read_error_rate = 1.0,
+					.read_p99_ms = 500,
+					.mirror_failure_rate = 5.0,
+					.shadow_mismatches_per_hour = 5 };
 
 	check_keys(&L, root, "", top_keys);
 	load_scalars(&L, root);
+	load_guards(&L, root);
 	load_upstreams(&L, root);
 	load_routes(&L, root);
 	load_tables(&L, root);

@@ -11,7 +11,7 @@
  *
  * Keys (SPEC §3): listen, workers, admin.listen, limits.*, upstreams.*,
  * default_upstream, queue.*, tenant.*, routes (with mirror and, SPEC §7.1,
- * read), tables, log_level. TLS (SPEC
+ * read), guards (SPEC §7.3), tables, log_level. TLS (SPEC
  * §8): a listen entry may be { addr; tls = { cert; key; client_ca; }; } and
  * an https:// upstream takes ca_file, verify, sni, cert and key; their
  * OpenSSL contexts are built here (tls.h), so a bad certificate or key is a
@@ -44,6 +44,9 @@ struct dw_upstream {
 	int max_inflight; /* mirror concurrency per worker towards it; default 64 */
 	int pipeline_depth; /* mirror requests per connection to a fast target; 1: none; default 16 */
 	int resolve_interval_s; /* a host name is looked up again this often; default 60 */
+	/* Runtime: bound by the daemon before the snapshot is published
+	 * (guard_table_bind); NULL in a snapshot no daemon runs. */
+	struct guard_up *guard;
 	/* https:// only (SPEC §8) */
 	char *ca_file;	  /* NULL: the system trust store */
 	bool verify;	  /* default true; false: any certificate (warned at every load) */
@@ -81,6 +84,18 @@ struct dw_mirror {
 };
 
 struct read_state; /* runtime state of a read route, outliving reloads (readstate.h) */
+struct guard_up;   /* runtime guard state of an upstream, outliving reloads (guard.h) */
+
+/* The rollback guards (SPEC §7.3); defaults are the seeds' thresholds. A
+ * negative limit turns that guard off. Reloadable. */
+struct dw_guards {
+	int window_s;			   /* 60: sliding window */
+	int min_requests;		   /* 50: no read/mirror decision on fewer */
+	double read_error_rate;		   /* 1.0 percent -> rollback */
+	double read_p99_ms;		   /* 500 -> rollback */
+	double mirror_failure_rate;	   /* 5.0 percent -> rollback */
+	double shadow_mismatches_per_hour; /* 5 -> pause */
+};
 
 /*
  * A read route (SPEC §7.1): which share of a route's reads the new system
@@ -171,6 +186,8 @@ struct dw_config {
 		char *header;	  /* default "X-Tenant-ID" */
 		char *def;	  /* default tenant; default "default" */
 	} tenant;
+
+	struct dw_guards guards;
 
 	struct dw_route *routes;
 	size_t nroutes;

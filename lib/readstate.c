@@ -4,6 +4,8 @@
  */
 #include "readstate.h"
 
+#include "guard.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,6 +110,11 @@ void readstate_bind(struct read_table *t, struct dw_config *cfg)
 		}
 		s->bound = true;
 		__atomic_store_n(&s->configured, r->read->weight, __ATOMIC_RELAXED);
+		/* held while its upstream (in this snapshot) is tripped */
+		__atomic_store_n(&s->held,
+				 guard_up_state(cfg->upstreams[r->read->upstream].guard) ==
+				     GUARD_TRIPPED,
+				 __ATOMIC_RELAXED);
 		publish(s);
 		r->read->state = s;
 	}

@@ -12,8 +12,11 @@
  * request on an old snapshot never sees a dangling one.
  *
  * The effective weight is what a read loads (one relaxed atomic load): the
- * configured weight, or 0 while the route is held (the guards, a later step,
- * will hold it; readstate_hold is their placeholder). A bind stores the new
+ * configured weight, or 0 while the route is held: while its upstream's
+ * guard is tripped (guard.h). A bind holds the routes whose upstream in
+ * that snapshot is tripped (dw_upstream.guard, bound first by
+ * guard_table_bind) and releases the others; the guard tick holds them the
+ * moment a trip latches (readstate_hold). A bind stores the new
  * weight at once, so every read that starts after the reload sees it, even
  * on a worker that has not swapped its snapshot yet.
  *
@@ -60,7 +63,8 @@ struct read_table *readstate_new(struct metrics *m);
 void readstate_free(struct read_table *t);
 
 /* Point every read route of cfg at its entry and store its configured
- * weight; the effective weight follows unless held. cfg must not be
+ * weight; held when its upstream's guard (cfg->upstreams[].guard, when
+ * bound) is tripped, else the effective weight follows. cfg must not be
  * published yet. */
 void readstate_bind(struct read_table *t, struct dw_config *cfg);
 /* The entry of a route name, NULL when none was ever bound. */

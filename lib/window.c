@@ -133,6 +133,19 @@ void window_add(struct window *w, int64_t now_ms, uint32_t n, uint32_t failures)
 	pthread_mutex_unlock(&w->mu);
 }
 
+void window_clear(struct window *w)
+{
+	pthread_mutex_lock(&w->mu);
+	for (unsigned i = 0; i < w->nring; i++) {
+		w->k[i] = -1;
+		w->events[i] = 0;
+		w->failures[i] = 0;
+	}
+	if (w->lat)
+		memset(w->lat, 0, (size_t)w->nring * WINDOW_LAT_BUCKETS * sizeof(*w->lat));
+	pthread_mutex_unlock(&w->mu);
+}
+
 void window_sum_reset(struct window_sum *s)
 {
 	memset(s, 0, sizeof(*s));

@@ -47,12 +47,10 @@
  * pause the first time guard_check() reports it, sets the effective weights
  * (atomic store), logs at error level with guard_verdict_format(), counts
  * dualwrite_guard_trips_total{upstream,reason}, and persists the latch beside
- * the queue — one small file per upstream in the spool directory
- * (guard-UPSTREAM.json: state, reason, measured, limit, since), written to
- * a temporary file, fsync'ed and renamed — which start-up reads before the
- * first read is served, and `dualwrite guard reset UPSTREAM` (through the
- * admin endpoint) removes. With the PostgreSQL fleet queue the latch is also
- * a row there, so every sidecar of that upstream follows one trip.
+ * the queue. Built as: guard.h (table, latch, latch file), daemon/guards.c
+ * (tick, reload, status) and, with the PostgreSQL fleet queue, pgguard.h
+ * and daemon/guardfleet.c (one row per latched upstream, shared by every
+ * sidecar).
  */
 #ifndef DW_WINDOW_H
 #define DW_WINDOW_H
@@ -80,6 +78,8 @@ void window_free(struct window *w); /* NULL is a no-op */
 void window_record(struct window *w, int64_t now_ms, int failed, int64_t latency_us);
 /* n events, failures of them failed, at now_ms (no latency). */
 void window_add(struct window *w, int64_t now_ms, uint32_t n, uint32_t failures);
+/* Forget everything counted so far (a guard reset starts afresh). */
+void window_clear(struct window *w);
 
 /* The sum of one or more windows of the same shape at one instant. */
 struct window_sum {

@@ -14,6 +14,8 @@ int cmd_queue(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_backfill(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
+int cmd_reload(int argc, char **argv);
+int cmd_guard(int argc, char **argv);
 
 /* Load a configuration for a command; on failure print every error line to
  * stderr and return NULL (the caller exits 2). */
@@ -23,6 +25,13 @@ struct dw_config *cli_load_config(const char *path);
  * (the caller exits 2). cmd names the subcommand in messages. */
 struct dw_config *cli_args_config(const char *cmd, int argc, char **argv, int first,
 				  const char *cfgpath);
+/* GET /status of the running daemon (cfg's admin.listen): the parsed
+ * object, or NULL after printing why to stderr ("CMD: ..."). */
+struct json_t;
+struct json_t *cli_admin_status(const struct dw_config *cfg, const char *cmd);
+/* The same, quiet: NULL when the daemon cannot be asked. */
+struct json_t *cli_admin_status_quiet(const struct dw_config *cfg);
+
 /* Whether stderr is a terminal (progress lines are drawn only then). */
 int cli_is_tty(void);
 

@@ -22,6 +22,8 @@ static const struct command commands[] = {
 	{"replay", cmd_replay, "send queued mirror writes to their targets, in key order"},
 	{"queue", cmd_queue, "inspect and manage the replay queue (stats, list, show, requeue, purge)"},
 	{"status", cmd_status, "ask the running dualwrited for its status"},
+	{"reload", cmd_reload, "check a configuration, have the daemon load it, show the weights"},
+	{"guard", cmd_guard, "the rollback guards: status, reset UPSTREAM"},
 	{"backfill", cmd_backfill, "copy history from the legacy table to the new one (resumable)"},
 	{"verify", cmd_verify, "compare the legacy and new tables, optionally repair"},
 };

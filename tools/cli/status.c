@@ -1,8 +1,9 @@
 /*
  * status.c — `dualwrite status`: ask the running daemon's admin endpoint
- * (GET /status) and print its answer, as JSON or as a short summary. The
- * summary walks whatever the daemon returns (top-level values, one line per
- * group, one line per route) so it never lags behind new fields.
+ * (GET /status) and print its answer, as JSON or as a summary: the routes
+ * and the upstreams as tables (weights, guards, what the guard windows
+ * measure), and whatever else the daemon returns walked generically (one
+ * line per group) so it never lags behind new fields.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -61,12 +62,94 @@ static void print_members(json_t *o)
 	}
 }
 
+static const char *sget(json_t *o, const char *k, const char *def)
+{
+	json_t *v = json_object_get(o, k);
+
+	return json_is_string(v) ? json_string_value(v) : def;
+}
+
+static void pct(json_t *v, char *buf, size_t cap)
+{
+	if (json_is_number(v))
+		snprintf(buf, cap, "%.2f", json_number_value(v));
+	else
+		snprintf(buf, cap, "-");
+}
+
+/* The routes as a table: what serves reads, configured vs effective weight,
+ * and the guard of the route's new-system upstream. */
+static void print_routes(json_t *routes)
+{
+	size_t i;
+	json_t *r;
+
+	printf("routes (%zu)\n", json_array_size(routes));
+	printf("  %-22s %-10s %-12s %8s %9s  %-8s %s\n", "ROUTE", "MIRROR", "READ", "WEIGHT",
+	       "EFFECTIVE", "GUARD", "SINCE / REASON");
+	json_array_foreach(routes, i, r) {
+		json_t *rd = json_object_get(r, "read"), *g = json_object_get(rd, "guard");
+		char w[16], e[16], why[200] = "";
+
+		pct(json_object_get(rd, "weight"), w, sizeof(w));
+		pct(json_object_get(rd, "effective_weight"), e, sizeof(e));
+		if (g && strcmp(sget(g, "state", "ok"), "ok") != 0)
+			snprintf(why, sizeof(why), "%s %s", sget(g, "since", ""),
+				 sget(g, "detail", sget(g, "reason", "")));
+		printf("  %-22s %-10s %-12s %8s %9s  %-8s %s\n", sget(r, "name", "?"),
+		       sget(r, "mirror", "-"), rd ? sget(rd, "upstream", "?") : "-", rd ? w : "-",
+		       rd ? e : "-", rd ? sget(g, "state", "ok") : "-", why);
+	}
+}
+
+/* The upstreams as a table: address, and for new systems the guard and
+ * what its window measures now. */
+static void print_upstreams(json_t *ups)
+{
+	const char *k;
+	json_t *u;
+
+	printf("upstreams (%zu)\n", json_object_size(ups));
+	printf("  %-14s %-8s %7s %7s %9s %8s %8s %9s  %s\n", "UPSTREAM", "GUARD", "READS", "ERR%",
+	       "P99 ms", "MIRRORS", "FAIL%", "MISMATCH", "URL");
+	json_object_foreach(ups, k, u) {
+		json_t *g = json_object_get(u, "guard"), *w = json_object_get(g, "window");
+		char e[16], p[16], f[16];
+
+		pct(json_object_get(w, "read_error_rate"), e, sizeof(e));
+		pct(json_object_get(w, "read_p99_ms"), p, sizeof(p));
+		pct(json_object_get(w, "mirror_failure_rate"), f, sizeof(f));
+		if (!g) {
+			printf("  %-14s %-8s %7s %7s %9s %8s %8s %9s  %s\n", k, "-", "", "", "", "",
+			       "", "", sget(u, "url", ""));
+			continue;
+		}
+		printf("  %-14s %-8s %7lld %7s %9s %8lld %8s %9lld  %s\n", k, sget(g, "state", "?"),
+		       (long long)json_integer_value(json_object_get(w, "reads")), e, p,
+		       (long long)json_integer_value(json_object_get(w, "mirrors")), f,
+		       (long long)json_integer_value(
+			   json_object_get(w, "shadow_mismatches_last_hour")),
+		       sget(u, "url", ""));
+		if (strcmp(sget(g, "state", "ok"), "ok") != 0)
+			printf("  %-14s since %s: %s\n", "", sget(g, "since", "?"),
+			       sget(g, "detail", sget(g, "reason", "")));
+	}
+}
+
 static void print_human(json_t *root)
 {
 	const char *k;
 	json_t *v;
 
 	json_object_foreach(root, k, v) {
+		if (!strcmp(k, "routes") && json_is_array(v)) {
+			print_routes(v);
+			continue;
+		}
+		if (!strcmp(k, "upstreams") && json_is_object(v)) {
+			print_upstreams(v);
+			continue;
+		}
 		if (json_is_object(v)) {
 			printf("%-12s ", k);
 			print_members(v);
@@ -115,13 +198,8 @@ int cmd_status(int argc, char **argv)
 	const char *cfgpath = NULL;
 	bool as_json = false;
 	struct dw_config *cfg = NULL;
-	struct httpc *http = NULL;
-	struct httpc_response resp = {0};
-	struct dw_err err = {{0}};
 	json_t *root = NULL;
-	json_error_t jerr;
-	char host[256];
-	int port, c, rc = 1;
+	int c, rc = 1;
 
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
@@ -143,54 +221,9 @@ int cmd_status(int argc, char **argv)
 	cfg = cli_args_config("status", argc, argv, optind, cfgpath);
 	if (!cfg)
 		return 2;
-	if (!cfg->admin_listen) {
-		fprintf(stderr, "status: %s: no admin.listen configured, nothing to ask\n", cfgpath);
-		rc = 2;
-		goto out;
-	}
-	if (config_split_hostport(cfg->admin_listen, host, sizeof(host), &port, &err) < 0) {
-		fprintf(stderr, "status: %s: admin.listen: %s\n", cfgpath, err.msg);
-		rc = 2;
-		goto out;
-	}
-	/* A wildcard listener is reached on loopback. */
-	if (!strcmp(host, "0.0.0.0") || host[0] == '\0')
-		snprintf(host, sizeof(host), "127.0.0.1");
-	else if (!strcmp(host, "::"))
-		snprintf(host, sizeof(host), "::1");
-	signal(SIGPIPE, SIG_IGN);
-	http = httpc_new();
-	struct httpc_header accept = {"Accept", "application/json"};
-	struct httpc_request req = {
-		.host = host,
-		.port = port,
-		.method = "GET",
-		.path = "/status",
-		.headers = &accept,
-		.nheaders = 1,
-		.connect_timeout_ms = 2000,
-		.timeout_ms = 5000,
-	};
-	if (httpc_do(http, &req, &resp, &err) < 0) {
-		const char *m = err.msg;
-		char prefix[300];
-		/* "connect H:P: why" -> "why" since we say where ourselves. */
-		snprintf(prefix, sizeof(prefix), "connect %s:%d: ", host, port);
-		if (!strncmp(m, prefix, strlen(prefix)))
-			m += strlen(prefix);
-		fprintf(stderr, "status: cannot reach dualwrited admin at %s: %s\n",
-			cfg->admin_listen, m);
-		goto out;
-	}
-	if (resp.status != 200) {
-		fprintf(stderr, "status: dualwrited admin at %s answered HTTP %d\n",
-			cfg->admin_listen, resp.status);
-		goto out;
-	}
-	root = json_loadb(resp.body, resp.body_len, 0, &jerr);
-	if (!json_is_object(root)) {
-		fprintf(stderr, "status: dualwrited admin at %s: /status is not a JSON object: %s\n",
-			cfg->admin_listen, root ? "wrong type" : jerr.text);
+	root = cli_admin_status(cfg, "status");
+	if (!root) {
+		rc = cfg->admin_listen ? 1 : 2;
 		goto out;
 	}
 	if (as_json) {
@@ -203,8 +236,6 @@ int cmd_status(int argc, char **argv)
 	rc = 0;
 out:
 	json_decref(root);
-	httpc_response_clear(&resp);
-	httpc_free(http);
 	config_unref(cfg);
 	return rc;
 }
