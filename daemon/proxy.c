@@ -63,6 +63,7 @@
 #include "http_parse.h"
 #include "jsonarena.h"
 #include "jsonfast.h"
+#include "pgforward.h"
 #include "plan.h"
 #include "tls.h"
 #include "worker.h"
@@ -1531,6 +1532,18 @@ static void read_count(struct exchange *x, enum read_side side, enum read_reason
 	readstate_count(st, side, why);
 }
 
+/* Read-your-writes (SPEC §7.2): a write of (upstream, key) not yet
+ * delivered — in this daemon (in flight, waiting, in the local queue:
+ * pinset.h) or in the shared PostgreSQL queue (pgforward's key set,
+ * refreshed every 500 ms) — keeps the read on the legacy. */
+static bool read_pinned_cb(void *arg, const char *upstream, const char *key)
+{
+	struct server *srv = arg;
+
+	return (srv->pins && pinset_has(srv->pins, upstream, key)) ||
+	       (key && srv->pgfwd && pgforward_key_queued(srv->pgfwd, upstream, key));
+}
+
 /* Ask the plan who answers this read (once; dispatch's retry on a new
  * connection keeps the decision). */
 static void read_plan_request(struct conn *c)
@@ -1543,7 +1556,8 @@ static void read_plan_request(struct conn *c)
 
 	x->planned = true;
 	read_ctx(x, &ctx, tenant, sizeof(tenant));
-	plan_read(x->cfg, x->route, &ctx, &c->w->rng, &x->plan);
+	struct plan_pins pins = { read_pinned_cb, c->w->srv };
+	plan_read_pinned(x->cfg, x->route, &ctx, &c->w->rng, &pins, &x->plan);
 	if (x->plan.side == READ_NEW && rd->path &&
 	    tmpl_render(rd->path, &ctx, &x->new_target, &err) != EXPR_OK) {
 		/* no request to a half-built path: the legacy serves it */

@@ -27,6 +27,7 @@
 
 #include "config.h"
 #include "metrics.h"
+#include "pinset.h"
 #include "readstate.h"
 #include "spool.h"
 
@@ -69,6 +70,9 @@ struct server {
 	/* Runtime state of read routes by name (effective weights), bound to
 	 * each snapshot before it is published; outlives every snapshot. */
 	struct read_table *reads;
+	/* Read-your-writes: (upstream, key) pairs with writes not yet
+	 * delivered (pinset.h); runtime state, outlives every snapshot. */
+	struct pinset *pins;
 	struct metrics *metrics;
 	struct spool *spool; /* shared by the workers */
 	bool fsync;	     /* durability "fsync": the spool was opened with fsync */
