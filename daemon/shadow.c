@@ -490,12 +490,14 @@ void shadow_abandon(struct shadow *s)
 
 void shadow_worker_free(struct worker *w)
 {
-	struct shadow *s;
+	struct shadow *s, *next;
 
 	if (!w->shadows)
 		return;
-	while ((s = TAILQ_FIRST(&w->shadows->list)))
+	for (s = TAILQ_FIRST(&w->shadows->list); s; s = next) {
+		next = TAILQ_NEXT(s, link);
 		shadow_free(s); /* uncounted: the daemon is going away */
+	}
 	free(w->shadows);
 	w->shadows = NULL;
 }

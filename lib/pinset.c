@@ -152,10 +152,10 @@ static struct pin_up *up_get(struct pinset *ps, const char *name)
 static size_t pair_make(const char *upstream, const char *key, char *buf, size_t cap, char **out)
 {
 	size_t ul = strlen(upstream), kl = strlen(key), n = ul + 1 + kl;
-	char *p = n <= cap ? buf : dw_malloc(n);
+	char *p = n < cap ? buf : dw_malloc(n + 1);
 
 	memcpy(p, upstream, ul + 1);
-	memcpy(p + ul + 1, key, kl);
+	memcpy(p + ul + 1, key, kl + 1);
 	*out = p;
 	return n;
 }
@@ -173,7 +173,7 @@ static struct pin **pin_slot(struct shard *sh, const char *s, size_t n, uint64_t
 static void shard_grow(struct shard *sh)
 {
 	size_t nb = sh->nb * 2;
-	struct pin **b = dw_calloc(nb, sizeof(*b));
+	struct pin **b = dw_calloc(nb, sizeof(struct pin *));
 
 	for (size_t i = 0; i < sh->nb; i++)
 		for (struct pin *p = sh->b[i], *n; p; p = n) {
