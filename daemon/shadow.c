@@ -190,7 +190,7 @@ static void compare(struct shadow *s)
 	size_t ll = s->to_new ? s->plen : blen, nl = s->to_new ? blen : s->plen;
 	struct jsoncmp_opts o = { (const char *const *)rd->compare_ignore, rd->ncompare_ignore,
 				  rd->compare_unordered, SHADOW_PATHS };
-	char paths[1024], why[400];
+	char paths[1024], why[600];
 	json_t *l = NULL, *n = NULL, *m = NULL;
 	enum shadow_result r = SHADOW_ERROR;
 
