@@ -1605,7 +1605,11 @@ static void read_plan_request(struct conn *c)
 	x->planned = true;
 	read_ctx(x, &ctx, tenant, sizeof(tenant));
 	struct plan_pins pins = { read_pinned_cb, c->w->srv };
-	plan_read_pinned(x->cfg, x->route, &ctx, &c->w->rng, &pins, &x->plan);
+	const struct server *srv = c->w->srv;
+	/* nothing pending anywhere: the read's key need not be worked out */
+	bool maybe = srv->pgfwd || (srv->pins && !pinset_empty(srv->pins));
+
+	plan_read_pinned(x->cfg, x->route, &ctx, &c->w->rng, maybe ? &pins : NULL, &x->plan);
 	if (x->plan.side == READ_NEW && rd->path &&
 	    tmpl_render(rd->path, &ctx, &x->new_target, &err) != EXPR_OK) {
 		/* no request to a half-built path: the legacy serves it */

@@ -265,6 +265,11 @@ void pinset_blind_add(struct pinset *ps, const char *upstream, int delta)
 		__atomic_sub_fetch(&ps->total, (uint64_t)-delta, __ATOMIC_RELEASE);
 }
 
+bool pinset_empty(const struct pinset *ps)
+{
+	return __atomic_load_n(&ps->total, __ATOMIC_ACQUIRE) == 0;
+}
+
 bool pinset_blind(struct pinset *ps, const char *upstream)
 {
 	struct pin_up *u = up_find(ps, upstream);

@@ -50,6 +50,9 @@ void pinset_blind_add(struct pinset *ps, const char *upstream, int delta);
  * undelivered write, or the upstream has a blind one. key NULL: only the
  * blind check. */
 bool pinset_has(struct pinset *ps, const char *upstream, const char *key);
+/* Whether no write at all is pending (one atomic load): a caller can skip
+ * working out a read's key. */
+bool pinset_empty(const struct pinset *ps);
 /* Whether upstream has a blind write. */
 bool pinset_blind(struct pinset *ps, const char *upstream);
 

@@ -26,7 +26,9 @@ static void test_count(void **state)
 	struct pinset_stats st;
 
 	assert_false(pinset_has(ps, "gear", "42"));
+	assert_true(pinset_empty(ps));
 	pinset_add(ps, "gear", "42");
+	assert_false(pinset_empty(ps));
 	pinset_add(ps, "gear", "42");
 	assert_true(pinset_has(ps, "gear", "42"));
 	assert_false(pinset_has(ps, "other", "42")); /* per upstream */
