@@ -44,6 +44,7 @@ class Legacy:
     def __init__(self, read_delay=0.0):
         self.next_id = 42
         self.read_delay = read_delay
+        self.reject = False
 
     def __call__(self, req):
         path = req.target.split("?")[0]
@@ -81,6 +82,8 @@ class New:
         if req.method in ("POST", "PUT"):
             if self.down.is_set():
                 return Reply(503, "down", [("Content-Type", "text/plain")])
+            if self.reject:
+                return Reply(400, "no", [("Content-Type", "text/plain")])
             if self.hold.is_set():
                 self.release.wait(20)
             self.writes.append(req.target)
@@ -198,6 +201,10 @@ def test_pinned_while_the_target_is_down_then_new_after_replay_also_across_a_res
     assert read_total(d, "equipment-list", "legacy", "pinned") == 1
     rd = status_read(d, "equipment-list")
     assert rd["pinned_keys"] == 2 and rd["blind_writes"] == 0, rd  # "42" and "user:7"
+    # runtime state: a reload keeps it
+    d.reload(d.config_text() + routes())
+    assert side_of(get(d, "/user/7/equipment")) == "legacy"
+    assert status_read(d, "equipment-list")["pinned_keys"] == 2
 
     # A restart finds the write in the queue: its key stays pinned; the queue does not keep
     # pins, so the route's upstream is pinned whole (blind) until it is delivered.
@@ -234,6 +241,20 @@ def test_pinned_while_in_flight_until_delivered(dw, make_backend):
     # given back as soon as it is delivered, not on a tick
     assert side_of(get(d, "/equipment/%d" % iid)) == "new"
     assert side_of(get(d, "/user/9/equipment")) == "new"
+    d.finish()
+
+
+def test_a_dead_letter_stays_pinned_until_purged(dw, make_backend):
+    d, legacy, new, nh = start(dw, make_backend)
+    nh.reject = True  # the new system refuses the write for good (400): dead-lettered
+    iid = create(d, "7")
+    mirrorlib.wait_outcomes(d, lambda o: o["result"] == "dead", 1, 10, "dead")
+    assert side_of(get(d, "/equipment/%d" % iid)) == "legacy"
+    assert side_of(get(d, "/user/7/equipment")) == "legacy"
+    out = mirrorlib.cli(d.conf_path, "queue", "purge", "--dead")
+    assert out.returncode == 0, out.stderr
+    wait_side(d, "/equipment/%d" % iid, "new")
+    assert side_of(get(d, "/user/7/equipment")) == "new"
     d.finish()
 
 
