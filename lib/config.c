@@ -1001,7 +1001,7 @@ static void load_pins(struct loader *L, const config_setting_t *ms, const char *
 		return;
 	}
 	n = config_setting_length(ps);
-	m->pins = dw_calloc((size_t)n + 1, sizeof(*m->pins));
+	m->pins = dw_calloc((size_t)n + 1, sizeof(struct expr *));
 	for (int i = 0; i < n; i++) {
 		const config_setting_t *e = config_setting_get_elem(ps, (unsigned)i);
 		struct dw_err err = { { 0 } };
