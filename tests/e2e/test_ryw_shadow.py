@@ -44,7 +44,6 @@ class Legacy:
     def __init__(self, read_delay=0.0):
         self.next_id = 42
         self.read_delay = read_delay
-        self.reject = False
 
     def __call__(self, req):
         path = req.target.split("?")[0]
@@ -76,6 +75,7 @@ class New:
         self.read_name = read_name
         self.read_status = read_status
         self.read_delay = read_delay
+        self.reject = False
 
     def __call__(self, req):
         path, _, query = req.target.partition("?")
