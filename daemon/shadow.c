@@ -21,9 +21,8 @@
 #include <string.h>
 
 #include "http_parse.h"
-#include "jsoncmp.h"
-#include "jsonfast.h"
 #include "route.h"
+#include "shadowcmp.h"
 
 #define SHADOW_MAX_HEAD 65536
 #define SHADOW_PATHS 8 /* differing JSON paths in one log line */
@@ -139,27 +138,18 @@ void shadow_note_mismatch(struct server *srv, const char *upstream)
 	(void)upstream;
 }
 
-/* Parse one side's answer; NULL with why when it is not JSON. */
-static json_t *load(const char *p, size_t n, char *why, size_t wlen, const char *side)
+/* Both answers are in: compare them, count, log a mismatch. */
+static void compare(struct shadow *s)
 {
-	json_error_t je;
-	json_t *doc = jsonfast_loadb(p ? p : "", n, &je);
-
-	if (!doc)
-		snprintf(why, wlen, "%s answer is not JSON: %s", side, je.text);
-	return doc;
-}
-
-/* Map the new system's answer by the route's response (a new reference). */
-static json_t *map_new(struct shadow *s, json_t *doc, char *why, size_t wlen)
-{
+	const struct dw_read *rd = s->route->read;
+	size_t blen = evbuffer_get_length(s->body);
+	struct shadow_answer side = { s->status, blen ? (const char *)evbuffer_pullup(s->body, -1)
+						      : NULL, blen };
+	struct shadow_answer primary = { s->pstatus, s->pbody, s->plen };
 	struct expr_ctx ctx;
-	struct dw_err err = { "" };
-	json_t *out = NULL;
-	int rc;
+	char paths[1024], why[600];
+	enum shadow_result r;
 
-	if (!s->route->read->response)
-		return json_incref(doc);
 	memset(&ctx, 0, sizeof(ctx));
 	ctx.path_names = s->names;
 	ctx.path_values = (const char *const *)s->values;
@@ -167,57 +157,10 @@ static json_t *map_new(struct shadow *s, json_t *doc, char *why, size_t wlen)
 	ctx.query = s->query;
 	ctx.query_len = s->query_len;
 	ctx.tenant = s->tenant;
-	ctx.response = doc;
-	rc = expr_eval(s->route->read->response, &ctx, &out, &err);
-	if (rc != EXPR_OK) {
-		snprintf(why, wlen, "new system's answer does not map: %s",
-			 rc == EXPR_MISSING ? "the mapping found nothing" : err.msg);
-		json_decref(out);
-		return NULL;
-	}
-	return out;
-}
-
-/* Both answers are in: compare them, count, log a mismatch. */
-static void compare(struct shadow *s)
-{
-	const struct dw_read *rd = s->route->read;
-	int lstatus = s->to_new ? s->pstatus : s->status;
-	int nstatus = s->to_new ? s->status : s->pstatus;
-	size_t blen = evbuffer_get_length(s->body);
-	const char *bp = blen ? (const char *)evbuffer_pullup(s->body, -1) : "";
-	const char *lp = s->to_new ? s->pbody : bp, *np = s->to_new ? bp : s->pbody;
-	size_t ll = s->to_new ? s->plen : blen, nl = s->to_new ? blen : s->plen;
-	struct jsoncmp_opts o = { (const char *const *)rd->compare_ignore, rd->ncompare_ignore,
-				  rd->compare_unordered, SHADOW_PATHS };
-	char paths[1024], why[600];
-	json_t *l = NULL, *n = NULL, *m = NULL;
-	enum shadow_result r = SHADOW_ERROR;
-
-	why[0] = '\0';
-	if (nstatus >= 500 || lstatus >= 500) { /* a side failed: nothing to compare */
-		snprintf(why, sizeof(why), "status legacy %d, new %d", lstatus, nstatus);
-		goto out;
-	}
-	if (lstatus != nstatus) {
-		snprintf(paths, sizeof(paths), "$status(legacy %d, new %d)", lstatus, nstatus);
-		r = SHADOW_MISMATCH;
-		goto out;
-	}
-	if (lstatus < 200 || lstatus > 299) {
-		r = SHADOW_MATCH;
-		goto out;
-	}
-	json_arena_begin(&s->w->jarena);
-	if ((l = load(lp, ll, why, sizeof(why), "legacy's")) &&
-	    (n = load(np, nl, why, sizeof(why), "new system's")) &&
-	    (m = s->to_new ? map_new(s, n, why, sizeof(why)) : json_incref(n)))
-		r = jsoncmp(l, m, &o, paths, sizeof(paths)) ? SHADOW_MISMATCH : SHADOW_MATCH;
-	json_decref(l);
-	json_decref(n);
-	json_decref(m);
+	json_arena_begin(&s->w->jarena); /* every value of the verdict is gone by its end */
+	r = shadowcmp_judge(rd, s->to_new ? &primary : &side, s->to_new ? &side : &primary,
+			    s->to_new, &ctx, SHADOW_PATHS, paths, sizeof(paths), why, sizeof(why));
 	json_arena_end(&s->w->jarena);
-out:
 	count(s, r);
 	if (r == SHADOW_MISMATCH) {
 		dw_log(DW_LOG_WARN, s->reqid, "shadow mismatch route=%s path=%s differ=%s",
