@@ -29,6 +29,30 @@ static void reply_json(struct evhttp_request *req, int code, json_t *doc)
 }
 
 
+
+/* A read route's shadow counts and read-your-writes state (small /status
+ * addition): pinned_keys counts the distinct keys of its upstream with a
+ * write not yet delivered; blind_writes those that pin every key. */
+static void status_read_more(struct server *srv, json_t *ro, const struct dw_read *rd,
+			     const char *upstream)
+{
+	const struct read_state *rs = rd->state;
+	struct pinset_stats ps = { 0 };
+	json_t *sh = json_object();
+
+	for (int k = 0; k < SHADOW_NRESULTS; k++)
+		json_object_set_new(sh, shadow_result_name((enum shadow_result)k),
+				    json_integer(rs ? (json_int_t)readstate_shadow_count(
+							  rs, (enum shadow_result)k)
+						    : 0));
+	json_object_set_new(ro, "shadow_percent", json_real(rd->shadow / 100.0));
+	json_object_set_new(ro, "shadow", sh);
+	if (srv->pins)
+		pinset_stats(srv->pins, upstream, &ps);
+	json_object_set_new(ro, "pinned_keys", json_integer((json_int_t)ps.keys));
+	json_object_set_new(ro, "blind_writes", json_integer((json_int_t)ps.blind));
+}
+
 static void status_cb(struct evhttp_request *req, struct server *srv)
 {
 	struct dw_config *cfg = server_config(srv);
@@ -93,6 +117,7 @@ static void status_cb(struct evhttp_request *req, struct server *srv)
 				json_object_set_new(guard, "state", json_string("ok"));
 			json_object_set_new(rd, "guard", guard);
 			json_object_set_new(o, "read", rd);
+			status_read_more(srv, rd, r->read, cfg->upstreams[r->read->upstream].name);
 		}
 		/* percent of reads the new system serves: effective, and as configured */
 		json_object_set_new(o, "read_weight", json_real(eff / 100.0));

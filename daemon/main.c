@@ -289,6 +289,11 @@ static void log_flush_cb(evutil_socket_t fd, short what, void *arg)
 	fflush(stderr);
 }
 
+static void pins_final(void *arg, const uint64_t *seqs, size_t n, bool *out)
+{
+	spool_final(arg, seqs, n, out);
+}
+
 /* Catch up with the journal (what `dualwrite replay` delivered, so drained
  * keys flow again) and set the queue gauges: the one place that does both,
  * for the 1 s tick and for the admin endpoint. */
@@ -312,6 +317,60 @@ void server_queue_refresh(struct server *srv, struct spool_stats *st)
 	metric_set(srv->m_queue_damaged, (int64_t)st->damaged);
 	metric_set(srv->m_queue_oldest,
 		   st->oldest_waiting_us ? (dw_wall_us() - st->oldest_waiting_us) / 1000000 : 0);
+	/* Writes delivered by `dualwrite replay` (or purged, forwarded) no
+	 * longer pin their keys. */
+	if (srv->pins)
+		pinset_sweep(srv->pins, pins_final, srv->spool);
+}
+
+/*
+ * Read-your-writes at start-up: every write waiting in the queue (queued,
+ * dead, or pending from a run that died) pins its ordering key until it is
+ * delivered or purged. The queue does not keep a write's pins (the extra
+ * keys of its route's `pins`), so a waiting write of a route that declares
+ * pins is blind: it pins every read of its upstream (pinset.h), the safe
+ * side, until it is delivered. Reads each waiting record once.
+ */
+static void pins_rebuild(struct server *srv)
+{
+	size_t n = spool_list(srv->spool, 0, NULL, 0), got, nblind = 0, nkeys = 0;
+	uint64_t *seqs;
+
+	if (!n)
+		return;
+	seqs = dw_calloc(n, sizeof(*seqs));
+	got = spool_list(srv->spool, 0, seqs, n);
+	for (size_t i = 0; i < got && i < n; i++) {
+		struct spool_record r;
+		struct dw_err err = {""};
+		const struct dw_route *rt = NULL;
+		bool blind;
+
+		if (spool_read(srv->spool, seqs[i], &r, &err) < 0)
+			continue; /* gone meanwhile (damage is reported by the queue) */
+		for (size_t k = 0; k < srv->cfg->nroutes; k++)
+			if (srv->cfg->routes[k].name && r.route &&
+			    strcmp(srv->cfg->routes[k].name, r.route) == 0)
+				rt = &srv->cfg->routes[k];
+		blind = rt && rt->mirror && rt->mirror->npins && r.upstream;
+		if (r.upstream && r.key) {
+			pinset_add(srv->pins, r.upstream, r.key);
+			nkeys++;
+		}
+		if (blind) {
+			pinset_blind_add(srv->pins, r.upstream, 1);
+			nblind++;
+		}
+		if (r.upstream && (r.key || blind))
+			pinset_park(srv->pins, r.seq, r.upstream, (const char *const *)&r.key,
+				    r.key ? 1 : 0, blind);
+		spool_record_clear(&r);
+	}
+	free(seqs);
+	if (nkeys || nblind)
+		log_info("read-your-writes: %zu waiting writes pin their keys until delivered; "
+			 "%zu of routes with pins pin every read of their upstream",
+			 nkeys, nblind);
 }
 
 static void guard_tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -452,6 +511,7 @@ int main(int argc, char **argv)
 	srv.conf_path = dw_strdup(path);
 	srv.metrics = metrics_new();
 	srv.generation = 1;
+	srv.pins = pinset_new();
 	srv.started_wall_us = dw_wall_us();
 	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd))
 		memcpy(rnd, &srv.started_wall_us, sizeof(rnd));
@@ -486,6 +546,7 @@ int main(int argc, char **argv)
 	}
 	srv.reads = readstate_new(srv.metrics);
 	readstate_bind(srv.reads, srv.cfg);
+	pins_rebuild(&srv);
 	if (st.queued)
 		log_warn("queue %s holds %" PRIu64 " writes for replay (from earlier runs or "
 			 "failures): run `dualwrite replay`",
@@ -626,6 +687,7 @@ out:
 	journal_health_free(&srv);
 	readstate_free(srv.reads);
 	guards_free(&srv);
+	pinset_free(srv.pins);
 	metrics_free(srv.metrics);
 	free(srv.conf_path);
 	pthread_mutex_destroy(&srv.cfg_lock);

@@ -83,6 +83,13 @@ struct mirror_job {
 	 * seq 0 it is not in the journal at all (no state frames are written
 	 * for it); with a seq its fdatasync failed. Lost unless delivered. */
 	char *nojournal;
+	/* Read-your-writes (pinset.h): the keys this write pins (its ordering
+	 * key and its route's pins), added before the client's answer; given
+	 * back when it is delivered or lost, parked when it waits in the queue.
+	 * blind: a pin did not evaluate, the whole upstream is pinned. */
+	char **pinkeys;
+	size_t npinkeys;
+	bool blind;
 };
 TAILQ_HEAD(job_list, mirror_job);
 
@@ -259,7 +266,63 @@ static void job_free(struct mirror_job *j)
 	free(j->body);
 	free(j->reqid);
 	free(j->nojournal);
+	for (size_t i = 0; i < j->npinkeys; i++)
+		free(j->pinkeys[i]);
+	free(j->pinkeys);
 	free(j);
+}
+
+/*
+ * Pin what this write pins until it is delivered (pinset.h): its ordering
+ * key and every key of its route's pins. A pin that does not evaluate makes
+ * the write blind (every read of the upstream waits for it) unless the
+ * write is already dead: a mirror that can never be built pins the keys it
+ * has (until purged), never the whole upstream.
+ */
+static void job_pin(struct server *srv, struct mirror_job *j, const struct expr_ctx *ctx,
+		    bool dead)
+{
+	const struct dw_mirror *mm = j->route->mirror;
+	const char *up = j->cfg->upstreams[mm->upstream].name;
+	struct dw_err err = { "" };
+
+	if (!srv->pins || (!j->key && !mm->npins))
+		return;
+	j->pinkeys = dw_calloc(1 + mm->npins, sizeof(char *));
+	if (j->key)
+		j->pinkeys[j->npinkeys++] = dw_strdup(j->key);
+	for (size_t i = 0; i < mm->npins; i++) {
+		char *v = NULL;
+
+		if (expr_eval_string(mm->pins[i], ctx, &v, &err) == EXPR_OK)
+			j->pinkeys[j->npinkeys++] = v;
+		else if (!dead)
+			j->blind = true;
+	}
+	for (size_t i = 0; i < j->npinkeys; i++)
+		pinset_add(srv->pins, up, j->pinkeys[i]);
+	if (j->blind)
+		pinset_blind_add(srv->pins, up, 1);
+}
+
+/* The write is settled: give its pins back (delivered, lost), or park them
+ * under its seq while it waits in the queue (queued, dead). */
+static void job_unpin(struct server *srv, struct mirror_job *j, enum spool_state st, bool lost)
+{
+	const char *up;
+
+	if (!srv->pins || (!j->npinkeys && !j->blind))
+		return;
+	up = j->cfg->upstreams[j->route->mirror->upstream].name;
+	if (!lost && j->seq && (st == SPOOL_QUEUED || st == SPOOL_DEAD)) {
+		pinset_park(srv->pins, j->seq, up, (const char *const *)j->pinkeys, j->npinkeys,
+			    j->blind);
+		return;
+	}
+	for (size_t i = 0; i < j->npinkeys; i++)
+		pinset_del(srv->pins, up, j->pinkeys[i]);
+	if (j->blind)
+		pinset_blind_add(srv->pins, up, -1);
 }
 
 /* The mirror access log: one line per outcome. */
@@ -429,6 +492,7 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 	j->body_len = text ? strlen(text) : 0;
 	text = NULL;
 	j->reqid = dw_strdup(in->request_id);
+	job_pin(srv, j, &ctx, dead != NULL);
 	j->created_us = dw_wall_us();
 	j->t_ack = dw_now_us();
 	if (self->npend == self->cappend) {
@@ -783,6 +847,7 @@ static void job_finish(struct mirror *mi, struct mirror_job *j, enum spool_state
 	else if (mi->nchg - mi->retained >= 512)
 		flush_states(mi);
 counted:
+	job_unpin(mi->srv, j, st, lost);
 	mirror_count(mi, j->route->name, result);
 	if (st == SPOOL_DELIVERED)
 		histogram_observe(mi->h_duration, ms / 1e3);

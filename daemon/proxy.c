@@ -64,7 +64,9 @@
 #include "jsonarena.h"
 #include "jsonfast.h"
 #include "guard.h"
+#include "pgforward.h"
 #include "plan.h"
+#include "shadow.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -127,6 +129,7 @@ struct exchange {
 	int upi;		  /* who answers: index into cfg->upstreams */
 	struct read_plan plan;	  /* a read route's decision (planned) */
 	char *new_target;	  /* the new system's path and query, rendered */
+	struct shadow *shadow;	  /* the read's shadow, until it is told the outcome */
 	enum http_body_kind rkind;
 	enum out_mode mode;
 	int status;
@@ -333,6 +336,8 @@ static void exchange_end(struct conn *c)
 	if (!x)
 		return;
 	c->x = NULL;
+	if (x->shadow)
+		shadow_abandon(x->shadow); /* no answer to compare */
 	if (x->up)
 		upconn_release(x->up, false);
 	http_head_clear(&x->req);
@@ -360,6 +365,7 @@ void proxy_worker_free(struct worker *w)
 {
 	struct exchange *x;
 
+	shadow_worker_free(w);
 	json_arena_free(&w->jarena);
 	while ((x = w->xfree)) {
 		w->xfree = x->next_free;
@@ -1347,28 +1353,28 @@ static bool name_is(const struct http_header *h, const char *name)
 	return h->name_len == strlen(name) && strncasecmp(h->name, name, h->name_len) == 0;
 }
 
-static void send_request(struct conn *c)
+/* The client's request as it goes to up, appended to out: head and body;
+ * target is the new system's path and query (a read route's), NULL for the
+ * client's own. Used for the request and for a read's shadow. */
+static void build_request(const struct conn *c, struct evbuffer *out,
+			  const struct dw_upstream *up, const char *target)
 {
-	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->upi];
-	struct bufferevent *ub = upconn_bev(c->x->up);
-	struct evbuffer *out = bufferevent_get_output(ub);
 	const struct http_head *r = &c->x->req;
 	const struct http_header *xff = NULL;
 	size_t blen = evbuffer_get_length(c->x->body);
 	size_t base_len = strlen(up->base_path);
-	size_t new_len = c->x->new_target ? strlen(c->x->new_target) : 0;
+	size_t new_len = target ? strlen(target) : 0;
 	struct evbuffer_iovec v;
 	struct dw_text t;
 
-	upconn_begin(c->x->up);
 	/* the body goes into the same region: a copy, not a move (it is needed
 	 * for a retry and for the mirror) */
 	head_begin(out, r->raw_len + r->nheaders + base_len + new_len + HEAD_EXTRA + blen, &v, &t);
 	dw_text_put(&t, r->method_str, r->method_len);
 	dw_text_lit(&t, " ");
 	dw_text_put(&t, up->base_path, base_len);
-	if (c->x->new_target) { /* a read served by the new system: the route's path */
-		dw_text_put(&t, c->x->new_target, new_len);
+	if (target) { /* a read served by the new system: the route's path */
+		dw_text_put(&t, target, new_len);
 	} else {
 		dw_text_put(&t, r->path, r->path_len);
 		if (r->query) {
@@ -1415,7 +1421,14 @@ static void send_request(struct conn *c)
 		t.cut = 1;
 	}
 	head_commit(out, &v, &t);
+}
 
+static void send_request(struct conn *c)
+{
+	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->upi];
+
+	upconn_begin(c->x->up);
+	build_request(c, bufferevent_get_output(upconn_bev(c->x->up)), up, c->x->new_target);
 	http_scanner_init(&c->x->rscan);
 	upconn_read(c->x->up, up_read_cb, up_event_cb, c, up->timeout_ms);
 	conn_flush_later(c, FLUSH_UP);
@@ -1536,6 +1549,54 @@ static void read_count(struct exchange *x, enum read_side side, enum read_reason
 	readstate_count(st, side, why);
 }
 
+/* Read-your-writes (SPEC §7.2): a write of (upstream, key) not yet
+ * delivered — in this daemon (in flight, waiting, in the local queue:
+ * pinset.h) or in the shared PostgreSQL queue (pgforward's key set,
+ * refreshed every 500 ms) — keeps the read on the legacy. */
+static bool read_pinned_cb(void *arg, const char *upstream, const char *key)
+{
+	struct server *srv = arg;
+
+	return (srv->pins && pinset_has(srv->pins, upstream, key)) ||
+	       (key && srv->pgfwd && pgforward_key_queued(srv->pgfwd, upstream, key));
+}
+
+/* Send the read to the side that does not serve it too (SPEC §7.3): the
+ * legacy with the client's path, or the new system with the route's. */
+static void read_shadow_start(struct conn *c, const struct expr_ctx *ctx)
+{
+	struct exchange *x = c->x;
+	const struct dw_read *rd = x->route->read;
+	struct shadow_req sr;
+	struct dw_err err = {""};
+	char *target = NULL;
+
+	memset(&sr, 0, sizeof(sr));
+	sr.to_new = !x->on_new;
+	sr.upi = sr.to_new ? rd->upstream : x->cfg->default_upstream;
+	if (sr.to_new && rd->path && tmpl_render(rd->path, ctx, &target, &err) != EXPR_OK) {
+		if (rd->state)
+			readstate_shadow(rd->state, SHADOW_ERROR);
+		return;
+	}
+	sr.cfg = x->cfg;
+	sr.route = x->route;
+	sr.method = x->req.method;
+	sr.request = evbuffer_new();
+	build_request(c, sr.request, &x->cfg->upstreams[sr.upi], target);
+	free(target);
+	sr.path_names = x->params.names;
+	sr.path_values = (const char *const *)x->params.values;
+	sr.npath = x->params.n;
+	sr.query = x->req.query;
+	sr.query_len = x->req.query ? x->req.query_len : 0;
+	sr.tenant = ctx->tenant;
+	sr.path = x->req.target;
+	sr.path_len = x->req.target_len;
+	sr.reqid = x->reqid;
+	x->shadow = shadow_start(c->w, &sr);
+}
+
 /* Ask the plan who answers this read (once; dispatch's retry on a new
  * connection keeps the decision). */
 static void read_plan_request(struct conn *c)
@@ -1548,7 +1609,12 @@ static void read_plan_request(struct conn *c)
 
 	x->planned = true;
 	read_ctx(x, &ctx, tenant, sizeof(tenant));
-	plan_read(x->cfg, x->route, &ctx, &c->w->rng, &x->plan);
+	struct plan_pins pins = { read_pinned_cb, c->w->srv };
+	const struct server *srv = c->w->srv;
+	/* nothing pending anywhere: the read's key need not be worked out */
+	bool maybe = srv->pgfwd || (srv->pins && !pinset_empty(srv->pins));
+
+	plan_read_pinned(x->cfg, x->route, &ctx, &c->w->rng, maybe ? &pins : NULL, &x->plan);
 	if (x->plan.side == READ_NEW && rd->path &&
 	    tmpl_render(rd->path, &ctx, &x->new_target, &err) != EXPR_OK) {
 		/* no request to a half-built path: the legacy serves it */
@@ -1562,6 +1628,10 @@ static void read_plan_request(struct conn *c)
 		read_count(x, READ_LEGACY, x->plan.reason);
 	else
 		x->t_new = dw_now_us();
+	if (x->plan.shadow_pinned && rd->state)
+		readstate_shadow(rd->state, SHADOW_SKIPPED);
+	if (x->plan.shadow)
+		read_shadow_start(c, &ctx);
 }
 
 /* The guard's view of a new-system read (SPEC §7.3), once, at its outcome:
@@ -1593,6 +1663,10 @@ static bool read_new_failed(struct conn *c, const char *why)
 
 	if (!x->route || !x->route->read) /* on_new implies both */
 		return false;
+	if (x->shadow) { /* the answer the client gets is not the new system's */
+		shadow_primary_failed(x->shadow, why);
+		x->shadow = NULL;
+	}
 	if (!x->route->read->fallback || (x->resp_head_done && !x->collect)) {
 		read_count(x, READ_NEW, READ_BUCKET);
 		return false;
@@ -1730,6 +1804,10 @@ static void read_finish_mapped(struct conn *c)
 	x->collect = false;
 	read_guard_note(c, false);
 	read_count(x, READ_NEW, READ_BUCKET);
+	if (x->shadow) {
+		shadow_primary(x->shadow, x->status, body, strlen(body), false);
+		x->shadow = NULL;
+	}
 	read_answer_mapped(c, body, strlen(body));
 	free(body);
 	x->resp_head_done = true;
@@ -1803,6 +1881,9 @@ static bool start_response(struct conn *c)
 		if (c->x->collect)
 			return true; /* no head to the client before the mapping */
 	}
+
+	if (c->x->shadow && !c->x->capture) /* the served answer, to compare */
+		c->x->capture = evbuffer_new();
 
 	/* G1: only a legacy 2xx is mirrored. The write is journaled before the
 	 * client can see the answer: at once when the mirror does not need the
@@ -1887,6 +1968,14 @@ static void response_done(struct conn *c, bool reusable)
 	if (c->x->collect) {
 		read_finish_mapped(c);
 		return;
+	}
+	if (c->x->shadow) {
+		struct evbuffer *cap = c->x->capture;
+
+		shadow_primary(c->x->shadow, c->x->status,
+			       cap ? (const char *)evbuffer_pullup(cap, -1) : NULL,
+			       cap ? evbuffer_get_length(cap) : 0, c->x->capture_overflow);
+		c->x->shadow = NULL;
 	}
 	if (c->x->hold) {
 		/* Journaled with the other writes of this loop iteration, in one

@@ -27,6 +27,7 @@
 
 #include "config.h"
 #include "metrics.h"
+#include "pinset.h"
 #include "readstate.h"
 #include "spool.h"
 
@@ -85,6 +86,9 @@ struct server {
 	uint64_t gfleet_gen;	    /* the last fleet snapshot taken */
 	uint64_t generation;	     /* configurations applied: 1 at start, +1 per reload */
 	char last_reload_error[600]; /* why the last reload failed; "" after a good one */
+	/* Read-your-writes: (upstream, key) pairs with writes not yet
+	 * delivered (pinset.h); runtime state, outlives every snapshot. */
+	struct pinset *pins;
 	struct metrics *metrics;
 	struct spool *spool; /* shared by the workers */
 	bool fsync;	     /* durability "fsync": the spool was opened with fsync */

@@ -16,6 +16,7 @@
 
 struct conn;
 struct exchange;
+struct shadow_set;
 TAILQ_HEAD(conn_queue, conn);
 
 /* proxy.c: connections waiting in a state, one queue per state that has a
@@ -66,6 +67,7 @@ struct worker {
 	size_t nseries;
 	struct histogram *h_duration;
 	struct exchange *xfree; /* proxy.c's cache of exchanges for reuse */
+	struct shadow_set *shadows; /* shadow.c: this loop's shadow exchanges */
 	int nxfree;
 	struct metric *m_upstream_err[4]; /* connect, timeout, reset, protocol */
 	struct metric *m_tls_failed;	  /* client handshakes that failed */

@@ -441,6 +441,9 @@ static void mirror_free(struct dw_mirror *m)
 	free(m->method);
 	tmpl_free(m->path);
 	expr_free(m->key);
+	for (size_t i = 0; i < m->npins; i++)
+		expr_free(m->pins[i]);
+	free(m->pins);
 	expr_free(m->body);
 	free(m);
 }
@@ -981,12 +984,49 @@ static const char *match_path(const char *match)
 	return sp ? sp + 1 : "/";
 }
 
+/* pins = [ "user:${$request.user_id}", ... ]: a list of single values, each
+ * an expression as a key. */
+static void load_pins(struct loader *L, const config_setting_t *ms, const char *prefix,
+		      struct expr_opts *o, struct dw_mirror *m)
+{
+	const config_setting_t *ps = config_setting_get_member(ms, "pins");
+	char w[WHERE_MAX];
+	int n;
+
+	if (!ps)
+		return;
+	wjoin(w, sizeof(w), prefix, "pins");
+	if (!config_setting_is_list(ps) && !config_setting_is_array(ps)) {
+		lerr(L, sline(ps), w, "expected a list of keys, e.g. [ \"user:${$request.user_id}\" ]");
+		return;
+	}
+	n = config_setting_length(ps);
+	m->pins = dw_calloc((size_t)n + 1, sizeof(struct expr *));
+	for (int i = 0; i < n; i++) {
+		const config_setting_t *e = config_setting_get_elem(ps, (unsigned)i);
+		struct dw_err err = { { 0 } };
+		struct expr *x;
+
+		if (config_setting_is_aggregate(e)) {
+			lerr(L, sline(e) ? sline(e) : sline(ps), w,
+			     "element %d: must be a single value, e.g. \"$path.id\"", i + 1);
+			continue;
+		}
+		o->line = 0;
+		if (!(x = expr_compile_opts(e, o, &err))) {
+			lerr(L, o->line ? o->line : sline(ps), w, "element %d: %s", i + 1, err.msg);
+			continue;
+		}
+		m->pins[m->npins++] = x;
+	}
+}
+
 static void load_mirror(struct loader *L, struct dw_route *r, const config_setting_t *ms,
 			const char *rprefix)
 {
 	static const char *const keys[] = { "upstream", "method", "path",      "key",
 					    "each",     "body",   "base",      "drop",
-					    "delivered", "retry", "permanent", NULL };
+					    "delivered", "retry", "permanent", "pins", NULL };
 	struct dw_config *c = L->c;
 	struct dw_mirror *m;
 	char prefix[WHERE_MAX], w[WHERE_MAX];
@@ -1074,12 +1114,16 @@ static void load_mirror(struct loader *L, struct dw_route *r, const config_setti
 		}
 	}
 
+	load_pins(L, ms, prefix, &o, m);
+
 	/* each/base/drop/body: the mirrored document (none: no body) */
 	if (expr_compile_mapping(ms, &o, &m->body, &err) < 0)
 		lerr(L, o.line ? o.line : sline(ms), rprefix, "mirror.%s", err.msg);
 
 	load_classes(L, ms, prefix, m);
 	m->sources = expr_sources(m->key) | expr_sources(m->body) | tmpl_sources(m->path);
+	for (size_t i = 0; i < m->npins; i++)
+		m->sources |= expr_sources(m->pins[i]);
 	r->mirror = m;
 }
 

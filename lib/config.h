@@ -78,6 +78,11 @@ struct dw_mirror {
 	char *method;	       /* NULL: the request's method */
 	struct tmpl *path;     /* never NULL */
 	struct expr *key;      /* ordering key; NULL: none (no ordering) */
+	/* pins = [ ... ]: more read-your-writes keys this write pins until it
+	 * is delivered (SPEC §7.2, e.g. "user:${$request.user_id}" for a list
+	 * keyed by user while the write is keyed by item) */
+	struct expr **pins;
+	size_t npins;
 	struct expr *body;     /* NULL: no body is sent */
 	unsigned sources;      /* union of expr_sources of everything above */
 	uint8_t klass[600];    /* enum mirror_class by status code 100..599 */

@@ -14,8 +14,67 @@ static void decide(const struct dw_config *c, const struct dw_read *rd, enum rea
 	out->upstream = side == READ_NEW ? rd->upstream : c->default_upstream;
 }
 
+/* Whether the read's key has a write not yet delivered. */
+static bool read_pinned(const struct dw_config *c, const struct dw_read *rd,
+			const struct expr_ctx *ctx, const struct plan_pins *pins)
+{
+	const struct expr *ke = rd->key ? rd->key : rd->sticky;
+	const char *up = c->upstreams[rd->upstream].name;
+	struct dw_err err = { { 0 } };
+	char *v = NULL;
+	bool r;
+
+	if (!pins || !pins->pinned)
+		return false;
+	switch (ke ? expr_eval_string(ke, ctx, &v, &err) : EXPR_MISSING) {
+	case EXPR_OK:
+		r = pins->pinned(pins->arg, up, v);
+		free(v);
+		return r;
+	case EXPR_MISSING:
+		return pins->pinned(pins->arg, up, NULL);
+	default:
+		return true;
+	}
+}
+
+static void decide_pinned(const struct dw_config *c, const struct dw_read *rd,
+			  const struct expr_ctx *ctx, const struct plan_pins *pins,
+			  struct read_plan *out)
+{
+	if ((out->side == READ_NEW || out->shadow) && read_pinned(c, rd, ctx, pins)) {
+		if (out->side == READ_NEW)
+			decide(c, rd, READ_LEGACY, READ_PINNED, out);
+		out->shadow_pinned = out->shadow;
+		out->shadow = false;
+	}
+}
+
+static void plan_bucket(const struct dw_config *c, const struct dw_route *r,
+			const struct expr_ctx *ctx, struct bucket_rng *rng, struct read_plan *out);
+
 void plan_read(const struct dw_config *c, const struct dw_route *r, const struct expr_ctx *ctx,
 	       struct bucket_rng *rng, struct read_plan *out)
+{
+	plan_read_pinned(c, r, ctx, rng, NULL, out);
+}
+
+void plan_read_pinned(const struct dw_config *c, const struct dw_route *r,
+		      const struct expr_ctx *ctx, struct bucket_rng *rng,
+		      const struct plan_pins *pins, struct read_plan *out)
+{
+	const struct dw_read *rd = r->read;
+
+	out->shadow = rd->shadow && bucket_draw(rng) < rd->shadow;
+	out->shadow_pinned = false;
+	plan_bucket(c, r, ctx, rng, out);
+	if (out->reason == READ_GUARD)
+		out->shadow = false; /* rolled back: the new system gets nothing */
+	decide_pinned(c, rd, ctx, pins, out);
+}
+
+static void plan_bucket(const struct dw_config *c, const struct dw_route *r,
+			const struct expr_ctx *ctx, struct bucket_rng *rng, struct read_plan *out)
 {
 	const struct dw_read *rd = r->read;
 	uint32_t w = rd->state ? readstate_effective(rd->state) : rd->weight;

@@ -18,6 +18,13 @@ struct read_table {
 static const char *const side_names[] = { "legacy", "new" };
 static const char *const reason_names[] = { "bucket", "fallback", "pinned", "guard" };
 
+static const char *const shadow_names[] = { "match", "mismatch", "error", "skipped" };
+
+const char *shadow_result_name(enum shadow_result r)
+{
+	return shadow_names[r];
+}
+
 const char *read_side_name(enum read_side s)
 {
 	return side_names[s];
@@ -75,6 +82,13 @@ static void register_series(struct read_table *t, struct read_state *s)
 			    t->metrics, "dualwrite_read_total",
 			    "Reads of read routes, by the side that served them and why.", labels);
 		}
+	for (int r = 0; r < SHADOW_NRESULTS; r++) {
+		snprintf(labels, sizeof(labels), "route=\"%s\",result=\"%s\"", esc, shadow_names[r]);
+		s->m_shadow[r] = metrics_counter(t->metrics, "dualwrite_shadow_total",
+						 "Shadowed reads of read routes, by the outcome of "
+						 "comparing both sides' answers.",
+						 labels);
+	}
 	snprintf(labels, sizeof(labels), "route=\"%s\"", esc);
 	s->m_weight = metrics_gauge_centi(t->metrics, "dualwrite_read_weight",
 					  "Effective read weight of a route, percent served by the "
@@ -146,4 +160,11 @@ void readstate_count(struct read_state *s, enum read_side side, enum read_reason
 
 	if (m)
 		metric_inc(m);
+}
+
+void readstate_shadow(struct read_state *s, enum shadow_result r)
+{
+	__atomic_add_fetch(&s->shadow[r], 1, __ATOMIC_RELAXED);
+	if (s->m_shadow[r])
+		metric_inc(s->m_shadow[r]);
 }

@@ -41,6 +41,15 @@ enum read_reason {
 	READ_GUARD = 3,	   /* the effective weight is held at 0 */
 	READ_NREASONS = 4
 };
+/* The outcome of a shadowed read (dualwrite_shadow_total's result label). */
+enum shadow_result {
+	SHADOW_MATCH = 0,
+	SHADOW_MISMATCH = 1,
+	SHADOW_ERROR = 2,   /* a side failed, or an answer is not JSON / not mappable */
+	SHADOW_SKIPPED = 3, /* past the bound, the key is pinned, or the client left */
+	SHADOW_NRESULTS = 4
+};
+const char *shadow_result_name(enum shadow_result r);
 const char *read_side_name(enum read_side s);
 const char *read_reason_name(enum read_reason r);
 
@@ -54,6 +63,9 @@ struct read_state {
 	/* counters by side and reason; NULL when the table has no registry */
 	struct metric *m_total[2][READ_NREASONS];
 	struct metric *m_weight; /* dualwrite_read_weight{route}: effective */
+	/* shadow outcomes: atomics (for /status) and their counters */
+	uint64_t shadow[SHADOW_NRESULTS];
+	struct metric *m_shadow[SHADOW_NRESULTS];
 };
 
 struct read_table;
@@ -91,5 +103,11 @@ static inline bool readstate_held(const struct read_state *s)
 }
 /* Count one read served by side for reason (any thread). */
 void readstate_count(struct read_state *s, enum read_side side, enum read_reason why);
+/* Count one shadowed read's outcome (any thread). */
+void readstate_shadow(struct read_state *s, enum shadow_result r);
+static inline uint64_t readstate_shadow_count(const struct read_state *s, enum shadow_result r)
+{
+	return __atomic_load_n(&s->shadow[r], __ATOMIC_RELAXED);
+}
 
 #endif

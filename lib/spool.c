@@ -1913,6 +1913,17 @@ size_t spool_list(struct spool *sp, enum spool_state st, uint64_t *seqs, size_t 
 	return n;
 }
 
+void spool_final(struct spool *sp, const uint64_t *seqs, size_t n, bool *out)
+{
+	pthread_mutex_lock(&sp->mu);
+	for (size_t i = 0; i < n; i++) {
+		const struct ent *e = ent_find(sp, seqs[i]);
+
+		out[i] = !e || state_terminal(e->state);
+	}
+	pthread_mutex_unlock(&sp->mu);
+}
+
 size_t spool_ready(struct spool *sp, uint64_t *seqs, size_t max)
 {
 	size_t n = 0;

@@ -175,6 +175,12 @@ int spool_read(struct spool *sp, uint64_t seq, struct spool_record *out,
  * at most max; returns how many there are in all (may exceed max). */
 size_t spool_list(struct spool *sp, enum spool_state st, uint64_t *seqs, size_t max);
 
+/* For each seqs[i], whether that record is final (delivered, purged,
+ * forwarded, or no longer indexed: reclaimed or lost to damage) into
+ * out[i]; one lock for the batch. Read-your-writes (pinset.h) asks this of
+ * the writes it parked. */
+void spool_final(struct spool *sp, const uint64_t *seqs, size_t n, bool *out);
+
 /* Replay: the records that may be sent now — for each key, its oldest
  * waiting record (QUEUED, or PENDING when no daemon owns the directory), and
  * every waiting unkeyed record; ascending seq, at most max. */

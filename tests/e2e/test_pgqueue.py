@@ -108,6 +108,8 @@ class Target:
         self.backend = make_backend(self.handle, name="target")
 
     def handle(self, req):
+        if req.method == "GET":  # a read route's read (test_a_key_queued_..._pins_reads)
+            return Reply(200, b'{"side": "new"}', [("Content-Type", "application/json")])
         if not self.up:
             return Reply(503, b'{"error": "down"}', [("Content-Type", "application/json")])
         if self.delay:
@@ -137,7 +139,7 @@ def check_exactly_once_in_order(got):
     return per_key
 
 
-def start_daemon(dw, make_backend, pg, tmp_path, table, name="d1", dsn=None):
+def start_daemon(dw, make_backend, pg, tmp_path, table, name="d1", dsn=None, routes=None):
     legacy = make_backend(name="legacy")
     legacy.reply(200, b'{"ok": true}', [("Content-Type", "application/json")])
     target = Target(make_backend)
@@ -145,7 +147,7 @@ def start_daemon(dw, make_backend, pg, tmp_path, table, name="d1", dsn=None):
              "table": table}
     d = dw({"legacy": {"url": legacy.url, "timeout_ms": 5000},
             "target": {"url": target.backend.url, "timeout_ms": 2000}},
-           extra={"routes": ROUTES, "queue": queue}, name=name)
+           extra={"routes": routes or ROUTES, "queue": queue}, name=name)
     return d, target
 
 
@@ -354,3 +356,40 @@ def test_new_write_of_a_key_queued_in_postgres_waits_behind_it(dw, make_backend,
 
 
 PGQ_BEHIND = "key has earlier writes in the postgres queue"
+
+
+READ_ROUTES = ROUTES + [{
+    "name": "item-get",
+    "match": "GET /items/{id}",
+    "read": {"upstream": "target", "weight": 100, "sticky": "$path.id"},
+}]
+
+
+def read_side(d, key):
+    r = request(d.port, "GET", "/items/%s" % key, [("Connection", "close")])
+    assert r.status == 200, r
+    return "new" if json.loads(r.body) == {"side": "new"} else "legacy"
+
+
+def test_a_key_queued_in_postgres_by_another_sidecar_pins_reads_here(dw, make_backend, pg,
+                                                                     tmp_path):
+    """Read-your-writes across a fleet (SPEC §7.2): sidecar B serves a key's reads from the
+    legacy while a write of it, acknowledged through sidecar A, waits in the shared table
+    (B's forwarder refreshes the table's queued keys every 500 ms)."""
+    table = "q_ryw"
+    a, target_a = start_daemon(dw, make_backend, pg, tmp_path, table, name="a",
+                               routes=READ_ROUTES)
+    b, target_b = start_daemon(dw, make_backend, pg, tmp_path, table, name="b",
+                               routes=READ_ROUTES)
+    assert read_side(b, "7") == "new"
+    put(a, "7", 1)  # the target is down: queued in a's spool, then forwarded to postgres
+    wait_for(lambda: pg.counts(table).get("queued") == 1, 10, "the failed write in postgres")
+    wait_for(lambda: read_side(b, "7") == "legacy", 5, "b pins key 7")
+    assert b.metric("dualwrite_read_total", route="item-get", side="legacy",
+                    reason="pinned") >= 1
+    assert read_side(b, "8") == "new"
+    target_a.up = True
+    out = replay(a.conf_path)
+    assert out.returncode == 0, out.stderr
+    assert pg.counts(table) == {"delivered": 1}
+    wait_for(lambda: read_side(b, "7") == "new", 5, "b gives key 7 back once delivered")

@@ -437,6 +437,8 @@ def test_shipped_gear_ops_read_route_over_the_demo_services(dw, tmp_path):
             assert r.status == 201, r
         helpers.wait_for(lambda: len(pg.sql("gear_ops", "SELECT id FROM gear_items")) == 3,
                          20, "3 mirrored gear items")
+        # delivered as far as the daemon knows: the user's list is no longer pinned
+        ml.wait_outcomes(d, lambda o: o["result"] == "delivered", 3, 20, "3 delivered")
         legacy_answer = get(d.port, "/user/42/equipment")
         assert legacy_answer.status == 200
         want = json.loads(legacy_answer.body)
