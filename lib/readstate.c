@@ -94,15 +94,22 @@ static void register_series(struct read_table *t, struct read_state *s)
 					  "Effective read weight of a route, percent served by the "
 					  "new system.",
 					  labels);
+	s->m_configured = metrics_gauge_centi(
+	    t->metrics, "dualwrite_read_weight_configured",
+	    "Configured read weight of a route (the effective one is 0 while a guard holds it).",
+	    labels);
 }
 
 static void publish(struct read_state *s)
 {
-	uint32_t eff = readstate_held(s) ? 0 : readstate_configured(s);
+	uint32_t conf = readstate_configured(s);
+	uint32_t eff = readstate_held(s) ? 0 : conf;
 
 	__atomic_store_n(&s->effective, eff, __ATOMIC_RELAXED);
 	if (s->m_weight)
 		metric_set(s->m_weight, eff);
+	if (s->m_configured)
+		metric_set(s->m_configured, conf);
 }
 
 void readstate_bind(struct read_table *t, struct dw_config *cfg)

@@ -63,6 +63,7 @@ struct read_state {
 	/* counters by side and reason; NULL when the table has no registry */
 	struct metric *m_total[2][READ_NREASONS];
 	struct metric *m_weight; /* dualwrite_read_weight{route}: effective */
+	struct metric *m_configured; /* dualwrite_read_weight_configured{route} */
 	/* shadow outcomes: atomics (for /status) and their counters */
 	uint64_t shadow[SHADOW_NRESULTS];
 	struct metric *m_shadow[SHADOW_NRESULTS];

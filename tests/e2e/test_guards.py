@@ -153,6 +153,7 @@ def test_read_error_rate_trips_and_reads_go_to_the_legacy(dw, make_backend):
     assert d.metric("dualwrite_guard_trips_total", upstream="gear_ops",
                     reason="read_error_rate") == 1
     assert d.metric("dualwrite_read_weight", route="equipment-list") == 0
+    assert d.metric("dualwrite_read_weight_configured", route="equipment-list") == 100
     assert d.metric("dualwrite_guard_state", upstream="gear_ops") == 2
     log = d.wait_log('guard: upstream "gear_ops": tripped: read_error_rate 76.92 > 1.00 (percent of 13 reads')
     assert "serves from the legacy" in log

@@ -49,24 +49,10 @@ INSTALLED = [
     "etc/dualwrite/dualwrited.conf",
 ]
 
-# Metrics SPEC names that other branches are building now (cut-over §7.3,
-# journal health §5). Rules and the dashboard may use them before they are
-# registered; once a branch registers one it is found in the source and its
-# entry here is simply redundant (delete it then). Anything else a rule or a
-# panel names must be registered in lib/ or daemon/, so a typo fails.
-NOT_YET_EXPORTED = {
-    "dualwrite_read_weight",        # SPEC §7.3: effective read weight per route
-    "dualwrite_read_total",         # SPEC §7.3: reads by route, side, reason
-    "dualwrite_shadow_total",       # SPEC §7.3: shadow comparisons by result
-    "dualwrite_guard_trips_total",  # SPEC §7.3: guard rollbacks by upstream, reason
-    "dualwrite_queue_writable",     # SPEC §5: 0 while the journal cannot be written
-    "dualwrite_queue_damaged_total",  # SPEC §5: damage found in the queue
-    # Not in SPEC: the configured read weight beside the effective one, for
-    # the dashboard's "configured vs effective" panel. Proposed to the
-    # cut-over work under this name; rename here and in the dashboard if it
-    # lands under another.
-    "dualwrite_read_weight_configured",
-}
+# Metric names a rule or panel may use before the daemon registers them
+# (none today): anything a rule or a panel names must be registered in lib/
+# or daemon/, so a typo fails.
+NOT_YET_EXPORTED = set()
 
 _REGISTER = re.compile(r'metrics_(?:counter|gauge|histogram)\(\s*[^,()]+,\s*"(dualwrite_[a-z0-9_]+)"')
 
