@@ -6,6 +6,11 @@
 #   peers  dualwrited vs nginx / HAProxy / h2o through ../shared/bench/peers.sh (skipped, and
 #          said so, when that harness is absent): pass-through throughput and idle keep-alive
 #          memory, and the mirror scenarios fast / slow / down / hang against nginx `mirror`.
+#   read   the read route of Phase 3 (tests/bench/dualwrited-read.conf.tmpl: half of the GETs
+#          served by the new system with the answer mapped back, 5 % shadowed) vs dualwrited's own
+#          pass-through GET (CPU per request) and vs nginx-get (req/s, p99), through peers.sh:
+#          READ_REPS pairs of runs, pass-through then read, interleaved, each paired with the
+#          nginx-get measured in the same run.
 #   tls    TLS termination at the listener vs nginx and HAProxy terminating TLS in the same
 #          run (tests/bench/tls.sh: keep-alive, one worker pinned; req/s and proxy CPU per
 #          request, paired against nginx); skipped, and said so, without nginx or haproxy.
@@ -23,7 +28,8 @@
 #
 # usage: B=build tests/bench/bench.sh            (from anywhere; `make bench` does this)
 # env:   QUICK=1                 short runs (about 3 min in all) instead of the default (~15 min)
-#        PARTS=peers,tls,spool,data,telemetry  which parts to run
+#        PARTS=peers,read,tls,spool,data,telemetry  which parts to run
+#        READ_REPS=3             read part: pairs (pass-through run, read run)
 #        SHARED_BENCH=DIR        the peer harness directory (default ../shared/bench beside the repo)
 #        BASE_PORT=18000         loopback ports BASE_PORT+10..+95 for the peer harness
 #        DURATION REPS PASS_REPS WARMUP NOISY_RETRIES QUIET_WAIT MEM_CONNS MEM_HOLD  peer harness knobs
@@ -41,7 +47,7 @@ cd "$ROOT"
 B=${B:-build}
 [[ $B == /* ]] || B=$ROOT/$B
 QUICK=${QUICK:-0}
-PARTS=${PARTS:-peers,tls,spool,data,telemetry}
+PARTS=${PARTS:-peers,read,tls,spool,data,telemetry}
 SHARED_BENCH=${SHARED_BENCH:-$ROOT/../shared/bench}
 HERE=$ROOT/tests/bench
 
@@ -50,6 +56,7 @@ if [[ $QUICK == 1 ]]; then
 	: "${MEM_CONNS:=1000}" "${MEM_HOLD:=3}"
 	: "${SPOOL_SECONDS:=2}" "${PG_SECONDS:=3}"
 	: "${BACKFILL_ROWS:=100000}" "${VERIFY_ROWS:=100000}" "${TELEMETRY_ROWS:=100000}"
+	: "${READ_REPS:=1}"
 	PEERS_TIMEOUT=${PEERS_TIMEOUT:-240}
 else
 	# pass-through differs from nginx by a few percent, within one repetition's noise: more reps
@@ -57,6 +64,7 @@ else
 	: "${MEM_CONNS:=1000 10000}" "${MEM_HOLD:=5}"
 	: "${SPOOL_SECONDS:=5}" "${PG_SECONDS:=10}"
 	: "${BACKFILL_ROWS:=100000 1000000}" "${VERIFY_ROWS:=1000000}" "${TELEMETRY_ROWS:=1000000}"
+	: "${READ_REPS:=3}"
 	PEERS_TIMEOUT=${PEERS_TIMEOUT:-600}
 fi
 : "${SPOOL_K:=1 8 50}" "${BASE_PORT:=18000}"
@@ -171,6 +179,42 @@ run_peers() {
 			note "peers: $name exited $rc after ${t}s (log: $RES/peers-$name.log)"
 			tail -5 "$RES/peers-$name.log" >&2 || true
 		fi
+	done
+}
+
+# ---------------------------------------------------------------- read route
+# READ_REPS pairs of harness runs, interleaved so that drift hits both alike: the pass-through
+# template (dualwrited as a plain proxy) then the read template, each with SCENARIOS
+# nginx-get,candidate-get and REPS=1. Run i of peers-getpass/ pairs with run i of peers-read/
+# (report.py: CPU per request read / pass-through); within a run, candidate-get pairs with the
+# nginx-get before it (req/s, p99).
+run_read() {
+	local harness=$SHARED_BENCH/peers.sh
+	if [[ ! -x $harness ]]; then
+		note "read: $harness not found; the read-route part is skipped"
+		return 0
+	fi
+	local cand="$HERE/fresh-queue.sh $B/dualwrited -c {conf}"
+	local rep kind tmpl rc t
+	for ((rep = 1; rep <= READ_REPS; rep++)); do
+		for kind in getpass read; do
+			tmpl=$SHARED_BENCH/conf/dualwrited-passthrough.conf.tmpl
+			[[ $kind == read ]] && tmpl=$HERE/dualwrited-read.conf.tmpl
+			mkdir -p "$RES/peers-$kind"
+			log "read: $kind run $rep of $READ_REPS (nginx-get, candidate-get) ..."
+			rc=0
+			timed t env DURATION="$DURATION" REPS=1 WARMUP="$WARMUP" \
+				NOISY_RETRIES="$NOISY_RETRIES" QUIET_WAIT="$QUIET_WAIT" BASE_PORT="$BASE_PORT" \
+				CANDIDATE="$cand" CANDIDATE_NAME=candidate KEEP_RUN=1 CANDIDATE_CONF="$tmpl" \
+				OUT_DIR="$RES/peers-$kind" TAG="$kind-$rep" SCENARIOS=nginx-get,candidate-get \
+				timeout "$PEERS_TIMEOUT" "$harness" bench >"$RES/peers-$kind-$rep.log" 2>&1 || rc=$?
+			kv "peers_${kind}_${rep}_seconds" "$t"
+			keep_daemon_logs "$RES/peers-$kind-$rep.log" "$RES/peers-$kind/daemon-$rep"
+			if ((rc != 0)); then
+				note "read: $kind run $rep exited $rc after ${t}s (log: $RES/peers-$kind-$rep.log)"
+				tail -5 "$RES/peers-$kind-$rep.log" >&2 || true
+			fi
+		done
 	done
 }
 
@@ -469,6 +513,7 @@ fi
 log "bench: parts $PARTS, quick=$QUICK, results in $RES"
 T0=$SECONDS
 part peers && run_peers
+part read && run_read
 part tls && run_tls
 part spool && run_spool
 part data && run_data

@@ -201,6 +201,60 @@ def section_mirror(d, out, js):
     out.append(table(hdr, tab))
 
 
+def runs_as_reps(d):
+    """The raw rows of one harness run per file (REPS=1 each), the run's index as "rep"."""
+    rows = []
+    files = [p for p in sorted(glob.glob(os.path.join(d, "peers-*.tsv"))) if not p.endswith("-summary.tsv")]
+    for i, p in enumerate(files, 1):
+        for r in load_tsv(p):
+            r["rep"] = "%d.%s" % (i, r["rep"])
+            rows.append(r)
+    return rows
+
+
+def new_share(x):
+    """The share of GETs the new system answered: the harness's mirror/legacy (requests each
+    origin received) r gives r / (1 + r)."""
+    r = x.get("mirror_ratio")
+    return r / (1 + r) if r is not None else None
+
+
+def section_read(d, out, js):
+    """Phase 3's read route (half of the GETs mapped from the new system) vs dualwrited's own
+    pass-through GET (CPU per request, run i with run i) and vs nginx-get (same run)."""
+    gp = runs_as_reps(os.path.join(d, "peers-getpass"))
+    rd = runs_as_reps(os.path.join(d, "peers-read"))
+    if not gp and not rd:
+        return
+    pgp, prd = per_rep(gp), per_rep(rd)
+    both = {"getpass": pgp.get("candidate-get", {}), "read": prd.get("candidate-get", {})}
+    cpu = paired(both, "read", "getpass", "proxy_cpu_us_per_req")
+    rps_read = paired(prd, "candidate-get", "nginx-get", "rps")
+    p99_read = paired(prd, "candidate-get", "nginx-get", "p99_ms")
+    rps_pass = paired(pgp, "candidate-get", "nginx-get", "rps")
+    p99_pass = paired(pgp, "candidate-get", "nginx-get", "p99_ms")
+    ng = per_rep([dict(r, rep=k + r["rep"]) for k, rows in (("p", gp), ("r", rd))
+                  for r in rows if r["scenario"] == "nginx-get"]).get("nginx-get", {})  # both kinds of run
+    xs = [("nginx-get", scen_summary({"n": ng}, "n"), None, None, None),
+          ("dualwrited GET pass-through", scen_summary(pgp, "candidate-get"), rps_pass, p99_pass, None),
+          ("dualwrited GET read 50% new", scen_summary(prd, "candidate-get"), rps_read, p99_read, cpu)]
+    js["read"] = {"cpu_ratio_vs_passthrough": cpu, "rps_ratio_vs_nginx_get": rps_read,
+                  "p99_ratio_vs_nginx_get": p99_read, "passthrough_rps_ratio_vs_nginx_get": rps_pass,
+                  "passthrough_p99_ratio_vs_nginx_get": p99_pass}
+    hdr = ["read route (GET)", "runs", "req/s", "p50 ms", "p99 ms", "CPU us/req", "new share",
+           "errors", "req/s vs nginx-get", "p99 vs nginx-get", "CPU/req vs pass-through"]
+    tab = []
+    for name, x, a, b, c in xs:
+        js["read"][name] = dict(x, new_share=new_share(x) if name.endswith("new") else None)
+        tab.append([name, "%d%s" % (x["reps"], "!" * (x["noisy_reps"] > 0)), fmt(x["rps"]),
+                    fmt(x["p50_ms"], 2), fmt(x["p99_ms"], 2), fmt(x["cpu_us_per_req"], 1),
+                    fmt(new_share(x), 3) if name.endswith("new") else "",
+                    str(x["errors"]), fmt_pair(a) if a else "", fmt_pair(b) if b else "",
+                    fmt_pair(c) if c else ""])
+    out.append("bars (issue 11): CPU/req <= 1.15x pass-through; req/s >= 1x and p99 <= 1x nginx-get\n"
+               + table(hdr, tab))
+
+
 def section_json(d, out, js):
     p = os.path.join(d, "json.tsv")
     if not os.path.exists(p):
@@ -294,10 +348,12 @@ def section_data(kv, out, js, pre="", title=None):
 def harness_events(d):
     """Lines of the peer harness's logs about the candidate failing to start or to answer."""
     ev = []
-    for name in ("pass", "mem", "mirror"):
-        q = os.path.join(d, "peers-%s.log" % name)
+    logs = [os.path.join(d, "peers-%s.log" % n) for n in ("pass", "mem", "mirror")]
+    logs += sorted(glob.glob(os.path.join(d, "peers-getpass-*.log")) + glob.glob(os.path.join(d, "peers-read-*.log")))
+    for q in logs:
         if not os.path.exists(q):
             continue
+        name = os.path.basename(q)[len("peers-"):-len(".log")]
         for line in open(q, errors="replace"):
             if "candidate" in line and any(w in line for w in (
                     "failed to start", "did not listen", "sanity request returned", "wrk exited non-zero",
@@ -323,6 +379,8 @@ def problems(js):
     p = list(harness_events(js["dir"]))
     cands = [("pass-through", js.get("passthrough", {}).get("candidate-fast"))]
     cands += [("mirror-" + k, v.get("dualwrited")) for k, v in js.get("mirror", {}).items()]
+    cands += [("read: " + n, js.get("read", {}).get(n))
+              for n in ("dualwrited GET pass-through", "dualwrited GET read 50% new")]
     for name, x in cands:
         if not x:
             continue
@@ -332,6 +390,10 @@ def problems(js):
             p.append("%s: %d wrk errors (connect/read/write/status/timeout) against dualwrited" % (name, x["errors"]))
         if x["sanity"] and any(not c.startswith("2") for c in x["sanity"].split(",")):
             p.append("%s: sanity request answered HTTP %s" % (name, x["sanity"]))
+    r = js.get("read", {}).get("dualwrited GET read 50% new")
+    if r and r.get("new_share") is not None and not 0.4 <= r["new_share"] <= 0.6:
+        p.append("read: the new system answered %.3f of the GETs, not about half (route not matched?)"
+                 % r["new_share"])
     f = js.get("mirror", {}).get("fast", {}).get("dualwrited")
     if f and f["mirror_ratio"] is not None and f["mirror_ratio"] < 0.99:
         p.append("mirror-fast: only %.3f of legacy writes reached the fast mirror during the run" % f["mirror_ratio"])
@@ -369,6 +431,7 @@ def main():
     section_pass(d, out, js)
     section_mem(d, out, js)
     section_mirror(d, out, js)
+    section_read(d, out, js)
     section_spool(d, out, js)
     section_json(d, out, js)
     section_data(kv, out, js)

@@ -373,12 +373,15 @@ static void test_example_iot(void **state)
 	/* the guide's DualWriteMiddleware.writeDevice: V1 body + tenantId ... */
 	r = route_named(c, "device-create");
 	json_t *req = parse("{\"name\": \"S1\", \"type\": \"thermo\", \"config\": {\"i\": 30}}");
-	json_t *resp = parse("{\"id\": \"dev-1\"}");
+	json_t *resp = parse("{\"id\": \"dev-1\", \"status\": \"ACTIVE\", \"created_at\": \"t0\","
+			     " \"updated_at\": \"t1\"}");
 	struct expr_ctx ctx = { .request = req, .response = resp, .tenant = "default_tenant_id" };
 	assert_int_equal(expr_eval(r->mirror->body, &ctx, &out, &err), EXPR_OK);
+	/* ... and V1's status and timestamps, so that the row reads the same on V2 */
 	assert_json(out, "{\"id\":\"dev-1\",\"name\":\"S1\",\"tenantId\":\"default_tenant_id\","
 			 "\"templateId\":\"thermo\",\"attributes\":{\"i\":30},"
-			 "\"metadata\":{\"migratedFrom\":\"v1\",\"originalType\":\"thermo\"}}");
+			 "\"metadata\":{\"migratedFrom\":\"v1\",\"originalType\":\"thermo\"},"
+			 "\"status\":\"ACTIVE\",\"createdAt\":\"t0\",\"updatedAt\":\"t1\"}");
 	json_decref(out);
 	json_decref(req);
 	json_decref(resp);
@@ -415,7 +418,8 @@ static void test_example_iot(void **state)
 	json_decref(req);
 
 	r = route_named(c, "device-update");
-	assert_int_equal(r->mirror->sources, EXPR_SRC_PATH | EXPR_SRC_REQUEST | EXPR_SRC_TENANT);
+	assert_int_equal(r->mirror->sources,
+			 EXPR_SRC_PATH | EXPR_SRC_REQUEST | EXPR_SRC_RESPONSE | EXPR_SRC_TENANT);
 	assert_null(route_named(c, "device-delete")->mirror->body);
 
 	assert_non_null(route_named(c, "user-create")->mirror);
@@ -439,7 +443,8 @@ static void test_example_iot(void **state)
 	t = config_table(c, "devices");
 	assert_non_null(t);
 	json_t *row = parse("{\"id\": \"d1\", \"name\": \"S1\", \"type\": \"thermo\","
-			    " \"config\": {\"i\": 30}}");
+			    " \"config\": {\"i\": 30}, \"status\": \"OFF\", \"created_at\": \"t0\","
+			    " \"updated_at\": null}");
 	struct expr_ctx rctx = { .row = row, .tenant = "default_tenant_id" };
 	json_t *obj = json_object();
 	for (size_t i = 0; i < t->ncolumns; i++) {
@@ -449,9 +454,47 @@ static void test_example_iot(void **state)
 	}
 	assert_json(obj, "{\"id\":\"d1\",\"name\":\"S1\",\"tenant_id\":\"default_tenant_id\","
 			 "\"template_id\":\"thermo\",\"attributes\":{\"i\":30},"
-			 "\"metadata\":{\"migratedFrom\":\"v1\",\"originalType\":\"thermo\"}}");
+			 "\"metadata\":{\"migratedFrom\":\"v1\",\"originalType\":\"thermo\"},"
+			 "\"status\":\"OFF\",\"created_at\":\"t0\",\"updated_at\":null}");
 	json_decref(obj);
 	json_decref(row);
+
+	/* Reads: V2 answers for the caller's tenant, mapped back to V1's shape; shipped at 0. */
+	const struct dw_read *rd = route_named(c, "device-get")->read;
+	const char *names[] = { "id" }, *values[] = { "dev-7" };
+	struct expr_ctx gctx = { .path_names = names, .path_values = values, .npath = 1,
+				 .tenant = "acme" };
+	char *path = NULL;
+	assert_non_null(rd);
+	assert_int_equal(rd->upstream, config_upstream_index(c, "v2"));
+	assert_int_equal(rd->weight, 0);
+	assert_true(rd->fallback);
+	assert_int_equal(tmpl_render(rd->path, &gctx, &path, &err), EXPR_OK);
+	assert_string_equal(path, "/devices/dev-7?tenantId=acme");
+	free(path);
+	resp = parse("{\"id\":\"dev-7\",\"tenantId\":\"acme\",\"name\":\"S\","
+		     "\"templateId\":\"cam\",\"attributes\":{},\"metadata\":{\"migratedFrom\":\"v1\"},"
+		     "\"status\":\"ACTIVE\",\"createdAt\":\"t0\",\"updatedAt\":null}");
+	gctx.response = resp;
+	assert_int_equal(expr_eval(rd->response, &gctx, &out, &err), EXPR_OK);
+	assert_json(out, "{\"id\":\"dev-7\",\"name\":\"S\",\"type\":\"cam\",\"config\":{},"
+			 "\"status\":\"ACTIVE\",\"created_at\":\"t0\",\"updated_at\":null}");
+	json_decref(out);
+	/* the list: V2's array, element by element */
+	rd = route_named(c, "device-list")->read;
+	json_t *list = json_pack("[O]", resp);
+	gctx.response = list;
+	assert_int_equal(expr_eval(rd->response, &gctx, &out, &err), EXPR_OK);
+	assert_json(out, "[{\"id\":\"dev-7\",\"name\":\"S\",\"type\":\"cam\",\"config\":{},"
+			 "\"status\":\"ACTIVE\",\"created_at\":\"t0\",\"updated_at\":null}]");
+	json_decref(out);
+	json_decref(list);
+	json_decref(resp);
+	assert_null(rd->sticky); /* each list read draws, as the guide's shouldUseV2() */
+	assert_int_equal(tmpl_render(rd->path, &gctx, &path, &err), EXPR_OK);
+	assert_string_equal(path, "/devices?tenantId=acme");
+	free(path);
+	assert_int_equal(route_named(c, "user-get")->read->weight, 0);
 	config_unref(c);
 }
 

@@ -6,11 +6,14 @@
 # equipment writes to the new gear-ops service (Phase 1, dual-write), keeps serving every client
 # while gear-ops is down and queues the mirrors, `dualwrite replay` drains them, `dualwrite
 # backfill` copies 100,000 historical rows (Phase 2), and `dualwrite verify` proves both tables
-# agree, finds rows changed behind the proxy's back and repairs them. IoT V1 -> V2: the guide's
-# Phases 1-3 for users, devices and telemetry — the default tenant, V1 traffic (telemetry batches
-# included) mirrored with the tenant on every row, a malformed tenant dead-lettered while V1 still
-# takes the write, the history backfilled (telemetry on its composite key), verify per table and
-# the counts per tenant.
+# agree, finds rows changed behind the proxy's back and repairs them; then (Phase 3) the read
+# routes are ramped 10 -> 30 -> 50 -> 80 -> 100 % by editing the weight and SIGHUP, a few
+# thousand reads per step (tools/demo/readload.py), with the share each side served. IoT V1 ->
+# V2: the guide's Phases 1-3 for users, devices and telemetry — the default tenant, V1 traffic
+# (telemetry batches included) mirrored with the tenant on every row, a malformed tenant
+# dead-lettered while V1 still takes the write, the history backfilled (telemetry on its
+# composite key), verify per table and the counts per tenant — and its Phase 4 read ramp, V2
+# serving V1's device and user reads for the tenant.
 #
 # Everything lives in one temp dir on free high ports; an EXIT trap stops every process this script
 # started (by PID) and the cluster, on success, failure or Ctrl-C. Every step is checked; the exit
@@ -18,6 +21,7 @@
 #
 #   B=build tools/demo/demo.sh          (make demo)
 #   DEMO_KEEP=1 ...                     keep the temp dir (logs, queues, configs) afterwards
+#   GEAR_READS=3000 IOT_READS=1000 ...  reads per step of the Phase 3 ramps
 set -eu
 set -o pipefail
 
@@ -28,6 +32,7 @@ case $B in /*) ;; *) B=$ROOT/$B ;; esac
 
 HISTORY_ROWS=100000
 IOT_USERS=200 IOT_DEVICES=100 IOT_READINGS=${IOT_READINGS:-100000} IOT_BATCHES=3 IOT_BATCH=1000
+GEAR_READS=${GEAR_READS:-3000} IOT_READS=${IOT_READS:-1000}   # reads per step of the Phase 3 ramps
 T0=$SECONDS
 STEP="setup"
 W=""
@@ -297,6 +302,126 @@ conf_copy() { # conf_copy SRC DST 'OLDPORT NEWPORT'...
 	show "$B/dualwrited" -c "$dst" -t || fail "dualwrited -t rejects $dst"
 }
 
+# ---- Phase 3: reads ramped by reload ------------------------------------------------------------
+
+# msum FILE NAME LABEL_REGEX: the sum of metric NAME's samples in FILE whose labels match.
+msum() {
+	awk -v n="$2" -v re="$3" '{ i = index($1, "{"); m = i ? substr($1, 1, i - 1) : $1 }
+		m == n && $1 ~ re { s += $2 } END { printf "%.0f\n", s }' "$1"
+}
+# mdelta NAME LABEL_REGEX: how much NAME grew during the step (snapshots before/after).
+mdelta() { echo $(($(msum "$W/ramp-after" "$@") - $(msum "$W/ramp-before" "$@"))); }
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f%%", b ? 100 * a / b : 0 }'; }
+
+# The step table: one column per entry, "HEADER|WIDTH|FUNCTION". FUNCTION prints the step's
+# cell from the metric snapshots taken around the step's reads ($W/ramp-before, -after; see
+# mdelta) and the client's tally (RL_*). A feature that adds a per-step figure (shadow match
+# rate, guard state) adds its column here; every column prints what was measured.
+RAMP_COLS=(
+	"weight|7|col_weight"
+	"reads|6|col_reads"
+	"legacy|7|col_legacy"
+	"new|7|col_new"
+	"fallback|8|col_fallback"
+	"reads/s|7|col_rate"
+	"client errors|13|col_errors"
+)
+col_weight() { echo "$RAMP_W%"; }
+col_reads() { echo "$RD_ALL"; }
+col_legacy() { pct "$RD_LEGACY" "$RD_ALL"; }
+col_new() { pct "$RD_NEW" "$RD_ALL"; }
+col_fallback() { echo "$RD_FALLBACK"; }
+col_rate() { echo "$RL_RATE"; }
+col_errors() { echo "$RL_ERRORS"; }
+
+ramp_row() { # ramp_row header|cells
+	local c head width fn cell line=" "
+	for c in "${RAMP_COLS[@]}"; do
+		IFS='|' read -r head width fn <<<"$c"
+		if [ "$1" = header ]; then cell=$head; else cell=$("$fn"); fi
+		line+=$(printf ' %*s' "$((width > ${#head} ? width : ${#head}))" "$cell")
+	done
+	printf '%s\n' "$line"
+}
+
+# set_weight CONF W: every read route of CONF at weight W (the only `weight` keys there, written
+# as the shipped configs write them).
+set_weight() {
+	sed -i "s/weight   = [0-9.]*;/weight   = $2;/" "$1"
+	grep -q "weight   = $2;" "$1" || fail "$1: no \"weight   = N;\" line to edit"
+}
+
+# reload NAME CONF ADMIN: SIGHUP the daemon and wait until it counts the reload as applied.
+reload_dwd() {
+	local name=$1 conf=$2 admin=$3 before
+	before=$(metric 'dualwrite_config_reloads_total{result="ok"}' "$admin")
+	kill -HUP "${PIDS[$name]}" || fail "$name: SIGHUP failed"
+	reloaded() { [ "$(metric 'dualwrite_config_reloads_total{result="ok"}' "$admin")" -gt "$before" ]; }
+	wait_for "$name to apply the reload of $conf" 10 reloaded
+}
+
+# ramp NAME CONF ADMIN PORT COUNT ROUTE... -- READLOAD_ARGS...: for each weight of RAMP_WEIGHTS,
+# edit CONF, check it (dualwrited -t), SIGHUP, check each ROUTE's effective weight, then COUNT
+# reads through PORT; one table row per step. Checks: no client error, every read counted,
+# no fallback (the new service is healthy), the new system's share within RAMP_TOL points of
+# the weight (the buckets are a fixed hash of the sticky keys: the same figures every run),
+# all of it at 100.
+RAMP_WEIGHTS="10 30 50 80 100" RAMP_TOL=10
+ramp() {
+	local name=$1 conf=$2 admin=$3 port=$4 count=$5 w r eff first=1 out
+	shift 5
+	local routes=()
+	while [ "$1" != -- ]; do routes+=("$1"); shift; done
+	shift
+	for w in $RAMP_WEIGHTS; do
+		RAMP_W=$w
+		if [ "$first" = 1 ]; then
+			say "Each step: the weight edited in the config, checked, then SIGHUP (no restart):"
+			printf '%s$ sed -i "s/weight   = [0-9.]*;/weight   = %s;/" %s%s\n' "$C_D" "$w" \
+				"${conf/#$W\//\$DEMO/}" "$C_0"
+			set_weight "$conf" "$w"
+			show "$B/dualwrited" -c "$conf" -t || fail "dualwrited -t rejects $conf at weight $w"
+			printf '%s$ kill -HUP %s    # %s%s\n' "$C_D" "${PIDS[$name]}" "$name" "$C_0"
+		else
+			set_weight "$conf" "$w"
+			"$B/dualwrited" -c "$conf" -t >/dev/null 2>&1 ||
+				fail "dualwrited -t rejects $conf at weight $w"
+		fi
+		reload_dwd "$name" "$conf" "$admin"
+		for r in "${routes[@]}"; do
+			eff=$(metric "dualwrite_read_weight{route=\"$r\"}" "$admin")
+			awk -v a="$eff" -v b="$w" 'BEGIN { exit !(a + 0 == b + 0) }' ||
+				fail "route $r: effective weight $eff after the reload, expected $w"
+		done
+		if [ "$first" = 1 ]; then
+			say "then $count reads per step from a client on the sidecar's port (tools/demo/readload.py):"
+			ramp_row header
+			first=0
+		fi
+		curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" >"$W/ramp-before" ||
+			fail "GET /metrics failed"
+		out=$(python3 tools/demo/readload.py --port "$port" --count "$count" --seed "$w" \
+			--max-seconds 60 "$@" 2>&1) || true
+		echo "$out" >>"$W/readload.log"
+		curl -s --max-time 5 "http://127.0.0.1:$admin/metrics" >"$W/ramp-after" ||
+			fail "GET /metrics failed"
+		RL_ERRORS=$(sed -n 's/.* errors=\([0-9]*\).*/\1/p' <<<"$out")
+		RL_RATE=$(sed -n 's/.* rate=\([0-9]*\)\/s.*/\1/p' <<<"$out")
+		RD_ALL=$(mdelta dualwrite_read_total '.')
+		RD_NEW=$(mdelta dualwrite_read_total 'side="new"')
+		RD_LEGACY=$(mdelta dualwrite_read_total 'side="legacy"')
+		RD_FALLBACK=$(mdelta dualwrite_read_total 'reason="fallback"')
+		ramp_row cells
+		[ -n "$RL_ERRORS" ] && [ "$RL_ERRORS" = 0 ] || fail "the read client: $out"
+		[ "$RD_ALL" = "$count" ] ||
+			fail "dualwrite_read_total grew by $RD_ALL during $count reads"
+		[ "$RD_FALLBACK" = 0 ] || fail "$RD_FALLBACK reads fell back to the legacy (see $W/$name.log)"
+		awk -v n="$RD_NEW" -v a="$RD_ALL" -v w="$w" -v t="$RAMP_TOL" \
+			'BEGIN { s = 100 * n / a; d = s - w; exit !((w == 100 ? s == 100 : d <= t && d >= -t)) }' ||
+			fail "new system's share $(pct "$RD_NEW" "$RD_ALL") at weight $w"
+	done
+}
+
 # ---- main ---------------------------------------------------------------------------------------
 
 trap cleanup EXIT
@@ -306,13 +431,13 @@ trap 'exit 143' TERM
 for bin in dualwrited dualwrite dw-demo-backend; do
 	[ -x "$B/$bin" ] || fail "$B/$bin is missing (run make all)"
 done
-for tool in curl psql sed awk grep timeout; do
+for tool in curl psql sed awk grep timeout python3; do
 	command -v "$tool" >/dev/null 2>&1 || fail "$tool is needed"
 done
 W=$(mktemp -d "${TMPDIR:-/tmp}/dw-demo.XXXXXX")
 chmod 0755 "$W"
 
-section "Gear Operations 1/6 — a throwaway cluster, the two services, and dualwrited in front"
+section "Gear Operations 1/7 — a throwaway cluster, the two services, and dualwrited in front"
 say "Temp dir \$DEMO = $W"
 eval "$(PG_DATABASES='user_core gear_ops iot_v1 iot_v2' tests/pg.sh start "$W/pg" 2>"$W/pg.log")" ||
 	fail "tests/pg.sh start failed: $(cat "$W/pg.log")"
@@ -333,7 +458,7 @@ ok "dualwrited listening on :$P_GW (admin :$P_GA), ready"
 show "$B/dualwrite" status -c "$GEAR" || fail "dualwrite status failed"
 PX=http://127.0.0.1:$P_GW
 
-section "Gear Operations 2/6 — Phase 1: dual-write (clients talk to the sidecar only)"
+section "Gear Operations 2/7 — Phase 1: dual-write (clients talk to the sidecar only)"
 NAMES=("Trail Tent" "Summit Backpack" "Down Sleeping Bag" "Headlamp" "Canister Stove" "Rain Jacket"
 	"Hiking Boots" "Dynamic Rope" "Climbing Helmet" "Harness")
 TYPES=(shelter pack sleep lighting cooking clothing footwear climbing climbing climbing)
@@ -377,7 +502,7 @@ counts
 if [ "$N_OLD" != 29 ] || [ "$N_NEW" != 29 ]; then fail "expected 29 rows on both sides"; fi
 ok "every acknowledged write is mirrored"
 
-section "Gear Operations 3/6 — Phase 1 rollback drill: gear-ops goes down mid-traffic"
+section "Gear Operations 3/7 — Phase 1 rollback drill: gear-ops goes down mid-traffic"
 say "Killing gear-ops (pid ${PIDS[gear-ops]}) with SIGKILL ..."
 stop gear-ops KILL 2>/dev/null
 BEFORE_NEW=$(q gear_ops 'SELECT count(*) FROM gear_items')
@@ -438,7 +563,7 @@ if [ "$rc" -ne 0 ]; then
 fi
 ok "verify: equal"
 
-section "Gear Operations 4/6 — Phase 2: history ($HISTORY_ROWS rows the proxy never saw)"
+section "Gear Operations 4/7 — Phase 2: history ($HISTORY_ROWS rows the proxy never saw)"
 say "Inserting $HISTORY_ROWS historical rows straight into user_core.old_equipment (ids 1..$HISTORY_ROWS) ..."
 q user_core "
 INSERT INTO old_equipment (id, user_id, name, type, brand, created_at)
@@ -510,7 +635,7 @@ n=$(q gear_ops "SELECT count(*) FROM gear_items WHERE id IN (${MISSING// /, }, $
 counts
 ok "repaired: verify equal again"
 
-section "Gear Operations 5/6 — what the operator watches"
+section "Gear Operations 5/7 — what the operator watches"
 curl -s "http://127.0.0.1:$P_GA/metrics" >"$W/metrics.txt" || fail "GET /metrics failed"
 grep -E '^dualwrite_(requests_total|mirror_total|queue_depth)' "$W/metrics.txt" | sed 's/^/  /'
 grep -q '^dualwrite_requests_total' "$W/metrics.txt" || fail "no dualwrite_requests_total"
@@ -521,7 +646,21 @@ delivered=$(awk '/^dualwrite_mirror_total\{.*result="delivered"/ { s += $2 } END
 show "$B/dualwrite" status -c "$GEAR" || fail "dualwrite status failed"
 ok "metrics and status agree: nothing waiting"
 
-section "IoT V1 -> V2 6/6 — Phase 1: the V2 schema and the default tenant"
+section "Gear Operations 6/7 — Phase 3: reads moved to gear-ops, 10 -> 30 -> 50 -> 80 -> 100 %"
+say "conf/gear-ops.conf ships its read routes at weight 0: equipment-list (GET /user/{id}/equipment,"
+say "a user stays on one side) and equipment-get (GET /equipment/{id}). gear-ops answers from"
+say "gear_items, mapped back to user_core's shape (category -> type); a client cannot tell."
+ramp dwd-gear "$GEAR" "$P_GA" "$P_GW" "$GEAR_READS" equipment-list equipment-get -- \
+	--path '/user/{1000-3999}/equipment' --path "/equipment/{1-$HISTORY_ROWS}" \
+	--keys id,user_id,name,type,brand,created_at --forbid category,status,role,updated_at
+ok "every read answered in user_core's shape with no client error; at 100 % gear-ops serves them all"
+say "One list, from gear-ops now, in user_core's shape:"
+req GET "$PX/user/1042/equipment"
+[ "$CODE" = 200 ] || fail "GET /user/1042/equipment -> $CODE $BODY"
+say "  GET /user/1042/equipment -> $CODE ${BODY:0:160}..."
+curl -s --max-time 5 "http://127.0.0.1:$P_GA/metrics" | grep -E '^dualwrite_read_weight' | sed 's/^/  /'
+
+section "IoT V1 -> V2 7/7 — Phase 1: the V2 schema and the default tenant"
 start_backend iot-v1 iot-v1 P_V1 --init-schema
 start_backend iot-v2 iot-v2 P_V2 --init-schema
 say "V2's schema is deployed by --init-schema; the default tenant (the guide's 1.4) with it:"
@@ -558,7 +697,7 @@ q iot_v2 "INSERT INTO device_templates (id, tenant_id, name)
 	ON CONFLICT (id) DO NOTHING" >/dev/null || fail "could not create the templates"
 ok "V1: $IOT_USERS users, $IOT_DEVICES devices, $IOT_READINGS readings; V2: the default tenant, empty tables"
 
-section "IoT V1 -> V2 6/6 — Phase 2: dual-write of users, devices and telemetry"
+section "IoT V1 -> V2 7/7 — Phase 2: dual-write of users, devices and telemetry"
 IOT=$W/iot-v2.conf
 start_dwd dwd-iot conf/iot-v2.conf "$IOT" 8081 9902 "8010 $P_V1" "8012 $P_V2"
 P_IW=$DW_PORT P_IA=$DW_ADMIN
@@ -626,7 +765,7 @@ curl -s --max-time 5 "http://127.0.0.1:$P_IA/metrics" |
 qshow iot_v2 "SELECT tenant_id, device_id, timestamp, metrics, protocol, source, quality
 	FROM telemetry ORDER BY timestamp, device_id LIMIT 3"
 
-section "IoT V1 -> V2 6/6 — Phase 2.3: backfill of the history (users, devices, telemetry)"
+section "IoT V1 -> V2 7/7 — Phase 2.3: backfill of the history (users, devices, telemetry)"
 say "Rows the mirror already delivered are newer than the history and are kept (ON CONFLICT DO NOTHING);"
 say "telemetry is paged on its composite key (device_id, timestamp):"
 for table in users devices telemetry; do
@@ -636,7 +775,7 @@ for table in users devices telemetry; do
 done
 ok "history copied"
 
-section "IoT V1 -> V2 6/6 — Phase 3: verify per table, counts per tenant"
+section "IoT V1 -> V2 7/7 — Phase 3: verify per table, counts per tenant"
 say "$DBAD's mirror was dead-lettered (a malformed tenant is not guessed); the backfill moved it, as"
 say "every V1 row, to the default tenant (the guide's migrate-v1-to-v2.js), so V2 is complete:"
 for table in users devices telemetry; do
@@ -659,6 +798,19 @@ for pair in "Users users users" "Devices devices devices" "Telemetry device_data
 	[ "$n1" = "$n2" ] || fail "$1: V1=$n1 V2=$n2"
 done
 ok "Phase 3 done: counts agree per table in the default tenant"
+
+section "IoT V1 -> V2 7/7 — the guide's Phase 4 (切换阶段): reads moved to V2, 10 -> 100 %"
+say "conf/iot-v2.conf ships read routes at weight 0: device-get, device-list and user-get. V2 serves"
+say "them for the caller's tenant (\$tenant in V2's query), mapped back to V1's shape"
+say "(templateId -> type, attributes -> config, createdAt -> created_at)."
+ramp dwd-iot "$IOT" "$P_IA" "$P_IW" "$IOT_READS" device-get device-list user-get -- \
+	--path "/devices/dev-{1-$IOT_DEVICES}" --path "/users/usr-{8-$IOT_USERS}" \
+	--path "/devices/dev-{1-$IOT_DEVICES}" --path "/users/usr-{8-$IOT_USERS}" --path /devices \
+	--keys id,name,created_at,updated_at --forbid tenantId,templateId,createdAt
+ok "V1's device and user reads served by V2 for the default tenant, no client error"
+req GET "$PI/devices/$D1"
+[ "$CODE" = 200 ] || fail "GET /devices/$D1 -> $CODE $BODY"
+say "  GET /devices/$D1 (from V2 now, in V1's shape) -> $CODE $BODY"
 
 section "Shutdown — SIGTERM drains and exits 0"
 for name in dwd-iot dwd-gear; do

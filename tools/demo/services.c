@@ -707,11 +707,17 @@ static void v2_create(struct svc *s, struct call *c, struct reply *r)
 		  201, "create device", "");
 }
 
+/* Reads are tenant-scoped with ?tenantId=T (the guide's findUnique({ where: { id, tenantId } })):
+ * another tenant's device is not found (404). Without it, any tenant's (operators, tests). */
 static void v2_get(struct svc *s, struct call *c, struct reply *r)
 {
-	const char *p[1] = {c->arg};
+	const char *p[2] = {c->arg, call_query(c, "tenantId")};
 
-	reply_row(s, r, demo_query(s, "SELECT " V2_JSON "::text FROM devices WHERE id = $1", 1, p),
+	reply_row(s, r,
+		  demo_query(s,
+			     "SELECT " V2_JSON "::text FROM devices"
+			     " WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+			     2, p),
 		  200, "device", c->arg);
 }
 
@@ -791,12 +797,16 @@ static void v2_user_create(struct svc *s, struct call *c, struct reply *r)
 		  201, "create user", "");
 }
 
+/* Tenant-scoped with ?tenantId=T, as v2_get. */
 static void v2_user_get(struct svc *s, struct call *c, struct reply *r)
 {
-	const char *p[1] = {c->arg};
+	const char *p[2] = {c->arg, call_query(c, "tenantId")};
 
 	reply_row(s, r,
-		  demo_query(s, "SELECT " V2_USER_JSON "::text FROM users WHERE id = $1", 1, p),
+		  demo_query(s,
+			     "SELECT " V2_USER_JSON "::text FROM users"
+			     " WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
+			     2, p),
 		  200, "user", c->arg);
 }
 
