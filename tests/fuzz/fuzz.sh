@@ -58,7 +58,8 @@ for t in "$@"; do
 	# A non-zero exit without an artifact is still a finding (e.g. a deadly signal).
 	[ "$rc" -ne 0 ] && [ "$found" -eq 0 ] && found=1
 	found_total=$((found_total + found))
-	cpu=$(awk 'NR==1 && NF==2 { printf "%.1f", $1 + $2 }' "$FZ/logs/$t.cpu")
+	# time(1) puts "Command exited with non-zero status N" first when the fuzzer failed
+	cpu=$(awk 'NF == 2 && $1 ~ /^[0-9.]+$/ { printf "%.1f", $1 + $2 }' "$FZ/logs/$t.cpu")
 	cpu=${cpu:-?}
 	[ "$cpu" != "?" ] && cpu_total=$(awk -v a="$cpu_total" -v b="$cpu" 'BEGIN { printf "%.1f", a + b }')
 	execs=$(sed -n 's/^stat::number_of_executed_units: *\([0-9]*\).*/\1/p' "$log" | tail -1)
