@@ -42,7 +42,7 @@ for t in "$@"; do
 	fi
 	rm -rf "$new"
 	mkdir -p "$local_corpus" "$new" "$art" "$FZ/logs"
-	before=$(find "$art" -type f | wc -l)
+	touch "$FZ/logs/$t.start"
 	dict=()
 	[ -f "tests/fuzz/$t.dict" ] && dict=("-dict=tests/fuzz/$t.dict")
 	opts=()
@@ -53,8 +53,7 @@ for t in "$@"; do
 		-rss_limit_mb=2048 -artifact_prefix="$art/" "${dict[@]}" "${opts[@]}" \
 		"$new" "$local_corpus" "$seeds" >"$log" 2>&1
 	rc=$?
-	after=$(find "$art" -type f | wc -l)
-	found=$((after - before))
+	found=$(find "$art" -type f -newer "$FZ/logs/$t.start" | wc -l)
 	# A non-zero exit without an artifact is still a finding (e.g. a deadly signal).
 	[ "$rc" -ne 0 ] && [ "$found" -eq 0 ] && found=1
 	found_total=$((found_total + found))
@@ -94,7 +93,7 @@ for t in "$@"; do
 		"${cov:-?}" "${ft:-?}" "$corp" "+$merged" "$found")$leak_note")
 	if [ "$found" -ne 0 ]; then
 		echo "fuzz  $t: FOUND something (exit $rc); artifacts in $art/:" >&2
-		ls -t "$art" | head -n "$found" | sed "s|^|  $art/|" >&2
+		find "$art" -type f -newer "$FZ/logs/$t.start" | sed 's|^|  |' >&2
 		grep -E 'ERROR|SUMMARY|deadly|==[0-9]+==' "$log" | head -20 >&2
 	fi
 done
