@@ -80,11 +80,11 @@ for t in "$@"; do
 	merged=0
 	if [ "$newn" -gt 0 ]; then
 		n0=$(find "$local_corpus" -type f | wc -l)
-		"$bin" -merge=1 "$local_corpus" "$new" >>"$log" 2>&1 ||
+		"$bin" -merge=1 -artifact_prefix="$art/merge-" "$local_corpus" "$new" >>"$log" 2>&1 ||
 			echo "fuzz  $t: merge into $local_corpus failed (see $log)" >&2
 		merged=$(($(find "$local_corpus" -type f | wc -l) - n0))
 		if [ -n "$MERGE_COMMITTED" ]; then
-			"$bin" -merge=1 "$seeds" "$new" >>"$log" 2>&1 ||
+			"$bin" -merge=1 -artifact_prefix="$art/merge-" "$seeds" "$new" >>"$log" 2>&1 ||
 				echo "fuzz  $t: merge into $seeds failed (see $log)" >&2
 		fi
 	fi
