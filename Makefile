@@ -4,10 +4,14 @@
 #   make check         install missing Debian packages, then unit, fuzz-corpus and end-to-end tests
 #   make demo          the Gear Operations migration, end to end, on a throwaway PostgreSQL
 #   make bench         self-contained benchmarks (and, when present, the peer harness)
+#   make chaos         a whole Gear Ops migration under faults (tests/e2e/test_chaos.py, full size,
+#                      <= 10 min): SIGKILLs, reloads, outages; ends with verify = 0, then finds
+#                      exactly the damage it injects; prints a summary (build/chaos-summary.txt)
+#   make fuzz          every libFuzzer target FUZZ_SECONDS (60) each, then a report (tests/fuzz/fuzz.sh)
 #   make SANITIZE=address,undefined check    the same under ASan/UBSan (build dir build-san/)
 #   make install PREFIX=/usr/local DESTDIR=
 #   make deb           a Debian package (tools/debian/), checked by lintian when installed
-#   make lint | format | fuzz | clean
+#   make lint | format | clean
 
 CC       ?= cc
 PREFIX   ?= /usr/local
@@ -52,7 +56,7 @@ BENCH_BIN  := $(BENCH_SRC:tests/bench/%.c=$(B)/bench/%)
 BINS := $(B)/dualwrited $(B)/dualwrite $(B)/dw-demo-backend
 SHIMS := $(B)/tests/libgaishim.so
 
-.PHONY: all deps check unit e2e fuzz-replay demo bench install deb clean lint format fuzz
+.PHONY: all deps check unit e2e fuzz-replay demo bench install deb clean lint format fuzz fuzz-build chaos
 all: $(BINS) $(UNIT_BIN) $(FUZZ_REPLAY) $(BENCH_BIN) $(SHIMS)
 
 deps:
@@ -95,20 +99,33 @@ $(B)/tests/fuzz_%-replay: tests/fuzz/fuzz_%.c tests/fuzz/replay_main.c $(B)/libd
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< tests/fuzz/replay_main.c $(B)/libdw.a $(LDLIBS)
 
-# libFuzzer builds (clang only): make fuzz FUZZ_TIME=60 [FUZZ_TARGETS="http config"]
-FUZZ_TIME ?= 30
+# libFuzzer builds (clang only), in build-fuzz/: every target runs FUZZ_SECONDS
+# (default 60) from its committed seeds plus the build-local corpus
+# build-fuzz/corpus/<name>, which keeps what it finds; a report ends the run
+# (tests/fuzz/fuzz.sh).  make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS="http config"]
+#   [FUZZ_MERGE_COMMITTED=1: also merge new inputs into tests/fuzz/corpus/<name>]
+FZ           := build-fuzz
+FUZZ_SECONDS ?= $(or $(FUZZ_TIME),60)
 FUZZ_TARGETS ?= $(FUZZ_SRC:tests/fuzz/fuzz_%.c=%)
+FUZZ_CFLAGS  := -std=gnu11 -g -O1 -D_GNU_SOURCE -Ilib $(PKG_CFLAGS) \
+                -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_LIB_OBJ := $(LIB_SRC:%.c=$(FZ)/%.o)
+FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FZ)/fuzz_%)
+
+$(FZ)/lib/%.o: lib/%.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c -o $@ $<
+
+$(FZ)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_LIB_OBJ) $(PKG_LIBS) -lpthread -lm
+
+.SECONDARY: $(FUZZ_LIB_OBJ)
+fuzz-build: $(FUZZ_BIN)
+
 fuzz:
-	@mkdir -p build-fuzz
-	@for t in $(FUZZ_TARGETS); do f=tests/fuzz/fuzz_$$t.c; n=fuzz_$$t; \
-	  clang -std=gnu11 -g -O1 -D_GNU_SOURCE -Ilib $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined \
-	    -fno-sanitize-recover=undefined -o build-fuzz/$$n $$f $(LIB_SRC) $(PKG_LIBS) -lpthread -lm || exit 1; \
-	  mkdir -p build-fuzz/$$n-corpus; \
-	  d=; [ -f tests/fuzz/$$t.dict ] && d=-dict=tests/fuzz/$$t.dict; \
-	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/fuzz/lsan.supp \
-	  build-fuzz/$$n -max_total_time=$(FUZZ_TIME) -artifact_prefix=build-fuzz/$$n- $$d \
-	    build-fuzz/$$n-corpus tests/fuzz/corpus/$$t || exit 1; \
-	done
+	@$(MAKE) --no-print-directory fuzz-build
+	@FZ=$(FZ) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_MERGE_COMMITTED=$(FUZZ_MERGE_COMMITTED) \
+	  tests/fuzz/fuzz.sh $(FUZZ_TARGETS)
 
 check: deps
 	@$(MAKE) --no-print-directory all
@@ -123,6 +140,12 @@ e2e: all
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@B=$(B) tools/demo/demo.sh
+
+# The short variant of the same test runs in `make check`; DW_CHAOS_* override the sizes.
+chaos: deps
+	@$(MAKE) --no-print-directory all
+	@DW_BUILD=$(B) DW_CHAOS=full $${PYTHON:-/usr/bin/python3} -m pytest -q -s -p no:cacheprovider \
+	  tests/e2e/test_chaos.py
 
 bench: deps
 	@$(MAKE) --no-print-directory all
@@ -183,3 +206,4 @@ clean:
 	rm -rf build build-san build-fuzz build-deb
 
 -include $(shell find $(B) -name '*.d' 2>/dev/null)
+-include $(wildcard $(FZ)/lib/*.d)

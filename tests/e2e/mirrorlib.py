@@ -125,6 +125,31 @@ class DemoService:
             assert r.status == 200, "%s %s: %r" % (self.service, target, r)
         return r.status
 
+    def kill(self):
+        """SIGKILL the service (an outage); restart() brings it back on the same port."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def restart(self, timeout=20.0):
+        """Start the service again on the same port and log file; wait until it answers."""
+        assert self.proc.poll() is not None, "%s is still running" % self.service
+        self.proc = subprocess.Popen(
+            [demo_binary(), "--service", self.service, "--listen", "127.0.0.1:%d" % self.port],
+            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf,
+            env=_tool_env(self.pg.env), cwd=ROOT, close_fds=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, "%s exited at restart:\n%s" % (
+                self.service, self.log_text())
+            try:
+                if self.fault("ok", check=False) == 200:
+                    return
+            except (OSError, AssertionError, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, "%s not answering %.0f s after restart" % (
+                self.service, timeout)
+            time.sleep(0.05)
+
     def log_text(self):
         try:
             with open(self.log_path, "rb") as f:
