@@ -416,19 +416,27 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 	snprintf(idem, sizeof(idem), "%s-%" PRIx64, srv->instance,
 		 __atomic_add_fetch(&srv->idem_counter, 1, __ATOMIC_RELAXED));
 
-	if (mm->sources & EXPR_SRC_REQUEST) {
+	/* A source only the pins use is read when it can be: a pin that cannot
+	 * be worked out makes the write blind (job_pin), never dead. */
+	if ((mm->sources | mm->pin_sources) & EXPR_SRC_REQUEST) {
 		req = jsonfast_loadb(in->req_body ? in->req_body : "", in->req_body_len, &jerr);
-		if (!req)
+		if (!req && (mm->sources & EXPR_SRC_REQUEST))
 			dead = dead_reason(why, sizeof(why), "request body is not JSON: %s",
 					   in->req_body_len ? jerr.text : "empty body");
 	}
-	if (!dead && (mm->sources & EXPR_SRC_RESPONSE)) {
-		if (in->resp_too_large)
-			dead = "legacy response larger than max_body_bytes: $response unavailable";
-		else if (!(resp = jsonfast_loadb(in->resp_body ? in->resp_body : "",
-						 in->resp_body_len, &jerr)))
+	if (!dead && ((mm->sources | mm->pin_sources) & EXPR_SRC_RESPONSE)) {
+		bool need = (mm->sources & EXPR_SRC_RESPONSE) != 0;
+
+		if (in->resp_too_large) {
+			if (need)
+				dead = "legacy response larger than max_body_bytes: $response "
+				       "unavailable";
+		} else if (!(resp = jsonfast_loadb(in->resp_body ? in->resp_body : "",
+						   in->resp_body_len, &jerr)) &&
+			   need) {
 			dead = dead_reason(why, sizeof(why), "legacy response is not JSON: %s",
 					   in->resp_body_len ? jerr.text : "empty body");
+		}
 	}
 	/* $tenant: the header when well-formed, the default when absent, and a
 	 * malformed value is never guessed. */

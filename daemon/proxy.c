@@ -1889,7 +1889,8 @@ static bool start_response(struct conn *c)
 	 * client can see the answer: at once when the mirror does not need the
 	 * legacy's reply, else after the reply is read whole (held meanwhile). */
 	if (rt && rt->mirror && c->x->status >= 200 && c->x->status < 300) {
-		bool need_resp = (rt->mirror->sources & EXPR_SRC_RESPONSE) != 0;
+		bool need_resp =
+		    ((rt->mirror->sources | rt->mirror->pin_sources) & EXPR_SRC_RESPONSE) != 0;
 		bool fsync = c->x->cfg->queue.durability == QUEUE_DURABILITY_FSYNC;
 
 		if (need_resp || fsync) {

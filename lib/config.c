@@ -1123,7 +1123,7 @@ static void load_mirror(struct loader *L, struct dw_route *r, const config_setti
 	load_classes(L, ms, prefix, m);
 	m->sources = expr_sources(m->key) | expr_sources(m->body) | tmpl_sources(m->path);
 	for (size_t i = 0; i < m->npins; i++)
-		m->sources |= expr_sources(m->pins[i]);
+		m->pin_sources |= expr_sources(m->pins[i]);
 	r->mirror = m;
 }
 

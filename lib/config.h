@@ -84,7 +84,11 @@ struct dw_mirror {
 	struct expr **pins;
 	size_t npins;
 	struct expr *body;     /* NULL: no body is sent */
-	unsigned sources;      /* union of expr_sources of everything above */
+	unsigned sources;      /* union of expr_sources of key, path and body: what the
+				* mirror needs (a source it needs that is unusable, e.g. a
+				* response that is not JSON, dead-letters the write) */
+	unsigned pin_sources;  /* union of expr_sources of pins: read if usable; a pin
+				* that cannot be worked out makes the write blind (pinset.h) */
 	uint8_t klass[600];    /* enum mirror_class by status code 100..599 */
 };
 

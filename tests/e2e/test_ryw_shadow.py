@@ -403,3 +403,36 @@ def test_shadow_mismatches_past_the_hourly_bound_pause_the_ramp(dw, make_backend
     d.reload(d.config_text() + routes(weight=0, shadow=50, pins=False) + guards)
     assert status_read(d, "equipment-get")["guard"]["state"] == "paused"
     d.finish()
+
+
+class LegacyBareDelete(Legacy):
+    """A legacy whose DELETE answers 204 with no body (user_core's): a pin on
+    $response cannot be worked out."""
+
+    def __call__(self, req):
+        if req.method == "DELETE":
+            return Reply(204, b"")
+        return Legacy.__call__(self, req)
+
+
+def test_a_pin_that_cannot_be_worked_out_makes_the_write_blind_never_dead(dw, make_backend):
+    """The mirror itself needs only the path: a pin on the legacy's answer that
+    has no JSON body must not dead-letter the delete (the shipped gear-ops
+    delete route), it pins the upstream until delivered."""
+    legacy = make_backend(LegacyBareDelete(), name="legacy")
+    new = make_backend(New(), name="gear_ops")
+    delete = """
+routes = (
+  { name = "equipment-delete"; match = "DELETE /equipment/{id}";
+    mirror = { upstream = "gear_ops"; path = "/gear-items/{id}"; key = "$path.id";
+               pins = [ "user:${$response.user_id}" ]; }; }
+);
+"""
+    d = mirrorlib.mirror_daemon(dw, legacy.url, new.url, delete)
+    r = helpers.request(d.port, "DELETE", "/equipment/9", [("Host", "t"), ("Connection", "close")])
+    assert r.status == 204, r
+    helpers.wait_for(lambda: d.metric("dualwrite_mirror_total", route="equipment-delete",
+                                      result="delivered") == 1, 10, "the delete to be delivered")
+    assert d.metric("dualwrite_mirror_total", route="equipment-delete", result="dead") == 0
+    assert "DELETE /gear-items/9" in ["%s %s" % (q.method, q.target) for q in new.requests]
+    d.finish()
