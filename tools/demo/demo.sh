@@ -325,6 +325,8 @@ RAMP_COLS=(
 	"fallback|8|col_fallback"
 	"reads/s|7|col_rate"
 	"client errors|13|col_errors"
+	"shadow match|12|col_shadow"
+	"guard|7|col_guard"
 )
 col_weight() { echo "$RAMP_W%"; }
 col_reads() { echo "$RD_ALL"; }
@@ -333,6 +335,21 @@ col_new() { pct "$RD_NEW" "$RD_ALL"; }
 col_fallback() { echo "$RD_FALLBACK"; }
 col_rate() { echo "$RL_RATE"; }
 col_errors() { echo "$RL_ERRORS"; }
+# shadowed reads of the step that compared equal, of those compared (errors and skips apart)
+col_shadow() {
+	local m n
+	m=$(mdelta dualwrite_shadow_total 'result="match"')
+	n=$(mdelta dualwrite_shadow_total 'result="(match|mismatch)"')
+	if [ "$n" = 0 ]; then echo "none"; else echo "$m/$n"; fi
+}
+# the new system's guard after the step: dualwrite_guard_state 0 ok, 1 paused, 2 tripped
+col_guard() {
+	grep -q "^dualwrite_guard_state{upstream=\"$RAMP_UPSTREAM\"}" "$W/ramp-after" ||
+		{ echo "?"; return; }
+	case $(msum "$W/ramp-after" dualwrite_guard_state "upstream=\"$RAMP_UPSTREAM\"") in
+	0) echo ok ;; 1) echo paused ;; 2) echo tripped ;; *) echo "?" ;;
+	esac
+}
 
 ramp_row() { # ramp_row header|cells
 	local c head width fn cell line=" "
@@ -360,7 +377,7 @@ reload_dwd() {
 	wait_for "$name to apply the reload of $conf" 10 reloaded
 }
 
-# ramp NAME CONF ADMIN PORT COUNT ROUTE... -- READLOAD_ARGS...: for each weight of RAMP_WEIGHTS,
+# ramp NAME CONF ADMIN PORT COUNT UPSTREAM ROUTE... -- READLOAD_ARGS...: for each weight of RAMP_WEIGHTS,
 # edit CONF, check it (dualwrited -t), SIGHUP, check each ROUTE's effective weight, then COUNT
 # reads through PORT; one table row per step. Checks: no client error, every read counted,
 # no fallback (the new service is healthy), the new system's share within RAMP_TOL points of
@@ -369,7 +386,8 @@ reload_dwd() {
 RAMP_WEIGHTS="10 30 50 80 100" RAMP_TOL=10
 ramp() {
 	local name=$1 conf=$2 admin=$3 port=$4 count=$5 w r eff first=1 out
-	shift 5
+	RAMP_UPSTREAM=$6
+	shift 6
 	local routes=()
 	while [ "$1" != -- ]; do routes+=("$1"); shift; done
 	shift
@@ -650,7 +668,7 @@ section "Gear Operations 6/7 — Phase 3: reads moved to gear-ops, 10 -> 30 -> 5
 say "conf/gear-ops.conf ships its read routes at weight 0: equipment-list (GET /user/{id}/equipment,"
 say "a user stays on one side) and equipment-get (GET /equipment/{id}). gear-ops answers from"
 say "gear_items, mapped back to user_core's shape (category -> type); a client cannot tell."
-ramp dwd-gear "$GEAR" "$P_GA" "$P_GW" "$GEAR_READS" equipment-list equipment-get -- \
+ramp dwd-gear "$GEAR" "$P_GA" "$P_GW" "$GEAR_READS" gear_ops equipment-list equipment-get -- \
 	--path '/user/{1000-3999}/equipment' --path "/equipment/{1-$HISTORY_ROWS}" \
 	--keys id,user_id,name,type,brand,created_at --forbid category,status,role,updated_at
 ok "every read answered in user_core's shape with no client error; at 100 % gear-ops serves them all"
@@ -659,6 +677,36 @@ req GET "$PX/user/1042/equipment"
 [ "$CODE" = 200 ] || fail "GET /user/1042/equipment -> $CODE $BODY"
 say "  GET /user/1042/equipment -> $CODE ${BODY:0:160}..."
 curl -s --max-time 5 "http://127.0.0.1:$P_GA/metrics" | grep -E '^dualwrite_read_weight' | sed 's/^/  /'
+
+section "Gear Operations — Phase 3 rollback drill: gear-ops fails, the guard rolls reads back"
+say "The seeds' trigger \"错误率 > 1% -> 回滚\" is a guard (guards = { read_error_rate = 1.0; ... }"
+say "by default). Killing gear-ops (pid ${PIDS[gear-ops]}) while every read goes to it:"
+stop gear-ops KILL 2>/dev/null
+DRILL_T0=$(date +%s.%N)
+out=$(python3 tools/demo/readload.py --port "$P_GW" --count 400 --seed 7 --max-seconds 60 \
+	--path '/user/{1000-3999}/equipment' --path "/equipment/{1-$HISTORY_ROWS}" \
+	--keys id,user_id,name,type,brand,created_at --forbid category,status,role,updated_at 2>&1) || true
+say "  400 reads: $out"
+grep -q ' errors=0 ' <<<"$out" || fail "clients saw errors while gear-ops was down: $out"
+weight_is() { awk -v a="$(metric 'dualwrite_read_weight{route="equipment-list"}' "$P_GA")" \
+	-v b="$1" 'BEGIN { exit !(a + 0 == b + 0) }'; }
+rolled_back() { weight_is 0; }
+wait_for "the guard to roll equipment-list back to weight 0" 5 rolled_back
+DRILL_T1=$(date +%s.%N)
+ok "no client error: failed reads fell back to user_core; the guard tripped and reads stay there"
+say "$(awk -v a="$DRILL_T0" -v b="$DRILL_T1" 'BEGIN { printf "gear-ops killed -> effective weight 0 in %.1f s (the seeds allow < 2 分钟)", b - a }')"
+grep 'guard: upstream "gear_ops": tripped' "$W/dwd-gear.log" | tail -1 | sed 's/^/  /'
+show "$B/dualwrite" guard -c "$GEAR" status || fail "dualwrite guard status failed"
+curl -s --max-time 5 "http://127.0.0.1:$P_GA/metrics" |
+	grep -E '^dualwrite_(read_weight|read_weight_configured|guard_trips_total)\{' | sed 's/^/  /'
+say "The trip is latched (reloads and restarts keep it). gear-ops is repaired; an operator resets:"
+start gear-ops "$B/dw-demo-backend" --service gear-ops --listen "127.0.0.1:$P_GO"
+wait_http gear-ops "http://127.0.0.1:$P_GO/" 20 any ||
+	fail "gear-ops did not come back on :$P_GO (log: $W/gear-ops.log)"
+show "$B/dualwrite" guard -c "$GEAR" reset gear_ops || fail "dualwrite guard reset failed"
+weight_back() { weight_is 100; }
+wait_for "equipment-list back at weight 100" 5 weight_back
+ok "guard reset: gear-ops serves the reads again (effective weight 100)"
 
 section "IoT V1 -> V2 7/7 — Phase 1: the V2 schema and the default tenant"
 start_backend iot-v1 iot-v1 P_V1 --init-schema
@@ -803,7 +851,7 @@ section "IoT V1 -> V2 7/7 — the guide's Phase 4 (切换阶段): reads moved to
 say "conf/iot-v2.conf ships read routes at weight 0: device-get, device-list and user-get. V2 serves"
 say "them for the caller's tenant (\$tenant in V2's query), mapped back to V1's shape"
 say "(templateId -> type, attributes -> config, createdAt -> created_at)."
-ramp dwd-iot "$IOT" "$P_IA" "$P_IW" "$IOT_READS" device-get device-list user-get -- \
+ramp dwd-iot "$IOT" "$P_IA" "$P_IW" "$IOT_READS" v2 device-get device-list user-get -- \
 	--path "/devices/dev-{1-$IOT_DEVICES}" --path "/users/usr-{8-$IOT_USERS}" \
 	--path "/devices/dev-{1-$IOT_DEVICES}" --path "/users/usr-{8-$IOT_USERS}" --path /devices \
 	--keys id,name,created_at,updated_at --forbid tenantId,templateId,createdAt
