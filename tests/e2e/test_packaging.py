@@ -41,6 +41,8 @@ INSTALLED = [
     "usr/lib/sysusers.d/dualwrite.conf",
     "usr/lib/tmpfiles.d/dualwrite.conf",
     "usr/share/doc/dualwrite/README",
+    "usr/share/doc/dualwrite/MAPPING.md",
+    "usr/share/doc/dualwrite/MIGRATION.md",
     "usr/share/doc/dualwrite/examples/gear-ops.conf",
     "usr/share/doc/dualwrite/examples/iot-v2.conf",
     "usr/share/doc/dualwrite/examples/dualwrited.conf",
@@ -54,7 +56,7 @@ INSTALLED = [
 # or daemon/, so a typo fails.
 NOT_YET_EXPORTED = set()
 
-_REGISTER = re.compile(r'metrics_(?:counter|gauge|histogram)\(\s*[^,()]+,\s*"(dualwrite_[a-z0-9_]+)"')
+_REGISTER = re.compile(r'metrics_(?:counter|gauge_centi|gauge|histogram)\(\s*[^,()]+,\s*"(dualwrite_[a-z0-9_]+)"')
 
 
 def run(cmd, **kw):
