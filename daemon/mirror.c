@@ -72,6 +72,7 @@ struct mirror_job {
 	uint64_t seq;
 	struct dw_config *cfg; /* reference: keeps route and upstream valid */
 	const struct dw_route *route;
+	const struct dw_mirror *mm; /* the route's mirror or reverse: which way it goes */
 	char *key, *idem, *method, *path, *body, *reqid;
 	size_t body_len;
 	uint32_t attempts;
@@ -334,7 +335,7 @@ static const char *dead_reason(char *buf, size_t len, const char *fmt, ...)
 
 void mirror_capture(struct server *srv, struct mirror *self, const struct mirror_input *in)
 {
-	const struct dw_mirror *mm = in->route->mirror;
+	const struct dw_mirror *mm = in->mm ? in->mm : in->route->mirror;
 	const struct dw_config *cfg = in->cfg;
 	struct expr_ctx ctx;
 	json_t *req = NULL, *resp = NULL, *body = NULL;
@@ -359,10 +360,11 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 	}
 	if (!dead && (mm->sources & EXPR_SRC_RESPONSE)) {
 		if (in->resp_too_large)
-			dead = "legacy response larger than max_body_bytes: $response unavailable";
+			dead = "response larger than max_body_bytes: $response unavailable";
 		else if (!(resp = jsonfast_loadb(in->resp_body ? in->resp_body : "",
 						 in->resp_body_len, &jerr)))
-			dead = dead_reason(why, sizeof(why), "legacy response is not JSON: %s",
+			dead = dead_reason(why, sizeof(why), "%s response is not JSON: %s",
+					   mm == in->route->mirror ? "legacy" : "new system's",
 					   in->resp_body_len ? jerr.text : "empty body");
 	}
 	/* $tenant: the header when well-formed, the default when absent, and a
@@ -417,6 +419,7 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 	struct mirror_job *j = dw_calloc(1, sizeof(*j));
 	j->cfg = config_ref(in->cfg);
 	j->route = in->route;
+	j->mm = mm;
 	j->key = key;
 	key = NULL;
 	j->idem = dw_strdup(idem);
@@ -445,7 +448,7 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 
 static const struct dw_upstream *job_upstream(const struct mirror_job *j)
 {
-	return &j->cfg->upstreams[j->route->mirror->upstream];
+	return &j->cfg->upstreams[j->mm->upstream];
 }
 
 static struct keyq *keyq_get(struct mirror *mi, const char *upstream, const char *key,
@@ -930,12 +933,12 @@ static void send_done(struct send *s, int status, const char *neterr)
 	memcpy(excerpt, s->excerpt, sizeof(excerpt)); /* s is freed below */
 	send_free(s);
 	breaker_note(t, neterr != NULL || (status >= 100 && status < 600 &&
-					  j->route->mirror->klass[status] == MIRROR_RETRY),
+					  j->mm->klass[status] == MIRROR_RETRY),
 		     neterr ? neterr : excerpt);
 	if (neterr) {
 		key_queue_all(mi, j, 0, neterr);
 	} else {
-		k = status >= 100 && status < 600 ? (enum mirror_class)j->route->mirror->klass[status]
+		k = status >= 100 && status < 600 ? (enum mirror_class)j->mm->klass[status]
 						  : MIRROR_RETRY;
 		if (k == MIRROR_DELIVERED) {
 			key_advance(mi, j);
