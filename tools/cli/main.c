@@ -24,6 +24,7 @@ static const struct command commands[] = {
 	{"status", cmd_status, "ask the running dualwrited for its status"},
 	{"backfill", cmd_backfill, "copy history from the legacy table to the new one (resumable)"},
 	{"verify", cmd_verify, "compare the legacy and new tables, optionally repair"},
+	{"cutover", cmd_cutover, "check the gates of a write cut-over (authority \"new\")"},
 };
 
 static void usage(FILE *f)
