@@ -1839,7 +1839,7 @@ static bool write_new_plan(struct conn *c)
 	struct dw_err err = {""};
 	struct expr_ctx ctx;
 	json_t *req = NULL, *body = NULL;
-	char tenant[72], now[40], why[400] = "", msg[512];
+	char tenant[72], now[40], why[640] = "", msg[900];
 	char *text = NULL;
 	int rc;
 
@@ -1910,7 +1910,7 @@ static void write_new_finish(struct conn *c)
 	struct expr_ctx ctx;
 	json_error_t je;
 	json_t *doc, *req = NULL, *mapped = NULL;
-	char tenant[72], now[40], why[400] = "";
+	char tenant[72], now[40], why[640] = "";
 	char *body = NULL;
 	int rc;
 
@@ -1957,7 +1957,7 @@ static void write_new_finish(struct conn *c)
  * the client gets 502. */
 static void write_new_unmappable(struct conn *c, const char *why)
 {
-	char msg[500];
+	char msg[1000];
 
 	snprintf(msg, sizeof(msg), "upstream \"%s\": answer not mappable: %s",
 		 c->x->cfg->upstreams[c->x->upi].name, why);
