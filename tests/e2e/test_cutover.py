@@ -17,6 +17,8 @@ row is equal; `dualwrite cutover check` exits 0 only when every gate holds.
 
 import json
 import os
+import re
+import subprocess
 import sys
 
 import pytest
@@ -373,3 +375,26 @@ def test_cutover_check_exit_codes_and_json(pg, svc, dw):
     assert verify(c.conf)[0] == 0
     assert check(c.conf).returncode == 0
     c.d.stop()
+
+
+# ------------------------------------------------------------------------ seed configs
+
+
+@pytest.mark.parametrize("name", ["gear-ops.conf", "iot-v2.conf"])
+def test_seed_configs_carry_the_cut_over_blocks(name, tmp_path):
+    """Every write route of the shipped configs has its request/reverse blocks, so the flip
+    is one word: both the file as shipped (authority "legacy") and the file with every
+    route at "new" pass `dualwrited -t`."""
+    src = os.path.join(ml.ROOT, "conf", name)
+    with open(src) as f:
+        text = f.read()
+    mirrors = len(re.findall(r"^\s*mirror = \{", text, re.M))
+    legacy = re.findall(r'^\s*authority = "legacy";', text, re.M)
+    assert mirrors and len(legacy) == mirrors, (mirrors, len(legacy))
+    assert len(re.findall(r"^\s*reverse\s*= \{", text, re.M)) == mirrors
+    flipped = tmp_path / name
+    flipped.write_text(text.replace('authority = "legacy";', 'authority = "new";'))
+    for path in (src, str(flipped)):
+        out = subprocess.run([helpers.daemon_binary(), "-t", "-c", path], capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode == 0 and "configuration ok" in out.stdout, (path, out.stderr)
