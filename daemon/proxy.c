@@ -1497,7 +1497,8 @@ static void do_mirror(struct conn *c)
 	memset(&in, 0, sizeof(in));
 	in.cfg = c->x->cfg;
 	in.route = c->x->route;
-	in.mm = route_write_mirror(c->x->route); /* the reverse when authority is "new" */
+	/* the reverse when authority is "new" */
+	in.mm = c->x->route ? route_write_mirror(c->x->route) : NULL;
 	in.method = http_method_name(c->x->req.method);
 	in.path_names = c->x->params.names;
 	in.path_values = (const char *const *)c->x->params.values;
@@ -1905,6 +1906,7 @@ static bool write_new_head(struct conn *c)
 static void write_new_finish(struct conn *c)
 {
 	struct exchange *x = c->x;
+	const struct dw_route *rt = x->route;
 	size_t n = evbuffer_get_length(x->capture);
 	struct dw_err err = {""};
 	struct expr_ctx ctx;
@@ -1914,16 +1916,20 @@ static void write_new_finish(struct conn *c)
 	char *body = NULL;
 	int rc;
 
+	if (!rt || !rt->response) { /* wnew with collect implies both */
+		write_new_unmappable(c, "no response mapping");
+		return;
+	}
 	json_arena_begin(&c->w->jarena);
 	doc = jsonfast_loadb((const char *)evbuffer_pullup(x->capture, -1), n, &je);
 	if (!doc)
 		snprintf(why, sizeof(why), "not JSON: %s", je.text);
 	else
-		req = write_new_request_json(x, expr_sources(x->route->response), why, sizeof(why));
+		req = write_new_request_json(x, expr_sources(rt->response), why, sizeof(why));
 	if (!why[0]) {
 		write_new_ctx(x, &ctx, req, tenant, sizeof(tenant), now, sizeof(now));
 		ctx.response = doc;
-		rc = expr_eval(x->route->response, &ctx, &mapped, &err);
+		rc = expr_eval(rt->response, &ctx, &mapped, &err);
 		if (rc != EXPR_OK)
 			snprintf(why, sizeof(why), "%s",
 				 rc == EXPR_MISSING ? "the mapping found nothing" : err.msg);
@@ -1934,8 +1940,9 @@ static void write_new_finish(struct conn *c)
 	json_decref(req);
 	json_decref(mapped);
 	json_arena_end(&c->w->jarena);
-	if (why[0]) {
-		write_new_unmappable(c, why);
+	if (why[0] || !body) {
+		free(body);
+		write_new_unmappable(c, why[0] ? why : "cannot encode the mapped answer");
 		return;
 	}
 	x->collect = false;

@@ -1913,8 +1913,8 @@ static void load_cutover(struct loader *L, const config_setting_t *root)
 
 	if (g) {
 		check_keys(L, g, "cutover", keys);
-		set_int(L, g, "reads_at_100_h", "cutover", 0, 24 * 365, &c->cutover.reads_at_100_h);
-		set_int(L, g, "verified_within_h", "cutover", 1, 24 * 365,
+		set_int(L, g, "reads_at_100_h", "cutover", 0, 24LL * 365, &c->cutover.reads_at_100_h);
+		set_int(L, g, "verified_within_h", "cutover", 1, 24LL * 365,
 			&c->cutover.verified_within_h);
 	}
 	for (size_t i = 0; i < c->nroutes; i++) {

@@ -162,7 +162,7 @@ static void check_tables(const struct dw_config *cfg, struct list *l)
 
 	for (size_t i = 0; i < cfg->ntables; i++) {
 		const char *t = cfg->tables[i].name;
-		struct verify_mark mk;
+		struct verify_mark mk = {0};
 		struct dw_err err = {{0}};
 		char name[300], when[64];
 		int r = verify_mark_last(cfg->queue.path, t, &mk, &err);
