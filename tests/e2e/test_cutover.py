@@ -330,6 +330,91 @@ def test_indeterminate_write_counted_reported_by_verify_then_cleared(pg, svc, dw
     c.d.stop()
 
 
+def test_new_system_down_502_and_nothing_mirrored(pg, svc, dw):
+    c = Cut(dw, svc, pg)
+    c.flip("new")
+    before = ml.queue_stats(c.conf)["next_seq"]
+    svc["gear-ops"].proc.kill()
+    svc["gear-ops"].proc.wait(timeout=10)
+    r = create(c.d.port, "nowhere")
+    assert r.status == 502, r
+    # the journal is written before any answer: had anything been mirrored, it would be there
+    assert ml.queue_stats(c.conf)["next_seq"] == before
+    assert c.d.metric("dualwrite_indeterminate_total", route="equipment-create") == 0
+    assert c.pg.sql("user_core", "SELECT count(*) FROM old_equipment")[0][0] == "0"
+    c.d.stop()
+
+
+def test_reverse_mirror_survives_sigkill(pg, svc, dw):
+    c = Cut(dw, svc, pg)
+    c.flip("new")
+    svc["user-core"].fault("down503")
+    ids = []
+    for i in range(5):
+        r = create(c.d.port, "kill %d" % i)
+        assert r.status == 201, r
+        ids.append(r.json()["id"])
+    c.d.kill()  # SIGKILL right after the last answer: its reverse mirror may still be pending
+    svc["user-core"].fault("ok")
+    c.d.start()  # what was pending is recovered as queued
+    assert ml.queue_stats(c.conf)["queued"] == len(ids)
+    ml.replay_until_drained(c.conf)
+    for i in ids:
+        assert c.legacy_row(i) is not None, i
+    st = ml.queue_stats(c.conf)
+    assert st["queued"] == 0 and st["dead"] == 0 and st["pending"] == 0, st
+    c.d.stop()
+
+
+def test_flip_back_under_writes_zero_failures_every_write_in_legacy(pg, svc, dw):
+    """Writers run through both flips; not one request fails, and after replay every row
+    acknowledged to a client (on either authority) is in the legacy, counted."""
+    import threading
+    c = Cut(dw, svc, pg)
+    c.flip("new")
+    acked, failures, stop = [], [], threading.Event()
+    lock = threading.Lock()
+
+    def writer(w):
+        n = 0
+        while not stop.is_set() and n < 400:
+            n += 1
+            try:
+                r = create(c.d.port, "w%d-%d" % (w, n))
+                if r.status != 201:
+                    failures.append(r)
+                else:
+                    with lock:
+                        acked.append(r.json()["id"])
+            except Exception as e:  # noqa: BLE001 - reported below
+                failures.append(e)
+
+    threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(3)]
+    for t in threads:
+        t.start()
+    helpers.wait_for(lambda: len(acked) >= 30, 20, "writes on authority new")
+    c.flip("legacy")
+    on_new = [i for i in acked if i >= NEW_IDS]
+    helpers.wait_for(lambda: len([i for i in acked if i < NEW_IDS]) >= 30, 20,
+                     "writes on authority legacy")
+    stop.set()
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive()
+    assert not failures, failures[:5]
+    assert on_new and len(acked) > len(on_new)
+    ml.replay_until_drained(c.conf)
+    got = {int(r[0]) for r in c.pg.sql("user_core", "SELECT id FROM old_equipment")}
+    missing = [i for i in acked if i not in got]
+    assert not missing, "%d of %d acknowledged writes missing in the legacy" % (
+        len(missing), len(acked))
+    helpers.wait_for(lambda: ml.queue_stats(c.conf)["pending"] == 0, 10, "mirrors settled")
+    ml.replay_until_drained(c.conf)
+    rc, v = verify(c.conf)
+    assert rc == 0 and v["equal"], v
+    c.d.stop()
+
+
 # --------------------------------------------------------------------- cutover check
 
 
