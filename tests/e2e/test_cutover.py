@@ -228,6 +228,8 @@ def test_flip_refused_while_queued_or_dead_accepted_once_empty(pg, svc, dw):
     st = ml.queue_stats(c.conf)
     assert st["queued"] == 0 and st["dead"] == 0, st
     c.flip("new")
+    st = json.loads(c.d.admin("/status").body)
+    assert {r["name"]: r.get("authority") for r in st["routes"]}["equipment-create"] == "new"
     r = create(c.d.port, "first on new")
     assert r.status == 201 and r.json()["id"] >= NEW_IDS, r
     assert c.d.metric("dualwrite_config_reloads_total", result="failed") == 2
