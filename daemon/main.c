@@ -18,6 +18,7 @@
 #include "pgforward.h" /* pgforward wiring */
 #include "cutover.h"
 #include "cutstate.h"
+#include "pgq.h"
 #include "jsonarena.h"
 #include "server.h"
 #include "tls.h"
@@ -64,7 +65,7 @@ static void register_route_series(struct server *srv, const struct dw_config *cf
 	for (size_t i = 0; i < cfg->nroutes; i++) {
 		if (!cfg->routes[i].mirror)
 			continue;
-		if (cfg->routes[i].reverse) { /* a write cut-over route (SPEC §7.5) */
+		{ /* a mirrored write whose authority never answered (SPEC §7.5) */
 			snprintf(labels, sizeof(labels), "route=\"%s\"",
 				 metrics_label_escape(cfg->routes[i].name, esc, sizeof(esc)));
 			metrics_counter(srv->metrics, "dualwrite_indeterminate_total",
@@ -133,10 +134,30 @@ static int gate_waiting(void *arg, const char *upstream, uint64_t *queued, uint6
 {
 	struct server *srv = arg;
 	struct dw_err rerr = {""};
+	struct dw_config *cfg;
+	struct pgq_stats ps = {0};
+	struct pgq *q;
+	int r;
 
 	if (spool_refresh(srv->spool, &rerr) < 0) /* what `dualwrite replay` just drained */
 		log_warn("queue: %s", rerr.msg);
-	return spool_upstream_waiting(srv->spool, upstream, queued, dead, err);
+	if (spool_upstream_waiting(srv->spool, upstream, queued, dead, err) < 0)
+		return -1;
+	cfg = server_config(srv);
+	if (!cfg->queue.postgres) {
+		config_unref(cfg);
+		return 0;
+	}
+	/* The fleet queue owns what was forwarded there. A reload is rare and
+	 * runs on the main thread, so one blocking connection (3 s connect
+	 * timeout) is acceptable; an unreachable PostgreSQL refuses the flip. */
+	q = pgq_open(cfg->queue.postgres, cfg->queue.table, err);
+	r = q && pgq_stats(q, &upstream, 1, &ps, err) == 0 ? 0 : -1;
+	pgq_close(q);
+	config_unref(cfg);
+	*queued += (uint64_t)ps.queued;
+	*dead += (uint64_t)ps.dead;
+	return r;
 }
 
 /*

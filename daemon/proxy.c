@@ -147,7 +147,8 @@ struct exchange {
 	bool collect;	     /* the new system's 2xx is read whole, to be mapped */
 	bool read_counted;   /* dualwrite_read_total has this read */
 	bool wnew;	     /* a write whose authority is the new system (SPEC §7.5): upi is it */
-	bool wnew_sent;	     /* its request went out: no answer now means an unknown outcome */
+	bool wsent;	     /* a mirrored write's request went to its authority (legacy, or the
+			      * new system): no answer now means an unknown outcome */
 	/* Last: 3 KiB each, reset by http_head_clear rather than memset. */
 	struct http_head req;
 	struct http_head resp;
@@ -207,7 +208,7 @@ static bool write_new_plan(struct conn *c);
 static bool write_new_head(struct conn *c);
 static void write_new_finish(struct conn *c);
 static void write_new_unmappable(struct conn *c, const char *why);
-static void write_new_indeterminate(struct conn *c, const char *why);
+static void write_indeterminate(struct conn *c, const char *why);
 
 /* ---------------------------------------------------------------- state */
 
@@ -666,9 +667,9 @@ static const char *upstream_public(enum up_err kind)
 static void upstream_failed(struct conn *c, enum up_err kind, int status, const char *msg)
 {
 	metric_inc(c->w->m_upstream_err[kind]);
-	if (c->x->wnew && c->x->wnew_sent && kind != UPERR_CONNECT &&
+	if (c->x->wsent && kind != UPERR_CONNECT &&
 	    (!c->x->resp_head_done || (c->x->status >= 200 && c->x->status < 300)))
-		write_new_indeterminate(c, msg);
+		write_indeterminate(c, msg);
 	if (c->x->on_new && read_new_failed(c, msg))
 		return; /* the legacy answers instead */
 	if (c->x->resp_head_done && !c->x->hold && !c->x->collect) {
@@ -1378,7 +1379,7 @@ static void send_request(struct conn *c)
 	struct dw_text t;
 
 	upconn_begin(c->x->up);
-	c->x->wnew_sent = c->x->wnew;
+	c->x->wsent = c->x->route && c->x->route->mirror && !c->x->on_new;
 	/* the body goes into the same region: a copy, not a move (it is needed
 	 * for a retry and for the mirror) */
 	head_begin(out, r->raw_len + r->nheaders + base_len + new_len + meth_len + HEAD_EXTRA + 64 + blen,
@@ -1793,10 +1794,10 @@ static bool read_new_head(struct conn *c)
  * write is mirrored back to the legacy by `reverse` through the same journal
  * and shards as any mirror (mirror.c takes the block from route_write_mirror),
  * so every guarantee of §5 holds that way round too. A non-2xx answer passes
- * unchanged and nothing is mirrored. A request that went out and got no
- * answer (timeout, reset) has an unknown outcome: its key is recorded beside
- * the queue (cutstate.h) for `dualwrite verify`, and the client gets its
- * 504/502 as always.
+ * unchanged and nothing is mirrored. A mirrored write that went out to its
+ * authority, either one, and got no answer (timeout, reset) has an unknown
+ * outcome: its key is recorded beside the queue (cutstate.h) for `dualwrite
+ * verify`, and the client gets its 504/502 as always.
  */
 
 /* The expression context of the client's write; req: its body as JSON
@@ -1974,15 +1975,17 @@ static void write_new_unmappable(struct conn *c, const char *why)
 	respond_error2(c, 502, "answer of the new system not mappable", msg, false);
 }
 
-/* No answer came for a write that went out: record its key durably beside
- * the queue and count it. The key is the reverse mirror's ordering key when
+/* No answer came from the authority (the legacy, or with authority "new"
+ * the new system) for a mirrored write that went out: it may or may not
+ * have been applied, and nothing was mirrored. Record its key durably
+ * beside the queue and count it. The key is the route's ordering key when
  * the request alone gives it (e.g. $path.id), else unknown (a create whose
- * id the new system assigns). */
-static void write_new_indeterminate(struct conn *c, const char *why)
+ * id the authority assigns). */
+static void write_indeterminate(struct conn *c, const char *why)
 {
 	struct exchange *x = c->x;
 	const struct dw_route *rt = x->route;
-	const struct dw_mirror *keyed[2] = {rt->reverse, rt->mirror};
+	const struct dw_mirror *keyed[2] = {route_write_mirror(rt), rt->mirror};
 	struct indet_entry e = {0};
 	struct dw_err err = {""};
 	struct expr_ctx ctx;

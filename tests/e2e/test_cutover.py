@@ -157,10 +157,10 @@ def svc(pg, tmp_path):
 class Cut:
     """A dualwrited in front of user-core mirroring to gear-ops, with the cut-over routes."""
 
-    def __init__(self, dw, svc, pg, authority="legacy", extra=""):
+    def __init__(self, dw, svc, pg, authority="legacy", extra="", queue=None):
         self.pg, self.svc, self.extra = pg, svc, extra
         self.d = ml.mirror_daemon(dw, svc["user-core"].url, svc["gear-ops"].url,
-                                  cut_routes(authority) + table_map(pg, extra))
+                                  cut_routes(authority) + table_map(pg, extra), queue=queue)
         self.conf = self.d.conf_path
 
     def text(self, authority):
@@ -233,6 +233,25 @@ def test_flip_refused_while_queued_or_dead_accepted_once_empty(pg, svc, dw):
     r = create(c.d.port, "first on new")
     assert r.status == 201 and r.json()["id"] >= NEW_IDS, r
     assert c.d.metric("dualwrite_config_reloads_total", result="failed") == 2
+    c.d.stop()
+
+
+def test_flip_refused_while_the_postgres_fleet_queue_holds_records(pg, svc, dw):
+    dsn = "host=%s port=%s user=%s dbname=user_core" % (
+        pg.env["PGHOST"], pg.env["PGPORT"], pg.env["PGUSER"])
+    c = Cut(dw, svc, pg, queue={"postgres": dsn, "table": "dw_cut_q"})
+    svc["gear-ops"].fault("down503")
+    assert create(c.d.port, "to postgres").status == 201
+    helpers.wait_for(lambda: c.d.metric("dualwrite_queue_forwarded_total") == 1, 15,
+                     "the failed mirror forwarded to postgres")
+    c.flip("new", expect="failed")
+    c.d.wait_log('the queue holds 1 queued and 0 dead record(s) for "gear_ops"')
+    out = check(c.conf, "--json")
+    items = {i["check"]: i for i in json.loads(out.stdout)["checks"]}
+    assert items["queue gear_ops"]["ok"] is False, items
+    svc["gear-ops"].fault("ok")
+    ml.replay_until_drained(c.conf)
+    c.flip("new")
     c.d.stop()
 
 
@@ -485,3 +504,28 @@ def test_seed_configs_carry_the_cut_over_blocks(name, tmp_path):
         out = subprocess.run([helpers.daemon_binary(), "-t", "-c", path], capture_output=True,
                              text=True, timeout=30)
         assert out.returncode == 0 and "configuration ok" in out.stdout, (path, out.stderr)
+
+
+def test_legacy_authority_timeout_is_indeterminate_too(pg, svc, dw):
+    """Authority "legacy": the legacy's answer never came, so the write may be there and
+    nothing was mirrored; verify reports the key until it is equal."""
+    c = Cut(dw, svc, pg)
+    r = create(c.d.port, "victim")
+    assert r.status == 201
+    vid = r.json()["id"]
+    ml.wait_outcomes(c.d, lambda o: o["key"] == str(vid) and o["result"] == "delivered", 1, 10,
+                     "the forward mirror")
+    c.d.reload(c.d.config_text().replace('"timeout_ms": 5000', '"timeout_ms": 1000')
+               .replace("timeout_ms = 5000", "timeout_ms = 1000")
+               + cut_routes("legacy") + table_map(pg))
+    svc["user-core"].fault("slow", delay_ms=2000)
+    r = ml.send_json(c.d.port, "PUT", "/equipment/%d" % vid, {"name": "maybe"})
+    assert r.status == 504, r
+    assert c.d.metric("dualwrite_indeterminate_total", route="equipment-update") == 1
+    svc["user-core"].fault("ok")
+    helpers.wait_for(lambda: (c.legacy_row(vid) or {}).get("name") == "maybe", 10,
+                     "user-core to apply the slow write")
+    rc, v = verify(c.conf)
+    assert rc == 1 and {d["key"]: d["kind"] for d in v["differences"]}[str(vid)] == \
+        "indeterminate", v
+    c.d.stop()
