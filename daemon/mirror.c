@@ -1,6 +1,8 @@
 /*
  * mirror.c — from a legacy-acknowledged write to its delivery on the new
- * system.
+ * system (or, on a route whose authority is "new", from the new system's
+ * acknowledgement to the legacy: the job carries the route's block, mirror
+ * or reverse, and everything below is the same either way).
  *
  * mirror_capture runs in the worker that served the write, before the client
  * gets its answer: it builds the mirror request with the mapping engine and

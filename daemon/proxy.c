@@ -12,6 +12,12 @@
  * mapped answer is read whole into the capture (collect) and sent as one
  * JSON body with its own Content-Length; an unmapped one streams as any.
  *
+ * A write route with authority "new" (SPEC §7.5) goes the other way round:
+ * to the new system first (its `request` block), whose 2xx answer, mapped by
+ * `response`, is held until the reverse mirror to the legacy is journaled
+ * (write_new_*); a mirrored write whose authority never answered is recorded
+ * as indeterminate (write_indeterminate).
+ *
  * One function changes state (conn_set_state) and asserts the transition is
  * legal. One function closes (conn_close); it releases everything but the
  * struct itself, which is freed after the current loop iteration, so a
@@ -2010,7 +2016,7 @@ static void write_indeterminate(struct conn *c, const char *why)
 	e.table = rt->table;
 	e.key = key;
 	e.request_id = x->reqid;
-	e.reason = (char *)(uintptr_t)why; /* not freed: the entry is ours */
+	e.reason = dw_strdup(why);
 	if (indet_record(x->cfg->queue.path, &e, &err) < 0)
 		dw_log(DW_LOG_ERROR, x->reqid,
 		       "route %s: indeterminate write (key %s) NOT recorded: %s; check it by hand",
@@ -2020,6 +2026,7 @@ static void write_indeterminate(struct conn *c, const char *why)
 		       "route %s: indeterminate write: key %s: %s (recorded; `dualwrite verify` "
 		       "reports it until the row is equal)",
 		       rt->name, key ? key : "unknown", why);
+	free(e.reason);
 	snprintf(labels, sizeof(labels), "route=\"%s\"",
 		 metrics_label_escape(rt->name, esc, sizeof(esc)));
 	metric_inc(metrics_counter(c->w->srv->metrics, "dualwrite_indeterminate_total",
