@@ -2017,7 +2017,8 @@ static void write_indeterminate(struct conn *c, const char *why)
 	e.key = key;
 	e.request_id = x->reqid;
 	e.reason = dw_strdup(why);
-	if (indet_record(x->cfg->queue.path, &e, &err) < 0)
+	if (indet_record(x->cfg->queue.path, &e,
+			 x->cfg->queue.durability == QUEUE_DURABILITY_FSYNC, &err) < 0)
 		dw_log(DW_LOG_ERROR, x->reqid,
 		       "route %s: indeterminate write (key %s) NOT recorded: %s; check it by hand",
 		       rt->name, key ? key : "unknown", err.msg);

@@ -20,8 +20,9 @@ static char *state_path(const char *dir, const char *name)
 	return p;
 }
 
-/* Append obj as one line, made durable. Takes ownership of obj. */
-static int append_line(const char *dir, const char *name, json_t *obj, struct dw_err *err)
+/* Append obj as one line; sync: fdatasync it too. Takes ownership of obj. */
+static int append_line_sync(const char *dir, const char *name, json_t *obj, bool sync,
+			    struct dw_err *err)
 {
 	char *path = state_path(dir, name);
 	char *text = json_dumps(obj, JSON_COMPACT);
@@ -42,7 +43,7 @@ static int append_line(const char *dir, const char *name, json_t *obj, struct dw
 	}
 	if (write(fd, text, len + 1) != (ssize_t)(len + 1)) {
 		dw_err_set(err, "%s: write: %s", path, errno ? strerror(errno) : "short write");
-	} else if (fdatasync(fd) < 0) {
+	} else if (sync && fdatasync(fd) < 0) {
 		dw_err_set(err, "%s: fdatasync: %s", path, strerror(errno));
 	} else {
 		r = 0;
@@ -88,6 +89,11 @@ static int each_line(const char *dir, const char *name, void (*fn)(void *arg, js
 	return 0;
 }
 
+static int append_line(const char *dir, const char *name, json_t *obj, struct dw_err *err)
+{
+	return append_line_sync(dir, name, obj, true, err);
+}
+
 static char *jstr(const json_t *o, const char *k)
 {
 	const char *s = json_string_value(json_object_get(o, k));
@@ -122,7 +128,7 @@ static json_t *jstr_or_null(const char *s)
 	return s ? json_string(s) : json_null();
 }
 
-int indet_record(const char *dir, const struct indet_entry *e, struct dw_err *err)
+int indet_record(const char *dir, const struct indet_entry *e, bool sync, struct dw_err *err)
 {
 	json_t *o = json_object();
 
@@ -132,7 +138,7 @@ int indet_record(const char *dir, const struct indet_entry *e, struct dw_err *er
 	json_object_set_new(o, "key", jstr_or_null(e->key));
 	json_object_set_new(o, "request_id", jstr_or_null(e->request_id));
 	json_object_set_new(o, "reason", jstr_or_null(e->reason));
-	return append_line(dir, CUTSTATE_INDET, o, err);
+	return append_line_sync(dir, CUTSTATE_INDET, o, sync, err);
 }
 
 int indet_clear(const char *dir, const char *table, const char *key, struct dw_err *err)

@@ -12,9 +12,11 @@
  *                        of the daemon (start, reload): since when a route
  *                        has stood at 100 %.
  *
- * Each line is written with one write(2) on an O_APPEND descriptor and
- * fdatasync'd, so concurrent writers never interleave within a line and a
- * line that was reported written survives a crash. A torn last line (a crash
+ * Each line is written with one write(2) on an O_APPEND descriptor, so
+ * concurrent writers never interleave within a line, and fdatasync'd (an
+ * indeterminate write only when the queue's durability is "fsync": the
+ * daemon records it on a worker's loop, and in durability "process" it
+ * survives a crash of the process as the queue does). A torn last line (a crash
  * mid-write) is skipped when read. Nothing here knows about HTTP or the
  * configuration's structs beyond names: the callers pass strings.
  *
@@ -45,9 +47,10 @@ struct indet_entry {
 };
 void indet_entries_free(struct indet_entry *v, size_t n);
 
-/* Record one (dir: the queue directory). -1 with err when it could not be
- * made durable. */
-int indet_record(const char *dir, const struct indet_entry *e, struct dw_err *err) DW_MUSTCHECK;
+/* Record one (dir: the queue directory; sync: fdatasync it). -1 with err
+ * when it could not be written (or synced). */
+int indet_record(const char *dir, const struct indet_entry *e, bool sync,
+		 struct dw_err *err) DW_MUSTCHECK;
 /* A verify of table found key equal on both sides (key NULL: the whole
  * table equal, which settles the entries whose key was unknown): every open
  * entry of that table (or of no table) with that key, recorded before now,

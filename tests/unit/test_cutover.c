@@ -290,10 +290,10 @@ static void test_indeterminate_file(void **state)
 	struct indet_entry b = {2, "create", "equipment", NULL, "r2", "reset"};
 	struct indet_entry c = {3, "devices", "devices", "dev-1", "r3", "timeout"};
 	struct indet_entry d = {4, "untabled", NULL, "42", "r4", "timeout"};
-	assert_int_equal(indet_record(dir, &a, &err), 0);
-	assert_int_equal(indet_record(dir, &b, &err), 0);
-	assert_int_equal(indet_record(dir, &c, &err), 0);
-	assert_int_equal(indet_record(dir, &d, &err), 0);
+	assert_int_equal(indet_record(dir, &a, true, &err), 0);
+	assert_int_equal(indet_record(dir, &b, false, &err), 0);
+	assert_int_equal(indet_record(dir, &c, true, &err), 0);
+	assert_int_equal(indet_record(dir, &d, false, &err), 0);
 	/* a torn last line (a crash mid-write) is skipped */
 	snprintf(path, sizeof(path), "%s/" CUTSTATE_INDET, dir);
 	assert_non_null(f = fopen(path, "a"));
@@ -312,10 +312,10 @@ static void test_indeterminate_file(void **state)
 
 	/* found equal: key 42 of equipment closes a and d (no table), not c */
 	assert_int_equal(truncate(path, 0) == 0 ? 0 : -1, 0);
-	assert_int_equal(indet_record(dir, &a, &err), 0);
-	assert_int_equal(indet_record(dir, &b, &err), 0);
-	assert_int_equal(indet_record(dir, &c, &err), 0);
-	assert_int_equal(indet_record(dir, &d, &err), 0);
+	assert_int_equal(indet_record(dir, &a, true, &err), 0);
+	assert_int_equal(indet_record(dir, &b, false, &err), 0);
+	assert_int_equal(indet_record(dir, &c, true, &err), 0);
+	assert_int_equal(indet_record(dir, &d, false, &err), 0);
 	assert_int_equal(indet_clear(dir, "equipment", "42", &err), 0);
 	assert_int_equal(indet_load(dir, NULL, &v, &n, &err), 0);
 	assert_int_equal(n, 2);
@@ -328,7 +328,7 @@ static void test_indeterminate_file(void **state)
 	assert_int_equal(n, 0);
 	indet_entries_free(v, n);
 	/* a later write of the same key is open again */
-	assert_int_equal(indet_record(dir, &a, &err), 0);
+	assert_int_equal(indet_record(dir, &a, true, &err), 0);
 	assert_int_equal(indet_load(dir, "equipment", &v, &n, &err), 0);
 	assert_int_equal(n, 1);
 	indet_entries_free(v, n);
