@@ -176,7 +176,7 @@ static bool gate_guard_tripped(void *arg, const char *upstream, char *why, size_
 
 	if (!g || g->latch.state != GUARD_TRIPPED)
 		return false;
-	snprintf(why, whylen, "its guard is tripped (%s)", g->latch.reason);
+	snprintf(why, whylen, "%s", g->latch.reason);
 	return true;
 }
 

@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -480,7 +481,11 @@ def test_cutover_check_exit_codes_and_json(pg, svc, dw):
     # a tripped guard (the guards module's latch file) holds it back too
     with open(os.path.join(c.d.queue_dir, "guards.json"), "w") as f:
         json.dump({"version": 1, "upstreams": {"gear_ops": {
-            "state": "tripped", "reason": "read_error_rate"}}}, f)
+            "state": "tripped", "reason": "read_error_rate", "measured": 7.5, "limit": 1,
+            "sample": 80, "window_s": 60, "since_ms": int(time.time() * 1000),
+            "detail": "tripped: read_error_rate 7.50 > 1.00"}}}, f)
+    # the daemon takes the latch from the file within a tick (its guards, in memory)
+    c.d.wait_log('guard: upstream "gear_ops" (latch file): tripped')
     out = check(c.conf, "--json")
     assert out.returncode == 1
     items = {i["check"]: i for i in json.loads(out.stdout)["checks"]}
