@@ -1222,6 +1222,22 @@ static void load_authority(struct loader *L, struct dw_route *r, const config_se
 		     "\"new\" needs a mirror block: its upstream is the new system");
 }
 
+/* An integer or real setting as a double; false for any other type. */
+static bool setting_number(const config_setting_t *s, double *v)
+{
+	switch (config_setting_type(s)) {
+	case CONFIG_TYPE_INT:
+	case CONFIG_TYPE_INT64:
+		*v = (double)config_setting_get_int64(s);
+		return true;
+	case CONFIG_TYPE_FLOAT:
+		*v = config_setting_get_float(s);
+		return true;
+	default:
+		return false;
+	}
+}
+
 /* A percentage of 0-100 with at most two decimals, as hundredths. Returns 1
  * when present and valid, 0 when absent, -1 after reporting. */
 static int get_percent(struct loader *L, const config_setting_t *grp, const char *key,
@@ -1234,15 +1250,7 @@ static int get_percent(struct loader *L, const config_setting_t *grp, const char
 	if (!s)
 		return 0;
 	wjoin(w, sizeof(w), prefix, key);
-	switch (config_setting_type(s)) {
-	case CONFIG_TYPE_INT:
-	case CONFIG_TYPE_INT64:
-		v = (double)config_setting_get_int64(s);
-		break;
-	case CONFIG_TYPE_FLOAT:
-		v = config_setting_get_float(s);
-		break;
-	default:
+	if (!setting_number(s, &v)) {
 		lerr(L, sline(s), w, "expected a percentage (a number 0-100, e.g. 30 or 12.5)");
 		return -1;
 	}
@@ -1282,15 +1290,7 @@ static int get_number(struct loader *L, const config_setting_t *grp, const char 
 	if (!s)
 		return 0;
 	wjoin(w, sizeof(w), prefix, key);
-	switch (config_setting_type(s)) {
-	case CONFIG_TYPE_INT:
-	case CONFIG_TYPE_INT64:
-		v = (double)config_setting_get_int64(s);
-		break;
-	case CONFIG_TYPE_FLOAT:
-		v = config_setting_get_float(s);
-		break;
-	default:
+	if (!setting_number(s, &v)) {
 		lerr(L, sline(s), w, "expected a number");
 		return -1;
 	}
