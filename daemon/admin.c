@@ -125,6 +125,10 @@ static void status_cb(struct evhttp_request *req, struct server *srv)
 		if (r->mirror)
 			json_object_set_new(o, "mirror",
 					    json_string(cfg->upstreams[r->mirror->upstream].name));
+		if (r->mirror) /* who answers the route's writes (SPEC §7.5) */
+			json_object_set_new(o, "authority", json_string(r->authority == AUTHORITY_NEW
+										? "new"
+										: "legacy"));
 		json_array_append_new(routes, o);
 	}
 	json_object_set_new(doc, "routes", routes);

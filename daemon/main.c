@@ -16,6 +16,9 @@
 #include <unistd.h>
 
 #include "pgforward.h" /* pgforward wiring */
+#include "cutover.h"
+#include "cutstate.h"
+#include "pgq.h"
 #include "jsonarena.h"
 #include "server.h"
 #include "tls.h"
@@ -62,6 +65,13 @@ static void register_route_series(struct server *srv, const struct dw_config *cf
 	for (size_t i = 0; i < cfg->nroutes; i++) {
 		if (!cfg->routes[i].mirror)
 			continue;
+		{ /* a mirrored write whose authority never answered (SPEC §7.5) */
+			snprintf(labels, sizeof(labels), "route=\"%s\"",
+				 metrics_label_escape(cfg->routes[i].name, esc, sizeof(esc)));
+			metrics_counter(srv->metrics, "dualwrite_indeterminate_total",
+					"Writes whose authoritative answer never came (outcome unknown).",
+					labels);
+		}
 		for (size_t r = 0; r < DW_ARRAY_LEN(results); r++) {
 			snprintf(labels, sizeof(labels), "route=\"%s\",result=\"%s\"",
 				 metrics_label_escape(cfg->routes[i].name, esc, sizeof(esc)),
@@ -117,6 +127,75 @@ static void warn_nonreloadable(void *arg, const char *key)
 	log_warn("reload: '%s' changed; it takes effect only after a restart", key);
 }
 
+/* ---- write cut-over gate (SPEC §7.5; lib/cutover.h) ---- */
+
+static int gate_waiting(void *arg, const char *upstream, uint64_t *queued, uint64_t *dead,
+			struct dw_err *err)
+{
+	struct server *srv = arg;
+	struct dw_err rerr = {""};
+	struct dw_config *cfg;
+	struct pgq_stats ps = {0};
+	struct pgq *q;
+	int r;
+
+	if (spool_refresh(srv->spool, &rerr) < 0) /* what `dualwrite replay` just drained */
+		log_warn("queue: %s", rerr.msg);
+	if (spool_upstream_waiting(srv->spool, upstream, queued, dead, err) < 0)
+		return -1;
+	cfg = server_config(srv);
+	if (!cfg->queue.postgres) {
+		config_unref(cfg);
+		return 0;
+	}
+	/* The fleet queue owns what was forwarded there. A reload is rare and
+	 * runs on the main thread, so one blocking connection (3 s connect
+	 * timeout) is acceptable; an unreachable PostgreSQL refuses the flip. */
+	q = pgq_open(cfg->queue.postgres, cfg->queue.table, err);
+	r = q && pgq_stats(q, &upstream, 1, &ps, err) == 0 ? 0 : -1;
+	pgq_close(q);
+	config_unref(cfg);
+	*queued += (uint64_t)ps.queued;
+	*dead += (uint64_t)ps.dead;
+	return r;
+}
+
+/*
+ * Guards seam: whether a guard of upstream is tripped, for the reload gate.
+ * Today it reads the guards' latch file (guards.json beside the queue, which
+ * the guards module writes on every trip and reset); when the guards module
+ * is in this daemon, this is where the lead connects its in-memory state
+ * (guard_tripped on the daemon's guard table), keeping the file as the
+ * fallback. An unreadable latch file counts as tripped, as for the guards.
+ */
+static bool gate_guard_tripped(void *arg, const char *upstream, char *why, size_t whylen)
+{
+	struct server *srv = arg;
+	struct dw_config *cfg = server_config(srv);
+	int r = cutover_guards_latch_tripped(cfg->queue.path, upstream, why, whylen);
+
+	config_unref(cfg);
+	return r != 0;
+}
+
+/* Since when each read route stands at 100 % (`dualwrite cutover check`):
+ * its configured weight at every load, beside the queue. */
+static void record_read_weights(const struct dw_config *cfg)
+{
+	int64_t now = dw_wall_us();
+
+	for (size_t i = 0; i < cfg->nroutes; i++) {
+		struct dw_err err = {""};
+
+		if (cfg->routes[i].read &&
+		    reads100_record(cfg->queue.path, cfg->routes[i].name, cfg->routes[i].read->weight,
+				    now, &err) < 0)
+			log_warn("cutover: %s (cutover check cannot tell how long reads stood at "
+				 "100 %%)",
+				 err.msg);
+	}
+}
+
 static void do_reload(struct server *srv)
 {
 	struct dw_errlist errs = {0};
@@ -135,8 +214,11 @@ static void do_reload(struct server *srv)
 	}
 	log_config_warnings(neu);
 	old = server_config(srv);
-	/* A paused upstream's weights may not rise (SPEC §7.3). */
-	if (guards_reload_check(srv, old, neu, &err) < 0 || listen_bind(srv, neu, &err) < 0) {
+	/* A paused upstream's weights may not rise (SPEC §7.3); a flip to
+	 * authority "new" passes the cut-over gates (SPEC §7.5). */
+	struct cutover_probe probe = {gate_waiting, gate_guard_tripped, srv};
+	if (guards_reload_check(srv, old, neu, &err) < 0 || cutover_gate(old, neu, &probe, &err) < 0 ||
+	    listen_bind(srv, neu, &err) < 0) {
 		log_error("reload rejected, keeping the running configuration: %s", err.msg);
 		snprintf(srv->last_reload_error, sizeof(srv->last_reload_error), "%s", err.msg);
 		config_unref(old);
@@ -166,6 +248,7 @@ static void do_reload(struct server *srv)
 	for (size_t i = 0; i < srv->nworkers; i++)
 		worker_post_reload(srv->workers[i]);
 	listen_prune(srv, neu);
+	record_read_weights(neu);
 	metric_inc(srv->m_reload_ok);
 	srv->generation++;
 	srv->last_reload_error[0] = '\0';
@@ -639,6 +722,7 @@ int main(int argc, char **argv)
 	lflush = event_new(srv.base, -1, EV_PERSIST, log_flush_cb, NULL);
 	event_add(lflush, &flush_every);
 
+	record_read_weights(srv.cfg);
 	srv.ready = true;
 	log_info("dualwrited %s ready: %zu worker(s), %zu route(s), default upstream \"%s\"",
 		 DW_VERSION, srv.nworkers, srv.cfg->nroutes,

@@ -1,6 +1,8 @@
 /*
  * mirror.c — from a legacy-acknowledged write to its delivery on the new
- * system.
+ * system (or, on a route whose authority is "new", from the new system's
+ * acknowledgement to the legacy: the job carries the route's block, mirror
+ * or reverse, and everything below is the same either way).
  *
  * mirror_capture runs in the worker that served the write, before the client
  * gets its answer: it builds the mirror request with the mapping engine and
@@ -73,6 +75,7 @@ struct mirror_job {
 	uint64_t seq;
 	struct dw_config *cfg; /* reference: keeps route and upstream valid */
 	const struct dw_route *route;
+	const struct dw_mirror *mm; /* the route's mirror or reverse: which way it goes */
 	char *key, *idem, *method, *path, *body, *reqid;
 	size_t body_len;
 	uint32_t attempts;
@@ -399,7 +402,7 @@ static const char *dead_reason(char *buf, size_t len, const char *fmt, ...)
 
 void mirror_capture(struct server *srv, struct mirror *self, const struct mirror_input *in)
 {
-	const struct dw_mirror *mm = in->route->mirror;
+	const struct dw_mirror *mm = in->mm ? in->mm : in->route->mirror;
 	const struct dw_config *cfg = in->cfg;
 	struct expr_ctx ctx;
 	json_t *req = NULL, *resp = NULL, *body = NULL;
@@ -424,10 +427,11 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 	}
 	if (!dead && (mm->sources & EXPR_SRC_RESPONSE)) {
 		if (in->resp_too_large)
-			dead = "legacy response larger than max_body_bytes: $response unavailable";
+			dead = "response larger than max_body_bytes: $response unavailable";
 		else if (!(resp = jsonfast_loadb(in->resp_body ? in->resp_body : "",
 						 in->resp_body_len, &jerr)))
-			dead = dead_reason(why, sizeof(why), "legacy response is not JSON: %s",
+			dead = dead_reason(why, sizeof(why), "%s response is not JSON: %s",
+					   mm == in->route->mirror ? "legacy" : "new system's",
 					   in->resp_body_len ? jerr.text : "empty body");
 	}
 	/* $tenant: the header when well-formed, the default when absent, and a
@@ -482,6 +486,7 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 	struct mirror_job *j = dw_calloc(1, sizeof(*j));
 	j->cfg = config_ref(in->cfg);
 	j->route = in->route;
+	j->mm = mm;
 	j->key = key;
 	key = NULL;
 	j->idem = dw_strdup(idem);
@@ -511,7 +516,7 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 
 static const struct dw_upstream *job_upstream(const struct mirror_job *j)
 {
-	return &j->cfg->upstreams[j->route->mirror->upstream];
+	return &j->cfg->upstreams[j->mm->upstream];
 }
 
 static struct keyq *keyq_get(struct mirror *mi, const char *upstream, const char *key,
@@ -1006,12 +1011,12 @@ static void send_done(struct send *s, int status, const char *neterr)
 				  neterr != NULL || status < 100 || status > 599 ||
 				      j->route->mirror->klass[status] != MIRROR_DELIVERED);
 	breaker_note(t, neterr != NULL || (status >= 100 && status < 600 &&
-					  j->route->mirror->klass[status] == MIRROR_RETRY),
+					  j->mm->klass[status] == MIRROR_RETRY),
 		     neterr ? neterr : excerpt);
 	if (neterr) {
 		key_queue_all(mi, j, 0, neterr);
 	} else {
-		k = status >= 100 && status < 600 ? (enum mirror_class)j->route->mirror->klass[status]
+		k = status >= 100 && status < 600 ? (enum mirror_class)j->mm->klass[status]
 						  : MIRROR_RETRY;
 		if (k == MIRROR_DELIVERED) {
 			key_advance(mi, j);

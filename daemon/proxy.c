@@ -12,6 +12,12 @@
  * mapped answer is read whole into the capture (collect) and sent as one
  * JSON body with its own Content-Length; an unmapped one streams as any.
  *
+ * A write route with authority "new" (SPEC §7.5) goes the other way round:
+ * to the new system first (its `request` block), whose 2xx answer, mapped by
+ * `response`, is held until the reverse mirror to the legacy is journaled
+ * (write_new_*); a mirrored write whose authority never answered is recorded
+ * as indeterminate (write_indeterminate).
+ *
  * One function changes state (conn_set_state) and asserts the transition is
  * legal. One function closes (conn_close); it releases everything but the
  * struct itself, which is freed after the current loop iteration, so a
@@ -65,6 +71,7 @@
 #include "jsonfast.h"
 #include "guard.h"
 #include "pgforward.h"
+#include "cutstate.h"
 #include "plan.h"
 #include "shadow.h"
 #include "tls.h"
@@ -130,6 +137,8 @@ struct exchange {
 	struct read_plan plan;	  /* a read route's decision (planned) */
 	char *new_target;	  /* the new system's path and query, rendered */
 	struct shadow *shadow;	  /* the read's shadow, until it is told the outcome */
+	char *new_method;	  /* authority "new": the request block's method; NULL: the client's */
+	struct evbuffer *new_body; /* authority "new": the mapped body; NULL: the client's */
 	enum http_body_kind rkind;
 	enum out_mode mode;
 	int status;
@@ -149,6 +158,9 @@ struct exchange {
 	bool read_counted;   /* dualwrite_read_total has this read */
 	bool guard_noted;    /* the guard's window has this read's outcome */
 	int64_t t_new;	     /* monotonic us: the new system's attempt began */
+	bool wnew;	     /* a write whose authority is the new system (SPEC §7.5): upi is it */
+	bool wsent;	     /* a mirrored write's request went to its authority (legacy, or the
+			      * new system): no answer now means an unknown outcome */
 	/* Last: 3 KiB each, reset by http_head_clear rather than memset. */
 	struct http_head req;
 	struct http_head resp;
@@ -205,6 +217,11 @@ static void dispatch(struct conn *c);
 static void read_plan_request(struct conn *c);
 static bool read_new_failed(struct conn *c, const char *why);
 static void read_guard_note(struct conn *c, bool failed);
+static bool write_new_plan(struct conn *c);
+static bool write_new_head(struct conn *c);
+static void write_new_finish(struct conn *c);
+static void write_new_unmappable(struct conn *c, const char *why);
+static void write_indeterminate(struct conn *c, const char *why);
 
 /* ---------------------------------------------------------------- state */
 
@@ -348,6 +365,9 @@ static void exchange_end(struct conn *c)
 	if (x->capture)
 		evbuffer_free(x->capture);
 	free(x->new_target);
+	free(x->new_method);
+	if (x->new_body)
+		evbuffer_free(x->new_body);
 	if (x->cfg)
 		config_unref(x->cfg);
 	if (c->w->nxfree < XFREE_MAX) {
@@ -664,6 +684,9 @@ static void upstream_failed(struct conn *c, enum up_err kind, int status, const 
 {
 	metric_inc(c->w->m_upstream_err[kind]);
 	read_guard_note(c, true);
+	if (c->x->wsent && kind != UPERR_CONNECT &&
+	    (!c->x->resp_head_done || (c->x->status >= 200 && c->x->status < 300)))
+		write_indeterminate(c, msg);
 	if (c->x->on_new && read_new_failed(c, msg))
 		return; /* the legacy answers instead */
 	if (c->x->resp_head_done && !c->x->hold && !c->x->collect) {
@@ -1293,6 +1316,9 @@ static void dispatch(struct conn *c)
 
 	if (c->x->route && c->x->route->read && !c->x->planned)
 		read_plan_request(c);
+	if (c->x->route && c->x->route->authority == AUTHORITY_NEW && !c->x->wnew &&
+	    !write_new_plan(c))
+		return; /* answered: the request could not be built */
 	up = &c->x->cfg->upstreams[c->x->upi];
 	c->x->up = pool_get(c->w->pools, up, up_ready, c, &connected, &e);
 	if (!c->x->up) {
@@ -1361,16 +1387,23 @@ static void build_request(const struct conn *c, struct evbuffer *out,
 {
 	const struct http_head *r = &c->x->req;
 	const struct http_header *xff = NULL;
-	size_t blen = evbuffer_get_length(c->x->body);
+	/* authority "new": the request block's body and method (SPEC §7.5) */
+	struct evbuffer *sbody = c->x->new_body ? c->x->new_body : c->x->body;
+	size_t blen = evbuffer_get_length(sbody);
 	size_t base_len = strlen(up->base_path);
 	size_t new_len = target ? strlen(target) : 0;
+	size_t meth_len = c->x->new_method ? strlen(c->x->new_method) : 0;
 	struct evbuffer_iovec v;
 	struct dw_text t;
 
 	/* the body goes into the same region: a copy, not a move (it is needed
 	 * for a retry and for the mirror) */
-	head_begin(out, r->raw_len + r->nheaders + base_len + new_len + HEAD_EXTRA + blen, &v, &t);
-	dw_text_put(&t, r->method_str, r->method_len);
+	head_begin(out, r->raw_len + r->nheaders + base_len + new_len + meth_len + HEAD_EXTRA + 64 + blen,
+		   &v, &t);
+	if (c->x->new_method)
+		dw_text_put(&t, c->x->new_method, meth_len);
+	else
+		dw_text_put(&t, r->method_str, r->method_len);
 	dw_text_lit(&t, " ");
 	dw_text_put(&t, up->base_path, base_len);
 	if (target) { /* a read served by the new system: the route's path */
@@ -1388,7 +1421,7 @@ static void build_request(const struct conn *c, struct evbuffer *out,
 
 		if (http_is_hop_by_hop(r, h->name, h->name_len) || name_is(h, "Expect") ||
 		    name_is(h, "Content-Length") || name_is(h, "X-Forwarded-Proto") ||
-		    name_is(h, "X-Request-Id"))
+		    name_is(h, "X-Request-Id") || (c->x->new_body && name_is(h, "Content-Type")))
 			continue;
 		if (name_is(h, "X-Forwarded-For")) {
 			xff = h;
@@ -1408,14 +1441,16 @@ static void build_request(const struct conn *c, struct evbuffer *out,
 		dw_text_lit(&t, "\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ");
 	dw_text_str(&t, c->x->reqid);
 	dw_text_lit(&t, "\r\n");
-	if (blen > 0 || r->content_length >= 0 || r->chunked) {
+	if (c->x->new_body)
+		dw_text_lit(&t, "Content-Type: application/json\r\n");
+	if (blen > 0 || r->content_length >= 0 || r->chunked || c->x->new_body) {
 		dw_text_lit(&t, "Content-Length: ");
 		dw_text_u64(&t, blen);
 		dw_text_lit(&t, "\r\n");
 	}
 	dw_text_lit(&t, "\r\n");
 	if (blen && t.n + blen <= t.cap) {
-		evbuffer_copyout(c->x->body, t.p + t.n, blen);
+		evbuffer_copyout(sbody, t.p + t.n, blen);
 		t.n += blen;
 	} else if (blen) {
 		t.cut = 1;
@@ -1428,6 +1463,7 @@ static void send_request(struct conn *c)
 	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->upi];
 
 	upconn_begin(c->x->up);
+	c->x->wsent = c->x->route && c->x->route->mirror && !c->x->on_new;
 	build_request(c, bufferevent_get_output(upconn_bev(c->x->up)), up, c->x->new_target);
 	http_scanner_init(&c->x->rscan);
 	upconn_read(c->x->up, up_read_cb, up_event_cb, c, up->timeout_ms);
@@ -1486,6 +1522,8 @@ static void do_mirror(struct conn *c)
 	memset(&in, 0, sizeof(in));
 	in.cfg = c->x->cfg;
 	in.route = c->x->route;
+	/* the reverse when authority is "new" */
+	in.mm = c->x->route ? route_write_mirror(c->x->route) : NULL;
 	in.method = http_method_name(c->x->req.method);
 	in.path_names = c->x->params.names;
 	in.path_values = (const char *const *)c->x->params.values;
@@ -1712,6 +1750,10 @@ static void read_unmappable(struct conn *c, const char *why)
 {
 	char msg[400];
 
+	if (c->x->wnew) { /* a write: the new system has done it */
+		write_new_unmappable(c, why);
+		return;
+	}
 	snprintf(msg, sizeof(msg), "upstream \"%s\": answer not mappable: %s",
 		 c->x->cfg->upstreams[c->x->upi].name, why);
 	read_guard_note(c, true);
@@ -1722,11 +1764,11 @@ static void read_unmappable(struct conn *c, const char *why)
 
 /* The mapped answer: the new system's status and headers, but the body,
  * Content-Type and Content-Length of the mapped JSON. */
-static void read_answer_mapped(struct conn *c, const char *body, size_t blen)
+static void read_answer_mapped(struct conn *c, struct evbuffer *out, const char *body,
+			       size_t blen)
 {
 	struct exchange *x = c->x;
 	bool client11 = x->req.version_minor == 1;
-	struct evbuffer *out = conn_out(c);
 	struct evbuffer_iovec v;
 	struct dw_text t;
 
@@ -1772,6 +1814,10 @@ static void read_finish_mapped(struct conn *c)
 	char *body;
 	int rc;
 
+	if (x->wnew) {
+		write_new_finish(c);
+		return;
+	}
 	if (!x->route || !x->route->read) { /* collect implies both */
 		read_unmappable(c, "no read route");
 		return;
@@ -1808,7 +1854,7 @@ static void read_finish_mapped(struct conn *c)
 		shadow_primary(x->shadow, x->status, body, strlen(body), false);
 		x->shadow = NULL;
 	}
-	read_answer_mapped(c, body, strlen(body));
+	read_answer_mapped(c, conn_out(c), body, strlen(body));
 	free(body);
 	x->resp_head_done = true;
 	count_status(c, x->status);
@@ -1851,6 +1897,251 @@ static bool read_new_head(struct conn *c)
 	return true;
 }
 
+/* ------------------------------------------- write cut-over (authority new) */
+
+/*
+ * SPEC §7.5: a route with authority "new" sends the client's write to its
+ * mirror's upstream first, built by the route's `request` block; the new
+ * system's 2xx answer, mapped by `response`, is the client's answer, and the
+ * write is mirrored back to the legacy by `reverse` through the same journal
+ * and shards as any mirror (mirror.c takes the block from route_write_mirror),
+ * so every guarantee of §5 holds that way round too. A non-2xx answer passes
+ * unchanged and nothing is mirrored. A mirrored write that went out to its
+ * authority, either one, and got no answer (timeout, reset) has an unknown
+ * outcome: its key is recorded beside the queue (cutstate.h) for `dualwrite
+ * verify`, and the client gets its 504/502 as always.
+ */
+
+/* The expression context of the client's write; req: its body as JSON
+ * (NULL: not needed or not JSON). tenant NULL when malformed. */
+static void write_new_ctx(struct exchange *x, struct expr_ctx *ctx, const json_t *req,
+			  char *tenant, size_t tlen, char *now, size_t nowlen)
+{
+	read_ctx(x, ctx, tenant, tlen);
+	ctx->request = req;
+	dw_rfc3339(dw_wall_us(), now, nowlen);
+	ctx->now = now;
+}
+
+/* Parse the client's body when sources ask for $request: NULL and why when
+ * it is not JSON. Every value lives in the worker's arena (begun by the
+ * caller). */
+static json_t *write_new_request_json(struct exchange *x, unsigned sources, char *why,
+				      size_t whylen)
+{
+	json_error_t je;
+	json_t *doc;
+
+	if (!(sources & EXPR_SRC_REQUEST))
+		return NULL;
+	doc = jsonfast_loadb((const char *)evbuffer_pullup(x->body, -1), evbuffer_get_length(x->body),
+			     &je);
+	if (!doc)
+		snprintf(why, whylen, "request body is not JSON: %s",
+			 evbuffer_get_length(x->body) ? je.text : "empty body");
+	return doc;
+}
+
+/* Point the exchange at the new system with the request block's method,
+ * path and body. Returns false when the client was answered (400: the
+ * write cannot be built for the new system, which now decides). */
+static bool write_new_plan(struct conn *c)
+{
+	struct exchange *x = c->x;
+	const struct dw_route *rt = x->route;
+	const struct dw_mirror *rq = rt->request;
+	struct dw_err err = {""};
+	struct expr_ctx ctx;
+	json_t *req = NULL, *body = NULL;
+	char tenant[72], now[40], why[640] = "", msg[900];
+	char *text = NULL;
+	int rc;
+
+	x->wnew = true;
+	x->upi = rt->mirror->upstream;
+	if (!rq)
+		return true; /* the client's request unchanged, to the new system */
+	json_arena_begin(&c->w->jarena);
+	req = write_new_request_json(x, rq->sources, why, sizeof(why));
+	if (!why[0]) {
+		write_new_ctx(x, &ctx, req, tenant, sizeof(tenant), now, sizeof(now));
+		if ((rq->sources & EXPR_SRC_TENANT) && !ctx.tenant)
+			snprintf(why, sizeof(why), "malformed tenant in %s header",
+				 x->cfg->tenant.header);
+		else if (tmpl_render(rq->path, &ctx, &x->new_target, &err) != EXPR_OK)
+			snprintf(why, sizeof(why), "request path: %s", err.msg);
+		else if (rq->body && (rc = expr_eval(rq->body, &ctx, &body, &err)) != EXPR_OK)
+			snprintf(why, sizeof(why), "request body: %s",
+				 rc == EXPR_MISSING ? "its source is missing from the write" : err.msg);
+		else if (rq->body && !(text = jsonfast_dumps(body, NULL)))
+			snprintf(why, sizeof(why), "request body: cannot encode");
+	}
+	json_decref(req);
+	json_decref(body);
+	json_arena_end(&c->w->jarena);
+	if (why[0]) {
+		free(text);
+		snprintf(msg, sizeof(msg), "route %s: the write cannot be built for the new system: %s",
+			 rt->name, why);
+		respond_error(c, 400, msg, false);
+		return false;
+	}
+	if (rq->method)
+		x->new_method = dw_strdup(rq->method);
+	if (text) {
+		x->new_body = evbuffer_new();
+		evbuffer_add(x->new_body, text, strlen(text));
+		free(text);
+	} /* no body block: the client's body as it came */
+	return true;
+}
+
+/* The new system's answer head: a 2xx with a `response` is read whole to be
+ * mapped (true: nothing goes to the client yet); anything else goes on as
+ * any answer (false), mirrored back only if 2xx. */
+static bool write_new_head(struct conn *c)
+{
+	struct exchange *x = c->x;
+
+	if (x->status < 200 || x->status > 299 || !x->route->response)
+		return false;
+	x->collect = true;
+	x->capture = evbuffer_new();
+	x->held = evbuffer_new();
+	if (x->mode == OUT_DECHUNK)
+		x->mode = OUT_CHUNKED_PASS; /* decoded into capture all the same */
+	x->resp_head_done = true;
+	return true;
+}
+
+/* The write is done on the new system: journal its reverse mirror, then
+ * answer with the mapped body (held until the journal has it). */
+static void write_new_finish(struct conn *c)
+{
+	struct exchange *x = c->x;
+	const struct dw_route *rt = x->route;
+	size_t n = evbuffer_get_length(x->capture);
+	struct dw_err err = {""};
+	struct expr_ctx ctx;
+	json_error_t je;
+	json_t *doc, *req = NULL, *mapped = NULL;
+	char tenant[72], now[40], why[640] = "";
+	char *body = NULL;
+	int rc;
+
+	if (!rt || !rt->response) { /* wnew with collect implies both */
+		write_new_unmappable(c, "no response mapping");
+		return;
+	}
+	json_arena_begin(&c->w->jarena);
+	doc = jsonfast_loadb((const char *)evbuffer_pullup(x->capture, -1), n, &je);
+	if (!doc)
+		snprintf(why, sizeof(why), "not JSON: %s", je.text);
+	else
+		req = write_new_request_json(x, expr_sources(rt->response), why, sizeof(why));
+	if (!why[0]) {
+		write_new_ctx(x, &ctx, req, tenant, sizeof(tenant), now, sizeof(now));
+		ctx.response = doc;
+		rc = expr_eval(rt->response, &ctx, &mapped, &err);
+		if (rc != EXPR_OK)
+			snprintf(why, sizeof(why), "%s",
+				 rc == EXPR_MISSING ? "the mapping found nothing" : err.msg);
+		else if (!(body = jsonfast_dumps(mapped, NULL)))
+			snprintf(why, sizeof(why), "cannot encode the mapped answer");
+	}
+	json_decref(doc);
+	json_decref(req);
+	json_decref(mapped);
+	json_arena_end(&c->w->jarena);
+	if (why[0] || !body) {
+		free(body);
+		write_new_unmappable(c, why[0] ? why : "cannot encode the mapped answer");
+		return;
+	}
+	x->collect = false;
+	evbuffer_drain(x->held, evbuffer_get_length(x->held)); /* the raw bytes' sink */
+	read_answer_mapped(c, x->held, body, strlen(body));
+	free(body);
+	x->hold = true;
+	count_status(c, x->status);
+	conn_set_state(c, CS_RESPONSE);
+	/* Journaled with the loop iteration's other writes; answered after. */
+	do_mirror(c);
+	conn_set_state(c, CS_SYNC);
+	event_active(c->w->sync_ev, EV_TIMEOUT, 0);
+}
+
+/* A 2xx whose answer cannot become the client's (too large, not JSON, not
+ * mappable): the new system has the write, so the legacy gets it all the
+ * same (reverse mirror; dead-lettered if it needed the unusable answer);
+ * the client gets 502. */
+static void write_new_unmappable(struct conn *c, const char *why)
+{
+	char msg[1000];
+
+	snprintf(msg, sizeof(msg), "upstream \"%s\": answer not mappable: %s",
+		 c->x->cfg->upstreams[c->x->upi].name, why);
+	c->x->collect = false;
+	do_mirror(c);
+	mirror_commit(c->w->mirror); /* journaled before the client hears */
+	respond_error2(c, 502, "answer of the new system not mappable", msg, false);
+}
+
+/* No answer came from the authority (the legacy, or with authority "new"
+ * the new system) for a mirrored write that went out: it may or may not
+ * have been applied, and nothing was mirrored. Record its key durably
+ * beside the queue and count it. The key is the route's ordering key when
+ * the request alone gives it (e.g. $path.id), else unknown (a create whose
+ * id the authority assigns). */
+static void write_indeterminate(struct conn *c, const char *why)
+{
+	struct exchange *x = c->x;
+	const struct dw_route *rt = x->route;
+	const struct dw_mirror *keyed[2] = {route_write_mirror(rt), rt->mirror};
+	struct indet_entry e = {0};
+	struct dw_err err = {""};
+	struct expr_ctx ctx;
+	json_t *req;
+	char tenant[72], now[40], labels[200], esc[128], jwhy[400] = "";
+	char *key = NULL;
+
+	json_arena_begin(&c->w->jarena);
+	req = write_new_request_json(x, EXPR_SRC_REQUEST, jwhy, sizeof(jwhy));
+	write_new_ctx(x, &ctx, req, tenant, sizeof(tenant), now, sizeof(now));
+	for (size_t i = 0; i < 2 && !key; i++)
+		if (keyed[i] && keyed[i]->key &&
+		    expr_eval_string(keyed[i]->key, &ctx, &key, &err) != EXPR_OK) {
+			free(key);
+			key = NULL;
+		}
+	json_decref(req);
+	json_arena_end(&c->w->jarena);
+
+	e.at_us = dw_wall_us();
+	e.route = rt->name;
+	e.table = rt->table;
+	e.key = key;
+	e.request_id = x->reqid;
+	e.reason = dw_strdup(why);
+	if (indet_record(x->cfg->queue.path, &e,
+			 x->cfg->queue.durability == QUEUE_DURABILITY_FSYNC, &err) < 0)
+		dw_log(DW_LOG_ERROR, x->reqid,
+		       "route %s: indeterminate write (key %s) NOT recorded: %s; check it by hand",
+		       rt->name, key ? key : "unknown", err.msg);
+	else
+		dw_log(DW_LOG_WARN, x->reqid,
+		       "route %s: indeterminate write: key %s: %s (recorded; `dualwrite verify` "
+		       "reports it until the row is equal)",
+		       rt->name, key ? key : "unknown", why);
+	free(e.reason);
+	snprintf(labels, sizeof(labels), "route=\"%s\"",
+		 metrics_label_escape(rt->name, esc, sizeof(esc)));
+	metric_inc(metrics_counter(c->w->srv->metrics, "dualwrite_indeterminate_total",
+				   "Writes whose authoritative answer never came (outcome unknown).",
+				   labels));
+	free(key);
+}
+
 /* Returns false when the caller must stop: the connection closed, or a read
  * moved to the legacy. */
 static bool start_response(struct conn *c)
@@ -1881,15 +2172,20 @@ static bool start_response(struct conn *c)
 		if (c->x->collect)
 			return true; /* no head to the client before the mapping */
 	}
+	if (c->x->wnew && write_new_head(c))
+		return true; /* read whole, mapped, answered after the journal */
 
 	if (c->x->shadow && !c->x->capture) /* the served answer, to compare */
 		c->x->capture = evbuffer_new();
 
-	/* G1: only a legacy 2xx is mirrored. The write is journaled before the
-	 * client can see the answer: at once when the mirror does not need the
-	 * legacy's reply, else after the reply is read whole (held meanwhile). */
-	if (rt && rt->mirror && c->x->status >= 200 && c->x->status < 300) {
-		bool need_resp = (rt->mirror->sources & EXPR_SRC_RESPONSE) != 0;
+	/* G1: only an authoritative 2xx is mirrored (the legacy's, or with
+	 * authority "new" the new system's, mirrored back by `reverse`). The
+	 * write is journaled before the client can see the answer: at once when
+	 * the mirror does not need the reply, else after the reply is read
+	 * whole (held meanwhile). */
+	const struct dw_mirror *wm = rt ? route_write_mirror(rt) : NULL;
+	if (wm && c->x->status >= 200 && c->x->status < 300) {
+		bool need_resp = (wm->sources & EXPR_SRC_RESPONSE) != 0;
 		bool fsync = c->x->cfg->queue.durability == QUEUE_DURABILITY_FSYNC;
 
 		if (need_resp || fsync) {

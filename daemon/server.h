@@ -306,6 +306,10 @@ void mirror_status_json(struct mirror *mi, void *json_obj);
 struct mirror_input {
 	struct dw_config *cfg; /* borrowed; the job takes its own reference */
 	const struct dw_route *route;
+	/* Which of the route's mirrors: route->mirror (NULL means that one) or,
+	 * authority "new", route->reverse towards the legacy (SPEC §7.5).
+	 * $response is then the new system's answer. */
+	const struct dw_mirror *mm;
 	const char *method;
 	const char *const *path_names;
 	const char *const *path_values;

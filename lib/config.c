@@ -502,6 +502,10 @@ static void config_free(struct dw_config *c)
 		route_pattern_free(r->pattern);
 		mirror_free(r->mirror);
 		read_free(r->read);
+		mirror_free(r->request);
+		mirror_free(r->reverse);
+		expr_free(r->response);
+		free(r->table);
 	}
 	free(c->routes);
 	for (size_t i = 0; i < c->ntables; i++) {
@@ -1021,12 +1025,26 @@ static void load_pins(struct loader *L, const config_setting_t *ms, const char *
 	}
 }
 
-static void load_mirror(struct loader *L, struct dw_route *r, const config_setting_t *ms,
-			const char *rprefix)
+/*
+ * The three blocks that describe a request to another upstream (SPEC §3,
+ * §7.5): `mirror` (to the new system), `reverse` (back to the legacy when
+ * authority is "new"; the default upstream unless it names one) and
+ * `request` (the client's write as the new system takes it: no upstream -
+ * the mirror's - no key, no classes, and no $response: nothing has answered
+ * yet).
+ */
+enum mblock { MB_MIRROR, MB_REVERSE, MB_REQUEST };
+
+static struct dw_mirror *load_mirror(struct loader *L, struct dw_route *r,
+				     const config_setting_t *ms, const char *rprefix,
+				     enum mblock kind)
 {
 	static const char *const keys[] = { "upstream", "method", "path",      "key",
 					    "each",     "body",   "base",      "drop",
 					    "delivered", "retry", "permanent", "pins", NULL };
+	static const char *const request_keys[] = { "method", "path", "each", "body",
+						    "base",   "drop", NULL };
+	static const char *const block[] = { "mirror", "reverse", "request" };
 	struct dw_config *c = L->c;
 	struct dw_mirror *m;
 	char prefix[WHERE_MAX], w[WHERE_MAX];
@@ -1036,12 +1054,15 @@ static void load_mirror(struct loader *L, struct dw_route *r, const config_setti
 	const config_setting_t *key;
 	const char *s;
 
-	wfmt(prefix, sizeof(prefix), "%s: mirror", rprefix);
+	wfmt(prefix, sizeof(prefix), "%s: %s", rprefix, block[kind]);
 	if (!config_setting_is_group(ms)) {
-		lerr(L, sline(ms), prefix, "expected a group { upstream = \"...\"; ... }");
-		return;
+		lerr(L, sline(ms), prefix, "expected a group { %s... }",
+		     kind == MB_REQUEST ? "path = \"...\"; " : "upstream = \"...\"; ");
+		return NULL;
 	}
-	check_keys(L, ms, prefix, keys);
+	check_keys(L, ms, prefix, kind == MB_REQUEST ? request_keys : keys);
+	if (kind == MB_REQUEST)
+		o.allowed &= ~(unsigned)EXPR_SRC_RESPONSE;
 	if (r->pattern) {
 		o.npath = route_pattern_nparams(r->pattern);
 		for (size_t i = 0; i < o.npath; i++)
@@ -1050,22 +1071,28 @@ static void load_mirror(struct loader *L, struct dw_route *r, const config_setti
 		o.check_path = false; /* the match is broken; do not pile on */
 	}
 	m = dw_calloc(1, sizeof(*m));
-	m->upstream = -1;
+	m->upstream = kind == MB_REVERSE ? c->default_upstream : -1;
 
 	wjoin(w, sizeof(w), prefix, "upstream");
-	switch (get_str(L, ms, "upstream", prefix, &s)) {
+	switch (kind == MB_REQUEST ? 0 : get_str(L, ms, "upstream", prefix, &s)) {
 	case 0:
-		lerr(L, sline(ms), w, "missing (required)");
+		if (kind == MB_MIRROR)
+			lerr(L, sline(ms), w, "missing (required)");
 		break;
 	case 1:
 		m->upstream = config_upstream_index(c, s);
 		if (m->upstream < 0)
 			lerr(L, sline(config_setting_get_member(ms, "upstream")), w,
 			     "unknown upstream \"%s\"", s);
-		else if (m->upstream == c->default_upstream)
+		else if (kind == MB_MIRROR && m->upstream == c->default_upstream)
 			lerr(L, sline(config_setting_get_member(ms, "upstream")), w,
 			     "\"%s\" is the default upstream: a route cannot mirror to the "
 			     "authoritative backend",
+			     s);
+		else if (kind == MB_REVERSE && r->mirror && m->upstream == r->mirror->upstream)
+			lerr(L, sline(config_setting_get_member(ms, "upstream")), w,
+			     "\"%s\" is the mirror's upstream: the reverse mirror goes back to "
+			     "the legacy",
 			     s);
 		break;
 	default:
@@ -1103,28 +1130,96 @@ static void load_mirror(struct loader *L, struct dw_route *r, const config_setti
 		break;
 	}
 
-	if ((key = config_setting_get_member(ms, "key"))) {
+	if (kind != MB_REQUEST && (key = config_setting_get_member(ms, "key"))) {
 		if (config_setting_is_aggregate(key)) {
 			lerr(L, sline(key), (wjoin(w, sizeof(w), prefix, "key"), w),
 			     "must be a single value, e.g. \"$path.id\"");
 		} else {
 			m->key = expr_compile_opts(key, &o, &err);
 			if (!m->key)
-				lerr(L, o.line ? o.line : sline(key), rprefix, "mirror.%s", err.msg);
+				lerr(L, o.line ? o.line : sline(key), rprefix, "%s.%s", block[kind],
+				     err.msg);
 		}
 	}
 
 	load_pins(L, ms, prefix, &o, m);
 
 	/* each/base/drop/body: the mirrored document (none: no body) */
+	o.line = 0;
 	if (expr_compile_mapping(ms, &o, &m->body, &err) < 0)
-		lerr(L, o.line ? o.line : sline(ms), rprefix, "mirror.%s", err.msg);
+		lerr(L, o.line ? o.line : sline(ms), rprefix, "%s.%s", block[kind], err.msg);
 
-	load_classes(L, ms, prefix, m);
+	if (kind == MB_REQUEST)
+		default_classes(m->klass);
+	else
+		load_classes(L, ms, prefix, m);
 	m->sources = expr_sources(m->key) | expr_sources(m->body) | tmpl_sources(m->path);
 	for (size_t i = 0; i < m->npins; i++)
 		m->sources |= expr_sources(m->pins[i]);
-	r->mirror = m;
+	return m;
+}
+
+/*
+ * authority / request / response / reverse / table (SPEC §7.5). The blocks
+ * are checked whatever the authority; "new" needs a mirror (its upstream is
+ * the new system) and a reverse. Whether a flip may happen now (the queue,
+ * the guards) is not the file's business: the reload's gate decides that
+ * (cutover.h).
+ */
+static void load_authority(struct loader *L, struct dw_route *r, const config_setting_t *g,
+			   const char *rprefix)
+{
+	static const char *const rkeys[] = { "each", "base", "drop", "body", NULL };
+	const config_setting_t *s;
+	const char *v;
+	char w[WHERE_MAX];
+
+	wjoin(w, sizeof(w), rprefix, "authority");
+	if (get_str(L, g, "authority", rprefix, &v) == 1) {
+		if (strcmp(v, "new") == 0)
+			r->authority = AUTHORITY_NEW;
+		else if (strcmp(v, "legacy") != 0)
+			lerr(L, sline(config_setting_get_member(g, "authority")), w,
+			     "\"%s\": expected \"legacy\" or \"new\"", v);
+	}
+	if ((s = config_setting_get_member(g, "request")))
+		r->request = load_mirror(L, r, s, rprefix, MB_REQUEST);
+	if ((s = config_setting_get_member(g, "reverse")))
+		r->reverse = load_mirror(L, r, s, rprefix, MB_REVERSE);
+	if ((s = get_group(L, g, "response", rprefix))) {
+		const char *names[ROUTE_MAX_PARAMS];
+		struct expr_opts o = { .allowed = EXPR_SRC_HTTP, .check_path = true,
+				       .path_names = names };
+		struct dw_err err = { { 0 } };
+		char rp[WHERE_MAX];
+
+		wjoin(rp, sizeof(rp), rprefix, "response");
+		check_keys(L, s, rp, rkeys);
+		if (r->pattern) {
+			o.npath = route_pattern_nparams(r->pattern);
+			for (size_t i = 0; i < o.npath; i++)
+				names[i] = route_pattern_param(r->pattern, i);
+		} else {
+			o.check_path = false;
+		}
+		if (expr_compile_mapping(s, &o, &r->response, &err) < 0)
+			lerr(L, o.line ? o.line : sline(s), rprefix, "response.%s", err.msg);
+		else if (!r->response)
+			lerr(L, sline(s), rp,
+			     "says nothing: give body (and each for a list), or leave response out");
+	}
+	if (get_str(L, g, "table", rprefix, &v) == 1)
+		r->table = dw_strdup(v); /* checked against tables once they are loaded */
+	if ((r->request || r->response || r->reverse) && !r->mirror)
+		lerr(L, r->line, rprefix,
+		     "request/response/reverse describe a write cut-over: the route needs a mirror "
+		     "(its upstream is the new system)");
+	if (r->authority == AUTHORITY_NEW && !r->reverse)
+		lerr(L, sline(config_setting_get_member(g, "authority")), w,
+		     "\"new\" needs a reverse block: the legacy must still get every write");
+	if (r->authority == AUTHORITY_NEW && !r->mirror)
+		lerr(L, sline(config_setting_get_member(g, "authority")), w,
+		     "\"new\" needs a mirror block: its upstream is the new system");
 }
 
 /* A percentage of 0-100 with at most two decimals, as hundredths. Returns 1
@@ -1455,7 +1550,9 @@ static const char *table_name_at(const struct dw_config *c, size_t j, int *line)
 
 static void load_routes(struct loader *L, const config_setting_t *root)
 {
-	static const char *const keys[] = { "name", "match", "mirror", "read", NULL };
+	static const char *const keys[] = { "name",	"match",   "mirror", "read",
+					    "authority", "request", "response", "reverse",
+					    "table",	NULL };
 	const config_setting_t *rs = config_setting_get_member(root, "routes");
 	struct dw_config *c = L->c;
 	int n;
@@ -1521,9 +1618,10 @@ static void load_routes(struct loader *L, const config_setting_t *root)
 		}
 
 		if ((ms = config_setting_get_member(g, "mirror")))
-			load_mirror(L, r, ms, prefix);
+			r->mirror = load_mirror(L, r, ms, prefix, MB_MIRROR);
 		if ((ms = config_setting_get_member(g, "read")))
 			load_read(L, r, ms, prefix);
+		load_authority(L, r, g, prefix);
 	}
 }
 
@@ -1909,6 +2007,33 @@ int config_read_path(struct config_t *lc, const char *path)
 	return rc;
 }
 
+/* cutover = { reads_at_100_h; verified_within_h; }, and each route's
+ * table naming a configured table (tables load after routes). */
+static void load_cutover(struct loader *L, const config_setting_t *root)
+{
+	static const char *const keys[] = { "reads_at_100_h", "verified_within_h", NULL };
+	const config_setting_t *g = get_group(L, root, "cutover", "");
+	struct dw_config *c = L->c;
+
+	if (g) {
+		check_keys(L, g, "cutover", keys);
+		set_int(L, g, "reads_at_100_h", "cutover", 0, 24LL * 365, &c->cutover.reads_at_100_h);
+		set_int(L, g, "verified_within_h", "cutover", 1, 24LL * 365,
+			&c->cutover.verified_within_h);
+	}
+	for (size_t i = 0; i < c->nroutes; i++) {
+		const struct dw_route *r = &c->routes[i];
+
+		/* A warning, not an error: the routes are often checked in a file
+		 * without its table maps; verify then has no table to name. */
+		if (r->table && !config_table(c, r->table))
+			dw_errlist_add(&c->warnings,
+				       "%s:%d: route \"%s\": table: \"%s\" is not in tables: `dualwrite "
+				       "verify` cannot report this route's indeterminate writes by table",
+				       L->file, r->line, r->name ? r->name : "?", r->table);
+	}
+}
+
 /* Checks a parsed libconfig tree and builds the snapshot; path names it in
  * errors. Destroys cfg either way. */
 static struct dw_config *config_from_tree(config_t *cfg, const char *path, unsigned flags,
@@ -1918,6 +2043,7 @@ static struct dw_config *config_from_tree(config_t *cfg, const char *path, unsig
 						"limits",   "upstreams",	"default_upstream",
 						"queue",    "tenant",		"routes",
 						"tables",   "log_level",	"guards",
+						"cutover",
 						NULL };
 	struct loader L = { .file = path, .flags = flags, .errs = errs };
 	struct dw_config *c = NULL;
@@ -1951,6 +2077,7 @@ static struct dw_config *config_from_tree(config_t *cfg, const char *path, unsig
 					.read_p99_ms = 500,
 					.mirror_failure_rate = 5.0,
 					.shadow_mismatches_per_hour = 5 };
+	c->cutover.verified_within_h = 24;
 
 	check_keys(&L, root, "", top_keys);
 	load_scalars(&L, root);
@@ -1958,6 +2085,7 @@ static struct dw_config *config_from_tree(config_t *cfg, const char *path, unsig
 	load_upstreams(&L, root);
 	load_routes(&L, root);
 	load_tables(&L, root);
+	load_cutover(&L, root);
 
 	config_destroy(cfg);
 	if (L.nerrs > 0) {

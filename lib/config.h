@@ -11,7 +11,8 @@
  *
  * Keys (SPEC §3): listen, workers, admin.listen, limits.*, upstreams.*,
  * default_upstream, queue.*, tenant.*, routes (with mirror and, SPEC §7.1,
- * read), guards (SPEC §7.3), tables, log_level. TLS (SPEC
+ * read; SPEC §7.5 authority, request, response, reverse, table), guards
+ * (SPEC §7.3), tables, cutover.*, log_level. TLS (SPEC
  * §8): a listen entry may be { addr; tls = { cert; key; client_ca; }; } and
  * an https:// upstream takes ca_file, verify, sni, cert and key; their
  * OpenSSL contexts are built here (tls.h), so a bad certificate or key is a
@@ -125,14 +126,41 @@ struct dw_read {
 	int line;
 };
 
+/* Which side a route's writes go to first (SPEC §7.5). */
+enum dw_authority {
+	AUTHORITY_LEGACY = 0, /* the legacy answers; `mirror` copies to the new system */
+	AUTHORITY_NEW = 1,    /* the new system answers; `reverse` copies to the legacy */
+};
+
 struct dw_route {
 	char *name;
 	char *match;			/* as configured */
 	struct route_pattern *pattern;
 	struct dw_mirror *mirror;	/* NULL: pass-through only */
 	struct dw_read *read;		/* NULL: every read goes to the legacy */
+	/*
+	 * Write cut-over (SPEC §7.5). With authority "new" the client's write
+	 * goes to mirror->upstream as `request` builds it (upstream is that
+	 * one, key unused; NULL: the client's request unchanged), its 2xx
+	 * answer is mapped by `response` (NULL: unchanged), and `reverse` (a
+	 * mirror like any other, towards the legacy) copies it back with every
+	 * guarantee of §5. All three are parsed and checked whatever the
+	 * authority, so a flip is only a change of that one word.
+	 */
+	enum dw_authority authority;
+	struct dw_mirror *request;
+	struct expr *response;
+	struct dw_mirror *reverse;
+	char *table;		/* the `tables` entry whose rows it writes; NULL: unknown */
 	int line;
 };
+
+/* The mirror a route's acknowledged write takes: towards the new system
+ * (authority "legacy") or back to the legacy (authority "new"). NULL: none. */
+static inline const struct dw_mirror *route_write_mirror(const struct dw_route *r)
+{
+	return r->authority == AUTHORITY_NEW ? r->reverse : r->mirror;
+}
 
 /* A source side has no where. The key is one column (key = "id") or a
  * composite key (key = ["device_id", "timestamp"]); both sides name the same
@@ -199,6 +227,13 @@ struct dw_config {
 
 	struct dw_table_map *tables;
 	size_t ntables;
+
+	/* cutover = { reads_at_100_h; verified_within_h; } (SPEC §7.5): what
+	 * `dualwrite cutover check` asks of a write cut-over. */
+	struct {
+		int reads_at_100_h;    /* default 0 */
+		int verified_within_h; /* default 24 */
+	} cutover;
 
 	/* What is valid but probably not meant ("file:line: where: what"), for
 	 * the loader's caller to show: dualwrited logs them at every load, -t

@@ -1896,6 +1896,59 @@ out:
 	return r;
 }
 
+int spool_upstream_waiting(struct spool *sp, const char *upstream, uint64_t *queued,
+			   uint64_t *dead, struct dw_err *err)
+{
+	uint64_t *unkeyed = NULL;
+	size_t nun = 0, cap = 0;
+	bool owned;
+	int r = 0;
+
+	*queued = *dead = 0;
+	pthread_mutex_lock(&sp->mu);
+	owned = owner_alive_locked(sp);
+	for (size_t i = 0; i < sp->nents; i++) {
+		const struct ent *e = &sp->ents[i];
+		bool waits = e->state == SPOOL_QUEUED || e->state == SPOOL_DEAD ||
+			     (e->state == SPOOL_PENDING && !owned);
+
+		if (!waits)
+			continue;
+		if (!e->kn) {
+			if (nun == cap) {
+				cap = cap ? cap * 2 : 16;
+				unkeyed = dw_realloc(unkeyed, cap * sizeof(*unkeyed));
+			}
+			unkeyed[nun++] = e->seq;
+			continue;
+		}
+		if (strcmp(e->kn->s, upstream) != 0) /* s: upstream '\0' key */
+			continue;
+		if (e->state == SPOOL_DEAD)
+			(*dead)++;
+		else
+			(*queued)++;
+	}
+	pthread_mutex_unlock(&sp->mu);
+	for (size_t i = 0; i < nun && r == 0; i++) {
+		struct spool_record rec;
+
+		if (spool_read(sp, unkeyed[i], &rec, err) < 0) {
+			r = -1;
+			break;
+		}
+		if (rec.upstream && strcmp(rec.upstream, upstream) == 0) {
+			if (rec.state == SPOOL_DEAD)
+				(*dead)++;
+			else if (rec.state == SPOOL_QUEUED || rec.state == SPOOL_PENDING)
+				(*queued)++;
+		}
+		spool_record_clear(&rec);
+	}
+	free(unkeyed);
+	return r;
+}
+
 size_t spool_list(struct spool *sp, enum spool_state st, uint64_t *seqs, size_t max)
 {
 	size_t n = 0;

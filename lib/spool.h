@@ -167,6 +167,14 @@ int spool_refresh(struct spool *sp, struct dw_err *err) DW_MUSTCHECK;
  * orphaned PENDING): later writes of that key must queue behind them. */
 bool spool_key_queued(struct spool *sp, const char *upstream, const char *key);
 
+/* The records of one upstream waiting in the queue: queued (QUEUED, and
+ * PENDING when no daemon owns the directory) and dead. A keyed record is
+ * told from the index; an unkeyed one is read back (spool_read), so this is
+ * for rare callers (a reload's gate, `dualwrite cutover check`), not the
+ * request path. -1 with err when an unkeyed record cannot be read. */
+int spool_upstream_waiting(struct spool *sp, const char *upstream, uint64_t *queued,
+			   uint64_t *dead, struct dw_err *err) DW_MUSTCHECK;
+
 /* Read one record (any state still indexed) into out. */
 int spool_read(struct spool *sp, uint64_t seq, struct spool_record *out,
 	       struct dw_err *err) DW_MUSTCHECK;

@@ -16,6 +16,7 @@ int cmd_backfill(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_reload(int argc, char **argv);
 int cmd_guard(int argc, char **argv);
+int cmd_cutover(int argc, char **argv);
 
 /* Load a configuration for a command; on failure print every error line to
  * stderr and return NULL (the caller exits 2). */

@@ -26,6 +26,7 @@ static const struct command commands[] = {
 	{"guard", cmd_guard, "the rollback guards: status, reset UPSTREAM"},
 	{"backfill", cmd_backfill, "copy history from the legacy table to the new one (resumable)"},
 	{"verify", cmd_verify, "compare the legacy and new tables, optionally repair"},
+	{"cutover", cmd_cutover, "check the gates of a write cut-over (authority \"new\")"},
 };
 
 static void usage(FILE *f)

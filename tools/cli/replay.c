@@ -179,12 +179,20 @@ static const struct dw_route *find_route(const struct dw_config *cfg, const char
 	return NULL;
 }
 
-/* The route's table, or the defaults when the route is gone: 2xx delivered;
- * 408, 429 and 5xx retry; anything else is permanent. */
-static enum mirror_class classify(const struct dw_route *rt, int status)
+/* The table of the route's block that sends to upstream ui (its mirror, or
+ * its reverse towards the legacy: SPEC §7.5), or the defaults when the
+ * route is gone: 2xx delivered; 408, 429 and 5xx retry; anything else is
+ * permanent. */
+static enum mirror_class classify(const struct dw_route *rt, int ui, int status)
 {
-	if (rt && rt->mirror && status >= 100 && status < 600)
-		return (enum mirror_class)rt->mirror->klass[status];
+	const struct dw_mirror *m = NULL;
+
+	if (rt && rt->reverse && rt->reverse->upstream == ui)
+		m = rt->reverse;
+	else if (rt)
+		m = rt->mirror;
+	if (m && status >= 100 && status < 600)
+		return (enum mirror_class)m->klass[status];
 	if (status >= 200 && status < 300)
 		return MIRROR_DELIVERED;
 	if (status == 408 || status == 429 || status >= 500)
@@ -334,7 +342,7 @@ static int deliver(struct replay *r, const char *where, const struct spool_recor
 	res->lat = dw_now_us() - t0;
 	r->sent++;
 	res->attempts = rec->attempts + 1;
-	res->k = rc < 0 ? MIRROR_RETRY : classify(rt, resp.status);
+	res->k = rc < 0 ? MIRROR_RETRY : classify(rt, ui, resp.status);
 	res->status = rc < 0 ? 0 : resp.status;
 
 	if (res->k == MIRROR_PERMANENT) {

@@ -20,6 +20,14 @@
  *
  * Keys with records still waiting in the replay queue are reported as
  * pending, not as differences: the queue will deliver them.
+ *
+ * Indeterminate writes (SPEC §7.5: an authoritative write whose answer never
+ * came, recorded by the daemon beside the queue, cutstate.h): a key that
+ * differs is reported with kind "indeterminate" (and what it was, "was"),
+ * one of unknown key is reported while the table has any difference; a key
+ * found equal (or every unknown one, on a table found equal) is cleared.
+ * Each run's outcome is recorded beside the queue for `dualwrite cutover
+ * check`.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -28,6 +36,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "cutstate.h"
 #include "pgutil.h"
 #include "spool.h"
 
@@ -38,6 +47,7 @@ struct diff {
 	char *key;
 	enum diff_kind kind;
 	char *fields; /* ", "-joined differing columns (changed only) */
+	bool indet;   /* the key of an indeterminate write: reported as such */
 };
 
 struct difflist {
@@ -145,7 +155,7 @@ static void diff_add(struct difflist *l, const char *key, enum diff_kind k, char
 		l->cap = l->cap ? 2 * l->cap : 64;
 		l->v = dw_realloc(l->v, l->cap * sizeof(*l->v));
 	}
-	l->v[l->n++] = (struct diff){dw_strdup(key), k, fields};
+	l->v[l->n++] = (struct diff){dw_strdup(key), k, fields, false};
 }
 
 static void diff_free(struct difflist *l)
@@ -872,7 +882,10 @@ static json_t *diffs_json(const struct difflist *d)
 {
 	json_t *a = json_array();
 	for (size_t i = 0; i < d->n; i++) {
-		json_t *o = json_pack("{s:s, s:s}", "key", d->v[i].key, "kind", KIND[d->v[i].kind]);
+		json_t *o = json_pack("{s:s, s:s}", "key", d->v[i].key, "kind",
+				      d->v[i].indet ? "indeterminate" : KIND[d->v[i].kind]);
+		if (d->v[i].indet)
+			json_object_set_new(o, "was", json_string(KIND[d->v[i].kind]));
 		json_t *f = json_array();
 		if (d->v[i].fields) {
 			char *dup = dw_strdup(d->v[i].fields), *save = NULL;
@@ -890,13 +903,110 @@ static void print_diffs(const struct difflist *d, const char *indent)
 {
 	size_t shown = d->n < 200 ? d->n : 200;
 	for (size_t i = 0; i < shown; i++) {
-		printf("%s%-8s %s", indent, KIND[d->v[i].kind], d->v[i].key);
-		if (d->v[i].fields)
+		printf("%s%-8s %s", indent, d->v[i].indet ? "indeterminate" : KIND[d->v[i].kind],
+		       d->v[i].key);
+		if (d->v[i].indet)
+			printf(" (%s%s%s; the write's answer never came)", KIND[d->v[i].kind],
+			       d->v[i].fields ? ": " : "", d->v[i].fields ? d->v[i].fields : "");
+		else if (d->v[i].fields)
 			printf(" (%s)", d->v[i].fields);
 		printf("\n");
 	}
 	if (d->n > shown)
 		printf("%s... and %zu more (--json lists them all)\n", indent, d->n - shown);
+}
+
+static bool queue_dir_exists(const struct dw_config *cfg)
+{
+	struct stat st;
+	return cfg->queue.path && stat(cfg->queue.path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/*
+ * The indeterminate writes of table (cutstate.h): mark the reported
+ * differences (shown) of their keys; clear those whose key is not among
+ * the differences left (final) and not pending, and every one of unknown key
+ * when nothing differs. Returns how many of unknown key stay open, the
+ * first entries of *unknown (indet_entries_free(*unknown, that count)).
+ */
+static size_t indeterminate(const struct dw_config *cfg, const char *table,
+			    const struct strset *pending, const struct difflist *final,
+			    struct difflist *shown, struct indet_entry **unknown)
+{
+	struct indet_entry *v = NULL;
+	struct dw_err err = {{0}};
+	size_t n = 0, nu = 0;
+	bool cleared_unknown = false;
+
+	*unknown = NULL;
+	if (!queue_dir_exists(cfg))
+		return 0;
+	if (indet_load(cfg->queue.path, table, &v, &n, &err) < 0) {
+		fprintf(stderr, "dualwrite verify: warning: %s (indeterminate writes not known)\n",
+			err.msg);
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct indet_entry *e = &v[i];
+		bool open = false;
+
+		if (!e->key) {
+			if (final->n == 0 && !cleared_unknown) {
+				if (indet_clear(cfg->queue.path, table, NULL, &err) < 0)
+					fprintf(stderr, "dualwrite verify: warning: %s\n", err.msg);
+				cleared_unknown = true;
+			}
+			if (final->n != 0) {
+				/* kept, in order: move it to the front part of v */
+				struct indet_entry t = v[nu];
+				v[nu] = *e;
+				*e = t;
+				nu++;
+			}
+			continue;
+		}
+		if (set_has(pending, e->key))
+			continue; /* the queue will deliver it; verify again after */
+		for (size_t k = 0; k < final->n; k++)
+			if (strcmp(final->v[k].key, e->key) == 0)
+				open = true;
+		for (size_t k = 0; open && k < shown->n; k++)
+			if (strcmp(shown->v[k].key, e->key) == 0)
+				shown->v[k].indet = true;
+		if (!open && indet_clear(cfg->queue.path, table, e->key, &err) < 0)
+			fprintf(stderr, "dualwrite verify: warning: %s\n", err.msg);
+	}
+	/* v[0..nu) are the open ones of unknown key; free the rest's strings */
+	for (size_t i = nu; i < n; i++) {
+		free(v[i].route);
+		free(v[i].table);
+		free(v[i].key);
+		free(v[i].request_id);
+		free(v[i].reason);
+	}
+	*unknown = v;
+	return nu;
+}
+
+/* For `dualwrite cutover check`: when this table was last verified, and
+ * whether it was equal (beside the queue; nothing when there is no queue
+ * directory here). */
+static void record_outcome(const struct dw_config *cfg, const char *table, bool equal,
+			   size_t differences)
+{
+	struct verify_mark mk = {dw_wall_us(), equal, differences};
+	struct dw_err err = {{0}};
+
+	if (!queue_dir_exists(cfg)) {
+		fprintf(stderr, "dualwrite verify: warning: no queue directory %s: this run is not "
+				"recorded for `dualwrite cutover check`\n",
+			cfg->queue.path ? cfg->queue.path : "-");
+		return;
+	}
+	if (verify_mark_record(cfg->queue.path, table, &mk, &err) < 0)
+		fprintf(stderr, "dualwrite verify: warning: %s (not recorded for `dualwrite cutover "
+				"check`)\n",
+			err.msg);
 }
 
 int cmd_verify(int argc, char **argv)
@@ -913,6 +1023,8 @@ int cmd_verify(int argc, char **argv)
 	struct strset suspects = {0}, pending = {0}, pend_hit = {0};
 	struct difflist all = {0}, diffs = {0};
 	struct repair rep = {0};
+	struct indet_entry *unknown = NULL;
+	size_t nunknown = 0;
 	long long src_rows = 0, tgt_rows = 0;
 	long srows = 0, sdiff = 0;
 	char *ssql = NULL, *tsql = NULL;
@@ -969,7 +1081,10 @@ int cmd_verify(int argc, char **argv)
 	}
 	double secs = (double)(dw_now_us() - t0) / 1e6;
 	const struct difflist *final = repaired ? &rep.remaining : &diffs;
-	bool equal = final->n == 0;
+	nunknown = indeterminate(cfg, m.name, &pending, repaired ? &rep.remaining : &diffs,
+					&diffs, &unknown);
+	bool equal = final->n == 0 && nunknown == 0;
+	record_outcome(cfg, m.name, equal, final->n);
 	if (o.json) {
 		json_t *j = json_object();
 		json_object_set_new(j, "table", json_string(m.name));
@@ -985,6 +1100,13 @@ int cmd_verify(int argc, char **argv)
 			json_object_set_new(j, "target_rows_by", bt);
 		}
 		json_object_set_new(j, "differences", diffs_json(&diffs));
+		json_t *ua = json_array();
+		for (size_t i = 0; i < nunknown; i++)
+			json_array_append_new(ua, json_pack("{s:n, s:s, s:s?, s:s?}", "key", "kind",
+							    "indeterminate", "route", unknown[i].route,
+							    "request_id", unknown[i].request_id));
+		json_array_extend(json_object_get(j, "differences"), ua);
+		json_decref(ua);
 		json_t *pa = json_array();
 		for (size_t i = 0; i < pend_hit.n; i++)
 			json_array_append_new(pa, json_string(pend_hit.v[i]));
@@ -1014,6 +1136,11 @@ int cmd_verify(int argc, char **argv)
 		}
 		printf("\n");
 		print_diffs(&diffs, "  ");
+		for (size_t i = 0; i < nunknown; i++)
+			printf("  indeterminate ? (route %s, request %s: the write's answer never came "
+			       "and its key is unknown)\n",
+			       unknown[i].route ? unknown[i].route : "-",
+			       unknown[i].request_id ? unknown[i].request_id : "-");
 		for (size_t i = 0; i < pend_hit.n; i++)
 			printf("  pending  %s (waiting in the replay queue)\n", pend_hit.v[i]);
 		printf("  sample: %ld rows, %ld differ\n", srows, sdiff);
@@ -1022,8 +1149,11 @@ int cmd_verify(int argc, char **argv)
 			       rep.copied, rep.deleted, rep.remaining.n);
 			print_diffs(&rep.remaining, "    ");
 		}
-		if (diffs.n == 0)
+		if (diffs.n == 0 && nunknown == 0)
 			printf("  result: equal (%.1f s)\n", secs);
+		else if (diffs.n == 0)
+			printf("  result: %zu indeterminate writes of unknown key (%.1f s)\n", nunknown,
+			       secs);
 		else if (repaired)
 			printf("  result: %zu differences found, %s (%.1f s)\n", diffs.n,
 			       equal ? "all repaired" : "some remain", secs);
@@ -1048,6 +1178,7 @@ out:
 	diff_free(&all);
 	diff_free(&diffs);
 	diff_free(&rep.remaining);
+	indet_entries_free(unknown, nunknown);
 	pgu_map_close(&m);
 	config_unref(cfg);
 	return rc;

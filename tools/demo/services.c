@@ -144,10 +144,12 @@ static void uc_list(struct svc *s, struct call *c, struct reply *r)
 		   "list equipment");
 }
 
+/* The id is assigned here, unless the body gives one: after the write cut-over the new system
+ * assigns it and the reverse mirror brings it (409 when that row exists already). */
 static void uc_create(struct svc *s, struct call *c, struct reply *r)
 {
 	static const char *const req[] = {"user_id", "name"};
-	const char *p[4];
+	const char *p[6];
 
 	if (require(c, r, req, DW_ARRAY_LEN(req)) < 0)
 		return;
@@ -155,11 +157,15 @@ static void uc_create(struct svc *s, struct call *c, struct reply *r)
 	p[1] = call_text(c, "name");
 	p[2] = call_text(c, "type");
 	p[3] = call_text(c, "brand");
+	p[4] = call_text(c, "id");
+	p[5] = call_text(c, "created_at");
 	reply_row(s, r,
 		  demo_query(s,
-			     "INSERT INTO old_equipment (user_id, name, type, brand)"
-			     " VALUES ($1::bigint, $2, $3, $4) RETURNING " EQUIPMENT_JSON "::text",
-			     4, p),
+			     "INSERT INTO old_equipment (id, user_id, name, type, brand, created_at)"
+			     " VALUES (coalesce($5::bigint, nextval('old_equipment_id_seq')),"
+			     " $1::bigint, $2, $3, $4, coalesce($6::timestamptz, now()))"
+			     " RETURNING " EQUIPMENT_JSON "::text",
+			     6, p),
 		  201, "create equipment", "");
 }
 
@@ -262,14 +268,16 @@ static PGresult *gear_insert(struct svc *s, struct call *c, const char *id, int 
 	return demo_query(s,
 			  upsert ? "INSERT INTO gear_items (id, user_id, name, category, brand, status,"
 				   " role, created_at, updated_at)"
-				   " VALUES ($1::bigint, $2::bigint, $3, $4, $5, coalesce($6, 'active'),"
+				   " VALUES (coalesce($1::bigint, nextval('gear_items_id_seq')), $2::bigint, $3, $4, $5,"
+				   " coalesce($6, 'active'),"
 				   " coalesce($7, 'personal'),"
 				   " coalesce($8::timestamptz, now()),"
 				   " coalesce($9::timestamptz, $8::timestamptz, now()))"
 				   " ON CONFLICT (id) DO NOTHING RETURNING " GEAR_JSON "::text"
 				 : "INSERT INTO gear_items (id, user_id, name, category, brand, status,"
 				   " role, created_at, updated_at)"
-				   " VALUES ($1::bigint, $2::bigint, $3, $4, $5, coalesce($6, 'active'),"
+				   " VALUES (coalesce($1::bigint, nextval('gear_items_id_seq')), $2::bigint, $3, $4, $5,"
+				   " coalesce($6, 'active'),"
 				   " coalesce($7, 'personal'),"
 				   " coalesce($8::timestamptz, now()),"
 				   " coalesce($9::timestamptz, $8::timestamptz, now()))"
@@ -279,10 +287,11 @@ static PGresult *gear_insert(struct svc *s, struct call *c, const char *id, int 
 
 static void go_create(struct svc *s, struct call *c, struct reply *r)
 {
-	static const char *const req[] = {"id", "user_id", "name"};
+	static const char *const req[] = {"user_id", "name"};
 
 	if (require(c, r, req, DW_ARRAY_LEN(req)) < 0)
 		return;
+	/* no id: this service assigns it (authority "new", after the write cut-over) */
 	reply_row(s, r, gear_insert(s, c, NULL, 0), 201, "create gear item", "");
 }
 

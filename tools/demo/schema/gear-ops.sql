@@ -13,6 +13,9 @@ CREATE TABLE IF NOT EXISTS gear_items (
 	updated_at timestamptz
 );
 CREATE INDEX IF NOT EXISTS gear_items_user_id_idx ON gear_items (user_id);
+-- After the write cut-over (authority "new") this service assigns the ids of new items,
+-- from a range the legacy never reaches; the legacy row gets the same id (reverse mirror).
+CREATE SEQUENCE IF NOT EXISTS gear_items_id_seq START 1000000000;
 -- The new system's own features (no legacy counterpart; not mirrored).
 CREATE TABLE IF NOT EXISTS gear_inspections (
 	id           bigserial PRIMARY KEY,
