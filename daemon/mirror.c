@@ -1590,9 +1590,9 @@ void mirror_intent_close(struct mirror *self, uint64_t id)
 		sf_put_close(&self->cframes, id);
 }
 
-bool mirror_intents_waiting(const struct mirror *self)
+bool mirror_waiting(const struct mirror *self)
 {
-	return self->iframes.len || self->cframes.len;
+	return self->npend || self->iframes.len || self->cframes.len;
 }
 
 /* Journal the intents and closes alone (no record this time). Not
@@ -1623,7 +1623,7 @@ void mirror_commit(struct mirror *self)
 	bool iin = false;
 
 	if (n == 0) {
-		if (mirror_intents_waiting(self))
+		if (self->iframes.len || self->cframes.len)
 			intents_flush(self);
 		return;
 	}

@@ -549,9 +549,10 @@ static void conn_flush(struct conn *c)
 	out = conn_out(c);
 	if (evbuffer_get_length(out) == 0)
 		return;
-	/* An answer never leaves before the closes of outcomes known so far
-	 * (an answered write must not look like one of unknown outcome). */
-	if (mirror_intents_waiting(c->w->mirror))
+	/* An answer never leaves before what was captured and closed so far is
+	 * journaled (G2; and an answered write must never look like one of
+	 * unknown outcome). */
+	if (mirror_waiting(c->w->mirror))
 		mirror_commit(c->w->mirror);
 	if (c->client_gone) {
 		evbuffer_drain(out, evbuffer_get_length(out));
@@ -601,8 +602,8 @@ void proxy_flush_queued(struct worker *w)
 	struct conn *c;
 
 	/* Write-ahead intents are in the journal before any request of theirs
-	 * leaves (one write with whatever else this iteration journals). */
-	if (mirror_intents_waiting(w->mirror))
+	 * leaves, in one write with the records and closes of this iteration. */
+	if (mirror_waiting(w->mirror))
 		mirror_commit(w->mirror);
 
 	while ((c = TAILQ_FIRST(&w->flushq))) {
@@ -2264,8 +2265,12 @@ static bool start_response(struct conn *c)
 			if (need_resp)
 				c->x->capture = evbuffer_new();
 		} else {
+			/* journaled with this iteration's other records, intents
+			 * and closes in one write, before the answer leaves
+			 * (conn_flush) */
 			do_mirror(c);
-			mirror_commit(w->mirror); /* the answer starts going out now */
+			if (TAILQ_EMPTY(&w->flushq))
+				event_active(w->flush_ev, EV_TIMEOUT, 0);
 		}
 	} else if (c->x->intent) {
 		/* nothing to mirror: the outcome is known (conn_flush writes the

@@ -349,8 +349,8 @@ uint64_t mirror_intent(struct mirror *self, const char *route, const char *upstr
 		       const char *method, const char *target, size_t target_len,
 		       const char *request_id, const char *key);
 void mirror_intent_close(struct mirror *self, uint64_t id);
-/* Whether intents or closes wait for mirror_commit. */
-bool mirror_intents_waiting(const struct mirror *self);
+/* Whether captured writes, intents or closes wait for mirror_commit. */
+bool mirror_waiting(const struct mirror *self);
 
 /* The journal's health (mirror.c). init: writable, gauge registered. */
 void journal_health_init(struct server *srv);
