@@ -430,7 +430,8 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 			dead = dead_reason(why, sizeof(why), "request body is not JSON: %s",
 					   in->req_body_len ? jerr.text : "empty body");
 	}
-	if (!dead && (mm->sources & EXPR_SRC_RESPONSE)) {
+	if (!dead && ((expr_sources(mm->key) | expr_sources(mm->body) | tmpl_sources(mm->path)) &
+		      EXPR_SRC_RESPONSE)) {
 		if (in->resp_too_large)
 			dead = "response larger than max_body_bytes: $response unavailable";
 		else if (!(resp = jsonfast_loadb(in->resp_body ? in->resp_body : "",

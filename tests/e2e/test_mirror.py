@@ -1180,3 +1180,22 @@ def test_client_gone_while_legacy_answers_still_mirrors(dw, make_backend, mode):
         s.close()
         assert got.startswith(b"HTTP/1.1 201"), got
         assert b"Connection: close" in got, got
+
+
+def test_delete_with_response_pin_and_empty_answer_is_delivered(dw, make_backend):
+    """conf/gear-ops.conf's delete: the legacy answers 204 with no body, and only the route's
+    read-your-writes pin names $response (it does not evaluate: the upstream is pinned
+    blind). The mirror needs nothing from the answer, so it is sent, not dead-lettered."""
+    legacy = make_backend(lambda req: Reply(204, b""), name="legacy")
+    target = json_backend(make_backend, "target", 204, {})
+    routes = ml.gear_routes().replace('key       = "$path.id";\n      delivered = [ 404 ];',
+                                      'key       = "$path.id";\n      delivered = [ 404 ];\n'
+                                      '      pins      = [ "user:${$response.user_id}" ];')
+    assert "pins" in routes
+    d = ml.mirror_daemon(dw, legacy.url, target.url, routes)
+    r = ml.send_json(d.port, "DELETE", "/equipment/9")
+    assert r.status == 204, r
+    out = ml.wait_outcomes(d, lambda o: o["route"] == "equipment-delete", 1, 10, "the delete")
+    assert out[0]["result"] == "delivered", out[0]["line"]
+    assert [t.target for t in target.wait_requests(1)] == ["/gear-items/9"]
+    d.stop()
