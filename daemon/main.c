@@ -710,6 +710,16 @@ int main(int argc, char **argv)
 		log_warn("queue %s holds %" PRIu64 " writes for replay (from earlier runs or "
 			 "failures): run `dualwrite replay`",
 			 srv.cfg->queue.path, st.queued);
+	/* Starting with authority "new" is not a flip (nothing ran before), but
+	 * say so when a reload would have refused it. */
+	{
+		struct cutover_probe probe = {gate_waiting, gate_guard_tripped, &srv};
+		struct dw_err gerr = {""};
+
+		if (cutover_gate(NULL, srv.cfg, &probe, &gerr) < 0)
+			log_warn("start-up: %s; starting anyway (a reload would refuse this flip)",
+				 gerr.msg);
+	}
 	/* pgforward wiring: failed mirrors move on to the shared PostgreSQL queue */
 	if (srv.cfg->queue.postgres && !(srv.pgfwd = pgforward_start(&srv, &err))) {
 		log_error("%s", err.msg);

@@ -249,6 +249,13 @@ def test_flip_refused_while_the_postgres_fleet_queue_holds_records(pg, svc, dw):
     out = check(c.conf, "--json")
     items = {i["check"]: i for i in json.loads(out.stdout)["checks"]}
     assert items["queue gear_ops"]["ok"] is False, items
+    # a daemon started at "new" with that record waiting says the gate would not hold
+    c.d.stop()
+    c.d.write_config(c.text("new"))
+    c.d.start()
+    c.d.wait_log('start-up: route "equipment-create": authority "new" refused')
+    c.d.write_config(c.text("legacy"))
+    c.d.reload(c.text("legacy"))
     svc["gear-ops"].fault("ok")
     ml.replay_until_drained(c.conf)
     c.flip("new")
@@ -379,6 +386,9 @@ def test_reverse_mirror_survives_sigkill(pg, svc, dw):
     svc["user-core"].fault("ok")
     c.d.start()  # what was pending is recovered as queued
     assert ml.queue_stats(c.conf)["queued"] == len(ids)
+    # starting at "new" is no flip, but the daemon says the gate would not hold (the queue
+    # waits for the legacy here, not for gear_ops: nothing to say)
+    assert "start-up: route" not in c.d.log_text()
     ml.replay_until_drained(c.conf)
     for i in ids:
         assert c.legacy_row(i) is not None, i

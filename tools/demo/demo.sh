@@ -8,12 +8,15 @@
 # backfill` copies 100,000 historical rows (Phase 2), and `dualwrite verify` proves both tables
 # agree, finds rows changed behind the proxy's back and repairs them; then (Phase 3) the read
 # routes are ramped 10 -> 30 -> 50 -> 80 -> 100 % by editing the weight and SIGHUP, a few
-# thousand reads per step (tools/demo/readload.py), with the share each side served. IoT V1 ->
-# V2: the guide's Phases 1-3 for users, devices and telemetry — the default tenant, V1 traffic
-# (telemetry batches included) mirrored with the tenant on every row, a malformed tenant
-# dead-lettered while V1 still takes the write, the history backfilled (telemetry on its
-# composite key), verify per table and the counts per tenant — and its Phase 4 read ramp, V2
-# serving V1's device and user reads for the tenant.
+# thousand reads per step (tools/demo/readload.py), with the share each side served;
+# `dualwrite cutover check` passes, the write cut-over (authority "new") is refused while a write
+# is queued and accepted after replay, writers keep going while writes roll back to the legacy
+# (zero failed), verify is equal, and the legacy is decommissioned (Phase 4/5). IoT V1 -> V2: the
+# guide's Phases 1-3 for users, devices and telemetry — the default tenant, V1 traffic (telemetry
+# batches included) mirrored with the tenant on every row, a malformed tenant dead-lettered while
+# V1 still takes the write, the history backfilled (telemetry on its composite key), verify per
+# table and the counts per tenant — and its Phase 4 read ramp, V2 serving V1's device and user
+# reads for the tenant.
 #
 # Everything lives in one temp dir on free high ports; an EXIT trap stops every process this script
 # started (by PID) and the cluster, on success, failure or Ctrl-C. Every step is checked; the exit
@@ -38,7 +41,7 @@ STEP="setup"
 W=""
 P_UC="" P_GO="" P_V1="" P_V2="" DW_PORT="" DW_ADMIN=""
 declare -A PIDS=()   # name -> pid of every background process started here
-STOP_ORDER=(dwd-iot dwd-gear iot-v1 iot-v2 gear-ops user-core)
+STOP_ORDER=(writer1 writer2 dwd-iot dwd-gear iot-v1 iot-v2 gear-ops user-core)
 
 # ---- output -------------------------------------------------------------------------------------
 
@@ -437,7 +440,7 @@ done
 W=$(mktemp -d "${TMPDIR:-/tmp}/dw-demo.XXXXXX")
 chmod 0755 "$W"
 
-section "Gear Operations 1/7 — a throwaway cluster, the two services, and dualwrited in front"
+section "Gear Operations 1/9 — a throwaway cluster, the two services, and dualwrited in front"
 say "Temp dir \$DEMO = $W"
 eval "$(PG_DATABASES='user_core gear_ops iot_v1 iot_v2' tests/pg.sh start "$W/pg" 2>"$W/pg.log")" ||
 	fail "tests/pg.sh start failed: $(cat "$W/pg.log")"
@@ -458,7 +461,7 @@ ok "dualwrited listening on :$P_GW (admin :$P_GA), ready"
 show "$B/dualwrite" status -c "$GEAR" || fail "dualwrite status failed"
 PX=http://127.0.0.1:$P_GW
 
-section "Gear Operations 2/7 — Phase 1: dual-write (clients talk to the sidecar only)"
+section "Gear Operations 2/9 — Phase 1: dual-write (clients talk to the sidecar only)"
 NAMES=("Trail Tent" "Summit Backpack" "Down Sleeping Bag" "Headlamp" "Canister Stove" "Rain Jacket"
 	"Hiking Boots" "Dynamic Rope" "Climbing Helmet" "Harness")
 TYPES=(shelter pack sleep lighting cooking clothing footwear climbing climbing climbing)
@@ -502,7 +505,7 @@ counts
 if [ "$N_OLD" != 29 ] || [ "$N_NEW" != 29 ]; then fail "expected 29 rows on both sides"; fi
 ok "every acknowledged write is mirrored"
 
-section "Gear Operations 3/7 — Phase 1 rollback drill: gear-ops goes down mid-traffic"
+section "Gear Operations 3/9 — Phase 1 rollback drill: gear-ops goes down mid-traffic"
 say "Killing gear-ops (pid ${PIDS[gear-ops]}) with SIGKILL ..."
 stop gear-ops KILL 2>/dev/null
 BEFORE_NEW=$(q gear_ops 'SELECT count(*) FROM gear_items')
@@ -563,7 +566,7 @@ if [ "$rc" -ne 0 ]; then
 fi
 ok "verify: equal"
 
-section "Gear Operations 4/7 — Phase 2: history ($HISTORY_ROWS rows the proxy never saw)"
+section "Gear Operations 4/9 — Phase 2: history ($HISTORY_ROWS rows the proxy never saw)"
 say "Inserting $HISTORY_ROWS historical rows straight into user_core.old_equipment (ids 1..$HISTORY_ROWS) ..."
 q user_core "
 INSERT INTO old_equipment (id, user_id, name, type, brand, created_at)
@@ -635,7 +638,7 @@ n=$(q gear_ops "SELECT count(*) FROM gear_items WHERE id IN (${MISSING// /, }, $
 counts
 ok "repaired: verify equal again"
 
-section "Gear Operations 5/7 — what the operator watches"
+section "Gear Operations 5/9 — what the operator watches"
 curl -s "http://127.0.0.1:$P_GA/metrics" >"$W/metrics.txt" || fail "GET /metrics failed"
 grep -E '^dualwrite_(requests_total|mirror_total|queue_depth)' "$W/metrics.txt" | sed 's/^/  /'
 grep -q '^dualwrite_requests_total' "$W/metrics.txt" || fail "no dualwrite_requests_total"
@@ -646,7 +649,7 @@ delivered=$(awk '/^dualwrite_mirror_total\{.*result="delivered"/ { s += $2 } END
 show "$B/dualwrite" status -c "$GEAR" || fail "dualwrite status failed"
 ok "metrics and status agree: nothing waiting"
 
-section "Gear Operations 6/7 — Phase 3: reads moved to gear-ops, 10 -> 30 -> 50 -> 80 -> 100 %"
+section "Gear Operations 6/9 — Phase 3: reads moved to gear-ops, 10 -> 30 -> 50 -> 80 -> 100 %"
 say "conf/gear-ops.conf ships its read routes at weight 0: equipment-list (GET /user/{id}/equipment,"
 say "a user stays on one side) and equipment-get (GET /equipment/{id}). gear-ops answers from"
 say "gear_items, mapped back to user_core's shape (category -> type); a client cannot tell."
@@ -660,7 +663,135 @@ req GET "$PX/user/1042/equipment"
 say "  GET /user/1042/equipment -> $CODE ${BODY:0:160}..."
 curl -s --max-time 5 "http://127.0.0.1:$P_GA/metrics" | grep -E '^dualwrite_read_weight' | sed 's/^/  /'
 
-section "IoT V1 -> V2 7/7 — Phase 1: the V2 schema and the default tenant"
+
+section "Gear Operations 7/9 — Phase 4: writes cut over to gear-ops, and a rollback drill under load"
+reload_counted() { [ "$(metric "$1" "$P_GA")" -gt "$2" ]; }
+reload_gear() { # reload_gear ok|failed: SIGHUP the sidecar, wait until the reload is counted so
+	local k="dualwrite_config_reloads_total{result=\"$1\"}" before
+	before=$(metric "$k" "$P_GA")
+	kill -HUP "${PIDS[dwd-gear]}"
+	wait_for "a reload counted $1" 10 reload_counted "$k" "$before"
+}
+legacy_has() { [ "$(q user_core "SELECT count(*) FROM old_equipment WHERE id = $1")" = 1 ]; }
+# writer N: POST /equipment until $W/stop-writers exists; one answer code per line.
+writer() {
+	local n=0
+	while [ ! -e "$W/stop-writers" ]; do
+		n=$((n + 1))
+		curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 -X POST \
+			-H 'Content-Type: application/json' --data-binary \
+			"{\"user_id\": 4711, \"name\": \"load $1-$n\", \"type\": \"pack\", \"brand\": \"Osprey\"}" \
+			"$PX/equipment" >>"$W/writes-$1.codes" || echo 000 >>"$W/writes-$1.codes"
+	done
+}
+writes_done() { cat "$W"/writes-*.codes 2>/dev/null | wc -l; }
+writes_at_least() { [ "$(writes_done)" -ge "$1" ]; }
+
+say "Phase 3 ended with both read routes at weight 100 (above); every gate of the flip:"
+rc=0
+show "$B/dualwrite" cutover -c "$GEAR" check || rc=$?
+[ "$rc" -eq 0 ] || fail "cutover check exited $rc; expected 0 (every gate holds)"
+ok "cutover check: ready"
+
+say "One write queued for gear-ops holds the flip back: gear-ops is killed, one create ..."
+stop gear-ops KILL 2>/dev/null
+req POST "$PX/equipment" '{"user_id": 4711, "name": "Bivy Sack", "type": "shelter", "brand": "OR"}'
+[ "$CODE" = 201 ] || fail "POST /equipment -> $CODE $BODY"
+depth_is_1() { [ "$(metric dualwrite_queue_depth "$P_GA")" = 1 ]; }
+wait_for "dualwrite_queue_depth = 1" 10 depth_is_1
+sed -i 's/authority = "legacy";/authority = "new";/' "$GEAR"
+show "$B/dualwrited" -c "$GEAR" -t || fail "dualwrited -t rejects $GEAR"
+reload_gear failed
+grep 'authority "new" refused' "$W/dwd-gear.log" | tail -n 1 | sed 's/^/  log: /'
+grep -q 'authority "new" refused' "$W/dwd-gear.log" || fail "no refusal in the log"
+ok "flip refused while the queue holds a record for gear_ops; the old configuration serves"
+start gear-ops "$B/dw-demo-backend" --service gear-ops --listen "127.0.0.1:$P_GO"
+wait_http gear-ops "http://127.0.0.1:$P_GO/" 20 any ||
+	fail "gear-ops did not come back on :$P_GO (log: $W/gear-ops.log)"
+rc=0
+show timeout 60 "$B/dualwrite" replay -c "$GEAR" 2>&1 || rc=$?
+[ "$rc" -eq 0 ] || fail "dualwrite replay exited $rc"
+REPLAYED=1
+reload_gear ok
+ok "after replay the same reload is accepted: writes now go to gear-ops first"
+
+req POST "$PX/equipment" '{"user_id": 4711, "name": "Ice Axe", "type": "climbing", "brand": "Petzl"}'
+[ "$CODE" = 201 ] || fail "POST /equipment on authority new -> $CODE $BODY"
+NID=$(json_field id)
+say "answer (gear-ops' row in user_core's shape): $BODY"
+[ "$NID" -ge 1000000000 ] || fail "id $NID was not assigned by gear-ops"
+wait_for "the reverse mirror to bring $NID to user_core" 10 legacy_has "$NID"
+qshow user_core "SELECT id, user_id, name, type, brand FROM old_equipment WHERE id = $NID"
+qshow gear_ops "SELECT id, user_id, name, category, brand FROM gear_items WHERE id = $NID"
+ok "gear-ops assigned id $NID; the legacy row has the same id (reverse mirror)"
+
+rm -f "$W"/writes-*.codes "$W/stop-writers"
+start writer1 writer 1
+start writer2 writer 2
+wait_for "200 writes under load" 60 writes_at_least 200
+ON_NEW=$(writes_done)
+say "$ON_NEW writes on authority new; rolling back to authority \"legacy\" under load ..."
+sed -i 's/authority = "new";/authority = "legacy";/' "$GEAR"
+t0=$(date +%s%N)
+reload_gear ok
+ROLLBACK_MS=$((($(date +%s%N) - t0) / 1000000))
+wait_for "200 more writes after the rollback" 60 writes_at_least $((ON_NEW + 200))
+touch "$W/stop-writers"
+wait_exit writer1 20 || fail "writer1 did not stop"
+wait_exit writer2 20 || fail "writer2 did not stop"
+LOAD=$(writes_done)
+LOAD_BAD=$(cat "$W"/writes-*.codes | grep -vc '^201$' || true)
+[ "$LOAD_BAD" -eq 0 ] || fail "$LOAD_BAD of $LOAD writes under load failed across the rollback"
+ok "rollback in $ROLLBACK_MS ms under load: $LOAD writes, 0 failed"
+rc=0
+show timeout 60 "$B/dualwrite" replay -c "$GEAR" 2>&1 || rc=$?
+[ "$rc" -eq 0 ] || fail "dualwrite replay exited $rc"
+wait_for "gear_items to catch up with old_equipment" 20 counts_equal
+counts
+rc=0
+show timeout 60 "$B/dualwrite" verify -c "$GEAR" --table equipment || rc=$?
+[ "$rc" -eq 0 ] || { explain_verify "$GEAR" equipment; fail "verify after the rollback exited $rc"; }
+ok "verify: equal after the rollback — no write lost either way"
+
+section "Gear Operations 8/9 — Phase 5: decommission (configuration only)"
+show pg_dump -t old_equipment -f "$W/backup_old_equipment_$(date +%Y%m%d).sql" user_core ||
+	fail "pg_dump failed"
+ok "legacy table dumped ($(wc -c <"$W/backup_old_equipment_$(date +%Y%m%d).sql") bytes; the plan keeps it 6 months)"
+cp "$GEAR" "$W/gear-ops.phase4.conf"
+cat >"$GEAR" <<CONF
+# Phase 5: no mirror, no reverse; every request goes to gear-ops unchanged (clients use its API).
+listen  = "127.0.0.1:$P_GW";
+workers = 2;
+admin   = { listen = "127.0.0.1:$P_GA"; };
+upstreams = {
+  user_core = { url = "http://127.0.0.1:$P_UC"; timeout_ms = 5000; };
+  gear_ops  = { url = "http://127.0.0.1:$P_GO"; timeout_ms = 2000; };
+};
+default_upstream = "gear_ops";
+queue = { path = "$W/queue-gear-ops"; };
+CONF
+show "$B/dualwrited" -c "$GEAR" -t || fail "dualwrited -t rejects the decommission config"
+reload_gear ok
+N_OLD_BEFORE=$(q user_core 'SELECT count(*) FROM old_equipment')
+stop user-core TERM
+req POST "$PX/gear-items" '{"user_id": 4711, "name": "Packraft", "category": "water", "brand": "Alpacka"}'
+[ "$CODE" = 201 ] || fail "POST /gear-items after the decommission -> $CODE $BODY"
+q user_core "ALTER TABLE old_equipment RENAME TO old_equipment_archived" >/dev/null
+[ "$(q user_core 'SELECT count(*) FROM old_equipment_archived')" = "$N_OLD_BEFORE" ] ||
+	fail "the archived legacy table changed after the decommission"
+ok "user-core stopped, gear-ops serves through the sidecar, the legacy table archived untouched"
+
+say ""
+say "Phase 4/5 summary"
+printf '  %-44s %s\n' \
+	"cut-over gate with a write queued for gear-ops" "refused" \
+	"queued -> replayed before the flip" "1 -> $REPLAYED" \
+	"writes under load across the rollback" "$LOAD (failed: $LOAD_BAD)" \
+	"rollback new -> legacy (reload, under load)" "$ROLLBACK_MS ms" \
+	"verify after the rollback" "equal" \
+	"decommission" "config only; legacy dumped and archived"
+
+section "IoT V1 -> V2 9/9 — Phase 1: the V2 schema and the default tenant"
 start_backend iot-v1 iot-v1 P_V1 --init-schema
 start_backend iot-v2 iot-v2 P_V2 --init-schema
 say "V2's schema is deployed by --init-schema; the default tenant (the guide's 1.4) with it:"
@@ -697,7 +828,7 @@ q iot_v2 "INSERT INTO device_templates (id, tenant_id, name)
 	ON CONFLICT (id) DO NOTHING" >/dev/null || fail "could not create the templates"
 ok "V1: $IOT_USERS users, $IOT_DEVICES devices, $IOT_READINGS readings; V2: the default tenant, empty tables"
 
-section "IoT V1 -> V2 7/7 — Phase 2: dual-write of users, devices and telemetry"
+section "IoT V1 -> V2 9/9 — Phase 2: dual-write of users, devices and telemetry"
 IOT=$W/iot-v2.conf
 start_dwd dwd-iot conf/iot-v2.conf "$IOT" 8081 9902 "8010 $P_V1" "8012 $P_V2"
 P_IW=$DW_PORT P_IA=$DW_ADMIN
@@ -765,7 +896,7 @@ curl -s --max-time 5 "http://127.0.0.1:$P_IA/metrics" |
 qshow iot_v2 "SELECT tenant_id, device_id, timestamp, metrics, protocol, source, quality
 	FROM telemetry ORDER BY timestamp, device_id LIMIT 3"
 
-section "IoT V1 -> V2 7/7 — Phase 2.3: backfill of the history (users, devices, telemetry)"
+section "IoT V1 -> V2 9/9 — Phase 2.3: backfill of the history (users, devices, telemetry)"
 say "Rows the mirror already delivered are newer than the history and are kept (ON CONFLICT DO NOTHING);"
 say "telemetry is paged on its composite key (device_id, timestamp):"
 for table in users devices telemetry; do
@@ -775,7 +906,7 @@ for table in users devices telemetry; do
 done
 ok "history copied"
 
-section "IoT V1 -> V2 7/7 — Phase 3: verify per table, counts per tenant"
+section "IoT V1 -> V2 9/9 — Phase 3: verify per table, counts per tenant"
 say "$DBAD's mirror was dead-lettered (a malformed tenant is not guessed); the backfill moved it, as"
 say "every V1 row, to the default tenant (the guide's migrate-v1-to-v2.js), so V2 is complete:"
 for table in users devices telemetry; do
@@ -799,7 +930,7 @@ for pair in "Users users users" "Devices devices devices" "Telemetry device_data
 done
 ok "Phase 3 done: counts agree per table in the default tenant"
 
-section "IoT V1 -> V2 7/7 — the guide's Phase 4 (切换阶段): reads moved to V2, 10 -> 100 %"
+section "IoT V1 -> V2 9/9 — the guide's Phase 4 (切换阶段): reads moved to V2, 10 -> 100 %"
 say "conf/iot-v2.conf ships read routes at weight 0: device-get, device-list and user-get. V2 serves"
 say "them for the caller's tenant (\$tenant in V2's query), mapped back to V1's shape"
 say "(templateId -> type, attributes -> config, createdAt -> created_at)."
