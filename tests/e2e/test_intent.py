@@ -223,3 +223,33 @@ def test_verify_reports_killed_write_and_repair_fixes_it(pg, svc, dw):
     assert ml.cli(c.conf, "queue", "purge", "--dead").returncode == 0
     assert ml.queue_stats(c.conf)["dead"] == 0
     c.d.stop()
+
+
+def test_authority_new_killed_write_is_dead_lettered_for_the_reverse(pg, svc, dw):
+    """Authority "new": the write goes to gear-ops first; killed while gear-ops holds it, the
+    next start dead-letters the reverse mirror's write (towards the legacy) as of unknown
+    outcome, and verify reports the key."""
+    import test_cutover as tc
+    c = tc.Cut(dw, svc, pg)
+    r = tc.create(c.d.port, "victim")
+    assert r.status == 201
+    vid = r.json()["id"]
+    ml.wait_outcomes(c.d, lambda o: o["key"] == str(vid) and o["result"] == "delivered", 1, 10,
+                     "the mirror of the create")
+    c.flip("new")
+    svc["gear-ops"].fault("slow", delay_ms=3000)
+    send_async(c.d.port, "PUT", "/equipment/%d" % vid, {"name": "maybe"})
+    helpers.wait_for(lambda: (c.gear_row(vid) or {}).get("name") == "maybe", 10,
+                     "gear-ops to apply the write")
+    c.d.kill()
+    svc["gear-ops"].fault("ok")
+    c.d.start()
+    dead = ml.queue_list(c.conf, dead=True)
+    assert [(x["route"], x["key"]) for x in dead] == [("equipment-update", str(vid))], dead
+    assert "dualwrited stopped before the new system answered: outcome unknown" in \
+        dead[0]["line"], dead
+    assert c.d.metric("dualwrite_indeterminate_total", route="equipment-update") == 1
+    rc, v = tc.verify(c.conf)
+    assert rc == 1 and {x["key"]: x["kind"] for x in v["differences"]}[str(vid)] == \
+        "indeterminate", v
+    c.d.stop()
