@@ -282,12 +282,10 @@ static void ient_add(struct spool *sp, uint64_t id, uint64_t seg, uint64_t off, 
 	while (at > 0 && sp->ients[at - 1].id > id) /* never, unless the log was edited */
 		at--;
 	memmove(sp->ients + at + 1, sp->ients + at, (sp->nients - at) * sizeof(*sp->ients));
-	sp->ients[at] = (struct ient){id, seg, off, len, s == NULL};
+	sp->ients[at] = (struct ient){id, seg, off, len, false};
 	sp->nients++;
-	if (s)
+	if (s) /* (unknown only if the log was damaged under us: nothing to pin) */
 		s->intents++;
-	else
-		sp->nclosed++; /* its segment is unknown: nothing to pin */
 	if (id >= __atomic_load_n(&sp->next_intent, __ATOMIC_RELAXED))
 		__atomic_store_n(&sp->next_intent, id, __ATOMIC_RELAXED);
 }
