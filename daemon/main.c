@@ -83,6 +83,81 @@ static void register_route_series(struct server *srv, const struct dw_config *cf
 	}
 }
 
+/*
+ * Write-ahead intents left open by the last run (SPEC §5 G2): each is a write
+ * that went to its authority and whose answer this daemon never saw (killed,
+ * or stopped past the drain deadline). The authority may have committed it,
+ * so it is a write of unknown outcome: recorded as indeterminate (cutstate,
+ * for `dualwrite verify`) and counted first, then dead-lettered with the
+ * reason and closed, in one write. A crash between the two records it twice
+ * at the next start, never not at all.
+ */
+static void intents_recover(struct server *srv)
+{
+	const struct dw_config *cfg = srv->cfg;
+	struct spool_intent *v;
+	size_t n = spool_intents_open(srv->spool, &v);
+	char **reasons, labels[256], esc[128];
+	uint64_t *seqs;
+	struct dw_err err = {""};
+
+	if (n == 0)
+		return;
+	reasons = dw_calloc(n, sizeof(*reasons));
+	seqs = dw_calloc(n, sizeof(*seqs));
+	for (size_t i = 0; i < n; i++) {
+		const struct dw_route *rt = NULL;
+		struct indet_entry e = {0};
+		char why[400];
+
+		for (size_t r = 0; r < cfg->nroutes && !rt; r++)
+			if (strcmp(cfg->routes[r].name, v[i].route) == 0)
+				rt = &cfg->routes[r];
+		const char *who = rt && rt->authority == AUTHORITY_NEW ? "new system" : "legacy";
+		snprintf(why, sizeof(why), "dualwrited stopped before the %s answered: outcome unknown%s",
+			 who,
+			 v[i].key ? ""
+				  : " (key unknown: the authority assigns it; `dualwrite verify` "
+				    "reports the row as missing or extra)");
+		reasons[i] = dw_strdup(why);
+		e.at_us = v[i].t_us;
+		e.route = v[i].route;
+		e.table = rt ? rt->table : NULL;
+		e.key = v[i].key;
+		e.request_id = v[i].request_id;
+		e.reason = reasons[i];
+		if (indet_record(cfg->queue.path, &e, srv->fsync, &err) < 0)
+			log_error("route %s: write %s %s (request %s, key %s) of unknown outcome NOT "
+				  "recorded as indeterminate: %s; its dead letter says it",
+				  v[i].route, v[i].method ? v[i].method : "?",
+				  v[i].target ? v[i].target : "?",
+				  v[i].request_id ? v[i].request_id : "-", v[i].key ? v[i].key : "unknown",
+				  err.msg);
+		snprintf(labels, sizeof(labels), "route=\"%s\"",
+			 metrics_label_escape(v[i].route, esc, sizeof(esc)));
+		metric_inc(metrics_counter(srv->metrics, "dualwrite_indeterminate_total",
+					   "Writes whose authoritative answer never came (outcome "
+					   "unknown).",
+					   labels));
+	}
+	if (spool_intents_settle(srv->spool, v, (const char *const *)reasons, n, seqs, &err) < 0)
+		log_error("queue: %zu writes of unknown outcome could not be dead-lettered: %s (they "
+			  "stay open and are settled at the next start)",
+			  n, err.msg);
+	for (size_t i = 0; i < n; i++) {
+		log_warn("route %s: write %s %s (request %s, key %s): %s; dead-lettered as record "
+			 "%" PRIu64 ", recorded as indeterminate (`dualwrite verify` reports it)",
+			 v[i].route, v[i].method ? v[i].method : "?", v[i].target ? v[i].target : "?",
+			 v[i].request_id ? v[i].request_id : "-", v[i].key ? v[i].key : "unknown",
+			 reasons[i], seqs[i]);
+		free(reasons[i]);
+		spool_intent_clear(&v[i]);
+	}
+	free(reasons);
+	free(seqs);
+	free(v);
+}
+
 /* verify = false is allowed, and said at every load (SPEC §8). */
 static void warn_unverified(const struct dw_config *cfg)
 {
@@ -217,7 +292,7 @@ static void do_reload(struct server *srv)
 	log_config_warnings(neu);
 	old = server_config(srv);
 	/* A paused upstream's weights may not rise (SPEC §7.3); a flip to
-	 * authority "new" waits for an empty queue and clear guards (§7.5). */
+	 * authority "new" passes the cut-over gates (SPEC §7.5). */
 	struct cutover_probe probe = {gate_waiting, gate_guard_tripped, srv};
 	if (guards_reload_check(srv, old, neu, &err) < 0 || cutover_gate(old, neu, &probe, &err) < 0 ||
 	    listen_bind(srv, neu, &err) < 0) {
@@ -618,6 +693,7 @@ int main(int argc, char **argv)
 		log_error("queue %s: %s", srv.cfg->queue.path, err.msg);
 		goto out;
 	}
+	intents_recover(&srv);
 	spool_take_warnings(srv.spool, &errs);
 	print_errors("queue: ", &errs);
 	dw_errlist_free(&errs);

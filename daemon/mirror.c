@@ -59,6 +59,7 @@
 #include "jsonfast.h"
 #include "pgforward.h" /* pgforward wiring */
 #include "server.h"
+#include "spool_frame.h"
 
 #define MAX_IN_MEMORY 4096 /* jobs held in memory before spilling to the queue */
 #define RETAIN_MAX 65536   /* outcomes kept while the journal refuses them */
@@ -218,7 +219,11 @@ struct mirror {
 		struct mirror_job *job;
 		char *dead; /* reason the write cannot be mirrored; NULL: send it */
 		struct target *open; /* mirror_commit: its breaker queues the write */
+		uint64_t intent; /* closed after the record */
 	} *pend;	    /* captured, to be journaled by mirror_commit */
+	/* Write-ahead intents and closes since the last mirror_commit, as
+	 * frames (spool_append_group writes them after the records). */
+	struct sf_buf iframes, cframes;
 	size_t npend, cappend;
 	struct keyq *keys[KEY_BUCKETS];
 	struct target *targets;
@@ -511,7 +516,8 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
 		self->cappend = self->cappend ? self->cappend * 2 : 32;
 		self->pend = dw_realloc(self->pend, self->cappend * sizeof(*self->pend));
 	}
-	self->pend[self->npend++] = (struct pending){j, dead ? dw_strdup(dead) : NULL, NULL};
+	self->pend[self->npend++] = (struct pending){j, dead ? dw_strdup(dead) : NULL, NULL,
+						     in->intent};
 	json_decref(req);
 	json_decref(resp);
 	json_decref(body);
@@ -1571,6 +1577,47 @@ static struct target *queue_at_once(struct mirror *self, const struct mirror_job
  * then hand each write to its key's home shard. Called before any of the
  * answers of those writes is released (G2). */
 
+uint64_t mirror_intent(struct mirror *self, const char *route, const char *upstream,
+		       const char *method, const char *target, size_t target_len,
+		       const char *request_id, const char *key)
+{
+	struct sf_intent in = {
+		.id = spool_intent_id(self->srv->spool), .t_us = dw_wall_us(), .route = route,
+		.upstream = upstream, .method = method, .target = target,
+		.request_id = request_id, .key = key, .target_len = target_len,
+	};
+
+	sf_put_intent(&self->iframes, &in);
+	return in.id;
+}
+
+void mirror_intent_close(struct mirror *self, uint64_t id)
+{
+	if (id)
+		sf_put_close(&self->cframes, id);
+}
+
+bool mirror_waiting(const struct mirror *self)
+{
+	return self->npend || self->iframes.len || self->cframes.len;
+}
+
+/* Journal the intents and closes alone (no record this time). Not
+ * fdatasync'd: see daemon/DESIGN.md, "Write-ahead intents". A failure is
+ * the journal's (logged once per episode); the writes go out all the same. */
+static void intents_flush(struct mirror *self)
+{
+	struct spool_group g = {.intents = self->iframes.p, .intents_len = self->iframes.len,
+				.closes = self->cframes.p, .closes_len = self->cframes.len};
+	struct dw_err err = {""};
+	bool in = false;
+
+	(void)spool_append_group(self->srv->spool, &g, &in, &err);
+	if (!in)
+		journal_failed(self->srv, err.msg, 0);
+	self->iframes.len = self->cframes.len = 0;
+}
+
 void mirror_commit(struct mirror *self)
 {
 	struct server *srv = self->srv;
@@ -1580,9 +1627,13 @@ void mirror_commit(struct mirror *self)
 	char why[300];
 	const char *unsynced = NULL;
 	uint64_t f0;
+	bool iin = false;
 
-	if (n == 0)
+	if (n == 0) {
+		if (self->iframes.len || self->cframes.len)
+			intents_flush(self);
 		return;
+	}
 	self->npend = 0;
 	recs = dw_calloc(n, sizeof(*recs));
 	for (size_t i = 0; i < n; i++) {
@@ -1604,6 +1655,7 @@ void mirror_commit(struct mirror *self)
 		r->request_id = j->reqid;
 		r->created_us = j->created_us;
 		r->updated_us = j->created_us;
+		mirror_intent_close(self, self->pend[i].intent);
 	}
 	/* The outcomes settled so far in this iteration share the write; their
 	 * access-log lines go out first (see flush_states). */
@@ -1613,7 +1665,11 @@ void mirror_commit(struct mirror *self)
 		flush_states(self); /* the kept outcomes first, on their own */
 	nchg = self->retained ? 0 : self->nchg; /* still refused: not again */
 	f0 = journal_sync_mark(srv);
-	k = spool_append_batch(srv->spool, recs, n, self->chg, nchg, &err);
+	struct spool_group g = {.recs = recs, .n = n, .chg = self->chg, .nchg = nchg,
+				.intents = self->iframes.p, .intents_len = self->iframes.len,
+				.closes = self->cframes.p, .closes_len = self->cframes.len};
+	k = spool_append_group(srv->spool, &g, &iin, &err);
+	self->iframes.len = self->cframes.len = 0;
 	if (k < n)
 		journal_failed(srv, err.msg, n - k);
 	else if (err.msg[0])
@@ -1774,6 +1830,8 @@ void mirror_free(struct mirror *mi)
 		free(s);
 	}
 	json_arena_free(&mi->jarena);
+	free(mi->iframes.p);
+	free(mi->cframes.p);
 	free(mi->pend);
 	free(mi->qhash);
 	free(mi->chg);

@@ -161,6 +161,7 @@ struct exchange {
 	bool wnew;	     /* a write whose authority is the new system (SPEC §7.5): upi is it */
 	bool wsent;	     /* a mirrored write's request went to its authority (legacy, or the
 			      * new system): no answer now means an unknown outcome */
+	uint64_t intent;     /* its write-ahead intent (mirror_intent), until the outcome */
 	/* Last: 3 KiB each, reset by http_head_clear rather than memset. */
 	struct http_head req;
 	struct http_head resp;
@@ -353,6 +354,16 @@ static void exchange_end(struct conn *c)
 	if (!x)
 		return;
 	c->x = NULL;
+	if (x->intent && !c->w->aborting) {
+		/* The outcome is known (an answer, or an indeterminate write
+		 * recorded as such): closed at the end of this iteration. When
+		 * the stop aborts the exchange it stays open: the next start
+		 * settles it as a write of unknown outcome. */
+		mirror_intent_close(c->w->mirror, x->intent);
+		if (TAILQ_EMPTY(&c->w->flushq))
+			event_active(c->w->flush_ev, EV_TIMEOUT, 0);
+	}
+	x->intent = 0;
 	if (x->shadow)
 		shadow_abandon(x->shadow); /* no answer to compare */
 	if (x->up)
@@ -538,6 +549,11 @@ static void conn_flush(struct conn *c)
 	out = conn_out(c);
 	if (evbuffer_get_length(out) == 0)
 		return;
+	/* An answer never leaves before what was captured and closed so far is
+	 * journaled (G2; and an answered write must never look like one of
+	 * unknown outcome). */
+	if (mirror_waiting(c->w->mirror))
+		mirror_commit(c->w->mirror);
 	if (c->client_gone) {
 		evbuffer_drain(out, evbuffer_get_length(out));
 		return;
@@ -584,6 +600,11 @@ static void conn_flush_later(struct conn *c, unsigned what)
 void proxy_flush_queued(struct worker *w)
 {
 	struct conn *c;
+
+	/* Write-ahead intents are in the journal before any request of theirs
+	 * leaves, in one write with the records and closes of this iteration. */
+	if (mirror_waiting(w->mirror))
+		mirror_commit(w->mirror);
 
 	while ((c = TAILQ_FIRST(&w->flushq))) {
 		unsigned what = c->flush_queued;
@@ -687,6 +708,10 @@ static void upstream_failed(struct conn *c, enum up_err kind, int status, const 
 	if (c->x->wsent && kind != UPERR_CONNECT &&
 	    (!c->x->resp_head_done || (c->x->status >= 200 && c->x->status < 300)))
 		write_indeterminate(c, msg);
+	if (c->x->intent) { /* its outcome is known: none, or recorded as indeterminate */
+		mirror_intent_close(c->w->mirror, c->x->intent);
+		c->x->intent = 0;
+	}
 	if (c->x->on_new && read_new_failed(c, msg))
 		return; /* the legacy answers instead */
 	if (c->x->resp_head_done && !c->x->hold && !c->x->collect) {
@@ -1458,6 +1483,48 @@ static void build_request(const struct conn *c, struct evbuffer *out,
 	head_commit(out, &v, &t);
 }
 
+static void read_ctx(struct exchange *x, struct expr_ctx *ctx, char *tenant, size_t tlen);
+
+/* The ordering key of a write as its request gives it before anyone
+ * answers: path, query, headers, tenant; not the body (that would cost a
+ * parse per write) and not $response. NULL: unknown. */
+static char *intent_key(struct exchange *x, const struct dw_mirror *wm)
+{
+	struct expr_ctx ctx;
+	struct dw_err err = {""};
+	char tenant[72];
+	char *key = NULL;
+
+	if (!wm->key ||
+	    (expr_sources(wm->key) & (EXPR_SRC_REQUEST | EXPR_SRC_RESPONSE | EXPR_SRC_NOW)))
+		return NULL;
+	read_ctx(x, &ctx, tenant, sizeof(tenant));
+	if (expr_eval_string(wm->key, &ctx, &key, &err) != EXPR_OK) {
+		free(key);
+		return NULL;
+	}
+	return key;
+}
+
+/* Journal (at the end of this iteration, before the request leaves) that
+ * this write of a mirrored route goes to its authority (SPEC §5, G2). */
+static void write_intent(struct conn *c)
+{
+	struct exchange *x = c->x;
+	const struct dw_mirror *wm = route_write_mirror(x->route);
+	const char *method = http_method_name(x->req.method);
+	char mbuf[32];
+	char *key = intent_key(x, wm);
+
+	if (!method) {
+		snprintf(mbuf, sizeof(mbuf), "%.*s", (int)x->req.method_len, x->req.method_str);
+		method = mbuf;
+	}
+	x->intent = mirror_intent(c->w->mirror, x->route->name, x->cfg->upstreams[wm->upstream].name,
+				  method, x->req.target, x->req.target_len, x->reqid, key);
+	free(key);
+}
+
 static void send_request(struct conn *c)
 {
 	const struct dw_upstream *up = &c->x->cfg->upstreams[c->x->upi];
@@ -1465,6 +1532,8 @@ static void send_request(struct conn *c)
 	upconn_begin(c->x->up);
 	/* from here a mirrored write's outcome is unknown until its answer */
 	c->x->wsent = c->x->route && c->x->route->mirror && !c->x->on_new;
+	if (c->x->wsent && !c->x->intent) /* once, whatever the retries */
+		write_intent(c);
 	build_request(c, bufferevent_get_output(upconn_bev(c->x->up)), up, c->x->new_target);
 	http_scanner_init(&c->x->rscan);
 	upconn_read(c->x->up, up_read_cb, up_event_cb, c, up->timeout_ms);
@@ -1539,6 +1608,8 @@ static void do_mirror(struct conn *c)
 	in.resp_body_len = c->x->capture_overflow ? 0 : resp_len;
 	in.resp_too_large = c->x->capture_overflow;
 	in.request_id = c->x->reqid;
+	in.intent = c->x->intent; /* closed by the record */
+	c->x->intent = 0;
 	char method[32];
 	if (!in.method) {
 		snprintf(method, sizeof(method), "%.*s", (int)c->x->req.method_len, c->x->req.method_str);
@@ -2195,9 +2266,18 @@ static bool start_response(struct conn *c)
 			if (need_resp)
 				c->x->capture = evbuffer_new();
 		} else {
+			/* journaled with this iteration's other records, intents
+			 * and closes in one write, before the answer leaves
+			 * (conn_flush) */
 			do_mirror(c);
-			mirror_commit(w->mirror); /* the answer starts going out now */
+			if (TAILQ_EMPTY(&w->flushq))
+				event_active(w->flush_ev, EV_TIMEOUT, 0);
 		}
+	} else if (c->x->intent) {
+		/* nothing to mirror: the outcome is known (conn_flush writes the
+		 * close before any of the answer leaves) */
+		mirror_intent_close(w->mirror, c->x->intent);
+		c->x->intent = 0;
 	}
 
 	out = c->x->hold ? c->x->held : conn_out(c);
@@ -2516,6 +2596,7 @@ void proxy_abort_all(struct worker *w)
 {
 	struct conn *c;
 
+	w->aborting = true;
 	while ((c = TAILQ_FIRST(&w->conns)))
 		conn_close(c, "drain deadline passed");
 }

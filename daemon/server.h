@@ -324,6 +324,7 @@ struct mirror_input {
 	size_t resp_body_len;
 	bool resp_too_large; /* the reply outgrew max_body_bytes: not mappable */
 	const char *request_id;
+	uint64_t intent; /* the write's intent (mirror_intent), closed with its record; 0: none */
 };
 void mirror_capture(struct server *srv, struct mirror *self, const struct mirror_input *in);
 /* Journal every write captured by this worker since the last call (one
@@ -333,6 +334,23 @@ void mirror_capture(struct server *srv, struct mirror *self, const struct mirror
  * handed on all the same, marked: it is sent live, and counted lost if it
  * is not delivered. */
 void mirror_commit(struct mirror *self);
+
+/*
+ * Write-ahead intents (SPEC §5 G2): a write of a mirrored route is recorded
+ * before it goes to its authority, so a SIGKILL while the authority holds it
+ * leaves a trace. mirror_intent builds the INTENT frame (borrowed strings,
+ * copied now) and returns its id; it is journaled by the next mirror_commit,
+ * which the worker makes before it flushes requests to upstreams
+ * (proxy_flush_queued). Its outcome closes it: the record (mirror_input's
+ * intent) or mirror_intent_close. An intent open at start-up is settled by
+ * intents_recover (main.c). Owning worker's thread.
+ */
+uint64_t mirror_intent(struct mirror *self, const char *route, const char *upstream,
+		       const char *method, const char *target, size_t target_len,
+		       const char *request_id, const char *key);
+void mirror_intent_close(struct mirror *self, uint64_t id);
+/* Whether captured writes, intents or closes wait for mirror_commit. */
+bool mirror_waiting(const struct mirror *self);
 
 /* The journal's health (mirror.c). init: writable, gauge registered. */
 void journal_health_init(struct server *srv);

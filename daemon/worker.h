@@ -59,6 +59,7 @@ struct worker {
 	struct event *deadline_ev;
 	int64_t deadline_at; /* when deadline_ev fires (monotonic us); 0: not armed */
 	bool draining;
+	bool aborting; /* proxy_abort_all: open intents stay open (outcome unknown) */
 	uint64_t reqid_counter;
 	uint32_t reqid_seed;
 	struct bucket_rng rng; /* draws for reads without a sticky value */

@@ -11,8 +11,8 @@
  *
  * Keys (SPEC §3): listen, workers, admin.listen, limits.*, upstreams.*,
  * default_upstream, queue.*, tenant.*, routes (with mirror and, SPEC §7.1,
- * read), guards (SPEC §7.3); SPEC §7.5 authority, request, response, reverse,
- * table; tables, cutover.*, log_level. TLS (SPEC
+ * read; SPEC §7.5 authority, request, response, reverse, table), guards
+ * (SPEC §7.3), tables, cutover.*, log_level. TLS (SPEC
  * §8): a listen entry may be { addr; tls = { cert; key; client_ca; }; } and
  * an https:// upstream takes ca_file, verify, sni, cert and key; their
  * OpenSSL contexts are built here (tls.h), so a bad certificate or key is a

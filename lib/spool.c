@@ -74,6 +74,14 @@ struct seg {
 	uint64_t size;	     /* bytes known */
 	uint64_t live;	     /* non-terminal records whose RECORD (or MOVED) frame is here */
 	uint64_t live_bytes; /* the bytes of those frames */
+	uint64_t intents;    /* open intents whose INTENT frame is here: they pin it too */
+};
+
+/* An open (or, closed, not yet compacted away) intent: where its frame is. */
+struct ient {
+	uint64_t id, seg, off;
+	uint32_t len;
+	bool closed;
 };
 
 struct spool {
@@ -124,6 +132,9 @@ struct spool {
 	uint64_t npending, nqueued, ndead;
 	uint64_t next_seq;
 	uint64_t gen; /* spool_ready visit generation */
+	struct ient *ients; /* ascending id */
+	size_t nients, capients, nclosed;
+	uint64_t next_intent; /* atomic: spool_intent_id */
 
 	struct dw_errlist warnings;
 
@@ -255,6 +266,62 @@ static struct seg *seg_add(struct spool *sp, uint64_t id)
 	memset(s, 0, sizeof(*s));
 	s->id = id;
 	return s;
+}
+
+/* ---- intents (SF_INTENT / SF_CLOSE): ids ascend through the log ---- */
+
+static void ient_add(struct spool *sp, uint64_t id, uint64_t seg, uint64_t off, uint32_t len)
+{
+	struct seg *s = seg_find(sp, seg);
+	size_t at = sp->nients;
+
+	if (sp->nients == sp->capients) {
+		sp->capients = sp->capients ? sp->capients * 2 : 16;
+		sp->ients = dw_realloc(sp->ients, sp->capients * sizeof(*sp->ients));
+	}
+	while (at > 0 && sp->ients[at - 1].id > id) /* never, unless the log was edited */
+		at--;
+	memmove(sp->ients + at + 1, sp->ients + at, (sp->nients - at) * sizeof(*sp->ients));
+	sp->ients[at] = (struct ient){id, seg, off, len, false};
+	sp->nients++;
+	if (s) /* (unknown only if the log was damaged under us: nothing to pin) */
+		s->intents++;
+	if (id >= __atomic_load_n(&sp->next_intent, __ATOMIC_RELAXED))
+		__atomic_store_n(&sp->next_intent, id, __ATOMIC_RELAXED);
+}
+
+static void ient_close(struct spool *sp, uint64_t id)
+{
+	size_t lo = 0, hi = sp->nients;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (sp->ients[mid].id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	/* the first of that id still open (an id is used once; be lenient) */
+	for (; lo < sp->nients && sp->ients[lo].id == id; lo++) {
+		struct ient *ie = &sp->ients[lo];
+		struct seg *s;
+
+		if (ie->closed)
+			continue;
+		ie->closed = true;
+		sp->nclosed++;
+		if ((s = seg_find(sp, ie->seg)) && s->intents)
+			s->intents--;
+		break;
+	}
+	if (sp->nclosed > 32 && sp->nclosed * 2 > sp->nients) {
+		size_t k = 0;
+		for (size_t i = 0; i < sp->nients; i++)
+			if (!sp->ients[i].closed)
+				sp->ients[k++] = sp->ients[i];
+		sp->nients = k;
+		sp->nclosed = 0;
+	}
 }
 
 static void count_state(struct spool *sp, struct ent *e, int dir)
@@ -550,6 +617,11 @@ static void describe_corrupt(struct spool *sp, const unsigned char *p, size_t n,
 		return;
 	}
 	uint64_t seq = sf_frame_seq(p);
+	if (type == SF_INTENT || type == SF_CLOSE) {
+		snprintf(out, outlen, "%s of write intent %" PRIu64 " (no record)",
+			 type == SF_INTENT ? "the start" : "the close", seq);
+		return;
+	}
 	if (type == SF_STATE || type == SF_STATE_JSON) {
 		char d[600];
 		if ((e = ent_find(sp, seq))) {
@@ -670,6 +742,10 @@ static void fold_frame(struct spool *sp, const unsigned char *p, size_t flen, ui
 		}
 		fold_state(sp, seq, st.state, st.attempts, st.status, st.error, st.t);
 		free(st.error);
+	} else if (type == SF_INTENT) {
+		ient_add(sp, seq, seg, off, (uint32_t)flen);
+	} else if (type == SF_CLOSE) {
+		ient_close(sp, seq);
 	}
 }
 
@@ -1054,7 +1130,8 @@ static void drop_spent_heads(struct spool *sp)
 {
 	size_t k = 0;
 
-	while (k + 1 < sp->nsegs && sp->segs[k].live == 0 && sp->segs[k].id != sp->tail_id) {
+	while (k + 1 < sp->nsegs && sp->segs[k].live == 0 && sp->segs[k].intents == 0 &&
+	       sp->segs[k].id != sp->tail_id) {
 		char *path = seg_path(sp, sp->segs[k].id);
 		/* Held open, the unlink only drops the name; the last close
 		 * frees the file (spool_reap). */
@@ -1421,6 +1498,7 @@ void spool_close(struct spool *sp)
 		errs_put(&sp->errs, sp->ents[i].last_error);
 	errs_free(&sp->errs);
 	free(sp->ents);
+	free(sp->ients);
 	free(sp->late);
 	free(sp->segs);
 	free(sp->listed);
@@ -1446,19 +1524,35 @@ static int readonly_err(struct spool *sp, struct dw_err *err)
 	return -1;
 }
 
+/* Whether p[0..n) is whole frames of type, every one checking out. */
+static bool frames_of(const unsigned char *p, size_t n, int type)
+{
+	size_t fl;
+
+	for (size_t at = 0; at < n; at += fl)
+		if (sf_check(p + at, n - at, &fl) != SF_OK || sf_frame_type(p + at) != type)
+			return false;
+	return true;
+}
+
 /* One lock, one write: the state changes chg (skipping, and reporting in
  * err, those of records gone or final), then the records recs. Returns how
  * many records went in; *nstates how many changes. */
-static size_t batch_write(struct spool *sp, struct spool_record *recs, size_t n,
-			  const struct spool_change *chg, size_t nchg, size_t *nstates,
-			  struct dw_err *err)
+static size_t batch_write(struct spool *sp, const struct spool_group *g, size_t *nstates,
+			  bool *intents_in, struct dw_err *err)
 {
+	struct spool_record *recs = g->recs;
+	const struct spool_change *chg = g->chg;
+	size_t n = g->n, nchg = g->nchg;
 	struct sf_buf b = {0};
-	size_t k = 0, *ends, states = 0, start;
+	size_t k = 0, *ends, states = 0, start, istart = 0;
 	uint64_t off;
 	int64_t now = dw_wall_us();
+	bool iin = false;
 
 	*nstates = 0;
+	if (intents_in)
+		*intents_in = false;
 	if (sp->o.readonly) {
 		(void)readonly_err(sp, err);
 		return 0;
@@ -1471,7 +1565,13 @@ static size_t batch_write(struct spool *sp, struct spool_record *recs, size_t n,
 			n = i; /* the ones before it still go in, in order */
 			break;
 		}
-	if (n == 0 && nchg == 0)
+	if (!frames_of(g->intents, g->intents_len, SF_INTENT) ||
+	    !frames_of(g->closes, g->closes_len, SF_CLOSE)) {
+		dw_err_set(err, "queue %s: append: intents and closes must be whole INTENT and "
+				"CLOSE frames", sp->dir);
+		return 0;
+	}
+	if (n == 0 && nchg == 0 && g->intents_len == 0 && g->closes_len == 0)
 		return 0;
 	ends = dw_malloc((n ? n : 1) * sizeof(*ends));
 	pthread_mutex_lock(&sp->mu);
@@ -1512,6 +1612,14 @@ static size_t batch_write(struct spool *sp, struct spool_record *recs, size_t n,
 		}
 		ends[k] = b.len;
 	}
+	/* Intents, then closes: never refused for space (each lives for one
+	 * exchange), and a close after the record it goes with. */
+	istart = b.len;
+	iin = g->intents_len || g->closes_len;
+	if (iin) {
+		sf_buf_add(&b, g->intents, g->intents_len);
+		sf_buf_add(&b, g->closes, g->closes_len);
+	}
 	for (size_t i = 0; i < k; i++)
 		if (recs[i].key)
 			keymap_prefetch(&sp->keys, recs[i].upstream, recs[i].key);
@@ -1519,6 +1627,16 @@ static size_t batch_write(struct spool *sp, struct spool_record *recs, size_t n,
 	if (b.len && write_tail(sp, b.p, b.len, err) < 0) {
 		k = 0;
 		states = 0;
+		iin = false;
+	}
+	for (size_t at = 0, fl; iin && at < g->intents_len; at += fl) {
+		fl = SF_HDR_LEN + sf_get32(g->intents + at + 4);
+		ient_add(sp, sf_frame_seq(g->intents + at), sp->tail_id, off + istart + at,
+			 (uint32_t)fl);
+	}
+	for (size_t at = 0, fl; iin && at < g->closes_len; at += fl) {
+		fl = SF_HDR_LEN + sf_get32(g->closes + at + 4);
+		ient_close(sp, sf_frame_seq(g->closes + at));
 	}
 	for (size_t i = 0; states && i < nchg; i++) {
 		struct ent *e = ent_find(sp, chg[i].seq);
@@ -1538,10 +1656,10 @@ static size_t batch_write(struct spool *sp, struct spool_record *recs, size_t n,
 		fold_record(sp, false, recs[i].seq, sp->tail_id, off + at, (uint32_t)(ends[i] - at),
 			    &h);
 	}
-	if (states) {
+	if (states || (iin && g->closes_len))
 		collect_segments(sp, false);
+	if (states)
 		ents_compact(sp);
-	}
 out:
 	unlock_log(sp);
 out_mu:
@@ -1549,15 +1667,140 @@ out_mu:
 	free(ends);
 	free(b.p);
 	*nstates = states;
+	if (intents_in)
+		*intents_in = iin;
 	return k;
 }
 
 size_t spool_append_batch(struct spool *sp, struct spool_record *recs, size_t n,
 			  const struct spool_change *chg, size_t nchg, struct dw_err *err)
 {
+	struct spool_group g = {.recs = recs, .n = n, .chg = chg, .nchg = nchg};
 	size_t nstates;
 
-	return batch_write(sp, recs, n, chg, nchg, &nstates, err);
+	return batch_write(sp, &g, &nstates, NULL, err);
+}
+
+size_t spool_append_group(struct spool *sp, const struct spool_group *g, bool *intents_in,
+			  struct dw_err *err)
+{
+	size_t nstates;
+
+	return batch_write(sp, g, &nstates, intents_in, err);
+}
+
+uint64_t spool_intent_id(struct spool *sp)
+{
+	return __atomic_add_fetch(&sp->next_intent, 1, __ATOMIC_RELAXED);
+}
+
+void spool_intent_clear(struct spool_intent *in)
+{
+	free(in->route);
+	free(in->upstream);
+	free(in->method);
+	free(in->target);
+	free(in->request_id);
+	free(in->key);
+	memset(in, 0, sizeof(*in));
+}
+
+size_t spool_intents_open(struct spool *sp, struct spool_intent **out)
+{
+	struct spool_intent *v = NULL;
+	size_t n = 0;
+
+	*out = NULL;
+	pthread_mutex_lock(&sp->mu);
+	for (size_t i = 0; i < sp->nients; i++) {
+		const struct ient *ie = &sp->ients[i];
+		int fd;
+		unsigned char *frame;
+		struct dw_err err = {""};
+		size_t flen;
+
+		if (ie->closed)
+			continue;
+		fd = ie->seg == sp->tail_id ? sp->tail_fd : open_seg(sp, ie->seg, false);
+		frame = fd < 0 ? NULL : sfile_read(fd, ie->off, ie->len, &err);
+		if (fd >= 0 && fd != sp->tail_fd)
+			close(fd);
+		if (!frame || sf_check(frame, ie->len, &flen) != SF_OK ||
+		    frame[12] != SF_INTENT) {
+			dw_errlist_add(&sp->warnings,
+				       "queue: write intent %" PRIu64 " (seg-%016" PRIx64
+				       ".log) can no longer be read: a write of unknown outcome "
+				       "whose route and key are lost",
+				       ie->id, ie->seg);
+			free(frame);
+			continue;
+		}
+		v = dw_realloc(v, (n + 1) * sizeof(*v));
+		if (sf_decode_intent(frame + SF_HDR_LEN, flen - SF_HDR_LEN, ie->id, &v[n]) == 0)
+			n++;
+		free(frame);
+	}
+	pthread_mutex_unlock(&sp->mu);
+	*out = v;
+	return n;
+}
+
+int spool_intents_settle(struct spool *sp, const struct spool_intent *v, const char *const *reasons,
+			 size_t n, uint64_t *seqs, struct dw_err *err)
+{
+	struct sf_buf b = {0};
+	size_t *ends;
+	uint64_t off;
+	int64_t now = dw_wall_us();
+	int r = -1;
+
+	if (n == 0)
+		return 0;
+	if (sp->o.readonly)
+		return readonly_err(sp, err);
+	ends = dw_malloc(n * sizeof(*ends));
+	pthread_mutex_lock(&sp->mu);
+	if (lock_log(sp, err) < 0)
+		goto out_mu;
+	if (refresh_locked(sp, true, err) < 0 || prepare_tail(sp, err) < 0)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		char *why = dw_strdup(reasons[i]);
+		struct spool_record rec = {
+			.seq = sp->next_seq + i, .state = SPOOL_DEAD, .route = v[i].route,
+			.upstream = v[i].upstream, .key = v[i].key, .method = NULL, /* never built */
+			.path = v[i].target, .request_id = v[i].request_id, .created_us = v[i].t_us,
+			.updated_us = now, .last_error = why,
+		};
+		sf_put_record(&b, &rec, SF_RECORD);
+		ends[i] = b.len;
+		free(why);
+	}
+	for (size_t i = 0; i < n; i++)
+		sf_put_close(&b, v[i].id);
+	off = sp->tail_off;
+	if (write_tail(sp, b.p, b.len, err) < 0)
+		goto out;
+	for (size_t i = 0; i < n; i++) {
+		size_t at = i ? ends[i - 1] : 0;
+		char *why = dw_strdup(reasons[i]);
+		struct sf_head h = {.state = SPOOL_DEAD, .created = v[i].t_us, .updated = now,
+				    .upstream = v[i].upstream, .key = v[i].key, .error = why};
+		seqs[i] = sp->next_seq;
+		fold_record(sp, false, sp->next_seq, sp->tail_id, off + at,
+			    (uint32_t)(ends[i] - at), &h);
+		free(why);
+		ient_close(sp, v[i].id);
+	}
+	collect_segments(sp, false);
+	r = 0;
+out:
+	unlock_log(sp);
+out_mu:
+	pthread_mutex_unlock(&sp->mu);
+	free(ends);
+	free(b.p);
+	return r;
 }
 
 int spool_append(struct spool *sp, struct spool_record *rec, struct dw_err *err)
@@ -1573,7 +1816,9 @@ int spool_set_states(struct spool *sp, const struct spool_change *v, size_t n,
 
 	if (n == 0)
 		return 0;
-	(void)batch_write(sp, NULL, 0, v, n, &written, &why);
+	struct spool_group g = {.chg = v, .nchg = n};
+
+	(void)batch_write(sp, &g, &written, NULL, &why);
 	if (why.msg[0])
 		*err = why;
 	return written || !why.msg[0] ? 0 : -1;

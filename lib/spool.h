@@ -97,6 +97,27 @@ static inline bool spool_record_unbuilt(const struct spool_record *rec)
 	       (rec->state == SPOOL_DEAD && rec->attempts == 0 && rec->last_status == 0);
 }
 
+/*
+ * A write-ahead intent (SPEC §5, G2): a write of a mirrored route about to go
+ * to its authoritative upstream. Its outcome closes it: the mirror record
+ * (an authoritative 2xx), or a plain close (non-2xx, an answer that never
+ * came and was recorded as indeterminate, nothing to mirror). An intent still
+ * open when the daemon starts is a write whose outcome nobody saw: the
+ * daemon dead-letters it (spool_intents_settle). Not the body: only what
+ * says which write it was. Strings owned (spool_intent_clear) when read back.
+ */
+struct spool_intent {
+	uint64_t id;	  /* from spool_intent_id; the frames' seq */
+	int64_t t_us;	  /* wall clock, when the write went out */
+	char *route;
+	char *upstream;	  /* the mirror's upstream: where its record would go */
+	char *method;
+	char *target;	  /* the client's path and query */
+	char *request_id;
+	char *key;	  /* the ordering key when the request alone gives it; NULL: unknown */
+};
+void spool_intent_clear(struct spool_intent *in);
+
 struct spool_opts {
 	uint64_t max_bytes;	/* new records that would make the waiting (pending,
 				 * queued, dead) records' bytes pass this fail
@@ -156,6 +177,38 @@ int spool_set_states(struct spool *sp, const struct spool_change *v, size_t n,
  * spool_set_states; none is written when the write fails (k is 0 then). */
 size_t spool_append_batch(struct spool *sp, struct spool_record *recs, size_t n,
 			  const struct spool_change *chg, size_t nchg, struct dw_err *err);
+/* The whole of one loop iteration's journal write: the state changes chg,
+ * the records recs (as spool_append_batch), then the INTENT frames, then the
+ * CLOSE frames (both built by sf_put_intent / sf_put_close, spool_frame.h,
+ * so a write costs no copy of its strings). Intents and closes are written
+ * whatever the space (a few bytes each, alive for one exchange), and the
+ * closes after the records: a close in the log means its record is too.
+ * Returns how many records went in; *intents_in whether the intents and
+ * closes did (one write: all or none). */
+struct spool_group {
+	struct spool_record *recs;
+	size_t n;
+	const struct spool_change *chg;
+	size_t nchg;
+	const unsigned char *intents;
+	size_t intents_len;
+	const unsigned char *closes;
+	size_t closes_len;
+};
+size_t spool_append_group(struct spool *sp, const struct spool_group *g, bool *intents_in,
+			  struct dw_err *err);
+/* A new intent id (increasing, never one seen in the log); any thread. */
+uint64_t spool_intent_id(struct spool *sp);
+/* The intents with no outcome in the log, oldest first (read back from
+ * their frames); *out malloc'd (spool_intent_clear each, free). 0 when none. */
+size_t spool_intents_open(struct spool *sp, struct spool_intent **out);
+/* Settle open intents whose outcome is unknown (the daemon at start-up, as
+ * owner): each becomes a dead letter that was never built (no method, so
+ * requeue and replay refuse it) with reasons[i], in state DEAD, and is
+ * closed; one write. seqs[i] gets its record's seq. -1 with err. */
+int spool_intents_settle(struct spool *sp, const struct spool_intent *v, const char *const *reasons,
+			 size_t n, uint64_t *seqs, struct dw_err *err) DW_MUSTCHECK;
+
 /* With opts.fsync, make every frame appended so far durable (one fdatasync
  * for all of them: the caller's group commit). Otherwise a no-op. */
 int spool_sync(struct spool *sp, struct dw_err *err) DW_MUSTCHECK;

@@ -107,6 +107,15 @@ static void sf_buf_reserve(struct sf_buf *b, size_t more)
 	b->cap = cap;
 }
 
+void sf_buf_add(struct sf_buf *b, const void *p, size_t n)
+{
+	if (!n)
+		return;
+	sf_buf_reserve(b, n);
+	memcpy(b->p + b->len, p, n);
+	b->len += n;
+}
+
 static void sf_put64(unsigned char *p, uint64_t v)
 {
 	sf_put32(p, (uint32_t)v);
@@ -252,6 +261,25 @@ void sf_put_state(struct sf_buf *b, uint64_t seq, int st, uint32_t attempts, int
 	frame_seal(b, at, SF_STATE, seq);
 }
 
+void sf_put_intent(struct sf_buf *b, const struct sf_intent *in)
+{
+	size_t at = frame_open(b);
+
+	put_i64(b, in->t_us);
+	put_cstr(b, in->route);
+	put_cstr(b, in->upstream);
+	put_cstr(b, in->method);
+	put_str(b, in->target, in->target_len);
+	put_cstr(b, in->request_id);
+	put_cstr(b, in->key);
+	frame_seal(b, at, SF_INTENT, in->id);
+}
+
+void sf_put_close(struct sf_buf *b, uint64_t id)
+{
+	frame_seal(b, frame_open(b), SF_CLOSE, id);
+}
+
 /* A bounds-checked reader over a payload; any overrun sets bad. */
 struct cur {
 	const unsigned char *p, *end;
@@ -358,6 +386,26 @@ static int record_from_bin(const unsigned char *p, size_t n, uint64_t seq, struc
 	r->body = get_strdup(&c, &r->body_len);
 	if (c.bad || c.p != c.end || !r->upstream) {
 		spool_record_clear(r);
+		return -1;
+	}
+	return 0;
+}
+
+int sf_decode_intent(const unsigned char *p, size_t n, uint64_t id, struct spool_intent *in)
+{
+	struct cur c = {p, p + n, false};
+
+	memset(in, 0, sizeof(*in));
+	in->id = id;
+	in->t_us = get_i64(&c);
+	in->route = get_strdup(&c, NULL);
+	in->upstream = get_strdup(&c, NULL);
+	in->method = get_strdup(&c, NULL);
+	in->target = get_strdup(&c, NULL);
+	in->request_id = get_strdup(&c, NULL);
+	in->key = get_strdup(&c, NULL);
+	if (c.bad || c.p != c.end || !in->route || !in->upstream) {
+		spool_intent_clear(in);
 		return -1;
 	}
 	return 0;

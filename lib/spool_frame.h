@@ -32,8 +32,11 @@ enum sf_type {
 	SF_STATE = 5,	    /* a state change of seq */
 	SF_MOVED = 6,	    /* a live record copied forward by compaction (same
 			     * payload as SF_RECORD, with the state of the copy) */
+	SF_INTENT = 7,	    /* seq: an intent id; a mirrored write about to go
+			     * to its authority (struct spool_intent) */
+	SF_CLOSE = 8,	    /* seq: the intent id whose outcome is known; empty */
 };
-#define SF_TYPE_MAX SF_MOVED
+#define SF_TYPE_MAX SF_CLOSE
 
 static inline void sf_put32(unsigned char *p, uint32_t v)
 {
@@ -62,12 +65,25 @@ struct sf_buf {
 	size_t len, cap;
 };
 
+/* Append n raw bytes (whole frames built elsewhere) to b. */
+void sf_buf_add(struct sf_buf *b, const void *p, size_t n);
 /* Append whole frames to b. */
 void sf_put_rotate(struct sf_buf *b, uint64_t next_id);
 /* type SF_RECORD or SF_MOVED; the frame's seq is r->seq. */
 void sf_put_record(struct sf_buf *b, const struct spool_record *r, enum sf_type type);
 void sf_put_state(struct sf_buf *b, uint64_t seq, int st, uint32_t attempts, int status,
 		  const char *error, int64_t t);
+/* An INTENT frame (seq: in->id; borrowed strings, target of target_len
+ * bytes, any other NULL is written absent) and its CLOSE. Payload: i64 t,
+ * then six strings: route, upstream, method, target, request id, key. */
+struct sf_intent {
+	uint64_t id;
+	int64_t t_us;
+	const char *route, *upstream, *method, *target, *request_id, *key;
+	size_t target_len;
+};
+void sf_put_intent(struct sf_buf *b, const struct sf_intent *in);
+void sf_put_close(struct sf_buf *b, uint64_t id);
 
 /* Whether p[0..avail) starts with a whole frame that checks out (magic,
  * known type, length, CRC): FC_OK and *flen its size; FC_SHORT: a prefix of
@@ -112,5 +128,7 @@ int sf_decode_state(int type, const unsigned char *p, size_t n, struct sf_state 
 /* The whole record (spool_record_clear it); seq is the frame's. */
 int sf_decode_record(int type, const unsigned char *p, size_t n, uint64_t seq,
 		     struct spool_record *r);
+/* An INTENT payload (spool_intent_clear it); id is the frame's seq. */
+int sf_decode_intent(const unsigned char *p, size_t n, uint64_t id, struct spool_intent *in);
 
 #endif

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "spool.h"
+#include "spool_frame.h"
 
 static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
 {
@@ -1357,6 +1358,182 @@ static void test_damage_tail_cut_while_running(void **state)
 	free(seg);
 }
 
+/* ---- write-ahead intents ---- */
+
+/* Append one intent (and optionally its close in the same write). */
+static uint64_t intent(struct spool *sp, const char *route, const char *key, bool close)
+{
+	struct sf_buf ib = {0}, cb = {0};
+	struct sf_intent in = {.id = spool_intent_id(sp), .t_us = 5000, .route = route,
+			       .upstream = "gear_ops", .method = "PUT", .target = "/equipment/9?x=1",
+			       .target_len = 16, .request_id = "req-1", .key = key};
+	struct spool_group g = {0};
+	struct dw_err err = {{0}};
+	bool in_ok = false;
+
+	sf_put_intent(&ib, &in);
+	if (close)
+		sf_put_close(&cb, in.id);
+	g.intents = ib.p;
+	g.intents_len = ib.len;
+	g.closes = cb.p;
+	g.closes_len = cb.len;
+	assert_int_equal(spool_append_group(sp, &g, &in_ok, &err), 0);
+	assert_true(in_ok);
+	free(ib.p);
+	free(cb.p);
+	return in.id;
+}
+
+static void close_intent(struct spool *sp, uint64_t id)
+{
+	struct sf_buf cb = {0};
+	struct spool_group g = {0};
+	struct dw_err err = {{0}};
+	bool in_ok = false;
+
+	sf_put_close(&cb, id);
+	g.closes = cb.p;
+	g.closes_len = cb.len;
+	(void)spool_append_group(sp, &g, &in_ok, &err);
+	assert_true(in_ok);
+	free(cb.p);
+}
+
+static void test_intent_frame_roundtrip(void **state)
+{
+	struct sf_buf b = {0};
+	struct sf_intent in = {.id = 77, .t_us = -3, .route = "r", .upstream = "u", .method = NULL,
+			       .target = "/a/b", .target_len = 4, .request_id = "", .key = "k\n1"};
+	struct spool_intent out;
+	size_t flen;
+
+	(void)state;
+	sf_put_intent(&b, &in);
+	assert_int_equal(sf_check(b.p, b.len, &flen), SF_OK);
+	assert_int_equal(flen, b.len);
+	assert_int_equal(sf_frame_type(b.p), SF_INTENT);
+	assert_int_equal(sf_frame_seq(b.p), 77);
+	assert_int_equal(sf_decode_intent(b.p + SF_HDR_LEN, flen - SF_HDR_LEN, 77, &out), 0);
+	assert_int_equal(out.id, 77);
+	assert_int_equal(out.t_us, -3);
+	assert_string_equal(out.route, "r");
+	assert_string_equal(out.upstream, "u");
+	assert_null(out.method);
+	assert_string_equal(out.target, "/a/b");
+	assert_string_equal(out.request_id, "");
+	assert_string_equal(out.key, "k\n1");
+	spool_intent_clear(&out);
+	/* one byte short, or one too many, does not parse */
+	assert_int_equal(sf_decode_intent(b.p + SF_HDR_LEN, flen - SF_HDR_LEN - 1, 77, &out), -1);
+	sf_put_close(&b, 77);
+	assert_int_equal(sf_check(b.p + flen, b.len - flen, &flen), SF_OK);
+	assert_int_equal(flen, SF_HDR_LEN);
+	assert_int_equal(sf_frame_type(b.p + b.len - flen), SF_CLOSE);
+	free(b.p);
+}
+
+/* An intent open when the owner died is found by the next one, settled as
+ * an unbuilt dead letter with the reason, and never found again. A closed
+ * one is not found; ids keep rising across reopens. */
+static void test_intent_recovery(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, true, 0, 0), *cli;
+	struct spool_intent *v;
+	struct spool_record rec;
+	struct dw_err err = {{0}};
+	uint64_t seqs[2], r[4];
+	const char *reasons[2] = {"stopped: outcome unknown", "stopped: key unknown"};
+
+	uint64_t a = intent(sp, "upd", "9", false);
+	(void)intent(sp, "upd", "10", true);	     /* closed in the same write */
+	uint64_t c = intent(sp, "create", NULL, false);
+	uint64_t d = intent(sp, "upd", "11", false);
+	close_intent(sp, d);			     /* closed by a later write */
+	assert_int_equal(add(sp, SPOOL_PENDING, "9", "/p"), 1); /* records keep their seqs */
+	spool_close(sp); /* the daemon dies with a and c open */
+
+	/* a reader sees them, but only the owner settles them */
+	cli = open_sp(dir, false, 0, 0);
+	assert_int_equal(spool_intents_open(cli, &v), 2);
+	for (int i = 0; i < 2; i++)
+		spool_intent_clear(&v[i]);
+	free(v);
+
+	sp = open_sp(dir, true, 0, 0);
+	assert_true(spool_intent_id(sp) > d);
+	assert_int_equal(spool_intents_open(sp, &v), 2);
+	assert_int_equal(v[0].id, a);
+	assert_string_equal(v[0].route, "upd");
+	assert_string_equal(v[0].key, "9");
+	assert_string_equal(v[0].method, "PUT");
+	assert_string_equal(v[0].target, "/equipment/9?x=1");
+	assert_string_equal(v[0].request_id, "req-1");
+	assert_int_equal(v[0].t_us, 5000);
+	assert_int_equal(v[1].id, c);
+	assert_null(v[1].key);
+	assert_int_equal(spool_intents_settle(sp, v, reasons, 2, seqs, &err), 0);
+	for (int i = 0; i < 2; i++)
+		spool_intent_clear(&v[i]);
+	free(v);
+	assert_int_equal(spool_list(sp, SPOOL_DEAD, r, 4), 2);
+	assert_int_equal(r[0], seqs[0]);
+	assert_int_equal(spool_read(sp, seqs[0], &rec, &err), 0);
+	assert_true(spool_record_unbuilt(&rec));
+	assert_int_equal(rec.state, SPOOL_DEAD);
+	assert_string_equal(rec.route, "upd");
+	assert_string_equal(rec.upstream, "gear_ops");
+	assert_string_equal(rec.key, "9");
+	assert_string_equal(rec.path, "/equipment/9?x=1");
+	assert_string_equal(rec.last_error, "stopped: outcome unknown");
+	spool_record_clear(&rec);
+	assert_int_equal(spool_intents_open(sp, &v), 0);
+	free(v);
+	spool_close(sp);
+
+	/* the reader catches up; a new owner finds nothing open */
+	assert_int_equal(spool_refresh(cli, &err), 0);
+	assert_int_equal(spool_intents_open(cli, &v), 0);
+	free(v);
+	spool_close(cli);
+	sp = open_sp(dir, true, 0, 0);
+	assert_int_equal(spool_intents_open(sp, &v), 0);
+	free(v);
+	assert_int_equal(warnings_matching(sp, ""), 0);
+	spool_close(sp);
+}
+
+/* An open intent pins its segment: compaction and clean-up must not delete
+ * it while the write is out, or a crash would leave no trace. */
+static void test_intent_pins_segment(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, false, 600, 0);
+	struct spool_intent *v;
+	uint64_t seqs[64];
+
+	uint64_t id = intent(sp, "upd", "1", false);
+	for (int i = 0; i < 20; i++)
+		add(sp, SPOOL_QUEUED, "k", "/rot");
+	assert_int_equal(spool_list(sp, 0, seqs, 64), 20);
+	for (int i = 0; i < 20; i++)
+		set(sp, seqs[i], SPOOL_DELIVERED);
+	assert_true(count_segs(dir) > 1); /* the intent's segment stays */
+	spool_close(sp);
+	sp = open_sp(dir, false, 600, 0);
+	assert_int_equal(spool_intents_open(sp, &v), 1);
+	assert_int_equal(v[0].id, id);
+	spool_intent_clear(&v[0]);
+	free(v);
+	close_intent(sp, id);
+	add(sp, SPOOL_QUEUED, "z", "/last");
+	assert_int_equal(spool_list(sp, 0, seqs, 64), 1);
+	set(sp, seqs[0], SPOOL_DELIVERED);
+	assert_int_equal(count_segs(dir), 1);
+	spool_close(sp);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1367,6 +1544,9 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_keys_scattered_release, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_ready_order, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_owner_recovery, setup, teardown),
+		cmocka_unit_test(test_intent_frame_roundtrip),
+		cmocka_unit_test_setup_teardown(test_intent_recovery, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_intent_pins_segment, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_torn_tail, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt_middle, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
