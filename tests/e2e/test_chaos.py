@@ -16,8 +16,11 @@ build/dualwrite for backfill, replay, verify. While `dualwrite backfill` copies 
   restarts it after a short outage, and SIGKILLs the backfill once (it resumes);
 - `dualwrite replay --once` runs on a timer, as systemd/dualwrite-replay.timer does.
 
-Then: the queue drains, verify must be equal without --repair, and every write the client
-got a 2xx for must be in gear_ops exactly as acknowledged (deletes absent). Then K rows are
+Then: the queue drains, verify without --repair may report nothing but the writes the
+daemon itself recorded as of unknown outcome (killed while the legacy held them: their
+write-ahead intents became dead letters with their keys; with DW_CHAOS_GATED=1, which kills
+only between writes, verify must be equal at once), and every write the client got a 2xx
+for must be in gear_ops exactly as acknowledged (deletes absent). Then K rows are
 deleted from gear_items, K changed and K extra added: verify must report exactly those 3K and
 nothing else; `verify --repair --delete-extra` fixes them and a last verify is equal.
 
@@ -58,9 +61,10 @@ _DEFAULTS = {  # short / full
 CFG = {k: int(os.environ.get("DW_CHAOS_" + k, v[1] if FULL else v[0]))
        for k, v in _DEFAULTS.items()}
 TEST_BOUND_S = 600 if FULL else 150
-# Kills land while no write is in flight at the legacy (reads, mirrors, replay, backfill and
-# reloads are caught at any instant); DW_CHAOS_UNGATED=1 kills under writes too, see below.
-UNGATED = os.environ.get("DW_CHAOS_UNGATED") == "1"
+# Kills land at any instant, writes in flight at the legacy included (their write-ahead
+# intents make them dead letters of unknown outcome, see below). DW_CHAOS_GATED=1 holds the
+# kills back to moments with no write at the legacy (then verify must be equal at once).
+UNGATED = os.environ.get("DW_CHAOS_GATED") != "1"
 WRITERS = 3
 WEIGHTS = [0, 10, 30, 50, 80, 100, 80, 50, 30, 10]
 REPLAY_EVERY_S = 2.0
@@ -562,7 +566,7 @@ ANALYZE old_equipment;""" % (rows, rows))
     # unknown. Sent again, an update heals (verify then clears it); a delete finds 404 (the row
     # stays in gear_ops: verify reports the recorded key as indeterminate); a create makes a
     # second row (the first stays in user_core only: "missing", and verify lists the unknown
-    # key as indeterminate). Only with DW_CHAOS_UNGATED=1 can this happen, and then every
+    # key as indeterminate). Only ungated kills (the default) can do this, and then every
     # difference must be one the daemon recorded; those, and no other, are repaired.
     dead = ml.queue_list(conf, dead=True)
     intent_dead = [x for x in dead if INTENT_REASON in x["line"]]
