@@ -32,7 +32,9 @@ static void reply_json(struct evhttp_request *req, int code, json_t *doc)
 
 /* A read route's shadow counts and read-your-writes state (small /status
  * addition): pinned_keys counts the distinct keys of its upstream with a
- * write not yet delivered; blind_writes those that pin every key. */
+ * write not yet delivered; blind_writes those that pin every key;
+ * prefix_pins the pins that did not evaluate, each pinning every key that
+ * begins with its literal text. */
 static void status_read_more(struct server *srv, json_t *ro, const struct dw_read *rd,
 			     const char *upstream)
 {
@@ -51,6 +53,7 @@ static void status_read_more(struct server *srv, json_t *ro, const struct dw_rea
 		pinset_stats(srv->pins, upstream, &ps);
 	json_object_set_new(ro, "pinned_keys", json_integer((json_int_t)ps.keys));
 	json_object_set_new(ro, "blind_writes", json_integer((json_int_t)ps.blind));
+	json_object_set_new(ro, "prefix_pins", json_integer((json_int_t)ps.prefixed));
 }
 
 static void status_cb(struct evhttp_request *req, struct server *srv)

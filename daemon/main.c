@@ -18,6 +18,7 @@
 #include "pgforward.h" /* pgforward wiring */
 #include "cutover.h"
 #include "cutstate.h"
+#include "expr.h"
 #include "guard.h"
 #include "pgq.h"
 #include "jsonarena.h"
@@ -488,12 +489,14 @@ void server_queue_refresh(struct server *srv, struct spool_stats *st)
  * dead, or pending from a run that died) pins its ordering key until it is
  * delivered or purged. The queue does not keep a write's pins (the extra
  * keys of its route's `pins`), so a waiting write of a route that declares
- * pins is blind: it pins every read of its upstream (pinset.h), the safe
- * side, until it is delivered. Reads each waiting record once.
+ * pins pins every key each pin could have named: the keys that begin with
+ * the pin's literal text ("user:" for "user:${$request.user_id}"; a pin
+ * with none pins every read of its upstream, pinset.h), the safe side,
+ * until it is delivered. Reads each waiting record once.
  */
 static void pins_rebuild(struct server *srv)
 {
-	size_t n = spool_list(srv->spool, 0, NULL, 0), got, nblind = 0, nkeys = 0;
+	size_t n = spool_list(srv->spool, 0, NULL, 0), got, nwide = 0, nkeys = 0;
 	uint64_t *seqs;
 
 	if (!n)
@@ -504,7 +507,8 @@ static void pins_rebuild(struct server *srv)
 		struct spool_record r;
 		struct dw_err err = {""};
 		const struct dw_route *rt = NULL;
-		bool blind;
+		char **pre = NULL;
+		size_t npre = 0;
 
 		if (spool_read(srv->spool, seqs[i], &r, &err) < 0)
 			continue; /* gone meanwhile (damage is reported by the queue) */
@@ -512,25 +516,38 @@ static void pins_rebuild(struct server *srv)
 			if (srv->cfg->routes[k].name && r.route &&
 			    strcmp(srv->cfg->routes[k].name, r.route) == 0)
 				rt = &srv->cfg->routes[k];
-		blind = rt && rt->mirror && rt->mirror->npins && r.upstream;
-		if (r.upstream && r.key) {
+		if (!r.upstream) {
+			spool_record_clear(&r);
+			continue;
+		}
+		if (rt && rt->mirror && rt->mirror->npins) {
+			pre = dw_calloc(rt->mirror->npins, sizeof(char *));
+			for (; npre < rt->mirror->npins; npre++) {
+				char buf[256];
+
+				expr_literal_prefix(rt->mirror->pins[npre], buf, sizeof(buf));
+				pre[npre] = dw_strdup(buf);
+				pinset_prefix_add(srv->pins, r.upstream, buf, 1);
+			}
+			nwide++;
+		}
+		if (r.key) {
 			pinset_add(srv->pins, r.upstream, r.key);
 			nkeys++;
 		}
-		if (blind) {
-			pinset_blind_add(srv->pins, r.upstream, 1);
-			nblind++;
-		}
-		if (r.upstream && (r.key || blind))
+		if (r.key || npre)
 			pinset_park(srv->pins, r.seq, r.upstream, (const char *const *)&r.key,
-				    r.key ? 1 : 0, blind);
+				    r.key ? 1 : 0, (const char *const *)pre, npre, false);
+		for (size_t k = 0; k < npre; k++)
+			free(pre[k]);
+		free(pre);
 		spool_record_clear(&r);
 	}
 	free(seqs);
-	if (nkeys || nblind)
+	if (nkeys || nwide)
 		log_info("read-your-writes: %zu waiting writes pin their keys until delivered; "
-			 "%zu of routes with pins pin every read of their upstream",
-			 nkeys, nblind);
+			 "%zu of routes with pins pin every key their pins could name",
+			 nkeys, nwide);
 }
 
 static void guard_tick_cb(evutil_socket_t fd, short what, void *arg)

@@ -90,10 +90,12 @@ struct mirror_job {
 	/* Read-your-writes (pinset.h): the keys this write pins (its ordering
 	 * key and its route's pins), added before the client's answer; given
 	 * back when it is delivered or lost, parked when it waits in the queue.
-	 * blind: a pin did not evaluate, the whole upstream is pinned. */
+	 * pinpre: the literal beginnings of its pins that did not evaluate
+	 * (every key that begins so is pinned; "" pins the whole upstream). */
 	char **pinkeys;
 	size_t npinkeys;
-	bool blind;
+	char **pinpre;
+	size_t npinpre;
 };
 TAILQ_HEAD(job_list, mirror_job);
 
@@ -277,15 +279,19 @@ static void job_free(struct mirror_job *j)
 	for (size_t i = 0; i < j->npinkeys; i++)
 		free(j->pinkeys[i]);
 	free(j->pinkeys);
+	for (size_t i = 0; i < j->npinpre; i++)
+		free(j->pinpre[i]);
+	free(j->pinpre);
 	free(j);
 }
 
 /*
  * Pin what this write pins until it is delivered (pinset.h): its ordering
- * key and every key of its route's pins. A pin that does not evaluate makes
- * the write blind (every read of the upstream waits for it) unless the
- * write is already dead: a mirror that can never be built pins the keys it
- * has (until purged), never the whole upstream.
+ * key and every key of its route's pins. A pin that does not evaluate pins
+ * every key that begins with its literal text ("user:${...}": every
+ * "user:" key; a pin with none makes the write blind) unless the write is
+ * already dead: a mirror that can never be built pins the keys it has
+ * (until purged), never more.
  */
 static void job_pin(struct server *srv, struct mirror_job *j, const struct expr_ctx *ctx,
 		    bool dead)
@@ -302,15 +308,21 @@ static void job_pin(struct server *srv, struct mirror_job *j, const struct expr_
 	for (size_t i = 0; i < mm->npins; i++) {
 		char *v = NULL;
 
-		if (expr_eval_string(mm->pins[i], ctx, &v, &err) == EXPR_OK)
+		if (expr_eval_string(mm->pins[i], ctx, &v, &err) == EXPR_OK) {
 			j->pinkeys[j->npinkeys++] = v;
-		else if (!dead)
-			j->blind = true;
+		} else if (!dead) {
+			char pre[256];
+
+			expr_literal_prefix(mm->pins[i], pre, sizeof(pre));
+			if (!j->pinpre)
+				j->pinpre = dw_calloc(mm->npins, sizeof(char *));
+			j->pinpre[j->npinpre++] = dw_strdup(pre);
+		}
 	}
 	for (size_t i = 0; i < j->npinkeys; i++)
 		pinset_add(srv->pins, up, j->pinkeys[i]);
-	if (j->blind)
-		pinset_blind_add(srv->pins, up, 1);
+	for (size_t i = 0; i < j->npinpre; i++)
+		pinset_prefix_add(srv->pins, up, j->pinpre[i], 1);
 }
 
 /* The write is settled: give its pins back (delivered, lost), or park them
@@ -319,18 +331,18 @@ static void job_unpin(struct server *srv, struct mirror_job *j, enum spool_state
 {
 	const char *up;
 
-	if (!srv->pins || (!j->npinkeys && !j->blind))
+	if (!srv->pins || (!j->npinkeys && !j->npinpre))
 		return;
 	up = j->cfg->upstreams[j->route->mirror->upstream].name;
 	if (!lost && j->seq && (st == SPOOL_QUEUED || st == SPOOL_DEAD)) {
 		pinset_park(srv->pins, j->seq, up, (const char *const *)j->pinkeys, j->npinkeys,
-			    j->blind);
+			    (const char *const *)j->pinpre, j->npinpre, false);
 		return;
 	}
 	for (size_t i = 0; i < j->npinkeys; i++)
 		pinset_del(srv->pins, up, j->pinkeys[i]);
-	if (j->blind)
-		pinset_blind_add(srv->pins, up, -1);
+	for (size_t i = 0; i < j->npinpre; i++)
+		pinset_prefix_add(srv->pins, up, j->pinpre[i], -1);
 }
 
 /* The mirror access log: one line per outcome. */

@@ -130,6 +130,35 @@ unsigned expr_sources(const struct expr *e)
 	return e ? e->sources : 0;
 }
 
+/* Appends t to buf[n..cap) (cut to fit); returns the new length. */
+static size_t prefix_append(char *buf, size_t n, size_t cap, const char *t)
+{
+	size_t l = strlen(t);
+
+	if (l > cap - 1 - n)
+		l = cap - 1 - n;
+	memcpy(buf + n, t, l);
+	buf[n + l] = '\0';
+	return n + l;
+}
+
+size_t expr_literal_prefix(const struct expr *e, char *buf, size_t cap)
+{
+	size_t n = 0;
+
+	if (!cap)
+		return 0;
+	buf[0] = '\0';
+	if (e && e->kind == N_LIT && json_is_string(e->lit))
+		return prefix_append(buf, 0, cap, json_string_value(e->lit));
+	if (e && e->kind == N_CAT) /* its literal items up to the first placeholder */
+		for (size_t i = 0; i < e->n && e->items[i]->kind == N_LIT &&
+				   json_is_string(e->items[i]->lit);
+		     i++)
+			n = prefix_append(buf, n, cap, json_string_value(e->items[i]->lit));
+	return n;
+}
+
 unsigned tmpl_sources(const struct tmpl *t)
 {
 	return t ? t->sources : 0;

@@ -103,6 +103,12 @@ void expr_free(struct expr *e);
 /* Which sources an expression refers to (mask of enum expr_source). */
 unsigned expr_sources(const struct expr *e);
 
+/* The literal text every string value of e begins with, whatever its sources
+ * hold: "user:" for "user:${$response.user_id}", "" for "$request.id", the
+ * whole text for a string literal. Written to buf (NUL-terminated, cut to
+ * cap - 1 bytes: a shorter prefix is still a prefix); returns its length. */
+size_t expr_literal_prefix(const struct expr *e, char *buf, size_t cap);
+
 /*
  * Evaluate. On EXPR_OK *out is a new reference owned by the caller; on
  * EXPR_MISSING (a referenced field is absent at the top level of this

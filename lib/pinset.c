@@ -15,6 +15,7 @@
 #define PINSET_SHARDS 16
 #define PINSET_UPSTREAMS 64
 #define SWEEP_BATCH 512
+#define PINSET_PREFIXES 16 /* distinct prefixes per upstream; past them a prefix pin is blind */
 
 struct pin {
 	struct pin *next;
@@ -31,11 +32,20 @@ struct shard {
 	size_t nb, n;
 };
 
+struct prefix_pin {
+	char *s; /* kept for the pinset's life once made: count may be 0 */
+	size_t len;
+	int64_t count;
+};
+
 struct pin_up {
 	char *name;
 	uint64_t keys;	/* atomic: distinct keys pinned */
 	int64_t blind;	/* atomic */
 	uint64_t parked; /* atomic */
+	int64_t prefixed; /* atomic: the sum of pre[].count */
+	struct prefix_pin pre[PINSET_PREFIXES]; /* under pinset.pre_mu */
+	size_t npre;
 };
 
 struct ticket {
@@ -43,6 +53,8 @@ struct ticket {
 	struct pin_up *up;
 	char **keys;
 	size_t n;
+	char **pre; /* prefix pins */
+	size_t npre;
 	bool blind;
 };
 
@@ -51,6 +63,7 @@ struct pinset {
 	uint64_t total;	 /* atomic: sum of every count and blind count */
 	uint64_t underflows; /* atomic */
 	pthread_mutex_t up_mu; /* insertion into ups */
+	pthread_mutex_t pre_mu; /* every upstream's prefix pins */
 	struct pin_up ups[PINSET_UPSTREAMS];
 	size_t nups;	       /* atomic: published after the entry is written */
 	pthread_mutex_t park_mu;
@@ -79,6 +92,7 @@ struct pinset *pinset_new(void)
 		ps->shards[i].b = dw_calloc(64, sizeof(struct pin *));
 	}
 	pthread_mutex_init(&ps->up_mu, NULL);
+	pthread_mutex_init(&ps->pre_mu, NULL);
 	pthread_mutex_init(&ps->park_mu, NULL);
 	return ps;
 }
@@ -88,6 +102,9 @@ static void ticket_clear(struct ticket *t)
 	for (size_t i = 0; i < t->n; i++)
 		free(t->keys[i]);
 	free(t->keys);
+	for (size_t i = 0; i < t->npre; i++)
+		free(t->pre[i]);
+	free(t->pre);
 }
 
 void pinset_free(struct pinset *ps)
@@ -105,12 +122,16 @@ void pinset_free(struct pinset *ps)
 		free(sh->b);
 		pthread_mutex_destroy(&sh->mu);
 	}
-	for (size_t i = 0; i < ps->nups; i++)
+	for (size_t i = 0; i < ps->nups; i++) {
 		free(ps->ups[i].name);
+		for (size_t k = 0; k < ps->ups[i].npre; k++)
+			free(ps->ups[i].pre[k].s);
+	}
 	for (size_t i = 0; i < ps->npark; i++)
 		ticket_clear(&ps->park[i]);
 	free(ps->park);
 	pthread_mutex_destroy(&ps->up_mu);
+	pthread_mutex_destroy(&ps->pre_mu);
 	pthread_mutex_destroy(&ps->park_mu);
 	free(ps);
 }
@@ -265,6 +286,67 @@ void pinset_blind_add(struct pinset *ps, const char *upstream, int delta)
 		__atomic_sub_fetch(&ps->total, (uint64_t)-delta, __ATOMIC_RELEASE);
 }
 
+void pinset_prefix_add(struct pinset *ps, const char *upstream, const char *prefix, int delta)
+{
+	struct pin_up *u;
+	struct prefix_pin *pp = NULL;
+	size_t len;
+	bool full;
+
+	if (!upstream || !delta)
+		return;
+	if (!prefix || !*prefix) {
+		pinset_blind_add(ps, upstream, delta);
+		return;
+	}
+	u = up_get(ps, upstream);
+	len = strlen(prefix);
+	pthread_mutex_lock(&ps->pre_mu);
+	for (size_t i = 0; i < u->npre && !pp; i++)
+		if (u->pre[i].len == len && memcmp(u->pre[i].s, prefix, len) == 0)
+			pp = &u->pre[i];
+	full = u->npre == PINSET_PREFIXES;
+	if (!pp && delta > 0 && !full) {
+		pp = &u->pre[u->npre++];
+		pp->s = dw_strdup(prefix);
+		pp->len = len;
+		pp->count = 0;
+	}
+	if (pp && (delta > 0 || pp->count >= -delta)) {
+		pp->count += delta;
+		__atomic_add_fetch(&u->prefixed, delta, __ATOMIC_RELAXED);
+		if (delta > 0)
+			__atomic_add_fetch(&ps->total, (uint64_t)delta, __ATOMIC_RELEASE);
+		else
+			__atomic_sub_fetch(&ps->total, (uint64_t)-delta, __ATOMIC_RELEASE);
+	} else if (!pp && full) {
+		/* The table was full when this prefix came (entries are never
+		 * removed, so it was full then too): it went blind. */
+		pthread_mutex_unlock(&ps->pre_mu);
+		pinset_blind_add(ps, upstream, delta);
+		return;
+	} else {
+		__atomic_add_fetch(&ps->underflows, 1, __ATOMIC_RELAXED);
+	}
+	pthread_mutex_unlock(&ps->pre_mu);
+}
+
+/* Whether a prefix pin of u covers key (any, when key is NULL). */
+static bool prefix_has(struct pinset *ps, struct pin_up *u, const char *key)
+{
+	bool r = false;
+
+	if (__atomic_load_n(&u->prefixed, __ATOMIC_RELAXED) <= 0)
+		return false;
+	if (!key)
+		return true;
+	pthread_mutex_lock(&ps->pre_mu);
+	for (size_t i = 0; i < u->npre && !r; i++)
+		r = u->pre[i].count > 0 && strncmp(key, u->pre[i].s, u->pre[i].len) == 0;
+	pthread_mutex_unlock(&ps->pre_mu);
+	return r;
+}
+
 bool pinset_empty(const struct pinset *ps)
 {
 	return __atomic_load_n(&ps->total, __ATOMIC_ACQUIRE) == 0;
@@ -285,9 +367,13 @@ bool pinset_has(struct pinset *ps, const char *upstream, const char *key)
 	struct shard *sh;
 	bool r;
 
+	struct pin_up *u;
+
 	if (!upstream || __atomic_load_n(&ps->total, __ATOMIC_ACQUIRE) == 0)
 		return false;
-	if (pinset_blind(ps, upstream))
+	if (!(u = up_find(ps, upstream))) /* nothing of it was ever pinned */
+		return false;
+	if (__atomic_load_n(&u->blind, __ATOMIC_RELAXED) > 0 || prefix_has(ps, u, key))
 		return true;
 	if (!key)
 		return false;
@@ -302,15 +388,25 @@ bool pinset_has(struct pinset *ps, const char *upstream, const char *key)
 	return r;
 }
 
-void pinset_park(struct pinset *ps, uint64_t seq, const char *upstream, const char *const *keys,
-		 size_t n, bool blind)
+/* copies of the non-NULL strings of v[0..n) */
+static char **strv_dup(const char *const *v, size_t n, size_t *out_n)
 {
-	struct ticket t = { .seq = seq, .up = up_get(ps, upstream), .n = 0, .blind = blind };
+	char **r = n ? dw_calloc(n, sizeof(char *)) : NULL;
 
-	t.keys = n ? dw_calloc(n, sizeof(char *)) : NULL;
+	*out_n = 0;
 	for (size_t i = 0; i < n; i++)
-		if (keys[i])
-			t.keys[t.n++] = dw_strdup(keys[i]);
+		if (v[i])
+			r[(*out_n)++] = dw_strdup(v[i]);
+	return r;
+}
+
+void pinset_park(struct pinset *ps, uint64_t seq, const char *upstream, const char *const *keys,
+		 size_t n, const char *const *prefixes, size_t npre, bool blind)
+{
+	struct ticket t = { .seq = seq, .up = up_get(ps, upstream), .blind = blind };
+
+	t.keys = strv_dup(keys, n, &t.n);
+	t.pre = strv_dup(prefixes, npre, &t.npre);
 	pthread_mutex_lock(&ps->park_mu);
 	if (ps->npark == ps->cappark) {
 		ps->cappark = ps->cappark ? ps->cappark * 2 : 64;
@@ -363,6 +459,8 @@ size_t pinset_sweep(struct pinset *ps,
 			}
 			for (size_t j = 0; j < t->n; j++)
 				pinset_del(ps, t->up->name, t->keys[j]);
+			for (size_t j = 0; j < t->npre; j++)
+				pinset_prefix_add(ps, t->up->name, t->pre[j], -1);
 			if (t->blind)
 				pinset_blind_add(ps, t->up->name, -1);
 			__atomic_sub_fetch(&t->up->parked, 1, __ATOMIC_RELAXED);
@@ -406,6 +504,8 @@ void pinset_stats(const struct pinset *ps, const char *upstream, struct pinset_s
 			continue;
 		out->keys += __atomic_load_n(&u->keys, __ATOMIC_RELAXED);
 		out->blind += b > 0 ? (uint64_t)b : 0;
+		b = __atomic_load_n(&u->prefixed, __ATOMIC_RELAXED);
+		out->prefixed += b > 0 ? (uint64_t)b : 0;
 		out->parked += __atomic_load_n(&u->parked, __ATOMIC_RELAXED);
 	}
 }

@@ -79,7 +79,7 @@ class New:
 
     def __call__(self, req):
         path, _, query = req.target.partition("?")
-        if req.method in ("POST", "PUT"):
+        if req.method in ("POST", "PUT", "DELETE"):
             if self.down.is_set():
                 return Reply(503, "down", [("Content-Type", "text/plain")])
             if self.reject:
@@ -207,13 +207,16 @@ def test_pinned_while_the_target_is_down_then_new_after_replay_also_across_a_res
     assert status_read(d, "equipment-list")["pinned_keys"] == 2
 
     # A restart finds the write in the queue: its key stays pinned; the queue does not keep
-    # pins, so the route's upstream is pinned whole (blind) until it is delivered.
+    # pins, so every key its route's pins could name ("user:*") is pinned until it is
+    # delivered; other items' reads go on to the new system.
     d.stop()
     d.start()
     assert side_of(get(d, "/equipment/%d" % iid)) == "legacy"
     assert side_of(get(d, "/user/7/equipment")) == "legacy"
     assert side_of(get(d, "/user/8/equipment")) == "legacy"
-    assert status_read(d, "equipment-list")["blind_writes"] == 1
+    assert side_of(get(d, "/equipment/%d" % (iid + 100))) == "new"
+    rd = status_read(d, "equipment-list")
+    assert rd["prefix_pins"] == 1 and rd["blind_writes"] == 0, rd
     d.wait_log("read-your-writes: 1 waiting writes pin their keys")
 
     nh.down.clear()
@@ -222,7 +225,7 @@ def test_pinned_while_the_target_is_down_then_new_after_replay_also_across_a_res
     assert side_of(get(d, "/user/7/equipment")) == "new"
     assert side_of(get(d, "/user/8/equipment")) == "new"
     rd = status_read(d, "equipment-list")
-    assert rd["pinned_keys"] == 0 and rd["blind_writes"] == 0, rd
+    assert rd["pinned_keys"] == 0 and rd["blind_writes"] == 0 and rd["prefix_pins"] == 0, rd
     d.finish()
 
 
@@ -415,24 +418,35 @@ class LegacyBareDelete(Legacy):
         return Legacy.__call__(self, req)
 
 
-def test_a_pin_that_cannot_be_worked_out_makes_the_write_blind_never_dead(dw, make_backend):
+def test_a_pin_that_cannot_be_worked_out_pins_its_prefix_never_dead(dw, make_backend):
     """The mirror itself needs only the path: a pin on the legacy's answer that
     has no JSON body must not dead-letter the delete (the shipped gear-ops
-    delete route), it pins the upstream until delivered."""
+    delete route). It pins every key that begins with the pin's literal text
+    ("user:": every user's list) until the delete is delivered, and no other:
+    another item's read still goes to the new system."""
     legacy = make_backend(LegacyBareDelete(), name="legacy")
-    new = make_backend(New(), name="gear_ops")
-    delete = """
-routes = (
+    nh = New()
+    new = make_backend(nh, name="gear_ops")
+    delete = routes().replace("routes = (", """routes = (
   { name = "equipment-delete"; match = "DELETE /equipment/{id}";
     mirror = { upstream = "gear_ops"; path = "/gear-items/{id}"; key = "$path.id";
-               pins = [ "user:${$response.user_id}" ]; }; }
-);
-"""
+               pins = [ "user:${$response.user_id}" ]; }; },""", 1)
+    nh.down.set()  # the delete is a write New refuses while down: it queues
     d = mirrorlib.mirror_daemon(dw, legacy.url, new.url, delete)
     r = helpers.request(d.port, "DELETE", "/equipment/9", [("Host", "t"), ("Connection", "close")])
     assert r.status == 204, r
-    helpers.wait_for(lambda: d.metric("dualwrite_mirror_total", route="equipment-delete",
-                                      result="delivered") == 1, 10, "the delete to be delivered")
+    mirrorlib.wait_outcomes(d, lambda o: o["result"] == "queued", 1, 10, "queued")
     assert d.metric("dualwrite_mirror_total", route="equipment-delete", result="dead") == 0
+    assert side_of(get(d, "/equipment/9")) == "legacy"         # its own key
+    assert side_of(get(d, "/user/7/equipment")) == "legacy"    # any user's list: "user:*"
+    assert side_of(get(d, "/user/8/equipment")) == "legacy"
+    assert side_of(get(d, "/equipment/10")) == "new"           # another item goes on
+    rd = status_read(d, "equipment-list")
+    assert rd["prefix_pins"] == 1 and rd["blind_writes"] == 0, rd
+
+    nh.down.clear()
+    mirrorlib.replay_until_drained(d.conf_path)
+    wait_side(d, "/user/8/equipment", "new")
+    assert side_of(get(d, "/equipment/9")) == "new"
     assert "DELETE /gear-items/9" in ["%s %s" % (q.method, q.target) for q in new.requests]
     d.finish()

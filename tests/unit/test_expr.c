@@ -1158,6 +1158,42 @@ static void test_query_decode(void **state)
 	free(s);
 }
 
+/* The literal beginning of an expression's string values (read-your-writes
+ * pins that do not evaluate pin every key that begins so). */
+static void test_literal_prefix(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *text, *prefix;
+	} cases[] = {
+		{ "\"user:${$response.user_id}\"", "user:" },
+		{ "\"t-${$tenant}:u-${$request.id}\"", "t-" },
+		{ "\"$request.id\"", "" },
+		{ "\"${$request.id}:x\"", "" },
+		{ "\"plain\"", "plain" },
+		{ "\"$${x}${$request.id}\"", "${x}" }, /* "$${" is literal text */
+		{ "\"$$${$request.id}\"", "$" },
+		{ "7", "" },
+	};
+	char buf[8];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct expr *e = compile(cases[i].text, EXPR_SRC_HTTP);
+		char big[64];
+
+		assert_int_equal(expr_literal_prefix(e, big, sizeof(big)), strlen(cases[i].prefix));
+		assert_string_equal(big, cases[i].prefix);
+		expr_free(e);
+	}
+	/* cut to fit: still a prefix */
+	struct expr *e = compile("\"a-long-prefix:${$request.id}\"", EXPR_SRC_HTTP);
+	assert_int_equal(expr_literal_prefix(e, buf, sizeof(buf)), 7);
+	assert_string_equal(buf, "a-long-");
+	assert_int_equal(expr_literal_prefix(NULL, buf, sizeof(buf)), 0);
+	assert_string_equal(buf, "");
+	expr_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1181,6 +1217,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_operator_errors, teardown_cfgs),
 		cmocka_unit_test_teardown(test_each, teardown_cfgs),
 		cmocka_unit_test_teardown(test_each_errors, teardown_cfgs),
+		cmocka_unit_test_teardown(test_literal_prefix, teardown_cfgs),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

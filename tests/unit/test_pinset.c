@@ -108,8 +108,8 @@ static void test_park_and_sweep(void **state)
 		pinset_add(ps, "gear", keys9[i]);
 	}
 	pinset_blind_add(ps, "gear", 1);
-	pinset_park(ps, 9, "gear", keys9, 2, true); /* parked out of order */
-	pinset_park(ps, 7, "gear", keys7, 2, false);
+	pinset_park(ps, 9, "gear", keys9, 2, NULL, 0, true); /* parked out of order */
+	pinset_park(ps, 7, "gear", keys7, 2, NULL, 0, false);
 	pinset_stats(ps, "gear", &st);
 	assert_int_equal(st.parked, 2);
 	assert_int_equal(st.keys, 3);
@@ -148,7 +148,7 @@ static void test_sweep_many(void **state)
 
 		snprintf(k, sizeof(k), "k%llu", (unsigned long long)s);
 		pinset_add(ps, "gear", k);
-		pinset_park(ps, s, "gear", &kp, 1, false);
+		pinset_park(ps, s, "gear", &kp, 1, NULL, 0, false);
 	}
 	for (size_t i = 0; i < 1500; i++)
 		fin[i] = 2 * i + 2; /* the even ones were delivered */
@@ -163,6 +163,74 @@ static void test_sweep_many(void **state)
 	assert_int_equal(st.keys, 1500);
 	assert_int_equal(st.parked, 1500);
 	pinset_free(ps); /* frees what is still parked */
+}
+
+/* A pin that did not evaluate pins the keys that begin with its literal
+ * text, and no other; parked, it is given back by the sweep; "" is blind. */
+static void test_prefix(void **state)
+{
+	(void)state;
+	struct pinset *ps = pinset_new();
+	const char *pre[] = { "user:" };
+	const char *blind[] = { "" };
+	uint64_t fin[] = { 5 };
+	struct pinset_stats st;
+	char p[16];
+
+	assert_false(pinset_has(ps, "gear", "user:7"));
+	pinset_prefix_add(ps, "gear", "user:", 1);
+	assert_true(pinset_has(ps, "gear", "user:7"));
+	assert_true(pinset_has(ps, "gear", "user:"));
+	assert_false(pinset_has(ps, "gear", "42"));	/* an item read goes on */
+	assert_false(pinset_has(ps, "gear", "use"));
+	assert_false(pinset_has(ps, "other", "user:7")); /* only its upstream */
+	assert_true(pinset_has(ps, "gear", NULL));	/* a keyless read waits */
+	assert_false(pinset_blind(ps, "gear"));
+	pinset_prefix_add(ps, "gear", "user:", 1);
+	pinset_prefix_add(ps, "gear", "user:", -1);
+	assert_true(pinset_has(ps, "gear", "user:7"));
+	pinset_prefix_add(ps, "gear", "user:", -1);
+	assert_false(pinset_has(ps, "gear", "user:7"));
+	assert_true(pinset_empty(ps));
+	pinset_prefix_add(ps, "gear", "user:", -1); /* underflow: counted, no effect */
+	pinset_stats(ps, NULL, &st);
+	assert_int_equal(st.underflows, 1);
+	assert_true(pinset_empty(ps));
+
+	/* "" is blind; parked, the sweep gives both back */
+	pinset_prefix_add(ps, "gear", "user:", 1);
+	pinset_prefix_add(ps, "gear", "", 1);
+	assert_true(pinset_has(ps, "gear", "42"));
+	assert_true(pinset_blind(ps, "gear"));
+	pinset_park(ps, 5, "gear", NULL, 0, pre, 1, false);
+	pinset_park(ps, 6, "gear", NULL, 0, blind, 1, false);
+	pinset_stats(ps, "gear", &st);
+	assert_int_equal(st.prefixed, 1);
+	assert_int_equal(st.blind, 1);
+	final_seqs = fin;
+	final_n = 1;
+	assert_int_equal(pinset_sweep(ps, final_cb, NULL), 1);
+	assert_true(pinset_has(ps, "gear", "42")); /* 6 still blind */
+	fin[0] = 6;
+	assert_int_equal(pinset_sweep(ps, final_cb, NULL), 1);
+	assert_false(pinset_has(ps, "gear", "user:7"));
+	assert_true(pinset_empty(ps));
+
+	/* past PINSET_PREFIXES distinct prefixes a new one is blind, add and del alike */
+	for (int i = 0; i < 16; i++) {
+		snprintf(p, sizeof(p), "p%d:", i);
+		pinset_prefix_add(ps, "gear", p, 1);
+		pinset_prefix_add(ps, "gear", p, -1);
+	}
+	pinset_prefix_add(ps, "gear", "q:", 1);
+	assert_true(pinset_blind(ps, "gear"));
+	assert_true(pinset_has(ps, "gear", "42"));
+	pinset_prefix_add(ps, "gear", "q:", -1);
+	assert_false(pinset_blind(ps, "gear"));
+	assert_true(pinset_empty(ps));
+	pinset_stats(ps, NULL, &st);
+	assert_int_equal(st.underflows, 1);
+	pinset_free(ps);
 }
 
 static void *hammer(void *arg)
@@ -330,6 +398,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_count),	      cmocka_unit_test(test_blind),
 		cmocka_unit_test(test_park_and_sweep), cmocka_unit_test(test_sweep_many),
+		cmocka_unit_test(test_prefix),
 		cmocka_unit_test(test_threads),	      cmocka_unit_test(test_plan_pinned),
 		cmocka_unit_test(test_shadow_share),  cmocka_unit_test(test_pins_config_errors),
 	};
