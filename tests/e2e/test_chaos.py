@@ -530,6 +530,7 @@ ANALYZE old_equipment;""" % (rows, rows))
 
     def summary(extra=""):
         n = traffic.n
+        log = d.log_text()
         return (
             "chaos (%s): %d rows of history, %.0f s\n"
             "  faults: %d SIGKILLs of dualwrited (restarted on the same queue), %d reloads "
@@ -538,7 +539,8 @@ ANALYZE old_equipment;""" % (rows, rows))
             "%d refused while down, %d unanswered (sent again), %d keys checked in gear_ops, "
             "%d lost\n"
             "  reads: %d answered (%d 404), %d refused, %d unanswered; served by gear_ops %d, "
-            "by user_core %d (%d of them after gear_ops failed: fallback)\n"
+            "by user_core %d (%d of them after gear_ops failed: fallback); the guard rolled "
+            "the reads back %d times (%d cleared by a reload)\n"
             "  mirror outcomes in the log: %s; replay timer runs (exit code: count) %s; "
             "queued at the end %d, dead %d\n"
             "  verify without --repair: %s, %d differences (source %d rows, target %d)%s%s" % (
@@ -550,6 +552,8 @@ ANALYZE old_equipment;""" % (rows, rows))
                 n["sent"], n["refused"], n["in_doubt"], len(expect), len(lost),
                 n["reads"], n["read_404"], n["read_refused"], n["read_in_doubt"],
                 sides["new"], sides["legacy"], sides["fallback"],
+                len(re.findall(r"guard: upstream \S+: tripped", log)),
+                log.count("\" cleared: the reload changed"),
                 json.dumps(outcomes, sort_keys=True), json.dumps(timer.runs, sort_keys=True),
                 queued, after["dead"], "equal" if equal_at_end else "NOT equal",
                 len(rep["differences"]), rep["source_rows"], rep["target_rows"],
