@@ -494,4 +494,14 @@ def test_status_shows_authority_shadow_counts_and_queue_per_upstream(dw, make_ba
     assert doc["upstreams"]["archive"]["queue"]["depth"] == 2
     assert [r for r in doc["routes"] if r["name"] == "equipment-list"][0][
         "read"]["shadow"]["mismatch"] == 3
+    assert "unconfigured_upstreams" not in doc["queue"], doc["queue"]
+
+    # a reload that drops the archive: what still waits for it is shown all the same
+    del d.upstreams["archive"]
+    routes_text = STATUS_ROUTES.split("  {\n    name  = \"equipment-create\"")[0]
+    d.reload(d.config_text() + routes_text.rstrip().rstrip(",") + "\n);\n")
+    st = status(d)
+    assert "archive" not in st["upstreams"], st["upstreams"]
+    other = st["queue"]["unconfigured_upstreams"]["archive"]
+    assert other["depth"] == 2 and other["dead"] == 1, st["queue"]
     d.finish()
