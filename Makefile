@@ -179,7 +179,7 @@ install: $(B)/dualwrited $(B)/dualwrite
 	install -m 0644 conf/dualwrite.conf.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 0644 daemon/dualwrited.8 $(DESTDIR)$(MANDIR)/man8/
 	install -m 0644 $(EXAMPLES) $(DESTDIR)$(DOCDIR)/examples/
-	install -m 0644 README conf/MAPPING.md conf/MIGRATION.md $(DESTDIR)$(DOCDIR)/
+	install -m 0644 README conf/MAPPING.md conf/MIGRATION.md conf/CUTOVER.md $(DESTDIR)$(DOCDIR)/
 	for u in $(UNITS); do \
 	  sed -e 's|/usr/local/|$(PREFIX)/|g' -e 's|/etc/dualwrite/|$(SYSCONFDIR)/dualwrite/|g' $$u \
 	    >$(DESTDIR)$(SYSTEMDDIR)/$$(basename $$u) && \

@@ -56,14 +56,39 @@ static void status_read_more(struct server *srv, json_t *ro, const struct dw_rea
 	json_object_set_new(ro, "prefix_pins", json_integer((json_int_t)ps.prefixed));
 }
 
+/* One upstream's share of the queue (SPEC §7.4: per upstream the queue
+ * depth and the oldest record's age); depth counts as the queue's does. */
+static json_t *upstream_queue_json(const struct spool_upstream_stats *q)
+{
+	return json_pack("{s:I, s:I, s:I, s:I, s:I}", "depth",
+			 (json_int_t)q->queued + (json_int_t)q->pending, "queued", (json_int_t)q->queued,
+			 "pending", (json_int_t)q->pending, "dead", (json_int_t)q->dead,
+			 "oldest_age_s",
+			 (json_int_t)(q->oldest_waiting_us
+					  ? (dw_wall_us() - q->oldest_waiting_us) / 1000000
+					  : 0));
+}
+
+static const struct spool_upstream_stats *upstream_queue_find(
+    const struct spool_upstream_stats *v, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(v[i].upstream, name) == 0)
+			return &v[i];
+	return NULL;
+}
+
 static void status_cb(struct evhttp_request *req, struct server *srv)
 {
 	struct dw_config *cfg = server_config(srv);
 	json_t *doc = json_object(), *routes = json_array(), *ups = json_object();
 	json_t *queue = json_object(), *mirror = json_object();
 	struct spool_stats st;
+	struct spool_upstream_stats *upq = NULL;
+	size_t nupq;
 
 	server_queue_refresh(srv, &st);
+	nupq = spool_upstream_stats(srv->spool, &upq);
 	json_object_set_new(doc, "version", json_string(DW_VERSION));
 	json_object_set_new(doc, "pid", json_integer(getpid()));
 	json_object_set_new(doc, "uptime_s",
@@ -89,6 +114,10 @@ static void status_cb(struct evhttp_request *req, struct server *srv)
 			if (why[0])
 				json_object_set_new(o, "resolve_error", json_string(why));
 		}
+		const struct spool_upstream_stats none = { 0 },
+						  *q = upstream_queue_find(upq, nupq, u->name);
+
+		json_object_set_new(o, "queue", upstream_queue_json(q ? q : &none));
 		if ((int)i != cfg->default_upstream && u->guard) {
 			json_t *guard = json_object();
 
@@ -150,6 +179,23 @@ static void status_cb(struct evhttp_request *req, struct server *srv)
 	json_t *journal = json_object();
 	journal_health_json(srv, journal); /* writable, and why not */
 	json_object_set_new(queue, "journal", journal);
+	/* records waiting for an upstream the configuration no longer names
+	 * (each configured one shows its share under upstreams) */
+	json_t *others = json_object();
+	for (size_t i = 0; i < nupq; i++) {
+		const struct spool_upstream_stats *q = &upq[i];
+		bool named = false;
+
+		for (size_t j = 0; j < cfg->nupstreams && !named; j++)
+			named = strcmp(cfg->upstreams[j].name, q->upstream) == 0;
+		if (!named && (q->pending || q->queued || q->dead))
+			json_object_set_new(others, q->upstream, upstream_queue_json(q));
+	}
+	if (json_object_size(others))
+		json_object_set_new(queue, "unconfigured_upstreams", others);
+	else
+		json_decref(others);
+	spool_upstream_stats_free(upq, nupq);
 	json_object_set_new(doc, "queue", queue);
 	if (srv->nmirrors)
 		mirror_status_json(srv->mirrors[0], mirror); /* gauges shared by the shards */

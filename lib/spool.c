@@ -67,7 +67,22 @@ struct ent {
 	int last_status;
 	uint32_t len;	/* bytes of that frame: what the record holds on disk */
 	uint8_t state;
+	uint16_t up;	/* its upstream: 1 + index into spool.ups; 0: not counted */
 };
+
+/*
+ * One upstream the index has met: its waiting records counted as they change
+ * state (count_state), so /status asks per-upstream depth without a scan.
+ * hint: no PENDING or QUEUED record of it has a lower seq, so the search
+ * for its oldest one starts there (and only moves forward, except when an
+ * older record waits again: a requeue, a late record).
+ */
+struct upq {
+	char *name;
+	uint64_t pending, queued, dead;
+	uint64_t hint;
+};
+#define UPQ_MAX 65535 /* more distinct upstreams are not counted apart */
 
 struct seg {
 	uint64_t id;
@@ -130,6 +145,8 @@ struct spool {
 	struct keymap keys;
 	struct errs errs;
 	uint64_t npending, nqueued, ndead;
+	struct upq *ups; /* the upstreams met, in the order met */
+	size_t nups;
 	uint64_t next_seq;
 	uint64_t gen; /* spool_ready visit generation */
 	struct ient *ients; /* ascending id */
@@ -324,23 +341,52 @@ static void ient_close(struct spool *sp, uint64_t id)
 	}
 }
 
+/* The spool.ups slot of upstream (1-based; 0 for none or too many),
+ * added when new. Few upstreams, and a run of records mostly has one. */
+static uint16_t up_slot(struct spool *sp, const char *upstream)
+{
+	if (!upstream)
+		return 0;
+	for (size_t i = sp->nups; i-- > 0;)
+		if (strcmp(sp->ups[i].name, upstream) == 0)
+			return (uint16_t)(i + 1);
+	if (sp->nups == UPQ_MAX)
+		return 0;
+	sp->ups = dw_realloc(sp->ups, (sp->nups + 1) * sizeof(*sp->ups));
+	sp->ups[sp->nups] = (struct upq){ .name = dw_strdup(upstream) };
+	return (uint16_t)++sp->nups;
+}
+
 static void count_state(struct spool *sp, struct ent *e, int dir)
 {
 	uint64_t d = (uint64_t)(int64_t)dir;
+	struct upq *u = e->up ? &sp->ups[e->up - 1] : NULL;
 
 	switch (e->state) {
 	case SPOOL_PENDING:
 		sp->npending += d;
 		if (e->kn)
 			e->kn->pending += (uint32_t)d;
+		if (u) {
+			u->pending += d;
+			if (dir > 0 && e->seq < u->hint)
+				u->hint = e->seq;
+		}
 		break;
 	case SPOOL_QUEUED:
 		sp->nqueued += d;
 		if (e->kn)
 			e->kn->queued += (uint32_t)d;
+		if (u) {
+			u->queued += d;
+			if (dir > 0 && e->seq < u->hint)
+				u->hint = e->seq;
+		}
 		break;
 	case SPOOL_DEAD:
 		sp->ndead += d;
+		if (u)
+			u->dead += d;
 		break;
 	default:
 		break;
@@ -494,6 +540,7 @@ static void fold_record(struct spool *sp, bool moved, uint64_t seq, uint64_t seg
 		e->kn = keymap_get(&sp->keys, h->upstream, h->key);
 		e->kn->refs++;
 	}
+	e->up = up_slot(sp, h->upstream);
 	count_state(sp, e, +1);
 }
 
@@ -1503,6 +1550,9 @@ void spool_close(struct spool *sp)
 	free(sp->segs);
 	free(sp->listed);
 	keymap_free(&sp->keys);
+	for (size_t i = 0; i < sp->nups; i++)
+		free(sp->ups[i].name);
+	free(sp->ups);
 	dw_errlist_free(&sp->warnings);
 	pthread_mutex_destroy(&sp->mu);
 	free(sp->dir);
@@ -2332,4 +2382,58 @@ void spool_stats(struct spool *sp, struct spool_stats *out)
 			break;
 		}
 	pthread_mutex_unlock(&sp->mu);
+}
+
+/* The oldest PENDING or QUEUED record of upstream slot k (0-based), from its
+ * hint on; moves the hint there. Locked. */
+static int64_t up_oldest(struct spool *sp, size_t k)
+{
+	struct upq *u = &sp->ups[k];
+	size_t lo = 0, hi = sp->nents;
+
+	if (!u->pending && !u->queued)
+		return 0;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (sp->ents[mid].seq < u->hint)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (size_t i = lo; i < sp->nents; i++) {
+		const struct ent *e = &sp->ents[i];
+		if (e->up == k + 1 && (e->state == SPOOL_PENDING || e->state == SPOOL_QUEUED)) {
+			u->hint = e->seq;
+			return e->created_us;
+		}
+	}
+	return 0;
+}
+
+size_t spool_upstream_stats(struct spool *sp, struct spool_upstream_stats **out)
+{
+	size_t n;
+
+	pthread_mutex_lock(&sp->mu);
+	n = sp->nups;
+	*out = n ? dw_calloc(n, sizeof(**out)) : NULL;
+	for (size_t i = 0; i < n; i++) {
+		const struct upq *u = &sp->ups[i];
+		struct spool_upstream_stats *o = &(*out)[i];
+
+		o->upstream = dw_strdup(u->name);
+		o->pending = u->pending;
+		o->queued = u->queued;
+		o->dead = u->dead;
+		o->oldest_waiting_us = up_oldest(sp, i);
+	}
+	pthread_mutex_unlock(&sp->mu);
+	return n;
+}
+
+void spool_upstream_stats_free(struct spool_upstream_stats *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i].upstream);
+	free(v);
 }

@@ -265,4 +265,18 @@ struct spool_stats {
 };
 void spool_stats(struct spool *sp, struct spool_stats *out);
 
+/* The live records of each upstream the queue has indexed since open (its
+ * mirror upstream; also ones no longer configured), in the order first met:
+ * the counts are kept as records change state, so this is no scan and cheap
+ * enough for every GET /status; oldest_waiting_us is found from where the
+ * last call found it (it reads past only what has ended since). *out is
+ * malloc'd, NULL when none: spool_upstream_stats_free. */
+struct spool_upstream_stats {
+	char *upstream;
+	uint64_t pending, queued, dead;
+	int64_t oldest_waiting_us; /* created_us of its oldest QUEUED/PENDING; 0: none */
+};
+size_t spool_upstream_stats(struct spool *sp, struct spool_upstream_stats **out);
+void spool_upstream_stats_free(struct spool_upstream_stats *v, size_t n);
+
 #endif

@@ -16,7 +16,6 @@ itself, so the summary stays "N passed, M failed". Each test is bounded by
 an alarm so a hang fails instead of stalling the suite.
 """
 
-import signal
 import sys
 
 import pytest
@@ -29,14 +28,6 @@ from backends import Backend  # noqa: E402
 TEST_BOUND_S = 240 if helpers.VALGRIND else 60
 
 
-class BoundExceeded(Exception):
-    pass
-
-
-def _alarm(signum, frame):
-    raise BoundExceeded("test exceeded its %d s bound" % TEST_BOUND_S)
-
-
 # The alarm is for this suite's own modules; other files in tests/e2e keep
 # their own bounds.
 BOUNDED_MODULES = {"test_proxy", "test_limits", "test_smuggling", "test_lifecycle", "test_tls"}
@@ -47,11 +38,8 @@ def _bounded(request):
     if request.module.__name__ not in BOUNDED_MODULES:
         yield
         return
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(TEST_BOUND_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+    with helpers.alarm(TEST_BOUND_S):
+        yield
 
 
 @pytest.hookimpl(hookwrapper=True)

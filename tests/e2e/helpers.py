@@ -9,9 +9,11 @@ admin port, and on stop checks the exit status and scans the log for
 sanitizer, assertion and loss reports.
 
 Every socket operation and every wait is bounded: a hung daemon makes a test
-fail with a message, never hang the suite. Only 127.0.0.1 is used.
+fail with a message, never hang the suite; `bounded(seconds)` gives a test
+module an alarm on each of its tests. Only 127.0.0.1 is used.
 """
 
+import contextlib
 import itertools
 import json
 import os
@@ -22,6 +24,8 @@ import socket
 import subprocess
 import threading
 import time
+
+import pytest
 
 IO_TIMEOUT = 10.0
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -400,6 +404,34 @@ def assert_forwarded_exactly(port, backend, targets, accepts=None):
         assert backend.accepts == accepts, "the proxy opened %d upstream connection(s), " \
             "expected %d" % (backend.accepts, accepts)
     return got
+
+
+class BoundExceeded(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def alarm(seconds):
+    """SIGALRM after `seconds`: the code under it raises BoundExceeded instead of hanging."""
+    def ring(signum, frame):
+        raise BoundExceeded("test exceeded its %d s bound" % seconds)
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def bounded(seconds):
+    """An autouse fixture for a test module (`_bounded = helpers.bounded(120)`): each test of
+    the module is bounded by an alarm of `seconds`."""
+    @pytest.fixture(autouse=True, name="_bounded")
+    def _bounded():
+        with alarm(seconds):
+            yield
+    return _bounded
 
 
 def wait_for(pred, timeout, what, interval=0.02):

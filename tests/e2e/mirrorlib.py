@@ -2,7 +2,9 @@
 
 A throwaway PostgreSQL cluster (tests/pg.sh) with the four demo databases, the demo services
 of the two seeds (build/dw-demo-backend: user-core, gear-ops, iot-v1, iot-v2) as child
-processes with their fault switch, the mirror route tables of conf/gear-ops.conf and
+processes with their fault switch, the fixtures a test module takes them from (`pg =
+pg_fixture()`, `svc = gear_services_fixture()`), the table map of the Gear Ops seed and the
+backfill's checkpoint, the mirror route tables of conf/gear-ops.conf and
 conf/iot-v2.conf with the upstream URLs of the test, a driver for the `dualwrite` CLI (replay,
 queue) and a parser for the daemon's mirror access-log lines.
 
@@ -10,12 +12,15 @@ Every process started here has a bounded wait on start and stop, and every poll 
 time; nothing listens beyond 127.0.0.1 (PostgreSQL listens on a unix socket only).
 """
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import time
+
+import pytest
 
 import helpers
 
@@ -49,12 +54,13 @@ def _tool_env(extra=None):
 
 
 class PgCluster:
-    """tests/pg.sh start DIR with the demo databases; env holds PGHOST/PGPORT/PGUSER."""
+    """tests/pg.sh start DIR with the demo databases (or `databases`); env holds
+    PGHOST/PGPORT/PGUSER."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, databases=DATABASES):
         self.dir = str(directory)
         os.chmod(self.dir, 0o755)
-        env = dict(os.environ, PG_DATABASES=" ".join(DATABASES))
+        env = dict(os.environ, PG_DATABASES=" ".join(databases))
         out = subprocess.run([PG_SH, "start", self.dir], env=env, capture_output=True,
                              text=True, timeout=120)
         assert out.returncode == 0, "tests/pg.sh start failed: %s" % out.stderr
@@ -66,18 +72,56 @@ class PgCluster:
     def stop(self):
         subprocess.run([PG_SH, "stop", self.dir], capture_output=True, timeout=120)
 
+    def dsn(self, db=None):
+        """A libpq connection string to this cluster (to database db when given)."""
+        text = "host=%s port=%s user=%s" % (self.env["PGHOST"], self.env["PGPORT"],
+                                            self.env["PGUSER"])
+        return text + (" dbname=%s" % db if db else "")
+
     def sql(self, db, text):
         """Run SQL; the rows of the last statement as lists of strings."""
-        out = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-F", "\x1f", "-v",
-                              "ON_ERROR_STOP=1", "-d", db], input=text, env=self.env,
-                             capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, "psql -d %s failed: %s\n%s" % (db, out.stderr, text)
-        return [ln.split("\x1f") for ln in out.stdout.splitlines() if ln != ""]
+        return psql(self.env, db, text)
 
     def rows_json(self, db, query):
         """The rows of query as a list of dicts (PostgreSQL builds the JSON)."""
         rows = self.sql(db, "SELECT coalesce(jsonb_agg(to_jsonb(t)), '[]') FROM (%s) t" % query)
         return json.loads(rows[0][0])
+
+
+def psql(env, db, text, timeout=60):
+    """Run SQL with psql in env (PG*); the rows of the last statement as lists of strings."""
+    out = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-F", "\x1f", "-v",
+                          "ON_ERROR_STOP=1", "-d", db], input=text, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, "psql -d %s failed: %s\n%s" % (db, out.stderr, text)
+    return [ln.split("\x1f") for ln in out.stdout.splitlines() if ln != ""]
+
+
+def pg_fixture():
+    """A module-scoped fixture `pg` (`pg = mirrorlib.pg_fixture()`): the daemon, the CLI and
+    the demo services are built, and one PgCluster serves the module's tests."""
+    @pytest.fixture(scope="module", name="pg")
+    def _pg(tmp_path_factory):
+        for b in (helpers.daemon_binary(), cli_binary(), demo_binary()):
+            if not os.access(b, os.X_OK):
+                pytest.fail("%s is not built (make all, or set DW_BUILD)" % b)
+        c = PgCluster(tmp_path_factory.mktemp("pg"))
+        try:
+            yield c
+        finally:
+            c.stop()
+    return _pg
+
+
+def checkpoint(pg):
+    """The backfill's position in table equipment: the last key it committed (0 before the
+    first batch)."""
+    r = pg.sql("gear_ops", "SELECT to_regclass('dualwrite_backfill_checkpoint') IS NOT NULL")
+    if r[0][0] != "t":
+        return 0
+    r = pg.sql("gear_ops", "SELECT last_key FROM dualwrite_backfill_checkpoint"
+               " WHERE table_name = 'equipment'")
+    return int(r[0][0]) if r and r[0][0] else 0
 
 
 # ---------------------------------------------------------------- demo services
@@ -168,7 +212,55 @@ class DemoService:
         self.logf.close()
 
 
+@contextlib.contextmanager
+def demo_services(pg, log_dir, names):
+    """The demo services `names` started (in order) as {name: DemoService}; all stopped on
+    exit, also when one of them fails to start."""
+    started = {}
+    try:
+        for name in names:
+            started[name] = DemoService(name, pg, log_dir)
+        yield started
+    finally:
+        for s in started.values():
+            s.stop()
+
+
+def gear_services_fixture(truncate=False):
+    """A fixture `svc` (`svc = mirrorlib.gear_services_fixture()`): user-core (legacy) and
+    gear-ops (new) for one test over the module's `pg`; truncate: over empty tables."""
+    @pytest.fixture(name="svc")
+    def _svc(pg, tmp_path):
+        with demo_services(pg, tmp_path, ("user-core", "gear-ops")) as started:
+            if truncate:
+                pg.sql("user_core", "TRUNCATE old_equipment")
+                pg.sql("gear_ops", "TRUNCATE gear_items CASCADE")
+            yield started
+    return _svc
+
+
 # ---------------------------------------------------------------- configuration
+
+
+def table_map(pg, extra=""):
+    """The table map of conf/gear-ops.conf (equipment) with this cluster's DSNs; extra: text
+    appended after it."""
+    return """
+tables = (
+  {
+    name   = "equipment";
+    source = { dsn = "%(d)s dbname=user_core"; table = "old_equipment"; key = "id"; };
+    target = { dsn = "%(d)s dbname=gear_ops";  table = "gear_items";    key = "id"; };
+    columns = {
+      id = "$row.id"; user_id = "$row.user_id"; name = "$row.name"; category = "$row.type";
+      brand = "$row.brand"; status = "active"; role = "personal";
+      created_at = "$row.created_at"; updated_at = "$row.created_at";
+    };
+    ignore = [ "updated_at" ];
+  }
+);
+%(e)s
+""" % {"d": pg.dsn(), "e": extra}
 
 
 def gear_routes(target="gear_ops"):

@@ -35,7 +35,6 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -72,52 +71,18 @@ GEAR_CONF = os.path.join(ml.ROOT, "conf", "gear-ops.conf")
 INTENT_REASON = "stopped before the legacy answered: outcome unknown"
 
 
-class BoundExceeded(Exception):
-    pass
+_bounded = helpers.bounded(TEST_BOUND_S)
 
 
-def _alarm(signum, frame):
-    raise BoundExceeded("test exceeded its %d s bound" % TEST_BOUND_S)
-
-
-@pytest.fixture(autouse=True)
-def _bounded():
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(TEST_BOUND_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
-@pytest.fixture(scope="module")
-def pg(tmp_path_factory):
-    for b in (helpers.daemon_binary(), ml.cli_binary(), ml.demo_binary()):
-        if not os.access(b, os.X_OK):
-            pytest.fail("%s is not built (make all, or set DW_BUILD)" % b)
-    c = ml.PgCluster(tmp_path_factory.mktemp("pg"))
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture
-def svc(pg, tmp_path):
-    started = {}
-    try:
-        for name in ("user-core", "gear-ops"):
-            started[name] = ml.DemoService(name, pg, tmp_path)
-        yield started
-    finally:
-        for s in started.values():
-            s.stop()
+pg = ml.pg_fixture()
+svc = ml.gear_services_fixture()
 
 
 def gear_conf(d, svc, pg, weight):
     """conf/gear-ops.conf with this test's addresses, queue, DSNs and read weight."""
     with open(GEAR_CONF) as f:
         text = f.read()
-    dsn = "host=%s port=%s user=%s" % (pg.env["PGHOST"], pg.env["PGPORT"], pg.env["PGUSER"])
+    dsn = pg.dsn()
     for old, new, n in (
             ('listen  = "127.0.0.1:8080";', 'listen  = "127.0.0.1:%d";' % d.port, 1),
             ('listen = "127.0.0.1:9901";', 'listen = "127.0.0.1:%d";' % d.admin_port, 1),
@@ -130,16 +95,6 @@ def gear_conf(d, svc, pg, weight):
         assert text.count(old) == n, "conf/gear-ops.conf changed: %r" % old
         text = text.replace(old, new)
     return text
-
-
-def checkpoint(pg):
-    """The backfill's position: the last key it committed (0 before the first batch)."""
-    r = pg.sql("gear_ops", "SELECT to_regclass('dualwrite_backfill_checkpoint') IS NOT NULL")
-    if r[0][0] != "t":
-        return 0
-    r = pg.sql("gear_ops", "SELECT last_key FROM dualwrite_backfill_checkpoint"
-               " WHERE table_name = 'equipment'")
-    return int(r[0][0]) if r and r[0][0] else 0
 
 
 NEW_USERS = 40  # per writer: the users of live creates (history users are 0-96)
@@ -454,7 +409,7 @@ ANALYZE old_equipment;""" % (rows, rows))
     try:
         for at, what in schedule(rnd, seconds):
             while time.monotonic() - t0 < at:
-                traffic.frontier[0] = checkpoint(pg)
+                traffic.frontier[0] = ml.checkpoint(pg)
                 assert not traffic.errors, traffic.errors
                 assert not timer.errors, timer.errors
                 time.sleep(0.05)
@@ -490,7 +445,7 @@ ANALYZE old_equipment;""" % (rows, rows))
         # the schedule is over: let the backfill finish under live traffic
         deadline = time.monotonic() + 120
         while bf.poll() is None:
-            traffic.frontier[0] = checkpoint(pg)
+            traffic.frontier[0] = ml.checkpoint(pg)
             assert not traffic.errors, traffic.errors
             assert time.monotonic() < deadline, "backfill still running 120 s after the faults"
             time.sleep(0.1)

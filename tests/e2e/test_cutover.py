@@ -109,50 +109,8 @@ routes = (
 """ % {"a": authority, "t": target, "l": legacy}
 
 
-def table_map(pg, extra=""):
-    dsn = "host=%s port=%s user=%s" % (pg.env["PGHOST"], pg.env["PGPORT"], pg.env["PGUSER"])
-    return """
-tables = (
-  {
-    name   = "equipment";
-    source = { dsn = "%(d)s dbname=user_core"; table = "old_equipment"; key = "id"; };
-    target = { dsn = "%(d)s dbname=gear_ops";  table = "gear_items";    key = "id"; };
-    columns = {
-      id = "$row.id"; user_id = "$row.user_id"; name = "$row.name"; category = "$row.type";
-      brand = "$row.brand"; status = "active"; role = "personal";
-      created_at = "$row.created_at"; updated_at = "$row.created_at";
-    };
-    ignore = [ "updated_at" ];
-  }
-);
-%(e)s
-""" % {"d": dsn, "e": extra}
-
-
-@pytest.fixture(scope="module")
-def pg(tmp_path_factory):
-    for b in (helpers.daemon_binary(), ml.cli_binary(), ml.demo_binary()):
-        if not os.access(b, os.X_OK):
-            pytest.fail("%s is not built (make all, or set DW_BUILD)" % b)
-    c = ml.PgCluster(tmp_path_factory.mktemp("pg"))
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture
-def svc(pg, tmp_path):
-    started = {}
-    try:
-        for name in ("user-core", "gear-ops"):
-            started[name] = ml.DemoService(name, pg, tmp_path)
-        pg.sql("user_core", "TRUNCATE old_equipment")
-        pg.sql("gear_ops", "TRUNCATE gear_items CASCADE")
-        yield started
-    finally:
-        for s in started.values():
-            s.stop()
+pg = ml.pg_fixture()
+svc = ml.gear_services_fixture(truncate=True)
 
 
 class Cut:
@@ -161,11 +119,12 @@ class Cut:
     def __init__(self, dw, svc, pg, authority="legacy", extra="", queue=None):
         self.pg, self.svc, self.extra = pg, svc, extra
         self.d = ml.mirror_daemon(dw, svc["user-core"].url, svc["gear-ops"].url,
-                                  cut_routes(authority) + table_map(pg, extra), queue=queue)
+                                  cut_routes(authority) + ml.table_map(pg, extra), queue=queue)
         self.conf = self.d.conf_path
 
     def text(self, authority):
-        return self.d.config_text() + cut_routes(authority) + table_map(self.pg, self.extra)
+        return (self.d.config_text() + cut_routes(authority)
+                + ml.table_map(self.pg, self.extra))
 
     def flip(self, authority, expect="ok"):
         return self.d.reload(self.text(authority), expect=expect)
@@ -532,7 +491,7 @@ def test_legacy_authority_timeout_is_indeterminate_too(pg, svc, dw):
                      "the forward mirror")
     c.d.reload(c.d.config_text().replace('"timeout_ms": 5000', '"timeout_ms": 1000')
                .replace("timeout_ms = 5000", "timeout_ms = 1000")
-               + cut_routes("legacy") + table_map(pg))
+               + cut_routes("legacy") + ml.table_map(pg))
     svc["user-core"].fault("slow", delay_ms=2000)
     r = ml.send_json(c.d.port, "PUT", "/equipment/%d" % vid, {"name": "maybe"})
     assert r.status == 504, r

@@ -1,6 +1,6 @@
 """End-to-end tests of `dualwrite backfill` and `dualwrite verify` against a throwaway PostgreSQL.
 
-Self-contained: a module-scoped fixture starts a cluster with tests/pg.sh (two databases, the
+A module-scoped fixture starts a cluster with tests/pg.sh (mirrorlib.PgCluster; two databases, the
 legacy "dw_src" and the new "dw_tgt"), each test recreates the seed schemas it needs — Gear
 Operations (old_equipment -> gear_items) and IoT V1 -> V2 (devices -> devices, with the tenant
 injected) — writes a configuration file and runs the binary ($DW_BUILD/dualwrite, default
@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+import mirrorlib as ml
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("DW_BUILD", "build"))
@@ -66,31 +68,17 @@ def pg(tmp_path_factory):
     """A running cluster; yields the PG* environment (target database as PGDATABASE)."""
     if not DW.exists():
         pytest.fail(f"{DW} not built (set DW_BUILD to the build directory)")
-    d = tmp_path_factory.mktemp("pg")
-    os.chmod(d, 0o755)
-    env = dict(os.environ, PG_DATABASES=f"{SRC_DB} {TGT_DB}")
-    out = subprocess.run([str(ROOT / "tests/pg.sh"), "start", str(d)], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    pgenv = dict(os.environ)
-    for k, v in re.findall(r"(PG[A-Z]+)=('[^']*'|\S+)", out.stdout):
-        pgenv[k] = v.strip("'")
-    assert "PGHOST" in pgenv and "PGPORT" in pgenv, out.stdout
-    pgenv["PGDATABASE"] = TGT_DB
+    c = ml.PgCluster(tmp_path_factory.mktemp("pg"), databases=(SRC_DB, TGT_DB))
+    c.env["PGDATABASE"] = TGT_DB
     try:
-        yield pgenv
+        yield c.env
     finally:
-        subprocess.run([str(ROOT / "tests/pg.sh"), "stop", str(d)], capture_output=True,
-                       timeout=120)
+        c.stop()
 
 
 def sql(env, db, text):
     """Run SQL with psql; returns the rows of the last statement as lists of strings."""
-    out = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-F", "\x1f", "-v", "ON_ERROR_STOP=1",
-                          "-d", db], input=text, env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    return [line.split("\x1f") for line in out.stdout.splitlines() if line != ""]
+    return ml.psql(env, db, text, timeout=120)
 
 
 def scalar(env, db, text):

@@ -371,12 +371,137 @@ def test_status_shows_weights_and_guards_at_a_glance(dw, make_backend):
     assert out.returncode == 0, out
     rows = [ln.split() for ln in out.stdout.splitlines()]
     row = [r for r in rows if r and r[0] == "equipment-list"][0]
-    # ROUTE MIRROR READ WEIGHT EFFECTIVE GUARD ...
-    assert row[1:6] == ["-", "gear_ops", "100.00", "0.00", "tripped"], out.stdout
+    # ROUTE MIRROR AUTHORITY READ WEIGHT EFFECTIVE GUARD ...
+    assert row[1:7] == ["-", "-", "gear_ops", "100.00", "0.00", "tripped"], out.stdout
     up = [r for r in rows if r and r[0] == "gear_ops"][0]
     assert up[1] == "tripped" and int(up[2]) >= 10, out.stdout
     out = cli(d, "status", "--json")
     doc = json.loads(out.stdout)
     assert doc["upstreams"]["gear_ops"]["guard"]["state"] == "tripped"
     assert "guard" not in doc["upstreams"]["legacy"]
+    d.finish()
+
+
+STATUS_ROUTES = """routes = (
+  {
+    name  = "equipment-list";
+    match = "GET /user/{user_id}/equipment";
+    read = {
+      upstream = "gear_ops";
+      path     = "/gear-items?user_id={user_id}";
+      weight   = 0;
+      sticky   = "$path.user_id";
+      shadow   = 100;
+      response = {
+        each = "$response.items";
+        body = { id = "$item.id"; user_id = "$item.user_id"; name = "$item.name";
+                 type = "$item.category"; brand = "$item.brand"; created_at = "$item.created_at"; };
+      };
+    };
+  },
+  {
+    name  = "equipment-create";
+    match = "POST /user/{user_id}/equipment";
+    mirror = { upstream = "archive"; path = "/items"; key = "$path.user_id";
+               body = { user_id = "$path.user_id"; name = "$request.name"; }; };
+  },
+  {
+    name  = "equipment-delete";
+    match = "DELETE /user/{user_id}/equipment";
+    mirror = { upstream = "archive"; path = "/items/{user_id}"; key = "$path.user_id"; };
+  },
+  {
+    name  = "equipment-rename";
+    match = "PUT /user/{user_id}/equipment";
+    authority = "new";
+    mirror  = { upstream = "gear_ops"; path = "/gear-items"; key = "$path.user_id";
+                body = { name = "$request.name"; }; };
+    reverse = { upstream = "legacy"; path = "/user/{user_id}/equipment"; key = "$path.user_id";
+                body = { name = "$response.name"; }; };
+  }
+);
+"""
+
+
+def test_status_shows_authority_shadow_counts_and_queue_per_upstream(dw, make_backend):
+    """SPEC §7.4: per route the write authority and the shadow counts, per upstream the
+    queue depth and the oldest record's age; in the table and in --json."""
+    legacy = make_backend(lambda req: legacy_handler(req) if req.method == "GET"
+                          else Reply(201, b'{"ok": true}', JSON), name="legacy")
+    new = make_backend(new_handler, name="gear_ops")  # its lists differ: every shadow mismatches
+    # the archive takes no create (503: they wait in the queue) and refuses deletes (dead)
+    archive = make_backend(lambda req: Reply(503, b"{}", JSON) if req.method == "POST"
+                           else Reply(422, b'{"error": "no"}', JSON), name="archive")
+    d = dw({"legacy": {"url": legacy.url, "timeout_ms": 5000},
+            "gear_ops": {"url": new.url, "timeout_ms": 2000},
+            "archive": {"url": archive.url, "timeout_ms": 2000}}, start=False)
+    d.extra["log_level"] = "info"
+    d.write_config(d.config_text() + STATUS_ROUTES)
+    d.start()
+    assert reads(d, 3, expect="legacy") == ["legacy"] * 3
+    for uid in ("u1", "u2"):
+        r = ml.send_json(d.port, "POST", "/user/%s/equipment" % uid, {"name": "tent"})
+        assert r.status == 201, r
+    assert ml.send_json(d.port, "DELETE", "/user/u3/equipment").status == 201
+
+    def settled():
+        st = status(d)
+        q = st["upstreams"]["archive"].get("queue", {})
+        shadow = route_read(d)["shadow"]
+        return (q.get("depth") == 2 and q.get("dead") == 1 and shadow["mismatch"] == 3
+                and st)
+    st = helpers.wait_for(settled, 10, "2 waiting and 1 dead for archive, 3 shadow mismatches")
+    ups = st["upstreams"]
+    assert ups["archive"]["queue"]["queued"] + ups["archive"]["queue"]["pending"] == 2, ups
+    assert ups["archive"]["queue"]["oldest_age_s"] >= 0
+    for name in ("legacy", "gear_ops"):
+        assert ups[name]["queue"] == {"depth": 0, "queued": 0, "pending": 0, "dead": 0,
+                                      "oldest_age_s": 0}, ups[name]
+    assert st["queue"]["depth"] == 2 and st["queue"]["dead"] == 1, st["queue"]
+    auth = {r["name"]: r.get("authority") for r in st["routes"]}
+    assert auth == {"equipment-list": None, "equipment-create": "legacy",
+                    "equipment-delete": "legacy", "equipment-rename": "new"}, auth
+
+    out = cli(d, "status")
+    assert out.returncode == 0, out
+    lines = out.stdout.splitlines()
+    rows = {ln.split()[0]: ln.split() for ln in lines if ln.startswith("  ") and ln.split()}
+    head = [ln for ln in lines if ln.split()[:1] == ["ROUTE"]][0].split()
+    assert head[:7] == ["ROUTE", "MIRROR", "AUTHORITY", "READ", "WEIGHT", "EFFECTIVE",
+                        "GUARD"], out.stdout
+    assert head[7:11] == ["MATCH", "MISMATCH", "ERROR", "SKIPPED"], out.stdout
+    # ROUTE MIRROR AUTHORITY READ WEIGHT EFFECTIVE GUARD MATCH MISMATCH ERROR SKIPPED
+    assert rows["equipment-list"][1:11] == ["-", "-", "gear_ops", "0.00", "0.00", "ok",
+                                            "0", "3", "0", "0"], out.stdout
+    assert rows["equipment-create"][1:11] == ["archive", "legacy"] + ["-"] * 8, out.stdout
+    assert rows["equipment-rename"][1:3] == ["gear_ops", "new"], out.stdout
+    # the columns line up: each header starts where its cells start
+    route_lines = [ln for ln in lines if ln.split()[:1] in (["ROUTE"], ["equipment-list"],
+                                                             ["equipment-rename"])]
+    for col in ("AUTHORITY", "READ ", "GUARD"):
+        at = route_lines[0].index(col)
+        assert all(ln[at - 1] == " " and ln[at] != " " for ln in route_lines[1:]), out.stdout
+    # UPSTREAM GUARD READS ERR% P99 MIRRORS FAIL% MISMATCH QUEUE DEAD OLDEST URL
+    uhead = [ln for ln in lines if ln.split()[:1] == ["UPSTREAM"]][0].split()
+    assert uhead[-4:] == ["QUEUE", "DEAD", "OLDEST", "URL"], out.stdout
+    arch = rows["archive"]
+    assert arch[-4:-2] == ["2", "1"] and arch[-1] == archive.url, out.stdout
+    assert arch[-2].endswith("s") and int(arch[-2][:-1]) >= 0, out.stdout
+    assert rows["legacy"][-4:] == ["0", "0", "-", legacy.url], out.stdout
+    assert rows["gear_ops"][1] == "ok" and rows["gear_ops"][-4:-1] == ["0", "0", "-"], out.stdout
+
+    doc = json.loads(cli(d, "status", "--json").stdout)
+    assert doc["upstreams"]["archive"]["queue"]["depth"] == 2
+    assert [r for r in doc["routes"] if r["name"] == "equipment-list"][0][
+        "read"]["shadow"]["mismatch"] == 3
+    assert "unconfigured_upstreams" not in doc["queue"], doc["queue"]
+
+    # a reload that drops the archive: what still waits for it is shown all the same
+    del d.upstreams["archive"]
+    routes_text = STATUS_ROUTES.split("  {\n    name  = \"equipment-create\"")[0]
+    d.reload(d.config_text() + routes_text.rstrip().rstrip(",") + "\n);\n")
+    st = status(d)
+    assert "archive" not in st["upstreams"], st["upstreams"]
+    other = st["queue"]["unconfigured_upstreams"]["archive"]
+    assert other["depth"] == 2 and other["dead"] == 1, st["queue"]
     d.finish()

@@ -20,8 +20,6 @@ import signal
 import sys
 import threading
 
-import pytest
-
 sys.dont_write_bytecode = True
 
 import helpers  # noqa: E402
@@ -32,21 +30,7 @@ REASON = "dualwrited stopped before the legacy answered: outcome unknown"
 TEST_BOUND_S = 120
 
 
-class BoundExceeded(Exception):
-    pass
-
-
-def _alarm(signum, frame):
-    raise BoundExceeded("test exceeded its %d s bound" % TEST_BOUND_S)
-
-
-@pytest.fixture(autouse=True)
-def _bounded():
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(TEST_BOUND_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+_bounded = helpers.bounded(TEST_BOUND_S)
 
 
 class HeldLegacy:
@@ -167,30 +151,8 @@ def test_drain_deadline_leaves_write_of_unknown_outcome_dead_lettered(dw, make_b
 # ------------------------------------------------------------------------ verify (PostgreSQL)
 
 
-@pytest.fixture(scope="module")
-def pg(tmp_path_factory):
-    for b in (helpers.daemon_binary(), ml.cli_binary(), ml.demo_binary()):
-        if not os.access(b, os.X_OK):
-            pytest.fail("%s is not built (make all, or set DW_BUILD)" % b)
-    c = ml.PgCluster(tmp_path_factory.mktemp("pg"))
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture
-def svc(pg, tmp_path):
-    started = {}
-    try:
-        for name in ("user-core", "gear-ops"):
-            started[name] = ml.DemoService(name, pg, tmp_path)
-        pg.sql("user_core", "TRUNCATE old_equipment")
-        pg.sql("gear_ops", "TRUNCATE gear_items CASCADE")
-        yield started
-    finally:
-        for s in started.values():
-            s.stop()
+pg = ml.pg_fixture()
+svc = ml.gear_services_fixture(truncate=True)
 
 
 def test_verify_reports_killed_write_and_repair_fixes_it(pg, svc, dw):

@@ -62,17 +62,12 @@ def as_v2_reads(doc):
     return doc
 
 
-def test_shipped_iot_read_routes_serve_v2_rows_in_v1_shape(dw, tmp_path):
-    for b in (helpers.daemon_binary(), ml.demo_binary(), ml.cli_binary()):
-        assert os.access(b, os.X_OK), "%s is not built" % b
-    (tmp_path / "pg").mkdir()
-    pg = ml.PgCluster(tmp_path / "pg")
-    started = []
-    try:
-        v1 = ml.DemoService("iot-v1", pg, tmp_path)
-        started.append(v1)
-        v2 = ml.DemoService("iot-v2", pg, tmp_path)
-        started.append(v2)
+pg = ml.pg_fixture()
+
+
+def test_shipped_iot_read_routes_serve_v2_rows_in_v1_shape(dw, pg, tmp_path):
+    with ml.demo_services(pg, tmp_path, ("iot-v1", "iot-v2")) as started:
+        v1, v2 = started["iot-v1"], started["iot-v2"]
         pg.sql("iot_v2", "INSERT INTO tenants (id, name, slug, plan, status) "
                "VALUES ('tenant-b', 'B', 'b', 'PRO', 'ACTIVE')")
         # V1's history (never seen by the proxy): a device without config, one never updated.
@@ -176,7 +171,3 @@ INSERT INTO users (id, email, name, role, created_at, updated_at) VALUES
         d.reload(d.config_text() + shipped_sections(0))
         assert get(d.port, "/devices/%s" % d2) == direct["/devices/%s" % d2]
         d.finish()
-    finally:
-        for s in started:
-            s.stop()
-        pg.stop()

@@ -10,13 +10,14 @@ tenant (target.where) are checked here.
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+import mirrorlib as ml
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("DW_BUILD", "build"))
@@ -35,29 +36,16 @@ def pg(tmp_path_factory):
     for b in (DW, BACKEND):
         if not b.exists():
             pytest.fail(f"{b} not built (set DW_BUILD to the build directory)")
-    d = tmp_path_factory.mktemp("pg")
-    os.chmod(d, 0o755)
-    env = dict(os.environ, PG_DATABASES=f"{V1} {V2}")
-    out = subprocess.run([str(ROOT / "tests/pg.sh"), "start", str(d)], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    pgenv = dict(os.environ)
-    for k, v in re.findall(r"(PG[A-Z]+)=('[^']*'|\S+)", out.stdout):
-        pgenv[k] = v.strip("'")
-    pgenv["PGDATABASE"] = V2
+    c = ml.PgCluster(tmp_path_factory.mktemp("pg"), databases=(V1, V2))
+    c.env["PGDATABASE"] = V2
     try:
-        yield pgenv
+        yield c.env
     finally:
-        subprocess.run([str(ROOT / "tests/pg.sh"), "stop", str(d)], capture_output=True,
-                       timeout=120)
+        c.stop()
 
 
 def sql(env, db, text):
-    out = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-F", "\x1f", "-v", "ON_ERROR_STOP=1",
-                          "-d", db], input=text, env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    return [line.split("\x1f") for line in out.stdout.splitlines() if line != ""]
+    return ml.psql(env, db, text, timeout=120)
 
 
 def scalar(env, db, text):

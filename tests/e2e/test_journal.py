@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -41,21 +40,7 @@ NOT_WRITABLE = "queue: journal not writable"
 WRITABLE_AGAIN = "queue: journal writable again"
 
 
-class BoundExceeded(Exception):
-    pass
-
-
-def _alarm(signum, frame):
-    raise BoundExceeded("test exceeded its %d s bound" % TEST_BOUND_S)
-
-
-@pytest.fixture(autouse=True)
-def _bounded():
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(TEST_BOUND_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+_bounded = helpers.bounded(TEST_BOUND_S)
 
 
 def _run(*argv):

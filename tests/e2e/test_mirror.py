@@ -32,46 +32,16 @@ from backends import Reply  # noqa: E402
 TEST_BOUND_S = 120
 
 
-class BoundExceeded(Exception):
-    pass
+_bounded = helpers.bounded(TEST_BOUND_S)
 
 
-def _alarm(signum, frame):
-    raise BoundExceeded("test exceeded its %d s bound" % TEST_BOUND_S)
-
-
-@pytest.fixture(autouse=True)
-def _bounded():
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(TEST_BOUND_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
-@pytest.fixture(scope="module")
-def pg(tmp_path_factory):
-    for b in (helpers.daemon_binary(), ml.cli_binary(), ml.demo_binary()):
-        if not os.access(b, os.X_OK):
-            pytest.fail("%s is not built (make all, or set DW_BUILD)" % b)
-    c = ml.PgCluster(tmp_path_factory.mktemp("pg"))
-    try:
-        yield c
-    finally:
-        c.stop()
+pg = ml.pg_fixture()
 
 
 @pytest.fixture(scope="module")
 def services(pg, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("svc")
-    started = {}
-    try:
-        for name in ("user-core", "gear-ops", "iot-v1", "iot-v2"):
-            started[name] = ml.DemoService(name, pg, logs)
+    with ml.demo_services(pg, tmp_path_factory.mktemp("svc"), ml.SERVICE_DB) as started:
         yield started
-    finally:
-        for s in started.values():
-            s.stop()
 
 
 RESET_SQL = {

@@ -43,6 +43,7 @@ INSTALLED = [
     "usr/share/doc/dualwrite/README",
     "usr/share/doc/dualwrite/MAPPING.md",
     "usr/share/doc/dualwrite/MIGRATION.md",
+    "usr/share/doc/dualwrite/CUTOVER.md",
     "usr/share/doc/dualwrite/examples/gear-ops.conf",
     "usr/share/doc/dualwrite/examples/iot-v2.conf",
     "usr/share/doc/dualwrite/examples/dualwrited.conf",

@@ -16,13 +16,10 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import threading
 import time
-
-import pytest
 
 sys.dont_write_bytecode = True
 
@@ -35,93 +32,11 @@ WRITERS = 3
 TEST_BOUND_S = 180
 
 
-class BoundExceeded(Exception):
-    pass
+_bounded = helpers.bounded(TEST_BOUND_S)
 
 
-def _alarm(signum, frame):
-    raise BoundExceeded("test exceeded its %d s bound" % TEST_BOUND_S)
-
-
-@pytest.fixture(autouse=True)
-def _bounded():
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(TEST_BOUND_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
-@pytest.fixture(scope="module")
-def pg(tmp_path_factory):
-    for b in (helpers.daemon_binary(), ml.cli_binary(), ml.demo_binary()):
-        if not os.access(b, os.X_OK):
-            pytest.fail("%s is not built (make all, or set DW_BUILD)" % b)
-    c = ml.PgCluster(tmp_path_factory.mktemp("pg"))
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
-@pytest.fixture
-def svc(pg, tmp_path):
-    started = {}
-    try:
-        for name in ("user-core", "gear-ops"):
-            started[name] = ml.DemoService(name, pg, tmp_path)
-        yield started
-    finally:
-        for s in started.values():
-            s.stop()
-
-
-def restart_service(s):
-    """SIGKILL the demo service and start it again on the same port (same log file)."""
-    s.proc.send_signal(signal.SIGKILL)
-    s.proc.wait(timeout=10)
-    s.proc = subprocess.Popen(
-        [ml.demo_binary(), "--service", s.service, "--listen", "127.0.0.1:%d" % s.port],
-        stdin=subprocess.DEVNULL, stdout=s.logf, stderr=s.logf, env=ml._tool_env(s.pg.env),
-        cwd=ml.ROOT, close_fds=True)
-
-    def up():
-        assert s.proc.poll() is None, "%s exited at restart:\n%s" % (s.service, s.log_text())
-        try:
-            return s.fault("ok", check=False) == 200
-        except (OSError, AssertionError, TimeoutError):
-            return False
-    helpers.wait_for(up, 20, "%s to answer again" % s.service, interval=0.05)
-
-
-def table_map(pg):
-    """The table map of conf/gear-ops.conf with this cluster's DSNs."""
-    dsn = "host=%s port=%s user=%s" % (pg.env["PGHOST"], pg.env["PGPORT"], pg.env["PGUSER"])
-    return """
-tables = (
-  {
-    name   = "equipment";
-    source = { dsn = "%(d)s dbname=user_core"; table = "old_equipment"; key = "id"; };
-    target = { dsn = "%(d)s dbname=gear_ops";  table = "gear_items";    key = "id"; };
-    columns = {
-      id = "$row.id"; user_id = "$row.user_id"; name = "$row.name"; category = "$row.type";
-      brand = "$row.brand"; status = "active"; role = "personal";
-      created_at = "$row.created_at"; updated_at = "$row.created_at";
-    };
-    ignore = [ "updated_at" ];
-  }
-);
-""" % {"d": dsn}
-
-
-def checkpoint(pg):
-    """The backfill's position: the last key it committed (0 before the first batch)."""
-    r = pg.sql("gear_ops", "SELECT to_regclass('dualwrite_backfill_checkpoint') IS NOT NULL")
-    if r[0][0] != "t":
-        return 0
-    r = pg.sql("gear_ops", "SELECT last_key FROM dualwrite_backfill_checkpoint"
-               " WHERE table_name = 'equipment'")
-    return int(r[0][0]) if r and r[0][0] else 0
+pg = ml.pg_fixture()
+svc = ml.gear_services_fixture()
 
 
 class Writers:
@@ -215,9 +130,9 @@ FROM generate_series(1, %d) g;
 SELECT setval('old_equipment_id_seq', %d);
 ANALYZE old_equipment;""" % (ROWS, ROWS))
     d = ml.mirror_daemon(dw, svc["user-core"].url, svc["gear-ops"].url,
-                         ml.gear_routes() + table_map(pg), start=False)
+                         ml.gear_routes() + ml.table_map(pg), start=False)
     d.extra["workers"] = 2
-    d.write_config(d.config_text() + ml.gear_routes() + table_map(pg))
+    d.write_config(d.config_text() + ml.gear_routes() + ml.table_map(pg))
     d.start()
     conf = d.conf_path
     t0 = time.monotonic()
@@ -229,19 +144,18 @@ ANALYZE old_equipment;""" % (ROWS, ROWS))
     try:
         killed_at = None
         while bf.poll() is None:
-            w.frontier[0] = checkpoint(pg)
+            w.frontier[0] = ml.checkpoint(pg)
             if not kills and w.frontier[0] >= ROWS * 0.4:
-                svc["gear-ops"].proc.send_signal(signal.SIGKILL)
-                svc["gear-ops"].proc.wait(timeout=10)
+                svc["gear-ops"].kill()
                 kills, killed_at = 1, time.monotonic()
             if killed_at and time.monotonic() - killed_at > 1.5:
-                restart_service(svc["gear-ops"])
+                svc["gear-ops"].restart()
                 killed_at = None
             assert not w.errors, w.errors
             assert time.monotonic() - t0 < TEST_BOUND_S - 60, "backfill is taking too long"
             time.sleep(0.1)
         if killed_at:
-            restart_service(svc["gear-ops"])
+            svc["gear-ops"].restart()
     finally:
         w.join()
     out, err = bf.communicate(timeout=30)

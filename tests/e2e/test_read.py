@@ -21,6 +21,7 @@ from urllib.parse import unquote
 sys.dont_write_bytecode = True
 
 import helpers  # noqa: E402
+import mirrorlib as ml  # noqa: E402
 from backends import Reply  # noqa: E402
 
 JSON = [("Content-Type", "application/json")]
@@ -413,18 +414,12 @@ def gear_conf_routes(weight):
     return routes_text.replace(shipped, shipped.replace("= 0;", "= %s;" % weight))
 
 
-def test_shipped_gear_ops_read_route_over_the_demo_services(dw, tmp_path):
-    import mirrorlib as ml
-    for b in (helpers.daemon_binary(), ml.demo_binary()):
-        assert os.access(b, os.X_OK), "%s is not built" % b
-    (tmp_path / "pg").mkdir()
-    pg = ml.PgCluster(tmp_path / "pg")
-    started = []
-    try:
-        uc = ml.DemoService("user-core", pg, tmp_path)
-        started.append(uc)
-        go = ml.DemoService("gear-ops", pg, tmp_path)
-        started.append(go)
+pg = ml.pg_fixture()
+
+
+def test_shipped_gear_ops_read_route_over_the_demo_services(dw, pg, tmp_path):
+    with ml.demo_services(pg, tmp_path, ("user-core", "gear-ops")) as started:
+        uc, go = started["user-core"], started["gear-ops"]
         d = dw({"user_core": {"url": uc.url}, "gear_ops": {"url": go.url}},
                default_upstream="user_core", start=False)
         d.extra["log_level"] = "info"
@@ -458,7 +453,3 @@ def test_shipped_gear_ops_read_route_over_the_demo_services(dw, tmp_path):
         assert read_total(d, "legacy", "fallback") == 1
         go.fault("ok")
         d.finish()
-    finally:
-        for s in started:
-            s.stop()
-        pg.stop()

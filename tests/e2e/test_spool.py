@@ -17,11 +17,8 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import struct
 import sys
-
-import pytest
 
 sys.dont_write_bytecode = True
 
@@ -32,21 +29,7 @@ from backends import Reply  # noqa: E402
 TEST_BOUND_S = 120
 
 
-class BoundExceeded(Exception):
-    pass
-
-
-def _alarm(signum, frame):
-    raise BoundExceeded("test exceeded its %d s bound" % TEST_BOUND_S)
-
-
-@pytest.fixture(autouse=True)
-def _bounded():
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(TEST_BOUND_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
+_bounded = helpers.bounded(TEST_BOUND_S)
 
 
 JSON = [("Content-Type", "application/json")]

@@ -256,6 +256,100 @@ static void test_states_fold(void **state)
 	spool_close(sp);
 }
 
+static uint64_t add_to(struct spool *sp, enum spool_state st, const char *upstream,
+		       const char *key, int64_t created_us)
+{
+	struct spool_record r = {0};
+	struct dw_err err = {{0}};
+
+	r.state = st;
+	r.route = (char *)"r1";
+	r.upstream = strdup(upstream);
+	r.key = key ? strdup(key) : NULL;
+	r.idem_key = (char *)"idem-1";
+	r.method = (char *)"DELETE";
+	r.path = (char *)"/x";
+	r.created_us = created_us;
+	if (spool_append(sp, &r, &err) < 0)
+		fail_msg("spool_append: %s", err.msg);
+	free(r.upstream);
+	free(r.key);
+	return r.seq;
+}
+
+/* The per-upstream view of the queue (GET /status): counts per state kept
+ * as records change, keyed and unkeyed alike, and the oldest waiting record
+ * of each, also when an older one waits again; a reader folds the same. */
+static void check_up(const struct spool_upstream_stats *v, size_t n, const char *upstream,
+		     uint64_t pending, uint64_t queued, uint64_t dead, int64_t oldest)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(v[i].upstream, upstream) != 0)
+			continue;
+		assert_int_equal(v[i].pending, pending);
+		assert_int_equal(v[i].queued, queued);
+		assert_int_equal(v[i].dead, dead);
+		assert_int_equal(v[i].oldest_waiting_us, oldest);
+		return;
+	}
+	fail_msg("no upstream %s", upstream);
+}
+
+static void test_upstream_stats(void **state)
+{
+	const char *dir = *state;
+	struct spool *sp = open_sp(dir, true, 0, 0), *rd;
+	struct spool_upstream_stats *v;
+	struct dw_err err = {{0}};
+	size_t n;
+
+	assert_int_equal(spool_upstream_stats(sp, &v), 0);
+	assert_null(v);
+	uint64_t a = add_to(sp, SPOOL_PENDING, "gear_ops", "k1", 100);
+	uint64_t b = add_to(sp, SPOOL_QUEUED, "gear_ops", NULL, 200);
+	uint64_t c = add_to(sp, SPOOL_QUEUED, "v2", "k1", 300);
+	uint64_t d = add_to(sp, SPOOL_QUEUED, "gear_ops", "k2", 400);
+	add_to(sp, SPOOL_QUEUED, "v2", NULL, 500);
+	n = spool_upstream_stats(sp, &v);
+	assert_int_equal(n, 2);
+	assert_string_equal(v[0].upstream, "gear_ops"); /* in the order met */
+	check_up(v, n, "gear_ops", 1, 2, 0, 100);
+	check_up(v, n, "v2", 0, 2, 0, 300);
+	spool_upstream_stats_free(v, n);
+
+	set(sp, a, SPOOL_DELIVERED);
+	assert_int_equal(spool_set_state(sp, b, SPOOL_DEAD, 1, 422, "HTTP 422", &err), 0);
+	set(sp, c, SPOOL_DELIVERED);
+	n = spool_upstream_stats(sp, &v);
+	check_up(v, n, "gear_ops", 0, 1, 1, 400);
+	check_up(v, n, "v2", 0, 1, 0, 500);
+	spool_upstream_stats_free(v, n);
+
+	/* the dead letter requeued: older than the oldest found so far */
+	assert_int_equal(spool_set_state(sp, b, SPOOL_QUEUED, 0, 0, NULL, &err), 0);
+	set(sp, d, SPOOL_DELIVERED);
+	n = spool_upstream_stats(sp, &v);
+	check_up(v, n, "gear_ops", 0, 1, 0, 200);
+	spool_upstream_stats_free(v, n);
+
+	/* a reader folds the log to the same counts, and follows the owner */
+	rd = open_sp(dir, false, 0, 0);
+	n = spool_upstream_stats(rd, &v);
+	check_up(v, n, "gear_ops", 0, 1, 0, 200);
+	check_up(v, n, "v2", 0, 1, 0, 500);
+	spool_upstream_stats_free(v, n);
+	set(sp, b, SPOOL_DELIVERED);
+	add_to(sp, SPOOL_PENDING, "legacy", "k9", 600);
+	assert_int_equal(spool_refresh(rd, &err), 0);
+	n = spool_upstream_stats(rd, &v);
+	assert_int_equal(n, 3);
+	check_up(v, n, "gear_ops", 0, 0, 0, 0);
+	check_up(v, n, "legacy", 1, 0, 0, 600);
+	spool_upstream_stats_free(v, n);
+	spool_close(rd);
+	spool_close(sp);
+}
+
 /* A batch of outcomes in one append: each applied, a bad one skipped. */
 static void test_states_batch(void **state)
 {
@@ -1540,6 +1634,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_roundtrip, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_states_fold, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_states_batch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_upstream_stats, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_keys_after_drain, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_keys_scattered_release, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_ready_order, setup, teardown),

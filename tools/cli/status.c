@@ -1,7 +1,8 @@
 /*
  * status.c — `dualwrite status`: ask the running daemon's admin endpoint
  * (GET /status) and print its answer, as JSON or as a summary: the routes
- * and the upstreams as tables (weights, guards, what the guard windows
+ * and the upstreams as aligned tables (authority, weights, guards, shadow
+ * counts, each upstream's share of the queue, what the guard windows
  * measure), and whatever else the daemon returns walked generically (one
  * line per group) so it never lags behind new fields.
  */
@@ -77,63 +78,170 @@ static void pct(json_t *v, char *buf, size_t cap)
 		snprintf(buf, cap, "-");
 }
 
-/* The routes as a table: what serves reads, configured vs effective weight,
- * and the guard of the route's new-system upstream. */
+static void count(json_t *v, char *buf, size_t cap)
+{
+	if (json_is_integer(v))
+		snprintf(buf, cap, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+	else
+		snprintf(buf, cap, "-");
+}
+
+/*
+ * A table printed with each column as wide as its widest cell, so it stays
+ * aligned whatever the names: cells are copied in row by row (the header
+ * first); align says per column 'l' or 'r'; the last column is not padded.
+ * A note is a line of its own under the row before it (a guard's reason).
+ */
+#define TABLE_MAXCOLS 16
+struct table {
+	size_t ncols, nrows;
+	const char *align;
+	char **cells; /* nrows * ncols; a note: its text in column 0, NULL after */
+	bool *note;
+};
+
+static void table_add(struct table *t, bool note, const char *const *cells)
+{
+	t->cells = dw_realloc(t->cells, (t->nrows + 1) * t->ncols * sizeof(*t->cells));
+	t->note = dw_realloc(t->note, (t->nrows + 1) * sizeof(*t->note));
+	for (size_t c = 0; c < t->ncols; c++)
+		t->cells[t->nrows * t->ncols + c] =
+		    (note && c) ? NULL : dw_strdup(cells[c] ? cells[c] : "");
+	t->note[t->nrows++] = note;
+}
+
+static void table_print(struct table *t, const char *indent)
+{
+	size_t w[TABLE_MAXCOLS] = { 0 };
+
+	for (size_t r = 0; r < t->nrows; r++)
+		for (size_t c = 0; c < t->ncols && !t->note[r]; c++) {
+			size_t n = strlen(t->cells[r * t->ncols + c]);
+			if (n > w[c])
+				w[c] = n;
+		}
+	for (size_t r = 0; r < t->nrows; r++) {
+		char **row = &t->cells[r * t->ncols];
+
+		if (t->note[r]) {
+			printf("%s%*s%s\n", indent, (int)w[0] + 2, "", row[0]);
+			continue;
+		}
+		printf("%s", indent);
+		for (size_t c = 0; c < t->ncols; c++) {
+			bool last = c + 1 == t->ncols;
+			int pad = last && t->align[c] == 'l' ? 0 : (int)w[c];
+
+			if (last && !row[c][0])
+				break; /* no trailing blanks */
+			printf("%s%*s", c ? "  " : "", t->align[c] == 'r' ? pad : -pad, row[c]);
+		}
+		printf("\n");
+	}
+	for (size_t i = 0; i < t->nrows * t->ncols; i++)
+		free(t->cells[i]);
+	free(t->cells);
+	free(t->note);
+}
+
+/* The routes as a table: the write side (mirror upstream, and who answers
+ * the writes: legacy or new, SPEC §7.5), then the read side: what serves
+ * reads, configured vs effective weight, the guard of the route's
+ * new-system upstream and the shadow comparison's counts (SPEC §7.3). */
 static void print_routes(json_t *routes)
 {
+	static const char *const head[] = { "ROUTE",  "MIRROR",	  "AUTHORITY", "READ",
+					    "WEIGHT", "EFFECTIVE", "GUARD",	"MATCH",
+					    "MISMATCH", "ERROR", "SKIPPED",	"SINCE / REASON" };
+	static const char *const shadow_results[] = { "match", "mismatch", "error", "skipped" };
+	struct table t = { .ncols = 12, .align = "llllrrlrrrrl" };
 	size_t i;
 	json_t *r;
 
 	printf("routes (%zu)\n", json_array_size(routes));
-	printf("  %-22s %-10s %-12s %8s %9s  %-8s %s\n", "ROUTE", "MIRROR", "READ", "WEIGHT",
-	       "EFFECTIVE", "GUARD", "SINCE / REASON");
+	table_add(&t, false, head);
 	json_array_foreach(routes, i, r) {
 		json_t *rd = json_object_get(r, "read"), *g = json_object_get(rd, "guard");
-		char w[16], e[16], why[200] = "";
+		json_t *sh = json_object_get(rd, "shadow");
+		char w[16], e[16], why[200] = "", n[4][24];
 
 		pct(json_object_get(rd, "weight"), w, sizeof(w));
 		pct(json_object_get(rd, "effective_weight"), e, sizeof(e));
+		for (size_t k = 0; k < 4; k++)
+			count(json_object_get(sh, shadow_results[k]), n[k], sizeof(n[k]));
 		if (g && strcmp(sget(g, "state", "ok"), "ok") != 0)
 			snprintf(why, sizeof(why), "%s %s", sget(g, "since", ""),
 				 sget(g, "detail", sget(g, "reason", "")));
-		printf("  %-22s %-10s %-12s %8s %9s  %-8s %s\n", sget(r, "name", "?"),
-		       sget(r, "mirror", "-"), rd ? sget(rd, "upstream", "?") : "-", rd ? w : "-",
-		       rd ? e : "-", rd ? sget(g, "state", "ok") : "-", why);
+		const char *row[] = { sget(r, "name", "?"),
+				      sget(r, "mirror", "-"),
+				      sget(r, "authority", "-"),
+				      rd ? sget(rd, "upstream", "?") : "-",
+				      rd ? w : "-",
+				      rd ? e : "-",
+				      rd ? sget(g, "state", "ok") : "-",
+				      n[0], n[1], n[2], n[3],
+				      why };
+		table_add(&t, false, row);
 	}
+	table_print(&t, "  ");
 }
 
-/* The upstreams as a table: address, and for new systems the guard and
- * what its window measures now. */
+/* The upstreams as a table: for new systems the guard and what its window
+ * measures now; for each its share of the queue (records waiting for it,
+ * dead letters, the oldest waiting one's age: SPEC §7.4); the address. */
 static void print_upstreams(json_t *ups)
 {
+	static const char *const head[] = { "UPSTREAM", "GUARD", "READS",    "ERR%",
+					    "P99 ms",	"MIRRORS", "FAIL%", "MISMATCH",
+					    "QUEUE",	"DEAD",	   "OLDEST", "URL" };
+	struct table t = { .ncols = 12, .align = "llrrrrrrrrrl" };
 	const char *k;
 	json_t *u;
 
 	printf("upstreams (%zu)\n", json_object_size(ups));
-	printf("  %-14s %-8s %7s %7s %9s %8s %8s %9s  %s\n", "UPSTREAM", "GUARD", "READS", "ERR%",
-	       "P99 ms", "MIRRORS", "FAIL%", "MISMATCH", "URL");
+	table_add(&t, false, head);
 	json_object_foreach(ups, k, u) {
 		json_t *g = json_object_get(u, "guard"), *w = json_object_get(g, "window");
-		char e[16], p[16], f[16];
+		json_t *q = json_object_get(u, "queue");
+		char e[16], p[16], f[16], depth[24], dead[24], age[32], reads[24], mirrors[24],
+		    mism[24];
 
+		count(json_object_get(q, "depth"), depth, sizeof(depth));
+		count(json_object_get(q, "dead"), dead, sizeof(dead));
+		if (json_integer_value(json_object_get(q, "depth")) > 0)
+			snprintf(age, sizeof(age), "%" JSON_INTEGER_FORMAT "s",
+				 json_integer_value(json_object_get(q, "oldest_age_s")));
+		else
+			snprintf(age, sizeof(age), "-");
 		pct(json_object_get(w, "read_error_rate"), e, sizeof(e));
 		pct(json_object_get(w, "read_p99_ms"), p, sizeof(p));
 		pct(json_object_get(w, "mirror_failure_rate"), f, sizeof(f));
-		if (!g) {
-			printf("  %-14s %-8s %7s %7s %9s %8s %8s %9s  %s\n", k, "-", "", "", "", "",
-			       "", "", sget(u, "url", ""));
-			continue;
+		count(json_object_get(w, "reads"), reads, sizeof(reads));
+		count(json_object_get(w, "mirrors"), mirrors, sizeof(mirrors));
+		count(json_object_get(w, "shadow_mismatches_last_hour"), mism, sizeof(mism));
+		const char *row[] = { k,
+				      g ? sget(g, "state", "?") : "-",
+				      g ? reads : "",
+				      g ? e : "",
+				      g ? p : "",
+				      g ? mirrors : "",
+				      g ? f : "",
+				      g ? mism : "",
+				      depth,
+				      dead,
+				      age,
+				      sget(u, "url", "") };
+		table_add(&t, false, row);
+		if (g && strcmp(sget(g, "state", "ok"), "ok") != 0) {
+			char note[400];
+			const char *nrow[1] = { note };
+
+			snprintf(note, sizeof(note), "since %s: %s", sget(g, "since", "?"),
+				 sget(g, "detail", sget(g, "reason", "")));
+			table_add(&t, true, nrow);
 		}
-		printf("  %-14s %-8s %7lld %7s %9s %8lld %8s %9lld  %s\n", k, sget(g, "state", "?"),
-		       (long long)json_integer_value(json_object_get(w, "reads")), e, p,
-		       (long long)json_integer_value(json_object_get(w, "mirrors")), f,
-		       (long long)json_integer_value(
-			   json_object_get(w, "shadow_mismatches_last_hour")),
-		       sget(u, "url", ""));
-		if (strcmp(sget(g, "state", "ok"), "ok") != 0)
-			printf("  %-14s since %s: %s\n", "", sget(g, "since", "?"),
-			       sget(g, "detail", sget(g, "reason", "")));
 	}
+	table_print(&t, "  ");
 }
 
 static void print_human(json_t *root)

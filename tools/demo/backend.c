@@ -493,6 +493,7 @@ static void dispatch(struct svc *s, struct call *c, struct reply *r)
 		    (strcmp(c->method, "HEAD") == 0 && strcmp(m, "GET") == 0)) {
 			rt = &s->def->routes[i];
 			c->arg = call_keep(c, cap);
+			c->res = rt->res;
 			break;
 		}
 		free(cap);

@@ -18,6 +18,10 @@
 
 struct evkeyvalq;
 
+/* What the generic row handlers (services.c: get, update, delete by the route's {}) need
+ * to know of a table: defined in services.c. */
+struct demo_resource;
+
 /* One HTTP request as the handlers see it. */
 struct call {
 	const char *method;      /* "GET", "POST", ... */
@@ -28,6 +32,7 @@ struct call {
 	size_t body_len;
 	json_t *json;            /* the body as a JSON object when the route wants one */
 	const char *idem_key;    /* Idempotency-Key, NULL when absent or unsupported */
+	const struct demo_resource *res; /* the route's rows (demo_route.res), or NULL */
 	char **strs;             /* strings owned by the call, freed with it */
 	size_t nstrs, capstrs;
 };
@@ -52,6 +57,7 @@ struct demo_route {
 	const char *pattern; /* "/gear-items/{}": {} matches one non-empty segment */
 	demo_handler fn;
 	unsigned flags;
+	const struct demo_resource *res; /* the rows {} addresses, for fn; NULL: none */
 };
 
 struct demo_service {

@@ -9,6 +9,11 @@
  *   iot-v2     the multi-tenant IoT platform (tenants, device_templates, devices, users,
  *              telemetry; takes the V1 ids; tenantId required; honours Idempotency-Key)
  *
+ * A row the route's {} addresses is read, updated and deleted by one handler each (row_get,
+ * row_update, row_delete) from its table's struct demo_resource (the route's res): what the
+ * services do alike is written once; what only one does (gear-ops' upsert, V2's templates,
+ * the creates) stays in its own handler.
+ *
  * PostgreSQL builds every JSON answer (json_build_object), so a value is rendered the same way
  * whichever route returns it; timestamps are RFC 3339 UTC with microseconds, the full precision
  * of timestamptz, so that a timestamp copied from one service's answer into another's request
@@ -125,6 +130,134 @@ static void reply_list(struct svc *s, struct reply *r, PGresult *res, const char
 	PQclear(res);
 }
 
+/* 0 when the tenant exists; otherwise a 422 (or a database error) in r. */
+static int tenant_known(struct svc *s, struct reply *r, const char *tenant)
+{
+	const char *p[1] = {tenant};
+	PGresult *res = demo_query(s, "SELECT 1 FROM tenants WHERE id = $1", 1, p);
+	int rc = -1;
+
+	if (!demo_res_ok(res))
+		reply_db_error(r, s, res, "tenant lookup");
+	else if (PQntuples(res) == 0)
+		reply_error(r, 422, "unknown tenant %s", tenant);
+	else
+		rc = 0;
+	PQclear(res);
+	return rc;
+}
+
+/* ---- rows addressed by the route's {}: get, update, delete ----------------------------------- */
+
+enum stamp {
+	STAMP_NONE,	    /* no updated_at column (old_equipment) */
+	STAMP_ALWAYS,	    /* updated_at = now() on every update (V1) */
+	STAMP_UNLESS_GIVEN, /* updated_at = now() unless the body gives it (gear-ops, V2) */
+};
+
+/* One table's rows as the routes' {} address them (demo.h: demo_route.res). */
+struct demo_resource {
+	const char *what;  /* "gear item": in "gear item 7 not found" */
+	const char *table;
+	const char *json;  /* the row as JSON: one of the *_JSON above */
+	int int_id;	   /* bigint ids: any other id is not found, without a query */
+	int tenant_scoped; /* V2: GET by ?tenantId=, PATCH by the body's tenantId */
+	enum stamp stamp;
+	const struct demo_col *cols; /* what an update may change */
+	size_t ncols;
+};
+
+/* 0 with a 404 in r when the id cannot be one of the resource's. */
+static int id_ok(struct call *c, struct reply *r)
+{
+	if (c->res->int_id && !int_id(c->arg)) {
+		reply_error(r, 404, "%s %s not found", c->res->what, c->arg);
+		return 0;
+	}
+	return 1;
+}
+
+/* GET: the row (200), or 404; V2 scoped to ?tenantId=T when given (the guide's findUnique({
+ * where: { id, tenantId } }): another tenant's row is not found; without it, any tenant's). */
+static void row_get(struct svc *s, struct call *c, struct reply *r)
+{
+	const struct demo_resource *res = c->res;
+	const char *p[2] = {c->arg, call_query(c, "tenantId")};
+	struct sqlb b;
+
+	if (!id_ok(c, r))
+		return;
+	sqlb_init(&b);
+	sqlb_add(&b, "SELECT %s::text FROM %s WHERE id = $1%s", res->json, res->table,
+		 res->int_id ? "::bigint" : "");
+	if (res->tenant_scoped)
+		sqlb_add(&b, " AND ($2::text IS NULL OR tenant_id = $2)");
+	reply_row(s, r, demo_query(s, b.sql, res->tenant_scoped ? 2 : 1, p), 200, res->what,
+		  c->arg);
+}
+
+/* The UPDATE of the row {} with the columns the body gives (and updated_at as res->stamp
+ * says), limited to tenant when given, RETURNING the row; -1 with a 400 in r when the body
+ * is bad. b keeps the statement: gear-ops runs it again. */
+static int update_sql(struct call *c, struct reply *r, const char *tenant, struct sqlb *b)
+{
+	const struct demo_resource *res = c->res;
+	int stamp_given = 0;
+
+	sqlb_init(b);
+	sqlb_add(b, "UPDATE %s SET %s", res->table,
+		 res->stamp == STAMP_ALWAYS ? "updated_at = now()" : "id = id");
+	if (sqlb_set_cols(b, c, res->cols, res->ncols, r) < 0)
+		return -1;
+	for (size_t i = 0; i < res->ncols; i++)
+		if (strcmp(res->cols[i].col, "updated_at") == 0)
+			stamp_given = call_has(c, res->cols[i].key) ||
+				      (res->cols[i].alt && call_has(c, res->cols[i].alt));
+	if (res->stamp == STAMP_UNLESS_GIVEN && !stamp_given)
+		sqlb_add(b, ", updated_at = now()");
+	sqlb_add(b, " WHERE id = $%d%s", sqlb_param(b, c->arg), res->int_id ? "::bigint" : "");
+	if (tenant)
+		sqlb_add(b, " AND tenant_id = $%d", sqlb_param(b, tenant));
+	sqlb_add(b, " RETURNING %s::text", res->json);
+	return 0;
+}
+
+/* The update of row_update, its tenant (NULL: none) checked already. */
+static void update_row(struct svc *s, struct call *c, struct reply *r, const char *tenant)
+{
+	struct sqlb b;
+
+	if (!id_ok(c, r) || update_sql(c, r, tenant, &b) < 0)
+		return;
+	reply_row(s, r, demo_query(s, b.sql, b.n, b.params), 200, c->res->what, c->arg);
+}
+
+/* PUT/PATCH: the fields given change (200), or 404; V2: tenantId, when given, must be the
+ * row's tenant (a row never moves between tenants here) and must exist. */
+static void row_update(struct svc *s, struct call *c, struct reply *r)
+{
+	const char *tenant = c->res->tenant_scoped ? call_text2(c, "tenantId", "tenant_id") : NULL;
+
+	if (tenant && tenant_known(s, r, tenant) < 0)
+		return;
+	update_row(s, c, r, tenant);
+}
+
+/* DELETE: 204, or 404 when there was no such row. */
+static void row_delete(struct svc *s, struct call *c, struct reply *r)
+{
+	const struct demo_resource *res = c->res;
+	const char *p[1] = {c->arg};
+	struct sqlb b;
+
+	if (!id_ok(c, r))
+		return;
+	sqlb_init(&b);
+	sqlb_add(&b, "DELETE FROM %s WHERE id = $1%s RETURNING 1", res->table,
+		 res->int_id ? "::bigint" : "");
+	reply_deleted(s, r, demo_query(s, b.sql, 1, p), res->what, c->arg);
+}
+
 /* ---- user-core: the legacy equipment API ----------------------------------------------------- */
 
 static void uc_list(struct svc *s, struct call *c, struct reply *r)
@@ -169,68 +302,41 @@ static void uc_create(struct svc *s, struct call *c, struct reply *r)
 		  201, "create equipment", "");
 }
 
-static void uc_get(struct svc *s, struct call *c, struct reply *r)
-{
-	const char *p[1] = {c->arg};
-
-	if (!int_id(c->arg)) {
-		reply_error(r, 404, "equipment %s not found", c->arg);
-		return;
-	}
-	reply_row(s, r,
-		  demo_query(s,
-			     "SELECT " EQUIPMENT_JSON "::text FROM old_equipment"
-			     " WHERE id = $1::bigint",
-			     1, p),
-		  200, "equipment", c->arg);
-}
-
-static void uc_update(struct svc *s, struct call *c, struct reply *r)
-{
-	static const struct demo_col cols[] = {
-		{"user_id", NULL, "user_id", "bigint", 1},
-		{"name", NULL, "name", "text", 1},
-		{"type", NULL, "type", "text", 0},
-		{"brand", NULL, "brand", "text", 0},
-	};
-	struct sqlb b;
-
-	if (!int_id(c->arg)) {
-		reply_error(r, 404, "equipment %s not found", c->arg);
-		return;
-	}
-	sqlb_init(&b);
-	sqlb_add(&b, "UPDATE old_equipment SET id = id");
-	if (sqlb_set_cols(&b, c, cols, DW_ARRAY_LEN(cols), r) < 0)
-		return;
-	sqlb_add(&b, " WHERE id = $%d::bigint RETURNING " EQUIPMENT_JSON "::text",
-		 sqlb_param(&b, c->arg));
-	reply_row(s, r, demo_query(s, b.sql, b.n, b.params), 200, "equipment", c->arg);
-}
-
-static void uc_delete(struct svc *s, struct call *c, struct reply *r)
-{
-	const char *p[1] = {c->arg};
-
-	if (!int_id(c->arg)) {
-		reply_error(r, 404, "equipment %s not found", c->arg);
-		return;
-	}
-	reply_deleted(s, r,
-		      demo_query(s, "DELETE FROM old_equipment WHERE id = $1::bigint RETURNING 1",
-				 1, p),
-		      "equipment", c->arg);
-}
+static const struct demo_col equipment_cols[] = {
+	{"user_id", NULL, "user_id", "bigint", 1},
+	{"name", NULL, "name", "text", 1},
+	{"type", NULL, "type", "text", 0},
+	{"brand", NULL, "brand", "text", 0},
+};
+static const struct demo_resource equipment = {
+	"equipment", "old_equipment", EQUIPMENT_JSON, 1, 0, STAMP_NONE,
+	equipment_cols, DW_ARRAY_LEN(equipment_cols),
+};
 
 static const struct demo_route user_core_routes[] = {
-	{"GET", "/user/{}/equipment", uc_list, 0},
-	{"POST", "/equipment", uc_create, ROUTE_WRITE | ROUTE_BODY},
-	{"GET", "/equipment/{}", uc_get, 0},
-	{"PUT", "/equipment/{}", uc_update, ROUTE_WRITE | ROUTE_BODY},
-	{"DELETE", "/equipment/{}", uc_delete, ROUTE_WRITE},
+	{"GET", "/user/{}/equipment", uc_list, 0, NULL},
+	{"POST", "/equipment", uc_create, ROUTE_WRITE | ROUTE_BODY, NULL},
+	{"GET", "/equipment/{}", row_get, 0, &equipment},
+	{"PUT", "/equipment/{}", row_update, ROUTE_WRITE | ROUTE_BODY, &equipment},
+	{"DELETE", "/equipment/{}", row_delete, ROUTE_WRITE, &equipment},
 };
 
 /* ---- gear-ops: the new Gear Operations service ----------------------------------------------- */
+
+static const struct demo_col gear_item_cols[] = {
+	{"user_id", NULL, "user_id", "bigint", 1},
+	{"name", NULL, "name", "text", 1},
+	{"category", NULL, "category", "text", 0},
+	{"brand", NULL, "brand", "text", 0},
+	{"status", NULL, "status", "text", 1},
+	{"role", NULL, "role", "text", 1},
+	{"created_at", NULL, "created_at", "timestamptz", 0},
+	{"updated_at", NULL, "updated_at", "timestamptz", 0},
+};
+static const struct demo_resource gear_item = {
+	"gear item", "gear_items", GEAR_JSON, 1, 0, STAMP_UNLESS_GIVEN,
+	gear_item_cols, DW_ARRAY_LEN(gear_item_cols),
+};
 
 static void go_list(struct svc *s, struct call *c, struct reply *r)
 {
@@ -295,20 +401,6 @@ static void go_create(struct svc *s, struct call *c, struct reply *r)
 	reply_row(s, r, gear_insert(s, c, NULL, 0), 201, "create gear item", "");
 }
 
-static void go_get(struct svc *s, struct call *c, struct reply *r)
-{
-	const char *p[1] = {c->arg};
-
-	if (!int_id(c->arg)) {
-		reply_error(r, 404, "gear item %s not found", c->arg);
-		return;
-	}
-	reply_row(s, r,
-		  demo_query(s, "SELECT " GEAR_JSON "::text FROM gear_items WHERE id = $1::bigint",
-			     1, p),
-		  200, "gear item", c->arg);
-}
-
 /* PUT replaces the item's given fields, and creates the item when it does not exist yet and the
  * body carries a whole row (user_id and name at least): PUT's own meaning (RFC 9110 §9.3.4).
  * That is what makes a mirrored update of a history row the backfill has not copied yet an
@@ -316,31 +408,11 @@ static void go_get(struct svc *s, struct call *c, struct reply *r)
  * backfill) is waited for by ON CONFLICT and then updated: the PUT, newer, wins. */
 static void go_update(struct svc *s, struct call *c, struct reply *r)
 {
-	static const struct demo_col cols[] = {
-		{"user_id", NULL, "user_id", "bigint", 1},
-		{"name", NULL, "name", "text", 1},
-		{"category", NULL, "category", "text", 0},
-		{"brand", NULL, "brand", "text", 0},
-		{"status", NULL, "status", "text", 1},
-		{"role", NULL, "role", "text", 1},
-		{"created_at", NULL, "created_at", "timestamptz", 0},
-		{"updated_at", NULL, "updated_at", "timestamptz", 0},
-	};
 	struct sqlb b;
 	PGresult *res;
 
-	if (!int_id(c->arg)) {
-		reply_error(r, 404, "gear item %s not found", c->arg);
+	if (!id_ok(c, r) || update_sql(c, r, NULL, &b) < 0)
 		return;
-	}
-	sqlb_init(&b);
-	sqlb_add(&b, "UPDATE gear_items SET id = id");
-	if (sqlb_set_cols(&b, c, cols, DW_ARRAY_LEN(cols), r) < 0)
-		return;
-	if (!call_has(c, "updated_at"))
-		sqlb_add(&b, ", updated_at = now()");
-	sqlb_add(&b, " WHERE id = $%d::bigint RETURNING " GEAR_JSON "::text",
-		 sqlb_param(&b, c->arg));
 	res = demo_query(s, b.sql, b.n, b.params);
 	if (!demo_res_ok(res) || PQntuples(res) > 0 || !call_text(c, "user_id") ||
 	    !call_text(c, "name")) {
@@ -358,26 +430,12 @@ static void go_update(struct svc *s, struct call *c, struct reply *r)
 	reply_row(s, r, demo_query(s, b.sql, b.n, b.params), 200, "gear item", c->arg);
 }
 
-static void go_delete(struct svc *s, struct call *c, struct reply *r)
-{
-	const char *p[1] = {c->arg};
-
-	if (!int_id(c->arg)) {
-		reply_error(r, 404, "gear item %s not found", c->arg);
-		return;
-	}
-	reply_deleted(s, r,
-		      demo_query(s, "DELETE FROM gear_items WHERE id = $1::bigint RETURNING 1", 1,
-				 p),
-		      "gear item", c->arg);
-}
-
 static const struct demo_route gear_ops_routes[] = {
-	{"GET", "/gear-items", go_list, 0},
-	{"POST", "/gear-items", go_create, ROUTE_WRITE | ROUTE_BODY},
-	{"GET", "/gear-items/{}", go_get, 0},
-	{"PUT", "/gear-items/{}", go_update, ROUTE_WRITE | ROUTE_BODY},
-	{"DELETE", "/gear-items/{}", go_delete, ROUTE_WRITE},
+	{"GET", "/gear-items", go_list, 0, NULL},
+	{"POST", "/gear-items", go_create, ROUTE_WRITE | ROUTE_BODY, NULL},
+	{"GET", "/gear-items/{}", row_get, 0, &gear_item},
+	{"PUT", "/gear-items/{}", go_update, ROUTE_WRITE | ROUTE_BODY, &gear_item},
+	{"DELETE", "/gear-items/{}", row_delete, ROUTE_WRITE, &gear_item},
 };
 
 /* ---- iot-v1: the single-tenant IoT platform -------------------------------------------------- */
@@ -416,40 +474,6 @@ static void v1_create(struct svc *s, struct call *c, struct reply *r)
 		  201, "create device", "");
 }
 
-static void v1_get(struct svc *s, struct call *c, struct reply *r)
-{
-	const char *p[1] = {c->arg};
-
-	reply_row(s, r, demo_query(s, "SELECT " V1_JSON "::text FROM devices WHERE id = $1", 1, p),
-		  200, "device", c->arg);
-}
-
-static void v1_update(struct svc *s, struct call *c, struct reply *r)
-{
-	static const struct demo_col cols[] = {
-		{"name", NULL, "name", "text", 1},
-		{"type", NULL, "type", "text", 1},
-		{"config", NULL, "config", "jsonb", 0},
-		{"status", NULL, "status", "text", 0},
-	};
-	struct sqlb b;
-
-	sqlb_init(&b);
-	sqlb_add(&b, "UPDATE devices SET updated_at = now()");
-	if (sqlb_set_cols(&b, c, cols, DW_ARRAY_LEN(cols), r) < 0)
-		return;
-	sqlb_add(&b, " WHERE id = $%d RETURNING " V1_JSON "::text", sqlb_param(&b, c->arg));
-	reply_row(s, r, demo_query(s, b.sql, b.n, b.params), 200, "device", c->arg);
-}
-
-static void v1_delete(struct svc *s, struct call *c, struct reply *r)
-{
-	const char *p[1] = {c->arg};
-
-	reply_deleted(s, r, demo_query(s, "DELETE FROM devices WHERE id = $1 RETURNING 1", 1, p),
-		      "device", c->arg);
-}
-
 /* Users (the guide's migrateUsers): ids "usr-N" assigned here. */
 static void v1_user_create(struct svc *s, struct call *c, struct reply *r)
 {
@@ -468,40 +492,6 @@ static void v1_user_create(struct svc *s, struct call *c, struct reply *r)
 			     " coalesce($3, 'USER'), now(), now()) RETURNING " V1_USER_JSON "::text",
 			     3, p),
 		  201, "create user", "");
-}
-
-static void v1_user_get(struct svc *s, struct call *c, struct reply *r)
-{
-	const char *p[1] = {c->arg};
-
-	reply_row(s, r,
-		  demo_query(s, "SELECT " V1_USER_JSON "::text FROM users WHERE id = $1", 1, p),
-		  200, "user", c->arg);
-}
-
-static void v1_user_update(struct svc *s, struct call *c, struct reply *r)
-{
-	static const struct demo_col cols[] = {
-		{"email", NULL, "email", "text", 1},
-		{"name", NULL, "name", "text", 0},
-		{"role", NULL, "role", "text", 1},
-	};
-	struct sqlb b;
-
-	sqlb_init(&b);
-	sqlb_add(&b, "UPDATE users SET updated_at = now()");
-	if (sqlb_set_cols(&b, c, cols, DW_ARRAY_LEN(cols), r) < 0)
-		return;
-	sqlb_add(&b, " WHERE id = $%d RETURNING " V1_USER_JSON "::text", sqlb_param(&b, c->arg));
-	reply_row(s, r, demo_query(s, b.sql, b.n, b.params), 200, "user", c->arg);
-}
-
-static void v1_user_delete(struct svc *s, struct call *c, struct reply *r)
-{
-	const char *p[1] = {c->arg};
-
-	reply_deleted(s, r, demo_query(s, "DELETE FROM users WHERE id = $1 RETURNING 1", 1, p),
-		      "user", c->arg);
 }
 
 /* One reading; the timestamp defaults to now() and is in the answer. */
@@ -615,37 +605,56 @@ static void v1_reading_batch(struct svc *s, struct call *c, struct reply *r)
 	reading_batch(s, c, r, 0);
 }
 
+static const struct demo_col v1_device_cols[] = {
+	{"name", NULL, "name", "text", 1},
+	{"type", NULL, "type", "text", 1},
+	{"config", NULL, "config", "jsonb", 0},
+	{"status", NULL, "status", "text", 0},
+};
+static const struct demo_resource v1_device = {
+	"device", "devices", V1_JSON, 0, 0, STAMP_ALWAYS,
+	v1_device_cols, DW_ARRAY_LEN(v1_device_cols),
+};
+static const struct demo_col v1_user_cols[] = {
+	{"email", NULL, "email", "text", 1},
+	{"name", NULL, "name", "text", 0},
+	{"role", NULL, "role", "text", 1},
+};
+static const struct demo_resource v1_user = {
+	"user", "users", V1_USER_JSON, 0, 0, STAMP_ALWAYS,
+	v1_user_cols, DW_ARRAY_LEN(v1_user_cols),
+};
+
 static const struct demo_route iot_v1_routes[] = {
-	{"GET", "/devices", v1_list, 0},
-	{"POST", "/devices", v1_create, ROUTE_WRITE | ROUTE_BODY},
-	{"GET", "/devices/{}", v1_get, 0},
-	{"PATCH", "/devices/{}", v1_update, ROUTE_WRITE | ROUTE_BODY},
-	{"DELETE", "/devices/{}", v1_delete, ROUTE_WRITE},
-	{"POST", "/users", v1_user_create, ROUTE_WRITE | ROUTE_BODY},
-	{"GET", "/users/{}", v1_user_get, 0},
-	{"PATCH", "/users/{}", v1_user_update, ROUTE_WRITE | ROUTE_BODY},
-	{"DELETE", "/users/{}", v1_user_delete, ROUTE_WRITE},
-	{"POST", "/telemetry", v1_reading, ROUTE_WRITE | ROUTE_BODY},
-	{"POST", "/telemetry/batch", v1_reading_batch, ROUTE_WRITE},
+	{"GET", "/devices", v1_list, 0, NULL},
+	{"POST", "/devices", v1_create, ROUTE_WRITE | ROUTE_BODY, NULL},
+	{"GET", "/devices/{}", row_get, 0, &v1_device},
+	{"PATCH", "/devices/{}", row_update, ROUTE_WRITE | ROUTE_BODY, &v1_device},
+	{"DELETE", "/devices/{}", row_delete, ROUTE_WRITE, &v1_device},
+	{"POST", "/users", v1_user_create, ROUTE_WRITE | ROUTE_BODY, NULL},
+	{"GET", "/users/{}", row_get, 0, &v1_user},
+	{"PATCH", "/users/{}", row_update, ROUTE_WRITE | ROUTE_BODY, &v1_user},
+	{"DELETE", "/users/{}", row_delete, ROUTE_WRITE, &v1_user},
+	{"POST", "/telemetry", v1_reading, ROUTE_WRITE | ROUTE_BODY, NULL},
+	{"POST", "/telemetry/batch", v1_reading_batch, ROUTE_WRITE, NULL},
 };
 
 /* ---- iot-v2: the multi-tenant IoT platform --------------------------------------------------- */
 
-/* 0 when the tenant exists; otherwise a 422 (or a database error) in r. */
-static int v2_tenant_known(struct svc *s, struct reply *r, const char *tenant)
+/* A V2 write names its tenant (tenantId, or tenant_id), which must exist, and the keys req:
+ * the tenant, or NULL with the answer (400, 422) in r. */
+static const char *v2_tenant(struct svc *s, struct call *c, struct reply *r,
+			     const char *const *req, size_t nreq)
 {
-	const char *p[1] = {tenant};
-	PGresult *res = demo_query(s, "SELECT 1 FROM tenants WHERE id = $1", 1, p);
-	int rc = -1;
+	const char *tenant = call_text2(c, "tenantId", "tenant_id");
 
-	if (!demo_res_ok(res))
-		reply_db_error(r, s, res, "tenant lookup");
-	else if (PQntuples(res) == 0)
-		reply_error(r, 422, "unknown tenant %s", tenant);
-	else
-		rc = 0;
-	PQclear(res);
-	return rc;
+	if (!tenant || !*tenant) {
+		reply_error(r, 400, "tenantId is required");
+		return NULL;
+	}
+	if (require(c, r, req, nreq) < 0 || tenant_known(s, r, tenant) < 0)
+		return NULL;
+	return tenant;
 }
 
 /* Device templates are created on demand, one per V1 device type (id = the type name). */
@@ -684,12 +693,7 @@ static void v2_create(struct svc *s, struct call *c, struct reply *r)
 	static const char *const req[] = {"id", "name"};
 	const char *p[9];
 
-	p[1] = call_text2(c, "tenantId", "tenant_id");
-	if (!p[1] || !*p[1]) {
-		reply_error(r, 400, "tenantId is required");
-		return;
-	}
-	if (require(c, r, req, DW_ARRAY_LEN(req)) < 0 || v2_tenant_known(s, r, p[1]) < 0)
+	if (!(p[1] = v2_tenant(s, c, r, req, DW_ARRAY_LEN(req))))
 		return;
 	p[0] = call_text(c, "id");
 	p[2] = call_text(c, "name");
@@ -716,38 +720,13 @@ static void v2_create(struct svc *s, struct call *c, struct reply *r)
 		  201, "create device", "");
 }
 
-/* Reads are tenant-scoped with ?tenantId=T (the guide's findUnique({ where: { id, tenantId } })):
- * another tenant's device is not found (404). Without it, any tenant's (operators, tests). */
-static void v2_get(struct svc *s, struct call *c, struct reply *r)
-{
-	const char *p[2] = {c->arg, call_query(c, "tenantId")};
-
-	reply_row(s, r,
-		  demo_query(s,
-			     "SELECT " V2_JSON "::text FROM devices"
-			     " WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
-			     2, p),
-		  200, "device", c->arg);
-}
-
-/* PATCH: the fields given change; tenantId, when given, must be the device's tenant (a
- * device never moves between tenants here) and must exist. */
+/* PATCH as row_update, and a new templateId's template is made first. */
 static void v2_update(struct svc *s, struct call *c, struct reply *r)
 {
-	static const struct demo_col cols[] = {
-		{"name", NULL, "name", "text", 1},
-		{"templateId", "template_id", "template_id", "text", 0},
-		{"attributes", NULL, "attributes", "jsonb", 0},
-		{"metadata", NULL, "metadata", "jsonb", 0},
-		{"status", NULL, "status", "text", 0},
-		{"createdAt", "created_at", "created_at", "timestamptz", 0},
-		{"updatedAt", "updated_at", "updated_at", "timestamptz", 0},
-	};
 	const char *tenant = call_text2(c, "tenantId", "tenant_id");
 	const char *tmpl = call_text2(c, "templateId", "template_id");
-	struct sqlb b;
 
-	if (tenant && v2_tenant_known(s, r, tenant) < 0)
+	if (tenant && tenant_known(s, r, tenant) < 0)
 		return;
 	if (tmpl && v2_template(s, r,
 				"INSERT INTO device_templates (id, tenant_id, name)"
@@ -755,25 +734,7 @@ static void v2_update(struct svc *s, struct call *c, struct reply *r)
 				" ON CONFLICT (id) DO NOTHING",
 				tmpl, c->arg) < 0)
 		return;
-	sqlb_init(&b);
-	sqlb_add(&b, "UPDATE devices SET id = id");
-	if (sqlb_set_cols(&b, c, cols, DW_ARRAY_LEN(cols), r) < 0)
-		return;
-	if (!call_has(c, "updatedAt") && !call_has(c, "updated_at"))
-		sqlb_add(&b, ", updated_at = now()");
-	sqlb_add(&b, " WHERE id = $%d", sqlb_param(&b, c->arg));
-	if (tenant)
-		sqlb_add(&b, " AND tenant_id = $%d", sqlb_param(&b, tenant));
-	sqlb_add(&b, " RETURNING " V2_JSON "::text");
-	reply_row(s, r, demo_query(s, b.sql, b.n, b.params), 200, "device", c->arg);
-}
-
-static void v2_delete(struct svc *s, struct call *c, struct reply *r)
-{
-	const char *p[1] = {c->arg};
-
-	reply_deleted(s, r, demo_query(s, "DELETE FROM devices WHERE id = $1 RETURNING 1", 1, p),
-		      "device", c->arg);
+	update_row(s, c, r, tenant);
 }
 
 /* Users: the V1 id, tenantId required; the timestamps may be given (backfilled history). */
@@ -782,12 +743,7 @@ static void v2_user_create(struct svc *s, struct call *c, struct reply *r)
 	static const char *const req[] = {"id", "email"};
 	const char *p[7];
 
-	p[1] = call_text2(c, "tenantId", "tenant_id");
-	if (!p[1] || !*p[1]) {
-		reply_error(r, 400, "tenantId is required");
-		return;
-	}
-	if (require(c, r, req, DW_ARRAY_LEN(req)) < 0 || v2_tenant_known(s, r, p[1]) < 0)
+	if (!(p[1] = v2_tenant(s, c, r, req, DW_ARRAY_LEN(req))))
 		return;
 	p[0] = call_text(c, "id");
 	p[2] = call_text(c, "email");
@@ -806,66 +762,13 @@ static void v2_user_create(struct svc *s, struct call *c, struct reply *r)
 		  201, "create user", "");
 }
 
-/* Tenant-scoped with ?tenantId=T, as v2_get. */
-static void v2_user_get(struct svc *s, struct call *c, struct reply *r)
-{
-	const char *p[2] = {c->arg, call_query(c, "tenantId")};
-
-	reply_row(s, r,
-		  demo_query(s,
-			     "SELECT " V2_USER_JSON "::text FROM users"
-			     " WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)",
-			     2, p),
-		  200, "user", c->arg);
-}
-
-static void v2_user_update(struct svc *s, struct call *c, struct reply *r)
-{
-	static const struct demo_col cols[] = {
-		{"email", NULL, "email", "text", 1},
-		{"name", NULL, "name", "text", 0},
-		{"role", NULL, "role", "text", 0},
-		{"createdAt", "created_at", "created_at", "timestamptz", 0},
-		{"updatedAt", "updated_at", "updated_at", "timestamptz", 0},
-	};
-	const char *tenant = call_text2(c, "tenantId", "tenant_id");
-	struct sqlb b;
-
-	if (tenant && v2_tenant_known(s, r, tenant) < 0)
-		return;
-	sqlb_init(&b);
-	sqlb_add(&b, "UPDATE users SET id = id");
-	if (sqlb_set_cols(&b, c, cols, DW_ARRAY_LEN(cols), r) < 0)
-		return;
-	if (!call_has(c, "updatedAt") && !call_has(c, "updated_at"))
-		sqlb_add(&b, ", updated_at = now()");
-	sqlb_add(&b, " WHERE id = $%d", sqlb_param(&b, c->arg));
-	if (tenant)
-		sqlb_add(&b, " AND tenant_id = $%d", sqlb_param(&b, tenant));
-	sqlb_add(&b, " RETURNING " V2_USER_JSON "::text");
-	reply_row(s, r, demo_query(s, b.sql, b.n, b.params), 200, "user", c->arg);
-}
-
-static void v2_user_delete(struct svc *s, struct call *c, struct reply *r)
-{
-	const char *p[1] = {c->arg};
-
-	reply_deleted(s, r, demo_query(s, "DELETE FROM users WHERE id = $1 RETURNING 1", 1, p),
-		      "user", c->arg);
-}
-
 /* One reading; the same reading stored twice is one row (201 either way). */
 static void v2_reading(struct svc *s, struct call *c, struct reply *r)
 {
 	static const char *const req[] = {"deviceId", "timestamp"};
 	const char *p[7];
 
-	p[0] = call_text2(c, "tenantId", "tenant_id");
-	if (!p[0] || !*p[0]) {
-		reply_error(r, 400, "tenantId is required");
-		return;
-	}
-	if (require(c, r, req, DW_ARRAY_LEN(req)) < 0 || v2_tenant_known(s, r, p[0]) < 0)
+	if (!(p[0] = v2_tenant(s, c, r, req, DW_ARRAY_LEN(req))))
 		return;
 	p[1] = call_text(c, "deviceId");
 	p[2] = call_text(c, "timestamp");
@@ -897,18 +800,43 @@ static void v2_reading_batch(struct svc *s, struct call *c, struct reply *r)
 	reading_batch(s, c, r, 1);
 }
 
+static const struct demo_col v2_device_cols[] = {
+	{"name", NULL, "name", "text", 1},
+	{"templateId", "template_id", "template_id", "text", 0},
+	{"attributes", NULL, "attributes", "jsonb", 0},
+	{"metadata", NULL, "metadata", "jsonb", 0},
+	{"status", NULL, "status", "text", 0},
+	{"createdAt", "created_at", "created_at", "timestamptz", 0},
+	{"updatedAt", "updated_at", "updated_at", "timestamptz", 0},
+};
+static const struct demo_resource v2_device = {
+	"device", "devices", V2_JSON, 0, 1, STAMP_UNLESS_GIVEN,
+	v2_device_cols, DW_ARRAY_LEN(v2_device_cols),
+};
+static const struct demo_col v2_user_cols[] = {
+	{"email", NULL, "email", "text", 1},
+	{"name", NULL, "name", "text", 0},
+	{"role", NULL, "role", "text", 0},
+	{"createdAt", "created_at", "created_at", "timestamptz", 0},
+	{"updatedAt", "updated_at", "updated_at", "timestamptz", 0},
+};
+static const struct demo_resource v2_user = {
+	"user", "users", V2_USER_JSON, 0, 1, STAMP_UNLESS_GIVEN,
+	v2_user_cols, DW_ARRAY_LEN(v2_user_cols),
+};
+
 static const struct demo_route iot_v2_routes[] = {
-	{"GET", "/devices", v2_list, 0},
-	{"POST", "/devices", v2_create, ROUTE_WRITE | ROUTE_BODY},
-	{"GET", "/devices/{}", v2_get, 0},
-	{"PATCH", "/devices/{}", v2_update, ROUTE_WRITE | ROUTE_BODY},
-	{"DELETE", "/devices/{}", v2_delete, ROUTE_WRITE},
-	{"POST", "/users", v2_user_create, ROUTE_WRITE | ROUTE_BODY},
-	{"GET", "/users/{}", v2_user_get, 0},
-	{"PATCH", "/users/{}", v2_user_update, ROUTE_WRITE | ROUTE_BODY},
-	{"DELETE", "/users/{}", v2_user_delete, ROUTE_WRITE},
-	{"POST", "/telemetry", v2_reading, ROUTE_WRITE | ROUTE_BODY},
-	{"POST", "/telemetry/batch", v2_reading_batch, ROUTE_WRITE},
+	{"GET", "/devices", v2_list, 0, NULL},
+	{"POST", "/devices", v2_create, ROUTE_WRITE | ROUTE_BODY, NULL},
+	{"GET", "/devices/{}", row_get, 0, &v2_device},
+	{"PATCH", "/devices/{}", v2_update, ROUTE_WRITE | ROUTE_BODY, &v2_device},
+	{"DELETE", "/devices/{}", row_delete, ROUTE_WRITE, &v2_device},
+	{"POST", "/users", v2_user_create, ROUTE_WRITE | ROUTE_BODY, NULL},
+	{"GET", "/users/{}", row_get, 0, &v2_user},
+	{"PATCH", "/users/{}", row_update, ROUTE_WRITE | ROUTE_BODY, &v2_user},
+	{"DELETE", "/users/{}", row_delete, ROUTE_WRITE, &v2_user},
+	{"POST", "/telemetry", v2_reading, ROUTE_WRITE | ROUTE_BODY, NULL},
+	{"POST", "/telemetry/batch", v2_reading_batch, ROUTE_WRITE, NULL},
 };
 
 /* ---- the registry ---------------------------------------------------------------------------- */
