@@ -16,8 +16,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -55,10 +57,16 @@ def _tool_env(extra=None):
 
 class PgCluster:
     """tests/pg.sh start DIR with the demo databases (or `databases`); env holds
-    PGHOST/PGPORT/PGUSER."""
+    PGHOST/PGPORT/PGUSER.
 
-    def __init__(self, directory, databases=DATABASES):
-        self.dir = str(directory)
+    The cluster lives in its own directory under $TMPDIR (or /tmp), not under pytest's
+    tmp_path: pytest makes its
+    /tmp/pytest-of-USER 0700 again whenever a session starts, and the server runs as
+    another user than root (tests/pg.sh), so a cluster under it breaks the moment a second
+    pytest session starts on the machine. It is removed by stop()."""
+
+    def __init__(self, databases=DATABASES):
+        self.dir = tempfile.mkdtemp(prefix="dw-pg-")
         os.chmod(self.dir, 0o755)
         env = dict(os.environ, PG_DATABASES=" ".join(databases))
         out = subprocess.run([PG_SH, "start", self.dir], env=env, capture_output=True,
@@ -71,6 +79,7 @@ class PgCluster:
 
     def stop(self):
         subprocess.run([PG_SH, "stop", self.dir], capture_output=True, timeout=120)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def dsn(self, db=None):
         """A libpq connection string to this cluster (to database db when given)."""
@@ -101,11 +110,11 @@ def pg_fixture():
     """A module-scoped fixture `pg` (`pg = mirrorlib.pg_fixture()`): the daemon, the CLI and
     the demo services are built, and one PgCluster serves the module's tests."""
     @pytest.fixture(scope="module", name="pg")
-    def _pg(tmp_path_factory):
+    def _pg():
         for b in (helpers.daemon_binary(), cli_binary(), demo_binary()):
             if not os.access(b, os.X_OK):
                 pytest.fail("%s is not built (make all, or set DW_BUILD)" % b)
-        c = PgCluster(tmp_path_factory.mktemp("pg"))
+        c = PgCluster()
         try:
             yield c
         finally:

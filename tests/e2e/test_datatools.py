@@ -64,11 +64,11 @@ IOT_COLUMNS = """id = "$row.id"; tenant_id = "$tenant"; name = "$row.name";
 
 
 @pytest.fixture(scope="module")
-def pg(tmp_path_factory):
+def pg():
     """A running cluster; yields the PG* environment (target database as PGDATABASE)."""
     if not DW.exists():
         pytest.fail(f"{DW} not built (set DW_BUILD to the build directory)")
-    c = ml.PgCluster(tmp_path_factory.mktemp("pg"), databases=(SRC_DB, TGT_DB))
+    c = ml.PgCluster(databases=(SRC_DB, TGT_DB))
     c.env["PGDATABASE"] = TGT_DB
     try:
         yield c.env

@@ -31,12 +31,12 @@ DEVICES = 7  # telemetry rows are spread over this many devices
 
 
 @pytest.fixture(scope="module")
-def pg(tmp_path_factory):
+def pg():
     """A running cluster with iot_v1 and iot_v2; yields the PG* environment."""
     for b in (DW, BACKEND):
         if not b.exists():
             pytest.fail(f"{b} not built (set DW_BUILD to the build directory)")
-    c = ml.PgCluster(tmp_path_factory.mktemp("pg"), databases=(V1, V2))
+    c = ml.PgCluster(databases=(V1, V2))
     c.env["PGDATABASE"] = V2
     try:
         yield c.env
