@@ -472,6 +472,18 @@ def queue_list(conf, dead=False):
     return res
 
 
+def wait_dead(conf, n, timeout=5):
+    """`queue list --dead` once it holds n dead letters (bounded). The outcome's log line
+    can come before the loop iteration's one journal write that carries its state."""
+    got = []
+
+    def enough():
+        got[:] = queue_list(conf, dead=True)
+        return len(got) >= n
+    helpers.wait_for(enough, timeout, "%d dead letters in the queue" % n, interval=0.05)
+    return list(got)
+
+
 def queue_show(conf, seq):
     out = cli(conf, "queue", "show", seq)
     assert out.returncode == 0, "queue show %s exited %d: %s" % (seq, out.returncode, out.stderr)

@@ -138,7 +138,7 @@ def test_batch_that_is_not_a_list_is_served_and_dead_lettered(dw, make_backend):
     out = ml.wait_outcomes(d, lambda o: o["result"] == "dead", 1, 10, "dead")
     assert out[0]["route"] == "telemetry-batch", out[0]["line"]
     assert 'each: "$request" is an object, not a list' in (out[0]["reason"] or ""), out[0]
-    dead = ml.queue_list(d.conf_path, dead=True)
+    dead = ml.wait_dead(d.conf_path, 1)
     assert len(dead) == 1 and dead[0]["route"] == "telemetry-batch", dead
     assert "not a list" in ml.queue_show(d.conf_path, dead[0]["seq"])
     # A row that cannot be mapped fails its whole batch too (never a partial batch).

@@ -560,7 +560,7 @@ def test_non_json_body_is_served_and_dead_lettered(dw, make_backend):
     assert lreq.body == b"this is not json", lreq
     out = ml.wait_outcomes(d, lambda o: o["result"] == "dead", 1, 5, "dead")
     assert "json" in (out[0]["reason"] or "").lower(), out[0]["line"]
-    dead = ml.queue_list(d.conf_path, dead=True)
+    dead = ml.wait_dead(d.conf_path, 1)
     assert len(dead) == 1 and dead[0]["route"] == "equipment-create", dead
     assert "json" in dead[0]["line"].lower(), dead
     shown = ml.queue_show(d.conf_path, dead[0]["seq"])
@@ -587,7 +587,7 @@ def test_malformed_tenant_is_served_and_dead_lettered(dw, make_backend):
     assert lreq.header("X-Tenant-ID") == "bad tenant!", lreq
     out = ml.wait_outcomes(d, lambda o: o["result"] == "dead", 1, 5, "dead")
     assert "tenant" in (out[0]["reason"] or "").lower(), out[0]["line"]
-    dead = ml.queue_list(d.conf_path, dead=True)
+    dead = ml.wait_dead(d.conf_path, 1)
     assert len(dead) == 1 and dead[0]["route"] == "device-create", dead
     assert "tenant" in dead[0]["line"].lower(), dead
     # A well-formed tenant on the same daemon is mirrored (the route itself
@@ -619,7 +619,7 @@ def test_requeue_refuses_dead_letters_whose_mirror_was_never_built(dw, make_back
         assert ml.send_json(d.port, "POST", "/devices", **kw).status == 201
         ml.wait_outcomes(d, lambda o: o["result"] == "dead", i + 1, 5, "%d dead" % (i + 1))
     assert len(target.wait_requests(1)) == 1
-    dead = ml.queue_list(d.conf_path, dead=True)
+    dead = ml.wait_dead(d.conf_path, 3)
     assert len(dead) == 3, dead
     tenant_seq = next(x["seq"] for x in dead if "tenant" in x["line"].lower())
     json_seq = next(x["seq"] for x in dead if "json" in x["line"].lower())
@@ -704,7 +704,7 @@ def test_permanent_4xx_from_target_is_dead_with_status_and_excerpt(svc, dw, make
     out = ml.wait_outcomes(d, lambda o: o["result"] == "dead", 1, 5, "dead")
     assert out[0]["status"] == 422 and out[0]["key"] == str(lid), out[0]["line"]
     assert "category kayak not allowed" in (out[0]["reason"] or ""), out[0]["line"]
-    dead = ml.queue_list(d.conf_path, dead=True)
+    dead = ml.wait_dead(d.conf_path, 1)
     assert len(dead) == 1 and dead[0]["key"] == str(lid), dead
     assert "last=422" in dead[0]["line"], dead
     shown = ml.queue_show(d.conf_path, dead[0]["seq"])
