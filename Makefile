@@ -5,7 +5,7 @@
 #   make demo          the Gear Operations migration, end to end, on a throwaway PostgreSQL
 #   make bench         self-contained benchmarks (and, when present, the peer harness)
 #   make chaos         a whole Gear Ops migration under faults (tests/e2e/test_chaos.py, full size,
-#                      <= 10 min): SIGKILLs, reloads, outages; ends with verify = 0, then finds
+#                      <= 10 min): SIGKILLs, reloads, outages; verify finds only writes recorded as unknown, then finds
 #                      exactly the damage it injects; prints a summary (build/chaos-summary.txt)
 #   make fuzz          every libFuzzer target FUZZ_SECONDS (60) each, then a report (tests/fuzz/fuzz.sh)
 #   make SANITIZE=address,undefined check    the same under ASan/UBSan (build dir build-san/)
