@@ -53,6 +53,7 @@
 #include <string.h>
 #include <sys/queue.h>
 
+#include "exchange.h"
 #include "guard.h"
 #include "http_parse.h"
 #include "jsonarena.h"
@@ -64,7 +65,6 @@
 #define MAX_IN_MEMORY 4096 /* jobs held in memory before spilling to the queue */
 #define RETAIN_MAX 65536   /* outcomes kept while the journal refuses them */
 #define KEY_BUCKETS 4096
-#define EXCERPT 200
 
 enum { WAKE_INBOX = 1 };
 
@@ -118,13 +118,11 @@ struct keyq {
 #define BREAKER_MIN_MS 1000
 #define BREAKER_MAX_MS 30000
 
-struct lane;
-
 struct target {
 	struct target *next;
 	char *name;
 	int inflight;
-	TAILQ_HEAD(, lane) lanes; /* open connections carrying sends */
+	TAILQ_HEAD(, xconn) lanes; /* open connections carrying sends (exchange.h) */
 	int nlanes;
 	double latency_ms; /* moving average of answered sends: decides pipelining */
 	int answered;	   /* answers seen, up to PIPE_WARMUP */
@@ -140,8 +138,8 @@ struct target {
 
 /*
  * A connection to a mirror target carrying sends in order (HTTP/1.1
- * pipelining). A send's request goes into the lane's output at once and the
- * output is written once per loop iteration (flush_cb), so the sends a
+ * pipelining, exchange.h). A send's request goes into the lane's output at
+ * once and the output is written once per loop iteration (flush_cb), so the sends a
  * worker starts in one iteration share one write(2) and their answers tend
  * to share one read(2). Only a fast target gets more than one send per lane
  * (the upstream's pipeline_depth, while its average latency is under
@@ -161,42 +159,16 @@ struct target {
 #define PIPE_MAX_LATENCY_MS 20.0
 #define PIPE_WARMUP 8
 
-struct send;
-struct lane {
-	struct mirror *mi;
-	struct target *t;
-	struct dw_config *cfg;	      /* reference: keeps up valid */
-	const struct dw_upstream *up; /* of the first send; same URL for all */
-	struct upconn *uc;
-	bool connected;
-	bool started; /* connected and set up: sends are written at once */
-	bool closing; /* takes no more sends */
-	bool dirty;   /* output waiting for this iteration's flush */
-	TAILQ_HEAD(lane_sends, send) fifo; /* head is the one being answered */
-	int depth;
-	TAILQ_ENTRY(lane) tlink; /* t->lanes */
-	TAILQ_ENTRY(lane) dlink; /* mi->dirty */
-};
-
 /* One HTTP exchange with a mirror target. */
 struct send {
 	struct send *next_free; /* mi->sfree */
 	struct mirror *mi;
 	struct mirror_job *job;
 	struct target *t;
-	struct lane *lane;
-	TAILQ_ENTRY(send) flink; /* lane->fifo */
-	struct http_scanner scan;
-	bool head_done;
-	enum http_body_kind kind;
-	int64_t left;
-	struct http_chunked chunk;
-	char excerpt[EXCERPT + 1];
-	size_t excerpt_len;
 	int64_t t_start;
 	TAILQ_ENTRY(send) link;
-	/* Last: 3 KiB, reset by http_head_clear; what is above is zeroed. */
-	struct http_head head;
+	/* Last (its 3 KiB head last): what is above is zeroed by send_new. */
+	struct xchg x;
 };
 
 /* Sends a shard keeps for reuse, so a mirrored write costs no malloc/free of
@@ -230,7 +202,7 @@ struct mirror {
 	TAILQ_HEAD(, send) sends;
 	struct send *sfree; /* cache, SFREE_MAX at most */
 	int nsfree;
-	TAILQ_HEAD(, lane) dirty; /* lanes to write at the end of the iteration */
+	struct xloop *xl; /* the sends' connections (exchange.h) */
 	size_t in_memory;
 
 	/* Outcomes not yet in the journal: written together once per loop
@@ -809,15 +781,23 @@ static bool retained_queued(const struct mirror *mi, uint64_t h)
 	return false;
 }
 
-static void lanes_flush(struct mirror *mi);
-
 /* End of a loop iteration's work: requests out, then outcomes journaled. */
 static void flush_cb(evutil_socket_t fd, short what, void *arg)
 {
+	struct mirror *mi = arg;
+
 	(void)fd;
 	(void)what;
-	lanes_flush(arg);
-	flush_states(arg);
+	xloop_flush(mi->xl);
+	flush_states(mi);
+}
+
+/* A lane has requests to write (exchange.h): at the end of the iteration. */
+static void flush_kick(void *arg)
+{
+	struct mirror *mi = arg;
+
+	event_active(mi->flush_ev, EV_TIMEOUT, 0);
 }
 
 /* Record a job's outcome in the journal, count and log it, free it. A job
@@ -974,17 +954,9 @@ static void breaker_note(struct target *t, bool failed, const char *why)
 	}
 }
 
-static void lane_release(struct lane *l, bool keep);
-enum lane_end { LANE_BROKEN, LANE_TIMED_OUT, LANE_CONNECT_FAILED, LANE_CLOSED_CLEANLY };
-static void lane_break(struct lane *l, const char *why, enum lane_end how);
-
 static void send_free(struct send *s)
 {
-	if (s->lane) {
-		TAILQ_REMOVE(&s->lane->fifo, s, flink);
-		s->lane->depth--;
-	}
-	http_head_clear(&s->head);
+	xchg_cancel(&s->x); /* on a lane only at shutdown; else already off it */
 	TAILQ_REMOVE(&s->mi->sends, s, link);
 	s->t->inflight--;
 	metric_add(s->mi->m_inflight, -1);
@@ -1005,19 +977,22 @@ static struct send *send_new(struct mirror *mi)
 		return dw_calloc(1, sizeof(*s));
 	mi->sfree = s->next_free;
 	mi->nsfree--;
-	memset(s, 0, offsetof(struct send, head)); /* head: cleared by send_free */
+	memset(s, 0, offsetof(struct send, x));
+	xchg_init(&s->x);
 	return s;
 }
+
+static void send_start(struct mirror *mi, struct target *t, struct mirror_job *j);
 
 static void send_done(struct send *s, int status, const char *neterr)
 {
 	struct mirror *mi = s->mi;
 	struct mirror_job *j = s->job;
 	struct target *t = s->t;
-	char why[400], excerpt[EXCERPT + 1];
+	char why[400], excerpt[XCHG_EXCERPT + 1];
 	enum mirror_class k;
 
-	memcpy(excerpt, s->excerpt, sizeof(excerpt)); /* s is freed below */
+	memcpy(excerpt, s->x.excerpt, sizeof(excerpt)); /* s is freed below */
 	send_free(s);
 	if (j->attempts == 1) /* the guard counts first attempts (SPEC §7.3) */
 		guard_note_mirror(job_upstream(j)->guard, mi->slot, dw_now_us() / 1000,
@@ -1046,168 +1021,53 @@ static void send_done(struct send *s, int status, const char *neterr)
 	start_sends(mi, t);
 }
 
-static void excerpt_emit(void *arg, const char *p, size_t n)
+/* The exchange of a send ended (exchange.h). */
+static void send_ended(struct xchg *x, enum xchg_end how, const char *why)
 {
-	struct send *s = arg;
-	size_t room = EXCERPT - s->excerpt_len;
+	struct send *s = (struct send *)((char *)x - offsetof(struct send, x));
+	struct mirror *mi = s->mi;
+	struct target *t = s->t;
+	struct mirror_job *j;
 
-	if (n > room)
-		n = room;
-	for (size_t i = 0; i < n; i++) /* keep the log line one line */
-		s->excerpt[s->excerpt_len++] = (p[i] == '\n' || p[i] == '\r') ? ' ' : p[i];
-	s->excerpt[s->excerpt_len] = '\0';
-}
-
-/* The head send's answer is complete: settle it, and keep the lane going
- * (or give its connection back to the pool when nothing is left on it). */
-static bool lane_answered(struct lane *l, struct send *s)
-{
-	struct target *t = l->t;
-	double ms = (double)(dw_now_us() - s->t_start) / 1e3;
-	bool keep = http_keep_alive(&s->head) && s->kind != HTTP_BODY_UNTIL_CLOSE;
-	int status = s->head.status;
-
-	t->latency_ms = t->latency_ms * 0.8 + ms * 0.2;
-	if (t->answered < PIPE_WARMUP)
-		t->answered++;
-	if (!keep)
-		l->closing = true;
-	send_done(s, status, NULL); /* may start new sends, on this lane too */
-	if (l->closing && !TAILQ_EMPTY(&l->fifo)) {
-		/* The target closes after this answer: the rest were not taken. */
-		lane_break(l, "upstream closed the connection", LANE_CLOSED_CLEANLY);
-		return false;
-	}
-	if (TAILQ_EMPTY(&l->fifo)) {
-		lane_release(l, !l->closing);
-		return false;
-	}
-	return true;
-}
-
-/* Parse answers for the lane's sends, in order. Returns after the lane is
- * released or broken (l is gone then) or when more bytes are needed. */
-static void lane_read_cb(struct bufferevent *bev, void *arg)
-{
-	struct lane *l = arg;
-	struct evbuffer *in = bufferevent_get_input(bev);
-	struct dw_err err = {""};
-	char msg[600];
-
-	for (;;) {
-		struct send *s = TAILQ_FIRST(&l->fifo);
-		size_t len = evbuffer_get_length(in);
-
-		if (len == 0)
-			return;
-		if (!s) {
-			lane_break(l, "upstream sent bytes with no request outstanding", LANE_BROKEN);
-			return;
-		}
-		if (!s->head_done) {
-			size_t n = len < 69632 ? len : 69632, skip = 0, hl = 0;
-			int status = 0, rc;
-			const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-
-			rc = http_scan_head(&s->scan, p, n, 65536, &skip, &hl, &status, &err);
-			if (rc == HTTP_INCOMPLETE)
-				return;
-			if (rc == HTTP_OK)
-				rc = http_parse_response(&s->head, p + skip, hl, &status, &err);
-			if (rc != HTTP_OK) {
-				snprintf(msg, sizeof(msg), "invalid response: %s", err.msg);
-				lane_break(l, msg, LANE_BROKEN);
-				return;
-			}
-			evbuffer_drain(in, skip + hl);
-			http_scanner_init(&s->scan);
-			if (s->head.status < 200) {
-				http_head_clear(&s->head);
-				continue;
-			}
-			s->head_done = true;
-			s->kind = http_response_body_kind(
-			    &s->head, http_method_from(s->job->method, strlen(s->job->method)));
-			s->left = s->head.content_length;
-			http_chunked_init(&s->chunk, 65536);
-			len = evbuffer_get_length(in);
-		}
-		switch (s->kind) {
-		case HTTP_BODY_NONE:
-			break;
-		case HTTP_BODY_LENGTH:
-			if ((uint64_t)s->left < len)
-				len = (size_t)s->left;
-			excerpt_emit(s, (const char *)evbuffer_pullup(in, (ev_ssize_t)len), len);
-			evbuffer_drain(in, len);
-			s->left -= (int64_t)len;
-			if (s->left > 0)
-				return;
-			break;
-		case HTTP_BODY_CHUNKED: {
-			size_t used = 0;
-			int rc;
-
-			if (len == 0)
-				return;
-			rc = http_chunked_decode(&s->chunk,
-						 (const char *)evbuffer_pullup(in, (ev_ssize_t)len),
-						 len, &used, excerpt_emit, s, &err);
-			evbuffer_drain(in, used);
-			if (rc == HTTP_ERROR) {
-				snprintf(msg, sizeof(msg), "invalid chunked response: %s", err.msg);
-				lane_break(l, msg, LANE_BROKEN);
-				return;
-			}
-			if (rc != HTTP_OK)
-				return;
-			break;
-		}
-		case HTTP_BODY_UNTIL_CLOSE:
-			excerpt_emit(s, (const char *)evbuffer_pullup(in, (ev_ssize_t)len), len);
-			evbuffer_drain(in, len);
-			return; /* complete at EOF */
-		}
-		/* The head's answer is whole; the next send's may follow. */
-		if (!lane_answered(l, s))
-			return;
-	}
-}
-
-static void lane_event_cb(struct bufferevent *bev, short what, void *arg)
-{
-	struct lane *l = arg;
-	struct send *s = TAILQ_FIRST(&l->fifo);
-	char msg[300];
-
-	(void)bev;
-	if ((what & BEV_EVENT_EOF) && s && s->head_done && s->kind == HTTP_BODY_UNTIL_CLOSE) {
-		l->closing = true;
-		(void)lane_answered(l, s);
+	switch (how) {
+	case XCHG_ANSWERED:
+		t->latency_ms = t->latency_ms * 0.8 + (double)(dw_now_us() - s->t_start) / 1e3 * 0.2;
+		if (t->answered < PIPE_WARMUP)
+			t->answered++;
+		send_done(s, x->status, NULL);
 		return;
-	}
-	if (what & BEV_EVENT_TIMEOUT)
-		snprintf(msg, sizeof(msg), "upstream \"%s\" timed out after %d ms", l->up->name,
-			 l->up->timeout_ms);
-	else if (what & BEV_EVENT_EOF)
-		snprintf(msg, sizeof(msg), "upstream \"%s\" closed the connection", l->up->name);
-	else
-		snprintf(msg, sizeof(msg), "upstream \"%s\": %s", l->up->name,
-			 strerror(EVUTIL_SOCKET_ERROR() ? EVUTIL_SOCKET_ERROR() : ECONNRESET));
-	if (what & BEV_EVENT_TIMEOUT) {
-		l->t->latency_ms = l->t->latency_ms * 0.8 + l->up->timeout_ms * 0.2;
-		lane_break(l, msg, LANE_TIMED_OUT);
+	case XCHG_NOT_TAKEN:
+		/* Not answered, may go again: at once, with the same
+		 * Idempotency-Key (G4), before newer jobs. */
+		j = s->job;
+		metric_inc(mi->m_resent);
+		send_free(s);
+		send_start(mi, t, j);
 		return;
+	case XCHG_TIMED_OUT:
+		t->latency_ms = t->latency_ms * 0.8 + job_upstream(s->job)->timeout_ms * 0.2;
+		break;
+	default:
+		break;
 	}
-	lane_break(l, msg, LANE_BROKEN);
+	send_done(s, 0, why);
 }
 
-static void send_write_request(struct send *s)
+/* A lane (an xconn carrying sends to t) ended. */
+static void lane_gone(struct xconn *c)
 {
-	struct lane *l = s->lane;
+	struct target *t = c->owner;
+
+	TAILQ_REMOVE(&t->lanes, c, olink);
+	t->nlanes--;
+}
+
+/* The request of a send (exchange.h's write). */
+static void send_write(struct xchg *x, struct evbuffer *out)
+{
+	struct send *s = (struct send *)((char *)x - offsetof(struct send, x));
 	struct mirror_job *j = s->job;
 	const struct dw_upstream *up = job_upstream(j);
-	struct evbuffer *out = bufferevent_get_output(upconn_bev(l->uc));
 	char num[32];
 
 	evbuffer_add(out, j->method, strlen(j->method));
@@ -1233,148 +1093,29 @@ static void send_write_request(struct send *s)
 	evbuffer_add(out, "\r\n\r\n", 4);
 	if (j->body)
 		evbuffer_add(out, j->body, j->body_len);
-	if (!l->dirty) {
-		l->dirty = true;
-		TAILQ_INSERT_TAIL(&l->mi->dirty, l, dlink);
-		event_active(l->mi->flush_ev, EV_TIMEOUT, 0);
-	}
-}
-
-/* Write what this iteration's sends put in their lanes' output. */
-static void lanes_flush(struct mirror *mi)
-{
-	struct lane *l;
-
-	while ((l = TAILQ_FIRST(&mi->dirty))) {
-		TAILQ_REMOVE(&mi->dirty, l, dlink);
-		l->dirty = false;
-		upconn_flush(l->uc);
-	}
-}
-
-static void lane_start(struct lane *l)
-{
-	struct send *s;
-
-	l->started = true;
-	upconn_begin(l->uc);
-	upconn_read(l->uc, lane_read_cb, lane_event_cb, l, l->up->timeout_ms);
-	TAILQ_FOREACH(s, &l->fifo, flink)
-		send_write_request(s);
-}
-
-static void lane_ready_cb(struct upconn *uc, int error, void *arg)
-{
-	struct lane *l = arg;
-	char msg[512];
-
-	if (error) {
-		const char *tls = upconn_failure(uc);
-		snprintf(msg, sizeof(msg), "upstream \"%s\" (%s:%d): %s%s", l->up->name,
-			 l->up->host, l->up->port, tls ? "" : "connect: ",
-			 tls ? tls : error == ETIMEDOUT ? "timed out" : strerror(error));
-		lane_break(l, msg, LANE_CONNECT_FAILED);
-		return;
-	}
-	l->connected = true;
-	lane_start(l);
-}
-
-/* Give the lane's connection back (to the pool when keep) and forget it. */
-static void lane_release(struct lane *l, bool keep)
-{
-	if (l->dirty)
-		TAILQ_REMOVE(&l->mi->dirty, l, dlink);
-	if (l->uc)
-		upconn_release(l->uc, keep && l->started);
-	TAILQ_REMOVE(&l->t->lanes, l, tlink);
-	l->t->nlanes--;
-	config_unref(l->cfg);
-	free(l);
-}
-
-/*
- * The lane ends with sends on it. Closed cleanly (the last answer said
- * Connection: close), the target has read none of them: all go out again.
- * Broken (error, timeout, bad answer), the head send fails like any send
- * and the others go out again on another lane: each break settles its head,
- * so this always ends, and five failed heads in a row open the breaker. A
- * failed connect fails them all (the target is down, not one connection),
- * and so does a timeout (the target stopped answering).
- */
-static void lane_break(struct lane *l, const char *why, enum lane_end how)
-{
-	struct mirror *mi = l->mi;
-	struct target *t = l->t;
-	struct lane_sends cut;
-	struct job_list again;
-	struct send *s, *head = NULL;
-	struct mirror_job *j;
-
-	/* Take every send off the lane, then let the lane go. */
-	TAILQ_INIT(&cut);
-	TAILQ_CONCAT(&cut, &l->fifo, flink);
-	TAILQ_FOREACH(s, &cut, flink)
-		s->lane = NULL;
-	l->depth = 0;
-	lane_release(l, false);
-
-	if (how != LANE_CLOSED_CLEANLY && (head = TAILQ_FIRST(&cut)))
-		TAILQ_REMOVE(&cut, head, flink);
-	TAILQ_INIT(&again);
-	while ((s = TAILQ_FIRST(&cut))) {
-		TAILQ_REMOVE(&cut, s, flink);
-		if (how == LANE_CONNECT_FAILED || how == LANE_TIMED_OUT) {
-			send_done(s, 0, why);
-			continue;
-		}
-		j = s->job;
-		metric_inc(mi->m_resent);
-		send_free(s);
-		TAILQ_INSERT_TAIL(&again, j, link);
-	}
-	/* Back to the front of the line, in their order, before newer jobs. */
-	while ((j = TAILQ_LAST(&again, job_list))) {
-		TAILQ_REMOVE(&again, j, link);
-		TAILQ_INSERT_HEAD(&t->ready, j, link);
-	}
-	if (head)
-		send_done(head, 0, why); /* also starts the re-sends */
-	else
-		start_sends(mi, t);
 }
 
 /* The lane for a new send to target t: fill the current lane while the
- * target is fast, else a connection of its own. NULL with *err when no
- * connection can even be started. */
-static struct lane *lane_pick(struct mirror *mi, struct target *t, struct mirror_job *j, int *err)
+ * target is fast, else a connection of its own. NULL when no connection
+ * can even be started (xloop_failure says why). */
+static struct xconn *lane_pick(struct mirror *mi, struct target *t, struct mirror_job *j)
 {
 	const struct dw_upstream *up = job_upstream(j);
 	int depth = t->answered >= PIPE_WARMUP && t->latency_ms < PIPE_MAX_LATENCY_MS
 			? up->pipeline_depth
 			: 1;
-	struct lane *l, *best = NULL;
-	bool connected = false;
+	struct xconn *l, *best = NULL;
 
-	TAILQ_FOREACH(l, &t->lanes, tlink)
-		if (!l->closing && l->depth < depth && (!best || l->depth > best->depth) &&
-		    strcmp(l->up->url, up->url) == 0)
+	TAILQ_FOREACH(l, &t->lanes, olink)
+		if (xconn_open_for_more(l) && l->depth < depth &&
+		    (!best || l->depth > best->depth) && strcmp(l->up->url, up->url) == 0)
 			best = l;
 	if (best)
 		return best;
-	l = dw_calloc(1, sizeof(*l));
-	l->mi = mi;
-	l->t = t;
-	l->up = up;
-	TAILQ_INIT(&l->fifo);
-	l->uc = pool_get(mi->pools, up, lane_ready_cb, l, &connected, err);
-	if (!l->uc) {
-		free(l);
+	l = xconn_open(mi->xl, j->cfg, up, lane_gone, t);
+	if (!l)
 		return NULL;
-	}
-	l->cfg = config_ref(j->cfg);
-	l->connected = connected; /* else lane_ready_cb starts it */
-	TAILQ_INSERT_TAIL(&t->lanes, l, tlink);
+	TAILQ_INSERT_TAIL(&t->lanes, l, olink);
 	t->nlanes++;
 	return l;
 }
@@ -1382,41 +1123,33 @@ static struct lane *lane_pick(struct mirror *mi, struct target *t, struct mirror
 static void send_start(struct mirror *mi, struct target *t, struct mirror_job *j)
 {
 	struct send *s = send_new(mi);
-	const struct dw_upstream *up = job_upstream(j);
-	struct lane *l;
-	int e = 0;
-	char msg[300];
+	struct xconn *l;
 
 	s->mi = mi;
 	s->job = j;
 	s->t = t;
 	s->t_start = dw_now_us();
-	http_scanner_init(&s->scan);
+	s->x.method = http_method_from(j->method, strlen(j->method));
+	s->x.keep = XBODY_EXCERPT;
+	/* Pipelined behind one that broke, it goes again (its Idempotency-Key
+	 * makes a second copy harmless, G4). The one being answered when a
+	 * connection breaks fails, reused or not: it is queued with the same
+	 * key, and a target that resets should open the breaker, not get each
+	 * write twice. */
+	s->x.resend_ok = false;
+	s->x.write = send_write;
+	s->x.done = send_ended;
 	j->attempts++;
 	t->inflight++;
 	metric_inc(mi->m_inflight);
 	TAILQ_INSERT_TAIL(&mi->sends, s, link);
-	l = lane_pick(mi, t, j, &e);
+	l = lane_pick(mi, t, j);
 	if (!l) {
-		const char *why = pool_failure(mi->pools);
-
-		if (why)
-			snprintf(msg, sizeof(msg), "upstream \"%s\": %s", up->name, why);
-		else
-			snprintf(msg, sizeof(msg), "upstream \"%s\": connect: %s", up->name,
-				 strerror(e));
-		send_done(s, 0, msg);
+		send_done(s, 0, xloop_failure(mi->xl));
 		return;
 	}
-	s->lane = l;
-	TAILQ_INSERT_TAIL(&l->fifo, s, flink);
-	l->depth++;
-	if (l->started)
-		send_write_request(s);
-	else if (l->connected)
-		lane_start(l); /* a pooled connection: set it up (writes s too) */
+	xconn_send(l, &s->x);
 }
-
 /* Open, or half-open with the probe out: a write whose turn comes is queued. */
 static bool breaker_open(const struct target *t)
 {
@@ -1732,7 +1465,6 @@ struct mirror *mirror_new(struct server *srv, int id, struct event_base *base,
 	pthread_mutex_init(&mi->lock, NULL);
 	TAILQ_INIT(&mi->inbox);
 	TAILQ_INIT(&mi->sends);
-	TAILQ_INIT(&mi->dirty);
 	if (wake_init(&mi->wake, mi->base, wake_cb, mi, err) < 0) {
 		pool_set_free(mi->pools);
 		pthread_mutex_destroy(&mi->lock);
@@ -1740,6 +1472,7 @@ struct mirror *mirror_new(struct server *srv, int id, struct event_base *base,
 		return NULL;
 	}
 	mi->flush_ev = event_new(mi->base, -1, 0, flush_cb, mi);
+	mi->xl = xloop_new(mi->base, mi->pools, flush_kick, mi);
 	mi->h_duration = metrics_histogram(srv->metrics, "dualwrite_mirror_duration_seconds",
 					   "From legacy acknowledgement to delivery on the new system.",
 					   NULL, metrics_latency_bounds, metrics_latency_nbounds);
@@ -1789,10 +1522,12 @@ void mirror_free(struct mirror *mi)
 		queue_left(mi, j, "daemon stopped before the mirror finished");
 	}
 	for (struct target *t = mi->targets, *tn; t; t = tn) {
-		struct lane *l;
+		struct xconn *l;
 		tn = t->next;
-		while ((l = TAILQ_FIRST(&t->lanes))) /* sends are gone: see above */
-			lane_release(l, false); /* NOLINT(clang-analyzer-unix.Malloc) */
+		while ((l = TAILQ_FIRST(&t->lanes))) { /* sends are gone: see above */
+			TAILQ_REMOVE(&t->lanes, l, olink);
+			xconn_free(l);
+		}
 		while ((j = TAILQ_FIRST(&t->ready))) {
 			TAILQ_REMOVE(&t->ready, j, link);
 			queue_left(mi, j, "daemon stopped before the mirror was sent");
@@ -1838,6 +1573,7 @@ void mirror_free(struct mirror *mi)
 	for (size_t i = 0; i < mi->nseries; i++)
 		free(mi->series[i].route);
 	event_free(mi->flush_ev);
+	xloop_free(mi->xl);
 	wake_free(&mi->wake);
 	pool_set_free(mi->pools);
 	pthread_mutex_destroy(&mi->lock);

@@ -254,6 +254,10 @@ void pool_set_free(struct pool_set *ps);
  */
 struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upconn_ready_fn ready,
 			void *arg, bool *connected, int *err_out);
+/* As pool_get, but always a new connection (ready is always called): a
+ * retry after a pooled one turned out closed. */
+struct upconn *pool_connect(struct pool_set *ps, const struct dw_upstream *up,
+			    upconn_ready_fn ready, void *arg, int *err_out);
 const char *pool_failure(const struct pool_set *ps);
 struct bufferevent *upconn_bev(struct upconn *uc);
 /* After ready(uc, EPROTO, ...): why the TLS handshake failed ("TLS
