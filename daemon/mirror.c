@@ -58,6 +58,7 @@
 #include "http_parse.h"
 #include "jsonarena.h"
 #include "jsonfast.h"
+#include "mirrorwire.h"
 #include "pgforward.h" /* pgforward wiring */
 #include "server.h"
 #include "spool_frame.h"
@@ -994,18 +995,14 @@ static void send_done(struct send *s, int status, const char *neterr)
 
 	memcpy(excerpt, s->x.excerpt, sizeof(excerpt)); /* s is freed below */
 	send_free(s);
+	k = neterr ? MIRROR_RETRY : mirrorwire_classify(j->mm, status);
 	if (j->attempts == 1) /* the guard counts first attempts (SPEC §7.3) */
 		guard_note_mirror(job_upstream(j)->guard, mi->slot, dw_now_us() / 1000,
-				  neterr != NULL || status < 100 || status > 599 ||
-				      j->route->mirror->klass[status] != MIRROR_DELIVERED);
-	breaker_note(t, neterr != NULL || (status >= 100 && status < 600 &&
-					  j->mm->klass[status] == MIRROR_RETRY),
-		     neterr ? neterr : excerpt);
+				  k != MIRROR_DELIVERED);
+	breaker_note(t, k == MIRROR_RETRY, neterr ? neterr : excerpt);
 	if (neterr) {
 		key_queue_all(mi, j, 0, neterr);
 	} else {
-		k = status >= 100 && status < 600 ? (enum mirror_class)j->mm->klass[status]
-						  : MIRROR_RETRY;
 		if (k == MIRROR_DELIVERED) {
 			key_advance(mi, j);
 			job_finish(mi, j, SPOOL_DELIVERED, status, NULL);
@@ -1062,37 +1059,15 @@ static void lane_gone(struct xconn *c)
 	t->nlanes--;
 }
 
-/* The request of a send (exchange.h's write). */
+/* The request of a send (exchange.h's write): mirrorwire, as replay sends it. */
 static void send_write(struct xchg *x, struct evbuffer *out)
 {
-	struct send *s = (struct send *)((char *)x - offsetof(struct send, x));
-	struct mirror_job *j = s->job;
-	const struct dw_upstream *up = job_upstream(j);
-	char num[32];
+	const struct mirror_job *j = ((struct send *)((char *)x - offsetof(struct send, x)))->job;
+	const struct mirrorwire_req r = {.method = j->method, .path = j->path, .idem_key = j->idem,
+					 .route = j->route->name, .request_id = j->reqid,
+					 .body = j->body, .body_len = j->body_len};
 
-	evbuffer_add(out, j->method, strlen(j->method));
-	evbuffer_add(out, " ", 1);
-	evbuffer_add(out, up->base_path, strlen(up->base_path));
-	evbuffer_add(out, j->path, strlen(j->path));
-	evbuffer_add(out, " HTTP/1.1\r\nHost: ", 17);
-	evbuffer_add(out, up->host_header, strlen(up->host_header));
-	evbuffer_add(out, "\r\nIdempotency-Key: ", 19);
-	evbuffer_add(out, j->idem, strlen(j->idem));
-	evbuffer_add(out, "\r\nX-Dualwrite-Route: ", 21);
-	evbuffer_add(out, j->route->name, strlen(j->route->name));
-	evbuffer_add(out, "\r\nX-Request-Id: ", 16);
-	evbuffer_add(out, j->reqid, strlen(j->reqid));
-	if (j->body) {
-		int n = snprintf(num, sizeof(num), "%zu", j->body_len);
-		evbuffer_add(out, "\r\nContent-Type: application/json\r\nContent-Length: ", 50);
-		evbuffer_add(out, num, (size_t)n);
-	} else if (strcmp(j->method, "POST") == 0 || strcmp(j->method, "PUT") == 0 ||
-		   strcmp(j->method, "PATCH") == 0) {
-		evbuffer_add(out, "\r\nContent-Length: 0", 19);
-	}
-	evbuffer_add(out, "\r\n\r\n", 4);
-	if (j->body)
-		evbuffer_add(out, j->body, j->body_len);
+	mirrorwire_write(out, job_upstream(j), &r);
 }
 
 /* The lane for a new send to target t: fill the current lane while the

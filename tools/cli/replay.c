@@ -37,6 +37,7 @@
 
 #include "cli.h"
 #include "httpc.h"
+#include "mirrorwire.h"
 #include "pgq.h"
 #include "spool.h"
 
@@ -179,27 +180,6 @@ static const struct dw_route *find_route(const struct dw_config *cfg, const char
 	return NULL;
 }
 
-/* The table of the route's block that sends to upstream ui (its mirror, or
- * its reverse towards the legacy: SPEC §7.5), or the defaults when the
- * route is gone: 2xx delivered; 408, 429 and 5xx retry; anything else is
- * permanent. */
-static enum mirror_class classify(const struct dw_route *rt, int ui, int status)
-{
-	const struct dw_mirror *m = NULL;
-
-	if (rt && rt->reverse && rt->reverse->upstream == ui)
-		m = rt->reverse;
-	else if (rt)
-		m = rt->mirror;
-	if (m && status >= 100 && status < 600)
-		return (enum mirror_class)m->klass[status];
-	if (status >= 200 && status < 300)
-		return MIRROR_DELIVERED;
-	if (status == 408 || status == 429 || status >= 500)
-		return MIRROR_RETRY;
-	return MIRROR_PERMANENT;
-}
-
 static void clear_progress(struct replay *r)
 {
 	if (r->tty)
@@ -267,13 +247,12 @@ static int deliver(struct replay *r, const char *where, const struct spool_recor
 {
 	struct httpc_response resp = {0};
 	struct httpc_request req = {0};
-	struct httpc_header hdrs[6];
+	struct evbuffer *wire;
 	struct dw_err herr = {{0}};
-	char attempt[16], *path = NULL;
+	char *path = NULL;
 	const struct dw_route *rt;
 	const struct dw_upstream *up;
 	int ui, rc;
-	size_t nh = 0;
 
 	memset(res, 0, sizeof(*res));
 	/* Never send what was never built (a bodiless default request would be
@@ -307,16 +286,16 @@ static int deliver(struct replay *r, const char *where, const struct spool_recor
 		return DELIVER_DRY;
 	}
 
-	if (rec->body && rec->content_type)
-		hdrs[nh++] = (struct httpc_header){"Content-Type", rec->content_type};
-	if (rec->idem_key)
-		hdrs[nh++] = (struct httpc_header){"Idempotency-Key", rec->idem_key};
-	if (rec->route)
-		hdrs[nh++] = (struct httpc_header){"X-Dualwrite-Route", rec->route};
-	snprintf(attempt, sizeof(attempt), "%u", rec->attempts + 1);
-	hdrs[nh++] = (struct httpc_header){"X-Dualwrite-Replay", attempt};
-	if (rec->request_id)
-		hdrs[nh++] = (struct httpc_header){"X-Request-Id", rec->request_id};
+	/* The same request as the daemon's live send (mirrorwire), marked
+	 * as a replay with its attempt number. */
+	const struct mirrorwire_req mw = {
+		.method = rec->method, .path = rec->path, .idem_key = rec->idem_key,
+		.route = rec->route, .request_id = rec->request_id,
+		.content_type = rec->content_type, .body = rec->body, .body_len = rec->body_len,
+		.replay_attempt = rec->attempts + 1,
+	};
+	wire = evbuffer_new();
+	mirrorwire_write(wire, up, &mw);
 	req.host = up->host;
 	req.port = up->port;
 	req.tls = up->tls;
@@ -325,10 +304,8 @@ static int deliver(struct replay *r, const char *where, const struct spool_recor
 	req.host_header = up->host_header;
 	req.method = rec->method;
 	req.path = path;
-	req.headers = hdrs;
-	req.nheaders = nh;
-	req.body = rec->body;
-	req.body_len = rec->body_len;
+	req.wire_len = evbuffer_get_length(wire);
+	req.wire = (const char *)evbuffer_pullup(wire, -1);
 	req.connect_timeout_ms = up->connect_timeout_ms;
 	req.timeout_ms = r->timeout_ms > 0 ? r->timeout_ms : up->timeout_ms;
 
@@ -342,7 +319,7 @@ static int deliver(struct replay *r, const char *where, const struct spool_recor
 	res->lat = dw_now_us() - t0;
 	r->sent++;
 	res->attempts = rec->attempts + 1;
-	res->k = rc < 0 ? MIRROR_RETRY : classify(rt, ui, resp.status);
+	res->k = rc < 0 ? MIRROR_RETRY : mirrorwire_classify(mirrorwire_block(rt, ui), resp.status);
 	res->status = rc < 0 ? 0 : resp.status;
 
 	if (res->k == MIRROR_PERMANENT) {
@@ -369,6 +346,7 @@ static int deliver(struct replay *r, const char *where, const struct spool_recor
 		}
 	}
 	httpc_response_clear(&resp);
+	evbuffer_free(wire);
 	free(path);
 	return DELIVER_SENT;
 }
