@@ -45,7 +45,7 @@ struct dw_addrset;
  * Whether the journal takes writes (G2 in detail). Workers report every
  * journal write and sync they make; a change of state is logged once with
  * its counts, never once per write. While the journal refuses writes the
- * mirrors are still sent live (mirror.c): a write that is neither journaled
+ * mirrors are still sent live (mirror_journal.c): a write that is neither journaled
  * nor delivered is the only one counted lost. In durability "fsync" a write
  * whose fdatasync failed counts as not journaled (lost unless delivered),
  * and the journal is unwritable until a later sync succeeds.
@@ -283,7 +283,7 @@ void upconn_read_resume(struct upconn *uc);
  * pool has room), false closes it. The caller's callbacks are cleared. */
 void upconn_release(struct upconn *uc, bool keep);
 
-/* ---- mirroring (mirror.c) ---- */
+/* ---- mirroring (mirror*.c; their parts in mirror.h) ---- */
 struct mirror_job;
 /* A shard living in base (worker id's loop). */
 struct mirror *mirror_new(struct server *srv, int id, struct event_base *base,
@@ -356,7 +356,7 @@ void mirror_intent_close(struct mirror *self, uint64_t id);
 /* Whether captured writes, intents or closes wait for mirror_commit. */
 bool mirror_waiting(const struct mirror *self);
 
-/* The journal's health (mirror.c). init: writable, gauge registered. */
+/* The journal's health (mirror_journal.c). init: writable, gauge registered. */
 void journal_health_init(struct server *srv);
 void journal_health_free(struct server *srv);
 /* Every fdatasync of the daemon's journal goes through journal_sync, so a
