@@ -59,7 +59,7 @@ struct journal_health {
 	uint64_t lost;	      /* of those, neither journaled nor delivered, this time */
 	uint64_t unjournaled_total, lost_total, episodes;
 	pthread_mutex_t sync_lock; /* a worker's fdatasync and its sync_failures check */
-	uint64_t sync_failures;	   /* atomic: failed fdatasyncs so far (mirror.c journal_sync) */
+	uint64_t sync_failures;	   /* atomic: failed fdatasyncs so far (mirror_journal.c journal_sync) */
 	struct metric *m_writable;
 };
 

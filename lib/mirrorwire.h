@@ -1,7 +1,7 @@
 /*
  * mirrorwire — a mirrored write on the wire: the request a mirror target
  * gets, and what its answer's status means. One builder and one classifier
- * for the daemon's live sends (daemon/mirror.c) and `dualwrite replay`
+ * for the daemon's live sends (daemon/mirror_send.c) and `dualwrite replay`
  * (tools/cli/replay.c), so a write replayed from the queue is the same
  * request, judged by the same table, as the one the daemon sent live.
  *
