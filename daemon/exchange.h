@@ -38,10 +38,12 @@
  * connection the upstream closed while it was idle) ends its first exchange
  * XCHG_NOT_TAKEN instead of XCHG_FAILED when the exchange has resend_ok and
  * was not retried yet (x->retried is then set: a second time it fails).
- * resend_ok is for requests safe to send twice: a read (GET, HEAD: the
- * shadow), or a write carrying an Idempotency-Key the receiver dedups on
- * (the mirror, SPEC §5 G4). The proxy's non-idempotent client requests
- * never come here.
+ * resend_ok is for requests safe to send twice. The shadow sets it (a
+ * read). The mirror does not: its writes carry an Idempotency-Key (SPEC §5
+ * G4), so the ones pipelined behind a break go again, but the one being
+ * answered when a connection breaks fails and is queued with its key (a
+ * target that resets should open the breaker, not get each write twice).
+ * The proxy streams and has its own rule for idempotent methods.
  *
  * Ownership: the owner embeds struct xchg (its head, 3 KiB, last) in its
  * own object and keeps it alive until done runs or it cancels it. Callbacks
