@@ -591,9 +591,8 @@ int httpc_do(struct httpc *c, const struct httpc_request *req, struct httpc_resp
 	     struct dw_err *err)
 {
 	int tms = req->timeout_ms > 0 ? req->timeout_ms : 5000;
-	size_t wirelen = req->wire_len;
-	char *built = req->wire ? NULL : build_request(req, &wirelen);
-	const char *wire = req->wire ? req->wire : built;
+	size_t wirelen;
+	char *wire = build_request(req, &wirelen);
 	int rc = -1;
 
 	for (int attempt = 0; attempt < 2; attempt++) {
@@ -613,6 +612,6 @@ int httpc_do(struct httpc *c, const struct httpc_request *req, struct httpc_resp
 	}
 	if (rc < 0 && req->host && !strstr(err->msg, req->host))
 		dw_err_prefix(err, "%s %s:%d", req->method, req->host, req->port);
-	free(built);
+	free(wire);
 	return rc;
 }

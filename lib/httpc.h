@@ -42,11 +42,6 @@ struct httpc_request {
 	size_t nheaders;
 	const char *body; /* NULL: none */
 	size_t body_len;
-	/* The whole request as bytes, built by the caller (mirrorwire): sent
-	 * as it is, and path, headers and body are not used (method still
-	 * says whether the answer has a body). NULL: built from the above. */
-	const char *wire;
-	size_t wire_len;
 	int connect_timeout_ms; /* 0: 2000 */
 	int timeout_ms;		/* whole exchange after connecting; 0: 5000 */
 	size_t max_body;	/* response body cap; 0: 16 MiB */

@@ -42,7 +42,8 @@
 #include <sys/socket.h>
 
 #include "addrset.h"
-#include "server.h"
+#include "pool.h"
+#include "sockio.h"
 #include "tls.h"
 
 struct upconn {

@@ -20,7 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server.h"
+#include "config.h"
+#include "pool.h"
 
 #define XCHG_MAX_HEAD 65536
 
