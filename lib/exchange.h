@@ -1,12 +1,14 @@
 /*
- * exchange.h — buffered HTTP/1.1 exchanges with upstreams, daemon/ only.
+ * exchange.h — buffered HTTP/1.1 exchanges with upstreams, on an event loop:
+ * the daemon's mirror and shadow, and `dualwrite replay`.
  *
  * An exchange (struct xchg) is one request written whole on a pooled
  * upstream connection (pool.c: connect, TLS, name resolution, idle reuse)
  * and its answer read whole: the head with the strict http_parse scanner
  * (interim 1xx answers skipped), the body by Content-Length, chunked or
  * until close, bounded. It is what the mirror's sends and the shadow's
- * reads do; the proxy's client path streams instead and does not use it.
+ * reads and replay's sends do; the proxy's client path streams instead and
+ * does not use it.
  *
  * A connection (struct xconn) carries exchanges in order (HTTP/1.1
  * pipelining): each request goes into its output when it is sent (or when
@@ -39,7 +41,8 @@
  * XCHG_NOT_TAKEN instead of XCHG_FAILED when the exchange has resend_ok and
  * was not retried yet (x->retried is then set: a second time it fails).
  * resend_ok is for requests safe to send twice. The shadow sets it (a
- * read). The mirror does not: its writes carry an Idempotency-Key (SPEC §5
+ * read), and so does replay (each send on a connection of its own, with its
+ * Idempotency-Key). The mirror does not: its writes carry an Idempotency-Key (SPEC §5
  * G4), so the ones pipelined behind a break go again, but the one being
  * answered when a connection breaks fails and is queued with its key (a
  * target that resets should open the breaker, not get each write twice).
