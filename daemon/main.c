@@ -507,8 +507,7 @@ static void pins_rebuild(struct server *srv)
 		struct spool_record r;
 		struct dw_err err = {""};
 		const struct dw_route *rt = NULL;
-		char **pre = NULL;
-		size_t npre = 0;
+		const struct dw_mirror *mm;
 
 		if (spool_read(srv->spool, seqs[i], &r, &err) < 0)
 			continue; /* gone meanwhile (damage is reported by the queue) */
@@ -520,27 +519,20 @@ static void pins_rebuild(struct server *srv)
 			spool_record_clear(&r);
 			continue;
 		}
-		if (rt && rt->mirror && rt->mirror->npins) {
-			pre = dw_calloc(rt->mirror->npins, sizeof(char *));
-			for (; npre < rt->mirror->npins; npre++) {
-				char buf[256];
-
-				expr_literal_prefix(rt->mirror->pins[npre], buf, sizeof(buf));
-				pre[npre] = dw_strdup(buf);
-				pinset_prefix_add(srv->pins, r.upstream, buf, 1);
-			}
+		mm = rt && rt->mirror && rt->mirror->npins ? rt->mirror : NULL;
+		if (mm) {
+			for (size_t k = 0; k < mm->npins; k++)
+				pinset_prefix_add(srv->pins, r.upstream, mm->pin_prefix[k], 1);
 			nwide++;
 		}
 		if (r.key) {
 			pinset_add(srv->pins, r.upstream, r.key);
 			nkeys++;
 		}
-		if (r.key || npre)
+		if (r.key || mm)
 			pinset_park(srv->pins, r.seq, r.upstream, (const char *const *)&r.key,
-				    r.key ? 1 : 0, (const char *const *)pre, npre, false);
-		for (size_t k = 0; k < npre; k++)
-			free(pre[k]);
-		free(pre);
+				    r.key ? 1 : 0, mm ? (const char *const *)mm->pin_prefix : NULL,
+				    mm ? mm->npins : 0, false);
 		spool_record_clear(&r);
 	}
 	free(seqs);

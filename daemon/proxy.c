@@ -1976,7 +1976,7 @@ static bool read_new_head(struct conn *c)
  * mirror's upstream first, built by the route's `request` block; the new
  * system's 2xx answer, mapped by `response`, is the client's answer, and the
  * write is mirrored back to the legacy by `reverse` through the same journal
- * and shards as any mirror (mirror.c takes the block from route_write_mirror),
+ * and shards as any mirror (mirror_capture.c takes the block from route_write_mirror),
  * so every guarantee of §5 holds that way round too. A non-2xx answer passes
  * unchanged and nothing is mirrored. A mirrored write that went out to its
  * authority, either one, and got no answer (timeout, reset) has an unknown

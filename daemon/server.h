@@ -28,16 +28,15 @@
 #include "config.h"
 #include "metrics.h"
 #include "pinset.h"
+#include "pool.h"
 #include "readstate.h"
+#include "resolver.h"
+#include "sockio.h"
 #include "spool.h"
 
 struct worker;
 struct mirror;
-struct pool_set;
 struct evhttp;
-struct resolver;
-struct dns_name;
-struct dw_addrset;
 
 #define DW_VERSION "0.1.0"
 
@@ -45,7 +44,7 @@ struct dw_addrset;
  * Whether the journal takes writes (G2 in detail). Workers report every
  * journal write and sync they make; a change of state is logged once with
  * its counts, never once per write. While the journal refuses writes the
- * mirrors are still sent live (mirror.c): a write that is neither journaled
+ * mirrors are still sent live (mirror_journal.c): a write that is neither journaled
  * nor delivered is the only one counted lost. In durability "fsync" a write
  * whose fdatasync failed counts as not journaled (lost unless delivered),
  * and the journal is unwritable until a later sync succeeds.
@@ -59,7 +58,7 @@ struct journal_health {
 	uint64_t lost;	      /* of those, neither journaled nor delivered, this time */
 	uint64_t unjournaled_total, lost_total, episodes;
 	pthread_mutex_t sync_lock; /* a worker's fdatasync and its sync_failures check */
-	uint64_t sync_failures;	   /* atomic: failed fdatasyncs so far (mirror.c journal_sync) */
+	uint64_t sync_failures;	   /* atomic: failed fdatasyncs so far (mirror_journal.c journal_sync) */
 	struct metric *m_writable;
 };
 
@@ -150,38 +149,6 @@ int wake_init(struct wake *w, struct event_base *base, void (*cb)(void *arg, uns
 void wake_post(struct wake *w, unsigned bits);
 void wake_free(struct wake *w);
 
-/* A failed non-blocking read or write that only means "not now". */
-static inline bool errno_retriable(int e)
-{
-	return e == EAGAIN || e == EWOULDBLOCK || e == EINTR;
-}
-
-/*
- * Direct socket I/O on a bufferevent's buffers (sockio.c). A bufferevent
- * keeps its output's start and its input's end frozen so only its own paths
- * touch them; these thaw them around the call in the same way.
- *
- * Both use send(2)/recv(2) when one extent does (the usual case: a head and
- * body built in one chain, a read into one fresh extent) and writev/readv
- * only for several: the vector calls go through the VFS layer (iovec import,
- * file position lock, rw_verify_area), 3-4% of a proxied request's CPU that
- * nginx, which recv(2)s, did not spend.
- */
-
-/* What a read asks for first: 1 KiB with libevent's chain header (48 bytes
- * on 64-bit), as nginx's client_header_buffer_size, which malloc serves from
- * its per-thread cache; a 4 KiB read took an 8 KiB chain from the arena on
- * every read. A read that fills it is followed by bigger ones. */
-#define READ_FIRST 976
-
-/* Write what the output holds (up to 16 chains). Returns the bytes written
- * or -1 with errno, as evbuffer_write. */
-int evbuffer_write_unfrozen(struct evbuffer *out, evutil_socket_t fd);
-
-/* Read up to want bytes from fd into the input, into reserved space:
- * unlike libevent's own read, no ioctl(FIONREAD) first. Returns what the
- * read returned, errno kept. */
-ssize_t evbuffer_read_unfrozen(struct evbuffer *in, evutil_socket_t fd, size_t want);
 
 /* A new reference to the current configuration. */
 struct dw_config *server_config(struct server *srv);
@@ -207,79 +174,7 @@ int worker_connections(struct worker *w);
  * has ended for good (drained or aborted: nothing left to watch). */
 int64_t worker_heartbeat(struct worker *w);
 
-/* ---- upstream host names, resolved off the loops (resolver.c) ---- */
-/* Main thread: start the resolver thread, and stop it (after the workers). */
-struct resolver *resolver_new(struct dw_err *err);
-void resolver_free(struct resolver *r);
-/* Main thread, at start and at every reload before the workers see cfg:
- * look up every host name cfg lists now, then every resolve_interval_s. */
-void resolver_configure(struct resolver *r, const struct dw_config *cfg);
-/* Main thread, at start: wait up to timeout_ms for the first answer (or
- * failure) of every name; false (and a warning per name) when some are
- * still being looked up. */
-bool resolver_wait_ready(struct resolver *r, int timeout_ms);
-/* Any thread: the name's handle (made and looked up at once if new), valid
- * until resolver_free. */
-struct dns_name *resolver_name(struct resolver *r, const char *host);
-/* Any thread: a connect to one of n's addresses failed; look it up again
- * (at most once a second; a failing name keeps its backoff). */
-void resolver_kick(struct resolver *r, struct dns_name *n);
-/* Any thread: changes whenever n's addresses or failure do (atomic load). */
-unsigned dns_name_gen(const struct dns_name *n);
-/* Any thread: copy n's last good addresses (ports 0; none yet: n == 0) and
- * why it does not resolve ("" when it does); returns the generation read. */
-unsigned dns_name_read(struct resolver *r, const struct dns_name *n, struct dw_addrset *addrs,
-		       char *why, size_t whylen);
-/* Any thread (/status): host's last good addresses as text ("" when none)
- * and why it does not resolve (""); false when host is not a looked-up name
- * (numeric, or unknown). */
-bool resolver_describe(struct resolver *r, const char *host, char *addrs, size_t addrslen,
-		       char *why, size_t whylen);
-
-/* ---- upstream connection pools (pool.c), one set per event loop ---- */
-struct upconn;
-typedef void (*upconn_ready_fn)(struct upconn *uc, int error, void *arg);
-/* res: where host names are looked up (numeric addresses never are). */
-struct pool_set *pool_set_new(struct event_base *base, struct metrics *m, struct resolver *res);
-void pool_set_free(struct pool_set *ps);
-/*
- * Get a connection to an upstream. An idle pooled one is returned with
- * *connected = true and is usable at once; otherwise a new connection is
- * started, *connected = false, and ready(uc, 0, arg) runs from the loop once
- * it is up, or ready(uc, err, arg) with err = ETIMEDOUT / ECONNREFUSED / ...
- * on failure (the caller then releases it with keep=false). Returns NULL
- * with *err_out set when no connection can even be started; when that is
- * because the host has no known address, *err_out = EHOSTUNREACH and
- * pool_failure(ps) says "cannot resolve HOST: why" (else it is NULL).
- */
-struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upconn_ready_fn ready,
-			void *arg, bool *connected, int *err_out);
-const char *pool_failure(const struct pool_set *ps);
-struct bufferevent *upconn_bev(struct upconn *uc);
-/* After ready(uc, EPROTO, ...): why the TLS handshake failed ("TLS
- * certificate verify failed: expired (...)"), NULL when not known. Valid
- * until the release. */
-const char *upconn_failure(const struct upconn *uc);
-bool upconn_reused(const struct upconn *uc);
-/* Before writing a request into the connection's output: upconn_begin; after:
- * upconn_flush, which writes at once on plain sockets and arms the write
- * event only for what the socket did not take (and always for TLS). */
-void upconn_begin(struct upconn *uc);
-void upconn_flush(struct upconn *uc);
-/* Read the connection: readcb(bev, arg) when bytes arrived in the
- * bufferevent's input; eventcb(bev, BEV_EVENT_READING | EOF / ERROR /
- * TIMEOUT, arg) when it ended, failed, or stayed silent for timeout_ms
- * (reset by every read; <= 0: none); write failures also go to eventcb.
- * Replaces earlier callbacks. Pause/resume: back-pressure. */
-void upconn_read(struct upconn *uc, bufferevent_data_cb readcb, bufferevent_event_cb eventcb,
-		 void *arg, int timeout_ms);
-void upconn_read_pause(struct upconn *uc);
-void upconn_read_resume(struct upconn *uc);
-/* Hand the connection back: keep=true returns it to the idle pool (when the
- * pool has room), false closes it. The caller's callbacks are cleared. */
-void upconn_release(struct upconn *uc, bool keep);
-
-/* ---- mirroring (mirror.c) ---- */
+/* ---- mirroring (mirror*.c; their parts in mirror.h) ---- */
 struct mirror_job;
 /* A shard living in base (worker id's loop). */
 struct mirror *mirror_new(struct server *srv, int id, struct event_base *base,
@@ -352,7 +247,7 @@ void mirror_intent_close(struct mirror *self, uint64_t id);
 /* Whether captured writes, intents or closes wait for mirror_commit. */
 bool mirror_waiting(const struct mirror *self);
 
-/* The journal's health (mirror.c). init: writable, gauge registered. */
+/* The journal's health (mirror_journal.c). init: writable, gauge registered. */
 void journal_health_init(struct server *srv);
 void journal_health_free(struct server *srv);
 /* Every fdatasync of the daemon's journal goes through journal_sync, so a

@@ -1,9 +1,9 @@
 /*
- * shadow.c — the other side of a shadowed read (shadow.h): one request on a
- * pooled upstream connection (pool.c: the same pools, connect, TLS, name
- * resolution and idle reuse as the proxy's), its answer parsed with
- * http_parse (the proxy's head scanner and chunked decoder), mapped with the
- * route's `response` (expr) and compared with jsoncmp.
+ * shadow.c — the other side of a shadowed read (shadow.h): one buffered
+ * exchange (exchange.h: a pooled upstream connection of the worker's pools,
+ * the answer read whole with http_parse, retried once on a new connection
+ * when a pooled one was closed under it: a read is safe to send again),
+ * mapped with the route's `response` (expr) and compared with jsoncmp.
  *
  * States of a shadow: its own exchange (sending -> reading -> settled: an
  * answer or an error) and the served side's outcome (unknown -> known); it
@@ -20,11 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exchange.h"
 #include "http_parse.h"
 #include "route.h"
 #include "shadowcmp.h"
 
-#define SHADOW_MAX_HEAD 65536
 #define SHADOW_PATHS 8 /* differing JSON paths in one log line */
 
 struct shadow {
@@ -34,15 +34,7 @@ struct shadow {
 	const struct dw_route *route;
 	int upi;
 	bool to_new;
-	enum http_method method;
-	struct upconn *up;
-	struct evbuffer *request; /* until sent */
-	struct http_scanner scan;
-	struct http_head head;
-	bool head_done;
-	enum http_body_kind kind;
-	int64_t left;
-	struct http_chunked chunk;
+	struct evbuffer *request; /* kept: sent again on a retry */
 	struct evbuffer *body; /* the shadow side's decoded answer */
 	int status;
 	/* settled: its exchange is over; err says why it failed (NULL: answered) */
@@ -63,12 +55,14 @@ struct shadow {
 	char *tenant;
 	char *path;
 	char reqid[72];
+	struct xchg x; /* last: its head is 3 KiB */
 };
 
 struct shadow_set {
 	TAILQ_HEAD(, shadow) list;
 	int n;
 	size_t bytes;
+	struct xloop *xl; /* the worker's pools, the shadows' exchanges */
 };
 
 static struct shadow_set *set_of(struct worker *w)
@@ -76,6 +70,7 @@ static struct shadow_set *set_of(struct worker *w)
 	if (!w->shadows) {
 		w->shadows = dw_calloc(1, sizeof(*w->shadows));
 		TAILQ_INIT(&w->shadows->list);
+		w->shadows->xl = xloop_new(w->base, w->pools, NULL, NULL);
 	}
 	return w->shadows;
 }
@@ -114,13 +109,10 @@ static void shadow_free(struct shadow *s)
 	TAILQ_REMOVE(&ss->list, s, link);
 	ss->n--;
 	ss->bytes -= s->bytes;
-	if (s->up)
-		upconn_release(s->up, false);
-	if (s->request)
-		evbuffer_free(s->request);
-	if (s->body)
-		evbuffer_free(s->body);
-	http_head_clear(&s->head);
+	if (!s->settled)
+		xchg_cancel(&s->x); /* cut: its connection is closed, not pooled */
+	evbuffer_free(s->request);
+	evbuffer_free(s->body);
 	for (size_t i = 0; i < s->npath; i++)
 		free(s->values[i]);
 	free(s->query);
@@ -189,14 +181,8 @@ static void maybe_end(struct shadow *s)
 
 /* The shadow side's exchange is over: err NULL = answered; skipped: the
  * answer outgrew the bound. Ends the shadow when the served side is in. */
-static void side_settled(struct shadow *s, const char *err, bool reusable, bool skipped)
+static void side_settled(struct shadow *s, const char *err, bool skipped)
 {
-	if (s->up) {
-		upconn_release(s->up, reusable && !err && http_keep_alive(&s->head) &&
-					      evbuffer_get_length(bufferevent_get_input(
-						  upconn_bev(s->up))) == 0);
-		s->up = NULL;
-	}
 	s->settled = true;
 	s->err = err;
 	if (skipped) {
@@ -208,150 +194,53 @@ static void side_settled(struct shadow *s, const char *err, bool reusable, bool 
 	maybe_end(s);
 }
 
-static void body_emit(void *arg, const char *p, size_t n)
+static struct shadow *of_xchg(struct xchg *x)
 {
-	struct shadow *s = arg;
-
-	evbuffer_add(s->body, p, n);
+	return (struct shadow *)((char *)x - offsetof(struct shadow, x));
 }
 
-/* Take body bytes; true when the answer is whole. */
-static int body_feed(struct shadow *s, struct evbuffer *in, const char **err)
+static void side_write(struct xchg *x, struct evbuffer *out)
 {
-	struct dw_err e = { "" };
-	size_t n = evbuffer_get_length(in), used = 0, before = evbuffer_get_length(s->body);
-	int rc;
+	struct shadow *s = of_xchg(x);
+	size_t n = evbuffer_get_length(s->request);
 
-	switch (s->kind) {
-	case HTTP_BODY_NONE:
-		return 1;
-	case HTTP_BODY_LENGTH:
-		if ((uint64_t)s->left < n)
-			n = (size_t)s->left;
-		evbuffer_remove_buffer(in, s->body, n);
-		s->left -= (int64_t)n;
-		rc = s->left == 0;
+	evbuffer_add(out, evbuffer_pullup(s->request, (ev_ssize_t)n), n);
+}
+
+static bool side_admit(struct xchg *x, size_t n)
+{
+	return hold_bytes(of_xchg(x), n);
+}
+
+static void side_done(struct xchg *x, enum xchg_end how, const char *why)
+{
+	struct shadow *s = of_xchg(x);
+
+	switch (how) {
+	case XCHG_ANSWERED:
+		s->status = x->status;
+		side_settled(s, NULL, false);
 		break;
-	case HTTP_BODY_CHUNKED:
-		rc = http_chunked_decode(&s->chunk, (const char *)evbuffer_pullup(in, (ev_ssize_t)n),
-					 n, &used, body_emit, s, &e);
-		evbuffer_drain(in, used);
-		if (rc == HTTP_ERROR) {
-			*err = "bad chunked answer";
-			return -1;
-		}
-		rc = rc == HTTP_OK;
+	case XCHG_TOO_LARGE:
+		side_settled(s, NULL, true);
 		break;
-	default: /* until close */
-		evbuffer_add_buffer(s->body, in);
-		rc = 0;
+	case XCHG_TIMED_OUT:
+		side_settled(s, "timed out", false);
+		break;
+	case XCHG_CONNECT_FAILED:
+		side_settled(s, "connect failed", false);
+		break;
+	default:
+		(void)why;
+		side_settled(s, "connection failed or invalid answer", false);
 		break;
 	}
-	if (evbuffer_get_length(s->body) > s->cfg->limits.max_body_bytes ||
-	    !hold_bytes(s, evbuffer_get_length(s->body) - before))
-		return -2;
-	return rc;
-}
-
-static void read_cb(struct bufferevent *bev, void *arg)
-{
-	struct shadow *s = arg;
-	struct evbuffer *in = bufferevent_get_input(bev);
-	struct dw_err err = { "" };
-	const char *why = NULL;
-	int rc;
-
-	while (!s->head_done) {
-		size_t len = evbuffer_get_length(in), n, skip = 0, hl = 0;
-		int status = 0;
-		const char *p;
-
-		if (len == 0)
-			return;
-		n = len < SHADOW_MAX_HEAD + 4096 ? len : SHADOW_MAX_HEAD + 4096;
-		p = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-		rc = http_scan_head(&s->scan, p, n, SHADOW_MAX_HEAD, &skip, &hl, &status, &err);
-		if (rc == HTTP_INCOMPLETE)
-			return;
-		if (rc == HTTP_OK)
-			rc = http_parse_response(&s->head, p + skip, hl, &status, &err);
-		if (rc != HTTP_OK) {
-			side_settled(s, "invalid answer", false, false);
-			return;
-		}
-		evbuffer_drain(in, skip + hl);
-		http_scanner_init(&s->scan);
-		if (s->head.status >= 100 && s->head.status < 200) { /* interim */
-			http_head_clear(&s->head);
-			continue;
-		}
-		s->head_done = true;
-		s->status = s->head.status;
-		s->kind = http_response_body_kind(&s->head, s->method);
-		s->left = s->head.content_length;
-		if (s->kind == HTTP_BODY_CHUNKED) {
-			http_chunked_init(&s->chunk, SHADOW_MAX_HEAD);
-			http_chunked_limit(&s->chunk, s->cfg->limits.max_body_bytes);
-		}
-	}
-	rc = body_feed(s, in, &why);
-	if (rc == -2)
-		side_settled(s, NULL, false, true);
-	else if (rc < 0)
-		side_settled(s, why, false, false);
-	else if (rc == 1)
-		side_settled(s, NULL, s->kind != HTTP_BODY_UNTIL_CLOSE, false);
-}
-
-static void event_cb(struct bufferevent *bev, short what, void *arg)
-{
-	struct shadow *s = arg;
-
-	(void)bev;
-	if ((what & BEV_EVENT_EOF) && s->head_done && s->kind == HTTP_BODY_UNTIL_CLOSE) {
-		side_settled(s, NULL, false, false);
-		return;
-	}
-	side_settled(s,
-		     (what & BEV_EVENT_TIMEOUT) ? "timed out"
-		     : (what & BEV_EVENT_EOF)	 ? "connection closed before the answer was whole"
-						 : "connection failed",
-		     false, false);
-}
-
-static void send_it(struct shadow *s)
-{
-	const struct dw_upstream *up = &s->cfg->upstreams[s->upi];
-
-	upconn_begin(s->up);
-	evbuffer_add_buffer(bufferevent_get_output(upconn_bev(s->up)), s->request);
-	evbuffer_free(s->request);
-	s->request = NULL;
-	http_scanner_init(&s->scan);
-	upconn_read(s->up, read_cb, event_cb, s, up->timeout_ms);
-	upconn_flush(s->up);
-}
-
-static void ready_cb(struct upconn *uc, int error, void *arg)
-{
-	struct shadow *s = arg;
-
-	if (error) {
-		upconn_release(uc, false);
-		s->up = NULL;
-		side_settled(s, error == ETIMEDOUT ? "connect timed out" : "connect failed", false,
-			     false);
-		return;
-	}
-	send_it(s);
 }
 
 struct shadow *shadow_start(struct worker *w, const struct shadow_req *r)
 {
 	struct shadow_set *ss = set_of(w);
 	struct shadow *s;
-	bool connected = false;
-	int e = 0;
 
 	if (ss->n >= SHADOW_MAX_INFLIGHT || ss->bytes >= SHADOW_MAX_BYTES || !r->route->read) {
 		if (r->route->read && r->route->read->state)
@@ -365,9 +254,17 @@ struct shadow *shadow_start(struct worker *w, const struct shadow_req *r)
 	s->route = r->route;
 	s->upi = r->upi;
 	s->to_new = r->to_new;
-	s->method = r->method;
 	s->request = r->request;
 	s->body = evbuffer_new();
+	xchg_init(&s->x);
+	s->x.method = r->method;
+	s->x.keep = XBODY_KEEP;
+	s->x.body = s->body;
+	s->x.body_max = s->cfg->limits.max_body_bytes;
+	s->x.admit = side_admit;
+	s->x.resend_ok = true; /* a read */
+	s->x.write = side_write;
+	s->x.done = side_done;
 	s->forced = SHADOW_NRESULTS;
 	s->npath = r->npath < ROUTE_MAX_PARAMS ? r->npath : ROUTE_MAX_PARAMS;
 	for (size_t i = 0; i < s->npath; i++) {
@@ -383,12 +280,9 @@ struct shadow *shadow_start(struct worker *w, const struct shadow_req *r)
 	snprintf(s->reqid, sizeof(s->reqid), "%s", r->reqid);
 	TAILQ_INSERT_TAIL(&ss->list, s, link);
 	ss->n++;
-	s->up = pool_get(w->pools, &s->cfg->upstreams[s->upi], ready_cb, s, &connected, &e);
-	if (!s->up) {
+	if (xchg_start(ss->xl, s->cfg, &s->cfg->upstreams[s->upi], &s->x) < 0) {
 		s->settled = true;
 		s->err = "cannot connect";
-	} else if (connected) {
-		send_it(s);
 	}
 	return s;
 }
@@ -435,6 +329,7 @@ void shadow_worker_free(struct worker *w)
 		next = TAILQ_NEXT(s, link);
 		shadow_free(s); /* uncounted: the daemon is going away */
 	}
+	xloop_free(w->shadows->xl);
 	free(w->shadows);
 	w->shadows = NULL;
 }

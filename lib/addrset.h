@@ -3,7 +3,7 @@
  * socket addresses (what one name resolved to), its comparison and text,
  * the numeric fast path, and the retry schedule of a failing lookup.
  *
- * The resolver thread (daemon/resolver.c) owns the lookups and their
+ * The resolver thread (lib/resolver.c) owns the lookups and their
  * timing; everything here is a function of its arguments, so it is unit
  * tested (tests/unit/test_addrset.c). The caller owns every set.
  */

@@ -441,9 +441,12 @@ static void mirror_free(struct dw_mirror *m)
 	free(m->method);
 	tmpl_free(m->path);
 	expr_free(m->key);
-	for (size_t i = 0; i < m->npins; i++)
+	for (size_t i = 0; i < m->npins; i++) {
 		expr_free(m->pins[i]);
+		free(m->pin_prefix ? m->pin_prefix[i] : NULL);
+	}
 	free(m->pins);
+	free(m->pin_prefix);
 	expr_free(m->body);
 	free(m);
 }
@@ -1154,8 +1157,15 @@ static struct dw_mirror *load_mirror(struct loader *L, struct dw_route *r,
 	else
 		load_classes(L, ms, prefix, m);
 	m->sources = expr_sources(m->key) | expr_sources(m->body) | tmpl_sources(m->path);
-	for (size_t i = 0; i < m->npins; i++)
+	if (m->npins)
+		m->pin_prefix = dw_calloc(m->npins, sizeof(char *));
+	for (size_t i = 0; i < m->npins; i++) {
+		char pre[256];
+
 		m->pin_sources |= expr_sources(m->pins[i]);
+		expr_literal_prefix(m->pins[i], pre, sizeof(pre));
+		m->pin_prefix[i] = dw_strdup(pre);
+	}
 	return m;
 }
 

@@ -84,12 +84,16 @@ struct dw_mirror {
 	 * keyed by user while the write is keyed by item) */
 	struct expr **pins;
 	size_t npins;
+	/* pin_prefix[i]: the literal text every key of pins[i] begins with
+	 * (expr_literal_prefix): what that pin pins when it cannot be worked
+	 * out for a write ("" for a pin with none: every key of the upstream) */
+	char **pin_prefix;
 	struct expr *body;     /* NULL: no body is sent */
 	unsigned sources;      /* union of expr_sources of key, path and body: what the
 				* mirror needs (a source it needs that is unusable, e.g. a
 				* response that is not JSON, dead-letters the write) */
 	unsigned pin_sources;  /* union of expr_sources of pins: read if usable; a pin
-				* that cannot be worked out makes the write blind (pinset.h) */
+				* that cannot be worked out pins its pin_prefix (pinset.h) */
 	uint8_t klass[600];    /* enum mirror_class by status code 100..599 */
 };
 

@@ -287,6 +287,56 @@ def test_target_down_queues_then_replay_keeps_idempotency_key(svc, dw, make_back
     assert (st["pending"], st["queued"], st["dead"]) == (0, 0, 0), st
 
 
+def test_a_replayed_write_is_the_request_the_daemon_sent_but_for_its_replay_mark(
+        svc, dw, make_backend):
+    """Replay sends what the daemon sent live (one builder, lib/mirrorwire): the same
+    method, target, headers in the same order and body; only X-Dualwrite-Replay (the
+    attempt number) is added."""
+    target, up = down_until_up(make_backend)
+    d = ml.mirror_daemon(dw, svc["user-core"].url, target.url, ml.gear_routes())
+    create(d, 0)
+    ml.wait_outcomes(d, lambda o: o["result"] == "queued", 1, 10, "queued")
+    up.set()
+    ml.replay_until_drained(d.conf_path)
+    live, again = target.requests[0], target.requests[-1]
+    assert len(target.requests) == 2, target.requests
+
+    def headers(r):
+        return [(n.lower(), v) for n, v in r.headers if n.lower() != "x-dualwrite-replay"]
+
+    assert live.header("X-Dualwrite-Replay") is None, live
+    assert again.header("X-Dualwrite-Replay") == "2", again
+    assert headers(again) == headers(live), (again.headers, live.headers)
+    assert (again.method, again.target, again.body) == (live.method, live.target, live.body)
+
+
+def test_replay_sends_several_writes_to_an_upstream_at_once(svc, dw, make_backend):
+    """Replay's sends to one upstream overlap (up to --concurrency, 16 by default; one
+    per key: each key's oldest record only): a target that answers a write only once
+    four are in at the same time gets all four delivered by one `replay --once`."""
+    up = threading.Event()
+    together = threading.Barrier(4, timeout=3)
+
+    def handler(req):
+        if not up.is_set():
+            return Reply(503, b'{"error": "down"}', [("Content-Type", "application/json")])
+        try:
+            together.wait()
+        except threading.BrokenBarrierError:
+            return Reply(503, b'{"error": "alone"}', [("Content-Type", "application/json")])
+        return Reply(201, b'{"ok": true}', [("Content-Type", "application/json")])
+    target = make_backend(handler, name="target")
+    d = ml.mirror_daemon(dw, svc["user-core"].url, target.url, ml.gear_routes())
+    for n in range(4):
+        create(d, n)
+    ml.wait_outcomes(d, lambda o: o["result"] == "queued", 4, 10, "4 queued")
+    up.set()
+    r = ml.cli(d.conf_path, "replay", "--once")
+    assert r.returncode == 0, r.stderr
+    assert "delivered 4, dead 0, remaining 0" in r.stderr, r.stderr
+    assert not together.broken
+
+
 def test_target_down_then_replay_leaves_tables_equal(svc, dw, pg):
     svc["gear-ops"].fault("down503")
     d = ml.mirror_daemon(dw, svc["user-core"].url, svc["gear-ops"].url, ml.gear_routes())

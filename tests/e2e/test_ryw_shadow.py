@@ -348,6 +348,35 @@ def test_shadow_error_when_the_new_system_fails_and_skipped_when_pinned(dw, make
     d.finish()
 
 
+class ClosesReused(New):
+    """A new system whose keep-alive timer fires just as the next read arrives: a second
+    read on a connection finds it closed, unanswered."""
+
+    def __init__(self):
+        super().__init__()
+        self.conns = set()
+
+    def __call__(self, req):
+        if req.method == "GET" and req.conn_no in self.conns:
+            return Reply(action="close")
+        self.conns.add(req.conn_no)
+        return super().__call__(req)
+
+
+def test_a_shadow_whose_pooled_connection_was_closed_under_it_goes_once_more(dw, make_backend):
+    """A read is safe to send twice: a pooled connection closed before any byte of the
+    answer sends the shadow again on a new connection; it matches, not an error."""
+    d, legacy, new, nh = start(dw, make_backend, ClosesReused(), weight=0, shadow=100,
+                               compare=IGNORE_NAME, pins=False)
+    n = 6
+    for i in range(n):  # one at a time: each finds the last one's connection in the pool
+        assert side_of(get(d, "/equipment/%d" % i)) == "legacy"
+        wait_shadow(d, i + 1)
+    assert wait_shadow(d, n) == {"match": n, "mismatch": 0, "error": 0, "skipped": 0}
+    assert len(new.requests) > n, "no pooled connection was reused: nothing was tested"
+    d.finish()
+
+
 def test_a_slow_shadow_side_never_delays_the_client(dw, make_backend):
     # new system slow (2 s) as the shadow side of legacy-served reads
     d, legacy, new, nh = start(dw, make_backend, New(read_delay=2.0), weight=0, shadow=100,

@@ -4,7 +4,11 @@
  *
  * One consumer per queue (the REPLAY lock). Each pass asks the spool for the
  * records that may go now — per key only the oldest waiting one (G3), every
- * unkeyed one — and sends each with its original Idempotency-Key (G4). The
+ * unkeyed one — and sends each with its original Idempotency-Key (G4), the
+ * request the daemon sent live (lib/mirrorwire), as buffered exchanges on
+ * the daemon's pools (lib/exchange.h) in an event loop of its own: up to
+ * --concurrency sends per upstream at a time, as one key has at most one
+ * record in a pass, its order holds. The
  * answer is classified with the route's mirror table: delivered -> DELIVERED;
  * permanent -> DEAD with the reason; retryable or a network error -> attempts
  * + 1 and an exponential, jittered back-off for that record (hence its key)
@@ -35,8 +39,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "cli.h"
-#include "httpc.h"
+#include "exchange.h"
+#include "metrics.h"
+#include "mirrorwire.h"
+#include "pool.h"
+#include "resolver.h"
 #include "pgq.h"
 #include "spool.h"
 
@@ -55,8 +65,8 @@ struct backoff {
 struct replay {
 	struct dw_config *cfg;
 	struct spool *sp;
-	struct httpc *http;
 	unsigned max_attempts;
+	int concurrency; /* sends in flight per upstream */
 	double rate;
 	bool dry_run, once, tty;
 	int timeout_ms;
@@ -78,13 +88,22 @@ struct replay {
 	size_t nups;
 	char sidecar[300];
 	int64_t pg_left;	  /* queued rows of configured upstreams, last count */
+
+	/* the sends: one event loop, its pools and exchanges (lib/exchange.h) */
+	struct event_base *base;
+	struct metrics *metrics; /* the pools' counters: not shown anywhere */
+	struct resolver *res;
+	struct pool_set *pools;
+	struct xloop *xl;
+	struct dw_upstream *sendto; /* cfg's upstreams, with --timeout-ms applied */
+	struct batch *batch;	    /* the one being sent */
 };
 
 static void replay_usage(FILE *f)
 {
 	fprintf(f,
 		"usage: dualwrite replay -c FILE [--once] [--max-attempts N] [--rate N] [--dry-run]\n"
-		"                        [--timeout-ms N]\n"
+		"                        [--timeout-ms N] [--concurrency N]\n"
 		"\n"
 		"Send the writes waiting in the replay queue to their mirror targets, oldest\n"
 		"first and in order per key, with their original Idempotency-Key.\n"
@@ -100,6 +119,9 @@ static void replay_usage(FILE *f)
 		"                        back-off); for timers\n"
 		"      --max-attempts N  dead-letter a write after N failed attempts (default 10)\n"
 		"      --rate N          at most N sends per second (default 0: unlimited)\n"
+		"      --concurrency N   at most N sends in flight per upstream (default 16,\n"
+		"                        at most the upstream's max_inflight); each key's\n"
+		"                        writes still go one at a time, in order\n"
 		"      --dry-run         list what would be sent; send and change nothing\n"
 		"      --timeout-ms N    response timeout per send (default: the upstream's)\n"
 		"  -h, --help            this text\n"
@@ -179,27 +201,6 @@ static const struct dw_route *find_route(const struct dw_config *cfg, const char
 	return NULL;
 }
 
-/* The table of the route's block that sends to upstream ui (its mirror, or
- * its reverse towards the legacy: SPEC §7.5), or the defaults when the
- * route is gone: 2xx delivered; 408, 429 and 5xx retry; anything else is
- * permanent. */
-static enum mirror_class classify(const struct dw_route *rt, int ui, int status)
-{
-	const struct dw_mirror *m = NULL;
-
-	if (rt && rt->reverse && rt->reverse->upstream == ui)
-		m = rt->reverse;
-	else if (rt)
-		m = rt->mirror;
-	if (m && status >= 100 && status < 600)
-		return (enum mirror_class)m->klass[status];
-	if (status >= 200 && status < 300)
-		return MIRROR_DELIVERED;
-	if (status == 408 || status == 429 || status >= 500)
-		return MIRROR_RETRY;
-	return MIRROR_PERMANENT;
-}
-
 static void clear_progress(struct replay *r)
 {
 	if (r->tty)
@@ -260,31 +261,63 @@ enum { DELIVER_SENT = 0, DELIVER_UNKNOWN_UPSTREAM = 1, DELIVER_DRY = 2, DELIVER_
 
 #define UNBUILT_REASON "nothing to send: the mirror was never built"
 
-/* Send rec once, with its Idempotency-Key, and classify the answer with the
- * route's table — the same for a local record and a PostgreSQL row. */
-static int deliver(struct replay *r, const char *where, const struct spool_record *rec,
-		   struct result *res)
-{
-	struct httpc_response resp = {0};
-	struct httpc_request req = {0};
-	struct httpc_header hdrs[6];
-	struct dw_err herr = {{0}};
-	char attempt[16], *path = NULL;
+/*
+ * One send of a record: the owner of a buffered exchange (lib/exchange.h)
+ * on the replay's own event loop and pools. A batch of them (one per key at
+ * most: spool_ready and the PostgreSQL claim give each key's oldest record
+ * only, so sending them together keeps each key's order, G3) goes out with
+ * at most `concurrency` sends per upstream at a time (and --rate between
+ * starts); each outcome is recorded as it comes.
+ */
+struct attempt {
+	struct replay *r;
+	const char *where;
+	struct spool_record *rec; /* the batch's */
 	const struct dw_route *rt;
-	const struct dw_upstream *up;
-	int ui, rc;
-	size_t nh = 0;
+	int ui;
+	struct evbuffer *wire;
+	struct result res;
+	int64_t t0;
+	bool started;
+	struct xchg x; /* last: its head is 3 KiB */
+};
 
-	memset(res, 0, sizeof(*res));
+/* How a batch's outcomes are recorded (local spool or PostgreSQL): 0, or -1
+ * with the error printed (the batch then starts nothing more). */
+typedef int (*settle_fn)(struct replay *r, struct attempt *a);
+
+struct batch {
+	struct attempt **a;
+	size_t n, next, started, ended; /* next: the first not started */
+	int *inflight; /* per upstream index */
+	settle_fn settle;
+	bool failed;
+	struct event *rate_ev;
+};
+
+/* Check rec and build its request into a (DELIVER_SENT), or say why it is
+ * not sent: the same for a local record and a PostgreSQL row. */
+static int prepare(struct replay *r, const char *where, struct spool_record *rec,
+		   struct attempt *a)
+{
+	const struct dw_upstream *up;
+	char *path = NULL;
+	int ui;
+
+	memset(a, 0, offsetof(struct attempt, x));
+	xchg_init(&a->x);
+	a->r = r;
+	a->where = where;
+	a->rec = rec;
 	/* Never send what was never built (a bodiless default request would be
 	 * counted delivered): dead, whatever state it arrived in. */
 	if (!rec->method) {
-		res->k = MIRROR_PERMANENT;
-		snprintf(res->reason, sizeof(res->reason), UNBUILT_REASON " (was: %s)",
+		a->res.k = MIRROR_PERMANENT;
+		snprintf(a->res.reason, sizeof(a->res.reason), UNBUILT_REASON " (was: %s)",
 			 rec->last_error ? rec->last_error : "unknown");
 		if (r->dry_run) {
 			printf("would dead-letter %s%" PRIu64 ": %s\n", where, rec->seq,
-			       res->reason);
+			       a->res.reason);
 			return DELIVER_DRY;
 		}
 		return DELIVER_UNBUILT;
@@ -293,12 +326,10 @@ static int deliver(struct replay *r, const char *where, const struct spool_recor
 	if (ui < 0)
 		return DELIVER_UNKNOWN_UPSTREAM;
 	up = &r->cfg->upstreams[ui];
-	rt = find_route(r->cfg, rec->route);
-	if (asprintf(&path, "%s%s", up->base_path ? up->base_path : "",
-		     rec->path ? rec->path : "/") < 0)
-		abort();
-
 	if (r->dry_run) {
+		if (asprintf(&path, "%s%s", up->base_path ? up->base_path : "",
+			     rec->path ? rec->path : "/") < 0)
+			abort();
 		printf("would send %s%" PRIu64 " %s %s://%s%s key=%s idem=%s attempt=%u%s\n", where,
 		       rec->seq, rec->method, up->tls ? "https" : "http", up->host_header, path,
 		       rec->key ? rec->key : "-", rec->idem_key ? rec->idem_key : "-",
@@ -306,60 +337,44 @@ static int deliver(struct replay *r, const char *where, const struct spool_recor
 		free(path);
 		return DELIVER_DRY;
 	}
+	a->ui = ui;
+	a->rt = find_route(r->cfg, rec->route);
+	/* The same request as the daemon's live send (mirrorwire), marked
+	 * as a replay with its attempt number. */
+	const struct mirrorwire_req mw = {
+		.method = rec->method, .path = rec->path, .idem_key = rec->idem_key,
+		.route = rec->route, .request_id = rec->request_id,
+		.content_type = rec->content_type, .body = rec->body, .body_len = rec->body_len,
+		.replay_attempt = rec->attempts + 1,
+	};
+	a->wire = evbuffer_new();
+	mirrorwire_write(a->wire, up, &mw);
+	return DELIVER_SENT;
+}
 
-	if (rec->body && rec->content_type)
-		hdrs[nh++] = (struct httpc_header){"Content-Type", rec->content_type};
-	if (rec->idem_key)
-		hdrs[nh++] = (struct httpc_header){"Idempotency-Key", rec->idem_key};
-	if (rec->route)
-		hdrs[nh++] = (struct httpc_header){"X-Dualwrite-Route", rec->route};
-	snprintf(attempt, sizeof(attempt), "%u", rec->attempts + 1);
-	hdrs[nh++] = (struct httpc_header){"X-Dualwrite-Replay", attempt};
-	if (rec->request_id)
-		hdrs[nh++] = (struct httpc_header){"X-Request-Id", rec->request_id};
-	req.host = up->host;
-	req.port = up->port;
-	req.tls = up->tls;
-	req.tls_ctx = up->tls_ctx;
-	req.sni = up->sni;
-	req.host_header = up->host_header;
-	req.method = rec->method;
-	req.path = path;
-	req.headers = hdrs;
-	req.nheaders = nh;
-	req.body = rec->body;
-	req.body_len = rec->body_len;
-	req.connect_timeout_ms = up->connect_timeout_ms;
-	req.timeout_ms = r->timeout_ms > 0 ? r->timeout_ms : up->timeout_ms;
+/* The answer (status > 0) or the failure (why) of a's send, classified with
+ * its route's table (the defaults when the route is gone). */
+static void judge(struct attempt *a, int status, const char *excerpt, const char *why)
+{
+	struct replay *r = a->r;
+	struct result *res = &a->res;
 
-	if (r->rate > 0) {
-		int64_t gap = (int64_t)(1e6 / r->rate);
-		sleep_us(r->last_send_us + gap - dw_now_us());
-	}
-	int64_t t0 = dw_now_us();
-	r->last_send_us = t0;
-	rc = httpc_do(r->http, &req, &resp, &herr);
-	res->lat = dw_now_us() - t0;
-	r->sent++;
-	res->attempts = rec->attempts + 1;
-	res->k = rc < 0 ? MIRROR_RETRY : classify(rt, ui, resp.status);
-	res->status = rc < 0 ? 0 : resp.status;
-
+	res->lat = dw_now_us() - a->t0;
+	res->attempts = a->rec->attempts + 1;
+	res->status = status;
+	res->k = status ? mirrorwire_classify(mirrorwire_block(a->rt, a->ui), status)
+			: MIRROR_RETRY;
 	if (res->k == MIRROR_PERMANENT) {
-		size_t blen = resp.body_len > 200 ? 200 : resp.body_len;
-		snprintf(res->reason, sizeof(res->reason), "HTTP %d: %.*s", res->status, (int)blen,
-			 resp.body ? resp.body : "");
-		for (char *p = res->reason; *p; p++)
-			if (*p == '\n' || *p == '\r')
-				*p = ' ';
+		snprintf(res->reason, sizeof(res->reason), "HTTP %d: %s", status,
+			 excerpt ? excerpt : "");
 		for (size_t l = strlen(res->reason); l && res->reason[l - 1] == ' ';)
 			res->reason[--l] = '\0';
 	} else if (res->k == MIRROR_RETRY) {
-		char last[sizeof(herr.msg)];
-		if (rc < 0)
-			snprintf(last, sizeof(last), "%s", herr.msg);
+		char last[400];
+		if (!status)
+			snprintf(last, sizeof(last), "%s", why ? why : "failed");
 		else
-			snprintf(last, sizeof(last), "HTTP %d", res->status);
+			snprintf(last, sizeof(last), "HTTP %d", status);
 		if (res->attempts >= r->max_attempts) {
 			res->give_up = true;
 			snprintf(res->reason, sizeof(res->reason), "gave up after %u attempts: %s",
@@ -368,98 +383,216 @@ static int deliver(struct replay *r, const char *where, const struct spool_recor
 			snprintf(res->reason, sizeof(res->reason), "%s", last);
 		}
 	}
-	httpc_response_clear(&resp);
-	free(path);
-	return DELIVER_SENT;
+}
+
+static void batch_more(struct replay *r);
+
+/* Every send started has ended, and nothing more will start. */
+static bool batch_over(const struct batch *b)
+{
+	return b->ended == b->started && (b->failed || b->started == b->n);
+}
+
+/* a's send is over: record its outcome (the caller starts more). */
+static void batch_settle(struct replay *r, struct attempt *a)
+{
+	struct batch *b = r->batch;
+
+	if (a->wire) {
+		evbuffer_free(a->wire);
+		a->wire = NULL;
+	}
+	b->inflight[a->ui]--;
+	b->ended++;
+	if (!b->failed && b->settle(r, a) < 0)
+		b->failed = true;
+	progress(r, false);
+}
+
+static void attempt_write(struct xchg *x, struct evbuffer *out)
+{
+	struct attempt *a = (struct attempt *)((char *)x - offsetof(struct attempt, x));
+	size_t n = evbuffer_get_length(a->wire);
+
+	evbuffer_add(out, evbuffer_pullup(a->wire, (ev_ssize_t)n), n);
+}
+
+static void attempt_done(struct xchg *x, enum xchg_end how, const char *why)
+{
+	struct attempt *a = (struct attempt *)((char *)x - offsetof(struct attempt, x));
+
+	if (how == XCHG_ANSWERED)
+		judge(a, x->status, x->excerpt, NULL);
+	else
+		judge(a, 0, NULL, why);
+	batch_settle(a->r, a);
+	batch_more(a->r);
+}
+
+static void rate_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	batch_more(arg);
+}
+
+/* Start what the limits allow: in batch order, at most `concurrency` per
+ * upstream, --rate apart. Ends the loop once every attempt has ended. */
+static void batch_more(struct replay *r)
+{
+	struct batch *b = r->batch;
+
+	for (size_t i = b->next; i < b->n && !b->failed; i++) {
+		struct attempt *a = b->a[i];
+		const struct dw_upstream *up = &r->sendto[a->ui];
+
+		if (a->started)
+			continue;
+		if (b->inflight[a->ui] >= r->concurrency ||
+		    b->inflight[a->ui] >= (up->max_inflight > 0 ? up->max_inflight : 1))
+			continue;
+		if (r->rate > 0) {
+			int64_t gap = (int64_t)(1e6 / r->rate), wait = r->last_send_us + gap - dw_now_us();
+			if (wait > 0) {
+				struct timeval tv = {wait / 1000000, wait % 1000000};
+				evtimer_add(b->rate_ev, &tv);
+				break;
+			}
+		}
+		a->started = true;
+		b->started++;
+		b->inflight[a->ui]++;
+		r->sent++;
+		a->t0 = r->last_send_us = dw_now_us();
+		a->x.method = http_method_from(a->rec->method, strlen(a->rec->method));
+		a->x.keep = XBODY_EXCERPT;
+		a->x.resend_ok = true; /* its Idempotency-Key makes a second copy harmless */
+		a->x.write = attempt_write;
+		a->x.done = attempt_done;
+		if (xchg_start(r->xl, r->cfg, up, &a->x) < 0) {
+			judge(a, 0, NULL, xloop_failure(r->xl));
+			batch_settle(r, a);
+		}
+	}
+	while (b->next < b->n && b->a[b->next]->started)
+		b->next++;
+	if (batch_over(b))
+		event_base_loopbreak(r->base);
+}
+
+/* Send n prepared attempts and settle each; -1 when a settle failed (what
+ * was on the wire then is seen through, nothing more starts). */
+static int batch_run(struct replay *r, struct attempt **a, size_t n, settle_fn settle)
+{
+	struct batch b = {.a = a, .n = n, .settle = settle};
+
+	if (n == 0)
+		return 0;
+	b.inflight = dw_calloc(r->cfg->nupstreams, sizeof(int));
+	b.rate_ev = evtimer_new(r->base, rate_cb, r);
+	r->batch = &b;
+	batch_more(r);
+	/* A send in flight or a rate timer keeps the loop going until then. */
+	while (!batch_over(&b))
+		event_base_dispatch(r->base);
+	for (size_t i = 0; i < n; i++)
+		if (a[i]->wire) {
+			evbuffer_free(a[i]->wire);
+			a[i]->wire = NULL;
+		}
+	event_free(b.rate_ev);
+	free(b.inflight);
+	r->batch = NULL;
+	return b.failed ? -1 : 0;
 }
 
 /* ---------------------------------------------------------- local spool */
 
-/* Send one local record and record its fate. Returns 1 when its state
- * changed to terminal/dead, 0 when it stays queued, -1 on a spool error. */
-static int send_one(struct replay *r, uint64_t seq)
+/* Record a sent local record's fate. */
+static int local_settle(struct replay *r, struct attempt *a)
 {
-	struct spool_record rec;
+	struct spool_record *rec = a->rec;
+	struct result *res = &a->res;
 	struct dw_err err = {{0}};
-	struct result res;
-	int rc = -1, d;
+	uint64_t seq = rec->seq;
 
-	if (spool_read(r->sp, seq, &rec, &err) < 0) {
-		fprintf(stderr, "replay: %s\n", err.msg);
-		return -1;
+	if (res->k == MIRROR_DELIVERED) {
+		if (spool_set_state(r->sp, seq, SPOOL_DELIVERED, res->attempts, res->status, NULL,
+				    &err) < 0)
+			goto spool_fail;
+		outcome(r, "seq=", rec, "delivered", res->status, NULL, res->lat);
+		r->delivered++;
+		bo_forget(r, seq);
+	} else if (res->k == MIRROR_PERMANENT || res->give_up) {
+		if (spool_set_state(r->sp, seq, SPOOL_DEAD, res->attempts, res->status, res->reason,
+				    &err) < 0)
+			goto spool_fail;
+		outcome(r, "seq=", rec, "dead", res->status, res->reason, res->lat);
+		r->dead++;
+		bo_forget(r, seq);
+	} else {
+		if (spool_set_state(r->sp, seq, SPOOL_QUEUED, res->attempts, res->status,
+				    res->reason, &err) < 0)
+			goto spool_fail;
+		bo_fail(r, seq);
+		outcome(r, "seq=", rec, "retry later", res->status, res->reason, res->lat);
 	}
+	return 0;
+spool_fail:
+	clear_progress(r);
+	fprintf(stderr, "replay: %s\n", err.msg);
+	return -1;
+}
+
+/* What to do with one local record before any send: 2 = send it (a is
+ * prepared), 1 = its state became final, 0 = it stays queued, -1 = a spool
+ * error. */
+static int local_pre(struct replay *r, struct spool_record *rec, struct attempt *a)
+{
+	struct dw_err err = {{0}};
+	uint64_t seq = rec->seq;
+	int d;
+
 	/* Queued behind rows in PostgreSQL, which cannot be reached: sending it
 	 * now would overtake them (G3). */
-	if (r->pg_configured && rec.key && rec.last_error && !strcmp(rec.last_error, PGQ_BEHIND)) {
+	if (r->pg_configured && rec->key && rec->last_error &&
+	    !strcmp(rec->last_error, PGQ_BEHIND)) {
 		clear_progress(r);
 		fprintf(stderr,
 			"replay: seq=%" PRIu64 " key=%s held: its key has earlier writes in the "
 			"postgres queue\n",
-			seq, rec.key);
+			seq, rec->key);
 		bo_fail(r, seq);
 		bo_find(r, seq)->not_before = INT64_MAX;
 		r->held++;
-		rc = 0;
-		goto out;
+		return 0;
 	}
-	d = deliver(r, "seq=", &rec, &res);
+	d = prepare(r, "seq=", rec, a);
 	if (d == DELIVER_UNKNOWN_UPSTREAM) {
 		clear_progress(r);
 		fprintf(stderr,
 			"replay: seq=%" PRIu64 ": upstream \"%s\" is not in the configuration; "
 			"left queued\n",
-			seq, rec.upstream);
+			seq, rec->upstream);
 		bo_fail(r, seq);
 		bo_find(r, seq)->not_before = INT64_MAX; /* not again in this run */
-		rc = 0;
-		goto out;
+		return 0;
 	}
-	if (d == DELIVER_DRY) {
-		rc = 0;
-		goto out;
-	}
+	if (d == DELIVER_DRY)
+		return 0;
 	if (d == DELIVER_UNBUILT) {
-		if (spool_set_state(r->sp, seq, SPOOL_DEAD, rec.attempts, rec.last_status, res.reason,
-				    &err) < 0)
-			goto spool_fail;
-		outcome(r, "seq=", &rec, "dead, not sent", 0, res.reason, 0);
+		if (spool_set_state(r->sp, seq, SPOOL_DEAD, rec->attempts, rec->last_status,
+				    a->res.reason, &err) < 0) {
+			clear_progress(r);
+			fprintf(stderr, "replay: %s\n", err.msg);
+			return -1;
+		}
+		outcome(r, "seq=", rec, "dead, not sent", 0, a->res.reason, 0);
 		r->dead++;
 		bo_forget(r, seq);
-		rc = 1;
-		goto out;
+		return 1;
 	}
-	if (res.k == MIRROR_DELIVERED) {
-		if (spool_set_state(r->sp, seq, SPOOL_DELIVERED, res.attempts, res.status, NULL,
-				    &err) < 0)
-			goto spool_fail;
-		outcome(r, "seq=", &rec, "delivered", res.status, NULL, res.lat);
-		r->delivered++;
-		bo_forget(r, seq);
-		rc = 1;
-	} else if (res.k == MIRROR_PERMANENT || res.give_up) {
-		if (spool_set_state(r->sp, seq, SPOOL_DEAD, res.attempts, res.status, res.reason,
-				    &err) < 0)
-			goto spool_fail;
-		outcome(r, "seq=", &rec, "dead", res.status, res.reason, res.lat);
-		r->dead++;
-		bo_forget(r, seq);
-		rc = 1;
-	} else {
-		if (spool_set_state(r->sp, seq, SPOOL_QUEUED, res.attempts, res.status, res.reason,
-				    &err) < 0)
-			goto spool_fail;
-		bo_fail(r, seq);
-		outcome(r, "seq=", &rec, "retry later", res.status, res.reason, res.lat);
-		rc = 0;
-	}
-	goto out;
-spool_fail:
-	clear_progress(r);
-	fprintf(stderr, "replay: %s\n", err.msg);
-	rc = -1;
-out:
-	spool_record_clear(&rec);
-	return rc;
+	return 2;
 }
 
 /* Records still waiting for replay: QUEUED, plus PENDING when no daemon owns
@@ -476,27 +609,63 @@ static uint64_t waiting(struct replay *r)
  * whether anything moved; lowers *earliest to the next back-off end. */
 static int local_pass(struct replay *r, uint64_t *seqs, int64_t *earliest)
 {
-	size_t n = spool_ready(r->sp, seqs, BATCH);
+	size_t n = spool_ready(r->sp, seqs, BATCH), nrec = 0, nsend = 0;
+	struct spool_record *recs;
+	struct attempt *atts, **send;
 	bool progressed = false;
+	int rc = 0;
 
+	if (n > BATCH)
+		n = BATCH;
+	recs = dw_calloc(n ? n : 1, sizeof(*recs));
+	atts = dw_calloc(n ? n : 1, sizeof(*atts));
+	send = dw_calloc(n ? n : 1, sizeof(struct attempt *));
 	for (size_t i = 0; i < n; i++) {
 		struct backoff *b = bo_find(r, seqs[i]);
+		struct dw_err err = {{0}};
+		int s;
+
 		if (b && b->not_before > dw_now_us()) {
 			if (b->not_before < *earliest)
 				*earliest = b->not_before;
 			continue;
 		}
-		int s = send_one(r, seqs[i]);
-		if (s < 0)
-			return -1;
-		if (s > 0)
+		if (spool_read(r->sp, seqs[i], &recs[nrec], &err) < 0) {
+			fprintf(stderr, "replay: %s\n", err.msg);
+			rc = -1;
+			goto out;
+		}
+		s = local_pre(r, &recs[nrec], &atts[nrec]);
+		nrec++;
+		if (s < 0) {
+			rc = -1;
+			goto out;
+		}
+		if (s == 2)
+			send[nsend++] = &atts[nrec - 1];
+		else if (s == 1)
 			progressed = true;
-		b = bo_find(r, seqs[i]);
-		if (s == 0 && b && b->not_before < *earliest)
-			*earliest = b->not_before;
 		progress(r, false);
 	}
-	return progressed;
+	if (batch_run(r, send, nsend, local_settle) < 0) {
+		rc = -1;
+		goto out;
+	}
+	for (size_t i = 0; i < nsend; i++) {
+		struct backoff *b = bo_find(r, send[i]->rec->seq);
+		if (!b)
+			progressed = true; /* delivered or dead */
+		else if (b->not_before < *earliest)
+			*earliest = b->not_before;
+	}
+	rc = progressed;
+out:
+	for (size_t i = 0; i < nrec; i++)
+		spool_record_clear(&recs[i]);
+	free(recs);
+	free(atts);
+	free(send);
+	return rc;
 }
 
 /* Move this host's waiting records into the table. Returns how many, or -1. */
@@ -543,49 +712,73 @@ static int64_t backoff_us(struct replay *r, uint32_t failures)
 	return d * 3 / 4 + (int64_t)(rng_next(r) % (uint64_t)(d / 2 + 1));
 }
 
-/* Claim a batch of ready rows, deliver each, record the outcomes, commit.
+/* Record a sent row's fate (in the claim's transaction). */
+static int pg_settle(struct replay *r, struct attempt *a)
+{
+	struct spool_record *rec = a->rec;
+	struct result *res = &a->res;
+	struct dw_err err = {{0}};
+	enum spool_state st;
+	const char *what;
+
+	if (res->k == MIRROR_DELIVERED) {
+		st = SPOOL_DELIVERED;
+		what = "delivered";
+		r->delivered++;
+	} else if (res->k == MIRROR_PERMANENT || res->give_up) {
+		st = SPOOL_DEAD;
+		what = "dead";
+		r->dead++;
+	} else {
+		st = SPOOL_QUEUED;
+		what = "retry later";
+	}
+	if (pgq_mark(r->pg, rec->seq, st, res->attempts, res->status,
+		     st == SPOOL_DELIVERED ? NULL : res->reason,
+		     st == SPOOL_QUEUED ? backoff_us(r, res->attempts) : 0, &err) < 0) {
+		clear_progress(r);
+		fprintf(stderr, "replay: %s\n", err.msg);
+		return -1;
+	}
+	outcome(r, "pg id=", rec, what, res->status, st == SPOOL_DELIVERED ? NULL : res->reason,
+		res->lat);
+	return 0;
+}
+
+/* Claim a batch of ready rows, deliver them, record the outcomes, commit.
  * Returns the number of rows handled, or -1 on a PostgreSQL error. */
 static long pg_pass(struct replay *r)
 {
 	struct spool_record *recs = NULL;
+	struct attempt *atts = NULL, **send = NULL;
 	struct dw_err err = {{0}};
-	struct result res;
-	size_t n = 0;
+	size_t n = 0, nsend = 0;
 	long rc = -1;
 
 	if (pgq_claim(r->pg, r->ups, r->nups, PG_BATCH, !r->dry_run, &recs, &n, &err) < 0)
 		goto fail;
+	atts = dw_calloc(n ? n : 1, sizeof(*atts));
+	send = dw_calloc(n ? n : 1, sizeof(struct attempt *));
 	for (size_t i = 0; i < n; i++) {
 		struct spool_record *rec = &recs[i];
-		enum spool_state st;
-		const char *what;
-		int d = deliver(r, "pg id=", rec, &res);
-		if (d != DELIVER_SENT && d != DELIVER_UNBUILT)
-			continue; /* dry run (the claim filters unknown upstreams) */
-		if (d == DELIVER_UNBUILT) {
-			st = SPOOL_DEAD;
-			what = "dead, not sent";
-			res.attempts = rec->attempts;
-			r->dead++;
-		} else if (res.k == MIRROR_DELIVERED) {
-			st = SPOOL_DELIVERED;
-			what = "delivered";
-			r->delivered++;
-		} else if (res.k == MIRROR_PERMANENT || res.give_up) {
-			st = SPOOL_DEAD;
-			what = "dead";
-			r->dead++;
-		} else {
-			st = SPOOL_QUEUED;
-			what = "retry later";
+		int d = prepare(r, "pg id=", rec, &atts[i]);
+
+		if (d == DELIVER_SENT) {
+			send[nsend++] = &atts[i];
+			continue;
 		}
-		if (pgq_mark(r->pg, rec->seq, st, res.attempts, res.status,
-			     st == SPOOL_DELIVERED ? NULL : res.reason,
-			     st == SPOOL_QUEUED ? backoff_us(r, res.attempts) : 0, &err) < 0)
+		if (d != DELIVER_UNBUILT)
+			continue; /* dry run (the claim filters unknown upstreams) */
+		r->dead++;
+		if (pgq_mark(r->pg, rec->seq, SPOOL_DEAD, rec->attempts, 0, atts[i].res.reason, 0,
+			     &err) < 0)
 			goto fail;
-		outcome(r, "pg id=", rec, what, res.status,
-			st == SPOOL_DELIVERED ? NULL : res.reason, res.lat);
+		outcome(r, "pg id=", rec, "dead, not sent", 0, atts[i].res.reason, 0);
 		progress(r, false);
+	}
+	if (batch_run(r, send, nsend, pg_settle) < 0) {
+		pgq_rollback(r->pg);
+		goto out;
 	}
 	if (r->dry_run)
 		pgq_rollback(r->pg);
@@ -601,6 +794,8 @@ out:
 	for (size_t i = 0; i < n; i++)
 		spool_record_clear(&recs[i]);
 	free(recs);
+	free(atts);
+	free(send);
 	return rc;
 }
 
@@ -704,6 +899,43 @@ static int run(struct replay *r)
 	return rc;
 }
 
+/* The event loop, pools and resolver the sends use. */
+static int replay_sender(struct replay *r, struct dw_err *err)
+{
+	r->base = event_base_new();
+	if (!r->base) {
+		dw_err_set(err, "cannot create an event loop");
+		return -1;
+	}
+	r->res = resolver_new(err);
+	if (!r->res)
+		return -1;
+	resolver_configure(r->res, r->cfg);
+	(void)resolver_wait_ready(r->res, 2000); /* a name not resolved fails its sends */
+	r->metrics = metrics_new();
+	r->pools = pool_set_new(r->base, r->metrics, r->res);
+	r->xl = xloop_new(r->base, r->pools, NULL, NULL);
+	r->sendto = dw_calloc(r->cfg->nupstreams ? r->cfg->nupstreams : 1, sizeof(*r->sendto));
+	for (size_t i = 0; i < r->cfg->nupstreams; i++) {
+		r->sendto[i] = r->cfg->upstreams[i]; /* shares its strings: cfg outlives it */
+		if (r->timeout_ms > 0)
+			r->sendto[i].timeout_ms = r->timeout_ms;
+	}
+	return 0;
+}
+
+static void replay_sender_free(struct replay *r)
+{
+	xloop_free(r->xl);
+	if (r->pools)
+		pool_set_free(r->pools);
+	metrics_free(r->metrics);
+	resolver_free(r->res);
+	if (r->base)
+		event_base_free(r->base);
+	free(r->sendto);
+}
+
 int cmd_replay(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -713,10 +945,11 @@ int cmd_replay(int argc, char **argv)
 		{"rate", required_argument, NULL, 'r'},
 		{"dry-run", no_argument, NULL, 'n'},
 		{"timeout-ms", required_argument, NULL, 't'},
+		{"concurrency", required_argument, NULL, 'k'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	struct replay r = {.max_attempts = 10};
+	struct replay r = {.max_attempts = 10, .concurrency = 16};
 	const char *cfgpath = NULL;
 	struct dw_err err = {{0}};
 	struct dw_errlist w = {0};
@@ -739,17 +972,23 @@ int cmd_replay(int argc, char **argv)
 		case 'm':
 		case 'r':
 		case 't':
+		case 'k':
 			errno = 0;
 			v = strtol(optarg, &end, 10);
 			if (errno || end == optarg || *end || v < 0 || v > 100000000 ||
-			    (c == 'm' && v < 1)) {
+			    ((c == 'm' || c == 'k') && v < 1) || (c == 'k' && v > 4096)) {
 				fprintf(stderr, "dualwrite replay: --%s: invalid value '%s'\n",
-					c == 'm' ? "max-attempts" : c == 'r' ? "rate" : "timeout-ms",
+					c == 'm'   ? "max-attempts"
+					: c == 'r' ? "rate"
+					: c == 'k' ? "concurrency"
+						   : "timeout-ms",
 					optarg);
 				return 2;
 			}
 			if (c == 'm')
 				r.max_attempts = (unsigned)v;
+			else if (c == 'k')
+				r.concurrency = (int)v;
 			else if (c == 'r')
 				r.rate = (double)v;
 			else
@@ -811,7 +1050,11 @@ int cmd_replay(int argc, char **argv)
 		}
 		r.local_direct = true;
 	}
-	r.http = httpc_new();
+	if (!r.dry_run && replay_sender(&r, &err) < 0) {
+		fprintf(stderr, "dualwrite replay: %s\n", err.msg);
+		rc = 1;
+		goto out;
+	}
 	r.tty = cli_is_tty() && !r.dry_run;
 	r.rng = (uint64_t)dw_now_us() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
 	r.start_us = dw_now_us();
@@ -859,7 +1102,7 @@ int cmd_replay(int argc, char **argv)
 	}
 out:
 	pgq_close(r.pg);
-	httpc_free(r.http);
+	replay_sender_free(&r);
 	spool_close(r.sp);
 	free(r.bo);
 	free(r.ups);

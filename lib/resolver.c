@@ -46,7 +46,7 @@
 #include <time.h>
 
 #include "addrset.h"
-#include "server.h"
+#include "resolver.h"
 
 #define KICK_MIN_US 1000000 /* connect failures: at most one lookup a second */
 

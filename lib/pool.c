@@ -42,7 +42,8 @@
 #include <sys/socket.h>
 
 #include "addrset.h"
-#include "server.h"
+#include "pool.h"
+#include "sockio.h"
 #include "tls.h"
 
 struct upconn {
@@ -423,8 +424,9 @@ static void connect_event_cb(struct bufferevent *bev, short what, void *arg)
 	uc->ready(uc, err, uc->arg);
 }
 
-struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upconn_ready_fn ready,
-			void *arg, bool *connected, int *err_out)
+static struct upconn *pool_take(struct pool_set *ps, const struct dw_upstream *up,
+				 upconn_ready_fn ready, void *arg, bool idle_ok, bool *connected,
+				 int *err_out)
 {
 	struct pool *p = pool_find(ps, up);
 	struct upconn *uc;
@@ -434,7 +436,7 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 	ps->fail[0] = '\0';
 	if (p->dns && dns_name_gen(p->dns) != p->dns_gen)
 		pool_refresh(p);
-	uc = TAILQ_FIRST(&p->idle);
+	uc = idle_ok ? TAILQ_FIRST(&p->idle) : NULL;
 	if (uc && (uc->epoch != p->epoch ||
 		   (p->tls &&
 		    SSL_get_SSL_CTX(bufferevent_openssl_get_ssl(uc->bev)) != up->tls_ctx))) {
@@ -474,6 +476,20 @@ struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upcon
 		return NULL;
 	}
 	return uc;
+}
+
+struct upconn *pool_get(struct pool_set *ps, const struct dw_upstream *up, upconn_ready_fn ready,
+			void *arg, bool *connected, int *err_out)
+{
+	return pool_take(ps, up, ready, arg, true, connected, err_out);
+}
+
+struct upconn *pool_connect(struct pool_set *ps, const struct dw_upstream *up,
+			    upconn_ready_fn ready, void *arg, int *err_out)
+{
+	bool connected;
+
+	return pool_take(ps, up, ready, arg, false, &connected, err_out);
 }
 
 const char *upconn_failure(const struct upconn *uc)

@@ -1,8 +1,10 @@
 /*
  * sockio.c — socket reads and writes straight on a bufferevent's buffers
- * (server.h).
+ * (sockio.h).
  */
-#include "server.h"
+#include "sockio.h"
+
+#include "dw.h"
 
 #include <event2/buffer.h>
 #include <sys/socket.h>
