@@ -25,10 +25,12 @@
 #   telemetry  the same for the IoT seed's telemetry (device_data -> telemetry, the demo
 #          schemas, conf/iot-v2.conf's table map: composite key (device_id, timestamp), jsonb
 #          metrics, the tenant injected): backfill rows/s and peak RSS vs a `psql \copy` pipe.
+#   replay `dualwrite replay --once` of 200 queued writes to a new system answering in 20 ms,
+#          at --concurrency 1, 4 and 16 (tests/bench/replay.py): wall time and the speed-up.
 #
 # usage: B=build tests/bench/bench.sh            (from anywhere; `make bench` does this)
 # env:   QUICK=1                 short runs (about 3 min in all) instead of the default (~15 min)
-#        PARTS=peers,read,tls,spool,data,telemetry  which parts to run
+#        PARTS=peers,read,tls,spool,data,telemetry,replay  which parts to run
 #        READ_REPS=3             read part: pairs (pass-through run, read run)
 #        SHARED_BENCH=DIR        the peer harness directory (default ../shared/bench beside the repo)
 #        BASE_PORT=18000         loopback ports BASE_PORT+10..+95 for the peer harness
@@ -47,7 +49,7 @@ cd "$ROOT"
 B=${B:-build}
 [[ $B == /* ]] || B=$ROOT/$B
 QUICK=${QUICK:-0}
-PARTS=${PARTS:-peers,read,tls,spool,data,telemetry}
+PARTS=${PARTS:-peers,read,tls,spool,data,telemetry,replay}
 SHARED_BENCH=${SHARED_BENCH:-$ROOT/../shared/bench}
 HERE=$ROOT/tests/bench
 
@@ -518,10 +520,19 @@ part tls && run_tls
 part spool && run_spool
 part data && run_data
 part telemetry && run_telemetry
+if part replay; then
+	log "replay: tests/bench/replay.py"
+	record env B="$B" /usr/bin/python3 "$HERE/replay.py"
+	B=$B /usr/bin/python3 "$HERE/replay.py" >"$RES/replay.txt" 2>"$RES/replay.err" ||
+		note "replay: tests/bench/replay.py failed: $(tail -c 300 "$RES/replay.err" | tr '\r\n' '  ')"
+fi
 kv total_seconds $((SECONDS - T0))
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RES/machine.txt"
 python3 "$HERE/report.py" "$RES" | tee "$RES/summary.txt"
 if [[ -f $RES/tls/summary.txt ]]; then
 	{ echo; cat "$RES/tls/summary.txt"; } | tee -a "$RES/summary.txt"
+fi
+if [[ -s $RES/replay.txt ]]; then
+	{ echo; cat "$RES/replay.txt"; } | tee -a "$RES/summary.txt"
 fi
 log "results: $RES"
