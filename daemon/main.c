@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "pgforward.h" /* pgforward wiring */
+#include "breaker.h"
 #include "cutover.h"
 #include "cutstate.h"
 #include "expr.h"
@@ -681,6 +682,7 @@ int main(int argc, char **argv)
 	srv.metrics = metrics_new();
 	srv.generation = 1;
 	srv.pins = pinset_new();
+	srv.breakers = breaker_table_new();
 	srv.started_wall_us = dw_wall_us();
 	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd))
 		memcpy(rnd, &srv.started_wall_us, sizeof(rnd));
@@ -869,6 +871,7 @@ out:
 	readstate_free(srv.reads);
 	guards_free(&srv);
 	pinset_free(srv.pins);
+	breaker_table_free(srv.breakers);
 	metrics_free(srv.metrics);
 	free(srv.conf_path);
 	pthread_mutex_destroy(&srv.cfg_lock);

@@ -117,9 +117,7 @@ void mirror_free(struct mirror *mi)
 			TAILQ_REMOVE(&t->ready, j, link);
 			queue_left(mi, j, "daemon stopped before the mirror was sent");
 		}
-		if (t->counted_open)
-			metric_add(t->m_open, -1);
-		free(t->name);
+		free(t->name); /* its breaker stays in srv->breakers */
 		free(t);
 	}
 	for (size_t b = 0; b < KEY_BUCKETS; b++) {

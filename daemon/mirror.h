@@ -88,10 +88,11 @@ struct keyq {
 
 /*
  * Per mirror upstream name, in each shard: concurrency, the jobs whose turn
- * it is, the connections carrying sends, and the circuit breaker
- * (lib/breaker.h). Runtime state: keyed by the upstream's name, it lives as
- * long as the shard, so a reload keeps it (an open breaker stays open; a
- * renamed upstream starts afresh).
+ * it is, the connections carrying sends, and the upstream's circuit breaker
+ * (lib/breaker.h: one per name in the server's table, shared by every
+ * shard). Runtime state: keyed by the upstream's name, it lives as long as
+ * the shard, so a reload keeps it (an open breaker stays open; a renamed
+ * upstream starts afresh).
  */
 
 struct target {
@@ -103,8 +104,7 @@ struct target {
 	double latency_ms; /* moving average of answered sends: decides pipelining */
 	int answered;	   /* answers seen, up to PIPE_WARMUP */
 	struct job_list ready;
-	struct breaker br;
-	bool counted_open; /* this shard's share of m_open */
+	struct breaker_cell *br; /* owned by srv->breakers */
 	struct metric *m_open;
 };
 

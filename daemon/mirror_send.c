@@ -40,37 +40,35 @@ struct target *target_get(struct mirror *mi, const char *name)
 	t = dw_calloc(1, sizeof(*t));
 	t->name = dw_strdup(name);
 	TAILQ_INIT(&t->ready);
-	breaker_init(&t->br);
+	t->br = breaker_table_get(mi->srv->breakers, name);
 	TAILQ_INIT(&t->lanes);
 	char labels[200], esc[128];
 	snprintf(labels, sizeof(labels), "upstream=\"%s\"",
 		 metrics_label_escape(name, esc, sizeof(esc)));
 	t->m_open = metrics_gauge(mi->srv->metrics, "dualwrite_mirror_circuit_open",
-				  "Workers whose writes to this mirror upstream go straight to the queue (circuit open).",
+				  "1 while writes to this mirror upstream go straight to the queue (circuit open).",
 				  labels);
 	t->next = mi->targets;
 	mi->targets = t;
 	return t;
 }
 
-/* Feed one send's result to its target's breaker (lib/breaker); say
- * when it opens or closes. */
+/* Feed one send's result to its upstream's breaker (lib/breaker, shared
+ * by every shard); the one shard whose note changes it says so. */
 static void breaker_feed(struct target *t, bool failed, const char *why)
 {
-	switch (breaker_note(&t->br, failed, why, dw_now_us())) {
+	struct breaker_view v;
+
+	switch (breaker_cell_note(t->br, failed, why, dw_now_us(), &v)) {
 	case BREAKER_CLOSED:
 		log_info("mirror: upstream \"%s\" answers again; circuit closed", t->name);
-		if (t->counted_open)
-			metric_add(t->m_open, -1);
-		t->counted_open = false;
+		metric_set(t->m_open, 0);
 		break;
 	case BREAKER_OPENED:
-		if (!t->counted_open)
-			metric_add(t->m_open, 1);
-		t->counted_open = true;
+		metric_set(t->m_open, 1);
 		log_warn("mirror: upstream \"%s\" failed %d times in a row (%s); writes go to the "
 			 "queue, next probe in %d ms",
-			 t->name, t->br.failures, t->br.last_error, t->br.cooldown_ms);
+			 t->name, v.failures, v.last_error, v.cooldown_ms);
 		break;
 	case BREAKER_SAME:
 		break;
@@ -249,12 +247,15 @@ static void send_start(struct mirror *mi, struct target *t, struct mirror_job *j
 /* Open, or half-open with the probe out: a write whose turn comes is queued. */
 bool breaker_open(const struct target *t)
 {
-	return breaker_is_open(&t->br, dw_now_us());
+	return breaker_cell_is_open(t->br, dw_now_us());
 }
 
 const char *breaker_reason(const struct target *t, char *buf, size_t len)
 {
-	snprintf(buf, len, "circuit open for upstream \"%s\": %s", t->name, t->br.last_error);
+	char last[BREAKER_ERROR_MAX];
+
+	breaker_cell_last_error(t->br, last, sizeof(last));
+	snprintf(buf, len, "circuit open for upstream \"%s\": %s", t->name, last);
 	return buf;
 }
 
@@ -265,11 +266,10 @@ void start_sends(struct mirror *mi, struct target *t)
 
 	while ((j = TAILQ_FIRST(&t->ready)) && t->inflight < job_upstream(j)->max_inflight) {
 		TAILQ_REMOVE(&t->ready, j, link);
-		if (breaker_open(t)) {
+		if (!breaker_cell_admit(t->br, dw_now_us())) { /* open, or another's probe is out */
 			key_queue_all(mi, j, 0, breaker_reason(t, why, sizeof(why)));
 			continue;
 		}
-		breaker_sending(&t->br); /* after a cooldown: the probe */
 		send_start(mi, t, j);
 	}
 }

@@ -80,6 +80,9 @@ struct server {
 	/* The rollback guards by upstream name (guards.c), bound to each
 	 * snapshot before the read table; outlives every snapshot. */
 	struct guard_table *guards;
+	/* The mirror's circuit breakers by upstream name, shared by the mirror
+	 * shards (lib/breaker.h); outlives every snapshot. */
+	struct breaker_table *breakers;
 	struct guards_file_sig guards_sig;
 	struct guard_fleet *gfleet; /* queue.postgres: the fleet's guards (guardfleet.c) */
 	uint64_t gfleet_gen;	    /* the last fleet snapshot taken */

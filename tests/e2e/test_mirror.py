@@ -71,6 +71,9 @@ def svc(services, pg):
 ITEM = {"user_id": 42, "name": "Tent 2p", "type": "tent", "brand": "MSR"}
 
 
+BREAKER_FAILURES = 5  # lib/breaker.h
+
+
 def create(d, n=0, **over):
     doc = dict(ITEM, name="item %d" % n)
     doc.update(over)
@@ -1161,6 +1164,33 @@ def test_circuit_breaker_queues_without_hammering_a_failing_target(svc, dw, make
         time.sleep(0.3)
     assert d.metric("dualwrite_mirror_circuit_open", upstream="gear_ops") == 0
     d.wait_log("circuit closed")
+
+
+def test_circuit_breaker_is_one_per_upstream_across_workers(svc, dw, make_backend):
+    """With two workers the breaker is the upstream's, not each worker's: five failures
+    in a row open it whichever workers' keys they were, so a failing target sees five
+    sends, not five per worker, and the gauge says 1 (open), not how many workers."""
+    target, _ = down_until_up(make_backend)
+    d = ml.mirror_daemon(dw, svc["user-core"].url, target.url, ml.gear_routes(),
+                         start=False)
+    d.extra["workers"] = 2
+    d.write_config(d.config_text() + ml.gear_routes())
+    d.start()
+    for n in range(BREAKER_FAILURES):
+        # one at a time: each write's failure is noted before the next is sent
+        assert d.metric("dualwrite_mirror_circuit_open", upstream="gear_ops") == 0, n
+        create(d, n)
+        ml.wait_outcomes(d, lambda o: o["result"] == "queued", n + 1, 10, "%d queued" % (n + 1))
+    assert len(target.requests) == BREAKER_FAILURES, len(target.requests)
+    assert d.metric("dualwrite_mirror_circuit_open", upstream="gear_ops") == 1
+    d.wait_log("failed %d times in a row" % BREAKER_FAILURES)
+    create(d, 99)
+    out = ml.wait_outcomes(d, lambda o: o["result"] == "queued", BREAKER_FAILURES + 1, 10,
+                           "the write after the opening queued")
+    # queued unsent, or (a slow run past the 1 s cooldown) sent as the one probe
+    assert ("circuit open" in out[-1]["line"]
+            or len(target.requests) == BREAKER_FAILURES + 1), (out[-1]["line"],
+                                                                 len(target.requests))
 
 
 @pytest.mark.parametrize("mode", ["reset", "half-close"])
