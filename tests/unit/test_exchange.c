@@ -222,6 +222,22 @@ static int teardown(void **state)
 
 /* ------------------------------------------------ the tests */
 
+/* Script the server, open one connection and send n exchanges on it
+ * (pipelined), then run until all n have ended. */
+static void send_pipelined(const struct step *steps, size_t nsteps, struct tx *t, int n)
+{
+	struct xconn *c;
+
+	script(steps, nsteps);
+	c = xconn_open(xl, &cfg, &up, conn_gone, NULL);
+	assert_non_null(c);
+	for (int i = 0; i < n; i++) {
+		tx_init(&t[i], i, false);
+		xconn_send(c, &t[i].x);
+	}
+	run_until(n);
+}
+
 static void test_pipelined_answers_in_order(void **state)
 {
 	static const struct step steps[] = {
@@ -234,18 +250,10 @@ static void test_pipelined_answers_in_order(void **state)
 		 false},
 	};
 	struct tx t[3];
-	struct xconn *c;
 
 	(void)state;
-	script(steps, 1);
-	c = xconn_open(xl, &cfg, &up, conn_gone, NULL);
-	assert_non_null(c);
 	gone = 0;
-	for (int i = 0; i < 3; i++) {
-		tx_init(&t[i], i, false);
-		xconn_send(c, &t[i].x);
-	}
-	run_until(3);
+	send_pipelined(steps, 1, t, 3);
 	for (int i = 0; i < 3; i++)
 		assert_int_equal(t[i].how, XCHG_ANSWERED);
 	assert_int_equal(t[0].x.status, 200);
@@ -263,17 +271,9 @@ static void test_close_hands_back_what_was_behind(void **state)
 		{2, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", true},
 	};
 	struct tx t[2];
-	struct xconn *c;
 
 	(void)state;
-	script(steps, 1);
-	c = xconn_open(xl, &cfg, &up, conn_gone, NULL);
-	assert_non_null(c);
-	for (int i = 0; i < 2; i++) {
-		tx_init(&t[i], i, false);
-		xconn_send(c, &t[i].x);
-	}
-	run_until(2);
+	send_pipelined(steps, 1, t, 2);
 	assert_int_equal(t[0].how, XCHG_ANSWERED);
 	assert_int_equal(t[1].how, XCHG_NOT_TAKEN);
 }
@@ -282,17 +282,9 @@ static void test_a_broken_answer_fails_the_head_only(void **state)
 {
 	static const struct step steps[] = {{2, "HTTP/1.1 20x Bad\r\n\r\n", true}};
 	struct tx t[2];
-	struct xconn *c;
 
 	(void)state;
-	script(steps, 1);
-	c = xconn_open(xl, &cfg, &up, conn_gone, NULL);
-	assert_non_null(c);
-	for (int i = 0; i < 2; i++) {
-		tx_init(&t[i], i, false);
-		xconn_send(c, &t[i].x);
-	}
-	run_until(2);
+	send_pipelined(steps, 1, t, 2);
 	assert_int_equal(t[0].how, XCHG_FAILED);
 	assert_int_equal(t[1].how, XCHG_NOT_TAKEN);
 }
@@ -301,18 +293,10 @@ static void test_a_silent_upstream_times_every_exchange_out(void **state)
 {
 	static const struct step steps[] = {{2, NULL, false}, {1, NULL, true}}; /* holds */
 	struct tx t[2];
-	struct xconn *c;
 
 	(void)state;
-	script(steps, 2);
 	up.timeout_ms = 200;
-	c = xconn_open(xl, &cfg, &up, conn_gone, NULL);
-	assert_non_null(c);
-	for (int i = 0; i < 2; i++) {
-		tx_init(&t[i], i, false);
-		xconn_send(c, &t[i].x);
-	}
-	run_until(2);
+	send_pipelined(steps, 2, t, 2);
 	up.timeout_ms = 2000;
 	assert_int_equal(t[0].how, XCHG_TIMED_OUT);
 	assert_int_equal(t[1].how, XCHG_TIMED_OUT);
