@@ -199,6 +199,25 @@ def test_man_page_lint_clean(page):
     assert not findings, "\n".join(findings)
 
 
+CLI_COMMANDS = ["replay", "queue", "status", "reload", "guard", "backfill", "verify", "cutover"]
+
+
+@pytest.mark.parametrize("command", CLI_COMMANDS)
+def test_every_cli_option_is_in_the_man_page(command):
+    """What `dualwrite COMMAND --help` offers, dualwrite(1) documents (the page uses
+    -c for --config)."""
+    need("mandoc")
+    page = run(["mandoc", "-Tascii", os.path.join(ROOT, "tools/cli/dualwrite.1")]).stdout
+    page = re.sub(r".\x08", "", page)  # overstrike (bold, underline) to plain text
+    r = subprocess.run([os.path.join(helpers.build_dir(), "dualwrite"), command, "--help"],
+                       capture_output=True, text=True, timeout=10)
+    offered = set(re.findall(r"--[a-z][a-z-]*", r.stdout + r.stderr)) - {"--config"}
+    assert offered, (command, r.returncode, r.stdout, r.stderr)
+    missing = sorted(o for o in offered if o not in page)
+    assert not missing, "dualwrite %s --help offers %s; dualwrite.1 does not say" % (
+        command, missing)
+
+
 # ---------------------------------------------------------------- systemd
 
 @pytest.mark.parametrize("unit", UNITS)
