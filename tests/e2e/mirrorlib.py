@@ -389,10 +389,11 @@ routes = (
 
 
 def mirror_daemon(dw, legacy_url, target_url, routes, target="gear_ops", target_timeout_ms=2000,
-                  limits=None, queue=None, tenant=None, start=True, name=None, target_extra=None):
+                  limits=None, queue=None, tenant=None, start=True, name=None, target_extra=None,
+                  extra=None):
     """A dualwrited (through conftest's `dw` factory, so its clean stop is checked) in front
     of legacy_url mirroring to target_url with the given routes text; target_extra: more
-    settings of the target upstream."""
+    settings of the target upstream; extra: more top-level settings (e.g. workers)."""
     tconf = {"url": target_url, "timeout_ms": target_timeout_ms}
     tconf.update(target_extra or {})
     d = dw({"legacy": {"url": legacy_url, "timeout_ms": 5000}, target: tconf},
@@ -403,6 +404,7 @@ def mirror_daemon(dw, legacy_url, target_url, routes, target="gear_ops", target_
     d.extra["log_level"] = "info"
     if tenant:
         d.extra["tenant"] = tenant
+    d.extra.update(extra or {})
     d.write_config(d.config_text() + routes)
     if start:
         d.start()

@@ -531,10 +531,7 @@ def test_keys_written_through_several_workers_keep_their_order(svc, dw, pg):
     key's home shard whichever worker served it, so each key's writes are delivered one
     at a time in journal order and the final rows are the last writes."""
     d = ml.mirror_daemon(dw, svc["user-core"].url, svc["gear-ops"].url, ml.gear_routes(),
-                         start=False)
-    d.extra["workers"] = 3
-    d.write_config(d.config_text() + ml.gear_routes())
-    d.start()
+                         extra={"workers": 3})
     ids = [create(d, n)["id"] for n in range(12)]
     ml.wait_outcomes(d, lambda o: o["result"] == "delivered", len(ids), 10, "creates delivered")
     # A slow target keeps each key's earlier writes in flight while its later ones arrive,
@@ -1172,10 +1169,7 @@ def test_circuit_breaker_is_one_per_upstream_across_workers(svc, dw, make_backen
     sends, not five per worker, and the gauge says 1 (open), not how many workers."""
     target, _ = down_until_up(make_backend)
     d = ml.mirror_daemon(dw, svc["user-core"].url, target.url, ml.gear_routes(),
-                         start=False)
-    d.extra["workers"] = 2
-    d.write_config(d.config_text() + ml.gear_routes())
-    d.start()
+                         extra={"workers": 2})
     for n in range(BREAKER_FAILURES):
         # one at a time: each write's failure is noted before the next is sent
         assert d.metric("dualwrite_mirror_circuit_open", upstream="gear_ops") == 0, n
